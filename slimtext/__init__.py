@@ -1,0 +1,42 @@
+"""slimtext: Transformer text classifiers that are cheap to train and fast to run.
+
+Lean on import: torch and the model code load only when a function that needs them is called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import TextClassifier
+    from .infer import Predictor
+
+__all__ = ["Predictor", "TextClassifier", "__version__", "load", "load_data"]
+
+
+def load(path, backend: str = "torch", device: str = "cpu", batch_size: int = 64) -> Predictor:
+    """Load a model directory; returns a Predictor with `predict` and `predict_proba`."""
+    from .infer import load as _load
+
+    return _load(path, backend=backend, device=device, batch_size=batch_size)
+
+
+def load_data(spec, **kwargs):
+    """Read labelled text (CSV/TSV/JSONL/Parquet/class folders/`bbc`/`hf:NAME`)."""
+    from .data.sources import load_data as _load_data
+
+    return _load_data(spec, **kwargs)
+
+
+def __getattr__(name: str):
+    if name == "TextClassifier":
+        from .api import TextClassifier
+
+        return TextClassifier
+    if name == "Predictor":
+        from .infer import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'slimtext' has no attribute {name!r}")

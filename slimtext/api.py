@@ -1,0 +1,214 @@
+"""`TextClassifier`: the scikit-learn / fastText-style face of slimtext.
+
+    clf = TextClassifier(model="transformer", epochs=3).fit("train.csv")
+    clf.predict(["..."]); clf.score("test.csv"); clf.save("my-model")
+    clf = slimtext.load("my-model")
+
+`__init__` only stores arguments; `fit` learns the tokenizer, labels and weights (the learned
+state ends in `_`). Every keyword argument is a field of `ModelConfig` or `TrainConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+from .artifact import ModelDir, read_model_dir, save_model_dir
+from .data import DataError, TextDataset, check_labels_seen, load_data, stratified_split
+from .infer import Predictor
+from .models import ModelConfig, build_model
+from .tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
+from .train import Encoded, TrainConfig, TrainResult, evaluate, fit
+
+Data = Union[TextDataset, str, os.PathLike, tuple]  # noqa: UP007 (readable in help text)
+
+_MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "num_labels", "arch"}
+_TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
+# Smaller defaults for the attention-pooling family: it is the fast, fastText-like option.
+_ATTENTION_DEFAULTS = {"num_layers": 0, "hidden_size": 128, "lr": 3e-3, "dropout": 0.1}
+
+
+def as_dataset(data: Data, **load_kwargs) -> TextDataset:
+    """A TextDataset from a dataset, a source spec (path, `bbc`, `hf:...`) or (texts, labels)."""
+    if isinstance(data, TextDataset):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        return load_data(data, **load_kwargs)
+    if isinstance(data, tuple) and len(data) == 2:
+        texts, labels = list(data[0]), list(data[1])
+        if len(texts) != len(labels):
+            raise DataError(f"{len(texts)} texts but {len(labels)} labels")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(f"text {i} is empty or not a string")
+        return TextDataset(texts, [str(y) for y in labels], source="<memory>")
+    raise TypeError("data must be a TextDataset, a path or source name, or a (texts, labels) tuple")
+
+
+class TextClassifier:
+    """Train and use a text classifier. `model` is "transformer" or "attention"."""
+
+    def __init__(
+        self,
+        model: str = "transformer",
+        *,
+        tokenizer: str = "wordpiece",
+        vocab_size: int = 16000,
+        valid_fraction: float = 0.1,
+        verbose: bool = True,
+        **params,
+    ):
+        unknown = set(params) - _MODEL_KEYS - _TRAIN_KEYS
+        if unknown:
+            raise TypeError(
+                f"unknown parameters {sorted(unknown)}; valid: {sorted(_MODEL_KEYS | _TRAIN_KEYS)}"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.valid_fraction = valid_fraction
+        self.verbose = verbose
+        self.params = params
+
+    # ---- configuration -------------------------------------------------------------------
+    def _params(self) -> dict:
+        merged = dict(_ATTENTION_DEFAULTS) if self.model == "attention" else {}
+        merged.update(self.params)
+        return merged
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**{k: v for k, v in self._params().items() if k in _TRAIN_KEYS})
+
+    def _model_config(self, vocab_size: int, num_labels: int, max_length: int) -> ModelConfig:
+        kw = {k: v for k, v in self._params().items() if k in _MODEL_KEYS}
+        kw["max_length"] = max_length
+        return ModelConfig(vocab_size=vocab_size, num_labels=num_labels, arch=self.model, **kw)
+
+    def _tokenizer(self, texts: Sequence[str]) -> TextTokenizer:
+        if self.tokenizer in ("wordpiece", "bpe"):
+            return train_tokenizer(texts, vocab_size=self.vocab_size, kind=self.tokenizer)
+        return load_tokenizer(self.tokenizer)
+
+    # ---- learning ------------------------------------------------------------------------
+    def fit(
+        self,
+        train: Data,
+        valid: Data | None = None,
+        *,
+        run_dir: str | os.PathLike | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+    ) -> TextClassifier:
+        """Learn tokenizer, labels and weights. Without `valid`, a stratified `valid_fraction`
+        of `train` is held out (deterministic in `seed`) for early stopping and keep-best."""
+        cfg = self.train_config()
+        train_ds = as_dataset(train)
+        if train_ds.labels is None:
+            raise DataError(f"{train_ds.source}: training data has no labels")
+        if valid is None:
+            train_ds, valid_ds = stratified_split(train_ds, self.valid_fraction, seed=cfg.seed)
+        else:
+            valid_ds = as_dataset(valid)
+            check_labels_seen(train_ds, valid_ds)
+        tok = self._tokenizer(train_ds.texts)
+        labels = train_ds.label_set()
+        if len(labels) < 2:
+            raise DataError(f"{train_ds.source}: need at least 2 classes, found {labels}")
+        config = self._model_config(tok.vocab_size, len(labels), cfg.max_length)
+        model = build_model(config)
+        result = fit(
+            model,
+            self._encode(tok, train_ds, labels, cfg.max_length),
+            self._encode(tok, valid_ds, labels, cfg.max_length) if len(valid_ds) else None,
+            cfg,
+            label_names=labels,
+            pad_id=tok.pad_id,
+            run_dir=run_dir,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            progress=self.verbose,
+        )
+        self.model_dir_ = ModelDir(model.cpu().eval(), config, tok, labels, cfg.max_length)
+        self.classes_ = np.array(labels)
+        self.result_: TrainResult = result
+        self.metrics_: dict = {"valid": result.best} if result.best else {}
+        self.run_dir_ = Path(run_dir) if run_dir is not None else None
+        self._predictor = Predictor(self.model_dir_)
+        return self
+
+    @staticmethod
+    def _encode(tok: TextTokenizer, ds: TextDataset, labels: list[str], max_length: int) -> Encoded:
+        index = {lab: i for i, lab in enumerate(labels)}
+        y = None if ds.labels is None else [index[lab] for lab in ds.labels]
+        return Encoded(tok.encode(ds.texts, max_length), y)
+
+    # ---- using ---------------------------------------------------------------------------
+    def _check_fitted(self) -> Predictor:
+        if not hasattr(self, "_predictor"):
+            raise RuntimeError("this TextClassifier is not fitted yet: call fit() or load()")
+        return self._predictor
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        return self._check_fitted().predict(texts)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, C) probabilities, columns in the order of `classes_`."""
+        return self._check_fitted().predict_proba(texts)
+
+    def evaluate(self, data: Data) -> dict:
+        """Full report: accuracy, macro_f1, n, per_class, confusion_matrix, loss."""
+        p = self._check_fitted()
+        ds = as_dataset(data)
+        if ds.labels is None:
+            raise DataError(f"{ds.source}: evaluation data has no labels")
+        md = p.model_dir
+        # The model's label list stands in for its training data: any other label is an error.
+        known = TextDataset(list(md.labels), list(md.labels), source=f"{self.model}'s labels")
+        check_labels_seen(known, ds)
+        enc = self._encode(md.tokenizer, ds, md.labels, md.max_length)
+        return evaluate(p.model, enc.ids, enc.labels, md.labels, md.tokenizer.pad_id)
+
+    def score(self, data: Data) -> float:
+        """Accuracy on labelled data."""
+        return self.evaluate(data)["accuracy"]
+
+    def save(self, path: str | os.PathLike, metrics: dict | None = None) -> Path:
+        """Write the model directory (atomically)."""
+        md = self._check_fitted().model_dir
+        extra = {}
+        if getattr(self, "run_dir_", None) is not None:
+            extra = {
+                "metrics.jsonl": self.run_dir_ / "metrics.jsonl",
+                "training_curve.png": self.run_dir_ / "training_curve.png",
+            }
+        return save_model_dir(
+            path,
+            md.model,
+            md.config,
+            md.tokenizer,
+            md.labels,
+            max_length=md.max_length,
+            train_config=self.train_config().to_dict() if self.params is not None else {},
+            metrics={**getattr(self, "metrics_", {}), **(metrics or {})},
+            compression=md.meta.get("compression"),
+            extra_files=extra,
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TextClassifier:
+        md = read_model_dir(path)
+        clf = cls(model=md.config.arch, verbose=False, **_known(md.meta.get("train", {})))
+        clf.model_dir_ = md
+        clf.classes_ = np.array(md.labels)
+        clf.metrics_ = md.meta.get("metrics", {})
+        clf._predictor = Predictor(md)
+        return clf
+
+
+def _known(train_cfg: dict) -> dict:
+    return {k: v for k, v in train_cfg.items() if k in _TRAIN_KEYS}

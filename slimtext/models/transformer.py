@@ -1,0 +1,134 @@
+"""Encoder-only Transformer classifier, top to bottom: embeddings -> blocks -> pooling -> head.
+
+Post-LayerNorm blocks with exact GELU, the BERT layout, so that weights map one to one onto
+Hugging Face `BertForSequenceClassification` (see `slimtext.models.hf`). Attention runs on
+`F.scaled_dot_product_attention` with a key-padding mask: a padded key gets no weight, so adding
+padding to a batch never changes a real token's output.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import ModelConfig
+
+
+class Embeddings(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_id)
+        self.pos = nn.Embedding(cfg.max_length, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        T = input_ids.shape[1]
+        pos = torch.arange(T, device=input_ids.device)
+        return self.drop(self.norm(self.tok(input_ids) + self.pos(pos)))  # (B, T, C)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head = cfg.num_heads
+        # q, k and v in one matmul: one GEMM of width 3C is faster than three of width C.
+        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
+        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.p_drop = cfg.dropout
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # key_mask: (B, 1, 1, T) bool, True = real token. Padded queries still attend to real
+        # keys (no all-masked row, so no NaN); their outputs are ignored by pooling.
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.p_drop if self.training else 0.0
+        )  # (B, nh, T, hs)
+        return self.out(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn = SelfAttention(cfg)
+        self.norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.ffn_in = nn.Linear(cfg.hidden_size, cfg.ffn_size)
+        self.ffn_out = nn.Linear(cfg.ffn_size, cfg.hidden_size)
+        self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.attn(x, key_mask)))
+        return self.norm2(x + self.drop(self.ffn_out(F.gelu(self.ffn_in(x)))))
+
+
+class Encoder(nn.Module):
+    """A stack of blocks; with `share_layers` one block is applied `num_layers` times (ALBERT)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        n_distinct = 1 if (cfg.share_layers and cfg.num_layers > 0) else cfg.num_layers
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(n_distinct))
+        self.num_layers = cfg.num_layers
+        self.checkpointing = cfg.gradient_checkpointing
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        key_mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
+        for i in range(self.num_layers):
+            block = self.blocks[i % len(self.blocks)]
+            if self.checkpointing and self.training:
+                # Recompute activations in backward: trades ~30% more compute for memory.
+                x = checkpoint(block, x, key_mask, use_reentrant=False)
+            else:
+                x = block(x, key_mask)
+        return x
+
+
+def masked_mean(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    m = attention_mask.unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+class TransformerClassifier(nn.Module):
+    """`forward(input_ids, attention_mask) -> logits`; nothing else (losses live in training)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.embeddings = Embeddings(cfg)
+        self.encoder = Encoder(cfg)
+        self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if cfg.pooling == "cls" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(cfg.hidden_size, cfg.num_labels)
+        self.apply(init_weights)
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Contextual token states (B, T, C): the part pretraining and distillation reuse."""
+        attention_mask = attention_mask.bool()
+        return self.encoder(self.embeddings(input_ids), attention_mask)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        h = self.encode(input_ids, attention_mask)
+        if self.pooler is not None:
+            pooled = torch.tanh(self.pooler(h[:, 0]))  # [CLS] is position 0, never padding
+        else:
+            pooled = masked_mean(h, attention_mask.bool())
+        return self.head(self.drop(pooled))  # (B, num_labels)
+
+
+def init_weights(m: nn.Module) -> None:
+    # BERT's initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm.
+    if isinstance(m, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+            with torch.no_grad():
+                m.weight[m.padding_idx].zero_()
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

