@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
+import torch
 
 from .artifact import ModelDir, read_model_dir, save_model_dir
 from .data import DataError, TextDataset, check_labels_seen, load_data, stratified_split
+from .fileio import atomic_write_text
 from .infer import Predictor
 from .models import ModelConfig, build_model
 from .tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
@@ -57,7 +59,7 @@ class TextClassifier:
         self,
         model: str = "transformer",
         *,
-        tokenizer: str = "wordpiece",
+        tokenizer: str = "bpe",
         vocab_size: int = 16000,
         valid_fraction: float = 0.1,
         verbose: bool = True,
@@ -89,10 +91,21 @@ class TextClassifier:
         kw["max_length"] = max_length
         return ModelConfig(vocab_size=vocab_size, num_labels=num_labels, arch=self.model, **kw)
 
-    def _tokenizer(self, texts: Sequence[str]) -> TextTokenizer:
+    def _fit_tokenizer(self, texts: Sequence[str], checkpoint_dir, resume: bool) -> TextTokenizer:
+        # A resumed run must reuse the exact tokenizer of the run it continues: the checkpoint's
+        # weights are indexed by its ids (and WordPiece training is not deterministic across
+        # processes: huggingface/tokenizers#1794).
+        saved = Path(checkpoint_dir) / "tokenizer.json" if checkpoint_dir is not None else None
+        if resume and saved is not None and saved.is_file():
+            return load_tokenizer(saved)
         if self.tokenizer in ("wordpiece", "bpe"):
-            return train_tokenizer(texts, vocab_size=self.vocab_size, kind=self.tokenizer)
-        return load_tokenizer(self.tokenizer)
+            tok = train_tokenizer(texts, vocab_size=self.vocab_size, kind=self.tokenizer)
+        else:
+            tok = load_tokenizer(self.tokenizer)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(saved, tok.backend.to_str())
+        return tok
 
     # ---- learning ------------------------------------------------------------------------
     def fit(
@@ -115,11 +128,12 @@ class TextClassifier:
         else:
             valid_ds = as_dataset(valid)
             check_labels_seen(train_ds, valid_ds)
-        tok = self._tokenizer(train_ds.texts)
+        tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume)
         labels = train_ds.label_set()
         if len(labels) < 2:
             raise DataError(f"{train_ds.source}: need at least 2 classes, found {labels}")
         config = self._model_config(tok.vocab_size, len(labels), cfg.max_length)
+        torch.manual_seed(cfg.seed)  # same seed -> same initial weights, whatever ran before
         model = build_model(config)
         result = fit(
             model,

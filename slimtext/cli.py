@@ -122,9 +122,9 @@ def train(
     tokenizer: Annotated[
         str,
         typer.Option(
-            help="wordpiece | bpe (trained on --data), or a tokenizer.json / HF tokenizer folder."
+            help="bpe | wordpiece (trained on --data), or a tokenizer.json / HF tokenizer folder."
         ),
-    ] = "wordpiece",
+    ] = "bpe",
     text_col: Annotated[
         list[str] | None, typer.Option(help="Text column; repeat to join several.")
     ] = None,

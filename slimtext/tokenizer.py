@@ -71,11 +71,16 @@ class TextTokenizer:
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int = 16000,
-    kind: str = "wordpiece",
+    kind: str = "bpe",
     lowercase: bool = True,
     min_frequency: int = 2,
 ) -> TextTokenizer:
-    """Learn a WordPiece (`kind="wordpiece"`) or byte-level BPE (`kind="bpe"`) vocabulary."""
+    """Learn a byte-level BPE (`kind="bpe"`) or WordPiece (`kind="wordpiece"`) vocabulary.
+
+    BPE is the default because its training is deterministic; WordPiece training in `tokenizers`
+    assigns ids in hash-map order, so two runs on the same text can differ
+    (huggingface/tokenizers#1794). Both are saved, so a trained model is always reproducible.
+    """
     if kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=UNK))
         norm = [normalizers.NFD(), normalizers.StripAccents()]

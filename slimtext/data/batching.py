@@ -88,7 +88,7 @@ def bucketed_batches(
     order = torch.randperm(len(batches), generator=g).tolist()
     batches = [batches[i] for i in order]
     if world_size > 1:
-        short = (-len(batches)) % world_size
-        batches = batches + batches[:short]
+        need = -(-len(batches) // world_size) * world_size
+        batches = [batches[i % len(batches)] for i in range(need)]
         batches = batches[rank::world_size]
     return batches

@@ -27,7 +27,7 @@ class ModelConfig:
     ffn_size: int = 1024
     max_length: int = 128  # number of learned positions; longer inputs are truncated
     dropout: float = 0.1
-    pooling: str = "cls"
+    pooling: str = "mean"  # masked mean learns faster from scratch; "cls" = BERT layout
     attention_size: int = 0  # additive-attention width for arch="attention"; 0 = hidden_size
     pad_id: int = 0
     layer_norm_eps: float = 1e-12  # BERT's value, so weights convert to BertModel unchanged

@@ -1,0 +1,628 @@
+"""The HTTP server: FastAPI app over a Predictor and a DynamicBatcher.
+
+    POST /v1/classify   {"texts": [...], "top_k": k?} -> labels and probabilities, in input order
+    GET  /v1/model      labels, config, backend, versions, limits
+    GET  /healthz       the process is alive          GET /readyz   model loaded and warmed up
+    GET  /metrics       Prometheus text format         GET /docs     OpenAPI page
+    GET  /              the web page (static/, no external assets)
+
+Every error is JSON of one shape, `{"error": {"type": ..., "message": ...}}`, and bad input is
+always a 4xx: requests are checked (auth, content type, body size) in one ASGI middleware before
+anything is parsed, then by pydantic, then against the per-app limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import slimtext
+
+from .batcher import BatcherClosedError, DynamicBatcher, InferenceError, QueueFullError
+
+log = logging.getLogger("slimtext.serve")
+
+STATIC = Path(__file__).parent / "static"
+CONFIG_ENV = "SLIMTEXT_SERVE_CONFIG"  # how `run(workers=N)` hands settings to worker processes
+# Paths with their own metric label; anything else is "other", so scanners can't blow up the
+# label set.
+ENDPOINTS = ("/", "/v1/classify", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs",
+             "/openapi.json")  # fmt: skip
+JSON_BODY_PATHS = ("/v1/classify",)
+
+
+# -- request / response schema (this is what /docs shows) ----------------------------------------
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": ["what a great match", "rates rise"]}]},
+    )
+    texts: list[StrictStr] = Field(
+        min_length=1, description="Texts to classify; results come back in the same order."
+    )
+    top_k: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        None, description="Also return the k most likely labels per text, best first."
+    )
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(description="Probability, 0..1.")
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="The most likely label.")
+    score: float = Field(description="Its probability, 0..1.")
+    top_k: list[LabelScore] | None = Field(None, description="Only when the request sets top_k.")
+
+
+class ClassifyResponse(BaseModel):
+    model: str = Field(description="Name of the model directory that answered.")
+    results: list[Prediction]
+
+
+class ErrorDetail(BaseModel):
+    type: str = Field(description="Machine-readable kind, e.g. `validation_error`.")
+    message: str = Field(description="What is wrong, for a human.")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class Limits(BaseModel):
+    max_batch_size: int
+    max_wait_ms: float
+    max_queue: int
+    max_texts_per_request: int
+    max_text_chars: int
+    max_body_bytes: int
+
+
+class ModelInfo(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+    name: str
+    labels: list[str]
+    backend: str
+    device: str
+    max_length: int | None
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    model_slimtext_version: str | None = Field(description="slimtext version that wrote it.")
+    slimtext_version: str = Field(description="slimtext version serving it.")
+    limits: Limits
+
+
+ERRORS = {
+    code: {"model": ErrorResponse, "description": text}
+    for code, text in {
+        400: "Malformed JSON.",
+        401: "Missing or wrong API key.",
+        413: "Body, text count or a text over the limit.",
+        415: "Body is not application/json.",
+        422: "Well-formed JSON of the wrong shape.",
+        500: "Inference failed for this request.",
+        503: "Queue full or shutting down; retry after `Retry-After` seconds.",
+    }.items()
+}
+
+
+class ApiError(Exception):
+    """Raised anywhere in a handler; becomes the JSON error shape with this status."""
+
+    def __init__(self, status: int, type: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.type, self.message, self.headers = status, type, message, headers
+
+
+def error_response(status: int, type: str, message: str, headers: dict | None = None):
+    body = {"error": {"type": type, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# -- settings -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServeConfig:
+    """Everything `create_app` needs from a model path; JSON-able, so worker processes can get it
+    through an environment variable. The API key itself is never stored, only the variable name."""
+
+    model_dir: str
+    backend: str = "auto"
+    device: str = "cpu"
+    max_batch_size: int = 64
+    max_wait_ms: float = 5.0
+    max_queue: int = 1024
+    max_texts_per_request: int | None = None  # min(256, max_queue)
+    max_text_chars: int = 10_000
+    max_body_bytes: int = 4 * 1024 * 1024
+    api_key_env: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+
+    def api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env, "")
+        if not key:
+            # Fail closed: a typo in the variable name must not serve the API without a key.
+            raise ValueError(f"--api-key-env {self.api_key_env}: that variable is unset or empty")
+        return key
+
+    def create_app(self) -> FastAPI:
+        kw = asdict(self)
+        del kw["model_dir"], kw["api_key_env"]
+        return create_app(self.model_dir, api_key=self.api_key(), **kw)
+
+
+def factory() -> FastAPI:
+    """uvicorn `--factory` entry point for worker processes: settings come from CONFIG_ENV."""
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        raise RuntimeError(f"{CONFIG_ENV} is not set; start the server with slimtext.serve.run")
+    return ServeConfig(**json.loads(raw)).create_app()
+
+
+def resolve_backend(backend: str) -> str:
+    # "auto" will pick onnxruntime when an export exists; torch is the only backend for now.
+    return "torch" if backend == "auto" else backend
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    requests: Counter
+    latency: Histogram
+    batch_size: Histogram
+    inference: Histogram
+    queue_depth: Gauge
+
+
+def make_metrics() -> Metrics:
+    # Per-app registry: several apps in one process (tests) must not share or clash on metrics.
+    reg = CollectorRegistry()
+    return Metrics(
+        registry=reg,
+        requests=Counter(
+            "slimtext_requests", "HTTP requests.", ["endpoint", "method", "status"], registry=reg
+        ),
+        latency=Histogram(
+            "slimtext_request_latency_seconds",
+            "HTTP request latency.",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=reg,
+        ),  # fmt: skip
+        batch_size=Histogram(
+            "slimtext_batch_size",
+            "Texts per model call.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=reg,
+        ),  # fmt: skip
+        inference=Histogram(
+            "slimtext_inference_latency_seconds",
+            "Seconds per model call.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=reg,
+        ),  # fmt: skip
+        queue_depth=Gauge("slimtext_queue_depth", "Texts waiting to be batched.", registry=reg),
+    )
+
+
+# -- the guard: auth, content type, body size, request metrics -----------------------------------
+
+
+class Guard:
+    """Pure ASGI middleware, so it sees every request (also 404s and errors raised before
+    routing) and can refuse a large body while reading it instead of after buffering it."""
+
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, metrics: Metrics):
+        self.app = app
+        self.api_key = api_key.encode() if api_key else None
+        self.max_body_bytes = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        endpoint = path if path in ENDPOINTS else "other"
+        if path.startswith("/static/"):
+            endpoint = "/static"
+        status = 500  # if the app raises before sending anything
+        t0 = time.perf_counter()
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self._handle(scope, receive, send_status)
+        finally:
+            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+
+    async def _handle(self, scope, receive, send):
+        headers = {k.decode("latin-1").lower(): v for k, v in scope["headers"]}
+        path, method = scope["path"], scope["method"]
+
+        async def refuse(status, type, message, extra=None):
+            await error_response(status, type, message, extra)(scope, receive, send)
+
+        if self.api_key and (path.startswith("/v1/") or path == "/metrics"):
+            scheme, _, token = headers.get("authorization", b"").partition(b" ")
+            # compare_digest: the time taken must not reveal how much of the key matched.
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self.api_key):
+                return await refuse(
+                    401, "unauthorized", "missing or wrong API key; send 'Authorization: Bearer "
+                    "<key>'", {"WWW-Authenticate": "Bearer"},
+                )  # fmt: skip
+        if method not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        if path in JSON_BODY_PATHS:
+            ctype = headers.get("content-type", b"").decode("latin-1").split(";")[0].strip()
+            if ctype.lower() != "application/json":
+                return await refuse(
+                    415, "unsupported_media_type",
+                    f"send the body as JSON with Content-Type: application/json "
+                    f"(got {ctype or 'no content type'!r})",
+                )  # fmt: skip
+        too_big = f"request body is larger than {self.max_body_bytes} bytes"
+        try:
+            declared = int(headers.get("content-length", b"0"))
+        except ValueError:
+            return await refuse(400, "bad_request", "invalid Content-Length header")
+        if declared > self.max_body_bytes:
+            return await refuse(413, "body_too_large", too_big)
+        # Read the body here (chunked uploads have no Content-Length) and stop at the cap.
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return await refuse(413, "body_too_large", too_big)
+            if not message.get("more_body", False):
+                break
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # later calls wait for the disconnect, as the server would
+
+        await self.app(scope, replay, send)
+
+
+# -- the app --------------------------------------------------------------------------------------
+
+
+def describe(predictor, *, backend: str, device: str) -> dict:
+    """Model facts for /v1/model; tolerant of duck-typed predictors (tests use stubs)."""
+    md = getattr(predictor, "model_dir", None)
+    meta = getattr(md, "meta", None) or {}
+    config = getattr(md, "config", None)
+    name = Path(meta["path"]).name if meta.get("path") else "model"
+    return dict(
+        name=name,
+        labels=list(predictor.labels),
+        backend=getattr(predictor, "backend", backend),
+        device=str(getattr(predictor, "device", device)),
+        max_length=getattr(md, "max_length", None),
+        config=config.to_dict() if hasattr(config, "to_dict") else {},
+        metrics=meta.get("metrics") or {},
+        model_slimtext_version=meta.get("slimtext_version"),
+        slimtext_version=slimtext.__version__,
+    )
+
+
+def format_validation_error(exc: RequestValidationError) -> tuple[int, str, str]:
+    """Pydantic's error list -> (status, type, one readable message)."""
+    errors = exc.errors()
+    if not errors:
+        return 422, "validation_error", "invalid request"
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        ctx = first.get("ctx") or {}
+        return 400, "invalid_json", f"body is not valid JSON: {ctx.get('error', first['msg'])}"
+    loc = [p for p in first.get("loc", ()) if p != "body"]
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if not loc and first.get("type") == "missing":
+        message = 'request body is required: {"texts": [...]}'
+    elif not loc:
+        message = 'body must be a JSON object: {"texts": [...], "top_k": k}'
+    elif first.get("type") == "extra_forbidden":
+        message = f"unknown field {where!r}; allowed: texts, top_k"
+    else:
+        message = f"{where}: {first['msg']}" if where else first["msg"]
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more problems)"
+    return 422, "validation_error", message
+
+
+def create_app(
+    model,
+    *,
+    backend: str = "auto",
+    device: str = "cpu",
+    max_batch_size: int = 64,
+    max_wait_ms: float = 5.0,
+    max_queue: int = 1024,
+    max_texts_per_request: int | None = None,
+    max_text_chars: int = 10_000,
+    max_body_bytes: int = 4 * 1024 * 1024,
+    api_key: str | None = None,
+    cors_origins: Sequence[str] = (),
+) -> FastAPI:
+    """A FastAPI app serving `model` (a model directory path or a loaded Predictor).
+
+    The model loads here, so a bad directory fails now; the batcher starts and one warm-up
+    prediction runs in the app's lifespan (`/readyz` answers 503 until it is done).
+    `max_queue` counts texts; a request that does not fit gets 503 + Retry-After.
+    `max_texts_per_request` defaults to min(256, max_queue).
+    """
+    if max_texts_per_request is None:
+        max_texts_per_request = min(256, max_queue)
+    if max_texts_per_request > max_queue:
+        raise ValueError(
+            f"max_texts_per_request ({max_texts_per_request}) must be <= max_queue ({max_queue}),"
+            " or a request of that size could never be admitted"
+        )
+    if max_texts_per_request < 1 or max_text_chars < 1 or max_body_bytes < 1:
+        raise ValueError("max_texts_per_request, max_text_chars and max_body_bytes must be >= 1")
+    backend = resolve_backend(backend)
+    if isinstance(model, (str, os.PathLike)):
+        predictor = slimtext.load(model, backend=backend, device=device, batch_size=max_batch_size)
+    else:
+        predictor = model
+    labels = list(predictor.labels)
+    info = describe(predictor, backend=backend, device=device)
+    limits = Limits(
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        max_texts_per_request=max_texts_per_request, max_text_chars=max_text_chars,
+        max_body_bytes=max_body_bytes,
+    )  # fmt: skip
+    metrics = make_metrics()
+
+    def on_batch(size: int, seconds: float) -> None:
+        metrics.batch_size.observe(size)
+        metrics.inference.observe(seconds)
+
+    batcher = DynamicBatcher(
+        lambda texts: predictor.predict_proba(texts),
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        on_batch=on_batch,
+    )  # fmt: skip
+    metrics.queue_depth.set_function(lambda: batcher.depth)
+    state = {"ready": False, "status": "starting"}
+
+    async def warm_up() -> None:
+        # Through the batcher, so the first real request finds every lazy init done. A task, not
+        # inline in the lifespan, so /healthz answers (and /readyz says 503) while it runs.
+        try:
+            await batcher.submit(["warm-up"])
+            state["ready"], state["status"] = True, "ready"
+        except Exception as e:  # stay alive but not ready: /readyz says why
+            log.exception("warm-up prediction failed")
+            state["status"] = f"warm-up failed: {type(e).__name__}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        state["status"] = "warming_up"
+        warming = asyncio.create_task(warm_up())
+        try:
+            yield
+        finally:
+            # uvicorn has stopped accepting and waited for open requests; finish the queue.
+            state["ready"], state["status"] = False, "shutting_down"
+            await batcher.close()
+            await warming
+
+    app = FastAPI(
+        title="slimtext",
+        version=slimtext.__version__,
+        summary=f"Text classifier `{info['name']}`: {', '.join(labels[:10])}"
+        + (" ..." if len(labels) > 10 else ""),
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    app.state.metrics = metrics
+    app.state.predictor = predictor
+    app.state.serve_state = state
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return error_response(exc.status, exc.type, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return error_response(*format_validation_error(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 400:  # FastAPI's only 400: a body it could not decode (not UTF-8)
+            kind, message = "invalid_json", f"body is not valid JSON: {message.lower()}"
+        return error_response(exc.status_code, kind, message, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(500, "internal_error", "internal server error")
+
+    # Only documents the scheme in /docs; Guard does the checking (before the body is parsed).
+    security = [Depends(HTTPBearer(auto_error=False))] if api_key else []
+
+    @app.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+        dependencies=security,
+        summary="Classify texts",
+    )
+    async def classify(req: ClassifyRequest) -> ClassifyResponse:
+        """Labels and probabilities for each text, in input order. Requests are merged with
+        concurrent ones into batches of up to `max_batch_size` texts."""
+        texts = req.texts
+        if len(texts) > max_texts_per_request:
+            raise ApiError(
+                413, "too_many_texts",
+                f"{len(texts)} texts in one request; the limit is {max_texts_per_request}",
+            )  # fmt: skip
+        for i, t in enumerate(texts):
+            if len(t) > max_text_chars:
+                raise ApiError(
+                    413, "text_too_long",
+                    f"texts[{i}] is longer than {max_text_chars} characters ({len(t)})",
+                )  # fmt: skip
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:  # JSON "\ud800" decodes to a lone surrogate
+                raise ApiError(
+                    422, "validation_error", f"texts[{i}] is not valid Unicode (lone surrogate)"
+                ) from None
+        if req.top_k is not None and req.top_k > len(labels):
+            raise ApiError(
+                422, "validation_error",
+                f"top_k is {req.top_k} but the model has {len(labels)} labels",
+            )  # fmt: skip
+        try:
+            probs = await batcher.submit(texts)
+        except QueueFullError as e:
+            raise ApiError(503, "overloaded", str(e), {"Retry-After": "1"}) from None
+        except BatcherClosedError as e:
+            raise ApiError(503, "shutting_down", str(e), {"Retry-After": "1"}) from None
+        except InferenceError as e:
+            raise ApiError(500, "inference_error", str(e)) from None
+        return ClassifyResponse(model=info["name"], results=_predictions(probs, labels, req.top_k))
+
+    @app.get("/v1/model", response_model=ModelInfo, dependencies=security, summary="Model info")
+    async def model_info() -> ModelInfo:
+        return ModelInfo(**info, limits=limits)
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: model loaded and warmed up",
+             responses={503: {"description": "Not ready (yet, or shutting down)."}})  # fmt: skip
+    async def readyz():
+        if state["ready"]:
+            return {"status": "ready"}
+        return JSONResponse({"status": state["status"]}, status_code=503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        # The page has no inline script, so it can forbid everything but its own origin.
+        return FileResponse(
+            STATIC / "index.html",
+            headers={"Content-Security-Policy": "default-src 'self'", "X-Frame-Options": "DENY"},
+        )
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics)
+    if cors_origins:  # off by default; added last so it is outermost and answers preflights
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )  # fmt: skip
+    return app
+
+
+def _predictions(probs: np.ndarray, labels: list[str], top_k: int | None) -> list[Prediction]:
+    best = probs.argmax(axis=1)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k] if top_k else None
+    out = []
+    for i, row in enumerate(probs.tolist()):
+        tops = None
+        if order is not None:
+            tops = [LabelScore(label=labels[j], score=row[j]) for j in order[i].tolist()]
+        out.append(Prediction(label=labels[best[i]], score=row[best[i]], top_k=tops))
+    return out
+
+
+def run(
+    model_dir: str | os.PathLike,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    backend: str = "auto",
+    device: str = "cpu",
+    max_batch_size: int = 64,
+    max_wait_ms: float = 5.0,
+    max_queue: int = 1024,
+    max_texts_per_request: int | None = None,
+    max_text_chars: int = 10_000,
+    max_body_bytes: int = 4 * 1024 * 1024,
+    api_key_env: str | None = None,
+    cors_origins: Sequence[str] = (),
+    workers: int = 1,
+    log_level: str = "info",
+) -> None:
+    """Serve `model_dir` over HTTP with uvicorn until interrupted (SIGINT/SIGTERM drain first)."""
+    import uvicorn
+
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    cfg = ServeConfig(
+        model_dir=str(model_dir), backend=backend, device=device, max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts_per_request=max_texts_per_request,
+        max_text_chars=max_text_chars, max_body_bytes=max_body_bytes, api_key_env=api_key_env,
+        cors_origins=list(cors_origins),
+    )  # fmt: skip
+    common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    if workers == 1:
+        uvicorn.run(cfg.create_app(), **common)
+        return
+    # Fail here, once, rather than in N workers: check the key variable and the model directory.
+    cfg.api_key()
+    from ..artifact import read_model_dir
+
+    read_model_dir(model_dir)
+    os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
+    uvicorn.run("slimtext.serve.app:factory", factory=True, workers=workers, **common)

@@ -1,0 +1,58 @@
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slimtext.data.batching import bucketed_batches, length_sorted_batches, pad_batch
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 60), min_size=1, max_size=300),
+    batch_size=st.integers(1, 17),
+    world=st.integers(1, 4),
+    epoch=st.integers(0, 3),
+)
+def test_ranks_share_every_row_once_and_take_equal_steps(lengths, batch_size, world, epoch):
+    per_rank = [
+        bucketed_batches(
+            lengths, batch_size, seed=1, epoch=epoch, bucket_batches=3, rank=r, world_size=world
+        )  # fmt: skip
+        for r in range(world)
+    ]
+    assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank
+    seen = [i for batches in per_rank for b in batches for i in b]
+    assert set(seen) == set(range(len(lengths)))
+    if world == 1:
+        assert sorted(seen) == list(range(len(lengths)))  # exactly once
+    assert all(1 <= len(b) <= batch_size for batches in per_rank for b in batches)
+
+
+def test_batches_are_a_pure_function_of_seed_and_epoch():
+    lengths = [(i * 37) % 50 + 1 for i in range(500)]
+    a = bucketed_batches(lengths, 8, seed=3, epoch=2)
+    assert a == bucketed_batches(lengths, 8, seed=3, epoch=2)
+    assert a != bucketed_batches(lengths, 8, seed=3, epoch=3)
+    assert a != bucketed_batches(lengths, 8, seed=4, epoch=2)
+
+
+def test_bucketing_pads_far_less_than_padding_to_the_maximum():
+    lengths = [(i * 7919) % 120 + 5 for i in range(2000)]
+    batches = bucketed_batches(lengths, 32, seed=0, epoch=0)
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    assert padded < 1.1 * sum(lengths)  # < 10% padding
+    assert padded < 0.6 * max(lengths) * len(lengths)
+
+
+def test_pad_batch_pads_to_a_multiple_of_8_with_a_correct_mask():
+    ids = [[2, 5, 6, 3], [2, 7, 3], list(range(2, 13))]
+    b = pad_batch(ids, [0, 2], pad_id=0, labels=[1, 0, 2])
+    assert b.input_ids.shape == (2, 16)
+    assert b.attention_mask.sum(1).tolist() == [4, 11]
+    assert torch.all(b.input_ids[~b.attention_mask] == 0)
+    assert b.labels.tolist() == [1, 2] and b.index.tolist() == [0, 2]
+
+
+def test_length_sorted_batches_cover_all_rows_longest_first():
+    lengths = [3, 9, 1, 7, 5]
+    batches = length_sorted_batches(lengths, 2)
+    assert batches == [[1, 3], [4, 0], [2]]

@@ -1,0 +1,118 @@
+import pytest
+import torch
+
+from slimtext.models import AttentionPoolingClassifier, ModelConfig, build_model
+
+ARCH_CONFIGS = {
+    "transformer-cls": dict(arch="transformer", pooling="cls"),
+    "transformer-mean": dict(arch="transformer", pooling="mean"),
+    "attention": dict(arch="attention", num_layers=0),
+    "attention+encoder": dict(arch="attention", num_layers=1),
+    "transformer-shared": dict(arch="transformer", share_layers=True, num_layers=3),
+}
+
+
+def make(seed=0, **kw):
+    torch.manual_seed(seed)
+    base = dict(vocab_size=50, num_labels=3, hidden_size=32, num_layers=2, num_heads=4,
+                ffn_size=64, max_length=40, dropout=0.1)  # fmt: skip
+    base.update(kw)
+    return build_model(ModelConfig(**base)).eval()
+
+
+def ragged_batch(lengths, T, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), T, dtype=torch.long)
+    mask = torch.zeros(len(lengths), T, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(5, 50, (n,), generator=g)
+        ids[i, 0] = 2  # [CLS]
+        mask[i, :n] = True
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", ARCH_CONFIGS)
+def test_padding_never_changes_predictions(name):
+    model = make(**ARCH_CONFIGS[name])
+    lengths = [3, 7, 12, 5]
+    ids, mask = ragged_batch(lengths, 12)
+    with torch.no_grad():
+        base = torch.softmax(model(ids, mask), -1)
+        # Each row alone, unpadded, must match its row in the padded batch...
+        for i, n in enumerate(lengths):
+            alone = torch.softmax(model(ids[i : i + 1, :n], mask[i : i + 1, :n]), -1)
+            torch.testing.assert_close(alone, base[i : i + 1], atol=1e-5, rtol=0)
+        # ...and extra padding (with garbage ids under the mask) changes nothing either.
+        big_ids = torch.cat([ids, torch.randint(5, 50, (4, 20))], dim=1)
+        big_mask = torch.cat([mask, torch.zeros(4, 20, dtype=torch.bool)], dim=1)
+        torch.testing.assert_close(
+            torch.softmax(model(big_ids, big_mask), -1), base, atol=1e-5, rtol=0
+        )
+
+
+def test_attention_pooling_gives_padding_exactly_zero_weight():
+    model = make(arch="attention", num_layers=0)
+    assert isinstance(model, AttentionPoolingClassifier)
+    ids, mask = ragged_batch([2, 9, 4], 16)
+    with torch.no_grad():
+        w = model.attention_weights(ids, mask)
+    assert torch.all(w[~mask] == 0.0)
+    torch.testing.assert_close(w.sum(-1), torch.ones(3))
+    assert torch.all(w[mask] > 0)
+
+
+def test_attention_pool_bias_has_the_attention_width():
+    model = make(arch="attention", num_layers=0, attention_size=24)
+    assert model.pool.proj.bias.shape == (24,)
+    assert model.pool.score.weight.shape == (1, 24)
+
+
+@pytest.mark.parametrize("name", ARCH_CONFIGS)
+def test_same_seed_gives_same_weights_and_outputs(name):
+    a, b = make(seed=7, **ARCH_CONFIGS[name]), make(seed=7, **ARCH_CONFIGS[name])
+    c = make(seed=8, **ARCH_CONFIGS[name])
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], c.state_dict()[k]) for k in sa)
+    ids, mask = ragged_batch([4, 6], 6)
+    with torch.no_grad():
+        assert torch.equal(a(ids, mask), b(ids, mask))
+
+
+def test_head_width_is_hidden_size_and_output_is_num_labels():
+    model = make(arch="transformer", hidden_size=48, num_heads=4, num_labels=5)
+    ids, mask = ragged_batch([3, 5], 5)
+    assert model.head.in_features == 48
+    assert model(ids, mask).shape == (2, 5)
+
+
+def test_shared_layers_use_one_block_but_apply_it_num_layers_times():
+    shared = make(arch="transformer", share_layers=True, num_layers=3)
+    separate = make(arch="transformer", num_layers=3)
+    assert len(shared.encoder.blocks) == 1 and len(separate.encoder.blocks) == 3
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert n(shared) < n(separate)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids, mask = ragged_batch([5, 8], 8)
+    grads = []
+    for ckpt in (False, True):
+        m = make(seed=3, arch="transformer", dropout=0.0, gradient_checkpointing=ckpt).train()
+        m(ids, mask).sum().backward()
+        grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    for k in grads[0]:
+        torch.testing.assert_close(grads[0][k], grads[1][k])
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(dict(arch="rnn"), "arch"), (dict(pooling="max"), "pooling"),
+     (dict(hidden_size=30, num_heads=4), "divisible"), (dict(num_labels=1), "2 labels"),
+     (dict(dropout=1.5), "dropout")],
+)  # fmt: skip
+def test_invalid_config_is_rejected_with_a_clear_message(bad, message):
+    base = dict(vocab_size=10, num_labels=2)
+    base.update(bad)
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**base)

@@ -1,0 +1,356 @@
+"""The HTTP API: every endpoint, every class of bad input, batching through the app, overload,
+inference errors, API keys. In-process (TestClient / httpx ASGITransport), no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from serve_helpers import StubPredictor, async_wait_until, run_async, serving, wait_until
+
+from slimtext.serve import create_app
+
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture
+def client_for():
+    """client_for(app) -> a TestClient with the lifespan running and the model warmed up."""
+    opened = []
+
+    def make(app):
+        client = TestClient(app).__enter__()
+        opened.append(client)
+        wait_until(lambda: client.get("/readyz").status_code == 200, what="/readyz")
+        return client
+
+    yield make
+    for client in opened:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(predictor, client_for):
+    return client_for(create_app(predictor, max_text_chars=100, max_texts_per_request=20))
+
+
+def assert_error(resp, status: int, type_: str, *in_message: str) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert err["type"] == type_
+    for part in in_message:
+        assert part in err["message"], err["message"]
+    return err
+
+
+# -- the happy path -------------------------------------------------------------------------------
+
+
+def test_classify_matches_predictor_in_input_order(client, predictor):
+    texts = ["good great fine", "bad awful poor", "", "good " * 19, "unknown words here"]
+    resp = client.post("/v1/classify", json={"texts": texts, "top_k": 2})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model"] == "model"
+    probs = predictor.predict_proba(texts)
+    assert len(body["results"]) == len(texts)
+    for row, p in zip(body["results"], probs, strict=True):
+        assert row["label"] == predictor.labels[int(p.argmax())]
+        assert row["score"] == pytest.approx(float(p.max()), abs=1e-5)
+        assert [t["label"] for t in row["top_k"]] == [predictor.labels[j] for j in np.argsort(-p)]
+        got = {t["label"]: t["score"] for t in row["top_k"]}
+        for j, label in enumerate(predictor.labels):
+            assert got[label] == pytest.approx(float(p[j]), abs=1e-5)
+
+
+def test_top_k_is_omitted_unless_asked(client):
+    row = client.post("/v1/classify", json={"texts": ["good"]}).json()["results"][0]
+    assert set(row) == {"label", "score"}
+    row = client.post("/v1/classify", json={"texts": ["good"], "top_k": 1}).json()["results"][0]
+    assert len(row["top_k"]) == 1 and row["top_k"][0]["label"] == row["label"]
+
+
+def test_model_info(client, predictor):
+    info = client.get("/v1/model").json()
+    assert info["labels"] == predictor.labels
+    assert info["backend"] == "torch"
+    assert info["config"]["arch"] == "attention"
+    assert info["max_length"] == 32
+    assert info["slimtext_version"] and info["model_slimtext_version"]
+    assert info["limits"]["max_batch_size"] == 64
+    assert info["limits"]["max_text_chars"] == 100
+    assert info["limits"]["max_texts_per_request"] == 20
+
+
+def test_health_ready_docs_and_page(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").json() == {"status": "ready"}
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    for name in ("ClassifyRequest", "ClassifyResponse", "ErrorResponse", "ModelInfo"):
+        assert name in schema["components"]["schemas"]
+    assert "413" in schema["paths"]["/v1/classify"]["post"]["responses"]
+    page = client.get("/")
+    assert page.status_code == 200 and "Classify" in page.text
+    assert "http" not in page.text.split("<body>")[0]  # no external assets in <head>
+    assert page.headers["content-security-policy"] == "default-src 'self'"
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_readyz_is_503_until_warm_up_is_done(stub):
+    stub.gate.clear()  # the warm-up prediction blocks
+
+    async def main():
+        app = create_app(stub)
+        async with serving(app, ready=False) as c:
+            assert (await c.get("/healthz")).status_code == 200
+            r = await c.get("/readyz")
+            assert r.status_code == 503 and r.json()["status"] == "warming_up"
+            stub.gate.set()
+            await async_wait_until(lambda: app.state.serve_state["ready"], what="ready")
+            assert (await c.get("/readyz")).status_code == 200
+
+    run_async(main())
+
+
+def test_metrics_in_prometheus_format(client):
+    client.post("/v1/classify", json={"texts": ["good", "bad"]})
+    client.post("/v1/classify", json={"texts": []})
+    resp = client.get("/metrics")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/plain")
+    text = resp.text
+    assert 'slimtext_requests_total{endpoint="/v1/classify",method="POST",status="200"} 1.0' in text
+    assert 'slimtext_requests_total{endpoint="/v1/classify",method="POST",status="422"} 1.0' in text
+    for name in ("slimtext_request_latency_seconds_bucket", "slimtext_batch_size_bucket",
+                 "slimtext_inference_latency_seconds_count", "slimtext_queue_depth"):  # fmt: skip
+        assert name in text
+
+
+# -- bad input: always 4xx with the JSON error shape ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, status, type_, message",
+    [
+        (b"{bad json", 400, "invalid_json", "not valid JSON"),
+        (b"\xff\xfe\x00", 400, "invalid_json", "not valid JSON"),
+        (b"", 422, "validation_error", "body is required"),
+        (b"[1, 2]", 422, "validation_error", "JSON object"),
+        (b'"just a string"', 422, "validation_error", "JSON object"),
+        (b"{}", 422, "validation_error", "texts"),
+        (b'{"texts": []}', 422, "validation_error", "texts"),
+        (b'{"texts": "one string"}', 422, "validation_error", "texts"),
+        (b'{"texts": ["ok", 3]}', 422, "validation_error", "texts[1]"),
+        (b'{"texts": ["ok", null]}', 422, "validation_error", "texts[1]"),
+        (b'{"texts": [["nested"]]}', 422, "validation_error", "texts[0]"),
+        (b'{"texts": ["ok"], "top_k": 0}', 422, "validation_error", "top_k"),
+        (b'{"texts": ["ok"], "top_k": 3}', 422, "validation_error", "2 labels"),
+        (b'{"texts": ["ok"], "top_k": "2"}', 422, "validation_error", "top_k"),
+        (b'{"texts": ["ok"], "top_k": true}', 422, "validation_error", "top_k"),
+        (b'{"texts": ["ok"], "top_k": 1.5}', 422, "validation_error", "top_k"),
+        (b'{"texts": ["ok"], "topk": 1}', 422, "validation_error", "unknown field 'topk'"),
+        (b'{"texts": ["\\ud800"]}', 422, "validation_error", "texts[0] is not valid Unicode"),
+        (json.dumps({"texts": ["a"] * 21}).encode(), 413, "too_many_texts", "limit is 20"),
+        (json.dumps({"texts": ["a", "b" * 101]}).encode(), 413, "text_too_long",
+         "texts[1] is longer than 100 characters"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_a_4xx_with_a_json_error(client, body, status, type_, message):
+    assert_error(client.post("/v1/classify", content=body, headers=JSON), status, type_, message)
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_wrong_content_type_is_415(client, ctype):
+    headers = {"content-type": ctype} if ctype else {}
+    resp = client.post("/v1/classify", content=b'{"texts": ["ok"]}', headers=headers)
+    assert_error(resp, 415, "unsupported_media_type", "application/json")
+
+
+def test_json_content_type_with_charset_is_fine(client):
+    resp = client.post(
+        "/v1/classify",
+        content=b'{"texts": ["ok"]}',
+        headers={"content-type": "application/json; charset=utf-8"},
+    )
+    assert resp.status_code == 200
+
+
+def test_oversized_body_is_413_before_parsing(stub, client_for):
+    c = client_for(create_app(stub, max_body_bytes=1000))
+    big = json.dumps({"texts": ["x" * 2000]}).encode()
+    assert_error(c.post("/v1/classify", content=big, headers=JSON), 413, "body_too_large", "1000")
+
+    def chunked():  # no Content-Length: the cap must hold while reading
+        for _ in range(20):
+            yield b" " * 100
+
+    resp = c.post("/v1/classify", content=chunked(), headers=JSON)
+    assert_error(resp, 413, "body_too_large")
+    assert stub.calls == [1]  # only the warm-up reached the model
+
+
+def test_unknown_path_and_method_are_json_errors(client):
+    assert_error(client.get("/nope"), 404, "not_found")
+    assert_error(client.get("/v1/classify"), 405, "method_not_allowed")
+
+
+# -- batching, overload and failures through the app ---------------------------------------------
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_result(predictor):
+    texts = [f"good great {i}" if i % 2 else f"bad awful {i}" for i in range(24)]
+    expected = predictor.predict_proba(texts)
+
+    async def main():
+        app = create_app(predictor, max_wait_ms=30)
+        async with serving(app) as c:
+            resps = await asyncio.gather(
+                *(c.post("/v1/classify", json={"texts": [t], "top_k": 2}) for t in texts)
+            )
+            metrics = app.state.metrics.registry
+            batches = metrics.get_sample_value("slimtext_batch_size_count")
+            batched = metrics.get_sample_value("slimtext_batch_size_sum")
+            return resps, batches, batched, app.state.batcher.stats
+
+    resps, batches, batched, stats = run_async(main())
+    for resp, p in zip(resps, expected, strict=True):
+        assert resp.status_code == 200
+        scores = {t["label"]: t["score"] for t in resp.json()["results"][0]["top_k"]}
+        assert [scores[label] for label in predictor.labels] == pytest.approx(p.tolist(), abs=1e-5)
+    assert stats.largest_batch > 1
+    assert batches - 1 < len(texts)  # minus the warm-up batch: fewer model calls than requests
+    assert batched == len(texts) + 1
+
+
+def test_request_larger_than_max_batch_size_is_split_and_kept_in_order(predictor, client_for):
+    c = client_for(create_app(predictor, max_batch_size=4, max_queue=64))
+    texts = [f"good {i}" if i % 3 else f"awful poor {i}" for i in range(11)]
+    resp = c.post("/v1/classify", json={"texts": texts})
+    probs = predictor.predict_proba(texts)
+    assert [r["label"] for r in resp.json()["results"]] == [
+        predictor.labels[j] for j in probs.argmax(1)
+    ]
+    assert c.app.state.batcher.stats.largest_batch <= 4
+
+
+def test_full_queue_answers_503_with_retry_after(stub):
+    async def main():
+        app = create_app(stub, max_batch_size=1, max_wait_ms=0, max_queue=2,
+                         max_texts_per_request=2)  # fmt: skip
+        async with serving(app) as c:
+            stub.gate.clear()
+            post = lambda t: c.post("/v1/classify", json={"texts": [t]})  # noqa: E731
+            running = asyncio.create_task(post("in the model"))
+            await async_wait_until(lambda: len(stub.calls) == 2, what="batch to start")
+            queued = [asyncio.create_task(post(f"queued {i}")) for i in range(2)]
+            await async_wait_until(lambda: app.state.batcher.depth == 2, what="queue to fill")
+            depth = app.state.metrics.registry.get_sample_value("slimtext_queue_depth")
+            refused = await post("one too many")
+            stub.gate.set()
+            done = await asyncio.gather(running, *queued)
+            return depth, refused, done
+
+    depth, refused, done = run_async(main())
+    assert depth == 2
+    assert_error(refused, 503, "overloaded", "queue full")
+    assert refused.headers["retry-after"] == "1"
+    assert [r.status_code for r in done] == [200, 200, 200]
+
+
+def test_inference_error_fails_only_that_request(stub):
+    async def main():
+        app = create_app(stub, max_wait_ms=30)
+        async with serving(app) as c:
+            post = lambda t: c.post("/v1/classify", json={"texts": t})  # noqa: E731
+            together = await asyncio.gather(post(["fine"]), post(["boom"]), post(["fine too"]))
+            after = await post(["still fine"])
+            return together, after
+
+    (ok1, bad, ok2), after = run_async(main())
+    assert_error(bad, 500, "inference_error", "RuntimeError")
+    assert ok1.status_code == ok2.status_code == after.status_code == 200
+    assert after.json()["results"][0]["score"] == pytest.approx(
+        StubPredictor.expected("still fine").max()
+    )
+
+
+def test_shutdown_finishes_in_flight_requests(stub):
+    async def main():
+        app = create_app(stub, max_wait_ms=0)
+        async with serving(app) as c:
+            stub.gate.clear()
+            inflight = asyncio.create_task(c.post("/v1/classify", json={"texts": ["slow"]}))
+            await async_wait_until(lambda: len(stub.calls) == 2, what="request to reach model")
+            # leaving the block runs the lifespan shutdown, which must drain, not drop
+            asyncio.get_running_loop().call_later(0.05, stub.gate.set)
+        return await inflight
+
+    assert run_async(main()).status_code == 200
+
+
+# -- API key and CORS -----------------------------------------------------------------------------
+
+
+def test_api_key_required_on_api_but_not_on_health(stub, client_for):
+    c = client_for(create_app(stub, api_key="s3cret"))
+    body = {"texts": ["hi"]}
+    resp = c.post("/v1/classify", json=body)
+    assert_error(resp, 401, "unauthorized", "Bearer")
+    assert resp.headers["www-authenticate"] == "Bearer"
+    wrong = {"Authorization": "Bearer s3cre"}
+    assert_error(c.post("/v1/classify", json=body, headers=wrong), 401, "unauthorized")
+    assert_error(c.get("/v1/model"), 401, "unauthorized")
+    assert_error(c.get("/metrics"), 401, "unauthorized")
+    good = {"Authorization": "Bearer s3cret"}
+    assert c.post("/v1/classify", json=body, headers=good).status_code == 200
+    assert c.get("/v1/model", headers=good).status_code == 200
+    for path in ("/healthz", "/readyz", "/"):
+        assert c.get(path).status_code == 200
+    # 401 comes before any parsing: a bad body without a key says nothing about the body
+    assert c.post("/v1/classify", content=b"{", headers=JSON).status_code == 401
+
+
+def test_no_api_key_means_open(stub, client_for):
+    c = client_for(create_app(stub))
+    assert c.post("/v1/classify", json={"texts": ["hi"]}).status_code == 200
+
+
+def test_cors_is_off_by_default_and_can_be_enabled(stub, client_for):
+    origin = {"Origin": "http://example.com"}
+    c = client_for(create_app(stub))
+    assert "access-control-allow-origin" not in c.get("/v1/model", headers=origin).headers
+    c = client_for(create_app(stub, cors_origins=["http://example.com"]))
+    resp = c.get("/v1/model", headers=origin)
+    assert resp.headers["access-control-allow-origin"] == "http://example.com"
+
+
+# -- construction ---------------------------------------------------------------------------------
+
+
+def test_several_apps_in_one_process_have_separate_metrics(stub, client_for):
+    a, b = client_for(create_app(stub)), client_for(create_app(stub))
+    a.get("/healthz")
+    assert 'endpoint="/healthz"' in a.get("/metrics").text
+    assert 'endpoint="/healthz"' not in b.get("/metrics").text
+
+
+def test_settings_that_could_never_work_are_rejected(stub):
+    with pytest.raises(ValueError, match="max_queue"):
+        create_app(stub, max_texts_per_request=100, max_queue=10)
+
+
+def test_model_dir_path_and_factory(model_dir, monkeypatch):
+    from slimtext.serve.app import CONFIG_ENV, ServeConfig, factory
+
+    cfg = ServeConfig(model_dir=str(model_dir), max_batch_size=8, api_key_env="SLIMTEXT_TEST_KEY")
+    monkeypatch.setenv(CONFIG_ENV, json.dumps(cfg.__dict__))
+    with pytest.raises(ValueError, match="SLIMTEXT_TEST_KEY"):  # fail closed without the key
+        factory()
+    monkeypatch.setenv("SLIMTEXT_TEST_KEY", "k")
+    app = factory()
+    with TestClient(app) as c:
+        resp = c.get("/v1/model", headers={"Authorization": "Bearer k"})
+        assert resp.json()["limits"]["max_batch_size"] == 8

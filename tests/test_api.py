@@ -1,0 +1,74 @@
+import numpy as np
+import pytest
+
+import slimtext
+from slimtext.api import TextClassifier
+from slimtext.data import DataError
+
+
+@pytest.fixture(scope="module")
+def fitted(toy_data):
+    return TextClassifier(model="attention", vocab_size=400, max_length=32, epochs=4,
+                          batch_size=8, verbose=False).fit(toy_data)  # fmt: skip
+
+
+def test_fit_predict_score_follow_the_sklearn_contract(fitted, toy_data):
+    texts, labels = toy_data
+    assert list(fitted.classes_) == sorted(set(labels))
+    proba = fitted.predict_proba(texts)
+    assert proba.shape == (len(texts), 3)
+    np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-5)
+    pred = fitted.predict(texts)
+    assert pred == [fitted.classes_[i] for i in proba.argmax(1)]
+    assert fitted.score((texts, labels)) >= 0.9
+
+
+def test_predictions_come_back_in_input_order_whatever_the_lengths(fitted):
+    texts = ["bank " * 30, "goal", "chip software " * 10, "market", "team coach " * 5]
+    proba = fitted.predict_proba(texts)
+    one_by_one = np.vstack([fitted.predict_proba([t]) for t in texts])
+    np.testing.assert_allclose(proba, one_by_one, atol=1e-5)
+
+
+def test_init_only_stores_arguments_and_rejects_unknown_ones():
+    clf = TextClassifier(model="transformer", epochs=2, hidden_size=64)
+    assert clf.params == {"epochs": 2, "hidden_size": 64}
+    assert not hasattr(clf, "classes_")
+    with pytest.raises(TypeError, match="unknown parameters"):
+        TextClassifier(epochz=3)
+
+
+def test_using_an_unfitted_classifier_says_so():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        TextClassifier().predict(["x"])
+
+
+def test_save_then_load_predicts_the_same(fitted, tmp_path):
+    fitted.save(tmp_path / "m")
+    again = TextClassifier.load(tmp_path / "m")
+    texts = ["goal match", "profit bank"]
+    np.testing.assert_allclose(again.predict_proba(texts), fitted.predict_proba(texts), atol=1e-6)
+    assert slimtext.load(tmp_path / "m").predict(texts) == fitted.predict(texts)
+
+
+def test_evaluating_on_a_label_the_model_never_saw_names_it(fitted):
+    with pytest.raises(DataError, match="weather"):
+        fitted.evaluate((["rain today"], ["weather"]))
+
+
+def test_a_single_string_is_refused_rather_than_split_into_characters(fitted):
+    with pytest.raises(TypeError, match="list of texts"):
+        fitted.predict("goal")
+
+
+def test_import_slimtext_is_lean():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, slimtext; "
+        "heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'fastapi', 'datasets') "
+        "if m in sys.modules]; print(heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,123 @@
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from slimtext.cli import app
+
+runner = CliRunner()
+SMALL = ["--model", "attention", "--vocab-size", "400", "--max-length", "32",
+         "--batch-size", "8", "--no-progress"]  # fmt: skip
+
+
+def write_csv(path, texts, labels):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(zip(texts, labels, strict=True))
+    return path
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory, toy_data):
+    d = tmp_path_factory.mktemp("cli-data")
+    texts, labels = toy_data
+    return write_csv(d / "train.csv", texts[:75], labels[:75]), write_csv(
+        d / "test.csv", texts[75:], labels[75:]
+    )
+
+
+@pytest.mark.parametrize("verb", ["train", "eval", "predict", "demo"])
+def test_every_verb_has_help(verb):
+    r = runner.invoke(app, [verb, "--help"])
+    assert r.exit_code == 0 and "--config" in r.output
+
+
+def test_train_eval_predict_through_the_cli(tmp_path, data_files):
+    train, test = data_files
+    out = tmp_path / "m"
+    r = runner.invoke(app, ["train", "--data", str(train), "--test", str(test), "--out", str(out),
+                            "--epochs", "4", *SMALL])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "accuracy" in r.output and (out / "model.safetensors").is_file()
+    assert "test" in json.loads((out / "metrics.json").read_text())
+    assert (out / "training_curve.png").is_file() and (out / "metrics.jsonl").is_file()
+
+    r = runner.invoke(app, ["eval", str(out), "--data", str(test), "--json"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["n"] == 15 and 0 <= rep["accuracy"] <= 1 and "macro_f1" in rep
+
+    r = runner.invoke(app, ["predict", str(out), "goal match team", "bank profit"])
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    assert len(lines) == 2 and set(lines[0]["probs"]) == {"money", "sport", "tech"}
+    assert abs(sum(lines[0]["probs"].values()) - 1) < 1e-4
+
+    f = tmp_path / "in.txt"
+    f.write_text("goal\n\nbank profit shares\n")
+    r = runner.invoke(app, ["predict", str(out), "--file", str(f)])
+    assert len(r.stdout.splitlines()) == 3  # one line out per line in, blank ones included
+    r = runner.invoke(app, ["predict", str(out)], input="chip code\nteam\n")
+    assert [json.loads(x)["label"] for x in r.stdout.splitlines()] == [
+        json.loads(x)["label"]
+        for x in runner.invoke(app, ["predict", str(out), "chip code", "team"]).stdout.splitlines()
+    ]
+
+
+def test_yaml_config_fills_options_and_flags_override_it(tmp_path, data_files):
+    train, _ = data_files
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\nmax-steps: 3\nlr: 0.01\nvocab_size: 100\n")
+    out = tmp_path / "m"
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(train), "--out", str(out),
+                            "--max-steps", "2", *SMALL])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "config.json").read_text())["train"]
+    assert saved["lr"] == 0.01 and saved["max_steps"] == 2  # file value, then flag override
+
+    cfg.write_text("epochz: 1\n")
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(train), "--out", str(out)])
+    assert r.exit_code != 0 and "epochz" in r.output
+
+
+def test_bad_input_is_one_clear_error_line_not_a_traceback(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhello,a\n,b\n")
+    r = runner.invoke(app, ["train", "--data", str(bad), "--out", str(tmp_path / "m"), *SMALL])
+    assert r.exit_code == 2
+    assert "bad.csv" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["eval", str(tmp_path / "nope"), "--data", str(bad)])
+    assert r.exit_code == 2 and "no such model directory" in r.output
+
+
+def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_weights(tmp_path, data_files):
+    train, _ = data_files
+    args = ["--data", str(train), "--epochs", "3", "--checkpoint-every", "2", "--precision",
+            "fp32", "--seed", "3", *SMALL]  # fmt: skip
+    ref = tmp_path / "ref"
+    assert runner.invoke(app, ["train", "--out", str(ref), *args]).exit_code == 0
+
+    out = tmp_path / "killed"
+    ckpts = tmp_path / "killed.checkpoints"
+    cmd = [sys.executable, "-m", "slimtext", "train", "--out", str(out), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and len([p for p in ckpts.iterdir() if p.name.startswith("step-")]) >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.safetensors").exists() or proc.returncode == 0
+    r = runner.invoke(app, ["train", "--out", str(out), "--resume", *args])
+    assert r.exit_code == 0, r.output
+    a = load_file(str(ref / "model.safetensors"))
+    b = load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,32 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from slimtext.metrics import classification_report, format_report
+
+
+def test_report_matches_hand_computed_values():
+    y_true = [0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 1, 1, 2, 2]
+    r = classification_report(y_true, y_pred, ["a", "b", "c"])
+    assert r["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert r["accuracy"] == pytest.approx(4 / 6)
+    assert r["per_class"]["a"]["precision"] == pytest.approx(1.0)
+    assert r["per_class"]["a"]["recall"] == pytest.approx(2 / 3)
+    assert r["per_class"]["b"]["f1"] == pytest.approx(0.5)
+    f1s = [0.8, 0.5, 2 * 0.5 * 1 / 1.5]
+    assert r["macro_f1"] == pytest.approx(np.mean(f1s))
+    text = format_report(r)
+    assert "accuracy 0.6667" in text and "confusion matrix" in text
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3)), min_size=1, max_size=200))
+def test_accuracy_is_the_trace_of_the_confusion_matrix(pairs):
+    y_true, y_pred = zip(*pairs, strict=True)
+    r = classification_report(y_true, y_pred, ["w", "x", "y", "z"])
+    cm = np.array(r["confusion_matrix"])
+    assert cm.sum() == len(pairs) == r["n"]
+    assert r["accuracy"] == pytest.approx(np.trace(cm) / len(pairs))
+    assert 0.0 <= r["macro_f1"] <= 1.0

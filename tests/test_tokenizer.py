@@ -1,0 +1,39 @@
+import pytest
+
+from slimtext.tokenizer import CLS, SEP, TokenizerError, load_tokenizer, train_tokenizer
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_trained_tokenizer_round_trips_through_its_file(tmp_path, toy_data, kind):
+    texts, _ = toy_data
+    tok = train_tokenizer(texts, vocab_size=150, kind=kind)
+    tok.save(tmp_path / "tokenizer.json")
+    again = load_tokenizer(tmp_path / "tokenizer.json")
+    assert again.encode(texts[:20], 64) == tok.encode(texts[:20], 64)
+    assert again.vocab_size == tok.vocab_size
+    assert tok.pad_id == 0
+
+
+def test_every_encoding_starts_with_cls_ends_with_sep_and_respects_max_length(toy_data):
+    texts, _ = toy_data
+    tok = train_tokenizer(texts, vocab_size=150)
+    cls, sep = tok.backend.token_to_id(CLS), tok.backend.token_to_id(SEP)
+    for ids in tok.encode(texts + ["x " * 500], 16):
+        assert ids[0] == cls and ids[-1] == sep and len(ids) <= 16
+
+
+def test_hf_folder_with_only_vocab_txt_loads(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tok = load_tokenizer(tmp_path)
+    assert tok.encode(["Hello worlds"], 10) == [[2, 5, 6, 7, 3]]
+
+
+def test_bad_tokenizer_paths_give_clear_errors(tmp_path):
+    with pytest.raises(TokenizerError, match="not found"):
+        load_tokenizer(tmp_path / "nope.json")
+    with pytest.raises(TokenizerError, match="no tokenizer.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(TokenizerError, match="not a valid tokenizer.json"):
+        load_tokenizer(tmp_path / "tokenizer.json")

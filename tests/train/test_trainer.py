@@ -1,0 +1,130 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from slimtext.models import ModelConfig, build_model
+from slimtext.tokenizer import train_tokenizer
+from slimtext.train import Encoded, TrainConfig, fit
+from slimtext.train.checkpoint import latest_checkpoint, list_checkpoints
+from slimtext.train.precision import cpu_has_bf16, resolve_precision
+
+LABELS = ["money", "sport", "tech"]
+
+
+@pytest.fixture(scope="module")
+def encoded(toy_data):
+    texts, labels = toy_data
+    tok = train_tokenizer(texts, vocab_size=400)
+    y = [LABELS.index(lab) for lab in labels]
+    ids = tok.encode(texts, 32)
+    return tok.vocab_size, Encoded(ids[:72], y[:72]), Encoded(ids[72:], y[72:])
+
+
+def new_model(vocab, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=vocab, num_labels=3, hidden_size=32, num_layers=1, num_heads=2,
+               ffn_size=64, max_length=32, pooling="mean")  # fmt: skip
+    cfg.update(kw)
+    return build_model(ModelConfig(**cfg))
+
+
+def run(encoded, tmp, **kw):
+    vocab, tr, va = encoded
+    model = new_model(vocab)
+    cfg = TrainConfig(**{"epochs": 3, "batch_size": 8, "lr": 3e-3, "precision": "fp32", **kw})
+    res = fit(model, tr, va, cfg, label_names=LABELS, pad_id=0, progress=False, **tmp)
+    return model, res
+
+
+def test_training_learns_the_toy_task_and_logs_metrics(encoded, tmp_path):
+    model, res = run(encoded, {"run_dir": tmp_path}, epochs=10)
+    assert res.best["accuracy"] >= 0.9
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in recs if "loss" in r]
+    assert losses[-1] < losses[0]
+    assert sum("valid_accuracy" in r for r in recs) == 10
+    assert (tmp_path / "training_curve.png").stat().st_size > 1000
+
+
+def test_max_steps_and_grad_accum_count_optimizer_steps(encoded):
+    _, res = run(encoded, {}, max_steps=4, grad_accum=2)
+    assert res.steps == 4
+    assert res.samples == 4 * 2 * 8  # every group is two full micro-batches of 8 here
+
+
+def test_accumulated_micro_batches_give_the_full_batch_gradient(encoded):
+    # The loop weights each micro-batch by its share of samples: check that identity directly.
+    vocab, tr, _ = encoded
+    from slimtext.data.batching import pad_batch
+
+    model = new_model(vocab, dropout=0.0)
+    rows = list(range(12))
+    full = pad_batch(tr.ids, rows, 0, tr.labels)
+    loss = torch.nn.functional.cross_entropy(
+        model(full.input_ids, full.attention_mask), full.labels
+    )
+    g_full = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    model.zero_grad()
+    for part in (rows[:4], rows[4:]):
+        b = pad_batch(tr.ids, part, 0, tr.labels)
+        out = model(b.input_ids, b.attention_mask)
+        (torch.nn.functional.cross_entropy(out, b.labels) * len(part) / 12).backward()
+    for g, p in zip(g_full, model.parameters(), strict=True):
+        if g is not None:
+            torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
+
+
+def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_weights(encoded, tmp_path):
+    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    ref, _ = run(encoded, {"checkpoint_dir": full_dir}, checkpoint_every=4, keep_checkpoints=0)
+    ckpts = list_checkpoints(full_dir)
+    mid = ckpts[1]  # step 8 of 9 per epoch: in the middle of the first epoch
+    assert mid.name.endswith("000000008")
+    cut_dir.mkdir()
+    shutil.copytree(mid, cut_dir / mid.name)
+    resumed, res = run(encoded, {"checkpoint_dir": cut_dir, "resume": True},
+                       checkpoint_every=4, keep_checkpoints=0)  # fmt: skip
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert res.steps == 27
+
+
+def test_a_damaged_checkpoint_is_never_the_one_loaded(encoded, tmp_path):
+    run(encoded, {"checkpoint_dir": tmp_path}, checkpoint_every=4, keep_checkpoints=0)
+    newest = list_checkpoints(tmp_path)[-1]
+    with open(newest / "state.pt", "r+b") as f:  # simulate a torn write
+        f.truncate(100)
+    with pytest.warns(UserWarning, match="damaged"):
+        chosen = latest_checkpoint(tmp_path)
+    assert chosen == list_checkpoints(tmp_path)[-2]
+
+
+def test_keep_best_restores_the_best_validation_weights(encoded):
+    model, res = run(encoded, {}, epochs=3, lr=3e-3)
+    vocab, _, va = encoded
+    from slimtext.train import evaluate
+
+    again = evaluate(model, va.ids, va.labels, LABELS, 0)
+    assert again["accuracy"] == pytest.approx(res.best["accuracy"])
+    assert res.best["accuracy"] == max(h["valid_accuracy"] for h in res.history)
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement(encoded):
+    # lr=0 after warm-up can never improve on the first epoch's score.
+    _, res = run(encoded, {}, epochs=10, lr=1e-9, patience=2, metric="accuracy")
+    assert res.stopped_early
+    assert len(res.history) == 3
+
+
+@pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
+def test_bf16_autocast_trains_on_cpu(encoded):
+    _, res = run(encoded, {}, precision="bf16", epochs=10)
+    assert res.precision == "bf16"
+    assert res.best["accuracy"] >= 0.8
+
+
+def test_fp16_on_cpu_is_refused_with_advice():
+    with pytest.raises(ValueError, match="bf16 or fp32"):
+        resolve_precision("fp16", torch.device("cpu"))
