@@ -298,6 +298,66 @@ def demo(
         _fail(e)
 
 
+@app.command()
+def serve(
+    model_dir: Annotated[Path, typer.Argument(help="Model directory to serve.")],
+    host: Annotated[
+        str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")
+    ] = "127.0.0.1",
+    port: int = 8000,
+    backend: Annotated[str, typer.Option(help="auto | torch")] = "auto",
+    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    max_batch_size: Annotated[int, typer.Option(help="Most texts per model call.")] = 64,
+    max_wait_ms: Annotated[
+        float,
+        typer.Option(
+            help="How long the first queued text waits for others to join its batch "
+            "(0: batch only what queued while the model was busy)."
+        ),
+    ] = 5.0,
+    max_queue: Annotated[
+        int, typer.Option(help="Texts waiting at most; more get 503 + Retry-After.")
+    ] = 1024,
+    max_texts_per_request: Annotated[
+        int | None, typer.Option(help="Default: min(256, --max-queue).")
+    ] = None,
+    max_text_chars: int = 10_000,
+    max_body_bytes: int = 4 * 1024 * 1024,
+    workers: Annotated[
+        int, typer.Option(help="Worker processes, each with its own copy of the model.")
+    ] = 1,
+    threads: Annotated[
+        int | None, typer.Option(help="torch threads per worker (default: torch's, all cores).")
+    ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable holding a bearer key for /v1/* and /metrics."),
+    ] = None,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Let browser pages from this origin call the API; repeatable."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    config: ConfigOpt = None,
+) -> None:
+    """Serve a model directory over HTTP: POST /v1/classify, a web page at /, docs at /docs."""
+    try:
+        from .serve import run
+    except ImportError as e:
+        _fail(ImportError(f"{e}; install the server extra: pip install 'slimtext[serve]'"))
+    try:
+        run(
+            model_dir, host, port, backend=backend, device=device,
+            max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+            max_texts_per_request=max_texts_per_request, max_text_chars=max_text_chars,
+            max_body_bytes=max_body_bytes, api_key_env=api_key_env,
+            cors_origins=cors_origin or [], workers=workers, threads=threads,
+            log_level=log_level,
+        )  # fmt: skip
+    except _user_errors() as e:
+        _fail(e)
+
+
 def main() -> None:
     app()
 

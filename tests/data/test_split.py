@@ -102,3 +102,13 @@ def test_report_is_one_line_with_rows_classes_skips_and_notes():
 def test_mismatched_lengths_are_rejected():
     with pytest.raises(ValueError, match="2 texts but 1 labels"):
         TextDataset(["a", "b"], ["x"], "mem")
+
+
+def test_real_ag_news_test_split_loads_whole_and_balanced(shared_datasets):
+    from collections import Counter
+
+    from slimtext.data import load_data
+
+    ds = load_data(shared_datasets / "ag_news" / "test.jsonl.gz")
+    assert len(ds) == 7600 and ds.skipped == {}
+    assert Counter(ds.labels) == {lab: 1900 for lab in ("World", "Sports", "Business", "Sci/Tech")}
