@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.batching import bucketed_batches, pad_batch
+from ..data.batching import Batch, bucketed_batches, pad_batch
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
 from .precision import autocast, grad_scaler, resolve_device, resolve_precision
@@ -185,9 +185,12 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train `model` in place; with keep-best, the best validation weights are loaded at the end.
 
+    `loss_fn(logits, batch) -> scalar` replaces the cross-entropy (distillation uses it: the
+    batch carries `index`, the rows' positions in `train`, to look up cached teacher logits).
     `run_dir` receives metrics.jsonl and training_curve.png; `checkpoint_dir` receives resumable
     checkpoints (every `cfg.checkpoint_every` steps and at each epoch end). `resume=True` continues
     from the newest valid checkpoint there (a fresh start if there is none).
@@ -222,7 +225,11 @@ def fit(
         opt, lr_lambda(cfg.schedule, warmup_steps, total_steps)
     )
     scaler = grad_scaler(device, precision)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if loss_fn is None:
+        ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+        def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+            return ce(logits, batch.labels)
 
     result = TrainResult(precision=precision, device=str(device))
     epoch, batch_pos, step = 0, 0, 0
@@ -293,7 +300,7 @@ def fit(
                         logits = model(b.input_ids, b.attention_mask)
                     # Weight each micro-batch by its share of the samples, so accumulation gives
                     # the same gradient as one batch of the whole group.
-                    loss = loss_fn(logits.float(), b.labels) * (len(rows) / n_group)
+                    loss = loss_fn(logits.float(), b) * (len(rows) / n_group)
                     scaler.scale(loss).backward()
                     loss_sum += float(loss.detach()) * n_group
                     loss_n += len(rows)
