@@ -18,6 +18,7 @@ from typing import Union
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from .artifact import ModelDir, read_model_dir, save_model_dir
 from .data import DataError, TextDataset, check_labels_seen, load_data, stratified_split
@@ -26,6 +27,7 @@ from .infer import Predictor
 from .models import ModelConfig, build_model
 from .tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
 from .train import Encoded, TrainConfig, TrainResult, evaluate, fit
+from .train.distributed import DistContext, broadcast_object, check_same_config, full_state_dict
 
 Data = Union[TextDataset, str, os.PathLike, tuple]  # noqa: UP007 (readable in help text)
 
@@ -116,9 +118,13 @@ class TextClassifier:
         run_dir: str | os.PathLike | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         resume: bool = False,
+        dist: DistContext | None = None,
     ) -> TextClassifier:
         """Learn tokenizer, labels and weights. Without `valid`, a stratified `valid_fraction`
-        of `train` is held out (deterministic in `seed`) for early stopping and keep-best."""
+        of `train` is held out (deterministic in `seed`) for early stopping and keep-best.
+
+        `dist` (see `slimtext.train.distributed.init_distributed`) trains data-parallel; every
+        rank calls `fit` with the same data, and rank 0 holds the result afterwards."""
         cfg = self.train_config()
         train_ds = as_dataset(train)
         if train_ds.labels is None:
@@ -128,11 +134,20 @@ class TextClassifier:
         else:
             valid_ds = as_dataset(valid)
             check_labels_seen(train_ds, valid_ds)
-        tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume)
+        ctx = dist or DistContext()
+        tok = None
+        if ctx.is_main:  # rank 0 learns the tokenizer and writes it; the others receive it
+            tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).backend.to_str()
+        tok = TextTokenizer(Tokenizer.from_str(broadcast_object(ctx, tok)))
         labels = train_ds.label_set()
         if len(labels) < 2:
             raise DataError(f"{train_ds.source}: need at least 2 classes, found {labels}")
         config = self._model_config(tok.vocab_size, len(labels), cfg.max_length)
+        check_same_config(ctx, {
+            "model": config.to_dict(), "train": cfg.to_dict(), "labels": labels,
+            "n_train": len(train_ds), "n_valid": len(valid_ds),
+            "data": _fingerprint(train_ds.texts), "world_size": ctx.world_size,
+        })  # fmt: skip
         torch.manual_seed(cfg.seed)  # same seed -> same initial weights, whatever ran before
         model = build_model(config)
         result = fit(
@@ -146,7 +161,16 @@ class TextClassifier:
             checkpoint_dir=checkpoint_dir,
             resume=resume,
             progress=self.verbose,
+            dist=ctx,
         )
+        if ctx.distributed:
+            # Gather the (possibly sharded) weights into one plain model on rank 0.
+            state = full_state_dict(model, ctx)
+            if not ctx.is_main:
+                self.result_ = result
+                return self
+            model = build_model(config)
+            model.load_state_dict(state)
         self.model_dir_ = ModelDir(model.cpu().eval(), config, tok, labels, cfg.max_length)
         self.classes_ = np.array(labels)
         self.result_: TrainResult = result
@@ -222,6 +246,16 @@ class TextClassifier:
         clf.metrics_ = md.meta.get("metrics", {})
         clf._predictor = Predictor(md)
         return clf
+
+
+def _fingerprint(texts: Sequence[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def _known(train_cfg: dict) -> dict:

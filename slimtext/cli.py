@@ -148,18 +148,63 @@ def train(
     ] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     threads: int | None = None,
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="auto | single | ddp | fsdp. Several processes: launch with torchrun "
+            "or --nproc; auto = ddp there, single otherwise."
+        ),
+    ] = "auto",  # fmt: skip
+    nproc: Annotated[
+        int, typer.Option(help="Launch N processes on this machine through torchrun.")
+    ] = 0,
+    cpu_offload: Annotated[bool, typer.Option(help="fsdp: keep shards in CPU memory.")] = False,
     progress: bool = True,
     config: ConfigOpt = None,
 ) -> None:
-    """Train a classifier and write a model directory."""
+    """Train a classifier and write a model directory.
+
+    Multi-process / multi-node: `torchrun --nproc-per-node N [--nnodes M --rdzv-endpoint
+    HOST:PORT] -m slimtext train ... --strategy ddp|fsdp` (or `--nproc N` on one machine).
+    """
+    args = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
+    if nproc:
+        _relaunch_with_torchrun(nproc)
+    from .train.distributed import DistributedError, init_distributed, shutdown
+
     try:
-        _train(**{k: v for k, v in locals().items() if k != "config"})
-    except _user_errors() as e:
+        ctx = init_distributed(strategy, device)
+    except (DistributedError, ValueError) as e:
         _fail(e)
+    try:
+        _train(ctx=ctx, **args)
+    except (*_user_errors(), DistributedError) as e:
+        _fail(e)
+    finally:
+        shutdown(ctx)
+
+
+def _relaunch_with_torchrun(nproc: int) -> None:
+    """Replace this process with `torchrun --standalone --nproc-per-node N -m slimtext ...`."""
+    import os
+
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", "-m", "slimtext", *argv]  # fmt: skip
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
 
 
 def _train(
-    *, data, out, valid, test, vocab_size, tokenizer, text_col, label_col, encoding_errors,
+    *, ctx, data, out, valid, test, vocab_size, tokenizer, text_col, label_col, encoding_errors,
     on_bad, valid_fraction, resume, checkpoint_every, progress, model, **params,
 ) -> None:  # fmt: skip
     from .api import TextClassifier, as_dataset
@@ -168,28 +213,31 @@ def _train(
     load_kw = dict(
         text_cols=text_col, label_col=label_col, encoding_errors=encoding_errors, on_bad=on_bad
     )
+    say = (lambda msg: typer.echo(msg, err=True)) if ctx.is_main else (lambda msg: None)
     train_ds = as_dataset(data, **load_kw)
-    typer.echo(f"train: {train_ds.report()}", err=True)
+    say(f"train: {train_ds.report()}")
     valid_ds = as_dataset(valid, **load_kw) if valid else None
     if valid_ds is not None:
-        typer.echo(f"valid: {valid_ds.report()}", err=True)
+        say(f"valid: {valid_ds.report()}")
     params = {k: v for k, v in params.items() if v is not None}
     params["checkpoint_every"] = checkpoint_every
     clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
                          valid_fraction=valid_fraction, verbose=progress, **params)  # fmt: skip
     ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
     if resume and (ckpt is None or not ckpt.is_dir()):
-        typer.echo(f"note: no checkpoints in {ckpt}; starting fresh", err=True)
+        say(f"note: no checkpoints in {ckpt}; starting fresh")
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = ckpt / "run" if ckpt is not None else Path(tmp)
         t0 = time.perf_counter()
-        clf.fit(train_ds, valid_ds, run_dir=run_dir, checkpoint_dir=ckpt, resume=resume)
+        clf.fit(train_ds, valid_ds, run_dir=run_dir, checkpoint_dir=ckpt, resume=resume, dist=ctx)
         r = clf.result_
-        typer.echo(
+        say(
             f"trained {r.steps} steps in {time.perf_counter() - t0:.1f}s "
-            f"({r.samples_per_second:.0f} samples/s, {r.precision} on {r.device})",
-            err=True,
+            f"({r.samples_per_second:.0f} samples/s, {r.precision} on {r.device}"
+            + (f", {ctx.strategy} x{ctx.world_size})" if ctx.distributed else ")")
         )
+        if not ctx.is_main:  # rank 0 evaluates and writes the model directory
+            return
         metrics = {}
         if test:
             rep = clf.evaluate(as_dataset(test, **load_kw))

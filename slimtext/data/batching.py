@@ -73,22 +73,22 @@ def bucketed_batches(
 ) -> list[list[int]]:
     """Training batches for one epoch: shuffled, length-bucketed, this rank's share.
 
-    Every row appears exactly once across ranks and batches, except that when the number of
-    batches is not a multiple of `world_size` the first batches are repeated on the ranks that
-    would otherwise run short (as `DistributedSampler` does), so all ranks take the same number
-    of steps and no collective waits forever.
+    Global batches of `batch_size * world_size` similar-length rows are formed exactly as one
+    process would form them, and rank r takes rows r, r + world_size, ... of each. So a
+    data-parallel step sees the same examples as a single-process step with the global batch,
+    and every rank runs the same number of steps. (A final global batch with fewer rows than
+    ranks repeats rows so that no rank is left without data.)
     """
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     perm = torch.randperm(len(lengths), generator=g).tolist()
-    chunk = batch_size * bucket_batches
+    size = batch_size * world_size
+    chunk = size * bucket_batches
     batches: list[list[int]] = []
     for s in range(0, len(perm), chunk):
         part = sorted(perm[s : s + chunk], key=lambda i: lengths[i])
-        batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
+        batches.extend(part[i : i + size] for i in range(0, len(part), size))
     order = torch.randperm(len(batches), generator=g).tolist()
     batches = [batches[i] for i in order]
     if world_size > 1:
-        need = -(-len(batches) // world_size) * world_size
-        batches = [batches[i % len(batches)] for i in range(need)]
-        batches = batches[rank::world_size]
+        batches = [(b * world_size)[: max(len(b), world_size)][rank::world_size] for b in batches]
     return batches

@@ -1,50 +1,91 @@
 """Resumable training checkpoints: atomic, checksummed, pickle-free to load.
 
-A checkpoint is a directory `step-000123/` holding `model.safetensors`, `best.safetensors`
-(when keep-best has a candidate) and `state.pt` (optimizer, scheduler, data position, RNG
-states, history). `state.pt` holds only tensors and plain containers, and is read with
-`torch.load(weights_only=True)`, which refuses arbitrary pickled objects. The directory is
-written atomically with a manifest, and `latest_checkpoint` skips any that fail verification,
-so a checkpoint being written when the process died is never the one loaded.
+A checkpoint is a directory `step-000000123/` holding
+- `model.safetensors` and the optimizer state inside `state.pt` (single process and ddp), or
+- `dcp/`, a `torch.distributed.checkpoint` of model + optimizer shards (fsdp), which loads on any
+  number of ranks (DCP reshards), including a single process;
+plus `state.pt` (scheduler, scaler, data position, every rank's RNG state, history) and
+`best.safetensors` when keep-best has a candidate. `state.pt` holds only tensors and plain
+containers and is read with `torch.load(weights_only=True)`, which refuses arbitrary pickled
+objects. The directory is written under a temporary name with a manifest of checksums and renamed
+when complete; `latest_checkpoint` skips any that fail verification, so a checkpoint being
+written when the process died is never the one loaded. (DCP shards of a multi-node run must be on
+a filesystem every node sees.)
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
-from ..fileio import IntegrityError, atomic_dir, verify_manifest
+from ..fileio import IntegrityError, verify_manifest, write_manifest
+from .distributed import DistContext, DistributedError, barrier, broadcast_object
 
 PREFIX = "step-"
 
 
-def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def _raw(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
 
 
 def save_checkpoint(
     folder: str | Path,
     step: int,
-    model_state: dict[str, torch.Tensor],
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
     state: dict,
     best_state: dict[str, torch.Tensor] | None = None,
     keep: int = 2,
+    ctx: DistContext | None = None,
 ) -> Path:
-    """Write `folder/step-{step}` atomically, then prune all but the newest `keep`."""
+    """Write `folder/step-{step}` atomically (a collective under fsdp: every rank calls it)."""
+    ctx = ctx or DistContext()
     folder = Path(folder)
     target = folder / f"{PREFIX}{step:09d}"
-    with atomic_dir(target) as tmp:
-        save_file(_contiguous(model_state), str(tmp / "model.safetensors"))
-        if best_state is not None:
-            save_file(_contiguous(best_state), str(tmp / "best.safetensors"))
-        torch.save(state, tmp / "state.pt")
-    if keep > 0:
-        for old in list_checkpoints(folder)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    tmp = None
+    if ctx.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=folder)
+    tmp = Path(broadcast_object(ctx, tmp))
+    try:
+        if ctx.strategy == "fsdp" and ctx.distributed:
+            import torch.distributed.checkpoint as dcp
+            from torch.distributed.checkpoint.state_dict import get_state_dict
+
+            msd, osd = get_state_dict(model, optimizer)
+            dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
+            barrier(ctx)
+        elif ctx.is_main:
+            save_file(_cpu(_raw(model).state_dict()), str(tmp / "model.safetensors"))
+            state = {**state, "optimizer": optimizer.state_dict()}
+        if ctx.is_main:
+            if best_state is not None:
+                save_file(_cpu(best_state), str(tmp / "best.safetensors"))
+            torch.save(state, tmp / "state.pt")
+            write_manifest(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            if keep > 0:
+                for old in list_checkpoints(folder)[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if ctx.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    barrier(ctx)
     return target
 
 
@@ -55,22 +96,53 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
-def latest_checkpoint(folder: str | Path) -> Path | None:
-    """Newest checkpoint that verifies; broken ones are reported and skipped."""
-    for path in reversed(list_checkpoints(folder)):
-        try:
-            verify_manifest(path, required=("model.safetensors", "state.pt"))
-            return path
-        except IntegrityError as e:
-            warnings.warn(f"skipping damaged checkpoint: {e}", stacklevel=2)
-    return None
+def latest_checkpoint(folder: str | Path, ctx: DistContext | None = None) -> Path | None:
+    """Newest checkpoint that verifies (decided on rank 0); broken ones are reported and skipped."""
+    ctx = ctx or DistContext()
+    chosen = None
+    if ctx.is_main:
+        for path in reversed(list_checkpoints(folder)):
+            try:
+                verify_manifest(path, required=("state.pt",))
+                chosen = str(path)
+                break
+            except IntegrityError as e:
+                warnings.warn(f"skipping damaged checkpoint: {e}", stacklevel=2)
+    chosen = broadcast_object(ctx, chosen)
+    return Path(chosen) if chosen else None
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict, dict, dict | None]:
-    """(model_state, trainer_state, best_state or None), after verifying the manifest."""
+def load_checkpoint(
+    path: str | Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ctx: DistContext | None = None,
+) -> tuple[dict, dict | None]:
+    """Load weights and optimizer state into `model`/`optimizer` in place; returns
+    (trainer state, best weights or None). Verifies the manifest first."""
+    ctx = ctx or DistContext()
     path = Path(path)
-    verify_manifest(path, required=("model.safetensors", "state.pt"))
-    model_state = load_file(str(path / "model.safetensors"))
+    try:
+        verify_manifest(path, required=("state.pt",))
+    except IntegrityError as e:
+        raise DistributedError(f"cannot resume: {e}") from None
     state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    if (path / "dcp").is_dir():
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        msd, osd = get_state_dict(model, optimizer)
+        sd = {"model": msd, "optim": osd}
+        dcp.load(sd, checkpoint_id=str(path / "dcp"))
+        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+    elif ctx.strategy == "fsdp" and ctx.distributed:
+        raise DistributedError(
+            f"{path} was written without fsdp; resume it with the strategy that wrote it "
+            f"(single or ddp), or start the fsdp run afresh"
+        )
+    else:
+        _raw(model).load_state_dict(load_file(str(path / "model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
     best = path / "best.safetensors"
-    return model_state, state, (load_file(str(best)) if best.is_file() else None)
+    return state, (load_file(str(best)) if best.is_file() else None)

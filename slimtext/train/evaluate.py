@@ -9,10 +9,11 @@ from torch import nn
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..metrics import classification_report
+from .distributed import DistContext, all_gather_object
 from .precision import autocast
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: sharded (fsdp) params must stay usable for autograd
 def predict_logits(
     model: nn.Module,
     ids: Sequence[Sequence[int]],
@@ -54,9 +55,24 @@ def evaluate(
     batch_size: int = 128,
     device: torch.device | str = "cpu",
     precision: str = "fp32",
+    dist: DistContext | None = None,
 ) -> dict:
-    """`classification_report` of the model on encoded data, plus the mean cross-entropy."""
-    logits = predict_logits(model, ids, pad_id, batch_size, device, precision)
+    """`classification_report` of the model on encoded data, plus the mean cross-entropy.
+
+    Under a distributed context each rank scores an equal share of the rows (fsdp needs every
+    rank to run the same number of forwards) and the logits are gathered, so every rank returns
+    the same report.
+    """
+    if dist is not None and dist.distributed:
+        n, world = len(ids), dist.world_size
+        per = -(-n // world)
+        mine = [(dist.rank + world * j) % n for j in range(per)]
+        local = predict_logits(model, [ids[i] for i in mine], pad_id, batch_size, device, precision)
+        logits = torch.empty(n, local.shape[1])
+        for rows, part in all_gather_object(dist, (mine, local)):
+            logits[torch.tensor(rows)] = part
+    else:
+        logits = predict_logits(model, ids, pad_id, batch_size, device, precision)
     y = torch.tensor(list(labels), dtype=torch.long)
     report = classification_report(y.tolist(), logits.argmax(-1).tolist(), label_names)
     report["loss"] = float(nn.functional.cross_entropy(logits, y))

@@ -23,6 +23,14 @@ from tqdm.auto import tqdm
 
 from ..data.batching import Batch, bucketed_batches, pad_batch
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import (
+    DistContext,
+    all_gather_object,
+    full_state_dict,
+    load_full_state_dict,
+    no_grad_sync,
+    wrap_model,
+)
 from .evaluate import evaluate
 from .precision import autocast, grad_scaler, resolve_device, resolve_precision
 
@@ -54,6 +62,8 @@ class TrainConfig:
     bucket_batches: int = 50  # batches per length-sorting bucket
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads; None = torch's default (physical cores)
+    strategy: str = "auto"  # auto | single | ddp | fsdp (several processes: launch with torchrun)
+    cpu_offload: bool = False  # fsdp: keep sharded params and optimizer state in CPU memory
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine", "constant"):
@@ -186,6 +196,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
+    dist: DistContext | None = None,
 ) -> TrainResult:
     """Train `model` in place; with keep-best, the best validation weights are loaded at the end.
 
@@ -194,29 +205,41 @@ def fit(
     `run_dir` receives metrics.jsonl and training_curve.png; `checkpoint_dir` receives resumable
     checkpoints (every `cfg.checkpoint_every` steps and at each epoch end). `resume=True` continues
     from the newest valid checkpoint there (a fresh start if there is none).
+
+    `dist` (from `distributed.init_distributed`) runs the same loop on every rank: each step's
+    global batch of `batch_size * world_size` rows is split across ranks, so a data-parallel run
+    takes the same steps on the same examples as one process with the global batch. Only rank 0
+    logs, plots and shows progress.
     """
     if train.labels is None:
         raise ValueError("training data has no labels")
-    device = resolve_device(cfg.device)
+    ctx = dist or DistContext(device=resolve_device(cfg.device))
+    device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + ctx.rank)  # dropout masks differ per rank, reproducibly
     model.to(device).train()
-    run_dir = Path(run_dir) if run_dir is not None else None
+    wrapped = wrap_model(model, ctx, precision, cfg.cpu_offload)
+    progress = progress and ctx.is_main
+    run_dir = Path(run_dir) if run_dir is not None and ctx.is_main else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     lengths = [len(x) for x in train.ids]
-    batches_per_epoch = len(
-        bucketed_batches(lengths, cfg.batch_size, cfg.seed, 0, cfg.bucket_batches)
-    )
+
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        return bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches,
+                                ctx.rank, ctx.world_size)  # fmt: skip
+
+    batches_per_epoch = len(epoch_batches(0))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     epochs = math.ceil(total_steps / steps_per_epoch)
     warmup_steps = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * total_steps))
     warmup_steps = max(1, warmup_steps)
 
-    fused = device.type in ("cuda", "cpu")
+    # Fused AdamW is fastest on plain tensors; sharded (DTensor) params take the foreach path.
+    fused = device.type in ("cuda", "cpu") and not (ctx.distributed and ctx.strategy == "fsdp")
     try:
         opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
     except (RuntimeError, TypeError):
@@ -236,15 +259,17 @@ def fit(
     best_state: dict[str, torch.Tensor] | None = None
     best_score, bad_epochs = -math.inf, 0
 
-    if resume and ckpt_dir is not None and (ck := latest_checkpoint(ckpt_dir)) is not None:
-        model_state, st, best_state = load_checkpoint(ck)
-        model.load_state_dict(model_state)
-        opt.load_state_dict(st["optimizer"])
+    if resume and ckpt_dir is not None and (ck := latest_checkpoint(ckpt_dir, ctx)) is not None:
+        st, best_state = load_checkpoint(ck, model=wrapped, optimizer=opt, ctx=ctx)
         sched.load_state_dict(st["scheduler"])
         scaler.load_state_dict(st["scaler"])
-        torch.set_rng_state(st["rng_cpu"])
+        # Each rank continues its own dropout stream (rank 0's if the world size changed).
+        rngs = st["rng_cpu"]
+        torch.set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0])
         if device.type == "cuda" and "rng_cuda" in st:
-            torch.cuda.set_rng_state(st["rng_cuda"], device)
+            cuda = st["rng_cuda"]
+            own = cuda[ctx.rank] if len(cuda) == ctx.world_size else cuda[0]
+            torch.cuda.set_rng_state(own, device)
         epoch, batch_pos, step = st["epoch"], st["batch_pos"], st["step"]
         best_score, bad_epochs = st["best_score"], st["bad_epochs"]
         result.history = json.loads(st["history_json"])
@@ -260,10 +285,9 @@ def fit(
         if ckpt_dir is None:
             return
         st = {
-            "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
+            "rng_cpu": all_gather_object(ctx, torch.get_rng_state()),
             "epoch": epoch,
             "batch_pos": batch_pos,
             "step": step,
@@ -277,8 +301,9 @@ def fit(
             "train_seconds": result.train_seconds,
         }
         if device.type == "cuda":
-            st["rng_cuda"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(ckpt_dir, step, model.state_dict(), st, best_state, cfg.keep_checkpoints)
+            st["rng_cuda"] = all_gather_object(ctx, torch.cuda.get_rng_state(device))
+        save_checkpoint(ckpt_dir, step, model=wrapped, optimizer=opt, state=st,
+                        best_state=best_state, keep=cfg.keep_checkpoints, ctx=ctx)  # fmt: skip
 
     log = _Log(run_dir, resume=resume and step > 0)
     bar = tqdm(
@@ -287,35 +312,37 @@ def fit(
     done = step >= total_steps
     try:
         while epoch < epochs and not done:
-            batches = bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches)
+            batches = epoch_batches(epoch)
             t_last, samples_last, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
             opt.zero_grad(set_to_none=True)
             while batch_pos < len(batches):
                 t0 = time.perf_counter()
                 group = batches[batch_pos : batch_pos + cfg.grad_accum]
                 n_group = sum(len(r) for r in group)
-                for rows in group:
+                for j, rows in enumerate(group):
                     b = pad_batch(train.ids, rows, pad_id, train.labels).to(device)
-                    with autocast(device, precision):
-                        logits = model(b.input_ids, b.attention_mask)
-                    # Weight each micro-batch by its share of the samples, so accumulation gives
-                    # the same gradient as one batch of the whole group.
-                    loss = loss_fn(logits.float(), b) * (len(rows) / n_group)
-                    scaler.scale(loss).backward()
+                    # Gradients are all-reduced only after the group's last micro-batch.
+                    with no_grad_sync(wrapped, ctx, skip=j < len(group) - 1):
+                        with autocast(device, precision):
+                            logits = wrapped(b.input_ids, b.attention_mask)
+                        # Weight each micro-batch by its share of the samples, so accumulation
+                        # gives the same gradient as one batch of the whole group.
+                        loss = loss_fn(logits.float(), b) * (len(rows) / n_group)
+                        scaler.scale(loss).backward()
                     loss_sum += float(loss.detach()) * n_group
                     loss_n += len(rows)
                     result.tokens += b.num_tokens
                 if cfg.grad_clip > 0:
                     scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 batch_pos += len(group)
                 step += 1
-                result.samples += n_group
-                samples_last += n_group
+                result.samples += n_group * ctx.world_size  # ranks' shares are equal in size
+                samples_last += n_group * ctx.world_size
                 result.train_seconds += time.perf_counter() - t0
                 bar.update(1)
                 if step % cfg.log_every == 0 or batch_pos >= len(batches):
@@ -342,7 +369,7 @@ def fit(
             if valid is not None and valid.labels is not None and len(valid):
                 report = evaluate(
                     model, valid.ids, valid.labels, label_names, pad_id,
-                    cfg.eval_batch_size, device, precision,
+                    cfg.eval_batch_size, device, precision, ctx,
                 )  # fmt: skip
                 rec = {
                     "step": step,
@@ -363,9 +390,7 @@ def fit(
                     best_score, bad_epochs = score, 0
                     result.best, result.best_epoch = report, epoch
                     if cfg.keep_best:
-                        best_state = {
-                            k: v.detach().clone().cpu() for k, v in model.state_dict().items()
-                        }
+                        best_state = full_state_dict(wrapped, ctx)  # fsdp: on rank 0 only
                 else:
                     bad_epochs += 1
                     if cfg.patience is not None and bad_epochs >= cfg.patience:
@@ -378,8 +403,8 @@ def fit(
         bar.close()
         log.close()
     result.steps = step
-    if cfg.keep_best and best_state is not None:
-        model.load_state_dict(best_state)
+    if cfg.keep_best and result.best is not None:
+        load_full_state_dict(wrapped, best_state, ctx)
     if run_dir is not None:
         plot_training_curve(run_dir / "metrics.jsonl", run_dir / "training_curve.png")
     return result

@@ -1,0 +1,228 @@
+"""Distributed set-up around the one training loop: process group, strategy, model wrapping.
+
+    torchrun --nproc-per-node 2 -m slimtext train --data ... --out ... --strategy ddp
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
+        -m slimtext train ... --strategy fsdp
+
+`torchrun` launches and sets RANK / WORLD_SIZE / LOCAL_RANK; `torch.distributed` does the work
+(NCCL on CUDA, gloo on CPU). Strategies differ only in how the model is wrapped and how state is
+saved; the loop in `trainer.py` is the same for all of them:
+- ddp:  `DistributedDataParallel`, every rank holds the whole model, gradients all-reduced.
+- fsdp: FSDP2 `fully_shard` per encoder block then the root: parameters, gradients and optimizer
+        state sharded across ranks; bf16 params / fp32 reduce on GPU; optional CPU offload;
+        checkpoints through `torch.distributed.checkpoint` (DCP), loadable on any world size.
+Without torchrun (WORLD_SIZE unset or 1) this is the single-process path, unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+STRATEGIES = ("auto", "single", "ddp", "fsdp")
+
+
+class DistributedError(RuntimeError):
+    """Ranks that cannot work together: different configs, a dead peer, a missing shard."""
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    strategy: str = "single"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return dist.is_available() and dist.is_initialized()
+
+
+def launched_by_torchrun() -> bool:
+    # Also true for `torchrun --nproc-per-node 1`: a one-rank group is still a group (fsdp on one
+    # rank writes DCP checkpoints that a bigger run can load).
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def init_distributed(
+    strategy: str = "auto", device: str = "auto", timeout_s: float | None = None
+) -> DistContext:
+    """Join the process group torchrun prepared (or return the single-process context).
+
+    Collectives time out after `timeout_s` (env SLIMTEXT_DIST_TIMEOUT, default 600 s), so a dead
+    rank gives an error instead of a hang.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if not launched_by_torchrun():
+        if strategy in ("ddp", "fsdp"):
+            raise DistributedError(
+                f"--strategy {strategy} needs several processes: launch with "
+                f"`torchrun --nproc-per-node N -m slimtext train ...` or `slimtext train --nproc N`"
+            )
+        from .precision import resolve_device
+
+        return DistContext(device=resolve_device(device))
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    timeout = timeout_s or float(os.environ.get("SLIMTEXT_DIST_TIMEOUT", "600"))
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=datetime.timedelta(seconds=timeout),
+            device_id=dev if use_cuda else None,
+        )
+    return DistContext(
+        rank, world, local, dev, "ddp" if strategy in ("auto", "single") else strategy
+    )
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_same_config(ctx: DistContext, config: dict) -> None:
+    """Every rank must train the same thing; a mismatch is an error naming the first field."""
+    if not ctx.distributed:
+        return
+    blob = json.dumps(config, sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()
+    everyone: list = [None] * ctx.world_size
+    dist.all_gather_object(everyone, (digest, config))
+    ref_digest, ref = everyone[0]
+    for r, (d, cfg) in enumerate(everyone):
+        if d != ref_digest:
+            diff = sorted(k for k in set(ref) | set(cfg) if ref.get(k) != cfg.get(k))
+            raise DistributedError(
+                f"rank {r} has a different configuration than rank 0 (fields: {diff})"
+            )
+
+
+def broadcast_object(ctx: DistContext, obj):
+    """Rank 0's `obj` on every rank."""
+    if not ctx.distributed:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_object(ctx: DistContext, obj) -> list:
+    if not ctx.distributed:
+        return [obj]
+    out: list = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+def wrap_model(
+    model: nn.Module, ctx: DistContext, precision: str, cpu_offload: bool = False
+) -> nn.Module:
+    """The module the loop calls forward/backward on. For fsdp the model is sharded in place and
+    returned itself; for ddp a `DistributedDataParallel` around it."""
+    model.to(ctx.device)
+    if not ctx.distributed:
+        return model
+    if ctx.strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+        return DDP(model, device_ids=ids)
+    if ctx.strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        mesh = init_device_mesh(ctx.device.type, (ctx.world_size,))
+        kw: dict = {"mesh": mesh}
+        if ctx.device.type == "cuda" and precision == "bf16":
+            # bf16 compute and all-gathers, fp32 gradient reduction for accuracy.
+            kw["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+            )
+        if cpu_offload:
+            kw["offload_policy"] = CPUOffloadPolicy()
+        for block in model.encoder.blocks:  # one all-gather per block: overlap comms with compute
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
+        return model
+    raise ValueError(f"unknown strategy {ctx.strategy!r}")
+
+
+def no_grad_sync(wrapped: nn.Module, ctx: DistContext, skip: bool):
+    """Context for a micro-batch: skip the gradient all-reduce on all but the last micro-batch
+    of an accumulation group (DDP `no_sync`; FSDP2 `set_requires_gradient_sync`)."""
+    import contextlib
+
+    if not (ctx.distributed and skip):
+        return contextlib.nullcontext()
+    if ctx.strategy == "ddp":
+        return wrapped.no_sync()
+
+    @contextlib.contextmanager
+    def fsdp_no_sync():
+        wrapped.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            wrapped.set_requires_gradient_sync(True)
+
+    return fsdp_no_sync()
+
+
+def full_state_dict(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
+    """The whole model's weights as plain CPU tensors (on rank 0; {} on other ranks under fsdp).
+    A collective under fsdp: every rank must call it."""
+    if ctx.strategy != "fsdp" or not ctx.distributed:
+        raw = model.module if hasattr(model, "module") else model
+        return {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
+def load_full_state_dict(
+    model: nn.Module, state: dict[str, torch.Tensor] | None, ctx: DistContext
+) -> None:
+    """Inverse of `full_state_dict`: under fsdp, rank 0's full weights are scattered as shards
+    (`distribute_tensor` sends rank 0's data; other ranks only supply the shape)."""
+    if ctx.strategy != "fsdp" or not ctx.distributed:
+        raw = model.module if hasattr(model, "module") else model
+        raw.load_state_dict(state)
+        return
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            full = state[name] if ctx.is_main else torch.empty(p.shape, dtype=p.dtype)
+            if isinstance(p, DTensor):
+                full = full.to(device=p.device, dtype=p.dtype)
+                p.copy_(distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=0))
+            else:
+                p.copy_(broadcast_object(ctx, full if ctx.is_main else None))

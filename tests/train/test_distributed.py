@@ -1,0 +1,139 @@
+"""Data-parallel training through torchrun on CPU (gloo, 2 processes): the same model as one
+process, exact resume, DCP resharding, clear errors. Each run is a few seconds on 2 cores."""
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.distributed
+
+TINY = ["--epochs", "2", "--precision", "fp32", "--seed", "3", "--model", "transformer",
+        "--hidden-size", "32", "--num-layers", "2", "--num-heads", "2", "--ffn-size", "64",
+        "--vocab-size", "400", "--max-length", "32", "--no-progress"]  # fmt: skip
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+@pytest.fixture(scope="module")
+def train_csv(tmp_path_factory, toy_data):
+    path = tmp_path_factory.mktemp("dist") / "train.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        w.writerows(zip(*toy_data, strict=True))
+    return path
+
+
+def slimtext(*args, nproc=0, timeout=240, background=False):
+    cmd = ([*TORCHRUN, f"--nproc-per-node={nproc}", "-m", "slimtext"] if nproc
+           else [sys.executable, "-m", "slimtext"]) + list(map(str, args))  # fmt: skip
+    env = {**os.environ, "SLIMTEXT_DIST_TIMEOUT": "120"}
+    if background:  # own session, so the test can kill the launcher and every rank at once
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
+def weights(model_dir):
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def max_diff(a, b):
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_ddp_and_fsdp_on_two_ranks_train_the_single_process_model(tmp_path, train_csv):
+    # Per-rank batch B/2 on 2 ranks == batch B in one process: the same examples in every step
+    # (see bucketed_batches). Without dropout the weights agree to float32 rounding.
+    common = ["train", "--data", train_csv, "--dropout", "0", *TINY]
+    slimtext(*common, "--out", tmp_path / "single", "--batch-size", 8)
+    slimtext(*common, "--out", tmp_path / "ddp", "--batch-size", 4, "--nproc", 2)
+    slimtext(*common, "--out", tmp_path / "fsdp", "--batch-size", 4, "--strategy", "fsdp",
+             nproc=2)  # fmt: skip
+    ref = weights(tmp_path / "single")
+    assert max_diff(ref, weights(tmp_path / "ddp")) < 1e-5
+    assert max_diff(ref, weights(tmp_path / "fsdp")) < 1e-5
+
+
+def test_ddp_sigkill_then_resume_gives_bitwise_the_uninterrupted_weights(tmp_path, train_csv):
+    args = ["train", "--data", train_csv, "--batch-size", 4, "--checkpoint-every", 2, *TINY]
+    slimtext(*args, "--out", tmp_path / "ref", nproc=2)
+    out, ckpts = tmp_path / "killed", tmp_path / "killed.checkpoints"
+    proc = slimtext(*args, "--out", out, nproc=2, background=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and len([p for p in ckpts.glob("step-*")]) >= 2:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
+    proc.wait()
+    assert not (out / "model.safetensors").exists(), "the run finished before it was killed"
+    slimtext(*args, "--out", out, "--resume", nproc=2)
+    a, b = weights(tmp_path / "ref"), weights(out)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fsdp_dcp_checkpoint_from_two_ranks_resumes_on_one_and_back(tmp_path, train_csv):
+    common = ["train", "--data", train_csv, "--dropout", "0", "--checkpoint-every", 3, *TINY]
+    slimtext(*common, "--out", tmp_path / "ref", "--batch-size", 4, "--strategy", "fsdp", nproc=2)
+    ckpts = sorted((tmp_path / "ref.checkpoints").glob("step-*"))
+    assert (ckpts[0] / "dcp").is_dir() and not (ckpts[0] / "model.safetensors").exists()
+    # 2 ranks -> 1 process (global batch 8 either way)
+    mid = tmp_path / "one.checkpoints"
+    mid.mkdir()
+    shutil.copytree(ckpts[0], mid / ckpts[0].name)
+    shutil.copy(tmp_path / "ref.checkpoints" / "tokenizer.json", mid / "tokenizer.json")
+    slimtext(*common, "--out", tmp_path / "one", "--batch-size", 8, "--resume")
+    assert max_diff(weights(tmp_path / "ref"), weights(tmp_path / "one")) < 1e-5
+    # 1 rank (fsdp, torchrun) -> 2 ranks
+    slimtext(*common, "--out", tmp_path / "r1", "--batch-size", 8, "--strategy", "fsdp", nproc=1)
+    first = sorted((tmp_path / "r1.checkpoints").glob("step-*"))[0]
+    back = tmp_path / "two.checkpoints"
+    back.mkdir()
+    shutil.copytree(first, back / first.name)
+    shutil.copy(tmp_path / "r1.checkpoints" / "tokenizer.json", back / "tokenizer.json")
+    slimtext(*common, "--out", tmp_path / "two", "--batch-size", 4, "--strategy", "fsdp",
+             "--resume", nproc=2)  # fmt: skip
+    assert max_diff(weights(tmp_path / "r1"), weights(tmp_path / "two")) < 1e-5
+
+
+def _mismatch_worker(rank, store_path):
+    import torch.distributed as dist
+
+    from slimtext.train.distributed import DistContext, DistributedError, check_same_config
+
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    try:
+        check_same_config(DistContext(rank=rank, world_size=2), {"lr": 0.1 * (rank + 1), "n": 5})
+    except DistributedError as e:
+        assert "rank 1" in str(e) and "lr" in str(e)
+        return
+    finally:
+        dist.destroy_process_group()
+    raise AssertionError("no error for different configs")
+
+
+def test_ranks_with_different_configs_get_a_clear_error(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_mismatch_worker, args=(str(tmp_path / "store"),), nprocs=2,
+                       start_method="spawn", join=True)  # fmt: skip
+
+
+def test_ddp_strategy_without_torchrun_says_how_to_launch(tmp_path, train_csv):
+    from typer.testing import CliRunner
+
+    from slimtext.cli import app
+
+    r = CliRunner().invoke(app, ["train", "--data", str(train_csv), "--out", str(tmp_path / "m"),
+                                 "--strategy", "ddp"])  # fmt: skip
+    assert r.exit_code == 2 and "torchrun" in r.output
