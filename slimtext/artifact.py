@@ -119,6 +119,17 @@ def read_model_dir(path: str | os.PathLike) -> ModelDir:
     except TokenizerError as e:
         raise ModelDirError(str(e)) from None
     model = build_model(config)
+    if cfg.get("compression"):
+        # Pruned, factorised or quantized layers have other shapes and tensors than the config
+        # alone builds: replay the recorded steps' structure first (slimtext.compress).
+        from .compress import rebuild_
+
+        try:
+            rebuild_(model, cfg["compression"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelDirError(
+                f"{path / 'config.json'}: cannot rebuild compressed model ({e})"
+            ) from None
     try:
         state = load_file(str(path / "model.safetensors"))
     except (SafetensorError, OSError) as e:

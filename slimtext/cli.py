@@ -346,6 +346,49 @@ def demo(
         _fail(e)
 
 
+@app.command("compress")
+def compress_(
+    teacher_dir: Annotated[Path, typer.Argument(help="Model directory to compress (the teacher).")],
+    data: Annotated[str, typer.Option(help="Training data for distillation and fine-tuning.")],
+    out: Annotated[Path, typer.Option(help="Model directory to write.")],
+    recipe: Annotated[
+        str,
+        typer.Option(
+            help="Steps, e.g. 'distill:layers=2,prune:heads=0.5,ffn=0.5,"
+            "quantize:int8-dynamic,max_drop=0.01'."
+        ),
+    ] = "distill,prune:heads=0.5,ffn=0.5,quantize:int8-dynamic",
+    valid: Annotated[
+        str | None, typer.Option(help="Validation data; default: a stratified share of --data.")
+    ] = None,
+    test: Annotated[
+        str | None, typer.Option(help="Data the report is measured on; default: validation.")
+    ] = None,
+    transfer: Annotated[
+        str | None, typer.Option(help="Extra unlabelled texts for distillation (labels ignored).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per training step.")] = None,
+    batch_size: int = 32,
+    lr: float | None = None,
+    threads: int | None = None,
+    speed: Annotated[bool, typer.Option(help="Measure latency and throughput.")] = True,
+    progress: bool = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Compress a model directory by a recipe; writes OUT with compression_report.md/.json."""
+    try:
+        from .compress.recipe import compress
+
+        train_cfg = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr,
+                                       "threads": threads}.items() if v is not None}  # fmt: skip
+        compress(teacher_dir, data, out, recipe, valid=valid, test=test, transfer=transfer,
+                 train_config=train_cfg, speed=speed, progress=progress,
+                 log=lambda s: typer.echo(s, err=True))  # fmt: skip
+    except _user_errors() as e:
+        _fail(e)
+    typer.echo((out / "compression_report.md").read_text(encoding="utf-8"))
+
+
 @app.command()
 def serve(
     model_dir: Annotated[Path, typer.Argument(help="Model directory to serve.")],

@@ -1,0 +1,116 @@
+"""Compression on AG News: a BERT-mini teacher -> a distilled, pruned, int8 student.
+
+    python benchmarks/compress.py --out bench-out/compress.json            # full run
+    python benchmarks/compress.py --quick                                  # minutes: smoke test
+
+Teacher: `TextClassifier(model="transformer", hidden_size=256, num_layers=4, num_heads=4,
+ffn_size=1024, max_length=128)` trained by slimtext on AG News train (or `--teacher DIR`).
+Student: the recipe below, run by `slimtext.compress.compress`; every step is measured on the
+test split (accuracy, macro-F1, parameters, size of model.safetensors, p50 latency at batch 1,
+texts/s at batch 64, each also as a ratio against the teacher).
+
+Target, in one run: >= 99% of the teacher's test accuracy, >= 4x smaller on disk, >= 3x lower
+batch-1 latency and >= 3x batch-64 throughput. `--quick` subsamples train and test and trains
+for a fraction of an epoch, so its accuracies say nothing; it checks that the pipeline runs and
+shows the size and speed ratios, which do not depend on training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _common import REPO, dataset_paths, machine_info, write_json
+
+from slimtext.api import TextClassifier
+from slimtext.compress.recipe import compress
+from slimtext.data import load_data
+
+RECIPE = (
+    "distill:layers=2,alpha=0.5,t=2,epochs=3,"
+    "prune:heads=0.5,ffn=0.5,finetune=1,"
+    "quantize:int8-dynamic,max_drop=0.005"
+)
+TEACHER = dict(hidden_size=256, num_layers=4, num_heads=4, ffn_size=1024, max_length=128)
+
+
+def _subsample(ds, n: int | None):
+    if n is None or n >= len(ds):
+        return ds
+    from slimtext.data import stratified_split
+
+    _, small = stratified_split(ds, n / len(ds), seed=0)
+    return small
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "datasets"))
+    ap.add_argument("--teacher", default=None, help="existing teacher model dir (skip training)")
+    ap.add_argument("--recipe", default=RECIPE)
+    ap.add_argument("--epochs", type=int, default=3, help="teacher epochs")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="small subsample, short training")
+    ap.add_argument("--out", default=str(REPO / "bench-out" / "compress.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    train_p, test_p = dataset_paths(args.data_root, "ag_news")
+    train, test = load_data(str(train_p)), load_data(str(test_p))
+    recipe = args.recipe
+    train_kw: dict = {"threads": args.threads}
+    speed_kw = {"n_latency": 100, "n_batches": 10, "warmup": 10}
+    if args.quick:
+        train, test = _subsample(train, 2000), _subsample(test, 500)
+        train_kw.update(max_steps=None, epochs=1)
+        recipe = recipe.replace("epochs=3", "epochs=1")
+        speed_kw = {"n_latency": 30, "n_batches": 3, "warmup": 5}
+    work = Path(tempfile.mkdtemp(prefix="slimtext-bench-compress-"))
+    t0 = time.perf_counter()
+    teacher_dir = args.teacher
+    if teacher_dir is None:
+        epochs = 1 if args.quick else args.epochs
+        clf = TextClassifier(model="transformer", epochs=epochs, verbose=not args.quick,
+                             threads=args.threads, **TEACHER)  # fmt: skip
+        clf.fit(train)
+        teacher_dir = clf.save(work / "teacher")
+    t_teacher = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    rows = compress(
+        teacher_dir, train, work / "student", recipe, test=test, train_config=train_kw,
+        speed_kw=speed_kw, log=lambda s: print(s, file=sys.stderr),
+    )  # fmt: skip
+    t_compress = time.perf_counter() - t1
+    final = rows[-1]
+    target = {
+        "accuracy_ge_99pct": final["accuracy_vs_teacher"] >= 0.99,
+        "smaller_ge_4x": final["smaller_x"] >= 4,
+        "latency_ge_3x": final["faster_latency_x"] >= 3,
+        "throughput_ge_3x": final["throughput_x"] >= 3,
+    }
+    report = (work / "student" / "compression_report.md").read_text()
+    print(report)
+    print("target met:", all(target.values()), target)
+    out = {
+        "quick": args.quick,
+        "recipe": recipe,
+        "n_train": len(train),
+        "n_test": len(test),
+        "teacher_seconds": t_teacher,
+        "compress_seconds": t_compress,
+        "rows": rows,
+        "target": target,
+        "machine": machine_info(),
+        "model_dir": str(work / "student"),
+    }
+    path = write_json(args.out, out)
+    print(f"wrote {path}", file=sys.stderr)
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""Pruning: structured (whole heads and FFN neurons, the model physically shrinks) and global
+unstructured magnitude pruning (weights zeroed in place; smaller only once compressed, and no
+faster on dense CPU kernels, which multiply the zeros anyway).
+
+    prune_(model, HeadPruning(0.5), calib=batches)      # half the heads, chosen globally
+    prune_(model, FFNPruning(0.5), calib=batches)       # half the FFN neurons
+    prune_(model, MagnitudePruning(0.8))                # 80% of encoder weights set to 0
+
+Importance is the first-order Taylor estimate of the loss change when a unit is removed,
+|sum over a batch of activation x gradient| accumulated over calibration batches (Molchanov et al.
+2017; for heads, Michel et al. 2019 "Are Sixteen Heads Really Better than One?"), normalised per
+layer (Michel et al.) so layers compete on a common scale. Without calibration data we fall back
+to weight magnitude. Heads are ranked globally, so layers end with different head counts: the
+pruned attention module carries its own `n_head`, and its q/k/v width `n_head * head_dim` no
+longer equals the hidden size (the output projection maps back to it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.batching import Batch
+from ._util import blocks, record
+
+IMPORTANCE = ("taylor", "magnitude")
+
+
+# ---- configs ------------------------------------------------------------------------------------
+@dataclass
+class HeadPruning:
+    """Remove `ratio` of all attention heads (global ranking, at least one head per layer)."""
+
+    ratio: float
+    importance: str = "taylor"
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        _check_ratio(self.ratio, "ratio")
+        _check_importance(self.importance)
+
+
+@dataclass
+class FFNPruning:
+    """Remove `ratio` of all FFN intermediate neurons (global ranking, at least one per layer)."""
+
+    ratio: float
+    importance: str = "taylor"
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        _check_ratio(self.ratio, "ratio")
+        _check_importance(self.importance)
+
+
+@dataclass
+class MagnitudePruning:
+    """Zero the `sparsity` share of encoder Linear weights with the smallest |w| (one global
+    threshold). `steps` > 1 reaches it gradually (cubic schedule of Zhu & Gupta 2017) when used
+    through `prune_finetune`."""
+
+    sparsity: float
+    steps: int = 1
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        _check_ratio(self.sparsity, "sparsity")
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def _check_ratio(x: float, name: str) -> None:
+    if not 0.0 <= x < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {x}")
+
+
+def _check_importance(x: str) -> None:
+    if x not in IMPORTANCE:
+        raise ValueError(f"importance must be one of {IMPORTANCE}, got {x!r}")
+
+
+PruneConfig = HeadPruning | FFNPruning | MagnitudePruning
+
+
+# ---- the attention module with its own head count ------------------------------------------------
+class PrunedSelfAttention(nn.Module):
+    """Self-attention with `n_head` heads of `head_dim`: q/k/v width `W = n_head * head_dim`
+    (need not equal the hidden size C); `out` maps W back to C. Same maths as `SelfAttention`
+    (scaled by 1/sqrt(head_dim), unchanged by pruning)."""
+
+    def __init__(self, hidden: int, n_head: int, head_dim: int, dropout: float):
+        super().__init__()
+        self.n_head, self.head_dim = n_head, head_dim
+        width = n_head * head_dim
+        self.qkv = nn.Linear(hidden, 3 * width)
+        self.out = nn.Linear(width, hidden)
+        self.p_drop = dropout
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        W = self.n_head * self.head_dim
+        q, k, v = self.qkv(x).split(W, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=key_mask, dropout_p=self.p_drop if self.training else 0.0
+        )  # (B, nh, T, hs)
+        return self.out(y.transpose(1, 2).reshape(B, T, W))
+
+
+def _head_dim(attn: nn.Module) -> int:
+    return getattr(attn, "head_dim", None) or attn.out.in_features // attn.n_head
+
+
+def _linear(m: nn.Module, what: str) -> nn.Linear:
+    if type(m) is not nn.Linear:
+        raise TypeError(
+            f"{what} is a {type(m).__name__}: structured pruning needs plain Linear layers "
+            "(prune before factorizing or quantizing)"
+        )
+    return m
+
+
+def _sliced(lin: nn.Linear, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None):
+    w = lin.weight.detach()
+    b = None if lin.bias is None else lin.bias.detach()
+    if rows is not None:
+        w, b = w[rows], (None if b is None else b[rows])
+    if cols is not None:
+        w = w[:, cols]
+    new = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if b is not None:
+            new.bias.copy_(b)
+    return new.to(lin.weight.device)
+
+
+def keep_heads_(block: nn.Module, keep: Sequence[int]) -> None:
+    """Replace `block.attn` by a `PrunedSelfAttention` holding only the heads `keep`."""
+    attn = block.attn
+    hs, nh = _head_dim(attn), attn.n_head
+    qkv, out = _linear(attn.qkv, "attn.qkv"), _linear(attn.out, "attn.out")
+    W = nh * hs
+    keep_t = torch.tensor(sorted(keep), dtype=torch.long)
+    within = (keep_t[:, None] * hs + torch.arange(hs)[None, :]).reshape(-1)  # rows of one of q|k|v
+    rows = torch.cat([within + b * W for b in range(3)])
+    new = PrunedSelfAttention(qkv.in_features, len(keep_t), hs, getattr(attn, "p_drop", 0.0))
+    new.qkv = _sliced(qkv, rows=rows)
+    new.out = _sliced(out, cols=within)
+    block.attn = new
+
+
+def keep_neurons_(block: nn.Module, keep: Sequence[int]) -> None:
+    """Keep only the FFN intermediate neurons `keep` (rows of ffn_in, columns of ffn_out)."""
+    keep_t = torch.tensor(sorted(keep), dtype=torch.long)
+    block.ffn_in = _sliced(_linear(block.ffn_in, "ffn_in"), rows=keep_t)
+    block.ffn_out = _sliced(_linear(block.ffn_out, "ffn_out"), cols=keep_t)
+
+
+# ---- importance ----------------------------------------------------------------------------------
+def _magnitude_scores(model: nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    heads, neurons = [], []
+    for blk in blocks(model):
+        attn = blk.attn
+        hs, nh = _head_dim(attn), attn.n_head
+        W = nh * hs
+        qkv = attn.qkv.weight.detach().abs().sum(1).view(3, nh, hs).sum((0, 2))  # (nh,)
+        out = attn.out.weight.detach().abs().sum(0).view(nh, hs).sum(1)
+        heads.append(qkv / (3 * hs * attn.qkv.in_features) + out / (hs * W))
+        fin = blk.ffn_in.weight.detach().abs().mean(1)
+        fout = blk.ffn_out.weight.detach().abs().mean(0)
+        neurons.append(fin + fout)
+    return heads, neurons
+
+
+def _taylor_scores(
+    model: nn.Module, calib: Sequence[Batch]
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """|sum(activation * dL/dactivation)| per head / neuron and batch, summed over batches.
+
+    A gate of ones multiplies the input of `attn.out` (the concatenated heads) and of `ffn_out`
+    (the GELU outputs); the gate's gradient is exactly sum(activation * gradient) over the batch.
+    """
+    bl = blocks(model)
+    gates_a = [torch.ones(b.attn.out.in_features, requires_grad=True) for b in bl]
+    gates_f = [torch.ones(b.ffn_out.in_features, requires_grad=True) for b in bl]
+    heads = [torch.zeros(b.attn.n_head) for b in bl]
+    neurons = [torch.zeros(b.ffn_out.in_features) for b in bl]
+    handles = []
+    for blk, ga, gf in zip(bl, gates_a, gates_f, strict=True):
+        handles.append(blk.attn.out.register_forward_pre_hook(lambda m, a, g=ga: (a[0] * g,)))
+        handles.append(blk.ffn_out.register_forward_pre_hook(lambda m, a, g=gf: (a[0] * g,)))
+    was_training = model.training
+    requires = [p.requires_grad for p in model.parameters()]
+    model.eval()  # no dropout: the estimate is of the deployed model
+    for p in model.parameters():
+        p.requires_grad_(False)  # only the gates need gradients
+    try:
+        for b in calib:
+            logits = model(b.input_ids, b.attention_mask)
+            # Unlabelled calibration data: the model's own predictions stand in for labels.
+            y = b.labels if b.labels is not None else logits.argmax(-1).detach()
+            loss = F.cross_entropy(logits.float(), y)
+            for g in gates_a + gates_f:
+                g.grad = None
+            loss.backward()
+            for i, blk in enumerate(bl):
+                nh = blk.attn.n_head
+                heads[i] += gates_a[i].grad.view(nh, -1).sum(1).abs()
+                neurons[i] += gates_f[i].grad.abs()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, r in zip(model.parameters(), requires, strict=True):
+            p.requires_grad_(r)
+        model.train(was_training)
+    return heads, neurons
+
+
+def importance(
+    model: nn.Module, calib: Sequence[Batch] | None, kind: str = "taylor"
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(head scores per layer, neuron scores per layer), each normalised to unit L2 per layer."""
+    if kind == "taylor" and calib:
+        heads, neurons = _taylor_scores(model, calib)
+    else:
+        heads, neurons = _magnitude_scores(model)
+
+    def norm(xs):
+        return [x / x.norm().clamp_min(1e-12) for x in xs]
+
+    return norm(heads), norm(neurons)
+
+
+def _global_keep(scores: list[torch.Tensor], ratio: float) -> list[list[int]]:
+    """Drop the round(ratio * total) lowest-scoring units across layers, at least one kept each."""
+    total = sum(len(s) for s in scores)
+    n_drop = min(round(ratio * total), total - len(scores))
+    order = sorted(
+        ((float(v), li, j) for li, s in enumerate(scores) for j, v in enumerate(s.tolist())),
+    )
+    left = [len(s) for s in scores]
+    dropped: list[set[int]] = [set() for _ in scores]
+    for _, li, j in order:
+        if n_drop == 0:
+            break
+        if left[li] > 1:
+            dropped[li].add(j)
+            left[li] -= 1
+            n_drop -= 1
+    return [[j for j in range(len(s)) if j not in d] for s, d in zip(scores, dropped, strict=True)]
+
+
+# ---- unstructured -------------------------------------------------------------------------------
+def _prunable_linears(model: nn.Module) -> list[nn.Linear]:
+    return [m for blk in blocks(model) for m in blk.modules() if type(m) is nn.Linear]
+
+
+@torch.no_grad()
+def magnitude_masks(model: nn.Module, sparsity: float) -> list[tuple[nn.Linear, torch.Tensor]]:
+    """One global |w| threshold over the encoder's Linear weights; masks (True = kept)."""
+    lins = _prunable_linears(model)
+    if sparsity <= 0 or not lins:
+        return [(m, torch.ones_like(m.weight, dtype=torch.bool)) for m in lins]
+    flat = torch.cat([m.weight.abs().flatten() for m in lins])
+    k = int(sparsity * flat.numel())
+    if k == 0:
+        return [(m, torch.ones_like(m.weight, dtype=torch.bool)) for m in lins]
+    thr = flat.kthvalue(k).values
+    return [(m, m.weight.abs() > thr) for m in lins]
+
+
+def sparsity(model: nn.Module) -> float:
+    """Share of exact zeros among the encoder's Linear weights."""
+    lins = _prunable_linears(model)
+    n = sum(m.weight.numel() for m in lins)
+    return 1.0 - sum(int(torch.count_nonzero(m.weight)) for m in lins) / max(1, n)
+
+
+class _MaskHooks:
+    """Keep pruned weights at zero while fine-tuning: re-apply the masks before each forward
+    (the optimizer may move a zero; the next forward, and the end of training, zero it again)."""
+
+    def __init__(self, masks: list[tuple[nn.Linear, torch.Tensor]]):
+        self.masks = masks
+        self.handles = [m.register_forward_pre_hook(self._hook(mask)) for m, mask in masks]
+
+    @staticmethod
+    def _hook(mask: torch.Tensor):
+        def f(m: nn.Module, args):
+            with torch.no_grad():
+                m.weight.mul_(mask.to(m.weight.device))
+
+        return f
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        with torch.no_grad():
+            for m, mask in self.masks:
+                m.weight.mul_(mask.to(m.weight.device))
+
+
+def cubic_schedule(final: float, steps: int) -> list[float]:
+    """Sparsity after each of `steps` stages: s_f * (1 - (1 - t)^3) (Zhu & Gupta 2017): prune
+    fast while many redundant weights remain, slowly near the target."""
+    return [final * (1.0 - (1.0 - (i + 1) / steps) ** 3) for i in range(steps)]
+
+
+# ---- the verb -----------------------------------------------------------------------------------
+def prune_(model: nn.Module, config: PruneConfig, calib: Sequence[Batch] | None = None) -> dict:
+    """Prune `model` in place; returns the record for config.json's `compression` list.
+
+    `calib`: a few labelled (or unlabelled) batches for Taylor importance; without them the
+    weight-magnitude fallback is used.
+    """
+    if isinstance(config, MagnitudePruning):
+        masks = magnitude_masks(model, config.sparsity)
+        with torch.no_grad():
+            for m, mask in masks:
+                m.weight.mul_(mask)
+        return record("prune", config, kind="magnitude", sparsity=sparsity(model))
+    if not isinstance(config, (HeadPruning, FFNPruning)):
+        raise TypeError(f"prune_ does not handle {type(config).__name__}")
+    bl = blocks(model)
+    heads, neurons = importance(model, calib, config.importance)
+    if isinstance(config, HeadPruning):
+        keep = _global_keep(heads, config.ratio)
+        for blk, k in zip(bl, keep, strict=True):
+            if len(k) < blk.attn.n_head or not isinstance(blk.attn, PrunedSelfAttention):
+                keep_heads_(blk, k)
+        kind = "heads"
+    else:
+        keep = _global_keep(neurons, config.ratio)
+        for blk, k in zip(bl, keep, strict=True):
+            if len(k) < blk.ffn_out.in_features:
+                keep_neurons_(blk, k)
+        kind = "ffn"
+    return record("prune", config, kind=kind, **structure(model))
+
+
+def structure(model: nn.Module) -> dict:
+    """Per-layer head counts, head size and FFN widths: what `restore_pruned_` needs."""
+    bl = blocks(model)
+    return {
+        "heads": [b.attn.n_head for b in bl],
+        "head_dim": [_head_dim(b.attn) for b in bl],
+        "ffn": [b.ffn_out.in_features for b in bl],
+    }
+
+
+def restore_pruned_(model: nn.Module, rec: dict) -> None:
+    """Give a freshly built model the pruned shapes in `rec` (weights are loaded afterwards)."""
+    if rec.get("kind") == "magnitude":
+        return  # zeros live in the weights; the shapes are unchanged
+    for blk, nh, hs, ffn in zip(
+        blocks(model), rec["heads"], rec["head_dim"], rec["ffn"], strict=True
+    ):
+        hidden = blk.ffn_out.out_features
+        if nh != blk.attn.n_head or not isinstance(blk.attn, PrunedSelfAttention):
+            blk.attn = PrunedSelfAttention(hidden, nh, hs, getattr(blk.attn, "p_drop", 0.0))
+        if ffn != blk.ffn_out.in_features:
+            blk.ffn_in = nn.Linear(hidden, ffn)
+            blk.ffn_out = nn.Linear(ffn, hidden)
+
+
+def prune_finetune(
+    model: nn.Module,
+    config: MagnitudePruning,
+    train,
+    valid,
+    train_config,
+    *,
+    label_names: Sequence[str],
+    pad_id: int,
+    loss_fn=None,
+    progress: bool = False,
+) -> dict:
+    """Gradual magnitude pruning: `config.steps` stages of (raise sparsity per the cubic schedule,
+    fine-tune `train_config` with the pruned weights held at zero). Returns the record."""
+    from dataclasses import replace
+
+    from ..train.trainer import fit
+
+    stages = cubic_schedule(config.sparsity, config.steps)
+    per_stage = replace(train_config, keep_best=False)
+    if train_config.max_steps:
+        per_stage = replace(
+            per_stage, max_steps=max(1, math.ceil(train_config.max_steps / len(stages)))
+        )
+    for s in stages:
+        masks = magnitude_masks(model, s)
+        hooks = _MaskHooks(masks)
+        hooks.remove()  # zero now ...
+        hooks = _MaskHooks(masks)  # ... and keep zero through the fine-tune
+        try:
+            fit(model, train, valid, per_stage, label_names=label_names, pad_id=pad_id,
+                loss_fn=loss_fn, progress=progress)  # fmt: skip
+        finally:
+            hooks.remove()
+    model.cpu().eval()
+    return record("prune", config, kind="magnitude", sparsity=sparsity(model))
