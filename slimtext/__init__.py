@@ -16,11 +16,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["Predictor", "TextClassifier", "__version__", "load", "load_data"]
 
 
-def load(path, backend: str = "torch", device: str = "cpu", batch_size: int = 64) -> Predictor:
-    """Load a model directory; returns a Predictor with `predict` and `predict_proba`."""
+def load(
+    path, backend: str = "torch", device: str = "cpu", batch_size: int = 64, **options
+) -> Predictor:
+    """Load a model directory; returns a Predictor with `predict` and `predict_proba`.
+
+    `backend`: torch | compile | onnxruntime | auto (times each and keeps the fastest)."""
     from .infer import load as _load
 
-    return _load(path, backend=backend, device=device, batch_size=batch_size)
+    return _load(path, backend=backend, device=device, batch_size=batch_size, **options)
 
 
 def load_data(spec, **kwargs):

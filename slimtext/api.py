@@ -24,9 +24,10 @@ from .artifact import ModelDir, read_model_dir, save_model_dir
 from .data import DataError, TextDataset, check_labels_seen, load_data, stratified_split
 from .fileio import atomic_write_text
 from .infer import Predictor
+from .metrics import classification_report
 from .models import ModelConfig, build_model
 from .tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
-from .train import Encoded, TrainConfig, TrainResult, evaluate, fit
+from .train import Encoded, TrainConfig, TrainResult, fit
 from .train.distributed import DistContext, broadcast_object, check_same_config, full_state_dict
 
 Data = Union[TextDataset, str, os.PathLike, tuple]  # noqa: UP007 (readable in help text)
@@ -208,8 +209,13 @@ class TextClassifier:
         # The model's label list stands in for its training data: any other label is an error.
         known = TextDataset(list(md.labels), list(md.labels), source=f"{self.model}'s labels")
         check_labels_seen(known, ds)
-        enc = self._encode(md.tokenizer, ds, md.labels, md.max_length)
-        return evaluate(p.model, enc.ids, enc.labels, md.labels, md.tokenizer.pad_id)
+        # Through the predictor, so the report measures the backend that will serve the model.
+        index = {lab: i for i, lab in enumerate(md.labels)}
+        y = torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)
+        logits = p.logits(ds.texts)
+        report = classification_report(y.tolist(), logits.argmax(-1).tolist(), md.labels)
+        report["loss"] = float(torch.nn.functional.cross_entropy(logits, y))
+        return report
 
     def score(self, data: Data) -> float:
         """Accuracy on labelled data."""
@@ -238,13 +244,15 @@ class TextClassifier:
         )
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TextClassifier:
+    def load(cls, path: str | os.PathLike, backend: str = "torch", **options) -> TextClassifier:
+        """A fitted classifier from a model directory, predicting on `backend`
+        (torch | compile | onnxruntime | auto; see `slimtext.infer.load`)."""
         md = read_model_dir(path)
         clf = cls(model=md.config.arch, verbose=False, **_known(md.meta.get("train", {})))
         clf.model_dir_ = md
         clf.classes_ = np.array(md.labels)
         clf.metrics_ = md.meta.get("metrics", {})
-        clf._predictor = Predictor(md)
+        clf._predictor = Predictor(md, backend=backend, **options)
         return clf
 
 

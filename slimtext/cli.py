@@ -255,6 +255,8 @@ def eval_(
     text_col: list[str] | None = None,
     label_col: str = "label",
     encoding_errors: str = "strict",
+    backend: Annotated[str, typer.Option(help="torch | compile | onnxruntime | auto")] = "torch",
+    batch_size: int = 64,
     config: ConfigOpt = None,
 ) -> None:
     """Evaluate a model directory on labelled data."""
@@ -262,12 +264,12 @@ def eval_(
         from .api import TextClassifier, as_dataset
         from .metrics import format_report
 
-        clf = TextClassifier.load(model_dir)
+        clf = TextClassifier.load(model_dir, backend=backend, batch_size=batch_size)
         ds = as_dataset(
             data, text_cols=text_col, label_col=label_col, encoding_errors=encoding_errors
         )
         rep = clf.evaluate(ds)
-    except _user_errors() as e:
+    except (*_user_errors(), ImportError) as e:
         _fail(e)
     if json_out:
         typer.echo(json.dumps(rep))
@@ -281,6 +283,7 @@ def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
     file: Annotated[Path | None, typer.Option(help="One text per line ('-' = stdin).")] = None,
     batch_size: int = 64,
+    backend: Annotated[str, typer.Option(help="torch | compile | onnxruntime | auto")] = "torch",
     config: ConfigOpt = None,
 ) -> None:
     """Print one JSON line per text: {"label": ..., "probs": {label: p}}. Reads stdin when no
@@ -288,8 +291,8 @@ def predict(
     try:
         from .infer import load
 
-        pred = load(model_dir, batch_size=batch_size)
-    except _user_errors() as e:
+        pred = load(model_dir, backend=backend, batch_size=batch_size)
+    except (*_user_errors(), ImportError) as e:
         _fail(e)
     if texts:
         _predict_lines(pred, iter(texts))
@@ -346,6 +349,46 @@ def demo(
         _fail(e)
 
 
+@app.command()
+def export(
+    model_dir: Annotated[Path, typer.Argument(help="A slimtext model directory.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Write here instead of MODEL_DIR/model.onnx.")
+    ] = None,
+    format: Annotated[str, typer.Option(help="onnx (the only format so far).")] = "onnx",
+    opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = 18,
+    optimize: Annotated[bool, typer.Option(help="Save the ONNX Runtime-optimised graph.")] = True,
+    exporter: Annotated[str, typer.Option(help="auto | dynamo | torchscript")] = "auto",
+    mask_dtype: Annotated[
+        str, typer.Option(help="attention_mask input type: bool | int64")
+    ] = "bool",
+    atol: Annotated[float, typer.Option(help="Largest allowed |logits - PyTorch|.")] = 1e-4,
+    int8: Annotated[
+        bool, typer.Option(help="Also write model.int8.onnx (dynamic int8 quantisation).")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Export a model directory to ONNX, checked against PyTorch on padded batches."""
+    if format != "onnx":
+        _fail(ValueError(f"--format {format!r}: only 'onnx' is supported"))
+
+    def log(msg: str) -> None:
+        typer.echo(msg, err=True)
+
+    try:
+        from .export import ExportError, export_onnx, quantize_onnx
+    except ImportError as e:
+        _fail(ImportError(f"{e}; install the extra: pip install 'slimtext[onnx]'"))
+    try:
+        export_onnx(model_dir, out, opset=opset, optimize=optimize, exporter=exporter,
+                    mask_dtype=mask_dtype, atol=atol, log=log)  # fmt: skip
+        if int8:
+            quantize_onnx(model_dir, out.with_name("model.int8.onnx") if out else None,
+                          exporter=exporter, log=log)  # fmt: skip
+    except (*_user_errors(), ImportError, ExportError) as e:
+        _fail(e)
+
+
 @app.command("compress")
 def compress_(
     teacher_dir: Annotated[Path, typer.Argument(help="Model directory to compress (the teacher).")],
@@ -396,7 +439,7 @@ def serve(
         str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")
     ] = "127.0.0.1",
     port: int = 8000,
-    backend: Annotated[str, typer.Option(help="auto | torch")] = "auto",
+    backend: Annotated[str, typer.Option(help="auto | torch | compile | onnxruntime")] = "auto",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     max_batch_size: Annotated[int, typer.Option(help="Most texts per model call.")] = 64,
     max_wait_ms: Annotated[

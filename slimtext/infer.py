@@ -1,21 +1,43 @@
 """Predictor: a loaded model directory that turns texts into labels and probabilities.
 
 Texts are tokenized once, batched by length (so short texts are not padded to long ones) and the
-results are returned in input order.
+results are returned in input order. The forward pass runs on one of several backends, all fed
+the same padded (input_ids, attention_mask) batches:
+
+    torch        the eager model
+    compile      `torch.compile`; lengths are padded up to a few buckets (16, 32, 64, ...,
+                 max_length) and the batch axis is marked dynamic, so the number of compiled
+                 graphs is bounded by 2 x buckets (batch 1 is always specialised) instead of
+                 growing with every new length
+    onnxruntime  an InferenceSession on the directory's `model.onnx` (exported on the fly into a
+                 cache when the directory has none)
+    auto         times each available backend once at load on a synthetic batch and keeps the
+                 fastest; `pred.backend` says which, `pred.backend_timings` shows the race
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Sequence
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .artifact import ModelDir, read_model_dir
-from .train.evaluate import predict_logits
+from .data.batching import length_sorted_batches, pad_batch
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "compile", "onnxruntime", "auto")
+# What `auto` races by default. `compile` is left out: it costs seconds per length bucket at load
+# (and a C++ toolchain), which an implicit choice should not spend; pass candidates to include it.
+AUTO_CANDIDATES = ("torch", "onnxruntime")
+
+# A runner maps one padded batch to float32 logits on the CPU.
+Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class Predictor:
@@ -27,14 +49,33 @@ class Predictor:
         backend: str = "torch",
         device: str = "cpu",
         batch_size: int = 64,
+        *,
+        onnx_path: str | os.PathLike | None = None,
+        compile_backend: str | Callable = "inductor",
+        candidates: Sequence[str] = AUTO_CANDIDATES,
+        warmup: bool = True,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_dir = model_dir
-        self.backend = backend
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.model = model_dir.model.to(self.device).eval()
+        self.buckets = length_buckets(_max_len(model_dir))
+        self.backend_timings: dict[str, float] = {}  # ms per synthetic batch, filled by "auto"
+        self._onnx_path = onnx_path
+        self._compile_backend = compile_backend
+        self._runner_name = backend
+        self.onnx_path: Path | None = None  # the file the onnxruntime backend runs
+        if backend == "auto":
+            backend = self._race(candidates)
+        else:
+            self._runner = self._make_runner(backend)
+            if warmup:
+                self._run_synthetic(min(batch_size, 8))
+        self.backend = backend
 
     @property
     def labels(self) -> list[str]:
@@ -51,15 +92,195 @@ class Predictor:
         ids = self.encode(texts)
         if not ids:
             return torch.empty(0, len(self.labels))
-        return predict_logits(
-            self.model, ids, self.model_dir.tokenizer.pad_id, self.batch_size, self.device
-        )
+        return self.logits_from_ids(ids)
+
+    @torch.inference_mode()
+    def logits_from_ids(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Logits (N, C) float32 for token ids, rows in input order (longest batches first)."""
+        pad_id = self.model_dir.tokenizer.pad_id
+        out = torch.empty(len(ids), len(self.labels), dtype=torch.float32)
+        for rows in length_sorted_batches([len(r) for r in ids], self.batch_size):
+            longest = max(len(ids[i]) for i in rows)
+            b = pad_batch(ids, rows, pad_id, multiple_of=self._pad_multiple(longest))
+            out[b.index] = self._runner(b.input_ids, b.attention_mask)
+        return out
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return torch.softmax(self.logits(texts), dim=-1).numpy()
 
     def predict(self, texts: Sequence[str]) -> list[str]:
         return [self.labels[i] for i in self.logits(texts).argmax(-1).tolist()]
+
+    # ---- backends ----
+
+    def _pad_multiple(self, longest: int) -> int:
+        if self._runner_name == "compile":
+            # pad_batch rounds up to a multiple of this: the bucket is the one multiple >= longest
+            return next(b for b in self.buckets if b >= longest)
+        return 8
+
+    def _make_runner(self, name: str) -> Runner:
+        self._runner_name = name
+        if name == "torch":
+            return self._torch_runner(self.model)
+        if name == "compile":
+            return self._compiled_runner()
+        if name == "onnxruntime":
+            return self._ort_runner()
+        raise ValueError(f"unknown backend {name!r}")
+
+    def _torch_runner(self, fn) -> Runner:
+        device = self.device
+
+        def run(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            return fn(input_ids.to(device), mask.to(device)).float().cpu()
+
+        return run
+
+    def _compiled_runner(self) -> Runner:
+        compiled = torch.compile(self.model, backend=self._compile_backend, dynamic=False)
+        # Every bucket compiles twice at most (batch 1, which dynamo always specialises, and
+        # batch >= 2); raise dynamo's per-function limit so long max_lengths never fall back to
+        # eager silently. Patched per call, not globally: other compiled code keeps its limit.
+        limit = max(8, 2 * len(self.buckets) + 2)
+        device = self.device
+
+        def run(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            input_ids, mask = input_ids.to(device), mask.to(device)
+            torch._dynamo.maybe_mark_dynamic(input_ids, 0)
+            torch._dynamo.maybe_mark_dynamic(mask, 0)
+            with torch._dynamo.config.patch(recompile_limit=limit):
+                return compiled(input_ids, mask).float().cpu()
+
+        return run
+
+    def _ort_runner(self) -> Runner:
+        from .export import _read_sidecar, require_onnxruntime
+
+        ort = require_onnxruntime()
+        path = Path(self._onnx_path) if self._onnx_path else self._onnx_file()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # torch's intra-op count is the physical cores by default, and is what `serve --threads`
+        # sets per worker; ORT's default (all logical cores) oversubscribes a shared box.
+        so.intra_op_num_threads = torch.get_num_threads()
+        so.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        sess = ort.InferenceSession(str(path), so, providers=providers)
+        int_mask = _read_sidecar(path).get("mask_dtype") == "int64"
+        self.onnx_path = path
+
+        def run(input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            m = mask.numpy().astype(np.int64) if int_mask else mask.numpy()
+            out = sess.run(["logits"], {"input_ids": input_ids.numpy(), "attention_mask": m})
+            return torch.from_numpy(out[0]).float()
+
+        return run
+
+    def _onnx_file(self) -> Path:
+        """The directory's verified `model.onnx`, else a cached export keyed by the weights."""
+        from .export import ONNX_FILE, export_onnx
+
+        d = self.model_dir.meta.get("path")
+        if d and _listed_in_manifest(Path(d), ONNX_FILE):
+            return Path(d) / ONNX_FILE
+        cached = _cache_dir() / f"{_weights_key(self.model_dir)}.onnx"
+        if not cached.is_file():
+            export_onnx(self.model_dir, out=cached)
+        return cached
+
+    def _race(self, candidates: Sequence[str]) -> str:
+        """Build each available candidate, time it on a synthetic batch, keep the fastest."""
+        best, best_ms, errors = None, float("inf"), {}
+        for name in candidates:
+            if name not in BACKENDS or name == "auto":
+                raise ValueError(f"auto candidates must be backends, got {name!r}")
+            try:
+                self._runner = self._make_runner(name)
+            except ImportError as e:  # e.g. onnxruntime not installed: not available here
+                errors[name] = str(e)
+                continue
+            ms = self._time_synthetic(self.batch_size)
+            self.backend_timings[name] = ms
+            if ms < best_ms:
+                best, best_ms, best_runner = name, ms, self._runner
+        if best is None:
+            raise RuntimeError(f"no backend available for auto: {errors}")
+        self._runner, self._runner_name = best_runner, best
+        return best
+
+    def warm_up_all(self) -> None:
+        """Run every length bucket at batch 1 and 2, so no later call pays for a compilation
+        (compile backend) or a first-shape allocation; seconds per bucket with `compile`."""
+        vocab = self.model_dir.config.vocab_size
+        for t in self.buckets:
+            for n in (1, 2):
+                self.logits_from_ids([[min(j + 1, vocab - 1) for j in range(t)]] * n)
+
+    def _synthetic_ids(self, n: int) -> list[list[int]]:
+        # Mid-length texts: the race should reflect typical batches, not the longest bucket.
+        t = max(2, min(64, _max_len(self.model_dir)) // 2)
+        vocab = self.model_dir.config.vocab_size
+        g = torch.Generator().manual_seed(0)
+        return torch.randint(1, vocab, (n, t), generator=g).tolist()
+
+    def _run_synthetic(self, n: int) -> None:
+        self.logits_from_ids(self._synthetic_ids(n))
+
+    def _time_synthetic(self, n: int, repeats: int = 3) -> float:
+        ids = self._synthetic_ids(n)
+        self.logits_from_ids(ids)  # warm-up (and compile); not timed
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            self.logits_from_ids(ids)
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times)
+
+
+def length_buckets(max_len: int, smallest: int = 16) -> list[int]:
+    """Padded lengths the compile backend uses: powers of two from `smallest`, then max_len."""
+    out, b = [], smallest
+    while b < max_len:
+        out.append(b)
+        b *= 2
+    return out + [max_len]
+
+
+def _max_len(md: ModelDir) -> int:
+    # Longest batch the model can take: the tokenizer's cap rounded up to the usual multiple of 8,
+    # but never past the position table.
+    return min(int(md.config.max_length), -(-int(md.max_length) // 8) * 8)
+
+
+def _listed_in_manifest(d: Path, name: str) -> bool:
+    # read_model_dir verified every listed file; an unlisted model.onnx was never checked.
+    try:
+        return name in json.loads((d / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _weights_key(md: ModelDir) -> str:
+    from .fileio import sha256_file
+
+    d = md.meta.get("path")
+    if d:
+        return sha256_file(Path(d) / "model.safetensors")[:32]
+    h = hashlib.sha256()
+    for k, v in md.model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("SLIMTEXT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "slimtext"
+    )
+    return Path(root) / "onnx"
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
@@ -73,7 +294,17 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
 
 
 def load(
-    path: str | os.PathLike, backend: str = "torch", device: str = "cpu", batch_size: int = 64
+    path: str | os.PathLike,
+    backend: str = "torch",
+    device: str = "cpu",
+    batch_size: int = 64,
+    **options,
 ) -> Predictor:
-    """Load a model directory for prediction."""
-    return Predictor(read_model_dir(path), backend=backend, device=device, batch_size=batch_size)
+    """Load a model directory for prediction on `backend` (torch | compile | onnxruntime | auto).
+
+    `options` go to `Predictor`: `onnx_path` (e.g. the directory's `model.int8.onnx`),
+    `compile_backend`, `candidates` (backends `auto` races), `warmup`.
+    """
+    return Predictor(
+        read_model_dir(path), backend=backend, device=device, batch_size=batch_size, **options
+    )

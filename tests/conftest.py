@@ -37,6 +37,13 @@ def make_texts(n_per_class: int = 30, seed: int = 0, min_words: int = 4, max_wor
 
 
 @pytest.fixture(scope="session")
+def toy_texts():
+    """`make_texts` itself, for tests that need other sizes (conftest is not importable by name
+    from every test directory)."""
+    return make_texts
+
+
+@pytest.fixture(scope="session")
 def toy_data():
     return make_texts()
 

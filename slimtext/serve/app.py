@@ -202,8 +202,8 @@ def factory() -> FastAPI:
 
 
 def resolve_backend(backend: str) -> str:
-    # "auto" will pick onnxruntime when an export exists; torch is the only backend for now.
-    return "torch" if backend == "auto" else backend
+    # "auto" is resolved by slimtext.infer: it times the installed backends and keeps the fastest.
+    return backend
 
 
 # -- metrics --------------------------------------------------------------------------------------

@@ -1,0 +1,356 @@
+"""ONNX export of a model directory, checked against PyTorch before it is trusted.
+
+    export_onnx(model_dir)            -> model_dir/model.onnx   (manifest re-written)
+    export_onnx(model_dir, out=path)  -> path
+    quantize_onnx(model_dir)          -> model_dir/model.int8.onnx (dynamic int8 weights)
+
+The graph takes `input_ids` int64 (B, T) and `attention_mask` bool (or int64) (B, T) and returns
+`logits` float32 (B, num_labels), with B and T dynamic. The dynamo exporter is tried first; the
+TorchScript exporter is the fallback. Every file is written under a temporary name, compared with
+PyTorch on padded batches of several shapes, optionally optimised for ONNX Runtime (and compared
+again), and only then renamed into place, so a failed export never leaves a bad `model.onnx`.
+A `<name>.json` sidecar records how it was made and the measured parity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .artifact import ModelDir, read_model_dir
+from .fileio import atomic_write_text, write_manifest
+
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAMES = ("logits",)
+EXPORTERS = ("auto", "dynamo", "torchscript")
+# (batch, length) shapes the parity check runs; 1 and odd sizes catch shapes specialised at
+# export time, the long ones catch a position table traced at a fixed length.
+PARITY_SHAPES = ((1, 8), (2, 16), (3, 24), (8, 40), (5, 64), (2, 128))
+
+
+class ExportError(RuntimeError):
+    """The export failed, or its output disagrees with PyTorch beyond tolerance."""
+
+
+def require_onnxruntime():
+    """Import onnxruntime or raise an ImportError that says how to install it."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ImportError(
+            f"onnxruntime is not installed ({e}); install the ONNX extra: "
+            "pip install 'slimtext[onnx]'"
+        ) from None
+    return onnxruntime
+
+
+def export_onnx(
+    model_dir: str | os.PathLike | ModelDir,
+    out: str | os.PathLike | None = None,
+    *,
+    opset: int = 18,
+    optimize: bool = True,
+    exporter: str = "auto",
+    mask_dtype: str = "bool",
+    atol: float = 1e-4,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Export a model directory to ONNX and check it against PyTorch; returns the file's path.
+
+    Without `out` the file is `model.onnx` inside the model directory and the directory's manifest
+    is re-written, so it still verifies on load. Raises `ExportError` when the largest absolute
+    logit difference on the parity batches exceeds `atol`.
+    """
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if mask_dtype not in ("bool", "int64"):
+        raise ValueError(f"mask_dtype must be 'bool' or 'int64', got {mask_dtype!r}")
+    if opset < 17:
+        # LayerNormalization (our post-LN blocks) is a single op only from opset 17.
+        raise ValueError(f"opset must be >= 17, got {opset}")
+    require_onnxruntime()
+    log = log or (lambda _msg: None)
+    md = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
+    in_model_dir = out is None
+    if in_model_dir:
+        if "path" not in md.meta:
+            raise ValueError("pass `out=`: this ModelDir was not read from a directory")
+        target = Path(md.meta["path"]) / ONNX_FILE
+    else:
+        target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model = md.model.float().cpu().eval()
+    max_t = _max_positions(md)
+
+    with _temp_files(target, 2) as (raw, opt):
+        used = _export(model, raw, opset, exporter, mask_dtype, max_t, log)
+        diff = onnx_parity(raw, model, md.config.vocab_size, max_t, mask_dtype)
+        log(f"parity ({used} exporter): max |logits diff| = {diff:.2e}")
+        if not diff <= atol:  # also catches NaN
+            raise ExportError(f"ONNX output differs from PyTorch by {diff:.2e} > atol={atol}")
+        final = raw
+        if optimize:
+            optimize_for_ort(raw, opt)
+            diff = onnx_parity(opt, model, md.config.vocab_size, max_t, mask_dtype)
+            log(f"parity (ORT-optimised graph): max |logits diff| = {diff:.2e}")
+            if not diff <= atol:
+                raise ExportError(f"optimised graph differs from PyTorch by {diff:.2e} > {atol}")
+            final = opt
+        _publish(final, target)
+    _write_sidecar(
+        target,
+        exporter=used,
+        opset=opset,
+        optimized=optimize,
+        mask_dtype=mask_dtype,
+        max_abs_diff=diff,
+        atol=atol,
+    )
+    if in_model_dir:
+        write_manifest(target.parent)
+    log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
+    return target
+
+
+def quantize_onnx(
+    model_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    source: str | os.PathLike | None = None,
+    exporter: str = "auto",
+    min_agreement: float = 0.95,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Dynamic int8 quantisation (int8 weights, activations quantised per batch at run time).
+
+    Starts from `source` (default: the directory's `model.onnx`, exported first if missing) and
+    writes `model.int8.onnx` into the model directory (or `out`). Batch and length stay dynamic:
+    dynamic quantisation only rewrites MatMul/Gemm weights, never the input shapes. Exact parity
+    is not expected, so the check is that the predicted class agrees with PyTorch's on at least
+    `min_agreement` of the random parity rows.
+    """
+    require_onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    log = log or (lambda _msg: None)
+    md = read_model_dir(model_dir)
+    target = Path(out) if out else Path(model_dir) / INT8_FILE
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model = md.model.float().cpu().eval()
+    max_t = _max_positions(md)
+    with _temp_files(target, 2) as (fp32, tmp):
+        if source is None:
+            # Quantise a plain export: ORT's quantiser cannot type the com.microsoft fused ops an
+            # ORT-optimised graph contains. Sessions re-apply the fusions when they load it.
+            export_onnx(md, out=fp32, optimize=False, exporter=exporter, log=log)
+            src = fp32
+        else:
+            src = Path(source)
+        mask_dtype = _read_sidecar(src).get("mask_dtype", "bool")
+        # Only MatMul: quantising the embedding Gather saves little and costs accuracy.
+        quantize_dynamic(src, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        diff, agree = _int8_check(tmp, model, md.config.vocab_size, max_t, mask_dtype)
+        log(f"int8 vs PyTorch: max |logits diff| = {diff:.3f}, argmax agreement = {agree:.3f}")
+        if agree < min_agreement:
+            raise ExportError(f"int8 model agrees with PyTorch on only {agree:.1%} of rows")
+        _publish(tmp, target)
+    _write_sidecar(
+        target,
+        quantized="dynamic-int8",
+        source=Path(source).name if source else "fresh export",
+        mask_dtype=mask_dtype,
+        max_abs_diff=diff,
+        argmax_agreement=agree,
+    )
+    if out is None:
+        write_manifest(target.parent)
+    log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
+    return target
+
+
+def optimize_for_ort(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Let ONNX Runtime apply its graph fusions and save the result.
+
+    EXTENDED, not ALL, for the saved file: ALL adds layout rewrites tuned to this CPU that ORT
+    warns make the file non-portable; sessions still run at ALL when they load it.
+    """
+    ort = require_onnxruntime()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    so.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_parity(
+    path: str | os.PathLike,
+    model: torch.nn.Module,
+    vocab_size: int,
+    max_t: int,
+    mask_dtype: str = "bool",
+    shapes=PARITY_SHAPES,
+) -> float:
+    """Largest absolute logit difference between the ONNX file and `model` on padded batches."""
+    worst = 0.0
+    for ref, out in _paired_outputs(path, model, vocab_size, max_t, mask_dtype, shapes):
+        worst = max(worst, float(np.abs(ref - out).max()))
+    return worst
+
+
+def _int8_check(path, model, vocab_size, max_t, mask_dtype) -> tuple[float, float]:
+    pairs = list(_paired_outputs(path, model, vocab_size, max_t, mask_dtype, PARITY_SHAPES))
+    ref = np.concatenate([r for r, _ in pairs])
+    out = np.concatenate([o for _, o in pairs])
+    return float(np.abs(ref - out).max()), float((ref.argmax(1) == out.argmax(1)).mean())
+
+
+def _paired_outputs(path, model, vocab_size, max_t, mask_dtype, shapes):
+    ort = require_onnxruntime()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(0)
+    for b, t in shapes:
+        t = min(t, max_t)
+        ids, mask = _example(b, t, vocab_size, g)
+        with torch.inference_mode():
+            ref = model(ids, mask).float().numpy()
+        feed = {"input_ids": ids.numpy(), "attention_mask": _np_mask(mask.numpy(), mask_dtype)}
+        yield ref, sess.run(None, feed)[0]
+
+
+def _example(b: int, t: int, vocab_size: int, g: torch.Generator):
+    """Random ids with real padding: row j keeps a different number of tokens (at least 1)."""
+    ids = torch.randint(1, vocab_size, (b, t), generator=g)
+    keep = torch.randint(1, t + 1, (b,), generator=g)
+    keep[0] = t  # one full row, so the batch's length is really t
+    mask = torch.arange(t)[None, :] < keep[:, None]  # (B, T) bool
+    return ids.masked_fill(~mask, 0), mask
+
+
+def _np_mask(mask: np.ndarray, mask_dtype: str) -> np.ndarray:
+    return mask.astype(np.int64) if mask_dtype == "int64" else mask.astype(bool)
+
+
+def _export(model, path: Path, opset, exporter, mask_dtype, max_t, log) -> str:
+    g = torch.Generator().manual_seed(0)
+    # Batch 2 and length 16 as examples: sizes 0 and 1 would be specialised by the tracer.
+    ids, mask = _example(2, min(16, max_t), model.config.vocab_size, g)
+    args = (ids, mask.long() if mask_dtype == "int64" else mask)
+    if exporter in ("auto", "dynamo"):
+        try:
+            _export_dynamo(model, args, path, opset, max_t)
+            return "dynamo"
+        except Exception as e:  # the dynamo exporter raises many types; any means "fall back"
+            if exporter == "dynamo":
+                raise ExportError(f"dynamo export failed: {e}") from e
+            log(f"dynamo export failed ({type(e).__name__}: {str(e)[:200]}); using TorchScript")
+    _export_torchscript(model, args, path, opset)
+    return "torchscript"
+
+
+def _export_dynamo(model, args, path: Path, opset: int, max_t: int) -> None:
+    batch = torch.export.Dim("batch")
+    seq = torch.export.Dim("seq", max=max_t)
+    with warnings.catch_warnings(), _quiet_torch_logs():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+            optimize=True,
+            external_data=False,  # one self-contained file, so the atomic rename moves it all
+            verbose=False,
+        )
+
+
+def _export_torchscript(model, args, path: Path, opset: int) -> None:
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes={**axes, "logits": {0: "batch"}},
+            do_constant_folding=True,
+        )
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    # The dynamo exporter logs missing torchvision ops etc. at WARNING through `logging`.
+    import logging
+
+    lg = logging.getLogger("torch.onnx")
+    old = lg.level
+    lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        lg.setLevel(old)
+
+
+@contextlib.contextmanager
+def _temp_files(target: Path, n: int):
+    """`n` temporary paths next to `target` (same filesystem, so os.replace is atomic)."""
+    paths = []
+    for _ in range(n):
+        fd, p = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+        paths.append(Path(p))
+    try:
+        yield paths
+    finally:
+        for p in paths:  # and any sidecar an intermediate export wrote next to one
+            for q in (p, p.with_name(p.name + ".json")):
+                with contextlib.suppress(FileNotFoundError):
+                    q.unlink()
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    # mkstemp files are 0600; give the published file the permissions a plain write would have.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, target)
+
+
+def _max_positions(md: ModelDir) -> int:
+    # Position table size bounds T; the tokenizer never produces more than max_length ids.
+    return int(md.config.max_length)
+
+
+def _write_sidecar(target: Path, **info) -> None:
+    import onnxruntime
+
+    info.update(torch=torch.__version__, onnxruntime=onnxruntime.__version__)
+    side = target.with_name(target.name + ".json")
+    atomic_write_text(side, json.dumps(info, indent=2) + "\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(side, 0o666 & ~umask)
+
+
+def _read_sidecar(target: Path) -> dict:
+    side = Path(target).with_name(Path(target).name + ".json")
+    try:
+        return json.loads(side.read_text())
+    except (OSError, ValueError):
+        return {}

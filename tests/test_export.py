@@ -1,0 +1,133 @@
+"""ONNX export: parity with PyTorch on padded batches, dynamic axes, an intact model directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+from slimtext.artifact import read_model_dir  # noqa: E402
+from slimtext.export import (  # noqa: E402
+    ExportError,
+    export_onnx,
+    onnx_parity,
+    quantize_onnx,
+)
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def exported_dir(tiny_model_dir, tmp_path_factory):
+    """A copy of the tiny model directory with `model.onnx` exported into it (default path)."""
+    d = tmp_path_factory.mktemp("export") / "tiny"
+    shutil.copytree(tiny_model_dir, d)
+    export_onnx(d)
+    return d
+
+
+def _feed(b: int, t: int, vocab: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (b, t), generator=g)
+    keep = torch.randint(1, t + 1, (b,), generator=g)
+    keep[0] = t
+    mask = torch.arange(t)[None, :] < keep[:, None]
+    return ids.masked_fill(~mask, 0), mask
+
+
+def test_exported_directory_still_verifies_and_lists_the_onnx(exported_dir):
+    md = read_model_dir(exported_dir)  # raises if the manifest no longer matches
+    files = json.loads((exported_dir / "manifest.json").read_text())["files"]
+    assert "model.onnx" in files and "model.onnx.json" in files
+    info = json.loads((exported_dir / "model.onnx.json").read_text())
+    assert info["exporter"] in ("dynamo", "torchscript")
+    assert info["max_abs_diff"] <= ATOL
+    assert md.labels  # and it is still a usable model directory
+    assert not list(exported_dir.glob(".*tmp")), "temporary files left behind"
+
+
+def test_onnx_has_dynamic_batch_and_sequence_axes(exported_dir):
+    sess = ort.InferenceSession(str(exported_dir / "model.onnx"))
+    ins = {i.name: i for i in sess.get_inputs()}
+    assert set(ins) == {"input_ids", "attention_mask"}
+    assert [o.name for o in sess.get_outputs()] == ["logits"]
+    for i in ins.values():
+        assert all(isinstance(d, str) for d in i.shape), f"{i.name} has a fixed axis: {i.shape}"
+
+
+def test_padding_never_changes_onnx_logits(exported_dir):
+    md = read_model_dir(exported_dir)
+    sess = ort.InferenceSession(str(exported_dir / "model.onnx"))
+    for b, t in [(1, 8), (4, 24), (7, 32)]:
+        ids, mask = _feed(b, t, md.config.vocab_size, seed=b)
+        with torch.inference_mode():
+            ref = md.model(ids, mask).numpy()
+        out = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+        # The same rows with 8 more padding columns: identical logits.
+        pad_ids = torch.cat([ids, torch.zeros(b, 8, dtype=torch.long)], 1)
+        pad_mask = torch.cat([mask, torch.zeros(b, 8, dtype=torch.bool)], 1)
+        if t + 8 <= md.config.max_length:
+            out2 = sess.run(
+                None, {"input_ids": pad_ids.numpy(), "attention_mask": pad_mask.numpy()}
+            )[0]
+            np.testing.assert_allclose(out2, out, atol=ATOL, rtol=0)
+
+
+def test_torchscript_fallback_when_dynamo_fails(tiny_model_dir, tmp_path, monkeypatch):
+    import slimtext.export as ex
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated dynamo failure")
+
+    monkeypatch.setattr(ex, "_export_dynamo", broken)
+    msgs: list[str] = []
+    out = export_onnx(tiny_model_dir, out=tmp_path / "m.onnx", mask_dtype="int64", log=msgs.append)
+    assert json.loads((tmp_path / "m.onnx.json").read_text())["exporter"] == "torchscript"
+    assert any("using TorchScript" in m for m in msgs)
+    md = read_model_dir(tiny_model_dir)
+    assert onnx_parity(out, md.model, md.config.vocab_size, 32, mask_dtype="int64") <= ATOL
+    # Exporting elsewhere leaves the (read-only) source directory exactly as it was.
+    assert not (tiny_model_dir / "model.onnx").exists()
+
+
+def test_failed_parity_check_publishes_nothing(tiny_model_dir, tmp_path):
+    d = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, d)
+    before = (d / "manifest.json").read_text()
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_onnx(d, exporter="torchscript", optimize=False, atol=-1.0)
+    assert not (d / "model.onnx").exists()
+    assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
+    assert (d / "manifest.json").read_text() == before
+
+
+def test_int8_export_keeps_dynamic_axes_and_predictions(exported_dir):
+    q = quantize_onnx(exported_dir, exporter="torchscript")
+    assert q.name == "model.int8.onnx"
+    md = read_model_dir(exported_dir)  # manifest re-written again
+    sess = ort.InferenceSession(str(q))
+    for i in sess.get_inputs():
+        assert all(isinstance(d, str) for d in i.shape)
+    agree = []
+    for b, t in [(1, 8), (5, 16), (9, 32)]:
+        ids, mask = _feed(b, t, md.config.vocab_size, seed=10 + b)
+        with torch.inference_mode():
+            ref = md.model(ids, mask).numpy()
+        out = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        assert out.shape == ref.shape
+        agree.extend(out.argmax(1) == ref.argmax(1))
+    assert np.mean(agree) >= 0.9
+
+
+def test_bad_arguments_are_rejected_before_any_work(tiny_model_dir):
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(tiny_model_dir, opset=13)
+    with pytest.raises(ValueError, match="exporter"):
+        export_onnx(tiny_model_dir, exporter="tf")

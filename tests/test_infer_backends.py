@@ -1,0 +1,122 @@
+"""Predictor backends: every backend gives the torch backend's answers, in input order."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+import torch
+
+from slimtext.infer import length_buckets, load
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def texts(toy_texts):
+    # 4..60 words: with max_length 32 some are truncated, so every bucket is used.
+    return toy_texts(12, seed=7, min_words=1, max_words=60)[0]
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tiny_model_dir, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from slimtext.export import export_onnx
+
+    d = tmp_path_factory.mktemp("infer") / "tiny"
+    shutil.copytree(tiny_model_dir, d)
+    export_onnx(d, exporter="torchscript")  # the fast exporter; test_export covers dynamo
+    return d
+
+
+def test_torch_backend_keeps_input_order_and_ignores_padding(tiny_model_dir, texts):
+    pred = load(tiny_model_dir, batch_size=5)
+    got = pred.logits(texts)
+    with torch.inference_mode():
+        for i, ids in enumerate(pred.encode(texts)):
+            one = torch.tensor([ids])  # unpadded, alone
+            ref = pred.model(one, torch.ones_like(one, dtype=torch.bool))[0]
+            torch.testing.assert_close(got[i], ref, atol=ATOL, rtol=0)
+
+
+def test_onnxruntime_matches_torch(onnx_dir, texts):
+    ref = load(onnx_dir, batch_size=5).logits(texts)
+    pred = load(onnx_dir, backend="onnxruntime", batch_size=5)
+    assert pred.backend == "onnxruntime" and pred.onnx_path == onnx_dir / "model.onnx"
+    torch.testing.assert_close(pred.logits(texts), ref, atol=ATOL, rtol=0)
+    assert pred.predict(texts) == load(onnx_dir).predict(texts)
+
+
+def test_onnxruntime_exports_into_a_cache_when_the_directory_has_none(
+    tiny_model_dir, texts, tmp_path, monkeypatch
+):
+    pytest.importorskip("onnxruntime")
+    import slimtext.export as ex
+
+    # TorchScript keeps the test fast; the cache path is what is under test.
+    real = ex.export_onnx
+    monkeypatch.setattr(ex, "export_onnx", lambda *a, **k: real(*a, exporter="torchscript", **k))
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(tmp_path))
+    pred = load(tiny_model_dir, backend="onnxruntime", batch_size=8)
+    assert pred.onnx_path.parent == tmp_path / "onnx"
+    assert not (tiny_model_dir / "model.onnx").exists()
+    torch.testing.assert_close(pred.logits(texts), load(tiny_model_dir).logits(texts), atol=ATOL,
+                               rtol=0)  # fmt: skip
+
+
+def _counting_backend(graphs: list):
+    def backend(gm, example_inputs):
+        graphs.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return gm.forward
+
+    return backend
+
+
+def test_compile_matches_torch_and_recompiles_at_most_twice_per_bucket(tiny_model_dir, texts):
+    torch._dynamo.reset()
+    graphs: list = []
+    pred = load(tiny_model_dir, backend="compile", batch_size=4,
+                compile_backend=_counting_backend(graphs))  # fmt: skip
+    ref = load(tiny_model_dir, batch_size=4)
+    torch.testing.assert_close(pred.logits(texts), ref.logits(texts), atol=ATOL, rtol=0)
+    # Many lengths (3..32 tokens after truncation) and batch sizes 1..5.
+    words = ["match", "goal", "team", "chip", "code", "bank", "market", "the", "of"]
+    for n in range(1, 41, 2):
+        batch = [" ".join(words[: 1 + (n + j) % 9] * (1 + n // 9)) for j in range(1 + n % 5)]
+        torch.testing.assert_close(pred.logits(batch), ref.logits(batch), atol=ATOL, rtol=0)
+    assert pred.buckets == length_buckets(32) == [16, 32]
+    # Batch 1 is always specialised by dynamo, so each bucket compiles at most twice.
+    assert 1 <= len(graphs) <= 2 * len(pred.buckets), graphs
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_matches_torch(tiny_model_dir, texts):
+    pytest.importorskip("torch._inductor")
+    torch._dynamo.reset()
+    pred = load(tiny_model_dir, backend="compile", batch_size=64)
+    ref = load(tiny_model_dir, batch_size=64)
+    torch.testing.assert_close(pred.logits(texts), ref.logits(texts), atol=ATOL, rtol=0)
+
+
+def test_auto_picks_an_available_backend_and_agrees_with_torch(onnx_dir, texts):
+    pred = load(onnx_dir, backend="auto", batch_size=8)
+    assert pred.backend in ("torch", "onnxruntime")
+    assert set(pred.backend_timings) == {"torch", "onnxruntime"}
+    assert pred.backend_timings[pred.backend] == min(pred.backend_timings.values())
+    torch.testing.assert_close(pred.logits(texts), load(onnx_dir).logits(texts), atol=ATOL,
+                               rtol=0)  # fmt: skip
+
+
+def test_missing_onnxruntime_is_a_clear_error(tiny_model_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(ImportError, match=r"pip install 'slimtext\[onnx\]'"):
+        load(tiny_model_dir, backend="onnxruntime")
+    # ...while auto quietly races what is there.
+    pred = load(tiny_model_dir, backend="auto")
+    assert pred.backend == "torch" and set(pred.backend_timings) == {"torch"}
+
+
+def test_unknown_backend_is_rejected(tiny_model_dir):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load(tiny_model_dir, backend="tensorrt")
