@@ -6,13 +6,15 @@
 
 `__init__` only stores arguments; `fit` learns the tokenizer, labels and weights (the learned
 state ends in `_`). Every keyword argument is a field of `ModelConfig` or `TrainConfig`.
+`init=` starts from a pretrained encoder (a slimtext model dir, or `hf:PATH` for a local Hugging
+Face BERT folder): its tokenizer and shape are used, every weight but the head is loaded.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Union
 
@@ -66,6 +68,7 @@ class TextClassifier:
         vocab_size: int = 16000,
         valid_fraction: float = 0.1,
         verbose: bool = True,
+        init: str | os.PathLike | None = None,
         **params,
     ):
         unknown = set(params) - _MODEL_KEYS - _TRAIN_KEYS
@@ -78,6 +81,7 @@ class TextClassifier:
         self.vocab_size = vocab_size
         self.valid_fraction = valid_fraction
         self.verbose = verbose
+        self.init = init
         self.params = params
 
     # ---- configuration -------------------------------------------------------------------
@@ -136,21 +140,43 @@ class TextClassifier:
             valid_ds = as_dataset(valid)
             check_labels_seen(train_ds, valid_ds)
         ctx = dist or DistContext()
-        tok = None
-        if ctx.is_main:  # rank 0 learns the tokenizer and writes it; the others receive it
+        src = None
+        if self.init is not None:
+            from .pretrain import load_init
+
+            if self.model != "transformer":
+                raise ValueError(f"init= needs model='transformer', not {self.model!r}")
+            src, tok = load_init(self.init)  # every rank reads the same files
+            if cfg.max_length > src.config.max_length:  # no positions beyond the pretrained ones
+                cfg = replace(cfg, max_length=src.config.max_length)
+        elif ctx.is_main:  # rank 0 learns the tokenizer and writes it; the others receive it
             tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).backend.to_str()
-        tok = TextTokenizer(Tokenizer.from_str(broadcast_object(ctx, tok)))
+        else:
+            tok = None
+        if src is None:
+            tok = TextTokenizer(Tokenizer.from_str(broadcast_object(ctx, tok)))
         labels = train_ds.label_set()
         if len(labels) < 2:
             raise DataError(f"{train_ds.source}: need at least 2 classes, found {labels}")
-        config = self._model_config(tok.vocab_size, len(labels), cfg.max_length)
+        if src is not None:
+            from .pretrain import init_config
+
+            config = init_config(src.config, len(labels), self._params())
+        else:
+            config = self._model_config(tok.vocab_size, len(labels), cfg.max_length)
         check_same_config(ctx, {
             "model": config.to_dict(), "train": cfg.to_dict(), "labels": labels,
             "n_train": len(train_ds), "n_valid": len(valid_ds),
             "data": _fingerprint(train_ds.texts), "world_size": ctx.world_size,
         })  # fmt: skip
         torch.manual_seed(cfg.seed)  # same seed -> same initial weights, whatever ran before
-        model = build_model(config)
+        if src is not None:
+            from .pretrain import init_classifier
+
+            model = init_classifier(src, config)
+        else:
+            model = build_model(config)
+        self._train_config = cfg
         result = fit(
             model,
             self._encode(tok, train_ds, labels, cfg.max_length),
@@ -237,11 +263,18 @@ class TextClassifier:
             md.tokenizer,
             md.labels,
             max_length=md.max_length,
-            train_config=self.train_config().to_dict() if self.params is not None else {},
+            train_config=self._saved_train_config(),
             metrics={**getattr(self, "metrics_", {}), **(metrics or {})},
             compression=md.meta.get("compression"),
             extra_files=extra,
         )
+
+    def _saved_train_config(self) -> dict:
+        cfg = getattr(self, "_train_config", None) or self.train_config()
+        d = cfg.to_dict()
+        if self.init is not None:
+            d["init"] = str(self.init)
+        return d
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "torch", **options) -> TextClassifier:

@@ -159,6 +159,19 @@ def train(
         int, typer.Option(help="Launch N processes on this machine through torchrun.")
     ] = 0,
     cpu_offload: Annotated[bool, typer.Option(help="fsdp: keep shards in CPU memory.")] = False,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            help="Start from a pretrained encoder: a slimtext model dir (e.g. from `slimtext "
+            "pretrain`) or hf:PATH (local BERT folder). Its tokenizer and shape are used."
+        ),
+    ] = None,
+    layer_lr_decay: Annotated[
+        float, typer.Option(help="Layer-wise LR decay: lr x D^(depth from the top); 1 = off.")
+    ] = 1.0,
+    freeze: Annotated[
+        str | None, typer.Option(help="embeddings | embeddings+N (and the first N blocks).")
+    ] = None,
     progress: bool = True,
     config: ConfigOpt = None,
 ) -> None:
@@ -221,6 +234,8 @@ def _train(
         say(f"valid: {valid_ds.report()}")
     params = {k: v for k, v in params.items() if v is not None}
     params["checkpoint_every"] = checkpoint_every
+    if params.get("init"):
+        say(f"init: {params['init']} (its tokenizer and shape; --tokenizer/--vocab-size ignored)")
     clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
                          valid_fraction=valid_fraction, verbose=progress, **params)  # fmt: skip
     ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
@@ -244,6 +259,91 @@ def _train(
             metrics["test"] = rep
             typer.echo(format_report(rep))
         clf.save(out, metrics=metrics)
+    typer.echo(f"model directory: {out}", err=True)
+
+
+@app.command()
+def pretrain(
+    data: Annotated[
+        str,
+        typer.Option(
+            help="Unlabelled text: a .txt file (one document a line), a CSV/JSONL/Parquet text "
+            "column, or any labelled source (labels are ignored)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Model directory to write (use with train --init).")],
+    max_steps: Annotated[
+        int | None, typer.Option(help="Optimizer steps; overrides --epochs.")
+    ] = None,
+    epochs: int = 3,
+    mask_prob: Annotated[
+        float, typer.Option(help="Share of tokens predicted (BERT: 0.15).")
+    ] = 0.15,
+    pack: Annotated[
+        bool,
+        typer.Option(
+            help="Concatenate short documents up to --max-length; attention stays within each."
+        ),
+    ] = False,
+    max_length: Annotated[int, typer.Option(help="Tokens per text (and positions).")] = 128,
+    batch_size: int = 32,
+    lr: float = 5e-4,
+    schedule: Annotated[str, typer.Option(help="linear | cosine | constant")] = "linear",
+    warmup: Annotated[
+        float, typer.Option(help="Warm-up: fraction of steps if < 1, else steps.")
+    ] = 0.06,
+    weight_decay: float = 0.01,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    seed: int = 0,
+    vocab_size: int = 16000,
+    tokenizer: Annotated[
+        str, typer.Option(help="bpe | wordpiece (trained on --data), or a tokenizer file/folder.")
+    ] = "bpe",
+    hidden_size: int | None = None,
+    num_layers: int | None = None,
+    num_heads: int | None = None,
+    ffn_size: int | None = None,
+    dropout: float | None = None,
+    text_col: Annotated[
+        list[str] | None, typer.Option(help="Text column; repeat to join several.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the newest checkpoint in OUT.checkpoints.")
+    ] = False,
+    checkpoint_every: Annotated[
+        int, typer.Option(help="Checkpoint every N steps (and each epoch); 0 = off.")
+    ] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    threads: int | None = None,
+    progress: bool = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Masked-LM pretraining of a transformer encoder on unlabelled text (BERT's 80/10/10
+    masking, new masks each epoch). Fine-tune the result with `slimtext train --init OUT`."""
+    params = {k: v for k, v in locals().items()
+              if k not in ("data", "out", "text_col", "resume", "checkpoint_every", "progress",
+                           "config", "tokenizer", "vocab_size", "mask_prob", "pack")
+              and v is not None}  # fmt: skip
+    try:
+        from .pretrain import pretrain as run_pretrain
+
+        ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
+        t0 = time.perf_counter()
+        r = run_pretrain(data, out, tokenizer=tokenizer, vocab_size=vocab_size,
+                         mask_prob=mask_prob, pack=pack, text_cols=text_col,
+                         run_dir=ckpt / "run" if ckpt is not None else None,
+                         checkpoint_dir=ckpt, resume=resume, progress=progress,
+                         checkpoint_every=checkpoint_every, **params)  # fmt: skip
+    except _user_errors() as e:
+        _fail(e)
+    info = json.loads((out / "config.json").read_text())["train"]["pretrain"]
+    loss = info["final_loss"] if info["final_loss"] is not None else float("nan")
+    typer.echo(
+        f"pretrained {r.steps} steps in {time.perf_counter() - t0:.1f}s on {info['texts']} texts "
+        f"(final MLM loss {loss:.4f}, {r.precision} on {r.device})",
+        err=True,
+    )
     typer.echo(f"model directory: {out}", err=True)
 
 

@@ -64,6 +64,10 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op threads; None = torch's default (physical cores)
     strategy: str = "auto"  # auto | single | ddp | fsdp (several processes: launch with torchrun)
     cpu_offload: bool = False  # fsdp: keep sharded params and optimizer state in CPU memory
+    # Fine-tuning a pretrained encoder: lr x decay^(depth from the top) per layer (ELECTRA,
+    # BEiT), and parameters kept fixed: "embeddings" or "embeddings+N" (and the first N blocks).
+    layer_lr_decay: float = 1.0
+    freeze: str | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine", "constant"):
@@ -75,6 +79,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not 0.0 < self.layer_lr_decay <= 1.0:
+            raise ValueError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
+        frozen_blocks(self.freeze)  # validates
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,20 +121,75 @@ class TrainResult:
         return self.samples / self.train_seconds if self.train_seconds else 0.0
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    # No decay on biases, LayerNorm and embeddings (the usual BERT recipe).
-    decay, no_decay = [], []
+def frozen_blocks(freeze: str | None) -> int | None:
+    """None (nothing frozen) or the number of encoder blocks frozen along with the embeddings."""
+    if freeze is None or freeze == "":
+        return None
+    head, _, n = freeze.partition("+")
+    if head != "embeddings" or (n and not n.isdigit()):
+        raise ValueError(f"freeze must be 'embeddings' or 'embeddings+N', not {freeze!r}")
+    return int(n or 0)
+
+
+def layer_id(name: str, num_layers: int) -> int:
+    """Depth of a parameter: 0 = embeddings, i + 1 = encoder block i, num_layers + 1 = the rest
+    (pooler, head), the numbering of layer-wise LR decay (ELECTRA, BEiT)."""
+    if name.startswith("embeddings."):
+        return 0
+    if name.startswith("encoder.blocks."):
+        return int(name.split(".")[2]) + 1
+    return num_layers + 1
+
+
+def _num_blocks(model: nn.Module) -> int:
+    blocks = getattr(getattr(model, "encoder", None), "blocks", None)
+    return len(blocks) if blocks is not None else 0
+
+
+def freeze_(model: nn.Module, freeze: str | None) -> list[str]:
+    """Set `requires_grad=False` on the embeddings (and the first N blocks); returns the names.
+    Done before the optimizer and any DDP/FSDP wrapper see the parameters."""
+    n = frozen_blocks(freeze)
+    if n is None:
+        return []
+    if n > _num_blocks(model):
+        raise ValueError(f"freeze={freeze!r}: the model has only {_num_blocks(model)} blocks")
+    names = []
+    for name, p in model.named_parameters():
+        if layer_id(name, _num_blocks(model)) <= n:
+            p.requires_grad_(False)
+            names.append(name)
+    return names
+
+
+def param_groups(
+    model: nn.Module, weight_decay: float, lr: float | None = None, layer_lr_decay: float = 1.0
+) -> list[dict]:
+    """AdamW groups: no decay on biases, LayerNorm and embeddings (the usual BERT recipe); with
+    `layer_lr_decay` < 1, a group per depth with lr x decay^(L + 1 - depth) (see `layer_id`),
+    so the head trains at `lr` and the embeddings at lr x decay^(L+1). Frozen params are left
+    out. The first group always holds the top (undecayed) layer, so it is the logged lr."""
+    L = _num_blocks(model)
+    groups: dict[tuple[int, bool], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or "norm" in name or "embeddings" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        no_decay = p.ndim < 2 or "norm" in name or "embeddings" in name
+        depth = layer_id(name, L) if layer_lr_decay != 1.0 else L + 1
+        groups.setdefault((depth, no_decay), []).append(p)
+    if layer_lr_decay == 1.0:  # the plain two groups (also what older checkpoints hold)
+        return [
+            {"params": groups.get((L + 1, False), []), "weight_decay": weight_decay},
+            {"params": groups.get((L + 1, True), []), "weight_decay": 0.0},
+        ]
+    out = []
+    for (depth, no_decay), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        g = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if lr is not None:
+            g["lr"] = lr * layer_lr_decay ** (L + 1 - depth)
+        g["layer"] = depth
+        out.append(g)
+    return out
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
@@ -220,6 +282,7 @@ def fit(
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + ctx.rank)  # dropout masks differ per rank, reproducibly
     model.to(device).train()
+    freeze_(model, cfg.freeze)
     wrapped = wrap_model(model, ctx, precision, cfg.cpu_offload)
     progress = progress and ctx.is_main
     run_dir = Path(run_dir) if run_dir is not None and ctx.is_main else None
@@ -240,10 +303,11 @@ def fit(
 
     # Fused AdamW is fastest on plain tensors; sharded (DTensor) params take the foreach path.
     fused = device.type in ("cuda", "cpu") and not (ctx.distributed and ctx.strategy == "fsdp")
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_lr_decay)
     try:
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, fused=fused)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
     except (RuntimeError, TypeError):
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lr_lambda(cfg.schedule, warmup_steps, total_steps)
     )

@@ -1,0 +1,301 @@
+"""Self-pretraining (masked language modelling) and pretrained encoders for fine-tuning.
+
+    pretrain("corpus.txt", "enc", max_steps=2000)           # MLM on unlabelled text -> model dir
+    TextClassifier(init="enc").fit("train.csv")              # fine-tune from it (or init="hf:DIR")
+
+Pretraining is BERT's masked-LM objective (Devlin et al. 2019) on the `TransformerClassifier`
+encoder: 15% of the real, non-special tokens are selected; of those 80% become [MASK], 10% a
+random token and 10% stay unchanged; the model predicts the original token at the selected
+positions through an MLM head (dense + GELU + LayerNorm + a decoder tied to the input
+embeddings). Masks are drawn anew every time a text is seen (dynamic masking, RoBERTa), inside
+`MLMModel.forward` with torch's global RNG, so it runs through the ordinary `fit` loop (mixed
+precision, length buckets, accumulation, checkpoints) and a checkpoint's saved RNG state makes a
+resumed run draw the same masks. No next-sentence prediction: the pooler stays at its
+initialisation and is learned during fine-tuning.
+
+`pack=True` concatenates short documents (each `[CLS] ... [SEP]`) into rows of up to
+`max_length` tokens, so batches hold little padding. Document boundaries are recovered from the
+[CLS] tokens inside the model: attention is block-diagonal (a token never attends to another
+document) and positions restart at 0 in each document, so each document is encoded exactly as
+it would be alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.batching import Batch
+from .models import ModelConfig, TransformerClassifier, build_model
+from .tokenizer import CLS, MASK, PAD, SEP, TextTokenizer
+from .train import Encoded, TrainResult, fit
+
+IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
+PRETRAIN_LABELS = ["pretrain-0", "pretrain-1"]  # the placeholder head of a pretrained model dir
+# Shape of the encoder: fixed by the init model when fine-tuning from one.
+SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "ffn_size", "pooling", "attention_size",
+              "share_layers", "layer_norm_eps", "pad_id")  # fmt: skip
+
+
+def special_ids(tok: TextTokenizer) -> list[int]:
+    """Ids never selected for masking: padding, [CLS], [SEP], [MASK] (and RoBERTa spellings)."""
+    names = (PAD, CLS, SEP, MASK, "<pad>", "<s>", "</s>", "<mask>")
+    return sorted({i for n in names if (i := tok.backend.token_to_id(n)) is not None})
+
+
+def mask_tokens(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    mask_id: int,
+    special_ids: list[int],
+    vocab_size: int,
+    mask_prob: float = 0.15,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BERT's 80/10/10 corruption: (corrupted ids, labels with IGNORE where not selected).
+
+    Draws from torch's global RNG on `input_ids.device`, so masks are fresh at every call and
+    reproducible from a saved RNG state. Padding and special tokens are never selected; random
+    replacements are drawn from the non-special vocabulary."""
+    specials = torch.tensor(special_ids, device=input_ids.device, dtype=input_ids.dtype)
+    can = attention_mask.bool() & ~torch.isin(input_ids, specials)
+    selected = can & (torch.rand(input_ids.shape, device=input_ids.device) < mask_prob)
+    labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE))
+    u = torch.rand(input_ids.shape, device=input_ids.device)
+    to_mask = selected & (u < 0.8)
+    to_random = selected & (u >= 0.8) & (u < 0.9)  # the last 10% keep their token
+    keep = torch.ones(vocab_size, dtype=torch.bool, device=input_ids.device)
+    keep[specials[specials < vocab_size]] = False
+    candidates = keep.nonzero().squeeze(1)
+    pick = torch.randint(len(candidates), input_ids.shape, device=input_ids.device)
+    out = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
+    out = torch.where(to_random, candidates[pick], out)
+    return out, labels
+
+
+class MLMHead(nn.Module):
+    """BERT's prediction head: dense + GELU + LayerNorm, then a decoder whose weight is the
+    token embedding matrix (tied: passed in, not stored, so the state dict has no shared
+    tensors) plus an own output bias."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+        nn.init.normal_(self.dense.weight, std=0.02)
+        nn.init.zeros_(self.dense.bias)
+
+    def forward(self, h: torch.Tensor, tok_embedding: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.norm(F.gelu(self.dense(h))), tok_embedding, self.bias)  # (N, V)
+
+
+def pack_documents(ids: list[list[int]], max_length: int) -> list[list[int]]:
+    """Greedy, order-preserving packing of token id lists into rows of <= `max_length`."""
+    rows: list[list[int]] = []
+    for doc in ids:
+        if rows and len(rows[-1]) + len(doc) <= max_length:
+            rows[-1].extend(doc)
+        else:
+            rows.append(list(doc))
+    return rows
+
+
+class MLMModel(nn.Module):
+    """The encoder of a `TransformerClassifier` (its modules, shared, not copied) + an MLM head.
+
+    `forward(input_ids, attention_mask)` corrupts the batch itself, keeps the labels in
+    `self.labels` and returns logits (N, V) of the N selected positions only (the decoder over
+    the vocabulary is the costly part, so the other 85% are never decoded). The trainer's
+    contract is `loss_fn(logits, batch)`, and the batch has no MLM labels, so `mlm_loss` reads
+    them back from the model: a side channel, but it keeps one training loop for everything.
+    The classifier's pooler and head are not part of this module, so DDP never sees unused
+    parameters. `packed=True`: rows hold several documents, each starting with [CLS] (see the
+    module docstring)."""
+
+    def __init__(
+        self,
+        classifier: TransformerClassifier,
+        tok: TextTokenizer,
+        mask_prob: float,
+        packed: bool = False,
+    ):
+        super().__init__()
+        if tok.mask_id is None:
+            raise ValueError("the tokenizer has no [MASK] token: it cannot be used for MLM")
+        self.embeddings = classifier.embeddings
+        self.encoder = classifier.encoder
+        self.head = MLMHead(classifier.config)
+        self.mask_id = tok.mask_id
+        self.special_ids = special_ids(tok)
+        self.vocab_size = classifier.config.vocab_size
+        self.mask_prob = mask_prob
+        self.packed = packed
+        self.cls_id = tok.backend.token_to_id(CLS)
+        if packed and self.cls_id is None:
+            raise ValueError("packing needs a [CLS] token to find where documents start")
+        self.labels: torch.Tensor | None = None
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Token states (B, T, C); with `packed`, each document attends only to itself."""
+        attention_mask = attention_mask.bool()
+        if not self.packed:
+            return self.encoder(self.embeddings(input_ids), attention_mask)
+        T = input_ids.shape[1]
+        ar = torch.arange(T, device=input_ids.device).expand_as(input_ids)
+        starts = input_ids == self.cls_id
+        doc = starts.cumsum(1)  # (B, T) document number of each token
+        pos = ar - torch.where(starts, ar, torch.zeros_like(ar)).cummax(1).values
+        e = self.embeddings
+        x = e.drop(e.norm(e.tok(input_ids) + e.pos(pos)))
+        # (B, 1, T, T): same document and a real key. Padding rows share the last document's
+        # number, so no query row is fully masked (no NaN). Same loop as Encoder.forward, with
+        # this mask in place of the key-padding one.
+        mask = ((doc[:, :, None] == doc[:, None, :]) & attention_mask[:, None, :])[:, None]
+        for i in range(self.encoder.num_layers):
+            x = self.encoder.blocks[i % len(self.encoder.blocks)](x, mask)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        ids, labels = mask_tokens(input_ids, attention_mask, mask_id=self.mask_id,
+                                  special_ids=self.special_ids, vocab_size=self.vocab_size,
+                                  mask_prob=self.mask_prob)  # fmt: skip
+        h = self.encode(ids, attention_mask)  # (B, T, C)
+        selected = labels != IGNORE
+        self.labels = labels[selected]  # (N,)
+        return self.head(h[selected], self.embeddings.tok.weight)  # (N, V)
+
+
+def mlm_loss(mlm: MLMModel):
+    """`loss_fn(logits, batch)` for `fit`: cross-entropy against the labels `mlm` remembered."""
+
+    def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if mlm.labels is None or mlm.labels.numel() == 0:
+            return logits.sum() * 0.0  # nothing selected in this batch (very short texts)
+        return F.cross_entropy(logits, mlm.labels)
+
+    return loss_fn
+
+
+def pretrain(
+    data,
+    out: str | os.PathLike,
+    *,
+    tokenizer: str = "bpe",
+    vocab_size: int = 16000,
+    mask_prob: float = 0.15,
+    pack: bool = False,
+    text_cols: list[str] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    **params,
+) -> TrainResult:
+    """Masked-LM pretraining of a transformer encoder on unlabelled text; writes a model dir.
+
+    `data`: a list of texts or any source `load_data` reads (a .txt file is one document per
+    line; labels, if any, are ignored). `pack` concatenates short documents into rows of
+    `max_length` with block-diagonal attention. `params` are `ModelConfig`/`TrainConfig` fields
+    as for `TextClassifier` (pooling defaults to "cls", the BERT layout). The model dir at `out`
+    holds the encoder with a placeholder 2-label head (use it with `TextClassifier(init=out)` /
+    `slimtext train --init`), `mlm_head.safetensors`, and the training log and curve."""
+    from safetensors.torch import save_file
+
+    from .api import TextClassifier
+    from .artifact import save_model_dir
+    from .data import DataError, load_data
+
+    if not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+    if isinstance(data, (list, tuple)):
+        texts = [t for t in data if isinstance(t, str) and t.strip()]
+    else:
+        texts = load_data(data, text_cols=text_cols, label_col=None, require_labels=False).texts
+    if not texts:
+        raise DataError(f"{data}: no texts to pretrain on")
+    params.setdefault("pooling", "cls")
+    # TextClassifier owns the parameter split, validation and the resumable tokenizer.
+    clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
+                         verbose=progress, **params)  # fmt: skip
+    cfg = clf.train_config()
+    tok = clf._fit_tokenizer(texts, checkpoint_dir, resume)
+    config = clf._model_config(tok.vocab_size, len(PRETRAIN_LABELS), cfg.max_length)
+    torch.manual_seed(cfg.seed)
+    model = build_model(config)
+    mlm = MLMModel(model, tok, mask_prob, packed=pack)
+    ids = tok.encode(texts, cfg.max_length)
+    if pack:
+        ids = pack_documents(ids, cfg.max_length)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
+        result = fit(mlm, Encoded(ids, [0] * len(ids)), None, cfg, label_names=PRETRAIN_LABELS,
+                     pad_id=tok.pad_id, run_dir=run, checkpoint_dir=checkpoint_dir,
+                     resume=resume, progress=progress, loss_fn=mlm_loss(mlm))  # fmt: skip
+        losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
+                  if '"loss"' in x]  # fmt: skip
+        head_file = Path(tmp) / "mlm_head.safetensors"
+        save_file({k: v.detach().cpu().contiguous() for k, v in mlm.head.state_dict().items()},
+                  str(head_file))  # fmt: skip
+        info = {"objective": "mlm", "mask_prob": mask_prob, "texts": len(texts), "pack": pack,
+                "steps": result.steps, "tokens": result.tokens,
+                "final_loss": losses[-1] if losses else None}  # fmt: skip
+        save_model_dir(out, model.cpu().eval(), config, tok, PRETRAIN_LABELS,
+                       max_length=cfg.max_length, train_config={**cfg.to_dict(), "pretrain": info},
+                       metrics={"pretrain": info},
+                       extra_files={"mlm_head.safetensors": head_file,
+                                    "metrics.jsonl": run / "metrics.jsonl",
+                                    "training_curve.png": run / "training_curve.png"})  # fmt: skip
+    result.best = None
+    return result
+
+
+# ---------------------------------------------------------------- starting from an encoder
+
+
+def load_init(spec: str | os.PathLike) -> tuple[TransformerClassifier, TextTokenizer]:
+    """The model and tokenizer to start fine-tuning from: a slimtext model directory
+    (pretrained or fine-tuned), or `hf:PATH`, a local Hugging Face BERT folder."""
+    s = str(spec)
+    if s.startswith("hf:"):
+        from .models.hf import load_hf_bert
+
+        return load_hf_bert(s[3:])
+    from .artifact import ModelDirError, read_model_dir
+
+    md = read_model_dir(s)
+    if md.config.arch != "transformer":
+        raise ModelDirError(f"{s}: --init needs a transformer model, not arch={md.config.arch!r}")
+    if md.meta.get("compression"):
+        raise ModelDirError(f"{s}: a compressed model cannot be the start of fine-tuning")
+    return md.model, md.tokenizer
+
+
+def init_config(base: ModelConfig, num_labels: int, overrides: dict) -> ModelConfig:
+    """`base` with a new label count; of `overrides`, only what does not change the weights'
+    shapes (dropout, gradient checkpointing) is applied, the rest is ignored with a warning."""
+    ignored = sorted(k for k in SHAPE_KEYS if overrides.get(k) not in (None, getattr(base, k)))
+    if ignored:
+        warnings.warn(
+            f"starting from a pretrained encoder: its shape wins, ignoring {ignored}", stacklevel=2
+        )
+    keep = {k: overrides[k] for k in ("dropout", "gradient_checkpointing") if k in overrides}
+    return replace(base, num_labels=num_labels, **keep)
+
+
+def init_classifier(src: nn.Module, config: ModelConfig) -> TransformerClassifier:
+    """A new classifier of `config` with every weight of `src` but the head (sized anew)."""
+    model = build_model(config)
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != {"head.weight", "head.bias"}:
+        raise ValueError(f"init weights do not fit: missing {missing}, unexpected {unexpected}")
+    return model

@@ -1,0 +1,133 @@
+"""Hugging Face BERT <-> TransformerClassifier: same logits both ways, on tiny random models."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from slimtext.models import ModelConfig, TransformerClassifier  # noqa: E402
+from slimtext.models.hf import (  # noqa: E402
+    HFConversionError,
+    from_hf_bert,
+    load_hf_bert,
+    save_hf,
+    to_hf_bert,
+)
+
+TINY = dict(vocab_size=60, num_labels=3, hidden_size=32, num_layers=2, num_heads=4, ffn_size=64,
+            max_length=24, pooling="cls")  # fmt: skip
+
+
+def padded_batch(vocab: int = 60, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = [5, 12, 20, 3]
+    ids = torch.zeros(len(lengths), 24, dtype=torch.long)  # pad id 0
+    mask = torch.zeros(len(lengths), 24, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(5, vocab, (n,), generator=g)
+        ids[i, 0] = 2  # [CLS]
+        mask[i, :n] = 1
+    return ids, mask
+
+
+def randomise_(model: torch.nn.Module, seed: int = 1) -> None:
+    # Non-trivial values everywhere (biases, LayerNorms too), so a swapped tensor would show.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+
+
+def test_export_gives_the_same_logits():
+    torch.manual_seed(0)
+    model = TransformerClassifier(ModelConfig(**TINY)).eval()
+    randomise_(model)
+    hf = to_hf_bert(model)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        ours = model(ids, mask.bool())
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=1e-4)
+    assert hf.bert.embeddings.token_type_embeddings.weight.abs().sum() == 0
+
+
+def test_import_gives_the_same_logits_with_token_types_folded():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=24, num_labels=3)  # fmt: skip
+    hf = BertForSequenceClassification(cfg).eval()
+    randomise_(hf, seed=2)  # token_type_embeddings[0] is non-zero: it must be folded in
+    model = from_hf_bert(hf)
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+        ours = model(ids, mask.bool())
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    back = to_hf_bert(model)  # and round trip
+    with torch.no_grad():
+        torch.testing.assert_close(back(input_ids=ids, attention_mask=mask).logits, theirs,
+                                   atol=1e-5, rtol=1e-4)  # fmt: skip
+
+
+def test_mean_pooling_is_refused():
+    model = TransformerClassifier(ModelConfig(**{**TINY, "pooling": "mean"}))
+    with pytest.raises(HFConversionError, match="pooling"):
+        to_hf_bert(model)
+
+
+def test_save_hf_folder_loads_back(tmp_path):
+    from slimtext.artifact import save_model_dir
+    from slimtext.tokenizer import train_tokenizer
+
+    texts = [f"word{i % 7} thing{i % 5} more text here" for i in range(50)]
+    tok = train_tokenizer(texts, vocab_size=200, kind="wordpiece")
+    torch.manual_seed(0)
+    model = TransformerClassifier(ModelConfig(**{**TINY, "vocab_size": tok.vocab_size})).eval()
+    randomise_(model)
+    save_model_dir(tmp_path / "m", model, model.config, tok, ["a", "b", "c"], max_length=24)
+    save_hf(tmp_path / "m", tmp_path / "hf")
+    back, tok2 = load_hf_bert(tmp_path / "hf")
+    ids = torch.tensor(tok.encode(texts[:4], 24))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    assert tok2.encode(texts[:4], 24) == ids.tolist()
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, mask), model(ids, mask), atol=1e-5, rtol=1e-4)
+
+
+def test_fine_tune_from_a_local_hf_bert_folder(tmp_path, toy_data):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from slimtext.api import TextClassifier
+    from slimtext.tokenizer import SPECIAL_TOKENS
+
+    texts, labels = toy_data
+    words = sorted({w for t in texts for w in t.split()})
+    (tmp_path / "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + words) + "\n")
+    cfg = BertConfig(vocab_size=len(SPECIAL_TOKENS) + len(words), hidden_size=32,
+                     num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                     max_position_embeddings=32, architectures=["BertForMaskedLM"])  # fmt: skip
+    torch.manual_seed(0)
+    mlm = BertForMaskedLM(cfg)
+    mlm.save_pretrained(tmp_path)  # an MLM checkpoint: no pooler, no classifier
+    clf = TextClassifier(
+        init=f"hf:{tmp_path}",
+        max_steps=2,
+        batch_size=16,
+        max_length=32,
+        freeze="embeddings+1",
+        threads=1,
+        device="cpu",
+        verbose=False,
+    )
+    clf.fit((texts, labels))
+    model = clf.model_dir_.model
+    assert model.config.num_layers == 1 and model.head.out_features == 3
+    qkv = torch.cat([getattr(mlm.bert.encoder.layer[0].attention.self, n).weight
+                     for n in ("query", "key", "value")])  # fmt: skip
+    torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight, qkv, rtol=0, atol=0)
+    assert clf.predict(texts[:3])  # the folder's vocab.txt tokenizer is used end to end

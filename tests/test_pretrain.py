@@ -1,0 +1,241 @@
+"""Masked-LM self-pretraining, and fine-tuning from a pretrained encoder (--init, layer-wise LR
+decay, freezing). Tiny models (hidden 32, 1-2 layers) on ~100 short texts."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from slimtext.api import TextClassifier
+from slimtext.artifact import read_model_dir
+from slimtext.cli import app
+from slimtext.models import ModelConfig, TransformerClassifier
+from slimtext.pretrain import IGNORE, init_classifier, mask_tokens, pretrain
+from slimtext.train import Encoded, TrainConfig, fit
+from slimtext.train.trainer import param_groups
+
+TINY = dict(hidden_size=32, num_layers=2, num_heads=2, ffn_size=64, max_length=32,
+            batch_size=16, dropout=0.0, threads=1, precision="fp32", device="cpu")  # fmt: skip
+
+
+def corpus(n: int = 120) -> list[str]:
+    # Repetitive sentences: the masked word is predictable from its neighbours.
+    frames = ["the cat sat on the mat", "a dog ran in the park", "we eat bread with butter",
+              "she reads a book at night", "rain falls on the roof"]  # fmt: skip
+    return [frames[i % len(frames)] + (" today" if i % 3 else " again") for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pretrain")
+    result = pretrain(corpus(), d / "enc", tokenizer="wordpiece", vocab_size=120, max_steps=200,
+                      lr=3e-3, warmup=10, log_every=10, progress=False, run_dir=d / "run",
+                      **{**TINY, "num_layers": 1})  # fmt: skip
+    return d / "enc", d / "run", result
+
+
+def test_masking_selects_15_percent_of_real_tokens_80_10_10():
+    torch.manual_seed(0)
+    B, T, V, mask_id, specials = 64, 40, 100, 4, [0, 1, 2, 3, 4]  # pad, unk?, cls, sep, mask
+    ids = torch.randint(5, V, (B, T))
+    lengths = torch.randint(5, T + 1, (B,))
+    attn = torch.arange(T)[None, :] < lengths[:, None]
+    ids[:, 0] = 2
+    ids[torch.arange(B), lengths - 1] = 3  # [SEP] at each row's end
+    ids[~attn] = 0
+    maskable = attn & (ids >= 5)
+    sel = masked = randomised = kept = 0
+    for _ in range(30):
+        out, labels = mask_tokens(ids, attn, mask_id=mask_id, special_ids=specials,
+                                  vocab_size=V, mask_prob=0.15)  # fmt: skip
+        chosen = labels != IGNORE
+        assert not (chosen & ~maskable).any(), "special or padding token selected"
+        assert torch.equal(out[~chosen], ids[~chosen]), "an unselected token changed"
+        assert torch.equal(labels[chosen], ids[chosen])
+        sel += int(chosen.sum())
+        masked += int((out[chosen] == mask_id).sum())
+        randomised += int(((out != ids) & (out != mask_id) & chosen).sum())
+        kept += int((out[chosen] == ids[chosen]).sum())
+        assert int(((out < 5) & (out != mask_id) & chosen).sum()) == 0  # random ones non-special
+    total = int(maskable.sum()) * 30
+    assert abs(sel / total - 0.15) < 0.01
+    assert abs(masked / sel - 0.8) < 0.02
+    assert abs(randomised / sel - 0.1 * 94 / 95) < 0.015  # a random pick can equal the original
+    assert abs(kept / sel - (0.1 + 0.1 / 95)) < 0.015
+
+
+def test_masks_are_new_each_time():
+    torch.manual_seed(0)
+    ids = torch.randint(5, 50, (8, 30))
+    attn = torch.ones_like(ids, dtype=torch.bool)
+    a = mask_tokens(ids, attn, mask_id=4, special_ids=[0, 2, 3, 4], vocab_size=50)[1]
+    b = mask_tokens(ids, attn, mask_id=4, special_ids=[0, 2, 3, 4], vocab_size=50)[1]
+    assert not torch.equal(a, b)
+
+
+def test_mlm_loss_falls_on_a_repetitive_corpus(pretrained):
+    _, run, result = pretrained
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert result.steps == 200
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert (run / "training_curve.png").is_file()
+
+
+def test_pretrained_dir_has_encoder_and_tied_mlm_head(pretrained):
+    enc, _, _ = pretrained
+    md = read_model_dir(enc)
+    assert md.config.pooling == "cls" and md.meta["train"]["pretrain"]["objective"] == "mlm"
+    head = load_file(str(enc / "mlm_head.safetensors"))
+    # Tied decoder: only its bias is stored; the weight is the token embedding matrix.
+    assert set(head) == {"dense.weight", "dense.bias", "norm.weight", "norm.bias", "bias"}
+    assert head["bias"].shape == (md.config.vocab_size,)
+
+
+def test_init_loads_every_encoder_weight_and_only_the_head_is_new(pretrained, toy_data):
+    enc, _, _ = pretrained
+    src = read_model_dir(enc).model
+    texts, labels = toy_data
+    # All encoder parameters frozen: after fine-tuning they must still equal the pretrained ones.
+    clf = TextClassifier(
+        init=enc,
+        max_steps=3,
+        freeze="embeddings+1",
+        verbose=False,
+        hidden_size=64,
+        **{k: v for k, v in TINY.items() if k != "hidden_size"},
+    )
+    with pytest.warns(UserWarning, match="hidden_size"):
+        clf.fit((texts, labels))
+    model = clf.model_dir_.model
+    assert model.config.hidden_size == 32 and model.head.out_features == 3
+    assert (
+        clf.model_dir_.tokenizer.backend.to_str() == read_model_dir(enc).tokenizer.backend.to_str()
+    )
+    src_state, new_state = src.state_dict(), model.state_dict()
+    for k, v in src_state.items():
+        if k.startswith(("embeddings.", "encoder.")):
+            torch.testing.assert_close(new_state[k], v, rtol=0, atol=0, msg=k)
+    # Directly: every weight but the head (pooler included) comes from the init model.
+    fresh = init_classifier(src, ModelConfig(**{**src.config.to_dict(), "num_labels": 5}))
+    for k, v in fresh.state_dict().items():
+        if k.startswith("head."):
+            assert v.shape[0] == 5
+        else:
+            assert torch.equal(v, src_state[k]), k
+
+
+def test_layer_lr_decay_gives_each_depth_its_lr():
+    model = TransformerClassifier(ModelConfig(vocab_size=50, num_labels=2, hidden_size=32,
+                                              num_layers=2, num_heads=2, ffn_size=64,
+                                              pooling="cls"))  # fmt: skip
+    groups = param_groups(model, 0.01, lr=1.0, layer_lr_decay=0.5)
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    expected = {"embeddings.": 0.125, "encoder.blocks.0.": 0.25, "encoder.blocks.1.": 0.5,
+                "pooler.": 1.0, "head.": 1.0}  # fmt: skip
+    for name, p in model.named_parameters():
+        want = next(v for k, v in expected.items() if name.startswith(k))
+        assert lr_of[id(p)] == pytest.approx(want), name
+    assert groups[0]["lr"] == 1.0  # the logged lr is the head's
+    assert len(lr_of) == sum(1 for _ in model.parameters())
+
+
+def test_frozen_params_do_not_change_after_a_step():
+    torch.manual_seed(0)
+    model = TransformerClassifier(ModelConfig(vocab_size=50, num_labels=2, hidden_size=32,
+                                              num_layers=2, num_heads=2, ffn_size=64))  # fmt: skip
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = [[2] + [5 + (i * j) % 40 for j in range(6)] + [3] for i in range(32)]
+    cfg = TrainConfig(max_steps=2, batch_size=16, lr=1e-2, freeze="embeddings+1", threads=1,
+                      device="cpu", precision="fp32")  # fmt: skip
+    fit(model, Encoded(ids, [i % 2 for i in range(32)]), None, cfg, label_names=["a", "b"],
+        pad_id=0, progress=False)  # fmt: skip
+    after = model.state_dict()
+    for k, v in before.items():
+        if k.startswith(("embeddings.", "encoder.blocks.0.")):
+            assert torch.equal(after[k], v), k
+    assert not torch.equal(
+        after["encoder.blocks.1.ffn_in.weight"], before["encoder.blocks.1.ffn_in.weight"]
+    )
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+
+
+def test_bad_freeze_spec_is_refused():
+    with pytest.raises(ValueError, match="freeze"):
+        TrainConfig(freeze="blocks")
+
+
+def test_resumed_pretraining_draws_the_same_masks(tmp_path):
+    kw = dict(tokenizer="wordpiece", vocab_size=120, max_steps=6, checkpoint_every=3,
+              progress=False, **{**TINY, "num_layers": 1, "dropout": 0.1})  # fmt: skip
+    pretrain(corpus(48), tmp_path / "a", checkpoint_dir=tmp_path / "ck", **kw)
+    shutil.rmtree(tmp_path / "ck" / "step-000000006")  # as if killed after step 3
+    pretrain(corpus(48), tmp_path / "b", checkpoint_dir=tmp_path / "ck", resume=True, **kw)
+    a = load_file(str(tmp_path / "a" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_cli_pretrain_then_train_init(tmp_path, toy_data):
+    texts, labels = toy_data
+    (tmp_path / "corpus.txt").write_text("\n".join(corpus(60)) + "\n")
+    tiny = ["--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--ffn-size", "64",
+            "--max-length", "32", "--batch-size", "16", "--threads", "1", "--device", "cpu",
+            "--no-progress"]  # fmt: skip
+    r = CliRunner().invoke(app, ["pretrain", "--data", str(tmp_path / "corpus.txt"),
+                                 "--out", str(tmp_path / "enc"), "--max-steps", "5",
+                                 "--vocab-size", "120", *tiny])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with open(tmp_path / "train.csv", "w") as f:
+        f.write("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True)))
+    r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "train.csv"),
+                                 "--out", str(tmp_path / "clf"), "--init", str(tmp_path / "enc"),
+                                 "--max-steps", "3", "--layer-lr-decay", "0.8",
+                                 "--freeze", "embeddings", *tiny])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    md = read_model_dir(tmp_path / "clf")
+    assert md.config.num_labels == 3 and md.config.pooling == "cls"
+    assert md.meta["train"]["init"] == str(tmp_path / "enc")
+    assert md.meta["train"]["layer_lr_decay"] == 0.8
+
+
+def test_packed_documents_never_attend_across_documents():
+    from slimtext.pretrain import MLMModel, pack_documents
+    from slimtext.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(corpus(), vocab_size=120, kind="wordpiece")
+    torch.manual_seed(0)
+    clf = TransformerClassifier(ModelConfig(vocab_size=tok.vocab_size, num_labels=2,
+                                            hidden_size=32, num_layers=2, num_heads=2,
+                                            ffn_size=64, max_length=32)).eval()  # fmt: skip
+    mlm = MLMModel(clf, tok, 0.15, packed=True).eval()
+    docs = tok.encode(["the cat sat on the mat", "rain falls", "we eat bread with butter"], 32)
+    rows = pack_documents(docs, 32)
+    assert len(rows) == 1 and rows[0] == docs[0] + docs[1] + docs[2]
+    ids = torch.tensor([rows[0] + [tok.pad_id] * 3])
+    attn = torch.tensor([[True] * len(rows[0]) + [False] * 3])
+    with torch.no_grad():
+        packed = mlm.encode(ids, attn)[0]
+        start = 0
+        for d in docs:  # each document's states equal those of the document alone
+            alone = clf.encode(torch.tensor([d]), torch.ones(1, len(d), dtype=torch.bool))[0]
+            torch.testing.assert_close(packed[start : start + len(d)], alone)
+            start += len(d)
+        # and changing one document leaves the others' states untouched
+        ids2 = ids.clone()
+        ids2[0, len(docs[0]) + 1] = 7
+        other = mlm.encode(ids2, attn)[0]
+    torch.testing.assert_close(other[: len(docs[0])], packed[: len(docs[0])])
+    assert not torch.allclose(other[len(docs[0]) : len(docs[0]) + len(docs[1])],
+                              packed[len(docs[0]) : len(docs[0]) + len(docs[1])])  # fmt: skip
+
+
+def test_packed_pretraining_runs(tmp_path):
+    r = pretrain(corpus(40), tmp_path / "p", tokenizer="wordpiece", vocab_size=120, max_steps=3,
+                 pack=True, progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
+    assert r.steps == 3
+    info = json.loads((tmp_path / "p" / "config.json").read_text())["train"]["pretrain"]
+    assert info["pack"] is True
