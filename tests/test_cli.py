@@ -34,7 +34,9 @@ def data_files(tmp_path_factory, toy_data):
     )
 
 
-@pytest.mark.parametrize("verb", ["train", "eval", "predict", "demo", "serve", "compress", "export", "pretrain"])
+@pytest.mark.parametrize(
+    "verb", ["train", "eval", "predict", "demo", "serve", "compress", "export", "pretrain"]
+)
 def test_every_verb_has_help(verb):
     r = runner.invoke(app, [verb, "--help"])
     assert r.exit_code == 0 and "--config" in r.output
