@@ -278,6 +278,7 @@ def fit(
     ctx = dist or DistContext(device=resolve_device(cfg.device))
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
+    threads_before = torch.get_num_threads()  # restored at the end: fit leaves no global trace
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + ctx.rank)  # dropout masks differ per rank, reproducibly
@@ -466,6 +467,7 @@ def fit(
     finally:
         bar.close()
         log.close()
+        torch.set_num_threads(threads_before)
     result.steps = step
     if cfg.keep_best and result.best is not None:
         load_full_state_dict(wrapped, best_state, ctx)
