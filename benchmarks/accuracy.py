@@ -1,0 +1,266 @@
+"""Accuracy from scratch: slimtext vs fastText vs TF-IDF + logistic regression.
+
+    python benchmarks/accuracy.py --datasets ag_news,sst2,imdb --out bench-out/accuracy.json
+
+For each dataset every contender learns from the same train split and is scored on the same
+test split (SST-2's `test` is the GLUE dev set). Nothing is pretrained.
+
+- fastText: supervised, `wordNgrams=2`, 25 epochs, default lr/dim, lowercased text with
+  punctuation split off (and IMDB's `<br />` removed), training lines shuffled (seed 0);
+- TF-IDF: `TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)` +
+  `LogisticRegression`, C chosen from `--tfidf-cs` on a 10% stratified hold-out of train (the
+  same hold-out slimtext uses for keep-best), then refitted on all of train;
+- slimtext: each configuration in `DEFAULT_CONFIGS[dataset]` (bf16 via `precision="auto"`),
+  trained with `TextClassifier.fit(train)` (90% train / 10% stratified validation for
+  keep-best); the one with the best *validation* accuracy is the dataset's slimtext entry, so
+  the test set never picks a configuration.
+
+Train time is wall clock: preprocessing + fit for fastText, vectoriser + final fit for TF-IDF
+(the C search is reported separately), tokenizer + fit for slimtext.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from _common import REPO, dataset_paths, machine_info, markdown_table, write_json
+from tqdm.auto import tqdm
+
+from slimtext.api import TextClassifier
+from slimtext.data import TextDataset, load_data, stratified_split
+from slimtext.metrics import classification_report
+
+# Per dataset, the slimtext configurations of the small search. `attention-*` is the
+# fastText-like family (embeddings + additive attention pooling, hidden 128); `attn1l-*` adds one
+# narrow encoder block before the pooling; `transformer-*` is BERT-mini (hidden 256, 4 layers).
+# BERT-mini costs ~20x more per token, so on the shared 2-core machine it is opt-in
+# (`--slimtext-configs transformer-128`), not part of the default run.
+_ATTN1L = dict(model="attention", num_layers=1, num_heads=4, ffn_size=512)
+SLIMTEXT_CONFIGS: dict[str, dict[str, dict]] = {
+    "ag_news": {
+        "attention-256": dict(model="attention", max_length=256, epochs=3),
+        "attn1l-256": dict(**_ATTN1L, max_length=256, epochs=4),
+        "transformer-128": dict(model="transformer", max_length=128, epochs=3),
+    },
+    "sst2": {
+        "attention-128": dict(model="attention", max_length=128, epochs=1),
+        "attn1l-128": dict(**_ATTN1L, max_length=128, epochs=2),
+        "transformer-64": dict(model="transformer", max_length=64, epochs=2),
+    },
+    "imdb": {
+        "attention-512": dict(model="attention", max_length=512, epochs=2),
+        "attn1l-512": dict(**_ATTN1L, max_length=512, epochs=2),
+    },
+}
+# The measured run: one configuration per dataset (the 2-core machine was shared; see
+# BENCHMARKS.md). Add the others with --slimtext-configs on a quieter machine.
+DEFAULT_CONFIGS = {
+    "ag_news": ["attention-256"],
+    "sst2": ["attention-128"],
+    "imdb": ["attention-512"],
+}
+
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def simple_tokens(text: str) -> str:
+    """Lowercase, drop IMDB's `<br />`, split punctuation off words (fastText has no tokenizer)."""
+    return " ".join(_TOKEN.findall(text.replace("<br />", " ").lower()))
+
+
+def subsample(ds: TextDataset, n: int | None, seed: int = 0) -> TextDataset:
+    if not n or n >= len(ds):
+        return ds
+    g = torch.Generator().manual_seed(seed)
+    return ds.subset(sorted(torch.randperm(len(ds), generator=g)[:n].tolist()))
+
+
+def report(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
+    r = classification_report(y_true, y_pred, labels)
+    return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n": r["n"]}
+
+
+# ---- contenders -----------------------------------------------------------------------------
+def run_fasttext(train: TextDataset, test: TextDataset, labels: list[str], threads: int) -> dict:
+    import fasttext
+
+    index = {lab: i for i, lab in enumerate(labels)}
+    # fastText runs SGD through the file in order: a file sorted by class (IMDB's is) ends every
+    # epoch on one class and leaves the model biased to it, so shuffle the lines first.
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+    t0 = time.perf_counter()
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
+        for i in order:
+            f.write(f"__label__{index[train.labels[i]]} {simple_tokens(train.texts[i])}\n")
+        path = f.name
+    try:
+        model = fasttext.train_supervised(
+            input=path, epoch=25, wordNgrams=2, thread=threads, verbose=0, seed=0
+        )
+    finally:
+        os.unlink(path)
+    seconds = time.perf_counter() - t0
+    pred_labels, _ = model.predict([simple_tokens(t) for t in test.texts])
+    y_pred = [int(p[0].removeprefix("__label__")) for p in pred_labels]
+    y_true = [index[y] for y in test.labels]
+    return {**report(y_true, y_pred, labels), "train_seconds": seconds, "params": "epoch=25"}
+
+
+def run_tfidf(
+    train: TextDataset, test: TextDataset, labels: list[str], cs: list[float], threads: int
+) -> dict:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    index = {lab: i for i, lab in enumerate(labels)}
+
+    def fit(ds: TextDataset, c: float):
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+        x = vec.fit_transform(ds.texts)
+        clf = LogisticRegression(C=c, max_iter=1000)
+        clf.fit(x, [index[y] for y in ds.labels])
+        return vec, clf
+
+    def predict(vec, clf, ds: TextDataset) -> list[int]:
+        return clf.predict(vec.transform(ds.texts)).tolist()
+
+    t0 = time.perf_counter()
+    search = {}
+    if len(cs) > 1:
+        rest, held = stratified_split(train, 0.1, seed=0)
+        for c in tqdm(cs, desc="tf-idf C search", leave=False):
+            vec, clf = fit(rest, c)
+            pred = predict(vec, clf, held)
+            search[c] = float(
+                np.mean([p == index[y] for p, y in zip(pred, held.labels, strict=True)])
+            )
+        best_c = max(search, key=search.get)
+    else:
+        best_c = cs[0]
+    search_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vec, clf = fit(train, best_c)
+    seconds = time.perf_counter() - t0
+    y_true = [index[y] for y in test.labels]
+    return {
+        **report(y_true, predict(vec, clf, test), labels),
+        "train_seconds": seconds,
+        "c_search_seconds": search_seconds,
+        "c_search_valid_accuracy": search,
+        "params": f"C={best_c:g}",
+    }
+
+
+def run_slimtext(train: TextDataset, test: TextDataset, params: dict) -> dict:
+    clf = TextClassifier(verbose=True, precision="auto", seed=0, **params)
+    t0 = time.perf_counter()
+    clf.fit(train)
+    seconds = time.perf_counter() - t0
+    ev = clf.evaluate(test)
+    res = clf.result_
+    return {
+        "accuracy": ev["accuracy"],
+        "macro_f1": ev["macro_f1"],
+        "n": ev["n"],
+        "train_seconds": seconds,
+        "valid_accuracy": res.best["accuracy"] if res.best else None,
+        "best_epoch": res.best_epoch,
+        "steps": res.steps,
+        "precision": res.precision,
+        "history": res.history,
+        "params": ", ".join(f"{k}={v}" for k, v in params.items()),
+    }
+
+
+# ---- main -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "datasets"))
+    ap.add_argument("--datasets", default="ag_news,sst2,imdb")
+    ap.add_argument("--max-train", type=int, default=None, help="subsample train (quick runs)")
+    ap.add_argument("--contenders", default="fasttext,tfidf,slimtext")
+    ap.add_argument(
+        "--slimtext-configs",
+        default=None,
+        help="comma-separated names from SLIMTEXT_CONFIGS (default: DEFAULT_CONFIGS)",
+    )
+    ap.add_argument("--slimtext-epochs", type=int, default=None, help="override (quick runs)")
+    ap.add_argument("--tfidf-cs", default="1,4,16", help="C values; one value = fixed C")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=str(REPO / "bench-out" / "accuracy.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    datasets = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    if bad := [d for d in datasets if d not in SLIMTEXT_CONFIGS]:
+        sys.exit(f"unknown datasets {bad}; choose from {list(SLIMTEXT_CONFIGS)}")
+    contenders = {c.strip() for c in args.contenders.split(",")}
+    cs = [float(c) for c in args.tfidf_cs.split(",")]
+    paths = {d: dataset_paths(args.data_root, d) for d in datasets}  # fail early if absent
+
+    results: dict[str, dict] = {}
+    for name in datasets:
+        train_path, test_path = paths[name]
+        train = subsample(load_data(train_path), args.max_train)
+        test = load_data(test_path)
+        labels = sorted(set(train.labels))
+        print(f"=== {name}: {len(train)} train, {len(test)} test, labels {labels}", flush=True)
+        res: dict[str, dict] = {}
+        if "fasttext" in contenders:
+            res["fastText"] = run_fasttext(train, test, labels, args.threads)
+            print(f"  fastText  {res['fastText']['accuracy']:.4f}", flush=True)
+        if "tfidf" in contenders:
+            res["TF-IDF + LR"] = run_tfidf(train, test, labels, cs, args.threads)
+            print(f"  TF-IDF    {res['TF-IDF + LR']['accuracy']:.4f}", flush=True)
+        if "slimtext" in contenders:
+            wanted = DEFAULT_CONFIGS[name]
+            if args.slimtext_configs:
+                wanted = [c.strip() for c in args.slimtext_configs.split(",")]
+            configs = {k: v for k, v in SLIMTEXT_CONFIGS[name].items() if k in wanted}
+            for cname, params in configs.items():
+                if args.slimtext_epochs:
+                    params = {**params, "epochs": args.slimtext_epochs}
+                key = f"slimtext {cname}"
+                res[key] = run_slimtext(train, test, params)
+                print(f"  {key}  {res[key]['accuracy']:.4f} "
+                      f"(valid {res[key]['valid_accuracy']})", flush=True)  # fmt: skip
+            slim = [k for k in res if k.startswith("slimtext")]
+            if slim:
+                best = max(slim, key=lambda k: res[k]["valid_accuracy"] or 0.0)
+                res[best]["selected"] = True
+        results[name] = {"n_train": len(train), "n_test": len(test), "contenders": res}
+        # Written after every dataset, so a long run that is stopped keeps what it finished.
+        write_json(args.out, {"benchmark": "accuracy", "args": vars(args), "results": results})
+
+    rows = []
+    for name, d in results.items():
+        for cname, r in d["contenders"].items():
+            mark = " (selected)" if r.get("selected") else ""
+            rows.append([name, cname + mark, r["accuracy"], r["macro_f1"],
+                         f"{r['train_seconds']:.1f}", r["params"]])  # fmt: skip
+    table = markdown_table(
+        ["dataset", "contender", "test accuracy", "macro-F1", "train s", "settings"], rows
+    )
+    print()
+    print(table)
+    out = {
+        "benchmark": "accuracy",
+        "command": "python benchmarks/accuracy.py " + " ".join(sys.argv[1:]),
+        "args": vars(args),
+        "machine": machine_info(),
+        "results": results,
+        "table_markdown": table,
+    }
+    path = write_json(args.out, out)
+    print(f"wrote {path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
