@@ -65,12 +65,14 @@ def free_port() -> int:
 
 
 def start_server(
-    model_dir: str, settings: dict, timeout: float, threads: int | None = None
-) -> tuple[subprocess.Popen, str]:
+    model_dir: str, settings: dict, timeout: float, threads: int | None = None,
+    backend: str = "torch",
+) -> tuple[subprocess.Popen, str]:  # fmt: skip
     port = free_port()
     kw = dict(model_dir=model_dir, host=HOST, port=port, log_level="warning", **settings)
     kw["max_queue"] = 4096  # the client caps concurrency; no 503s from the queue itself
     kw["threads"] = threads
+    kw["backend"] = backend  # fixed, so the modes differ only in batching ("auto" may not)
     proc = subprocess.Popen([sys.executable, "-c", SERVER, json.dumps(kw)])
     url = f"http://{HOST}:{port}"
     deadline = time.monotonic() + timeout
@@ -152,7 +154,8 @@ async def drive(url: str, texts: list[str], n: int, concurrency: int, time_limit
 
 
 def run_mode(args, name: str, settings: dict, texts: list[str]) -> list[dict]:
-    proc, url = start_server(args.model_dir, settings, args.start_timeout, args.threads)
+    proc, url = start_server(args.model_dir, settings, args.start_timeout, args.threads,
+                              args.backend)  # fmt: skip
     rows = []
     try:
         asyncio.run(drive(url, texts, 20, 4, 30))  # warm-up, not reported
@@ -186,6 +189,7 @@ def main() -> None:
     p.add_argument("--time-limit", type=float, default=60, help="seconds per level, at most")
     p.add_argument("--start-timeout", type=float, default=120)
     p.add_argument("--threads", type=int, help="torch threads in the server (serve --threads)")
+    p.add_argument("--backend", default="torch", help="serve --backend, the same for every mode")
     p.add_argument("--modes", nargs="+", default=["dynamic", "batch=1"], choices=list(MODES))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/load_serve.json"))
     args = p.parse_args()
