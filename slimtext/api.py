@@ -201,7 +201,9 @@ class TextClassifier:
         self.model_dir_ = ModelDir(model.cpu().eval(), config, tok, labels, cfg.max_length)
         self.classes_ = np.array(labels)
         self.result_: TrainResult = result
-        self.metrics_: dict = {"valid": result.best} if result.best else {}
+        self.metrics_: dict = {"training": result.summary()}
+        if result.best:
+            self.metrics_["valid"] = result.best
         self.run_dir_ = Path(run_dir) if run_dir is not None else None
         self._predictor = Predictor(self.model_dir_)
         return self

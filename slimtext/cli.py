@@ -250,6 +250,7 @@ def _train(
             f"trained {r.steps} steps in {time.perf_counter() - t0:.1f}s "
             f"({r.samples_per_second:.0f} samples/s, {r.precision} on {r.device}"
             + (f", {ctx.strategy} x{ctx.world_size})" if ctx.distributed else ")")
+            + f"; peak memory per rank {r.peak_rss_mb} MB"
         )
         if not ctx.is_main:  # rank 0 evaluates and writes the model directory
             return

@@ -115,10 +115,32 @@ class TrainResult:
     precision: str = "fp32"
     device: str = "cpu"
     stopped_early: bool = False
+    world_size: int = 1
+    peak_rss_mb: list[float] = field(default_factory=list)  # per rank, whole-process peak
 
     @property
     def samples_per_second(self) -> float:
         return self.samples / self.train_seconds if self.train_seconds else 0.0
+
+    def summary(self) -> dict:
+        """JSON-ready figures of the run (saved as `metrics.json["training"]`)."""
+        return {
+            "steps": self.steps, "samples": self.samples, "tokens": self.tokens,
+            "train_seconds": round(self.train_seconds, 3),
+            "samples_per_second": round(self.samples_per_second, 2),
+            "precision": self.precision, "device": self.device, "world_size": self.world_size,
+            "peak_rss_mb": self.peak_rss_mb, "best_epoch": self.best_epoch,
+            "stopped_early": self.stopped_early,
+        }  # fmt: skip
+
+
+def _peak_rss_mb() -> float:
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    except (ImportError, OSError):  # not on Windows
+        return float("nan")
 
 
 def frozen_blocks(freeze: str | None) -> int | None:
@@ -469,6 +491,8 @@ def fit(
         log.close()
         torch.set_num_threads(threads_before)
     result.steps = step
+    result.world_size = ctx.world_size
+    result.peak_rss_mb = [round(x, 1) for x in all_gather_object(ctx, _peak_rss_mb())]
     if cfg.keep_best and result.best is not None:
         load_full_state_dict(wrapped, best_state, ctx)
     if run_dir is not None:
