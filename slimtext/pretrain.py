@@ -157,12 +157,9 @@ class MLMModel(nn.Module):
         e = self.embeddings
         x = e.drop(e.norm(e.tok(input_ids) + e.pos(pos)))
         # (B, 1, T, T): same document and a real key. Padding rows share the last document's
-        # number, so no query row is fully masked (no NaN). Same loop as Encoder.forward, with
-        # this mask in place of the key-padding one.
+        # number, so no query row is fully masked (no NaN).
         mask = ((doc[:, :, None] == doc[:, None, :]) & attention_mask[:, None, :])[:, None]
-        for i in range(self.encoder.num_layers):
-            x = self.encoder.blocks[i % len(self.encoder.blocks)](x, mask)
-        return x
+        return self.encoder(x, mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids, labels = mask_tokens(input_ids, attention_mask, mask_id=self.mask_id,

@@ -77,7 +77,11 @@ class Encoder(nn.Module):
         self.checkpointing = cfg.gradient_checkpointing
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        key_mask = attention_mask[:, None, None, :]  # (B, 1, 1, T)
+        """`attention_mask`: (B, T) bool key-padding mask, or a ready (B, 1, T, T) mask of the
+        allowed query -> key pairs (packed documents in pretraining)."""
+        key_mask = attention_mask
+        if key_mask.dim() == 2:
+            key_mask = key_mask[:, None, None, :]  # (B, 1, 1, T)
         for i in range(self.num_layers):
             block = self.blocks[i % len(self.blocks)]
             if self.checkpointing and self.training:
