@@ -416,7 +416,8 @@ def fit(
                         # gives the same gradient as one batch of the whole group.
                         loss = loss_fn(logits.float(), b) * (len(rows) / n_group)
                         scaler.scale(loss).backward()
-                    loss_sum += float(loss.detach()) * n_group
+                    # Kept as a tensor: no host sync per micro-batch, only when logging.
+                    loss_sum += loss.detach() * n_group
                     loss_n += len(rows)
                     result.tokens += b.num_tokens
                 if cfg.grad_clip > 0:
@@ -438,7 +439,7 @@ def fit(
                     rec = {
                         "step": step,
                         "epoch": epoch + batch_pos / len(batches),
-                        "loss": loss_sum / max(1, loss_n),
+                        "loss": float(loss_sum) / max(1, loss_n),
                         "lr": sched.get_last_lr()[0],
                         "samples_per_s": rate,
                     }
