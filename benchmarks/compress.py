@@ -2,6 +2,7 @@
 
     python benchmarks/compress.py --out bench-out/compress.json            # full run
     python benchmarks/compress.py --quick                                  # minutes: smoke test
+    python benchmarks/compress.py --qat 1        # int8 by quantization-aware training instead
 
 Teacher: `TextClassifier(model="transformer", hidden_size=256, num_layers=4, num_heads=4,
 ffn_size=1024, max_length=128)` trained by slimtext on AG News train (or `--teacher DIR`).
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "datasets"))
     ap.add_argument("--teacher", default=None, help="existing teacher model dir (skip training)")
     ap.add_argument("--recipe", default=RECIPE)
+    ap.add_argument("--qat", type=int, default=0,
+                    help="epochs of quantization-aware training in place of the accuracy-gated "
+                         "post-training int8 step (quantize:int8-dynamic,qat=N)")  # fmt: skip
     ap.add_argument("--epochs", type=int, default=3, help="teacher epochs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="small subsample, short training")
@@ -62,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_p, test_p = dataset_paths(args.data_root, "ag_news")
     train, test = load_data(str(train_p)), load_data(str(test_p))
     recipe = args.recipe
+    if args.qat:
+        recipe = recipe.replace(",max_drop=0.005", "") + f",qat={args.qat}"
     train_kw: dict = {"threads": args.threads}
     speed_kw = {"n_latency": 100, "n_batches": 10, "warmup": 10}
     if args.quick:

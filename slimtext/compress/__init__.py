@@ -1,6 +1,8 @@
 """Compression: in-place verbs with config dataclasses, each recorded in the model directory.
 
     prune_(model, HeadPruning(0.5), calib=batches)    quantize_(model, Int8Dynamic())
+    prune_(model, SemiStructuredPruning())  # 2:4
+    qat_(model, QAT(), train, valid, TrainConfig(epochs=1), label_names=..., pad_id=...)
     factorize_(model, LowRank(energy=0.9))            drop_layers_(model, DropLayers((1, 3)))
     distill(teacher, student, train, valid, TrainConfig(), Distillation(alpha=0.5))
     compress(teacher_dir, data, out_dir, recipe="distill,prune:heads=0.5,quantize:int8-dynamic")
@@ -20,10 +22,13 @@ from .prune import (
     HeadPruning,
     MagnitudePruning,
     PrunedSelfAttention,
+    SemiStructuredPruning,
     prune_,
     prune_finetune,
     restore_pruned_,
+    to_semi_structured_,
 )
+from .qat import QAT, convert_qat_, prepare_qat_, qat_
 from .quantize import (
     Int4WeightOnly,
     Int8Dynamic,
@@ -71,15 +76,21 @@ __all__ = [
     "LowRankLinear",
     "MagnitudePruning",
     "PrunedSelfAttention",
+    "QAT",
+    "SemiStructuredPruning",
     "compress",
+    "convert_qat_",
     "distill",
     "drop_layers_",
     "factorize_",
     "make_student",
     "prune_",
+    "prepare_qat_",
     "prune_finetune",
+    "qat_",
     "quantize_",
     "quantize_within_budget",
     "rebuild_",
     "teacher_logits",
+    "to_semi_structured_",
 ]

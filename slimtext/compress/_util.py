@@ -58,5 +58,16 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_nonzero(model: nn.Module) -> int:
+    """Nonzero weights, int8 ones included (a pruned zero stays an int8 zero); packed int4
+    weights count as all nonzero."""
     n = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    return n + sum(m.n_params() for m in model.modules() if hasattr(m, "n_params"))
+    for m in model.modules():
+        if not hasattr(m, "n_params"):
+            continue
+        q = getattr(m, "qweight", None)
+        if q is not None and q.dtype == torch.int8:
+            bias = getattr(m, "bias", None)
+            n += int(torch.count_nonzero(q)) + (0 if bias is None else int(bias.numel()))
+        else:
+            n += m.n_params()
+    return n

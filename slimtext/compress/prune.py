@@ -5,6 +5,7 @@ faster on dense CPU kernels, which multiply the zeros anyway).
     prune_(model, HeadPruning(0.5), calib=batches)      # half the heads, chosen globally
     prune_(model, FFNPruning(0.5), calib=batches)       # half the FFN neurons
     prune_(model, MagnitudePruning(0.8))                # 80% of encoder weights set to 0
+    prune_(model, SemiStructuredPruning())              # 2 of every 4 consecutive weights set to 0
 
 Importance is the first-order Taylor estimate of the loss change when a unit is removed,
 |sum over a batch of activation x gradient| accumulated over calibration batches (Molchanov et al.
@@ -13,6 +14,12 @@ layer (Michel et al.) so layers compete on a common scale. Without calibration d
 to weight magnitude. Heads are ranked globally, so layers end with different head counts: the
 pruned attention module carries its own `n_head`, and its q/k/v width `n_head * head_dim` no
 longer equals the hidden size (the output projection maps back to it).
+
+2:4 semi-structured sparsity (N:M in general) keeps the 2 largest |w| of every 4 consecutive
+weights along the input dimension: the pattern NVIDIA's sparse tensor cores (sm80+) multiply at
+up to 2x speed (`to_semi_structured_`, which uses `torch.sparse.to_sparse_semi_structured`). On
+CPU there is no such kernel: the model stays dense, exactly as fast as before, and the zeros
+are stored (no size saving either); the compression report says so next to the measured speed.
 """
 
 from __future__ import annotations
@@ -84,7 +91,26 @@ def _check_importance(x: str) -> None:
         raise ValueError(f"importance must be one of {IMPORTANCE}, got {x!r}")
 
 
-PruneConfig = HeadPruning | FFNPruning | MagnitudePruning
+@dataclass
+class SemiStructuredPruning:
+    """Keep the `n` largest |w| in every group of `m` consecutive weights along the input
+    dimension of each encoder Linear (2:4 by default); layers whose input width is not a
+    multiple of `m` are left dense (the record lists the pruned ones)."""
+
+    n: int = 2
+    m: int = 4
+    version: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 < self.n < self.m:
+            raise ValueError(f"need 0 < n < m for n:m sparsity, got {self.n}:{self.m}")
+
+    @property
+    def pattern(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+PruneConfig = HeadPruning | FFNPruning | MagnitudePruning | SemiStructuredPruning
 
 
 # ---- the attention module with its own head count ------------------------------------------------
@@ -275,6 +301,64 @@ def magnitude_masks(model: nn.Module, sparsity: float) -> list[tuple[nn.Linear, 
     return [(m, m.weight.abs() > thr) for m in lins]
 
 
+@torch.no_grad()
+def nm_masks(model: nn.Module, n: int = 2, m: int = 4) -> list[tuple[nn.Linear, torch.Tensor]]:
+    """Masks (True = kept) holding the `n` largest |w| of every `m` consecutive input weights,
+    for the encoder Linears whose input width `m` divides."""
+    out = []
+    for lin in _prunable_linears(model):
+        n_out, n_in = lin.weight.shape
+        if n_in % m:
+            continue
+        groups = lin.weight.detach().abs().view(n_out, n_in // m, m)
+        keep = torch.zeros_like(groups, dtype=torch.bool)
+        keep.scatter_(-1, groups.topk(n, dim=-1).indices, True)
+        out.append((lin, keep.view(n_out, n_in)))
+    return out
+
+
+def _sparse_record(model: nn.Module, config, masks) -> dict:
+    if isinstance(config, SemiStructuredPruning):
+        names = {id(m): n for n, m in model.named_modules()}
+        return record("prune", config, kind="semi-structured", pattern=config.pattern,
+                      modules=[names[id(lin)] for lin, _ in masks],
+                      sparsity=sparsity(model))  # fmt: skip
+    return record("prune", config, kind="magnitude", sparsity=sparsity(model))
+
+
+def to_semi_structured_(model: nn.Module) -> list[str]:
+    """Store the 2:4-pruned encoder weights of a CUDA model in the compressed layout of
+    `torch.sparse.to_sparse_semi_structured`, so its matmuls run on the sparse tensor cores
+    (sm80+, fp16/bf16). For inference after loading: such weights are tensor subclasses that
+    the model directory (safetensors) does not store. Returns the converted module names;
+    layers whose shape the kernel rejects stay dense. A `ValueError` on CPU: there is no 2:4
+    CPU kernel, the dense model is as fast as it gets there."""
+    from torch.sparse import to_sparse_semi_structured
+
+    dev = next(model.parameters()).device
+    if dev.type != "cuda" or torch.cuda.get_device_capability(dev) < (8, 0):
+        raise ValueError(
+            f"2:4 sparse kernels need a CUDA GPU with compute capability >= 8.0; the model is on "
+            f"{dev}: keep it dense (same speed, same outputs)"
+        )
+    done = []
+    for name, lin in model.named_modules():
+        if type(lin) is not nn.Linear or not name.startswith("encoder."):
+            continue
+        w = lin.weight.detach()
+        if w.dtype not in (torch.float16, torch.bfloat16):
+            raise ValueError(f"{name}: 2:4 kernels take fp16/bf16 weights, not {w.dtype}")
+        groups = w.view(w.shape[0], -1, 4) if w.shape[1] % 4 == 0 else None
+        if groups is None or bool(((groups != 0).sum(-1) > 2).any()):
+            continue  # not 2:4-pruned
+        try:
+            lin.weight = nn.Parameter(to_sparse_semi_structured(w), requires_grad=False)
+        except (RuntimeError, ValueError):  # shape or dtype the kernel does not take
+            continue
+        done.append(name)
+    return done
+
+
 def sparsity(model: nn.Module) -> float:
     """Share of exact zeros among the encoder's Linear weights."""
     lins = _prunable_linears(model)
@@ -319,12 +403,15 @@ def prune_(model: nn.Module, config: PruneConfig, calib: Sequence[Batch] | None 
     `calib`: a few labelled (or unlabelled) batches for Taylor importance; without them the
     weight-magnitude fallback is used.
     """
-    if isinstance(config, MagnitudePruning):
-        masks = magnitude_masks(model, config.sparsity)
+    if isinstance(config, (MagnitudePruning, SemiStructuredPruning)):
+        if isinstance(config, MagnitudePruning):
+            masks = magnitude_masks(model, config.sparsity)
+        else:
+            masks = nm_masks(model, config.n, config.m)
         with torch.no_grad():
             for m, mask in masks:
                 m.weight.mul_(mask)
-        return record("prune", config, kind="magnitude", sparsity=sparsity(model))
+        return _sparse_record(model, config, masks)
     if not isinstance(config, (HeadPruning, FFNPruning)):
         raise TypeError(f"prune_ does not handle {type(config).__name__}")
     bl = blocks(model)
@@ -356,7 +443,7 @@ def structure(model: nn.Module) -> dict:
 
 def restore_pruned_(model: nn.Module, rec: dict) -> None:
     """Give a freshly built model the pruned shapes in `rec` (weights are loaded afterwards)."""
-    if rec.get("kind") == "magnitude":
+    if rec.get("kind") in ("magnitude", "semi-structured"):
         return  # zeros live in the weights; the shapes are unchanged
     for blk, nh, hs, ffn in zip(
         blocks(model), rec["heads"], rec["head_dim"], rec["ffn"], strict=True
@@ -371,7 +458,7 @@ def restore_pruned_(model: nn.Module, rec: dict) -> None:
 
 def prune_finetune(
     model: nn.Module,
-    config: MagnitudePruning,
+    config: MagnitudePruning | SemiStructuredPruning,
     train,
     valid,
     train_config,
@@ -382,19 +469,27 @@ def prune_finetune(
     progress: bool = False,
 ) -> dict:
     """Gradual magnitude pruning: `config.steps` stages of (raise sparsity per the cubic schedule,
-    fine-tune `train_config` with the pruned weights held at zero). Returns the record."""
+    fine-tune `train_config` with the pruned weights held at zero). N:M pruning: one stage (the
+    pattern fixes the share; masks chosen once, then fine-tuned with them held). Returns the
+    record."""
     from dataclasses import replace
 
     from ..train.trainer import fit
 
-    stages = cubic_schedule(config.sparsity, config.steps)
+    if isinstance(config, SemiStructuredPruning):
+        stages = [config]
+    else:
+        stages = cubic_schedule(config.sparsity, config.steps)
     per_stage = replace(train_config, keep_best=False)
     if train_config.max_steps:
         per_stage = replace(
             per_stage, max_steps=max(1, math.ceil(train_config.max_steps / len(stages)))
         )
     for s in stages:
-        masks = magnitude_masks(model, s)
+        if isinstance(s, SemiStructuredPruning):
+            masks = nm_masks(model, s.n, s.m)
+        else:
+            masks = magnitude_masks(model, s)
         hooks = _MaskHooks(masks)
         hooks.remove()  # zero now ...
         hooks = _MaskHooks(masks)  # ... and keep zero through the fine-tune
@@ -404,4 +499,4 @@ def prune_finetune(
         finally:
             hooks.remove()
     model.cpu().eval()
-    return record("prune", config, kind="magnitude", sparsity=sparsity(model))
+    return _sparse_record(model, config, masks)

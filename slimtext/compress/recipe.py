@@ -9,19 +9,23 @@ of the step before it, and a bare value right after `step:` is its main option
 (`quantize:int8-dynamic`, `sparsity:0.8`). Steps and options:
 
     distill     layers, hidden, heads, ffn (student shape; default half the layers),
-                alpha=0.5, T=2.0, epochs
+                alpha=0.5, T=2.0, epochs, hidden_loss=0, attention_loss=0 (weights of the
+                intermediate-layer losses: TinyBERT hidden-state MSE, MiniLM attention KL)
     prune       heads, ffn (shares to remove), importance=taylor|magnitude, calib=8 (batches),
                 finetune=1 (epochs; 0 = none)
-    sparsity    amount (global unstructured magnitude), steps=3, finetune=1 (epochs per stage)
+    sparsity    amount (global unstructured magnitude), steps=3, finetune=1 (epochs per stage);
+                or N:M (`sparsity:2:4`): the N largest |w| of every M consecutive weights kept
     lowrank     energy=0.9, finetune=1
     drop        keep (number of layers, spread evenly)
     finetune    epochs=1
-    quantize    int8-dynamic | int8-weight | int4-weight, max_drop (accuracy budget), group=32
+    quantize    int8-dynamic | int8-weight | int4-weight, max_drop (accuracy budget), group=32,
+                qat=N (epochs of quantization-aware fine-tuning, int8 methods; 0 = post-training)
 
-Fine-tuning after prune/sparsity/lowrank distils from the teacher when the recipe has distilled
-(alpha=0.5 against the cached teacher logits), else trains on labels. The report has one row per
-step (plus the teacher): accuracy, macro-F1, parameters, size on disk, p50 latency at batch 1 and
-throughput at batch 64, each also as a ratio against the teacher.
+Fine-tuning after prune/sparsity/lowrank (and QAT) distils from the teacher when the recipe has
+distilled (alpha=0.5 against the cached teacher logits), else trains on labels. The teacher is the
+model being compressed, or `teacher="hf:PATH"`: a Hugging Face checkpoint with its own tokenizer.
+The report has one row per step (plus the teacher): accuracy, macro-F1, parameters, size on
+disk, p50 latency at batch 1 and throughput at batch 64, each also as a ratio against the teacher.
 """
 
 from __future__ import annotations
@@ -34,9 +38,24 @@ from pathlib import Path
 
 from ..train.trainer import Encoded, TrainConfig
 from ._util import calibration_batches, record
-from .distill import Distillation, distill, distillation_loss, make_student, teacher_logits
+from .distill import (
+    Distillation,
+    distill,
+    distillation_loss,
+    external_teacher_logits,
+    make_student,
+    teacher_logits,
+)
 from .factorize import DropLayers, LowRank, drop_layers_, every_other, factorize_
-from .prune import FFNPruning, HeadPruning, MagnitudePruning, prune_, prune_finetune
+from .prune import (
+    FFNPruning,
+    HeadPruning,
+    MagnitudePruning,
+    SemiStructuredPruning,
+    prune_,
+    prune_finetune,
+)
+from .qat import QAT, qat_
 from .quantize import config_from_method, quantize_, quantize_within_budget
 from .report import measure, with_ratios, write_report
 
@@ -74,6 +93,12 @@ def parse_recipe(recipe: str) -> list[tuple[str, dict]]:
         steps[-1][1][key.strip().lower()] = _value(val.strip())
     if not steps:
         raise ValueError("empty recipe")
+    for name, opts in steps:  # combinations that cannot work: say so before any training
+        if name == "quantize" and opts.get("qat") and "max_drop" in opts:
+            raise ValueError(
+                "step 'quantize': qat and max_drop do not combine (QAT trains every layer "
+                "quantized; max_drop keeps layers in float after the fact)"
+            )
     return steps
 
 
@@ -108,6 +133,7 @@ def compress(
     valid=None,
     test=None,
     transfer=None,
+    teacher: str | os.PathLike | None = None,
     train_config: TrainConfig | dict | None = None,
     valid_fraction: float = 0.1,
     speed: bool = True,
@@ -116,14 +142,20 @@ def compress(
     log=print,
 ) -> list[dict]:
     """Run `recipe` on the model in `teacher_dir`; write the result to `out_dir` (a model
-    directory with `compression_report.md/.json` inside) and return the report rows."""
+    directory with `compression_report.md/.json` inside) and return the report rows.
+
+    `teacher`: a teacher other than the model being compressed, with its own tokenizer:
+    `"hf:PATH"` (a local Hugging Face sequence-classification folder) or another slimtext model
+    directory. Its labels must be the model's (matched by name). Distill steps then learn from
+    its logits on the texts (the student keeps its own tokenizer; the student's shape defaults
+    to the model's), and the report's first row is the input model ("input")."""
     from ..api import as_dataset
     from ..artifact import read_model_dir, save_model_dir
     from ..data import stratified_split
 
     steps = parse_recipe(recipe)
     md = read_model_dir(teacher_dir)
-    teacher, tok, labels = md.model, md.tokenizer, md.labels
+    source, tok, labels = md.model, md.tokenizer, md.labels
     base_cfg = _train_config(train_config, md)
     train_ds = as_dataset(data)
     if valid is None:
@@ -137,7 +169,8 @@ def compress(
         return Encoded(tok.encode(ds.texts, md.max_length), y)
 
     train, val = enc(train_ds), enc(valid_ds)
-    evaluation = enc(as_dataset(test)) if test is not None else val
+    eval_ds = as_dataset(test) if test is not None else valid_ds
+    evaluation = enc(eval_ds) if test is not None else val
     pad = tok.pad_id
     work = tempfile.TemporaryDirectory(prefix="slimtext-compress-")
     soft = None  # cached teacher logits on `train`, once a distill step asked for them
@@ -163,31 +196,53 @@ def compress(
         fit(model, train, val, cfg, label_names=labels, pad_id=pad, loss_fn=loss, progress=progress)
         model.cpu().eval()
 
-    rows = [row("teacher", teacher)]
-    model = copy.deepcopy(teacher)
+    external = None  # the external teacher's name and its accuracy on the evaluation data
+    if teacher is not None:
+        import numpy as np
+
+        ev = external_teacher_logits(teacher, eval_ds.texts, labels)
+        acc = float(np.mean(np.asarray(ev).argmax(-1) == np.asarray(evaluation.labels)))
+        external = {"teacher": str(teacher), "teacher_accuracy": acc}
+        log(f"teacher {teacher}: accuracy {acc:.4f}")
+    rows = [row("teacher" if teacher is None else "input", source)]
+    model = copy.deepcopy(source)
     records: list[dict] = list(md.meta.get("compression", []))
     try:
         for name, opts in steps:
             label = _label(name, opts)
             if name == "distill":
-                o = _take(dict(opts), {"layers", "hidden", "heads", "ffn", "alpha", "t", "epochs"},
-                          name)  # fmt: skip
+                o = _take(dict(opts), {"layers", "hidden", "heads", "ffn", "alpha", "t", "epochs",
+                                       "hidden_loss", "attention_loss"}, name)  # fmt: skip
                 shape = {k2: o.pop(k) for k, k2 in _SHAPE.items() if k in o}
-                shape.setdefault("num_layers", max(1, teacher.config.num_layers // 2))
-                model = make_student(teacher, **shape)
+                if teacher is None:
+                    shape.setdefault("num_layers", max(1, source.config.num_layers // 2))
+                model = make_student(source, **shape)
                 cfg = Distillation(
-                    alpha=float(o.get("alpha", 0.5)), temperature=float(o.get("t", 2.0))
-                )
+                    alpha=float(o.get("alpha", 0.5)), temperature=float(o.get("t", 2.0)),
+                    hidden=float(o.get("hidden_loss", 0.0)),
+                    attention=float(o.get("attention_loss", 0.0)),
+                )  # fmt: skip
+                if cfg.intermediate and teacher is not None:
+                    raise ValueError(
+                        "distill: hidden_loss/attention_loss need a teacher sharing the model's "
+                        f"tokenizer and layout, not {teacher}"
+                    )
                 tcfg = replace(base_cfg, epochs=int(o.get("epochs", base_cfg.epochs)))
-                dtrain = train
+                dtrain, texts = train, list(train_ds.texts)
                 if transfer is not None:  # unlabelled texts: the teacher labels them
-                    extra = tok.encode(list(_texts(transfer)), md.max_length)
+                    texts += list(_texts(transfer))
+                    extra = tok.encode(texts[len(train) :], md.max_length)
                     dtrain = Encoded(train.ids + extra, None)
-                logits = teacher_logits(teacher, dtrain, pad, Path(work.name) / "teacher.npy")
-                _, rec = distill(teacher, model, dtrain, val, tcfg, cfg, label_names=labels,
-                                 pad_id=pad, cache=Path(work.name) / "teacher.npy",
+                cache = Path(work.name) / "teacher.npy"
+                if teacher is None:
+                    logits = teacher_logits(source, dtrain, pad, cache)
+                else:
+                    logits = external_teacher_logits(teacher, texts, labels, cache=cache)
+                # Intermediate losses read the teacher's layers: they need the model, not logits.
+                _, rec = distill(source if cfg.intermediate else logits, model, dtrain, val,
+                                 tcfg, cfg, label_names=labels, pad_id=pad, cache=cache,
                                  progress=progress)  # fmt: skip
-                records.append(rec)
+                records.append({**rec, **(external or {})})
                 soft = logits[: len(train)]
             elif name == "prune":
                 o = _take(opts, {"heads", "ffn", "importance", "calib", "finetune"}, name)
@@ -200,7 +255,15 @@ def compress(
                 finetune(model, o.get("finetune", 1))
             elif name == "sparsity":
                 o = _take(opts, {"amount", "steps", "finetune"}, name)
-                cfg = MagnitudePruning(float(o.get("amount", 0.5)), int(o.get("steps", 3)))
+                amount = o.get("amount", 0.5)
+                if isinstance(amount, str) and ":" in amount:  # n:m semi-structured
+                    try:
+                        n_keep, group = (int(x) for x in amount.split(":"))
+                    except ValueError:
+                        raise ValueError(f"sparsity pattern must be N:M, got {amount!r}") from None
+                    cfg = SemiStructuredPruning(n_keep, group)
+                else:
+                    cfg = MagnitudePruning(float(amount), int(o.get("steps", 3)))
                 epochs = int(o.get("finetune", 1))
                 if epochs:
                     loss = (
@@ -227,22 +290,35 @@ def compress(
                 finetune(model, o.get("epochs", 1))
                 records.append(record("finetune", {"epochs": int(o.get("epochs", 1))}))
             elif name == "quantize":
-                o = _take(opts, {"method", "max_drop", "group", "embeddings"}, name)
+                o = _take(opts, {"method", "max_drop", "group", "embeddings", "qat"}, name)
                 kw = {
                     "embeddings": str(o.get("embeddings", "true")).lower() in ("1", "true", "yes")
                 }
                 method = str(o.get("method", "int8-dynamic"))
                 if method == "int4-weight" and "group" in o:
                     kw["group_size"] = int(o["group"])
-                qcfg = config_from_method(method, **kw)
-                if "max_drop" in o:
+                if int(o.get("qat", 0)):
+                    loss = (
+                        distillation_loss(soft, Distillation(alpha=0.5))
+                        if soft is not None
+                        else None
+                    )
+                    _, rec = qat_(
+                        model, QAT(method, embeddings=kw["embeddings"]), train, val,
+                        replace(base_cfg, epochs=int(o["qat"]), max_steps=None),
+                        label_names=labels, pad_id=pad, loss_fn=loss, progress=progress,
+                    )  # fmt: skip
+                    records.append(rec)
+                elif "max_drop" in o:
                     records.append(quantize_within_budget(
-                        model, qcfg, val, label_names=labels, pad_id=pad,
-                        max_accuracy_drop=float(o["max_drop"]),
+                        model, config_from_method(method, **kw), val, label_names=labels,
+                        pad_id=pad, max_accuracy_drop=float(o["max_drop"]),
                     ))  # fmt: skip
                 else:
-                    records.append(quantize_(model, qcfg))
+                    records.append(quantize_(model, config_from_method(method, **kw)))
             rows.append(row(label, model))
+            if name == "sparsity" and records[-1].get("kind") == "semi-structured":
+                rows[-1]["pattern"] = records[-1]["pattern"]  # the report's speed note
         rows = with_ratios(rows)
         report_dir = Path(work.name) / "report"
         md_path, js_path = write_report(rows, report_dir)

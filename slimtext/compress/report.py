@@ -153,7 +153,29 @@ def markdown(rows: list[dict]) -> str:
         "throughput as row/teacher. Unstructured sparsity gives no dense-CPU speed-up and no "
         "size saving in safetensors (zeros are stored)."
     )
+    for i, r in enumerate(rows):
+        if "pattern" in r and i > 0:
+            lines += ["", semi_structured_note(r, rows[i - 1])]
     return "\n".join(lines) + "\n"
+
+
+def semi_structured_note(r: dict, before: dict) -> str:
+    """What N:M sparsity did to speed here, in words, with the measured figures."""
+    head = (
+        f"`{r['step']}`: {r['pattern']} semi-structured sparsity ({r['sparsity']:.1%} of all "
+        "parameters zero) gives **no speed-up on this CPU**: there is no N:M CPU kernel, so the "
+        "zeros are multiplied like any other weight"
+    )
+    if "latency_ms_p50" in r and "latency_ms_p50" in before:
+        head += (
+            f" (measured: p50 {r['latency_ms_p50']:.2f} ms vs {before['latency_ms_p50']:.2f} ms "
+            f"for `{before['step']}`, {r['throughput']:,.0f} vs {before['throughput']:,.0f} "
+            "texts/s at batch 64; any difference is measurement noise)"
+        )
+    return head + (
+        ". Only CUDA GPUs with sparse tensor cores (sm80+, fp16/bf16) run 2:4 faster: "
+        "`slimtext.compress.to_semi_structured_` after loading."
+    )
 
 
 def write_report(

@@ -98,4 +98,11 @@ def h():
     """Helpers as a fixture (test modules here are not a package, so no relative imports)."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(encode=encode, logits=logits, toy=toy_texts)
+    return SimpleNamespace(encode=encode, logits=logits, toy=toy_texts, batches_of=batches_of)
+
+
+def batches_of(md, data, n_batches: int = 4, batch_size: int = 16):
+    """Padded labelled batches of `data` (texts, labels) encoded with `md`'s tokenizer."""
+    from slimtext.compress._util import calibration_batches
+
+    return calibration_batches(encode(md, data), md.tokenizer.pad_id, n_batches, batch_size)

@@ -68,3 +68,75 @@ def test_distilled_student_beats_the_same_student_trained_on_labels_alone(teache
     assert rec["step"] == "distill"
     assert acc_kd >= 0.9
     assert acc_kd > acc_label + 0.1, (acc_kd, acc_label)
+
+
+def _last_hidden(model, batches):
+    from slimtext.compress._util import blocks
+
+    out = []
+    hook = blocks(model)[-1].register_forward_hook(lambda m, a, o: out.append(o))
+    model.eval()
+    with torch.no_grad():
+        for b in batches:
+            model(b.input_ids, b.attention_mask)
+    hook.remove()
+    return torch.cat([o[b.attention_mask.bool()] for o, b in zip(out, batches, strict=True)])
+
+
+def _probe_mse(h_student, h_teacher) -> float:
+    """MSE of the best affine map student -> teacher states (least squares on the same data):
+    the fairest reading for a student that never saw a projection."""
+    X = torch.cat([h_student, torch.ones(len(h_student), 1)], 1)
+    A = torch.linalg.lstsq(X, h_teacher).solution
+    return float((X @ A - h_teacher).pow(2).mean())
+
+
+def test_intermediate_losses_pull_the_students_layers_to_the_teachers(teacher, h, make_toy):
+    from slimtext.compress.distill import IntermediateLoss
+
+    pad, names = teacher.tokenizer.pad_id, teacher.labels
+    train = h.encode(teacher, make_toy(30, seed=61))
+    held = h.batches_of(teacher, make_toy(15, seed=62))
+    cfg = ModelConfig(vocab_size=teacher.config.vocab_size, num_labels=3, hidden_size=32,
+                      num_layers=1, num_heads=2, ffn_size=64, max_length=32)  # fmt: skip
+    tc = TrainConfig(epochs=4, batch_size=16, lr=5e-3, keep_best=False)
+    h_t = _last_hidden(teacher.model, held)
+    students = {}
+    for name, dc in [("logits", Distillation(alpha=0.0)),
+                     ("hidden", Distillation(alpha=0.0, hidden=1.0)),
+                     ("attention", Distillation(alpha=0.0, attention=1.0))]:  # fmt: skip
+        torch.manual_seed(0)
+        s = build_model(cfg)
+        distill(teacher.model, s, train, None, tc, dc, label_names=names, pad_id=pad)
+        assert not any(k.startswith("distill_intermediate") for k in s.state_dict()), name
+        students[name] = s
+    probe = {k: _probe_mse(_last_hidden(s, held), h_t) for k, s in students.items()}
+    assert probe["hidden"] < 0.5 * probe["logits"], probe
+
+    def attention_kl(s) -> float:  # teacher layer 1 <-> student layer 0, head-averaged
+        m = IntermediateLoss(teacher.model, s, Distillation(attention=1.0))
+        s.eval()
+        with torch.no_grad():
+            kls = []
+            for b in held:
+                s(b.input_ids, b.attention_mask)
+                kls.append(float(m(b)))
+        m.remove()
+        return float(np.mean(kls))
+
+    kl = {k: attention_kl(s) for k, s in students.items()}
+    assert kl["attention"] < 0.5 * kl["logits"], kl
+
+
+def test_intermediate_losses_need_the_teacher_model_not_its_logits(teacher, h, make_toy):
+    data = h.encode(teacher, make_toy(2, seed=63))
+    soft = np.zeros((len(data), 3), np.float32)
+    with pytest.raises(ValueError, match="teacher model"):
+        distill(soft, make_student(teacher.model), data, None, TrainConfig(epochs=1),
+                Distillation(hidden=1.0), label_names=teacher.labels,
+                pad_id=teacher.tokenizer.pad_id)  # fmt: skip
+    with pytest.raises(ValueError, match="layer_map"):
+        from slimtext.compress.distill import IntermediateLoss
+
+        IntermediateLoss(teacher.model, make_student(teacher.model, num_layers=1),
+                         Distillation(hidden=1.0, layer_map=(5,)))  # fmt: skip

@@ -6,7 +6,15 @@ import torch
 
 import slimtext
 from slimtext.artifact import save_model_dir
-from slimtext.compress import FFNPruning, HeadPruning, MagnitudePruning, prune_, prune_finetune
+from slimtext.compress import (
+    FFNPruning,
+    HeadPruning,
+    MagnitudePruning,
+    SemiStructuredPruning,
+    prune_,
+    prune_finetune,
+    to_semi_structured_,
+)
 from slimtext.compress._util import count_params
 from slimtext.compress.prune import cubic_schedule, sparsity
 from slimtext.train.trainer import TrainConfig
@@ -82,3 +90,96 @@ def test_configs_validate():
         FFNPruning(0.5, importance="random")
     with pytest.raises(ValueError):
         MagnitudePruning(0.5, steps=0)
+
+
+def _assert_two_of_four(model, names):
+    lins = [model.get_submodule(n) for n in names]
+    assert lins and all(type(m) is torch.nn.Linear for m in lins)
+    for name, m in zip(names, lins, strict=True):
+        zeros = (m.weight.detach().view(m.out_features, -1, 4) == 0).sum(-1)
+        assert bool((zeros == 2).all()), name
+
+
+def test_two_four_sparsity_zeroes_two_of_every_four_and_round_trips(teacher, batches, h, tmp_path):
+    m = teacher.model
+    encoder = [
+        n for n, x in m.named_modules() if n.startswith("encoder.") and type(x) is torch.nn.Linear
+    ]
+    rec = prune_(m, SemiStructuredPruning())
+    assert rec["kind"] == "semi-structured" and rec["pattern"] == "2:4"
+    assert sorted(rec["modules"]) == sorted(encoder)  # every encoder Linear (widths 32, 64)
+    _assert_two_of_four(m, rec["modules"])
+    assert sparsity(m) == pytest.approx(0.5) and rec["sparsity"] == pytest.approx(0.5)
+    out = h.logits(m, batches)
+    assert torch.isfinite(out).all()
+    save_model_dir(tmp_path / "s", m, m.config, teacher.tokenizer, teacher.labels,
+                   max_length=teacher.max_length, compression=[rec])  # fmt: skip
+    loaded = slimtext.load(tmp_path / "s")
+    _assert_two_of_four(loaded.model, rec["modules"])
+    torch.testing.assert_close(h.logits(loaded.model, batches), out, atol=0, rtol=0)
+
+
+def test_two_four_keeps_the_two_largest_magnitudes():
+    from slimtext.compress.prune import nm_masks
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.encoder = torch.nn.Module()
+            self.encoder.blocks = torch.nn.ModuleList([torch.nn.Linear(8, 2, bias=False)])
+
+    t = Tiny()
+    with torch.no_grad():
+        t.encoder.blocks[0].weight.copy_(
+            torch.tensor(
+                [
+                    [0.1, -3.0, 2.0, 0.5, 4.0, -0.2, 0.3, -5.0],
+                    [1.0, 1.1, -1.2, 0.9, 0.0, 0.0, 0.7, 0.0],
+                ]
+            )  # fmt: skip
+        )
+    ((_, mask),) = nm_masks(t)
+    expect = torch.tensor([[0, 1, 1, 0, 1, 0, 0, 1], [0, 1, 1, 0, 0, 0, 1, 0]], dtype=torch.bool)
+    assert bool((mask[0] == expect[0]).all()) and bool((mask[1, :4] == expect[1, :4]).all())
+    assert int(mask[1, 4:].sum()) == 2 and bool(mask[1, 6])  # ties among zeros: any, still two
+
+
+def test_two_four_pattern_holds_through_finetuning(teacher, make_toy, h):
+    m = teacher.model
+    train = h.encode(teacher, make_toy(10, seed=5))
+    before = m.encoder.blocks[0].ffn_in.weight.detach().clone()
+    rec = prune_finetune(
+        m, SemiStructuredPruning(), train, None, TrainConfig(epochs=1, batch_size=16, lr=5e-3),
+        label_names=teacher.labels, pad_id=teacher.tokenizer.pad_id,
+    )  # fmt: skip
+    _assert_two_of_four(m, rec["modules"])
+    kept = before != 0
+    after = m.encoder.blocks[0].ffn_in.weight.detach()
+    assert not torch.equal(after[kept & (after != 0)], before[kept & (after != 0)])  # it trained
+
+
+def test_two_four_kernels_refuse_a_cpu_model(teacher):
+    with pytest.raises(ValueError, match="no 2:4|compute capability"):
+        to_semi_structured_(teacher.model)
+    with pytest.raises(ValueError, match="0 < n < m"):
+        SemiStructuredPruning(4, 4)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+    reason="2:4 sparse kernels need a CUDA GPU with compute capability >= 8.0",
+)
+def test_two_four_runs_on_sparse_tensor_cores_with_the_same_outputs():
+    from slimtext.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    m = build_model(ModelConfig(vocab_size=100, num_labels=3, hidden_size=256, num_layers=1,
+                                num_heads=4, ffn_size=1024, max_length=64))  # fmt: skip
+    prune_(m, SemiStructuredPruning())
+    m = m.cuda().half().eval()
+    ids = torch.randint(1, 100, (64, 64), device="cuda")
+    mask = torch.ones_like(ids)
+    with torch.inference_mode():
+        ref = m(ids, mask)
+        assert to_semi_structured_(m)
+        torch.testing.assert_close(m(ids, mask), ref, atol=2e-2, rtol=2e-2)

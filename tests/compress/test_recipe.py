@@ -47,3 +47,43 @@ def test_recipe_chains_steps_reports_each_and_the_result_round_trips(
     p = slimtext.load(out)
     assert p.predict_proba(texts).shape == (len(texts), 3)
     assert np.isclose(p.predict_proba(texts).sum(1), 1.0).all()
+
+
+def test_recipe_options_for_qat_and_two_four():
+    assert parse_recipe("sparsity:2:4,finetune=0,quantize:int8-dynamic,qat=2") == [
+        ("sparsity", {"amount": "2:4", "finetune": 0}),
+        ("quantize", {"method": "int8-dynamic", "qat": 2}),
+    ]
+    with pytest.raises(ValueError, match="qat and max_drop"):
+        parse_recipe("quantize:int8-dynamic,qat=1,max_drop=0.01")
+
+
+def test_two_four_then_qat_recipe_reports_speed_plainly_and_round_trips(
+    teacher_dir, make_toy, tmp_path
+):
+    out = tmp_path / "s24"
+    rows = compress(
+        teacher_dir, make_toy(15, seed=44), out,
+        recipe="sparsity:2:4,finetune=1,quantize:int8-dynamic,qat=1",
+        test=make_toy(8, seed=45), speed_kw={"n_latency": 5, "n_batches": 2, "warmup": 1},
+        train_config={"batch_size": 16, "lr": 5e-3, "threads": 1}, log=lambda s: None,
+    )  # fmt: skip
+    assert (
+        rows[1]["pattern"] == "2:4" and rows[1]["sparsity"] > 0.2
+    )  # of all parameters: embeddings stay dense
+    assert "latency_ms_p50" in rows[1] and "pattern" not in rows[2]
+    md = (out / "compression_report.md").read_text()
+    assert "2:4 semi-structured sparsity" in md and "no speed-up on this CPU" in md
+    assert f"p50 {rows[1]['latency_ms_p50']:.2f} ms" in md
+    comp = json.loads((out / "config.json").read_text())["compression"]
+    assert [(c["step"], c.get("kind"), c.get("qat")) for c in comp] == [
+        ("prune", "semi-structured", None),
+        ("quantize", None, True),
+    ]
+    assert rows[2]["sparsity"] >= rows[1]["sparsity"]  # QAT held the pruned zeros
+    p = slimtext.load(out)
+    for name in comp[0]["modules"]:  # ... into the stored int8 weights: still 2:4
+        q = p.model.get_submodule(name).qweight
+        assert bool(((q.view(q.shape[0], -1, 4) == 0).sum(-1) >= 2).all()), name
+    assert p.predict_proba(make_toy(2, seed=46)[0]).shape == (6, 3)
+    assert rows[-1]["accuracy"] >= 0.8

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import slimtext
+from slimtext.artifact import save_model_dir
+from slimtext.compress import QAT, Int8Dynamic, convert_qat_, prepare_qat_, qat_, quantize_
+from slimtext.compress.quantize import Int8Embedding, Int8Linear
+from slimtext.train.evaluate import evaluate
+from slimtext.train.trainer import TrainConfig, fit
+
+
+def add_outliers_(model, k: float = 100.0) -> None:
+    """Scale two channels of the last LayerNorm by k and the head's matching weight columns by
+    1/k: the float function is unchanged (mean pooling is linear), but the head's per-tensor
+    int8 activations now spend their range on two channels and its weight rows round the two
+    shrunken columns to ~0, the outlier pattern that makes post-training int8 lose accuracy."""
+    with torch.no_grad():
+        ln = model.encoder.blocks[-1].norm2
+        for j in (0, 1):
+            ln.weight[j] *= k
+            ln.bias[j] *= k
+            model.head.weight[:, j] /= k
+
+
+def test_fake_quantized_model_computes_what_the_stored_int8_model_computes(teacher, batches, h):
+    """The fake quantization matches fbgemm's int8 dynamic kernel: converting changes nothing."""
+    m = teacher.model
+    prepare_qat_(m, QAT())
+    fake = h.logits(m, batches)
+    rec = convert_qat_(m, QAT())
+    assert rec["step"] == "quantize" and rec["qat"] is True
+    assert isinstance(m.head, Int8Linear) and m.head.dynamic
+    assert isinstance(m.embeddings.tok, Int8Embedding)
+    torch.testing.assert_close(h.logits(m, batches), fake, atol=1e-5, rtol=1e-5)
+
+
+def test_qat_recovers_what_post_training_int8_loses_and_round_trips(
+    teacher, batches, h, make_toy, tmp_path
+):
+    m, names, pad = teacher.model, teacher.labels, teacher.tokenizer.pad_id
+    ref = h.logits(m, batches)
+    add_outliers_(m)
+    torch.testing.assert_close(h.logits(m, batches), ref, atol=1e-4, rtol=1e-4)
+    train = h.encode(teacher, make_toy(20, seed=5))
+    test = h.encode(teacher, make_toy(30, seed=6))
+
+    def score(model):
+        r = evaluate(model, test.ids, test.labels, names, pad)
+        return r["accuracy"], r["loss"]
+
+    acc_float, _ = score(m)
+    ptq = copy.deepcopy(m)
+    quantize_(ptq, Int8Dynamic())
+    acc_ptq, _ = score(ptq)
+    assert acc_ptq < acc_float - 0.05, "the construction must make post-training int8 hurt"
+
+    tc = TrainConfig(epochs=2, batch_size=16, lr=5e-3, keep_best=False)
+    # Fair baseline: the same fine-tuning in float, then post-training int8.
+    ft = copy.deepcopy(m)
+    fit(ft, train, None, tc, label_names=names, pad_id=pad, progress=False)
+    quantize_(ft.cpu().eval(), Int8Dynamic())
+    acc_ft_ptq, loss_ft_ptq = score(ft)
+
+    result, rec = qat_(m, QAT(), train, None, tc, label_names=names, pad_id=pad)
+    acc_qat, loss_qat = score(m)
+    assert result.steps > 0 and rec["qat_steps"] == result.steps
+    assert acc_qat >= acc_ptq + 0.05, (acc_qat, acc_ptq)
+    assert acc_qat >= acc_ft_ptq and loss_qat < loss_ft_ptq, (loss_qat, loss_ft_ptq)
+
+    out = h.logits(m, batches)
+    save_model_dir(tmp_path / "qat", m, m.config, teacher.tokenizer, names,
+                   max_length=teacher.max_length, compression=[rec])  # fmt: skip
+    loaded = slimtext.load(tmp_path / "qat").model
+    assert isinstance(loaded.head, Int8Linear) and loaded.head.dynamic
+    torch.testing.assert_close(h.logits(loaded, batches), out, atol=0, rtol=0)
+
+
+def test_weight_only_qat_stores_int8_weight_format(teacher, batches, h, tmp_path):
+    m = teacher.model
+    prepare_qat_(m, QAT("int8-weight", embeddings=False, skip=("head",)))
+    assert m.encoder.blocks[0].ffn_in.activation_fake_quantizer is None
+    rec = convert_qat_(m, QAT("int8-weight", embeddings=False, skip=("head",)))
+    assert type(m.head) is torch.nn.Linear and type(m.embeddings.tok) is torch.nn.Embedding
+    assert not m.encoder.blocks[0].ffn_in.dynamic
+    out = h.logits(m, batches)
+    save_model_dir(tmp_path / "w", m, m.config, teacher.tokenizer, teacher.labels,
+                   max_length=teacher.max_length, compression=[rec])  # fmt: skip
+    torch.testing.assert_close(h.logits(slimtext.load(tmp_path / "w").model, batches), out)
+
+
+def test_qat_config_validates_and_convert_needs_prepare(teacher):
+    with pytest.raises(ValueError, match="QAT method"):
+        QAT("int4-weight")
+    with pytest.raises(ValueError, match="prepare_qat_"):
+        convert_qat_(teacher.model, QAT())
