@@ -1,9 +1,16 @@
 """Load test for the HTTP server: dynamic batching vs `--max-batch-size 1`, in one run.
 
-Starts `slimtext.serve.run` in a subprocess on 127.0.0.1 (a free port) once per mode, sends
-`--requests` requests of one text each at every concurrency level with `httpx.AsyncClient`, and
-reports req/s, p50/p99 latency, 5xx and lost requests (no HTTP answer), and the mean batch size
-the server ran (from its /metrics). Prints a Markdown table and writes JSON.
+Starts `slimtext.serve.run` in a subprocess on 127.0.0.1 (a free port) once per mode, loads it
+with requests of one text each at every concurrency level, and reports req/s, p50/p99 latency,
+5xx and lost requests (no HTTP answer), and the mean batch size the server ran (from its
+/metrics). Prints a Markdown table and writes JSON.
+
+The client is `wrk` (Debian package `wrk`) when it is installed, else `httpx.AsyncClient`.
+They share the 2 cores with the server, and httpx spends several times the CPU per request that
+wrk does: at concurrency 64 an httpx client was the bottleneck (it measured ~100 req/s where
+wrk measures ~600 against the same server), so figures are quoted with wrk. wrk runs for
+`--time-limit` seconds per level (the request count is what it completes); httpx sends
+`--requests` requests.
 
     python benchmarks/load_serve.py MODEL_DIR --requests 1000 --concurrency 1 16 64 \
         --modes dynamic greedy batch=1 --threads 1 --out benchmarks/results/load_serve.json
@@ -21,10 +28,12 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -153,6 +162,61 @@ async def drive(url: str, texts: list[str], n: int, concurrency: int, time_limit
     }
 
 
+WRK_SCRIPT = """
+bodies = {%s}
+local threads = {}
+function setup(thread) table.insert(threads, thread) end
+function init(args) n5xx = 0; n4xx = 0; i = 0 end
+function request()
+  i = i + 1
+  return wrk.format("POST", "/v1/classify", {["Content-Type"] = "application/json"},
+                    bodies[(i %% #bodies) + 1])
+end
+function response(status, headers, body)
+  if status >= 500 then n5xx = n5xx + 1 elseif status >= 400 then n4xx = n4xx + 1 end
+end
+function done(summary, latency, requests)
+  local s5, s4 = 0, 0
+  for _, t in ipairs(threads) do s5 = s5 + t:get("n5xx"); s4 = s4 + t:get("n4xx") end
+  local e = summary.errors
+  io.write(string.format('{"requests": %%d, "duration_us": %%d, "lost": %%d, "s5xx": %%d, ' ..
+    '"s4xx": %%d, "p50_us": %%d, "p99_us": %%d}\\n', summary.requests, summary.duration,
+    e.connect + e.read + e.write + e.timeout, s5, s4, latency:percentile(50),
+    latency:percentile(99)))
+end
+"""
+
+
+def drive_wrk(url: str, texts: list[str], concurrency: int, seconds: float) -> dict:
+    """`concurrency` connections sending back to back for `seconds` (wrk, one thread)."""
+    bodies = ", ".join(f"[==[{json.dumps({'texts': [t]})}]==]" for t in texts)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_SCRIPT % bodies)
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", fh.name,
+             url + "/v1/classify"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(fh.name)
+    r = json.loads([line for line in out.splitlines() if line.startswith("{")][-1])
+    wall = r["duration_us"] / 1e6
+    ok = r["requests"] - r["s5xx"] - r["s4xx"]
+    return {
+        "concurrency": concurrency,
+        "sent": r["requests"] + r["lost"],
+        "ok": ok,
+        "status_5xx": r["s5xx"],
+        "status_other": r["s4xx"],
+        "lost": r["lost"],
+        "seconds": round(wall, 3),
+        "req_per_s": round(ok / wall, 1) if wall > 0 else 0.0,
+        "p50_ms": round(r["p50_us"] / 1000, 2),
+        "p99_ms": round(r["p99_us"] / 1000, 2),
+    }
+
+
 def run_mode(args, name: str, settings: dict, texts: list[str]) -> list[dict]:
     proc, url = start_server(args.model_dir, settings, args.start_timeout, args.threads,
                               args.backend)  # fmt: skip
@@ -161,7 +225,11 @@ def run_mode(args, name: str, settings: dict, texts: list[str]) -> list[dict]:
         asyncio.run(drive(url, texts, 20, 4, 30))  # warm-up, not reported
         for c in args.concurrency:
             before = batch_counters(url)
-            row = asyncio.run(drive(url, texts, args.requests, c, args.time_limit))
+            if args.client == "wrk":
+                row = drive_wrk(url, texts, c, args.time_limit)
+            else:
+                row = asyncio.run(drive(url, texts, args.requests, c, args.time_limit))
+            row["client"] = args.client
             after = batch_counters(url)
             batches = after[1] - before[1]
             row["mean_batch"] = round((after[0] - before[0]) / batches, 2) if batches else None
@@ -183,16 +251,22 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("model_dir")
-    p.add_argument("--requests", type=int, default=1000, help="requests per concurrency level")
+    p.add_argument("--requests", type=int, default=1000,
+                   help="requests per concurrency level (httpx client)")  # fmt: skip
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--data", type=Path, help="text file, one text per line")
-    p.add_argument("--time-limit", type=float, default=60, help="seconds per level, at most")
+    p.add_argument("--time-limit", type=float, default=60,
+                   help="seconds per level: at most (httpx), exactly (wrk)")  # fmt: skip
     p.add_argument("--start-timeout", type=float, default=120)
     p.add_argument("--threads", type=int, help="torch threads in the server (serve --threads)")
     p.add_argument("--backend", default="torch", help="serve --backend, the same for every mode")
     p.add_argument("--modes", nargs="+", default=["dynamic", "batch=1"], choices=list(MODES))
+    p.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto",
+                   help="load generator; auto: wrk when installed")  # fmt: skip
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/load_serve.json"))
     args = p.parse_args()
+    if args.client == "auto":
+        args.client = "wrk" if shutil.which("wrk") else "httpx"
     texts = SAMPLES
     if args.data:
         texts = [t for t in args.data.read_text(encoding="utf-8").splitlines() if t.strip()]
@@ -202,7 +276,8 @@ def main() -> None:
     table = markdown(rows)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"model_dir": str(args.model_dir), "requests": args.requests, "threads": args.threads,
+    meta = {"model_dir": str(args.model_dir), "client": args.client, "requests": args.requests,
+            "threads": args.threads,
             "time_limit_s": args.time_limit, "texts": len(texts), "cpus": os.cpu_count(),
             "platform": platform.platform(), "python": platform.python_version()}  # fmt: skip
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -73,6 +73,15 @@ def test_top_k_is_omitted_unless_asked(client):
     assert len(row["top_k"]) == 1 and row["top_k"][0]["label"] == row["label"]
 
 
+@pytest.mark.parametrize("top_k", [None, 2])
+def test_classify_body_is_exactly_the_documented_response_model(client, top_k):
+    from slimtext.serve.app import ClassifyResponse
+
+    body = client.post("/v1/classify", json={"texts": ["good", "bad"], "top_k": top_k}).json()
+    documented = ClassifyResponse.model_validate(body).model_dump(exclude_none=True)
+    assert documented == body
+
+
 def test_model_info(client, predictor):
     info = client.get("/v1/model").json()
     assert info["labels"] == predictor.labels
