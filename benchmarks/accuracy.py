@@ -22,19 +22,15 @@ Train time is wall clock: preprocessing + fit for fastText, vectoriser + final f
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import sys
-import tempfile
 import time
 
-import numpy as np
 import torch
 from _common import REPO, dataset_paths, machine_info, markdown_table, write_json
-from tqdm.auto import tqdm
 
 from slimtext.api import TextClassifier
-from slimtext.data import TextDataset, load_data, stratified_split
+from slimtext.bench.peers import FastTextPeer, TfidfPeer
+from slimtext.data import TextDataset, load_data
 from slimtext.metrics import classification_report
 
 # Per dataset, the slimtext configurations of the small search. `attention-*` is the
@@ -67,13 +63,6 @@ DEFAULT_CONFIGS = {
     "imdb": ["attention-512"],
 }
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
-
-
-def simple_tokens(text: str) -> str:
-    """Lowercase, drop IMDB's `<br />`, split punctuation off words (fastText has no tokenizer)."""
-    return " ".join(_TOKEN.findall(text.replace("<br />", " ").lower()))
-
 
 def subsample(ds: TextDataset, n: int | None, seed: int = 0) -> TextDataset:
     if not n or n >= len(ds):
@@ -87,28 +76,13 @@ def report(y_true: list[int], y_pred: list[int], labels: list[str]) -> dict:
     return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n": r["n"]}
 
 
-# ---- contenders -----------------------------------------------------------------------------
+# ---- contenders (the peers live in slimtext.bench.peers, shared with `slimtext bench`) ------
 def run_fasttext(train: TextDataset, test: TextDataset, labels: list[str], threads: int) -> dict:
-    import fasttext
-
-    index = {lab: i for i, lab in enumerate(labels)}
-    # fastText runs SGD through the file in order: a file sorted by class (IMDB's is) ends every
-    # epoch on one class and leaves the model biased to it, so shuffle the lines first.
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
     t0 = time.perf_counter()
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
-        for i in order:
-            f.write(f"__label__{index[train.labels[i]]} {simple_tokens(train.texts[i])}\n")
-        path = f.name
-    try:
-        model = fasttext.train_supervised(
-            input=path, epoch=25, wordNgrams=2, thread=threads, verbose=0, seed=0
-        )
-    finally:
-        os.unlink(path)
-    seconds = time.perf_counter() - t0
-    pred_labels, _ = model.predict([simple_tokens(t) for t in test.texts])
-    y_pred = [int(p[0].removeprefix("__label__")) for p in pred_labels]
+    model = FastTextPeer(epoch=25, word_ngrams=2, threads=threads, seed=0).fit(train, labels)
+    seconds = time.perf_counter() - t0  # preprocessing + fit, as before
+    index = {lab: i for i, lab in enumerate(labels)}
+    y_pred = [index[y] for y in model.predict(test.texts)]
     y_true = [index[y] for y in test.labels]
     return {**report(y_true, y_pred, labels), "train_seconds": seconds, "params": "epoch=25"}
 
@@ -116,45 +90,18 @@ def run_fasttext(train: TextDataset, test: TextDataset, labels: list[str], threa
 def run_tfidf(
     train: TextDataset, test: TextDataset, labels: list[str], cs: list[float], threads: int
 ) -> dict:
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-
+    t0 = time.perf_counter()
+    model = TfidfPeer(cs=cs).fit(train)
+    seconds = time.perf_counter() - t0 - model.search_seconds_  # the final fit alone
     index = {lab: i for i, lab in enumerate(labels)}
-
-    def fit(ds: TextDataset, c: float):
-        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
-        x = vec.fit_transform(ds.texts)
-        clf = LogisticRegression(C=c, max_iter=1000)
-        clf.fit(x, [index[y] for y in ds.labels])
-        return vec, clf
-
-    def predict(vec, clf, ds: TextDataset) -> list[int]:
-        return clf.predict(vec.transform(ds.texts)).tolist()
-
-    t0 = time.perf_counter()
-    search = {}
-    if len(cs) > 1:
-        rest, held = stratified_split(train, 0.1, seed=0)
-        for c in tqdm(cs, desc="tf-idf C search", leave=False):
-            vec, clf = fit(rest, c)
-            pred = predict(vec, clf, held)
-            search[c] = float(
-                np.mean([p == index[y] for p, y in zip(pred, held.labels, strict=True)])
-            )
-        best_c = max(search, key=search.get)
-    else:
-        best_c = cs[0]
-    search_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    vec, clf = fit(train, best_c)
-    seconds = time.perf_counter() - t0
     y_true = [index[y] for y in test.labels]
+    y_pred = [index[y] for y in model.predict(test.texts)]
     return {
-        **report(y_true, predict(vec, clf, test), labels),
+        **report(y_true, y_pred, labels),
         "train_seconds": seconds,
-        "c_search_seconds": search_seconds,
-        "c_search_valid_accuracy": search,
-        "params": f"C={best_c:g}",
+        "c_search_seconds": model.search_seconds_,
+        "c_search_valid_accuracy": model.search_,
+        "params": f"C={model.c_:g}",
     }
 
 

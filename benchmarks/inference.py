@@ -6,7 +6,7 @@
 Per backend: load time (warm-up of every length bucket, compilation or ONNX export included),
 latency p50/p99 of single texts (batch 1), throughput in docs/s at batch sizes 1, 8 and 64 over
 the same texts, and accuracy on the labelled data. `onnxruntime-int8` runs `model.int8.onnx`
-(quantised into a temporary folder when the directory has none: the directory is never changed).
+(quantised into ~/.cache/slimtext when the directory has none: the directory is never changed).
 
 `--quick` (the default) keeps the whole run to a minute or two on a small CPU; `--full` uses
 more texts for steadier figures. Threads: torch's default (physical cores) unless `--threads`.
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 from _common import machine_info, markdown_table, write_json
 
 import slimtext
+from slimtext.bench.measure import latency_ms, percentile, throughput
 from slimtext.infer import load
 
 BACKENDS = ("torch", "compile", "onnxruntime", "onnxruntime-int8")
@@ -35,39 +35,10 @@ SIZES = {  # texts for: latency, throughput, accuracy
 }
 
 
-def percentile(xs: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(xs), q))
-
-
-def latency_ms(pred, texts: list[str]) -> list[float]:
-    out = []
-    for t in texts:
-        t0 = time.perf_counter()
-        pred.predict_proba([t])
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
-
-
-def throughput(pred, texts: list[str], batch_size: int) -> float:
-    """Docs/s when texts arrive `batch_size` at a time (each call sorts and pads its own)."""
-    pred.batch_size = batch_size
-    pred.predict_proba(texts[:batch_size])  # warm this batch shape (compile: its bucket)
-    t0 = time.perf_counter()
-    for i in range(0, len(texts), batch_size):
-        pred.predict_proba(texts[i : i + batch_size])
-    return len(texts) / (time.perf_counter() - t0)
-
-
-def make_predictor(model_dir: Path, backend: str, tmp: Path):
-    if backend == "onnxruntime-int8":
-        from slimtext.export import INT8_FILE, quantize_onnx
-
-        q = model_dir / INT8_FILE
-        if not q.is_file():
-            q = quantize_onnx(model_dir, out=tmp / INT8_FILE)
-        pred = load(model_dir, backend="onnxruntime", onnx_path=q)
-    else:
-        pred = load(model_dir, backend=backend)
+def make_predictor(model_dir: Path, backend: str):
+    # onnxruntime-int8 runs the directory's model.int8.onnx, or a quantisation cached under
+    # ~/.cache/slimtext: the directory itself is never changed.
+    pred = load(model_dir, backend=backend, batch_size=64)
     pred.warm_up_all()  # compile every bucket now: compilation is load time, not latency
     return pred
 
@@ -99,36 +70,35 @@ def main(argv: list[str] | None = None) -> int:
     gold = [ds.labels[i] for i in order] if ds.labels else None
 
     rows, results = [], {"machine": machine_info(), "mode": mode, "data": args.data, "backends": {}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for backend in backends:
-            t0 = time.perf_counter()
-            try:
-                pred = make_predictor(args.model_dir, backend, Path(tmp))
-            except Exception as e:  # a backend this machine lacks: report it and go on
-                print(f"{backend}: unavailable ({type(e).__name__}: {e})", file=sys.stderr)
-                continue
-            load_s = time.perf_counter() - t0
-            lat = latency_ms(pred, texts[:n_lat])
-            thr = {bs: throughput(pred, texts[:n_thr], bs) for bs in (1, 8, 64)}
-            pred.batch_size = 64
-            acc = None
-            if gold is not None:
-                got = pred.predict(texts[:n_acc])
-                acc = float(np.mean([g == p for g, p in zip(gold[:n_acc], got, strict=True)]))
-            r = {
-                "load_s": load_s,
-                "latency_ms_p50": statistics.median(lat),
-                "latency_ms_p99": percentile(lat, 99),
-                "docs_per_s": {str(k): v for k, v in thr.items()},
-                "accuracy": acc,
-                "accuracy_n": min(n_acc, len(texts)) if gold is not None else 0,
-            }
-            results["backends"][backend] = r
-            rows.append([
-                backend, round(load_s, 1), r["latency_ms_p50"], r["latency_ms_p99"],
-                thr[1], thr[8], thr[64], "-" if acc is None else f"{acc:.4f}",
-            ])  # fmt: skip
-            print(f"{backend}: done", file=sys.stderr)
+    for backend in backends:
+        t0 = time.perf_counter()
+        try:
+            pred = make_predictor(args.model_dir, backend)
+        except Exception as e:  # a backend this machine lacks: report it and go on
+            print(f"{backend}: unavailable ({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        load_s = time.perf_counter() - t0
+        lat = latency_ms(pred.predict_proba, texts[:n_lat])
+        # The Predictor batches up to 64: each call of bs texts is one padded batch.
+        thr = {bs: throughput(pred.predict_proba, texts[:n_thr], bs)[0] for bs in (1, 8, 64)}
+        acc = None
+        if gold is not None:
+            got = pred.predict(texts[:n_acc])
+            acc = float(np.mean([g == p for g, p in zip(gold[:n_acc], got, strict=True)]))
+        r = {
+            "load_s": load_s,
+            "latency_ms_p50": statistics.median(lat),
+            "latency_ms_p99": percentile(lat, 99),
+            "docs_per_s": {str(k): v for k, v in thr.items()},
+            "accuracy": acc,
+            "accuracy_n": min(n_acc, len(texts)) if gold is not None else 0,
+        }
+        results["backends"][backend] = r
+        rows.append([
+            backend, round(load_s, 1), r["latency_ms_p50"], r["latency_ms_p99"],
+            thr[1], thr[8], thr[64], "-" if acc is None else f"{acc:.4f}",
+        ])  # fmt: skip
+        print(f"{backend}: done", file=sys.stderr)
     headers = ["backend", "load s", "p50 ms (b=1)", "p99 ms (b=1)",
                "docs/s b=1", "docs/s b=8", "docs/s b=64", "accuracy"]  # fmt: skip
     print(markdown_table(headers, rows))

@@ -11,8 +11,15 @@ the same padded (input_ids, attention_mask) batches:
                  growing with every new length
     onnxruntime  an InferenceSession on the directory's `model.onnx` (exported on the fly into a
                  cache when the directory has none)
+    onnxruntime-int8
+                 the same on the directory's `model.int8.onnx` (dynamic int8; quantised into the
+                 cache when the directory has none)
     auto         times each available backend once at load on a synthetic batch and keeps the
-                 fastest; `pred.backend` says which, `pred.backend_timings` shows the race
+                 fastest; `pred.backend` says which, `pred.backend_timings` shows the race.
+                 int8 joins the race only when the directory ships `model.int8.onnx` (`slimtext
+                 export --int8`), and wins only when it beats the fastest float backend by
+                 INT8_MARGIN: int8 changes predictions a little and is often slower on CPUs
+                 without VNNI/AMX, so it has to earn its place on this CPU.
 """
 
 from __future__ import annotations
@@ -31,10 +38,15 @@ import torch
 from .artifact import ModelDir, read_model_dir
 from .data.batching import length_sorted_batches, pad_batch
 
-BACKENDS = ("torch", "compile", "onnxruntime", "auto")
+BACKENDS = ("torch", "compile", "onnxruntime", "onnxruntime-int8", "auto")
 # What `auto` races by default. `compile` is left out: it costs seconds per length bucket at load
 # (and a C++ toolchain), which an implicit choice should not spend; pass candidates to include it.
-AUTO_CANDIDATES = ("torch", "onnxruntime")
+# `onnxruntime-int8` is raced only when the directory already has `model.int8.onnx` (quantising
+# at load would cost an export and a parity check).
+AUTO_CANDIDATES = ("torch", "onnxruntime", "onnxruntime-int8")
+# int8 must be at least this much faster than the best float backend to be picked by `auto`:
+# a 1-2% win is within timing noise and not worth int8's small change in predictions.
+INT8_MARGIN = 0.05
 
 # A runner maps one padded batch to float32 logits on the CPU.
 Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -127,6 +139,8 @@ class Predictor:
             return self._compiled_runner()
         if name == "onnxruntime":
             return self._ort_runner()
+        if name == "onnxruntime-int8":
+            return self._ort_runner(int8=True)
         raise ValueError(f"unknown backend {name!r}")
 
     def _torch_runner(self, fn) -> Runner:
@@ -154,11 +168,14 @@ class Predictor:
 
         return run
 
-    def _ort_runner(self) -> Runner:
+    def _ort_runner(self, int8: bool = False) -> Runner:
         from .export import _read_sidecar, require_onnxruntime
 
         ort = require_onnxruntime()
-        path = Path(self._onnx_path) if self._onnx_path else self._onnx_file()
+        if self._onnx_path:  # the caller's file, for either backend
+            path = Path(self._onnx_path)
+        else:
+            path = self._int8_file() if int8 else self._onnx_file()
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # torch's intra-op count is the physical cores by default, and is what `serve --threads`
@@ -191,12 +208,32 @@ class Predictor:
             export_onnx(self.model_dir, out=cached)
         return cached
 
+    def _int8_file(self) -> Path:
+        """The directory's verified `model.int8.onnx`, else a cached quantisation."""
+        from .export import INT8_FILE, quantize_onnx
+
+        d = self.model_dir.meta.get("path")
+        if d and _listed_in_manifest(Path(d), INT8_FILE):
+            return Path(d) / INT8_FILE
+        if not d:
+            raise ValueError("onnxruntime-int8 needs a model read from a directory")
+        cached = _cache_dir() / f"{_weights_key(self.model_dir)}.int8.onnx"
+        if not cached.is_file():
+            quantize_onnx(d, out=cached)
+        return cached
+
     def _race(self, candidates: Sequence[str]) -> str:
         """Build each available candidate, time it on a synthetic batch, keep the fastest."""
         best, best_ms, errors = None, float("inf"), {}
+        int8_ms = None
+        d = self.model_dir.meta.get("path")
         for name in candidates:
             if name not in BACKENDS or name == "auto":
                 raise ValueError(f"auto candidates must be backends, got {name!r}")
+            if name == "onnxruntime-int8" and not (
+                self._onnx_path is None and d and _listed_in_manifest(Path(d), "model.int8.onnx")
+            ):
+                continue  # see AUTO_CANDIDATES: no int8 file, no int8 in the race
             try:
                 self._runner = self._make_runner(name)
             except ImportError as e:  # e.g. onnxruntime not installed: not available here
@@ -204,8 +241,12 @@ class Predictor:
                 continue
             ms = self._time_synthetic(self.batch_size)
             self.backend_timings[name] = ms
-            if ms < best_ms:
+            if name == "onnxruntime-int8":
+                int8_ms, int8_runner = ms, self._runner
+            elif ms < best_ms:
                 best, best_ms, best_runner = name, ms, self._runner
+        if int8_ms is not None and int8_ms < best_ms * (1 - INT8_MARGIN):
+            best, best_ms, best_runner = "onnxruntime-int8", int8_ms, int8_runner
         if best is None:
             raise RuntimeError(f"no backend available for auto: {errors}")
         self._runner, self._runner_name = best_runner, best
@@ -300,7 +341,8 @@ def load(
     batch_size: int = 64,
     **options,
 ) -> Predictor:
-    """Load a model directory for prediction on `backend` (torch | compile | onnxruntime | auto).
+    """Load a model directory for prediction on `backend` (torch | compile | onnxruntime |
+    onnxruntime-int8 | auto).
 
     `options` go to `Predictor`: `onnx_path` (e.g. the directory's `model.int8.onnx`),
     `compile_backend`, `candidates` (backends `auto` races), `warmup`.

@@ -1,0 +1,160 @@
+"""The benchmark's output folder: report.json (everything), report.md (the table and the
+verdicts), pareto.png (accuracy vs docs/s at batch 64). Every file is written atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..fileio import atomic_write_text
+
+
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """`a` is at least as good as `b` on both axes (higher is better) and better on one."""
+    return a[0] >= b[0] and a[1] >= b[1] and (a[0] > b[0] or a[1] > b[1])
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, sorted by the first coordinate.
+
+    O(n log n): sorted by x descending (ties: y descending), a point is on the front iff its y
+    beats every y seen so far, or equals the best y at the same x and ties it exactly."""
+    order = sorted(range(len(points)), key=lambda i: (-points[i][0], -points[i][1]))
+    front: list[int] = []
+    best_y = float("-inf")
+    best = None  # the point that set best_y
+    for i in order:
+        x, y = points[i]
+        if y > best_y:
+            front.append(i)
+            best_y, best = y, (x, y)
+        elif best is not None and (x, y) == best:
+            front.append(i)  # an exact duplicate of a front point is not dominated by it
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def _fmt(v, digits: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def markdown(result: dict) -> str:
+    entries = result["entries"]
+    peers_of = {
+        (e["model"], e["peer"]): e for e in entries if e["group"] == "peer" and e.get("model")
+    }
+    s = result["settings"]
+    lines = [
+        "# slimtext bench",
+        "",
+        f"Data: `{s['data']}` ({s['n_test']} texts, accuracy on {s['n_accuracy']}); "
+        f"train: `{s['train']}`; torch threads {result['machine'].get('torch_threads')}; "
+        f"CPU: {result['machine'].get('cpu_model')}; budget: "
+        f"{_fmt(s['time_budget'], 0) if s['time_budget'] else 'none'} s, "
+        f"took {result['elapsed_s']:.0f} s.",
+        "",
+        "Throughput is docs/s when texts arrive b at a time (tokenization included); latency is "
+        "one text per call. Peak MB: peak resident memory of the process that loaded and "
+        "measured that entry alone. Ratios: slimtext docs/s / peer docs/s (same model's peer).",
+        "",
+        "| model / backend | accuracy | macro-F1 | p50 ms | p99 ms | docs/s b=1 | docs/s b=8 "
+        "| docs/s b=64 | peak MB | size MB | vs hf b=1 | vs hf b=64 | vs ort-int8 b=1 "
+        "| vs ort-int8 b=64 |",
+        "|" + "---|" * 14,
+    ]
+    for e in entries:
+        d = e.get("docs_per_s", {})
+        row = [
+            e["name"], _fmt(e.get("accuracy"), 4), _fmt(e.get("macro_f1"), 4),
+            _fmt(e.get("latency_ms_p50"), 2), _fmt(e.get("latency_ms_p99"), 2),
+            _fmt(d.get("1"), 0), _fmt(d.get("8"), 0), _fmt(d.get("64"), 0),
+            _fmt(e.get("peak_rss_mb"), 0), _fmt(e.get("size_mb"), 2),
+        ]  # fmt: skip
+        if e["group"] == "slimtext":
+            for peer in ("hf", "ort"):
+                p = peers_of.get((e["model"], peer), {}).get("docs_per_s", {})
+                row += [_ratio(d.get("1"), p.get("1")), _ratio(d.get("64"), p.get("64"))]
+        else:
+            row += ["-"] * 4
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "## Fastest backend and int8", ""]
+    for model, m in result["summary"]["models"].items():
+        lines.append(f"- **{model}**: {m['verdict']}")
+    lines += ["", "## Pareto front (accuracy vs docs/s at batch 64)", ""]
+    front = result["summary"]["pareto_front"]
+    lines.append("On the front: " + (", ".join(front) if front else "nothing measured") + ".")
+    lines.append("")
+    lines.append(result["summary"]["winner_line"])
+    lines += ["", "## Peers", ""]
+    for name, how in result["peer_paths"].items():
+        lines.append(f"- {name}: {how}")
+    if result["skipped"]:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- {s['name']}: {s['reason']}" for s in result["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed (and none on servers)
+    import matplotlib.pyplot as plt
+
+    pts = [e for e in result["entries"] if e.get("accuracy") is not None
+           and e.get("docs_per_s", {}).get("64")]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    if pts:
+        xs = [e["docs_per_s"]["64"] for e in pts]
+        ys = [e["accuracy"] for e in pts]
+        sizes = [max(e.get("size_mb") or 0.0, 1e-3) for e in pts]
+        big = max(sizes)
+        # Area proportional to size on disk, with a floor so tiny models stay visible.
+        s = [30 + 600 * (z / big) for z in sizes]
+        colors = ["tab:blue" if e["group"] == "slimtext" else "tab:orange" for e in pts]
+        ax.scatter(xs, ys, s=s, c=colors, alpha=0.6, edgecolors="k", linewidths=0.5)
+        for k, (e, x, y) in enumerate(zip(pts, xs, ys, strict=True)):
+            # Staggered offsets: backends of one model often sit at the same accuracy.
+            ax.annotate(e["name"], (x, y), textcoords="offset points",
+                        xytext=(5, 5 + 9 * (k % 3)), fontsize=7)  # fmt: skip
+        front = pareto_front(list(zip(xs, ys, strict=True)))
+        ax.plot([xs[i] for i in front], [ys[i] for i in front], "k--", marker="x", lw=1,
+                label="Pareto front")  # fmt: skip
+        ax.legend(loc="lower left", fontsize=8)
+        ax.set_xscale("log")
+    else:
+        ax.text(0.5, 0.5, "nothing measured", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("docs/s at batch 64 (log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("slimtext bench: blue = slimtext, orange = peers; marker area = size on disk")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=".pareto.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_report(result: dict, out: str | os.PathLike) -> dict[str, Path]:
+    """Write report.json, report.md and pareto.png into `out`; returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "pareto.png"}
+    atomic_write_text(paths["json"], json.dumps(result, indent=2, default=str) + "\n")
+    atomic_write_text(paths["md"], markdown(result))
+    plot(result, paths["png"])
+    return paths

@@ -1,0 +1,446 @@
+"""`run(...)`: the whole benchmark, what `slimtext bench` calls.
+
+Set up (read data and model directories, fix the text order) -> per model directory, every
+backend -> peers (converted or trained, then measured) -> verdicts -> report files. Every
+contender is measured by measure.py on the same texts; with `time_budget` each measurement gets
+an equal share of the time left, and what no longer fits is skipped with the reason recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from .measure import BATCH_SIZES, Plan, Spec, machine_info, measure_spec, run_isolated
+from .peers import PEERS, PeerUnavailable
+
+SLIMTEXT_BACKENDS = ("torch", "compile", "onnxruntime", "onnxruntime-int8")
+# Guesses used only to size work to a time budget before anything was measured.
+_FASTTEXT_TRAIN_DOCS_PER_S = 2000  # 25 epochs, 2 threads, AG News-length texts
+_TFIDF_TRAIN_DOCS_PER_S = 1500  # vectoriser + LR fit (C search on top)
+_MIN_SLICE_S = 1.0  # below this a measurement says nothing: skip it instead
+
+
+class _Budget:
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    def left(self) -> float:
+        if self.seconds is None:
+            return math.inf
+        return self.seconds - (time.monotonic() - self.start)
+
+    def share(self, parts: int, fraction: float = 1.0) -> float | None:
+        """Equal share of the time left for one of `parts` remaining jobs (None: no budget)."""
+        if self.seconds is None:
+            return None
+        return max(0.0, self.left()) * fraction / max(1, parts)
+
+
+def available_backends() -> list[str]:
+    """The slimtext backends this machine can run: compile needs inductor and a C compiler;
+    the onnxruntime ones need onnxruntime."""
+    import importlib.util
+
+    out = ["torch"]
+    if importlib.util.find_spec("torch._inductor") and (
+        shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    ):
+        out.append("compile")
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+        out += ["onnxruntime", "onnxruntime-int8"]
+    return out
+
+
+def run(
+    model_dirs: Sequence[str | os.PathLike],
+    data: str,
+    out: str | os.PathLike,
+    *,
+    train: str | None = None,
+    peers: Sequence[str] = PEERS,
+    backends: Sequence[str] | None = None,
+    time_budget: float | None = None,
+    threads: int | None = None,
+    isolate: bool = True,
+    max_test: int | None = None,
+    peer_options: dict[str, dict] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    load_kw: dict | None = None,
+) -> dict:
+    """Benchmark model directories against peers; writes report.json, report.md, pareto.png
+    into `out` and returns the report dict.
+
+    `data` / `train`: anything `slimtext.data.load_data` reads (train is needed by the
+    fastText and TF-IDF peers, and by the HF peer when the weights have no exact mapping).
+    `backends`: default all available here. `isolate`: measure each contender in a fresh
+    process (meaningful peak memory; see measure.py). `max_test`: cap on test texts.
+    `peer_options`: {"fasttext": {...}} extra `train_supervised` arguments (e.g. a smaller
+    `bucket`), {"tfidf": {"cs": [...]}} the C values searched.
+    """
+    import torch
+
+    from ..artifact import read_model_dir
+    from ..data import load_data
+    from .report import pareto_front, write_report
+
+    log = log or (lambda _m: None)
+    budget = _Budget(time_budget)
+    if time_budget is not None and time_budget <= 0:
+        raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    if not model_dirs:
+        raise ValueError("give at least one model directory")
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise ValueError(f"unknown peers {unknown}; choose from {list(PEERS)}")
+    have = available_backends()
+    if backends is None:
+        backends = have
+    bad = [b for b in backends if b not in SLIMTEXT_BACKENDS]
+    if bad:
+        raise ValueError(f"unknown backends {bad}; choose from {list(SLIMTEXT_BACKENDS)}")
+    load_kw = load_kw or {}
+    out = Path(out)
+
+    test = load_data(data, **load_kw)
+    if not test.labels:
+        raise ValueError(f"{data}: the test data needs labels")
+    train_ds = load_data(train, **load_kw) if train else None
+    mds, names = {}, []
+    for p in model_dirs:
+        md = read_model_dir(p)
+        missing = sorted(set(test.labels) - set(md.labels))
+        if missing:
+            raise ValueError(
+                f"{data}: labels {missing[:5]} are not among the labels of {p} "
+                f"({Path(p) / 'labels.json'})"
+            )
+        name = Path(p).name or str(p)
+        while name in mds:
+            name += "'"
+        mds[name] = (Path(p), md)
+        names.append(name)
+    labels = test.label_set()
+
+    # One fixed random order, so every contender sees the same texts in the same order.
+    import random
+
+    order = list(range(len(test)))
+    random.Random(0).shuffle(order)
+    if max_test:
+        order = order[:max_test]
+    texts = [test.texts[i] for i in order]
+    gold = [test.labels[i] for i in order]
+
+    skipped: list[dict] = []
+    peer_paths: dict[str, str] = {}
+    entries: list[dict] = []
+    n_models = len(names)
+    run_backends = [b for b in backends if b in have]
+    for b in backends:
+        if b not in have:
+            skipped.append({"name": f"backend {b}", "reason": "not available on this machine"})
+    slow = n_models * (len(run_backends) + sum(p in peers for p in ("hf", "ort")))
+    fast = sum(p in peers for p in ("fasttext", "tfidf"))
+    n_acc = len(texts)
+    if time_budget is not None:
+        # Size the accuracy set (the one part that cannot shrink per contender: all must see the
+        # same texts) from a quick probe of the first model: a quarter of the budget, shared.
+        probe = _probe_docs_per_s(mds[names[0]][1], texts[:64])
+        per_entry = 0.25 * time_budget / max(1, slow)
+        # /2: the HF pipeline and ORT peers are usually slower than slimtext's torch backend
+        n_acc = max(32, min(len(texts), int(probe * per_entry / 2)))
+        log(f"time budget {time_budget:.0f}s: accuracy on {n_acc} of {len(texts)} texts")
+
+    n_jobs = slow + fast
+    bar = _progress(n_jobs, progress)
+    with tempfile.TemporaryDirectory(prefix="slimtext-bench-") as tmp:
+        work = Path(tmp)
+        eval_file = work / "eval.jsonl"
+        eval_file.write_text(
+            "".join(json.dumps({"text": t, "label": g}) + "\n" for t, g in zip(texts, gold,
+                                                                               strict=True)),
+            encoding="utf-8",
+        )  # fmt: skip
+        state = {"left": n_jobs}
+
+        def measure_one(name: str, group: str, spec: Spec, **meta) -> None:
+            bar.set_postfix_str(name[:40])
+            slice_s = budget.share(state["left"], fraction=0.8)
+            state["left"] -= 1
+            try:
+                if slice_s is not None and (budget.left() < _MIN_SLICE_S or slice_s < 0.2):
+                    raise TimeoutError("time budget exhausted before this measurement")
+                spec.plan = asdict(Plan(n_accuracy=n_acc, seconds=slice_s))
+                if isolate:
+                    # Loading (exports, compilation) is not in the slice: allow for it, but
+                    # never much past the end of the budget.
+                    timeout = (
+                        None
+                        if slice_s is None
+                        else min(max(20.0, 2 * slice_s + 30), max(10.0, budget.left() + 5))
+                    )
+                    res = run_isolated(spec, work / "specs", timeout)
+                else:
+                    res = measure_spec(spec, isolated=False)
+            # Any failure of one contender (a peer library's own error types included) is
+            # recorded and the run goes on: one broken entry must not lose the others.
+            except Exception as e:
+                skipped.append({"name": name, "reason": f"{type(e).__name__}: {e}"})
+                log(f"{name}: skipped ({e})")
+            else:
+                entries.append({"name": name, "group": group, **meta, **res})
+                log(f"{name}: accuracy {res.get('accuracy', float('nan')):.4f}, "
+                    f"{res['docs_per_s'].get('64', 0):.0f} docs/s at b=64")  # fmt: skip
+            bar.update(1)
+
+        def skip(name: str, reason: str, jobs: int = 1) -> None:
+            skipped.append({"name": name, "reason": reason})
+            log(f"{name}: skipped ({reason})")
+            state["left"] -= jobs
+            bar.update(jobs)
+
+        common = dict(eval_file=str(eval_file), labels=labels, plan={}, threads=threads)
+        # The cheap peers first: they set the accuracy bar and cost seconds, while one slow
+        # backend late in the run may be what the budget has to drop.
+        for peer in ("fasttext", "tfidf"):
+            if peer not in peers:
+                continue
+            label = {"fasttext": "fastText", "tfidf": "TF-IDF + LR"}[peer]
+            if train_ds is None:
+                skip(label, "needs --train (it is trained in this run)")
+                continue
+            try:
+                opts = (peer_options or {}).get(peer, {})
+                folder, info = _train_fast_peer(
+                    peer, train_ds, labels, work, budget, threads, state["left"], opts
+                )
+            except Exception as e:  # as in measure_one: reported, never fatal
+                skip(label, f"{type(e).__name__}: {e}")
+                continue
+            peer_paths[label] = info.pop("how")
+            spec = Spec(kind=peer, path=str(folder), **common)
+            measure_one(label, "peer", spec, model=None, peer=peer, training=info)
+
+        def hf_and_ort(name: str, path: Path, md) -> None:
+            hf_dir = None
+            if "hf" in peers or "ort" in peers:
+                hf_dir, how = _hf_peer(name, path, md, train_ds, work, budget, state["left"])
+                if hf_dir is None:
+                    skip(f"hf ({name})", how, jobs=int("hf" in peers))
+                    if "ort" in peers:
+                        skip(f"ort-int8 ({name})", f"needs the hf peer: {how}")
+                    return
+                peer_paths[f"hf ({name})"] = how
+            if "hf" in peers:
+                spec = Spec(kind="hf", path=str(hf_dir), max_length=md.max_length, **common)
+                measure_one(f"hf pipeline ({name})", "peer", spec, model=name, peer="hf",
+                            mapping=how)  # fmt: skip
+            if "ort" in peers:
+                try:
+                    from .peers import ort_int8_from_hf
+
+                    info = ort_int8_from_hf(hf_dir, work / f"ort-{len(entries)}")
+                except Exception as e:  # as in measure_one: reported, never fatal
+                    skip(f"ort-int8 ({name})", f"{type(e).__name__}: {e}")
+                else:
+                    peer_paths[f"ort-int8 ({name})"] = info["route"]
+                    spec = Spec(kind="ort", path=info["path"], max_length=md.max_length,
+                                extra={"tokenizer_dir": str(hf_dir)}, **common)  # fmt: skip
+                    measure_one(f"ort-int8 ({name})", "peer", spec, model=name, peer="ort",
+                                route=info["route"])  # fmt: skip
+
+        for name in names:
+            path, md = mds[name]
+            # compile last: its warm-up compiles every length bucket and is the measurement
+            # most likely not to fit a budget; the others should not be starved by it.
+            for b in [b for b in run_backends if b != "compile"]:
+                spec = Spec(kind="slimtext", path=str(path), backend=b, **common)
+                measure_one(f"{name}/{b}", "slimtext", spec, model=name, backend=b)
+            hf_and_ort(name, path, md)
+            if "compile" in run_backends:
+                spec = Spec(kind="slimtext", path=str(path), backend="compile", **common)
+                measure_one(f"{name}/compile", "slimtext", spec, model=name, backend="compile")
+    bar.close()
+
+    summary = _summarise(entries, names, pareto_front)
+    result = {
+        "machine": machine_info(),
+        "settings": {
+            "models": {n: str(mds[n][0]) for n in names},
+            "data": str(data),
+            "train": str(train) if train else None,
+            "n_test": len(texts),
+            "n_accuracy": n_acc,
+            "batch_sizes": list(BATCH_SIZES),
+            "time_budget": time_budget,
+            "threads": threads,
+            "backends": list(backends),
+            "peers": list(peers),
+            "isolate": isolate,
+        },  # fmt: skip
+        "peer_paths": peer_paths,
+        "entries": entries,
+        "skipped": skipped,
+        "summary": summary,
+        "elapsed_s": time.monotonic() - budget.start,
+    }
+    write_report(result, out)
+    log(f"wrote {out / 'report.md'}, report.json, pareto.png")
+    return result
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="bench", unit="job", disable=not enabled)
+
+
+def _probe_docs_per_s(md, texts: list[str]) -> float:
+    from ..infer import Predictor
+
+    pred = Predictor(md, backend="torch", batch_size=64)
+    t0 = time.perf_counter()
+    pred.predict(texts)
+    return len(texts) / max(time.perf_counter() - t0, 1e-6)
+
+
+def _hf_peer(name, path, md, train_ds, work: Path, budget: _Budget, jobs_left: int):
+    """(hf folder, how it was made) or (None, why not)."""
+    from .peers import hf_from_model_dir, hf_train_same_shape
+
+    out = work / f"hf-{name.replace('/', '_')}"
+    try:
+        hf_from_model_dir(path, out)
+        return out, "exact: the same weights as a BertForSequenceClassification (save_hf)"
+    except PeerUnavailable as e:
+        why = str(e)
+    if "not installed" in why:
+        return None, why
+    if md.config.arch != "transformer":
+        return None, f"{why}; arch={md.config.arch!r} has no BERT shape to train either"
+    if train_ds is None:
+        return None, f"{why}; pass --train to train that shape with transformers.Trainer"
+    seconds = budget.share(jobs_left, fraction=0.3)
+    if seconds is not None and seconds < 5:
+        return None, f"{why}; no time budget left to train that shape with Trainer"
+    t = md.meta.get("train", {})
+    bs = int(t.get("batch_size") or 32)
+    steps = int(t.get("max_steps") or int(t.get("epochs") or 1) * math.ceil(len(train_ds) / bs))
+    try:
+        info = hf_train_same_shape(path, train_ds, out, max_steps=steps, seconds=seconds,
+                                   batch_size=bs, lr=float(t.get("lr") or 1e-3))  # fmt: skip
+    except Exception as e:  # a failed Trainer run is reported, never fatal
+        return None, f"{why}; training with Trainer failed ({type(e).__name__}: {e})"
+    return out, (
+        f"{why}; instead a BERT of the same shape and tokenizer trained from scratch with "
+        f"transformers.Trainer for {info['steps']} of {steps} steps "
+        f"({info['train_seconds']:.0f}s): same shape, not the same weights"
+    )
+
+
+def _train_fast_peer(peer, train_ds, labels, work, budget: _Budget, threads, jobs_left, options):
+    from ..data import stratified_split
+    from .peers import FastTextPeer, TfidfPeer
+
+    ds = train_ds
+    seconds = budget.share(jobs_left, fraction=0.5)
+    rate = _FASTTEXT_TRAIN_DOCS_PER_S if peer == "fasttext" else _TFIDF_TRAIN_DOCS_PER_S
+    if seconds is not None and int(seconds * rate) < len(ds):
+        n = max(len(set(ds.labels)) * 4, int(seconds * rate))
+        if n < len(ds):  # a stratified subsample, so every class stays in
+            ds = stratified_split(ds, 1 - n / len(ds), seed=0)[0]
+    t0 = time.perf_counter()
+    if peer == "fasttext":
+        m = FastTextPeer(threads=threads or 2, **options).fit(ds, labels)
+        extra = "".join(f", {k}={v}" for k, v in options.items())
+        how = (f"fasttext.train_supervised(epoch={m.epoch}, wordNgrams={m.word_ngrams}{extra}), "
+               "lowercased, punctuation split")  # fmt: skip
+    else:
+        # Without a budget C is searched as benchmarks/accuracy.py does; with one, C=4 is fixed.
+        cs = options.get("cs") or ((1.0, 4.0, 16.0) if seconds is None else (4.0,))
+        m = TfidfPeer(cs=cs).fit(ds)
+        how = (f"TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2) + "
+               f"LogisticRegression(C={m.c_:g})")  # fmt: skip
+    info = {"train_seconds": time.perf_counter() - t0, "train_n": len(ds), "how": how}
+    if len(ds) < len(train_ds):
+        info["how"] += f"; trained on {len(ds)} of {len(train_ds)} texts (time budget)"
+    folder = m.save(work / peer)
+    return folder, info
+
+
+def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
+    from ..infer import INT8_MARGIN
+
+    models = {}
+    for name in names:
+        mine = [e for e in entries if e["group"] == "slimtext" and e["model"] == name]
+        if not mine:
+            models[name] = {"verdict": "nothing measured"}
+            continue
+        m: dict = {}
+        parts = []
+        for bs in ("1", "64"):
+            rate = {e["backend"]: e["docs_per_s"].get(bs) or 0.0 for e in mine}
+            floats = {b: r for b, r in rate.items() if b != "onnxruntime-int8"}
+            best_float = max(floats, key=floats.get) if floats else None
+            int8 = rate.get("onnxruntime-int8")
+            # The same rule as `backend="auto"`: int8 only when clearly faster than float.
+            chosen = bool(
+                int8 and (best_float is None or int8 > floats[best_float] / (1 - INT8_MARGIN))
+            )
+            fastest = "onnxruntime-int8" if chosen else best_float
+            m[f"fastest_b{bs}"] = fastest
+            m[f"int8_chosen_b{bs}"] = chosen
+            if int8 and best_float:
+                m[f"int8_vs_best_float_b{bs}"] = int8 / floats[best_float]
+            note = (
+                "int8 not measured"
+                if int8 is None
+                else f"int8 {'chosen' if chosen else 'not chosen'}"
+                + (f" ({int8 / floats[best_float]:.2f}x {best_float})" if best_float else "")
+            )
+            parts.append(f"fastest at b={bs}: {fastest} ({rate.get(fastest, 0):.0f} docs/s); "
+                         f"{note}")  # fmt: skip
+        m["verdict"] = "; ".join(parts) + (
+            f". int8 must beat the best float backend by {INT8_MARGIN:.0%} to be chosen "
+            "(the rule `slimtext.load(..., backend='auto')` uses)."
+        )
+        models[name] = m
+
+    pts = [e for e in entries if e.get("accuracy") is not None and e["docs_per_s"].get("64")]
+    front_idx = pareto_front([(e["docs_per_s"]["64"], e["accuracy"]) for e in pts])
+    front = [pts[i] for i in front_idx]
+    refs = {e["peer"]: e for e in entries if e.get("peer") in ("fasttext", "tfidf")}
+    if not refs:
+        line = "fastText and TF-IDF were not measured: no accuracy bar to compare against."
+    else:
+        bar = max(e["accuracy"] for e in refs.values())
+        names_ = " and ".join(e["name"] for e in refs.values())
+        wins = [e for e in front if e["group"] == "slimtext" and e["accuracy"] > bar]
+        if wins:
+            w = max(wins, key=lambda e: e["docs_per_s"]["64"])
+            line = (f"**{w['name']}** is on the Pareto front and beats {names_} on accuracy "
+                    f"({w['accuracy']:.4f} vs {bar:.4f}) at {w['docs_per_s']['64']:.0f} docs/s "
+                    f"(batch 64).")  # fmt: skip
+        else:
+            line = (f"No slimtext entry on the Pareto front beats {names_} on accuracy "
+                    f"(best of them: {bar:.4f}).")  # fmt: skip
+    return {
+        "models": models,
+        "pareto_front": [e["name"] for e in front],
+        "winner_line": line,
+    }

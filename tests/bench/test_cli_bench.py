@@ -1,0 +1,81 @@
+"""`slimtext bench` on the command line, and the int8 rule `auto` and the report share."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from slimtext.cli import app
+
+runner = CliRunner()
+
+
+def test_bench_verb_runs_end_to_end(cls_model_dir, bench_data, tmp_path):
+    pytest.importorskip("sklearn")
+    train, test = bench_data
+    out = tmp_path / "report"
+    r = runner.invoke(app, ["bench", str(cls_model_dir), "--data", str(test), "--train",
+                            str(train), "--peers", "tfidf", "--backends", "torch", "--threads",
+                            "1", "--no-isolate", "--no-progress", "--out", str(out)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "| tiny-cls/torch |" in r.output and "| TF-IDF + LR |" in r.output
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["settings"]["peers"] == ["tfidf"] and saved["settings"]["threads"] == 1
+    assert (out / "pareto.png").is_file()
+
+
+def test_bench_verb_names_the_bad_file(cls_model_dir, tmp_path):
+    r = runner.invoke(app, ["bench", str(cls_model_dir), "--data", str(tmp_path / "nope.jsonl"),
+                            "--out", str(tmp_path / "o"), "--no-progress"])  # fmt: skip
+    assert r.exit_code == 2 and "nope.jsonl" in r.output
+
+
+def test_bench_help():
+    r = runner.invoke(app, ["bench", "--help"])
+    assert r.exit_code == 0 and "--time-budget" in r.output
+
+
+@pytest.fixture(scope="module")
+def int8_dir(cls_model_dir, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from slimtext.export import quantize_onnx
+
+    d = tmp_path_factory.mktemp("int8") / "tiny"
+    shutil.copytree(cls_model_dir, d)
+    quantize_onnx(d, exporter="torchscript")  # listed in the manifest: auto may race it
+    return d
+
+
+@pytest.mark.parametrize(
+    ("int8_ms", "expected"), [(9.0, "onnxruntime-int8"), (9.8, "torch"), (20.0, "torch")]
+)
+def test_auto_takes_int8_only_when_clearly_faster(int8_dir, monkeypatch, int8_ms, expected):
+    from slimtext.infer import Predictor, load
+
+    # Fake, deterministic timings: torch 10 ms, onnxruntime 12 ms, int8 as parametrised.
+    fake = {"torch": 10.0, "onnxruntime": 12.0, "onnxruntime-int8": int8_ms}
+    monkeypatch.setattr(Predictor, "_time_synthetic", lambda self, n: fake[self._runner_name])
+    pred = load(int8_dir, backend="auto")
+    assert set(pred.backend_timings) == set(fake)
+    assert pred.backend == expected
+    assert pred.predict(["goal match team"]) == load(int8_dir).predict(["goal match team"])
+
+
+def test_report_verdict_uses_the_same_int8_rule():
+    from slimtext.bench.report import pareto_front
+    from slimtext.bench.run import _summarise
+
+    def entry(backend, b1, b64):
+        return {"name": f"m/{backend}", "group": "slimtext", "model": "m", "backend": backend,
+                "accuracy": 0.9, "docs_per_s": {"1": b1, "8": b1, "64": b64}}  # fmt: skip
+
+    entries = [entry("torch", 100.0, 1000.0), entry("onnxruntime", 120.0, 900.0),
+               entry("onnxruntime-int8", 150.0, 1020.0)]  # fmt: skip
+    m = _summarise(entries, ["m"], pareto_front)["models"]["m"]
+    assert m["fastest_b1"] == "onnxruntime-int8" and m["int8_chosen_b1"]
+    # 2% faster at batch 64 is within noise: float torch stays the choice.
+    assert m["fastest_b64"] == "torch" and not m["int8_chosen_b64"]
+    assert "int8 chosen" in m["verdict"] and "int8 not chosen" in m["verdict"]

@@ -1,0 +1,84 @@
+"""Peers: the HF pipeline on the exact mapping answers like slimtext; the no-pickle save/load of
+the TF-IDF and fastText peers round-trips; one contender measured in a fresh process."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slimtext.bench.measure import Plan, Spec, run_isolated
+from slimtext.bench.peers import (
+    FastTextPeer,
+    PeerUnavailable,
+    TfidfPeer,
+    hf_from_model_dir,
+    open_hf_pipeline,
+    open_ort,
+    ort_int8_from_hf,
+)
+from slimtext.infer import load
+
+
+@pytest.fixture(scope="module")
+def texts(toy_texts):
+    # 1..60 words: some are truncated at max_length 32, so truncation must agree too.
+    return toy_texts(10, seed=3, min_words=1, max_words=60)[0]
+
+
+def test_hf_pipeline_on_the_exact_mapping_predicts_like_slimtext(cls_model_dir, texts, tmp_path):
+    pytest.importorskip("transformers")
+    hf_dir = hf_from_model_dir(cls_model_dir, tmp_path / "hf")
+    pred = load(cls_model_dir, batch_size=8)
+    ref = pred.predict(texts)
+    assert len(set(ref)) > 1, "a model that answers one class would make this test vacuous"
+    fn = open_hf_pipeline(hf_dir, pred.model_dir.max_length)
+    for bs in (1, 8, 64):  # padding inside the pipeline's batches must not change anything
+        got = [y for i in range(0, len(texts), bs) for y in fn(texts[i : i + bs])]
+        assert got == ref, bs
+
+
+def test_ort_int8_peer_agrees_with_the_model_it_quantises(cls_model_dir, texts, tmp_path):
+    pytest.importorskip("onnxruntime")
+    hf_dir = hf_from_model_dir(cls_model_dir, tmp_path / "hf")
+    info = ort_int8_from_hf(hf_dir, tmp_path / "ort")
+    fn = open_ort(info["path"], hf_dir, 32)
+    ref = load(cls_model_dir).predict(texts)
+    agree = sum(a == b for a, b in zip(fn(texts), ref, strict=True)) / len(ref)
+    assert agree >= 0.9
+
+
+def test_mean_pooling_has_no_exact_hf_mapping(tiny_model_dir, tmp_path):
+    pytest.importorskip("transformers")
+    with pytest.raises(PeerUnavailable, match="pooling='mean'"):
+        hf_from_model_dir(tiny_model_dir, tmp_path / "hf")
+
+
+def test_fast_peers_round_trip_without_pickle(toy_data, texts, tmp_path):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("fasttext")
+    from slimtext.data import TextDataset
+
+    train = TextDataset(texts=list(toy_data[0]), labels=list(toy_data[1]), source="toy")
+    labels = train.label_set()
+    for peer in (
+        TfidfPeer(cs=(1.0, 4.0)).fit(train),
+        FastTextPeer(threads=1, epoch=5, bucket=20000, dim=16).fit(train, labels),
+    ):
+        folder = peer.save(tmp_path / type(peer).__name__)
+        assert not list(folder.glob("*.pkl")) and not list(folder.glob("*.joblib"))
+        again = type(peer).load(folder)
+        assert again.predict(texts) == peer.predict(texts)
+        assert set(peer.predict(texts)) <= set(labels)
+
+
+def test_a_fresh_process_reports_its_own_peak_memory(cls_model_dir, bench_data, tmp_path):
+    _, test = bench_data
+    rows = [json.loads(line) for line in test.read_text().splitlines()]
+    spec = Spec(kind="slimtext", path=str(cls_model_dir), backend="torch", eval_file=str(test),
+                labels=sorted({r["label"] for r in rows}), threads=1,
+                plan=vars(Plan(n_accuracy=len(rows), seconds=1.0)))  # fmt: skip
+    res = run_isolated(spec, tmp_path, timeout=120)
+    assert res["memory_method"].startswith("fresh process")
+    assert res["peak_rss_mb"] >= res["rss_before_load_mb"] > 50  # torch alone is more than that
+    assert res["n"] == len(rows) and res["torch_threads"] == 1

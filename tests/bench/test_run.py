@@ -1,0 +1,111 @@
+"""`slimtext.bench.run` end to end on a tiny model: every file, every section, every peer; a
+missing peer library or a missing --train is reported and skipped; the time budget holds."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from slimtext.bench import run
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def full_report(cls_model_dir, bench_data, tmp_path_factory):
+    """One in-process run with every peer (the slow part of this folder: ~10 s)."""
+    for mod in ("transformers", "fasttext", "sklearn"):
+        pytest.importorskip(mod)
+    train, test = bench_data
+    out = tmp_path_factory.mktemp("bench-out") / "report"
+    result = run([cls_model_dir], str(test), out, train=str(train),
+                 backends=["torch", "onnxruntime-int8"], threads=1, isolate=False,
+                 peer_options={"fasttext": {"bucket": 20000, "dim": 16, "epoch": 5}},
+                 progress=False)  # fmt: skip
+    return out, result
+
+
+def test_report_files_have_every_section(full_report):
+    out, result = full_report
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["entries"] == json.loads(json.dumps(result["entries"]))
+    for key in ("machine", "settings", "peer_paths", "entries", "skipped", "summary"):
+        assert key in saved, key
+    names = {e["name"] for e in saved["entries"]}
+    expected = {"tiny-cls/torch", "tiny-cls/onnxruntime-int8", "hf pipeline (tiny-cls)",
+                "ort-int8 (tiny-cls)", "fastText", "TF-IDF + LR"}  # fmt: skip
+    assert names == expected, saved["skipped"]
+    for e in saved["entries"]:
+        assert 0.0 <= e["accuracy"] <= 1.0 and e["n"] == 45
+        assert e["latency_ms_p50"] > 0 and e["latency_ms_p99"] >= e["latency_ms_p50"]
+        assert set(e["docs_per_s"]) == {"1", "8", "64"} and min(e["docs_per_s"].values()) > 0
+        assert e["peak_rss_mb"] > 0 and e["size_mb"] > 0
+    assert "direct" in saved["peer_paths"]["ort-int8 (tiny-cls)"]  # Optimum is not installed
+    assert saved["peer_paths"]["hf (tiny-cls)"].startswith("exact")
+    m = saved["summary"]["models"]["tiny-cls"]
+    assert m["fastest_b1"] in ("torch", "onnxruntime-int8") and "int8_chosen_b64" in m
+
+    md = (out / "report.md").read_text()
+    for part in ("| model / backend | accuracy | macro-F1 | p50 ms | p99 ms", "vs hf b=1",
+                 "vs ort-int8 b=64", "## Fastest backend and int8", "## Pareto front",
+                 "## Peers", "tiny-cls/onnxruntime-int8", "fastText", "TF-IDF + LR"):  # fmt: skip
+        assert part in md, part
+    assert ("on the Pareto front and beats" in md) or ("No slimtext entry" in md)
+    # The torch row carries ratios against the hf and ort peers: four "x" cells.
+    torch_row = next(line for line in md.splitlines() if line.startswith("| tiny-cls/torch "))
+    assert torch_row.count("x |") == 4, torch_row
+    png = (out / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    assert not list(out.glob(".*")), "temporary files left behind"
+
+
+def test_missing_peer_library_and_missing_train_are_skipped_not_fatal(
+    cls_model_dir, bench_data, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "fasttext", None)  # `import fasttext` now fails
+    _, test = bench_data
+    # No --train: fasttext and tfidf cannot be trained; and fasttext is "not installed".
+    result = run([cls_model_dir], str(test), tmp_path, peers=["fasttext", "tfidf"],
+                 backends=["torch"], threads=1, isolate=False, progress=False)  # fmt: skip
+    reasons = {s["name"]: s["reason"] for s in result["skipped"]}
+    assert "needs --train" in reasons["TF-IDF + LR"]
+    assert "needs --train" in reasons["fastText"]
+    assert [e["name"] for e in result["entries"]] == ["tiny-cls/torch"]
+    train, _ = bench_data
+    result = run([cls_model_dir], str(test), tmp_path, train=str(train), peers=["fasttext"],
+                 backends=["torch"], threads=1, isolate=False, progress=False)  # fmt: skip
+    reasons = {s["name"]: s["reason"] for s in result["skipped"]}
+    assert "pip install fasttext-wheel" in reasons["fastText"]
+    md = (tmp_path / "report.md").read_text()
+    assert "## Skipped" in md and "fasttext-wheel" in md
+    assert "fastText and TF-IDF were not measured" in md
+
+
+def test_time_budget_is_kept_and_what_did_not_fit_is_recorded(cls_model_dir, bench_data,
+                                                              tmp_path):  # fmt: skip
+    _, test = bench_data
+    budget = 2.0
+    result = run([cls_model_dir, cls_model_dir], str(test), tmp_path, peers=[],
+                 backends=["torch"] * 6, time_budget=budget, threads=1, isolate=False,
+                 progress=False)  # fmt: skip
+    # Twelve measurements do not fit in two seconds: the late ones are skipped with the reason.
+    assert result["elapsed_s"] < budget + 3.0
+    assert any("time budget" in s["reason"] for s in result["skipped"]), result["skipped"]
+    assert result["entries"], "the first measurements should have fit"
+    for e in result["entries"]:  # time-sliced: never more texts than the test set
+        assert e["latency_n"] <= 45 and e["throughput_n"]["1"] <= 45
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "pareto.png").is_file()
+
+
+def test_bad_arguments_are_clear_errors(cls_model_dir, bench_data, tmp_path):
+    _, test = bench_data
+    with pytest.raises(ValueError, match="unknown peers"):
+        run([cls_model_dir], str(test), tmp_path, peers=["bert"], progress=False)
+    with pytest.raises(ValueError, match="unknown backends"):
+        run([cls_model_dir], str(test), tmp_path, backends=["tpu"], progress=False)
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"text": "a b c", "label": "weather"}\n')
+    with pytest.raises(ValueError, match=r"\['weather'\].*labels.json"):
+        run([cls_model_dir], str(other), tmp_path, peers=[], progress=False)
