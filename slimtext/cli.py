@@ -151,7 +151,7 @@ def train(
     strategy: Annotated[
         str,
         typer.Option(
-            help="auto | single | ddp | fsdp. Several processes: launch with torchrun "
+            help="auto | single | ddp | fsdp | tp | pp. Several processes: launch with torchrun "
             "or --nproc; auto = ddp there, single otherwise."
         ),
     ] = "auto",  # fmt: skip
@@ -159,6 +159,12 @@ def train(
         int, typer.Option(help="Launch N processes on this machine through torchrun.")
     ] = 0,
     cpu_offload: Annotated[bool, typer.Option(help="fsdp: keep shards in CPU memory.")] = False,
+    tp_size: Annotated[
+        int | None,
+        typer.Option(help="tp: ranks per tensor-parallel group (default: all); the rest is dp."),
+    ] = None,
+    microbatches: Annotated[int, typer.Option(help="pp: micro-batches per batch.")] = 4,
+    pp_schedule: Annotated[str, typer.Option(help="pp: gpipe | 1f1b")] = "1f1b",
     init: Annotated[
         str | None,
         typer.Option(
@@ -178,7 +184,8 @@ def train(
     """Train a classifier and write a model directory.
 
     Multi-process / multi-node: `torchrun --nproc-per-node N [--nnodes M --rdzv-endpoint
-    HOST:PORT] -m slimtext train ... --strategy ddp|fsdp` (or `--nproc N` on one machine).
+    HOST:PORT] -m slimtext train ... --strategy ddp|fsdp|tp|pp` (or `--nproc N` on one
+    machine); `--strategy tp --tp-size T` on N ranks: N/T data-parallel x T tensor-parallel.
     """
     args = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
     if nproc:
@@ -317,15 +324,31 @@ def pretrain(
     ] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
     threads: int | None = None,
+    strategy: Annotated[
+        str, typer.Option(help="auto | single | ddp | fsdp (several processes: torchrun/--nproc).")
+    ] = "auto",
+    nproc: Annotated[
+        int, typer.Option(help="Launch N processes on this machine through torchrun.")
+    ] = 0,
     progress: bool = True,
     config: ConfigOpt = None,
 ) -> None:
     """Masked-LM pretraining of a transformer encoder on unlabelled text (BERT's 80/10/10
-    masking, new masks each epoch). Fine-tune the result with `slimtext train --init OUT`."""
+    masking, new masks each epoch). Fine-tune the result with `slimtext train --init OUT`.
+    Several processes: `--nproc N` or `torchrun ... -m slimtext pretrain ... --strategy ddp|fsdp`
+    (`--batch-size` is per process)."""
     params = {k: v for k, v in locals().items()
               if k not in ("data", "out", "text_col", "resume", "checkpoint_every", "progress",
-                           "config", "tokenizer", "vocab_size", "mask_prob", "pack")
+                           "config", "tokenizer", "vocab_size", "mask_prob", "pack", "nproc")
               and v is not None}  # fmt: skip
+    if nproc:
+        _relaunch_with_torchrun(nproc)
+    from .train.distributed import DistributedError, init_distributed, shutdown
+
+    try:
+        ctx = init_distributed(strategy, device)
+    except (DistributedError, ValueError) as e:
+        _fail(e)
     try:
         from .pretrain import pretrain as run_pretrain
 
@@ -334,10 +357,14 @@ def pretrain(
         r = run_pretrain(data, out, tokenizer=tokenizer, vocab_size=vocab_size,
                          mask_prob=mask_prob, pack=pack, text_cols=text_col,
                          run_dir=ckpt / "run" if ckpt is not None else None,
-                         checkpoint_dir=ckpt, resume=resume, progress=progress,
-                         checkpoint_every=checkpoint_every, **params)  # fmt: skip
-    except _user_errors() as e:
+                         checkpoint_dir=ckpt, resume=resume, progress=progress and ctx.is_main,
+                         checkpoint_every=checkpoint_every, dist=ctx, **params)  # fmt: skip
+    except (*_user_errors(), DistributedError) as e:
         _fail(e)
+    finally:
+        shutdown(ctx)
+    if not ctx.is_main:  # rank 0 wrote the model directory
+        return
     info = json.loads((out / "config.json").read_text())["train"]["pretrain"]
     loss = info["final_loss"] if info["final_loss"] is not None else float("nan")
     typer.echo(
@@ -356,7 +383,9 @@ def eval_(
     text_col: list[str] | None = None,
     label_col: str = "label",
     encoding_errors: str = "strict",
-    backend: Annotated[str, typer.Option(help="torch | compile | onnxruntime | auto")] = "torch",
+    backend: Annotated[
+        str, typer.Option(help="torch | torch-bf16 | compile | onnxruntime[-int8] | auto")
+    ] = "torch",
     batch_size: int = 64,
     config: ConfigOpt = None,
 ) -> None:
@@ -384,7 +413,9 @@ def predict(
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
     file: Annotated[Path | None, typer.Option(help="One text per line ('-' = stdin).")] = None,
     batch_size: int = 64,
-    backend: Annotated[str, typer.Option(help="torch | compile | onnxruntime | auto")] = "torch",
+    backend: Annotated[
+        str, typer.Option(help="torch | torch-bf16 | compile | onnxruntime[-int8] | auto")
+    ] = "torch",
     config: ConfigOpt = None,
 ) -> None:
     """Print one JSON line per text: {"label": ..., "probs": {label: p}}. Reads stdin when no
@@ -492,14 +523,17 @@ def export(
 
 @app.command("compress")
 def compress_(
-    teacher_dir: Annotated[Path, typer.Argument(help="Model directory to compress (the teacher).")],
+    teacher_dir: Annotated[
+        Path, typer.Argument(help="Model directory to compress (the teacher unless --teacher).")
+    ],
     data: Annotated[str, typer.Option(help="Training data for distillation and fine-tuning.")],
     out: Annotated[Path, typer.Option(help="Model directory to write.")],
     recipe: Annotated[
         str,
         typer.Option(
             help="Steps, e.g. 'distill:layers=2,prune:heads=0.5,ffn=0.5,"
-            "quantize:int8-dynamic,max_drop=0.01'."
+            "quantize:int8-dynamic,max_drop=0.01'; 'quantize:int8-dynamic,qat=1' fine-tunes "
+            "quantization-aware; 'sparsity:2:4' prunes 2 of every 4 weights."
         ),
     ] = "distill,prune:heads=0.5,ffn=0.5,quantize:int8-dynamic",
     valid: Annotated[
@@ -510,6 +544,13 @@ def compress_(
     ] = None,
     transfer: Annotated[
         str | None, typer.Option(help="Extra unlabelled texts for distillation (labels ignored).")
+    ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            help="Teacher for distillation with its own tokenizer: 'hf:PATH' (a local Hugging "
+            "Face sequence-classification folder) or a slimtext model directory; same labels."
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per training step.")] = None,
     batch_size: int = 32,
@@ -526,7 +567,7 @@ def compress_(
         train_cfg = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                                        "threads": threads}.items() if v is not None}  # fmt: skip
         compress(teacher_dir, data, out, recipe, valid=valid, test=test, transfer=transfer,
-                 train_config=train_cfg, speed=speed, progress=progress,
+                 teacher=teacher, train_config=train_cfg, speed=speed, progress=progress,
                  log=lambda s: typer.echo(s, err=True))  # fmt: skip
     except _user_errors() as e:
         _fail(e)
@@ -540,7 +581,9 @@ def serve(
         str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")
     ] = "127.0.0.1",
     port: int = 8000,
-    backend: Annotated[str, typer.Option(help="auto | torch | compile | onnxruntime")] = "auto",
+    backend: Annotated[
+        str, typer.Option(help="auto | torch | torch-bf16 | compile | onnxruntime[-int8]")
+    ] = "auto",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     max_batch_size: Annotated[int, typer.Option(help="Most texts per model call.")] = 64,
     max_wait_ms: Annotated[
@@ -591,6 +634,56 @@ def serve(
         )  # fmt: skip
     except _user_errors() as e:
         _fail(e)
+
+
+@app.command()
+def bench(
+    model_dirs: Annotated[list[Path], typer.Argument(help="One or more model directories.")],
+    data: Annotated[str, typer.Option(help="Labelled test data: path, `bbc@test`, `hf:...`.")],
+    out: Annotated[Path, typer.Option(help="Folder for report.json, report.md, pareto.png.")],
+    train: Annotated[
+        str | None,
+        typer.Option(help="Training data for the fastText / TF-IDF peers (and HF Trainer)."),
+    ] = None,
+    peers: Annotated[
+        str, typer.Option(help="Comma-separated: hf, ort, fasttext, tfidf ('' for none).")
+    ] = "hf,ort,fasttext,tfidf",
+    backends: Annotated[
+        str | None,
+        typer.Option(
+            help="torch,torch-bf16,compile,onnxruntime,onnxruntime-int8 (default: all available)."
+        ),
+    ] = None,
+    time_budget: Annotated[
+        float | None,
+        typer.Option(help="Seconds for the whole run; fewer texts are measured to fit it."),
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch / ONNX Runtime threads.")] = None,
+    max_test: Annotated[int | None, typer.Option(help="Use at most N test texts.")] = None,
+    isolate: Annotated[
+        bool, typer.Option(help="Measure each entry in a fresh process (true peak memory).")
+    ] = True,
+    text_col: list[str] | None = None,
+    label_col: str = "label",
+    progress: bool = True,
+    config: ConfigOpt = None,
+) -> None:
+    """Benchmark model directories on every backend against HF, ORT int8, fastText and TF-IDF
+    peers: accuracy, latency, throughput, memory and size, with a Pareto plot."""
+    try:
+        from .bench import run as run_bench
+
+        run_bench(
+            model_dirs, data, out, train=train,
+            peers=[p.strip() for p in peers.split(",") if p.strip()],
+            backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
+            time_budget=time_budget, threads=threads, isolate=isolate, max_test=max_test,
+            progress=progress, log=lambda s: typer.echo(s, err=True),
+            load_kw={"text_cols": text_col, "label_col": label_col},
+        )  # fmt: skip
+    except (*_user_errors(), ImportError) as e:
+        _fail(e)
+    typer.echo((out / "report.md").read_text(encoding="utf-8"))
 
 
 def main() -> None:

@@ -37,6 +37,7 @@ from .data.batching import Batch
 from .models import ModelConfig, TransformerClassifier, build_model
 from .tokenizer import CLS, MASK, PAD, SEP, TextTokenizer
 from .train import Encoded, TrainResult, fit
+from .train.distributed import DistContext
 
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
 PRETRAIN_LABELS = ["pretrain-0", "pretrain-1"]  # the placeholder head of a pretrained model dir
@@ -195,6 +196,7 @@ def pretrain(
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
     progress: bool = True,
+    dist: DistContext | None = None,
     **params,
 ) -> TrainResult:
     """Masked-LM pretraining of a transformer encoder on unlabelled text; writes a model dir.
@@ -204,12 +206,18 @@ def pretrain(
     `max_length` with block-diagonal attention. `params` are `ModelConfig`/`TrainConfig` fields
     as for `TextClassifier` (pooling defaults to "cls", the BERT layout). The model dir at `out`
     holds the encoder with a placeholder 2-label head (use it with `TextClassifier(init=out)` /
-    `slimtext train --init`), `mlm_head.safetensors`, and the training log and curve."""
+    `slimtext train --init`), `mlm_head.safetensors`, and the training log and curve.
+
+    `dist` (from `init_distributed`, strategy ddp or fsdp) runs the same loop on every rank:
+    each rank corrupts its own share of the global batch with its own RNG stream, and rank 0
+    learns the tokenizer and writes the model dir."""
     from safetensors.torch import save_file
+    from tokenizers import Tokenizer
 
     from .api import TextClassifier
     from .artifact import save_model_dir
     from .data import DataError, load_data
+    from .train.distributed import broadcast_object, check_same_config, full_state_dict
 
     if not 0.0 < mask_prob < 1.0:
         raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
@@ -224,8 +232,20 @@ def pretrain(
     clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
                          verbose=progress, **params)  # fmt: skip
     cfg = clf.train_config()
-    tok = clf._fit_tokenizer(texts, checkpoint_dir, resume)
+    ctx = dist or DistContext()
+    if ctx.distributed and ctx.strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"pretrain runs single, ddp or fsdp, not --strategy {ctx.strategy}")
+    # Rank 0 learns (or reloads) the tokenizer; the others receive it, as in TextClassifier.fit.
+    if ctx.distributed:
+        tok_json = None
+        if ctx.is_main:
+            tok_json = clf._fit_tokenizer(texts, checkpoint_dir, resume).backend.to_str()
+        tok = TextTokenizer(Tokenizer.from_str(broadcast_object(ctx, tok_json)))
+    else:
+        tok = clf._fit_tokenizer(texts, checkpoint_dir, resume)
     config = clf._model_config(tok.vocab_size, len(PRETRAIN_LABELS), cfg.max_length)
+    check_same_config(ctx, {"model": config.to_dict(), "train": cfg.to_dict(), "texts": len(texts),
+                            "mask_prob": mask_prob, "pack": pack})  # fmt: skip
     torch.manual_seed(cfg.seed)
     model = build_model(config)
     mlm = MLMModel(model, tok, mask_prob, packed=pack)
@@ -236,11 +256,26 @@ def pretrain(
         run = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
         result = fit(mlm, Encoded(ids, [0] * len(ids)), None, cfg, label_names=PRETRAIN_LABELS,
                      pad_id=tok.pad_id, run_dir=run, checkpoint_dir=checkpoint_dir,
-                     resume=resume, progress=progress, loss_fn=mlm_loss(mlm))  # fmt: skip
+                     resume=resume, progress=progress, loss_fn=mlm_loss(mlm), dist=ctx)  # fmt: skip
+        head_state = mlm.head.state_dict()
+        if ctx.distributed:
+            # Gather the (possibly fsdp-sharded) encoder and MLM head into plain modules on
+            # rank 0; the classifier's pooler and head were not trained (same init everywhere).
+            full = full_state_dict(mlm, ctx)
+            if not ctx.is_main:
+                result.best = None
+                return result
+            plain = build_model(config)
+            untrained = {k: v for k, v in model.state_dict().items()
+                         if k.startswith(("pooler.", "head."))}  # fmt: skip
+            plain.load_state_dict({**untrained, **{k: v for k, v in full.items()
+                                                   if not k.startswith("head.")}})  # fmt: skip
+            model = plain
+            head_state = {k[5:]: v for k, v in full.items() if k.startswith("head.")}
         losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
                   if '"loss"' in x]  # fmt: skip
         head_file = Path(tmp) / "mlm_head.safetensors"
-        save_file({k: v.detach().cpu().contiguous() for k, v in mlm.head.state_dict().items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in head_state.items()},
                   str(head_file))  # fmt: skip
         info = {"objective": "mlm", "mask_prob": mask_prob, "texts": len(texts), "pack": pack,
                 "steps": result.steps, "tokens": result.tokens,

@@ -40,6 +40,18 @@ def test_torch_backend_keeps_input_order_and_ignores_padding(tiny_model_dir, tex
             torch.testing.assert_close(got[i], ref, atol=ATOL, rtol=0)
 
 
+def test_torch_bf16_runs_under_autocast_and_stays_close_to_fp32(tiny_model_dir, texts):
+    ref = load(tiny_model_dir, batch_size=5)
+    pred = load(tiny_model_dir, backend="torch-bf16", batch_size=5)
+    got = pred.logits(texts)
+    assert got.dtype == torch.float32
+    # bf16 keeps 8 bits of mantissa: close to fp32, but not equal (so autocast really ran).
+    torch.testing.assert_close(got, ref.logits(texts), atol=0.1, rtol=0.05)
+    assert not torch.equal(got, ref.logits(texts))
+    probs = pred.predict_proba(texts)
+    assert probs.shape == (len(texts), len(pred.labels))
+
+
 def test_onnxruntime_matches_torch(onnx_dir, texts):
     ref = load(onnx_dir, batch_size=5).logits(texts)
     pred = load(onnx_dir, backend="onnxruntime", batch_size=5)

@@ -21,7 +21,7 @@ from pathlib import Path
 from .measure import BATCH_SIZES, Plan, Spec, machine_info, measure_spec, run_isolated
 from .peers import PEERS, PeerUnavailable
 
-SLIMTEXT_BACKENDS = ("torch", "compile", "onnxruntime", "onnxruntime-int8")
+SLIMTEXT_BACKENDS = ("torch", "torch-bf16", "compile", "onnxruntime", "onnxruntime-int8")
 # Guesses used only to size work to a time budget before anything was measured.
 _FASTTEXT_TRAIN_DOCS_PER_S = 2000  # 25 epochs, 2 threads, AG News-length texts
 _TFIDF_TRAIN_DOCS_PER_S = 1500  # vectoriser + LR fit (C search on top)
@@ -50,7 +50,12 @@ def available_backends() -> list[str]:
     the onnxruntime ones need onnxruntime."""
     import importlib.util
 
+    import torch
+
     out = ["torch"]
+    # bf16 is only worth measuring where the CPU computes it natively (emulated it is slow).
+    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+        out.append("torch-bf16")
     if importlib.util.find_spec("torch._inductor") and (
         shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     ):

@@ -34,21 +34,27 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head = cfg.num_heads
+        self.head_dim = cfg.hidden_size // cfg.num_heads
         # q, k and v in one matmul: one GEMM of width 3C is faster than three of width C.
+        # Rows are laid out [q | k | v]; under tensor parallelism (train/parallel.py) each rank
+        # holds [q_r | k_r | v_r] for its own heads, so forward reads the width it is given.
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.p_drop = cfg.dropout
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        B, T, _ = x.shape
+        qkv = self.qkv(x)  # (B, T, 3W): W = C, or C / tp on a tensor-parallel rank
+        W = qkv.shape[-1] // 3
+        nh = W // self.head_dim  # heads computed here: all of them, or this rank's share
+        q, k, v = qkv.split(W, dim=2)
+        q, k, v = (t.view(B, T, nh, self.head_dim).transpose(1, 2) for t in (q, k, v))
         # key_mask: (B, 1, 1, T) bool, True = real token. Padded queries still attend to real
         # keys (no all-masked row, so no NaN); their outputs are ignored by pooling.
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=key_mask, dropout_p=self.p_drop if self.training else 0.0
         )  # (B, nh, T, hs)
-        return self.out(y.transpose(1, 2).reshape(B, T, C))
+        return self.out(y.transpose(1, 2).reshape(B, T, W))
 
 
 class Block(nn.Module):

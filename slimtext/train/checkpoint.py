@@ -39,6 +39,25 @@ def _raw(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def _uses_dcp(ctx: DistContext) -> bool:
+    return ctx.distributed and ctx.strategy in ("fsdp", "tp", "pp")
+
+
+def _dcp_options(ctx: DistContext):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # pp: the stages' optimizers hold different parameters, and DCP keeps one copy of a
+    # non-tensor entry per key ("param_groups" would be rank 0's on every rank): flattened, each
+    # entry is keyed by its parameter's name.
+    return StateDictOptions(flatten_optimizer_state_dict=ctx.strategy == "pp")
+
+
+def _dcp_module(model: nn.Module, ctx: DistContext) -> nn.Module:
+    # pp: the stage, whose state-dict keys are the whole model's names for its own part, so the
+    # stages' shards add up to one checkpoint of the whole model.
+    return model.stage_module if ctx.strategy == "pp" and hasattr(model, "stage_module") else model
+
+
 def save_checkpoint(
     folder: str | Path,
     step: int,
@@ -60,11 +79,11 @@ def save_checkpoint(
         tmp = tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=folder)
     tmp = Path(broadcast_object(ctx, tmp))
     try:
-        if ctx.strategy == "fsdp" and ctx.distributed:
+        if _uses_dcp(ctx):
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict
 
-            msd, osd = get_state_dict(model, optimizer)
+            msd, osd = get_state_dict(_dcp_module(model, ctx), optimizer, options=_dcp_options(ctx))
             dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
             barrier(ctx)
         elif ctx.is_main:
@@ -128,18 +147,30 @@ def load_checkpoint(
     except IntegrityError as e:
         raise DistributedError(f"cannot resume: {e}") from None
     state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    saved_tp = int(state.get("tp_size", 1))
+    layout = getattr(_raw(model), "_slimtext_layout", None)
+    tp_now = layout.tp_size if (layout is not None and ctx.distributed) else 1
+    if saved_tp != tp_now:
+        # The fused qkv rows are stored permuted for the tp size that wrote them.
+        raise DistributedError(
+            f"{path} was written with --strategy tp --tp-size {saved_tp}; this run has tp size "
+            f"{tp_now}: resume with the same tp size"
+        )
     if (path / "dcp").is_dir():
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-        msd, osd = get_state_dict(model, optimizer)
+        target = _dcp_module(model, ctx)
+        opts = _dcp_options(ctx)
+        msd, osd = get_state_dict(target, optimizer, options=opts)
         sd = {"model": msd, "optim": osd}
         dcp.load(sd, checkpoint_id=str(path / "dcp"))
-        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
-    elif ctx.strategy == "fsdp" and ctx.distributed:
+        set_state_dict(target, optimizer, model_state_dict=sd["model"],
+                       optim_state_dict=sd["optim"], options=opts)  # fmt: skip
+    elif _uses_dcp(ctx):
         raise DistributedError(
-            f"{path} was written without fsdp; resume it with the strategy that wrote it "
-            f"(single or ddp), or start the fsdp run afresh"
+            f"{path} was written without fsdp/tp/pp; resume it with the strategy that wrote it "
+            f"(single or ddp), or start this run afresh"
         )
     else:
         _raw(model).load_state_dict(load_file(str(path / "model.safetensors")))

@@ -11,6 +11,8 @@ saved; the loop in `trainer.py` is the same for all of them:
 - fsdp: FSDP2 `fully_shard` per encoder block then the root: parameters, gradients and optimizer
         state sharded across ranks; bf16 params / fp32 reduce on GPU; optional CPU offload;
         checkpoints through `torch.distributed.checkpoint` (DCP), loadable on any world size.
+- tp:   tensor parallel over a (dp, tp) mesh, FSDP2 over dp when world > --tp-size;
+- pp:   pipeline parallel, one stage of blocks per rank (both in `parallel.py`; DCP checkpoints).
 Without torchrun (WORLD_SIZE unset or 1) this is the single-process path, unchanged.
 """
 
@@ -26,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-STRATEGIES = ("auto", "single", "ddp", "fsdp")
+STRATEGIES = ("auto", "single", "ddp", "fsdp", "tp", "pp")
 
 
 class DistributedError(RuntimeError):
@@ -40,6 +42,17 @@ class DistContext:
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
     strategy: str = "single"
+    # Ranks that compute on the same batch (a tp group; the whole pipeline under pp): the data
+    # and the evaluation rows are split over world_size // replicas "data ranks".
+    replicas: int = 1
+
+    @property
+    def data_rank(self) -> int:
+        return self.rank // self.replicas
+
+    @property
+    def data_world(self) -> int:
+        return self.world_size // self.replicas
 
     @property
     def is_main(self) -> bool:
@@ -67,7 +80,7 @@ def init_distributed(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if not launched_by_torchrun():
-        if strategy in ("ddp", "fsdp"):
+        if strategy in ("ddp", "fsdp", "tp", "pp"):
             raise DistributedError(
                 f"--strategy {strategy} needs several processes: launch with "
                 f"`torchrun --nproc-per-node N -m slimtext train ...` or `slimtext train --nproc N`"
@@ -141,13 +154,29 @@ def barrier(ctx: DistContext) -> None:
 
 
 def wrap_model(
-    model: nn.Module, ctx: DistContext, precision: str, cpu_offload: bool = False
+    model: nn.Module,
+    ctx: DistContext,
+    precision: str,
+    cpu_offload: bool = False,
+    *,
+    tp_size: int | None = None,
+    microbatches: int = 4,
+    pp_schedule: str = "1f1b",
 ) -> nn.Module:
-    """The module the loop calls forward/backward on. For fsdp the model is sharded in place and
-    returned itself; for ddp a `DistributedDataParallel` around it."""
+    """The module the loop calls forward/backward on. For fsdp and tp the model is sharded in
+    place and returned itself; for ddp a `DistributedDataParallel` around it; for pp a
+    `parallel.PipelineModel` (whose `train_step` replaces forward/backward)."""
     model.to(ctx.device)
     if not ctx.distributed:
         return model
+    if ctx.strategy == "tp":
+        from .parallel import parallelize_tp
+
+        return parallelize_tp(model, ctx, tp_size, precision)
+    if ctx.strategy == "pp":
+        from .parallel import PipelineModel
+
+        return PipelineModel(model, ctx, microbatches, pp_schedule)
     if ctx.strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -182,6 +211,9 @@ def no_grad_sync(wrapped: nn.Module, ctx: DistContext, skip: bool):
         return contextlib.nullcontext()
     if ctx.strategy == "ddp":
         return wrapped.no_sync()
+    if ctx.strategy == "pp" or (ctx.strategy == "tp" and ctx.replicas == ctx.world_size):
+        # pp stages and a lone tp group have no data-parallel gradient reduction to defer.
+        return contextlib.nullcontext()
 
     @contextlib.contextmanager
     def fsdp_no_sync():
@@ -195,8 +227,23 @@ def no_grad_sync(wrapped: nn.Module, ctx: DistContext, skip: bool):
 
 
 def full_state_dict(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tensor]:
-    """The whole model's weights as plain CPU tensors (on rank 0; {} on other ranks under fsdp).
-    A collective under fsdp: every rank must call it."""
+    """The whole model's weights as plain CPU tensors, in the ordinary (single-process) layout:
+    on rank 0, {} on other ranks under fsdp and tp; on every rank under pp. A collective under
+    fsdp, tp and pp: every rank must call it."""
+    if ctx.distributed and ctx.strategy == "pp":
+        from .parallel import pp_full_state_dict
+
+        return pp_full_state_dict(model, ctx)
+    if ctx.distributed and ctx.strategy == "tp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from .parallel import from_tp_layout, layout_of
+
+        raw = model.module if hasattr(model, "module") else model
+        full = get_model_state_dict(
+            raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        return from_tp_layout(full, raw.config.hidden_size, layout_of(raw).tp_size) if full else {}
     if ctx.strategy != "fsdp" or not ctx.distributed:
         raw = model.module if hasattr(model, "module") else model
         return {k: v.detach().cpu().clone() for k, v in raw.state_dict().items()}
@@ -211,7 +258,28 @@ def load_full_state_dict(
     model: nn.Module, state: dict[str, torch.Tensor] | None, ctx: DistContext
 ) -> None:
     """Inverse of `full_state_dict`: under fsdp, rank 0's full weights are scattered as shards
-    (`distribute_tensor` sends rank 0's data; other ranks only supply the shape)."""
+    (`distribute_tensor` sends rank 0's data; other ranks only supply the shape). Under tp,
+    rank 0's weights are put in the tp layout and broadcast/sharded by `set_model_state_dict`;
+    under pp, rank 0's are broadcast and every rank loads the whole model (its stage shares it).
+    """
+    if ctx.distributed and ctx.strategy in ("tp", "pp"):
+        raw = model.module if hasattr(model, "module") else model
+        if ctx.strategy == "pp":
+            raw.load_state_dict(broadcast_object(ctx, state if ctx.is_main else None))
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        from .parallel import layout_of, to_tp_layout
+
+        full = (
+            to_tp_layout(state, raw.config.hidden_size, layout_of(raw).tp_size)
+            if ctx.is_main
+            else {}
+        )
+        set_model_state_dict(
+            raw, full, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+        )
+        return
     if ctx.strategy != "fsdp" or not ctx.distributed:
         raw = model.module if hasattr(model, "module") else model
         raw.load_state_dict(state)

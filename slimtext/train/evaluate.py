@@ -61,12 +61,12 @@ def evaluate(
 
     Under a distributed context each rank scores an equal share of the rows (fsdp needs every
     rank to run the same number of forwards) and the logits are gathered, so every rank returns
-    the same report.
+    the same report. The ranks of a tp group (`dist.replicas`) score the same rows together.
     """
     if dist is not None and dist.distributed:
-        n, world = len(ids), dist.world_size
+        n, world = len(ids), dist.data_world
         per = -(-n // world)
-        mine = [(dist.rank + world * j) % n for j in range(per)]
+        mine = [(dist.data_rank + world * j) % n for j in range(per)]
         local = predict_logits(model, [ids[i] for i in mine], pad_id, batch_size, device, precision)
         logits = torch.empty(n, local.shape[1])
         for rows, part in all_gather_object(dist, (mine, local)):

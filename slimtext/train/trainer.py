@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -62,8 +62,11 @@ class TrainConfig:
     bucket_batches: int = 50  # batches per length-sorting bucket
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads; None = torch's default (physical cores)
-    strategy: str = "auto"  # auto | single | ddp | fsdp (several processes: launch with torchrun)
+    strategy: str = "auto"  # auto | single | ddp | fsdp | tp | pp (several processes: torchrun)
     cpu_offload: bool = False  # fsdp: keep sharded params and optimizer state in CPU memory
+    tp_size: int | None = None  # tp: ranks per tensor-parallel group (None = all); dp = rest
+    microbatches: int = 4  # pp: micro-batches per batch (the pipeline's depth of overlap)
+    pp_schedule: str = "1f1b"  # pp: gpipe | 1f1b
     # Fine-tuning a pretrained encoder: lr x decay^(depth from the top) per layer (ELECTRA,
     # BEiT), and parameters kept fixed: "embeddings" or "embeddings+N" (and the first N blocks).
     layer_lr_decay: float = 1.0
@@ -82,6 +85,12 @@ class TrainConfig:
         if not 0.0 < self.layer_lr_decay <= 1.0:
             raise ValueError(f"layer_lr_decay must be in (0, 1], got {self.layer_lr_decay}")
         frozen_blocks(self.freeze)  # validates
+        if self.tp_size is not None and self.tp_size < 1:
+            raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
+        if self.microbatches < 1:
+            raise ValueError(f"microbatches must be >= 1, got {self.microbatches}")
+        if self.pp_schedule not in ("gpipe", "1f1b"):
+            raise ValueError(f"pp_schedule must be gpipe or 1f1b, not {self.pp_schedule!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -294,19 +303,35 @@ def fit(
     global batch of `batch_size * world_size` rows is split across ranks, so a data-parallel run
     takes the same steps on the same examples as one process with the global batch. Only rank 0
     logs, plots and shows progress.
+
+    Under tp the ranks of one tensor-parallel group take the same rows (the split is over
+    data-parallel ranks); under pp every stage takes the whole batch, which `PipelineModel.
+    train_step` cuts into `cfg.microbatches` micro-batches (the loss is their mean).
     """
     if train.labels is None:
         raise ValueError("training data has no labels")
     ctx = dist or DistContext(device=resolve_device(cfg.device))
+    if ctx.distributed and ctx.strategy == "tp":  # a copy: the caller's context is left as it is
+        ctx = replace(ctx, replicas=cfg.tp_size or ctx.world_size)
+    elif ctx.distributed and ctx.strategy == "pp":
+        ctx = replace(ctx, replicas=ctx.world_size)
+    pp = ctx.distributed and ctx.strategy == "pp"
+    tp = ctx.distributed and ctx.strategy == "tp"
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
     threads_before = torch.get_num_threads()  # restored at the end: fit leaves no global trace
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed + ctx.rank)  # dropout masks differ per rank, reproducibly
+    # Dropout masks differ per rank, reproducibly; but the ranks of a tp group compute the same
+    # replicated activations (embeddings, LayerNorm, dropout after row-wise outputs), so they
+    # share a stream: the seed is the data-parallel rank.
+    torch.manual_seed(cfg.seed + (ctx.data_rank if tp else ctx.rank))
     model.to(device).train()
     freeze_(model, cfg.freeze)
-    wrapped = wrap_model(model, ctx, precision, cfg.cpu_offload)
+    wrapped = wrap_model(model, ctx, precision, cfg.cpu_offload, tp_size=cfg.tp_size,
+                         microbatches=cfg.microbatches, pp_schedule=cfg.pp_schedule)  # fmt: skip
+    if pp and precision == "fp16":
+        raise ValueError("--strategy pp does not support fp16 loss scaling; use bf16 or fp32")
     progress = progress and ctx.is_main
     run_dir = Path(run_dir) if run_dir is not None and ctx.is_main else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -315,7 +340,7 @@ def fit(
 
     def epoch_batches(epoch: int) -> list[list[int]]:
         return bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches,
-                                ctx.rank, ctx.world_size)  # fmt: skip
+                                ctx.data_rank, ctx.data_world)  # fmt: skip
 
     batches_per_epoch = len(epoch_batches(0))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
@@ -325,8 +350,18 @@ def fit(
     warmup_steps = max(1, warmup_steps)
 
     # Fused AdamW is fastest on plain tensors; sharded (DTensor) params take the foreach path.
-    fused = device.type in ("cuda", "cpu") and not (ctx.distributed and ctx.strategy == "fsdp")
+    fused = device.type in ("cuda", "cpu") and not (
+        ctx.distributed and ctx.strategy in ("fsdp", "tp", "pp")
+    )
     groups = param_groups(model, cfg.weight_decay, cfg.lr, cfg.layer_lr_decay)
+    if pp:  # this stage's parameters only (names and depths are those of the whole model)
+        mine = {id(p) for p in wrapped.stage_module.parameters()}
+        groups = [{**g, "params": [p for p in g["params"] if id(p) in mine]} for g in groups]
+    if tp:  # foreach kernels (CUDA's default) refuse lists mixing DTensor and plain tensors
+        from torch.distributed.tensor import DTensor
+
+        groups = [{**g, "params": [p for p in g["params"] if isinstance(p, DTensor) == sharded]}
+                  for g in groups for sharded in (True, False)]  # fmt: skip
     try:
         opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
     except (RuntimeError, TypeError):
@@ -387,6 +422,8 @@ def fit(
             "tokens": result.tokens,
             "train_seconds": result.train_seconds,
         }
+        if tp:  # the qkv rows are stored in the layout of this tp size
+            st["tp_size"] = ctx.replicas
         if device.type == "cuda":
             st["rng_cuda"] = all_gather_object(ctx, torch.cuda.get_rng_state(device))
         save_checkpoint(ckpt_dir, step, model=wrapped, optimizer=opt, state=st,
@@ -408,6 +445,13 @@ def fit(
                 n_group = sum(len(r) for r in group)
                 for j, rows in enumerate(group):
                     b = pad_batch(train.ids, rows, pad_id, train.labels).to(device)
+                    if pp:  # the schedule runs forward and backward over micro-batches
+                        with autocast(device, precision):
+                            loss = wrapped.train_step(b, loss_fn, len(rows) / n_group)
+                        loss_sum += loss * n_group
+                        loss_n += len(rows)
+                        result.tokens += b.num_tokens
+                        continue
                     # Gradients are all-reduced only after the group's last micro-batch.
                     with no_grad_sync(wrapped, ctx, skip=j < len(group) - 1):
                         with autocast(device, precision):
@@ -422,15 +466,23 @@ def fit(
                     result.tokens += b.num_tokens
                 if cfg.grad_clip > 0:
                     scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+                    if tp or pp:  # mixed DTensor/plain grads; under pp, one stage's share
+                        from .parallel import clip_grad_norm_
+
+                        params = wrapped.stage_module.parameters() if pp else model.parameters()
+                        clip_grad_norm_(
+                            params, cfg.grad_clip, torch.distributed.group.WORLD if pp else None
+                        )
+                    else:
+                        nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
                 scaler.step(opt)
                 scaler.update()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 batch_pos += len(group)
                 step += 1
-                result.samples += n_group * ctx.world_size  # ranks' shares are equal in size
-                samples_last += n_group * ctx.world_size
+                result.samples += n_group * ctx.data_world  # ranks' shares are equal in size
+                samples_last += n_group * ctx.data_world
                 result.train_seconds += time.perf_counter() - t0
                 bar.update(1)
                 if step % cfg.log_every == 0 or batch_pos >= len(batches):
@@ -455,9 +507,13 @@ def fit(
             epoch += 1
             batch_pos = 0
             if valid is not None and valid.labels is not None and len(valid):
+                if pp:  # gather the stages: every rank then evaluates the whole model locally
+                    from .parallel import sync_full_model
+
+                    sync_full_model(wrapped, ctx)
                 report = evaluate(
                     model, valid.ids, valid.labels, label_names, pad_id,
-                    cfg.eval_batch_size, device, precision, ctx,
+                    cfg.eval_batch_size, device, precision, replace(ctx, replicas=1) if pp else ctx,
                 )  # fmt: skip
                 rec = {
                     "step": step,
