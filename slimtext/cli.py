@@ -188,20 +188,28 @@ def train(
     machine); `--strategy tp --tp-size T` on N ranks: N/T data-parallel x T tensor-parallel.
     """
     args = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
-    if nproc:
-        _relaunch_with_torchrun(nproc)
-    from .train.distributed import DistributedError, init_distributed, shutdown
+    ctx = _dist_context(nproc, strategy, device)
+    from .train.distributed import DistributedError, shutdown
 
-    try:
-        ctx = init_distributed(strategy, device)
-    except (DistributedError, ValueError) as e:
-        _fail(e)
     try:
         _train(ctx=ctx, **args)
     except (*_user_errors(), DistributedError) as e:
         _fail(e)
     finally:
         shutdown(ctx)
+
+
+def _dist_context(nproc: int, strategy: str, device: str):
+    """`--nproc N` re-runs this command under torchrun (no return); otherwise the process
+    group of this rank (or the single-process context)."""
+    if nproc:
+        _relaunch_with_torchrun(nproc)
+    from .train.distributed import DistributedError, init_distributed
+
+    try:
+        return init_distributed(strategy, device)
+    except (DistributedError, ValueError) as e:
+        _fail(e)
 
 
 def _relaunch_with_torchrun(nproc: int) -> None:
@@ -341,14 +349,9 @@ def pretrain(
               if k not in ("data", "out", "text_col", "resume", "checkpoint_every", "progress",
                            "config", "tokenizer", "vocab_size", "mask_prob", "pack", "nproc")
               and v is not None}  # fmt: skip
-    if nproc:
-        _relaunch_with_torchrun(nproc)
-    from .train.distributed import DistributedError, init_distributed, shutdown
+    ctx = _dist_context(nproc, strategy, device)
+    from .train.distributed import DistributedError, shutdown
 
-    try:
-        ctx = init_distributed(strategy, device)
-    except (DistributedError, ValueError) as e:
-        _fail(e)
     try:
         from .pretrain import pretrain as run_pretrain
 
