@@ -91,8 +91,9 @@ def export_onnx(
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)
+    from .compress.quantize import dense_int8  # int8 model directories export their float math
 
-    with _temp_files(target, 2) as (raw, opt):
+    with _temp_files(target, 2) as (raw, opt), dense_int8():
         used = _export(model, raw, opset, exporter, mask_dtype, max_t, log)
         diff = onnx_parity(raw, model, md.config.vocab_size, max_t, mask_dtype)
         log(f"parity ({used} exporter): max |logits diff| = {diff:.2e}")

@@ -131,3 +131,26 @@ def test_bad_arguments_are_rejected_before_any_work(tiny_model_dir):
         export_onnx(tiny_model_dir, opset=13)
     with pytest.raises(ValueError, match="exporter"):
         export_onnx(tiny_model_dir, exporter="tf")
+
+
+def test_an_int8_model_directory_exports_its_exact_float_math(tiny_model_dir, tmp_path):
+    """A directory quantized by `slimtext compress` (fbgemm int8 Linear and embedding) exports:
+    the graph holds the dequantized weights, and ORT int8 on top keeps the predictions."""
+    from slimtext.artifact import save_model_dir
+    from slimtext.compress import Int8Dynamic, quantize_
+
+    md = read_model_dir(tiny_model_dir)
+    rec = quantize_(md.model, Int8Dynamic())
+    d = tmp_path / "int8"
+    save_model_dir(d, md.model, md.config, md.tokenizer, md.labels, max_length=md.max_length,
+                   compression=[rec])  # fmt: skip
+    path = export_onnx(d, exporter="torchscript")  # raises if parity fails
+    q = read_model_dir(d)
+    sess = ort.InferenceSession(str(path))
+    ids, mask = _feed(4, 16, q.config.vocab_size, seed=3)
+    with torch.inference_mode():
+        ref = q.model(ids, mask).numpy()  # fbgemm: int8 activations too, so close, not equal
+    out = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    np.testing.assert_allclose(out, ref, atol=0.05)
+    assert (out.argmax(1) == ref.argmax(1)).all()
+    assert quantize_onnx(d, exporter="torchscript").is_file()

@@ -63,7 +63,8 @@ def markdown(result: dict) -> str:
         f"{_fmt(s['time_budget'], 0) if s['time_budget'] else 'none'} s, "
         f"took {result['elapsed_s']:.0f} s.",
         "",
-        "Throughput is docs/s when texts arrive b at a time (tokenization included); latency is "
+        "Throughput is docs/s scoring the texts b at a time in batches of similar length, the "
+        "same batches for every entry (tokenization included); latency is "
         "one text per call. Peak MB: peak resident memory of the process that loaded and "
         "measured that entry alone. Ratios: slimtext docs/s / peer docs/s (same model's peer).",
         "",

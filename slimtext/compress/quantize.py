@@ -23,6 +23,7 @@ and config.json's `compression` list records the method and the quantized module
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import warnings
@@ -104,6 +105,23 @@ def _quant_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale.float()
 
 
+_DENSE_INT8 = [0]  # > 0 inside `dense_int8()`
+
+
+@contextlib.contextmanager
+def dense_int8():
+    """Inside this block every `Int8Linear` computes with its dequantized weight instead of
+    fbgemm's int8 kernel. ONNX export runs here: the graph then holds plain MatMuls on the
+    int8 weights' exact float values (no fbgemm op to export), and the parity check compares
+    it with the same float computation. ONNX Runtime's own int8 (`export --int8`) re-quantizes
+    those weights."""
+    _DENSE_INT8[0] += 1
+    try:
+        yield
+    finally:
+        _DENSE_INT8[0] -= 1
+
+
 @functools.cache
 def _has_fbgemm() -> bool:
     return "fbgemm" in torch.backends.quantized.supported_engines or (
@@ -152,7 +170,13 @@ class Int8Linear(nn.Module):
         return torch.ops.quantized.linear_prepack(qw, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dynamic and _has_fbgemm() and x.device.type == "cpu" and x.dtype == torch.float32:
+        if (
+            self.dynamic
+            and not _DENSE_INT8[0]
+            and _has_fbgemm()
+            and x.device.type == "cpu"
+            and x.dtype == torch.float32
+        ):
             if self._packed is None:
                 self._packed = self._pack()
             # reduce_range=True: 7-bit activations, so the int16 accumulation in fbgemm's

@@ -1,0 +1,156 @@
+"""Self-pretraining vs training from scratch (issue #7), with the bag-of-n-grams peers.
+
+    python benchmarks/pretrain.py --datasets sst2,imdb --out bench-out/pretrain
+
+Per dataset, the same architecture and the same fine-tuning budget twice:
+  scratch    `slimtext train` from random weights;
+  pretrained `slimtext pretrain` (masked LM) on the *train* texts only (never test), then
+             `slimtext train --init` from that encoder;
+and TF-IDF + LR and fastText trained on the same train split (benchmarks/accuracy.py's peers).
+Every stage runs the real CLI in a subprocess, is timed, and leaves its model directory under
+`--out`; a stage whose result is already there is not run again, so an interrupted benchmark
+resumes where it stopped (delete a stage's folder to redo it). The exact commands are recorded
+in `results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from _common import dataset_paths, machine_info, markdown_table, write_json
+
+# One shape per dataset: BERT-mini for SST-2's short sentences; for IMDB's long reviews two
+# blocks of the same width and one epoch of fine-tuning, so that the whole comparison fits the
+# 2-core machine (800 pretraining steps of 64 x 256 tokens: about two passes over the reviews).
+SETUPS = {
+    "sst2": {
+        "shape": ["--hidden-size", "256", "--num-layers", "4", "--num-heads", "4",
+                  "--ffn-size", "1024"],
+        "max_length": 64,
+        "pretrain": ["--max-steps", "3000", "--batch-size", "64", "--pack", "--lr", "5e-4"],
+        "finetune": ["--epochs", "2", "--batch-size", "32"],
+    },
+    "imdb": {
+        "shape": ["--hidden-size", "256", "--num-layers", "2", "--num-heads", "4",
+                  "--ffn-size", "1024"],
+        "max_length": 256,
+        "pretrain": ["--max-steps", "800", "--batch-size", "64", "--pack", "--lr", "5e-4"],
+        "finetune": ["--epochs", "1", "--batch-size", "32"],
+    },
+}  # fmt: skip
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Runs one CLI stage; its output goes to `log`. Returns wall seconds; raises on failure."""
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        fh.write("$ " + shlex.join(cmd) + "\n")
+        fh.flush()
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode:
+        raise SystemExit(f"stage failed ({proc.returncode}); see {log}")
+    return time.perf_counter() - t0
+
+
+def stage(out: Path, name: str, cmd: list[str]) -> dict:
+    """Runs `cmd` unless `out/name` already holds its result; returns the stage record."""
+    done = out / f"{name}.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    seconds = run(cmd, out / f"{name}.log")
+    rec = {"command": shlex.join(cmd), "seconds": round(seconds, 1)}
+    metrics = out / name / "metrics.json"
+    if metrics.exists():
+        rec["metrics"] = json.loads(metrics.read_text())
+    write_json(done, rec)
+    return rec
+
+
+def peers(train_path: Path, test_path: Path, threads: int) -> dict:
+    import accuracy  # the peers exactly as benchmarks/accuracy.py runs them
+
+    from slimtext.data import load_data
+
+    train, test = load_data(str(train_path)), load_data(str(test_path))
+    labels = sorted(set(train.labels))
+    return {
+        "fastText": accuracy.run_fasttext(train, test, labels, threads),
+        "TF-IDF + LR": accuracy.run_tfidf(train, test, labels, [1.0, 4.0, 16.0], threads),
+    }
+
+
+def bench_dataset(name: str, data_root: Path, out: Path, threads: int) -> dict:
+    setup = SETUPS[name]
+    train_path, test_path = dataset_paths(data_root, name)
+    out.mkdir(parents=True, exist_ok=True)
+    slim = [sys.executable, "-m", "slimtext"]
+    common = ["--max-length", str(setup["max_length"]), "--threads", str(threads), "--no-progress"]
+    data = ["--data", str(train_path), "--test", str(test_path)]
+    res = {"setup": setup}
+    res["scratch"] = stage(
+        out, "scratch",
+        [*slim, "train", *data, "--out", str(out / "scratch"), "--model", "transformer",
+         "--pooling", "cls", *setup["shape"], *setup["finetune"], *common],  # default lr, 5e-4
+    )  # fmt: skip
+    res["pretrain"] = stage(
+        out, "pretrained",
+        [*slim, "pretrain", "--data", str(train_path), "--out", str(out / "pretrained"),
+         *setup["shape"], *setup["pretrain"], *common],
+    )  # fmt: skip
+    res["finetuned"] = stage(
+        out, "finetuned",
+        [*slim, "train", *data, "--out", str(out / "finetuned"), "--init", str(out / "pretrained"),
+         *setup["finetune"], "--lr", "2e-4", *common],  # a pretrained encoder wants a lower lr
+    )  # fmt: skip
+    peers_file = out / "peers.json"
+    if not peers_file.exists():
+        write_json(peers_file, peers(train_path, test_path, threads))
+    res["peers"] = json.loads(peers_file.read_text())
+    return res
+
+
+def test_accuracy(rec: dict) -> float:
+    return rec["metrics"]["test"]["accuracy"]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--datasets", default="sst2,imdb")
+    ap.add_argument("--data-root", default=str(Path(__file__).parents[1] / "../shared/datasets"))
+    ap.add_argument("--out", default="bench-out/pretrain")
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    results = {"machine": machine_info(), "datasets": {}}
+    rows = []
+    for name in args.datasets.split(","):
+        r = bench_dataset(name, Path(args.data_root), out / name, args.threads)
+        results["datasets"][name] = r
+        scratch, fine = test_accuracy(r["scratch"]), test_accuracy(r["finetuned"])
+        for peer, p in r["peers"].items():
+            rows.append([name, peer, p["accuracy"], p["macro_f1"], "", p["train_seconds"]])
+        for label, key in (("from scratch", "scratch"), ("pretrained + fine-tuned", "finetuned")):
+            m = r[key]["metrics"]["test"]
+            pre = r["pretrain"]["seconds"] if key == "finetuned" else ""
+            rows.append([name, f"slimtext {label}", m["accuracy"], m["macro_f1"], pre,
+                         r[key]["seconds"]])  # fmt: skip
+        r["gain_points"] = round(100 * (fine - scratch), 2)
+    write_json(out / "results.json", results)
+    print(
+        markdown_table(
+            ["dataset", "contender", "test acc", "macro-F1", "pretrain s", "train s"], rows
+        )
+    )
+    for name, r in results["datasets"].items():
+        print(f"{name}: pretrained - scratch = {r['gain_points']:+.2f} points")
+    return results
+
+
+if __name__ == "__main__":
+    main()
