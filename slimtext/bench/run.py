@@ -350,6 +350,13 @@ def _hf_peer(name, path, md, train_ds, work: Path, budget: _Budget, jobs_left: i
                                    batch_size=bs, lr=float(t.get("lr") or 1e-3))  # fmt: skip
     except Exception as e:  # a failed Trainer run is reported, never fatal
         return None, f"{why}; training with Trainer failed ({type(e).__name__}: {e})"
+    if info["steps"] < steps / 2:
+        # A peer cut off early by the budget would be compared at a fraction of its training:
+        # better no peer than a misleading one.
+        return None, (
+            f"{why}; transformers.Trainer reached only {info['steps']} of {steps} steps in the "
+            f"time budget ({info['train_seconds']:.0f}s): peer left out rather than half-trained"
+        )
     return out, (
         f"{why}; instead a BERT of the same shape and tokenizer trained from scratch with "
         f"transformers.Trainer for {info['steps']} of {steps} steps "

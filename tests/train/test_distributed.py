@@ -106,6 +106,53 @@ def test_fsdp_dcp_checkpoint_from_two_ranks_resumes_on_one_and_back(tmp_path, tr
     assert max_diff(weights(tmp_path / "r1"), weights(tmp_path / "two")) < 1e-5
 
 
+def test_a_dead_rank_stops_the_run_instead_of_hanging(tmp_path, train_csv):
+    """SIGKILL one rank mid-run: torchrun must take the other down and exit non-zero, well
+    before the collective timeout, and no model directory may appear."""
+    args = ["train", "--data", train_csv, "--batch-size", 4, "--checkpoint-every", 2, *TINY]
+    args[args.index("--epochs") + 1] = "200"  # long enough to be killed mid-run
+    out, ckpts = tmp_path / "dead", tmp_path / "dead.checkpoints"
+    proc = slimtext(*args, "--out", out, nproc=2, background=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (ckpts.is_dir() and any(ckpts.glob("step-*"))):
+            assert proc.poll() is None, "the run ended before a rank could be killed"
+            time.sleep(0.05)
+        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        pids = [int(p) for p in ranks.stdout.split()]
+        assert len(pids) == 2, ranks.stdout
+        os.kill(pids[1], signal.SIGKILL)
+        t0 = time.time()
+        code = proc.wait(timeout=100)  # SLIMTEXT_DIST_TIMEOUT is 120 s in these tests
+        assert code != 0 and time.time() - t0 < 100
+        assert not (out / "model.safetensors").exists()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_checkpoint_with_a_missing_shard_is_skipped_with_a_warning(tmp_path, train_csv):
+    """A DCP checkpoint that lost one rank's shard fails its manifest: resume says so, falls
+    back to the previous checkpoint, and still ends with the uninterrupted run's weights."""
+    common = ["train", "--data", train_csv, "--dropout", "0", "--checkpoint-every", 2, *TINY,
+              "--batch-size", 4, "--strategy", "fsdp"]  # fmt: skip
+    slimtext(*common, "--out", tmp_path / "ref", nproc=2)
+    ckpts = sorted((tmp_path / "ref.checkpoints").glob("step-*"))
+    assert len(ckpts) >= 2
+    work = tmp_path / "broken.checkpoints"
+    work.mkdir()
+    for c in ckpts[:2]:
+        shutil.copytree(c, work / c.name)
+    shutil.copy(tmp_path / "ref.checkpoints" / "tokenizer.json", work / "tokenizer.json")
+    shards = sorted((work / ckpts[1].name / "dcp").glob("*.distcp"))
+    assert len(shards) == 2
+    shards[1].unlink()  # rank 1's shard of the newest checkpoint is gone
+    r = slimtext(*common, "--out", tmp_path / "broken", "--resume", nproc=2)
+    assert "skipping damaged checkpoint" in r.stderr and ckpts[1].name in r.stderr
+    assert max_diff(weights(tmp_path / "ref"), weights(tmp_path / "broken")) < 1e-5
+
+
 def _mismatch_worker(rank, store_path):
     import torch.distributed as dist
 
