@@ -210,6 +210,8 @@ def run(
                 entries.append({"name": name, "group": group, **meta, **res})
                 log(f"{name}: accuracy {res.get('accuracy', float('nan')):.4f}, "
                     f"{res['docs_per_s'].get('64', 0):.0f} docs/s at b=64")  # fmt: skip
+            # What is measured so far survives a killed run; the full report replaces it.
+            _save_partial(out, entries, skipped)
             bar.update(1)
 
         def skip(name: str, reason: str, jobs: int = 1) -> None:
@@ -304,8 +306,20 @@ def run(
         "elapsed_s": time.monotonic() - budget.start,
     }
     write_report(result, out)
+    Path(out, PARTIAL).unlink(missing_ok=True)
     log(f"wrote {out / 'report.md'}, report.json, pareto.png")
     return result
+
+
+PARTIAL = "report.partial.json"
+
+
+def _save_partial(out, entries: list[dict], skipped: list[dict]) -> None:
+    from ..fileio import atomic_write_text
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    body = {"partial": True, "entries": entries, "skipped": skipped}
+    atomic_write_text(Path(out, PARTIAL), json.dumps(body, indent=2, default=str) + "\n")
 
 
 def _progress(total: int, enabled: bool):

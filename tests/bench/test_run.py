@@ -109,3 +109,25 @@ def test_bad_arguments_are_clear_errors(cls_model_dir, bench_data, tmp_path):
     other.write_text('{"text": "a b c", "label": "weather"}\n')
     with pytest.raises(ValueError, match=r"\['weather'\].*labels.json"):
         run([cls_model_dir], str(other), tmp_path, peers=[], progress=False)
+
+
+def test_a_run_that_dies_before_the_report_keeps_what_it_measured(
+    cls_model_dir, bench_data, tmp_path, monkeypatch
+):
+    import slimtext.bench.report as report
+
+    def boom(result, out):
+        raise KeyboardInterrupt  # as if the run were stopped while writing the report
+
+    monkeypatch.setattr(report, "write_report", boom)
+    out = tmp_path / "report"
+    with pytest.raises(KeyboardInterrupt):
+        run([cls_model_dir], str(bench_data[1]), out, peers=[], backends=["torch"], threads=1,
+            isolate=False, progress=False)  # fmt: skip
+    partial = json.loads((out / "report.partial.json").read_text())
+    assert partial["partial"] and [e["name"] for e in partial["entries"]] == ["tiny-cls/torch"]
+
+
+def test_a_finished_run_leaves_no_partial_file(full_report):
+    out, _ = full_report
+    assert not (out / "report.partial.json").exists()
