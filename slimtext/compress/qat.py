@@ -88,6 +88,12 @@ def _configs(config: QAT):
 
 def prepare_qat_(model: nn.Module, config: QAT) -> nn.Module:
     """Swap the layers `quantize_` would quantize for torchao's fake-quantized ones, in place."""
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "quantization-aware training needs torchao: pip install 'slimtext[quant]'"
+        ) from None
     from torchao.quantization import quantize_ as ao_quantize_
     from torchao.quantization.qat import FakeQuantizedLinear, QATConfig
 
