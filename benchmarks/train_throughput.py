@@ -39,6 +39,7 @@ from torch import nn
 
 from slimtext.data import load_data
 from slimtext.models import ModelConfig, build_model
+from slimtext.models.hf import hf_fast_tokenizer
 from slimtext.tokenizer import train_tokenizer
 from slimtext.train import Encoded, TrainConfig, evaluate, fit
 
@@ -130,18 +131,6 @@ class HFLogits(nn.Module):
 
     def forward(self, input_ids, attention_mask):
         return self.m(input_ids=input_ids, attention_mask=attention_mask.long()).logits
-
-
-def hf_tokenizer(tok, max_length: int):
-    from tokenizers import Tokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    # A copy: slimtext's `encode` sets truncation on its backend, HF sets its own per call.
-    backend = Tokenizer.from_str(tok.backend.to_str())
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-        sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_length,
-    )  # fmt: skip
 
 
 def run_hf(mode, precision, hf_tok, train_texts, train_y, valid_enc, label_names, args) -> dict:
@@ -257,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     valid_enc = Encoded(tok.encode(valid_texts, args.max_length), valid_y)
     hf_tok = None
     if any(CONTENDERS[c][0] == "hf" for c in names):
-        hf_tok = hf_tokenizer(tok, args.max_length)
+        hf_tok = hf_fast_tokenizer(tok, args.max_length)
         sample = hf_tok(train.texts[:200], truncation=True, max_length=args.max_length)
         if sample["input_ids"] != train_enc.ids[:200]:
             sys.exit("the wrapped tokenizer disagrees with slimtext's on the first 200 texts")

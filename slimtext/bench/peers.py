@@ -220,20 +220,6 @@ def hf_from_model_dir(model_dir: str | os.PathLike, out: str | os.PathLike) -> P
         raise PeerUnavailable(f"no exact Hugging Face mapping: {e}") from None
 
 
-def hf_tokenizer(md):
-    """The slimtext tokenizer as a `PreTrainedTokenizerFast` (same ids, same [CLS] ... [SEP])."""
-    from transformers import PreTrainedTokenizerFast
-
-    from ..tokenizer import CLS, MASK, PAD, SEP, UNK
-
-    names = {"pad_token": PAD, "unk_token": UNK, "cls_token": CLS, "sep_token": SEP,
-             "mask_token": MASK}  # fmt: skip
-    present = {k: t for k, t in names.items() if md.tokenizer.backend.token_to_id(t) is not None}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=md.tokenizer.backend, model_max_length=md.max_length, **present
-    )
-
-
 def hf_train_same_shape(
     model_dir: str | os.PathLike,
     train: TextDataset,
@@ -258,10 +244,10 @@ def hf_train_same_shape(
     )
 
     from ..artifact import read_model_dir
-    from ..models.hf import bert_config
+    from ..models.hf import bert_config, hf_fast_tokenizer
 
     md = read_model_dir(model_dir)
-    tok = hf_tokenizer(md)
+    tok = hf_fast_tokenizer(md.tokenizer, md.max_length)
     labels = list(md.labels)
     index = {lab: i for i, lab in enumerate(labels)}
     hf = BertForSequenceClassification(bert_config(md.config, labels))

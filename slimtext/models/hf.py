@@ -217,13 +217,26 @@ def load_hf_bert(path: str | os.PathLike, num_labels: int | None = None):
     return from_hf_bert(hf, num_labels), load_tokenizer(p)
 
 
+def hf_fast_tokenizer(tokenizer, max_length: int):
+    """A slimtext `TextTokenizer` as a `PreTrainedTokenizerFast`: same ids, same [CLS] ... [SEP].
+    On a copy of the `tokenizers` object: slimtext's `encode` sets truncation on its own, and
+    Hugging Face sets its own per call."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from ..tokenizer import CLS, MASK, PAD, SEP, UNK
+
+    backend = Tokenizer.from_str(tokenizer.backend.to_str())
+    names = {"pad_token": PAD, "unk_token": UNK, "cls_token": CLS, "sep_token": SEP,
+             "mask_token": MASK}  # fmt: skip
+    present = {k: t for k, t in names.items() if backend.token_to_id(t) is not None}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length, **present)
+
+
 def save_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write a slimtext model directory as a Hugging Face folder (`save_pretrained` + a fast
     tokenizer), loadable with `AutoModelForSequenceClassification` / `AutoTokenizer`."""
-    from transformers import PreTrainedTokenizerFast
-
     from ..artifact import read_model_dir
-    from ..tokenizer import CLS, MASK, PAD, SEP, UNK
 
     md = read_model_dir(model_dir)
     if md.meta.get("compression"):
@@ -231,20 +244,6 @@ def save_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     hf = to_hf_bert(md.model, list(md.labels))
     out = Path(out)
     hf.save_pretrained(out)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=md.tokenizer.backend,
-        model_max_length=md.max_length,
-        **{
-            name: t
-            for name, t in (
-                ("pad_token", PAD),
-                ("unk_token", UNK),
-                ("cls_token", CLS),
-                ("sep_token", SEP),
-                ("mask_token", MASK),
-            )  # fmt: skip
-            if md.tokenizer.backend.token_to_id(t) is not None
-        },
-    )
+    tok = hf_fast_tokenizer(md.tokenizer, md.max_length)
     tok.save_pretrained(out)
     return out
