@@ -301,6 +301,10 @@ def pretrain(
             help="Concatenate short documents up to --max-length; attention stays within each."
         ),
     ] = False,
+    whole_word: Annotated[
+        bool,
+        typer.Option(help="Mask whole words (all their sub-word tokens) instead of sub-words."),
+    ] = False,
     max_length: Annotated[int, typer.Option(help="Tokens per text (and positions).")] = 128,
     batch_size: int = 32,
     lr: float = 5e-4,
@@ -347,7 +351,8 @@ def pretrain(
     (`--batch-size` is per process)."""
     params = {k: v for k, v in locals().items()
               if k not in ("data", "out", "text_col", "resume", "checkpoint_every", "progress",
-                           "config", "tokenizer", "vocab_size", "mask_prob", "pack", "nproc")
+                           "config", "tokenizer", "vocab_size", "mask_prob", "pack", "nproc",
+                           "whole_word")
               and v is not None}  # fmt: skip
     ctx = _dist_context(nproc, strategy, device)
     from .train.distributed import DistributedError, shutdown
@@ -358,7 +363,7 @@ def pretrain(
         ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
         t0 = time.perf_counter()
         r = run_pretrain(data, out, tokenizer=tokenizer, vocab_size=vocab_size,
-                         mask_prob=mask_prob, pack=pack, text_cols=text_col,
+                         mask_prob=mask_prob, pack=pack, whole_word=whole_word, text_cols=text_col,
                          run_dir=ckpt / "run" if ckpt is not None else None,
                          checkpoint_dir=ckpt, resume=resume, progress=progress and ctx.is_main,
                          checkpoint_every=checkpoint_every, dist=ctx, **params)  # fmt: skip
@@ -387,7 +392,7 @@ def eval_(
     label_col: str = "label",
     encoding_errors: str = "strict",
     backend: Annotated[
-        str, typer.Option(help="torch | torch-bf16 | compile | onnxruntime[-int8] | auto")
+        str, typer.Option(help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto")
     ] = "torch",
     batch_size: int = 64,
     config: ConfigOpt = None,
@@ -417,7 +422,7 @@ def predict(
     file: Annotated[Path | None, typer.Option(help="One text per line ('-' = stdin).")] = None,
     batch_size: int = 64,
     backend: Annotated[
-        str, typer.Option(help="torch | torch-bf16 | compile | onnxruntime[-int8] | auto")
+        str, typer.Option(help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto")
     ] = "torch",
     config: ConfigOpt = None,
 ) -> None:
@@ -493,7 +498,10 @@ def export(
     format: Annotated[str, typer.Option(help="onnx (the only format so far).")] = "onnx",
     opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = 18,
     optimize: Annotated[bool, typer.Option(help="Save the ONNX Runtime-optimised graph.")] = True,
-    exporter: Annotated[str, typer.Option(help="auto | dynamo | torchscript")] = "auto",
+    exporter: Annotated[
+        str,
+        typer.Option(help="auto | fused (transformer in ORT's fused ops) | dynamo | torchscript"),
+    ] = "auto",
     mask_dtype: Annotated[
         str, typer.Option(help="attention_mask input type: bool | int64")
     ] = "bool",
@@ -585,7 +593,7 @@ def serve(
     ] = "127.0.0.1",
     port: int = 8000,
     backend: Annotated[
-        str, typer.Option(help="auto | torch | torch-bf16 | compile | onnxruntime[-int8]")
+        str, typer.Option(help="auto | torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8]")
     ] = "auto",
     device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
     max_batch_size: Annotated[int, typer.Option(help="Most texts per model call.")] = 64,
@@ -649,12 +657,16 @@ def bench(
         typer.Option(help="Training data for the fastText / TF-IDF peers (and HF Trainer)."),
     ] = None,
     peers: Annotated[
-        str, typer.Option(help="Comma-separated: hf, ort, fasttext, tfidf ('' for none).")
+        str,
+        typer.Option(
+            help="Comma-separated: hf, ort, ort-opt (ORT-optimised HF graph), fasttext, tfidf"
+            " ('' for none)."
+        ),
     ] = "hf,ort,fasttext,tfidf",
     backends: Annotated[
         str | None,
         typer.Option(
-            help="torch,torch-bf16,compile,onnxruntime,onnxruntime-int8 (default: all available)."
+            help="torch,torch-bf16,compile,compile-bf16,onnxruntime,onnxruntime-int8 (default: all)"
         ),
     ] = None,
     time_budget: Annotated[

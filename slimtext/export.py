@@ -5,10 +5,13 @@
     quantize_onnx(model_dir)          -> model_dir/model.int8.onnx (dynamic int8 weights)
 
 The graph takes `input_ids` int64 (B, T) and `attention_mask` bool (or int64) (B, T) and returns
-`logits` float32 (B, num_labels), with B and T dynamic. The dynamo exporter is tried first; the
-TorchScript exporter is the fallback. Every file is written under a temporary name, compared with
-PyTorch on padded batches of several shapes, optionally optimised for ONNX Runtime (and compared
-again), and only then renamed into place, so a failed export never leaves a bad `model.onnx`.
+`logits` float32 (B, num_labels), with B and T dynamic. A `TransformerClassifier` is written
+directly in ONNX Runtime's fused transformer ops (`slimtext.onnx_fused`: one `Attention`,
+`SkipLayerNormalization` and `BiasGelu` per layer, what ORT's BERT optimizer would make of it);
+other models are traced, by the dynamo exporter first and the TorchScript exporter as fallback.
+Every file is written under a temporary name, compared with PyTorch on padded batches of several
+shapes, optionally optimised for ONNX Runtime (and compared again), and only then renamed into
+place, so a failed export never leaves a bad `model.onnx`.
 A `<name>.json` sidecar records how it was made and the measured parity.
 """
 
@@ -32,7 +35,10 @@ ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("logits",)
-EXPORTERS = ("auto", "dynamo", "torchscript")
+EXPORTERS = ("auto", "fused", "dynamo", "torchscript")
+# Part of the cache key of on-the-fly exports (infer.py): bump it when the graph an export
+# writes changes, so a cached file from an older slimtext is not run in its place.
+GRAPH_VERSION = "g2"
 # (batch, length) shapes the parity check runs; 1 and odd sizes catch shapes specialised at
 # export time, the long ones catch a position table traced at a fixed length.
 PARITY_SHAPES = ((1, 8), (2, 16), (3, 24), (8, 40), (5, 64), (2, 128))
@@ -158,8 +164,11 @@ def quantize_onnx(
         else:
             src = Path(source)
         mask_dtype = _read_sidecar(src).get("mask_dtype", "bool")
-        # Only MatMul: quantising the embedding Gather saves little and costs accuracy.
-        quantize_dynamic(src, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        # MatMul and the fused graph's Attention (-> QAttention, int8 q/k/v projection inside
+        # the attention kernel); not the embedding Gather: it saves little and costs accuracy.
+        quantize_dynamic(
+            src, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"]
+        )
         diff, agree = _int8_check(tmp, model, md.config.vocab_size, max_t, mask_dtype)
         log(f"int8 vs PyTorch: max |logits diff| = {diff:.3f}, argmax agreement = {agree:.3f}")
         if agree < min_agreement:
@@ -245,6 +254,20 @@ def _export(model, path: Path, opset, exporter, mask_dtype, max_t, log) -> str:
     # Batch 2 and length 16 as examples: sizes 0 and 1 would be specialised by the tracer.
     ids, mask = _example(2, min(16, max_t), model.config.vocab_size, g)
     args = (ids, mask.long() if mask_dtype == "int64" else mask)
+    if exporter in ("auto", "fused"):
+        from .onnx_fused import FusedUnsupported, build_fused
+
+        try:
+            proto = build_fused(model, mask_dtype=mask_dtype, opset=opset)
+        except FusedUnsupported as e:
+            if exporter == "fused":
+                raise ExportError(f"fused export is not possible: {e}") from e
+            log(f"no fused graph ({e}); tracing the model instead")
+        else:
+            import onnx
+
+            onnx.save(proto, str(path))
+            return "fused"
     if exporter in ("auto", "dynamo"):
         try:
             _export_dynamo(model, args, path, opset, max_t)

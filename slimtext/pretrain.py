@@ -7,7 +7,9 @@ Pretraining is BERT's masked-LM objective (Devlin et al. 2019) on the `Transform
 encoder: 15% of the real, non-special tokens are selected; of those 80% become [MASK], 10% a
 random token and 10% stay unchanged; the model predicts the original token at the selected
 positions through an MLM head (dense + GELU + LayerNorm + a decoder tied to the input
-embeddings). Masks are drawn anew every time a text is seen (dynamic masking, RoBERTa), inside
+embeddings). With `whole_word=True` words are selected instead of tokens and all the pieces of
+a selected word are predicted together (BERT's whole-word-masking release). Masks are drawn
+anew every time a text is seen (dynamic masking, RoBERTa), inside
 `MLMModel.forward` with torch's global RNG, so it runs through the ordinary `fit` loop (mixed
 precision, length buckets, accumulation, checkpoints) and a checkpoint's saved RNG state makes a
 resumed run draw the same masks. No next-sentence prediction: the pooler stays at its
@@ -60,15 +62,25 @@ def mask_tokens(
     special_ids: list[int],
     vocab_size: int,
     mask_prob: float = 0.15,
+    word_starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's 80/10/10 corruption: (corrupted ids, labels with IGNORE where not selected).
 
     Draws from torch's global RNG on `input_ids.device`, so masks are fresh at every call and
     reproducible from a saved RNG state. Padding and special tokens are never selected; random
-    replacements are drawn from the non-special vocabulary."""
+    replacements are drawn from the non-special vocabulary. With `word_starts` (a bool per
+    vocabulary id, from `word_start_table`) whole words are selected: every sub-word of a word
+    shares the draw of the word's first token, so a word is predicted from its context, never
+    from its own other pieces; the 80/10/10 choice stays per token, as in BERT's release."""
     specials = torch.tensor(special_ids, device=input_ids.device, dtype=input_ids.dtype)
     can = attention_mask.bool() & ~torch.isin(input_ids, specials)
-    selected = can & (torch.rand(input_ids.shape, device=input_ids.device) < mask_prob)
+    draw = torch.rand(input_ids.shape, device=input_ids.device)
+    if word_starts is not None:
+        starts = word_starts.to(input_ids.device)[input_ids] | ~can  # specials end a word
+        ar = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        first = torch.where(starts, ar, torch.zeros_like(ar)).cummax(1).values
+        draw = draw.gather(1, first)  # each token takes its word's first token's draw
+    selected = can & (draw < mask_prob)
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE))
     u = torch.rand(input_ids.shape, device=input_ids.device)
     to_mask = selected & (u < 0.8)
@@ -80,6 +92,43 @@ def mask_tokens(
     out = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
     out = torch.where(to_random, candidates[pick], out)
     return out, labels
+
+
+def word_start_table(tok: TextTokenizer) -> torch.Tensor:
+    """A bool per vocabulary id: does this token begin a word? Read from the vocabulary's own
+    marks: WordPiece continuations start with its prefix ("##"); byte-level BPE and
+    SentencePiece-style (Metaspace) tokens that begin a word carry "Ġ" / "▁". Punctuation
+    pre-split from a word without a space counts as part of it (as in Hugging Face's
+    whole-word collator). Raises ValueError for a vocabulary without such marks."""
+    spec = json.loads(tok.backend.to_str())
+    model = spec.get("model") or {}
+    vocab = tok.backend.get_vocab()
+    table = torch.zeros(max(vocab.values()) + 1, dtype=torch.bool)
+    if model.get("type") == "WordPiece":
+        prefix = model.get("continuing_subword_prefix") or "##"
+        for t, i in vocab.items():
+            table[i] = not t.startswith(prefix)
+        return table
+    marks = {"ByteLevel": "\u0120", "Metaspace": "\u2581"}
+    kinds = _pre_tokenizer_types(spec.get("pre_tokenizer"))
+    mark = next((marks[k] for k in kinds if k in marks), None)
+    if mark is None:
+        raise ValueError(
+            "whole-word masking needs a WordPiece ('##') or byte-level / Metaspace BPE "
+            f"vocabulary; this tokenizer is {model.get('type')} with pre-tokenizers {kinds}"
+        )
+    for t, i in vocab.items():
+        table[i] = t.startswith(mark)
+    return table
+
+
+def _pre_tokenizer_types(pt) -> list[str]:
+    if not pt:
+        return []
+    return [
+        pt.get("type"),
+        *(t for p in pt.get("pretokenizers", []) for t in _pre_tokenizer_types(p)),
+    ]
 
 
 class MLMHead(nn.Module):
@@ -128,6 +177,7 @@ class MLMModel(nn.Module):
         tok: TextTokenizer,
         mask_prob: float,
         packed: bool = False,
+        whole_word: bool = False,
     ):
         super().__init__()
         if tok.mask_id is None:
@@ -140,6 +190,8 @@ class MLMModel(nn.Module):
         self.vocab_size = classifier.config.vocab_size
         self.mask_prob = mask_prob
         self.packed = packed
+        # Not a buffer: it is derived from the tokenizer and must stay out of the state dict.
+        self.word_starts = word_start_table(tok) if whole_word else None
         self.cls_id = tok.backend.token_to_id(CLS)
         if packed and self.cls_id is None:
             raise ValueError("packing needs a [CLS] token to find where documents start")
@@ -165,7 +217,8 @@ class MLMModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids, labels = mask_tokens(input_ids, attention_mask, mask_id=self.mask_id,
                                   special_ids=self.special_ids, vocab_size=self.vocab_size,
-                                  mask_prob=self.mask_prob)  # fmt: skip
+                                  mask_prob=self.mask_prob,
+                                  word_starts=self.word_starts)  # fmt: skip
         h = self.encode(ids, attention_mask)  # (B, T, C)
         selected = labels != IGNORE
         self.labels = labels[selected]  # (N,)
@@ -191,6 +244,7 @@ def pretrain(
     vocab_size: int = 16000,
     mask_prob: float = 0.15,
     pack: bool = False,
+    whole_word: bool = False,
     text_cols: list[str] | None = None,
     run_dir: str | os.PathLike | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
@@ -202,7 +256,8 @@ def pretrain(
     """Masked-LM pretraining of a transformer encoder on unlabelled text; writes a model dir.
 
     `data`: a list of texts or any source `load_data` reads (a .txt file is one document per
-    line; labels, if any, are ignored). `pack` concatenates short documents into rows of
+    line; labels, if any, are ignored). `whole_word` masks whole words instead of single
+    sub-word tokens (`mask_tokens`). `pack` concatenates short documents into rows of
     `max_length` with block-diagonal attention. `params` are `ModelConfig`/`TrainConfig` fields
     as for `TextClassifier` (pooling defaults to "cls", the BERT layout). The model dir at `out`
     holds the encoder with a placeholder 2-label head (use it with `TextClassifier(init=out)` /
@@ -245,10 +300,11 @@ def pretrain(
         tok = clf._fit_tokenizer(texts, checkpoint_dir, resume)
     config = clf._model_config(tok.vocab_size, len(PRETRAIN_LABELS), cfg.max_length)
     check_same_config(ctx, {"model": config.to_dict(), "train": cfg.to_dict(), "texts": len(texts),
-                            "mask_prob": mask_prob, "pack": pack})  # fmt: skip
+                            "mask_prob": mask_prob, "pack": pack,
+                            "whole_word": whole_word})  # fmt: skip
     torch.manual_seed(cfg.seed)
     model = build_model(config)
-    mlm = MLMModel(model, tok, mask_prob, packed=pack)
+    mlm = MLMModel(model, tok, mask_prob, packed=pack, whole_word=whole_word)
     ids = tok.encode(texts, cfg.max_length)
     if pack:
         ids = pack_documents(ids, cfg.max_length)
@@ -277,7 +333,8 @@ def pretrain(
         head_file = Path(tmp) / "mlm_head.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in head_state.items()},
                   str(head_file))  # fmt: skip
-        info = {"objective": "mlm", "mask_prob": mask_prob, "texts": len(texts), "pack": pack,
+        info = {"objective": "mlm", "mask_prob": mask_prob, "whole_word": whole_word,
+                "texts": len(texts), "pack": pack,
                 "steps": result.steps, "tokens": result.tokens,
                 "final_loss": losses[-1] if losses else None}  # fmt: skip
         save_model_dir(out, model.cpu().eval(), config, tok, PRETRAIN_LABELS,

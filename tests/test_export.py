@@ -46,7 +46,7 @@ def test_exported_directory_still_verifies_and_lists_the_onnx(exported_dir):
     files = json.loads((exported_dir / "manifest.json").read_text())["files"]
     assert "model.onnx" in files and "model.onnx.json" in files
     info = json.loads((exported_dir / "model.onnx.json").read_text())
-    assert info["exporter"] in ("dynamo", "torchscript")
+    assert info["exporter"] == "fused"  # a TransformerClassifier: ORT's fused ops
     assert info["max_abs_diff"] <= ATOL
     assert md.labels  # and it is still a usable model directory
     assert not list(exported_dir.glob(".*tmp")), "temporary files left behind"
@@ -82,10 +82,15 @@ def test_padding_never_changes_onnx_logits(exported_dir):
 
 def test_torchscript_fallback_when_dynamo_fails(tiny_model_dir, tmp_path, monkeypatch):
     import slimtext.export as ex
+    import slimtext.onnx_fused as fused
 
     def broken(*a, **k):
         raise RuntimeError("simulated dynamo failure")
 
+    def unsupported(*a, **k):
+        raise fused.FusedUnsupported("simulated: a layer the fused builder does not know")
+
+    monkeypatch.setattr(fused, "build_fused", unsupported)
     monkeypatch.setattr(ex, "_export_dynamo", broken)
     msgs: list[str] = []
     out = export_onnx(tiny_model_dir, out=tmp_path / "m.onnx", mask_dtype="int64", log=msgs.append)

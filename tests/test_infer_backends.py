@@ -111,6 +111,26 @@ def test_compile_with_inductor_matches_torch(tiny_model_dir, texts):
     torch.testing.assert_close(pred.logits(texts), ref.logits(texts), atol=ATOL, rtol=0)
 
 
+@pytest.mark.skipif(
+    not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()),
+    reason="compile-bf16 is for CPUs with native bf16 (AVX512-BF16 or AMX)",
+)
+def test_compile_bf16_freezes_under_autocast_and_stays_close_to_fp32(tiny_model_dir, texts):
+    pytest.importorskip("torch._inductor")
+    torch._dynamo.reset()
+    pred = load(tiny_model_dir, backend="compile-bf16", batch_size=8)
+    ref = load(tiny_model_dir, batch_size=8).logits(texts)
+    eager_bf16 = load(tiny_model_dir, backend="torch-bf16", batch_size=8).logits(texts)
+    got = pred.logits(texts)
+    assert pred.backend == "compile-bf16" and got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, atol=0.1, rtol=0.05)  # bf16: close to fp32...
+    assert not torch.equal(got, ref)  # ...but not equal, so autocast really ran
+    torch.testing.assert_close(got, eager_bf16, atol=0.05, rtol=0.05)  # same maths as eager
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.freezing is False  # patched per call, not left on for the process
+
+
 def test_auto_picks_an_available_backend_and_agrees_with_torch(onnx_dir, texts):
     pred = load(onnx_dir, backend="auto", batch_size=8)
     assert pred.backend in ("torch", "onnxruntime")

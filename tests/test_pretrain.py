@@ -239,3 +239,79 @@ def test_packed_pretraining_runs(tmp_path):
     assert r.steps == 3
     info = json.loads((tmp_path / "p" / "config.json").read_text())["train"]["pretrain"]
     assert info["pack"] is True
+
+
+# ---- whole-word masking ----------------------------------------------------------------------
+
+
+def _words_of(tok, text: str):
+    """(ids, word index per id) from the tokenizer's own word ids, [CLS]/[SEP] = None."""
+    enc = tok.backend.encode(text)
+    return enc.ids, enc.word_ids
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_word_start_table_marks_the_first_piece_of_every_word(kind):
+    from slimtext.pretrain import word_start_table
+    from slimtext.tokenizer import train_tokenizer
+
+    texts = ["unbelievably windsurfing championships", "a cat sat", "reconsideration matters"]
+    # Small vocabularies, so long words split into pieces (BPE starts from 256 bytes).
+    tok = train_tokenizer(texts * 5, kind=kind, vocab_size=60 if kind == "wordpiece" else 300)
+    table = word_start_table(tok)
+    for text in ["unbelievably windsurfing championships", "reconsideration matters a cat"]:
+        ids, words = _words_of(tok, text)
+        pieces = [(i, w) for i, w in zip(ids, words, strict=True) if w is not None]
+        assert len(pieces) > len(text.split()), "the test needs words split into pieces"
+        for j, (i, w) in enumerate(pieces):
+            first = j == 0 or pieces[j - 1][1] != w
+            assert bool(table[i]) == first, (tok.backend.id_to_token(i), j)
+
+
+def test_whole_word_masking_selects_every_piece_of_a_word_or_none():
+    torch.manual_seed(0)
+    V, specials = 60, [0, 1, 2, 3, 4]
+    starts = torch.zeros(V, dtype=torch.bool)
+    starts[5:30] = True  # ids 5..29 begin a word, 30..59 continue one
+    starts[:5] = True
+    B, T = 64, 48
+    ids = torch.where(torch.rand(B, T) < 0.5, torch.randint(5, 30, (B, T)),
+                      torch.randint(30, V, (B, T)))  # fmt: skip
+    ids[:, 0], ids[:, -1] = 2, 3
+    attn = torch.ones(B, T, dtype=torch.bool)
+    word = (starts[ids] | (ids < 5)).long().cumsum(1)  # word number of each token
+    total_words = sel_words = 0
+    for _ in range(20):
+        _, labels = mask_tokens(ids, attn, mask_id=4, special_ids=specials, vocab_size=V,
+                                mask_prob=0.15, word_starts=starts)  # fmt: skip
+        chosen = labels != IGNORE
+        assert not chosen[ids < 5].any()
+        for b in range(B):
+            w = word[b][ids[b] >= 5]
+            c = chosen[b][ids[b] >= 5]
+            for k in w.unique():
+                part = c[w == k]
+                assert part.all() or not part.any(), "a word was only partly selected"
+                total_words += 1
+                sel_words += int(part.all())
+    assert abs(sel_words / total_words - 0.15) < 0.015
+
+
+def test_whole_word_pretraining_runs_and_is_recorded(tmp_path):
+    r = pretrain(corpus(40), tmp_path / "p", tokenizer="bpe", vocab_size=150, max_steps=3,
+                 whole_word=True, progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
+    assert r.steps == 3
+    info = json.loads((tmp_path / "p" / "config.json").read_text())["train"]["pretrain"]
+    assert info["whole_word"] is True
+
+
+def test_whole_word_masking_refuses_a_vocabulary_without_word_marks():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from slimtext.pretrain import word_start_table
+    from slimtext.tokenizer import TextTokenizer
+
+    bare = Tokenizer(models.WordLevel({"[PAD]": 0, "[UNK]": 1, "a": 2}, unk_token="[UNK]"))
+    bare.pre_tokenizer = pre_tokenizers.Whitespace()
+    with pytest.raises(ValueError, match="whole-word masking needs"):
+        word_start_table(TextTokenizer(bare))

@@ -44,6 +44,9 @@ def _fmt(v, digits: int = 1) -> str:
     return str(v)
 
 
+_PEER_COL = {"hf": "hf", "ort": "ort-int8", "ort-opt": "ort-opt-int8"}
+
+
 def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -54,6 +57,9 @@ def markdown(result: dict) -> str:
         (e["model"], e["peer"]): e for e in entries if e["group"] == "peer" and e.get("model")
     }
     s = result["settings"]
+    # Ratio columns against the same model's peers: hf and ort always, ort-opt when it ran.
+    ran = {e.get("peer") for e in entries}
+    ratio_peers = ["hf", "ort"] + (["ort-opt"] if "ort-opt" in ran else [])
     lines = [
         "# slimtext bench",
         "",
@@ -69,9 +75,10 @@ def markdown(result: dict) -> str:
         "measured that entry alone. Ratios: slimtext docs/s / peer docs/s (same model's peer).",
         "",
         "| model / backend | accuracy | macro-F1 | p50 ms | p99 ms | docs/s b=1 | docs/s b=8 "
-        "| docs/s b=64 | peak MB | size MB | vs hf b=1 | vs hf b=64 | vs ort-int8 b=1 "
-        "| vs ort-int8 b=64 |",
-        "|" + "---|" * 14,
+        "| docs/s b=64 | peak MB | size MB | "
+        + " | ".join(f"vs {_PEER_COL[p]} b=1 | vs {_PEER_COL[p]} b=64" for p in ratio_peers)
+        + " |",
+        "|" + "---|" * (10 + 2 * len(ratio_peers)),
     ]
     for e in entries:
         d = e.get("docs_per_s", {})
@@ -82,11 +89,11 @@ def markdown(result: dict) -> str:
             _fmt(e.get("peak_rss_mb"), 0), _fmt(e.get("size_mb"), 2),
         ]  # fmt: skip
         if e["group"] == "slimtext":
-            for peer in ("hf", "ort"):
+            for peer in ratio_peers:
                 p = peers_of.get((e["model"], peer), {}).get("docs_per_s", {})
                 row += [_ratio(d.get("1"), p.get("1")), _ratio(d.get("64"), p.get("64"))]
         else:
-            row += ["-"] * 4
+            row += ["-"] * (2 * len(ratio_peers))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Fastest backend and int8", ""]
     for model, m in result["summary"]["models"].items():

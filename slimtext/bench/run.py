@@ -19,9 +19,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .measure import BATCH_SIZES, Plan, Spec, machine_info, measure_spec, run_isolated
-from .peers import PEERS, PeerUnavailable
+from .peers import DEFAULT_PEERS, PEERS, PeerUnavailable
 
-SLIMTEXT_BACKENDS = ("torch", "torch-bf16", "compile", "onnxruntime", "onnxruntime-int8")
+SLIMTEXT_BACKENDS = ("torch", "torch-bf16", "compile", "compile-bf16", "onnxruntime",
+                     "onnxruntime-int8")  # fmt: skip
 # Guesses used only to size work to a time budget before anything was measured.
 _FASTTEXT_TRAIN_DOCS_PER_S = 2000  # 25 epochs, 2 threads, AG News-length texts
 _TFIDF_TRAIN_DOCS_PER_S = 1500  # vectoriser + LR fit (C search on top)
@@ -60,6 +61,8 @@ def available_backends() -> list[str]:
         shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     ):
         out.append("compile")
+        if "torch-bf16" in out:
+            out.append("compile-bf16")
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         out += ["onnxruntime", "onnxruntime-int8"]
     return out
@@ -71,7 +74,7 @@ def run(
     out: str | os.PathLike,
     *,
     train: str | None = None,
-    peers: Sequence[str] = PEERS,
+    peers: Sequence[str] = DEFAULT_PEERS,
     backends: Sequence[str] | None = None,
     time_budget: float | None = None,
     threads: int | None = None,
@@ -158,7 +161,7 @@ def run(
     for b in backends:
         if b not in have:
             skipped.append({"name": f"backend {b}", "reason": "not available on this machine"})
-    slow = n_models * (len(run_backends) + sum(p in peers for p in ("hf", "ort")))
+    slow = n_models * (len(run_backends) + sum(p in peers for p in ("hf", "ort", "ort-opt")))
     fast = sum(p in peers for p in ("fasttext", "tfidf"))
     n_acc = len(texts)
     if time_budget is not None:
@@ -243,44 +246,48 @@ def run(
             measure_one(label, "peer", spec, model=None, peer=peer, training=info)
 
         def hf_and_ort(name: str, path: Path, md) -> None:
+            ort_peers = [p for p in ("ort", "ort-opt") if p in peers]
             hf_dir = None
-            if "hf" in peers or "ort" in peers:
+            if "hf" in peers or ort_peers:
                 hf_dir, how = _hf_peer(name, path, md, train_ds, work, budget, state["left"])
                 if hf_dir is None:
                     skip(f"hf ({name})", how, jobs=int("hf" in peers))
-                    if "ort" in peers:
-                        skip(f"ort-int8 ({name})", f"needs the hf peer: {how}")
+                    for p in ort_peers:
+                        skip(f"{p}-int8 ({name})", f"needs the hf peer: {how}")
                     return
                 peer_paths[f"hf ({name})"] = how
             if "hf" in peers:
                 spec = Spec(kind="hf", path=str(hf_dir), max_length=md.max_length, **common)
                 measure_one(f"hf pipeline ({name})", "peer", spec, model=name, peer="hf",
                             mapping=how)  # fmt: skip
-            if "ort" in peers:
+            for p in ort_peers:
+                label = f"{p}-int8 ({name})"
                 try:
                     from .peers import ort_int8_from_hf
 
-                    info = ort_int8_from_hf(hf_dir, work / f"ort-{len(entries)}")
+                    info = ort_int8_from_hf(
+                        hf_dir, work / f"{p}-{len(entries)}", optimize=p == "ort-opt"
+                    )
                 except Exception as e:  # as in measure_one: reported, never fatal
-                    skip(f"ort-int8 ({name})", f"{type(e).__name__}: {e}")
+                    skip(label, f"{type(e).__name__}: {e}")
                 else:
-                    peer_paths[f"ort-int8 ({name})"] = info["route"]
+                    peer_paths[label] = info["route"]
                     spec = Spec(kind="ort", path=info["path"], max_length=md.max_length,
                                 extra={"tokenizer_dir": str(hf_dir)}, **common)  # fmt: skip
-                    measure_one(f"ort-int8 ({name})", "peer", spec, model=name, peer="ort",
-                                route=info["route"])  # fmt: skip
+                    measure_one(label, "peer", spec, model=name, peer=p, route=info["route"])
 
         for name in names:
             path, md = mds[name]
             # compile last: its warm-up compiles every length bucket and is the measurement
             # most likely not to fit a budget; the others should not be starved by it.
-            for b in [b for b in run_backends if b != "compile"]:
+            compiled = [b for b in run_backends if b.startswith("compile")]
+            for b in [b for b in run_backends if b not in compiled]:
                 spec = Spec(kind="slimtext", path=str(path), backend=b, **common)
                 measure_one(f"{name}/{b}", "slimtext", spec, model=name, backend=b)
             hf_and_ort(name, path, md)
-            if "compile" in run_backends:
-                spec = Spec(kind="slimtext", path=str(path), backend="compile", **common)
-                measure_one(f"{name}/compile", "slimtext", spec, model=name, backend="compile")
+            for b in compiled:
+                spec = Spec(kind="slimtext", path=str(path), backend=b, **common)
+                measure_one(f"{name}/{b}", "slimtext", spec, model=name, backend=b)
     bar.close()
 
     summary = _summarise(entries, names, pareto_front)

@@ -38,10 +38,16 @@ def test_hf_pipeline_on_the_exact_mapping_predicts_like_slimtext(cls_model_dir, 
         assert got == ref, bs
 
 
-def test_ort_int8_peer_agrees_with_the_model_it_quantises(cls_model_dir, texts, tmp_path):
+@pytest.mark.parametrize("optimize", [False, True], ids=["ort", "ort-opt"])
+def test_ort_int8_peer_agrees_with_the_model_it_quantises(cls_model_dir, texts, tmp_path, optimize):
     pytest.importorskip("onnxruntime")
     hf_dir = hf_from_model_dir(cls_model_dir, tmp_path / "hf")
-    info = ort_int8_from_hf(hf_dir, tmp_path / "ort")
+    info = ort_int8_from_hf(hf_dir, tmp_path / "ort", optimize=optimize)
+    if optimize:  # ORT's BERT optimizer really fused the graph it then quantised
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(info["path"]).graph.node}
+        assert "QAttention" in ops and "SkipLayerNormalization" in ops, ops
     fn = open_ort(info["path"], hf_dir, 32)
     ref = load(cls_model_dir).predict(texts)
     agree = sum(a == b for a, b in zip(fn(texts), ref, strict=True)) / len(ref)
