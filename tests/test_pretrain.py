@@ -233,12 +233,13 @@ def test_packed_documents_never_attend_across_documents():
                               packed[len(docs[0]) : len(docs[0]) + len(docs[1])])  # fmt: skip
 
 
-def test_packed_pretraining_runs(tmp_path):
-    r = pretrain(corpus(40), tmp_path / "p", tokenizer="wordpiece", vocab_size=120, max_steps=3,
-                 pack=True, progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
+@pytest.mark.parametrize(("option", "tokenizer"), [("pack", "wordpiece"), ("whole_word", "bpe")])
+def test_pretraining_option_runs_and_is_recorded(tmp_path, option, tokenizer):
+    r = pretrain(corpus(40), tmp_path / "p", tokenizer=tokenizer, vocab_size=120, max_steps=3,
+                 progress=False, **{option: True}, **{**TINY, "num_layers": 1})  # fmt: skip
     assert r.steps == 3
     info = json.loads((tmp_path / "p" / "config.json").read_text())["train"]["pretrain"]
-    assert info["pack"] is True
+    assert info[option] is True
 
 
 # ---- whole-word masking ----------------------------------------------------------------------
@@ -295,14 +296,6 @@ def test_whole_word_masking_selects_every_piece_of_a_word_or_none():
                 total_words += 1
                 sel_words += int(part.all())
     assert abs(sel_words / total_words - 0.15) < 0.015
-
-
-def test_whole_word_pretraining_runs_and_is_recorded(tmp_path):
-    r = pretrain(corpus(40), tmp_path / "p", tokenizer="bpe", vocab_size=150, max_steps=3,
-                 whole_word=True, progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
-    assert r.steps == 3
-    info = json.loads((tmp_path / "p" / "config.json").read_text())["train"]["pretrain"]
-    assert info["whole_word"] is True
 
 
 def test_whole_word_masking_refuses_a_vocabulary_without_word_marks():

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -44,16 +45,26 @@ def pad_batch(
 ) -> Batch:
     """Pad the rows `indices` of `ids` to the batch's longest row (rounded up to `multiple_of`,
     which keeps the number of distinct shapes small for kernels and `torch.compile`)."""
+    input_ids, mask = pad_rows(ids, indices, pad_id, multiple_of)
+    y = None if labels is None else torch.tensor([labels[i] for i in indices], dtype=torch.long)
+    index = torch.tensor(list(indices), dtype=torch.long)
+    return Batch(torch.from_numpy(input_ids), torch.from_numpy(mask), y, index)
+
+
+def pad_rows(
+    ids: Sequence[Sequence[int]], indices: Sequence[int], pad_id: int, multiple_of: int = 8
+) -> tuple[np.ndarray, np.ndarray]:
+    """`pad_batch` without the tensors: (input_ids int64, mask bool) numpy arrays, (B, T). The
+    predictor's hot path at batch 1 uses it directly (ONNX Runtime takes numpy)."""
     rows = [ids[i] for i in indices]
     longest = max(len(r) for r in rows)
     T = -(-longest // multiple_of) * multiple_of if multiple_of > 1 else longest
-    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    input_ids = np.full((len(rows), T), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), T), dtype=bool)
     for j, r in enumerate(rows):
-        input_ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
+        input_ids[j, : len(r)] = r
         mask[j, : len(r)] = True
-    y = None if labels is None else torch.tensor([labels[i] for i in indices], dtype=torch.long)
-    return Batch(input_ids, mask, y, torch.tensor(list(indices), dtype=torch.long))
+    return input_ids, mask
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
