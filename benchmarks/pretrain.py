@@ -67,8 +67,8 @@ SETUPS = {
 def run(cmd: list[str], log: Path) -> float:
     """Runs one CLI stage; its output goes to `log`. Returns wall seconds; raises on failure."""
     t0 = time.perf_counter()
-    with open(log, "w") as fh:
-        fh.write("$ " + shlex.join(cmd) + "\n")
+    with open(log, "a") as fh:  # appended: a resumed stage keeps the earlier attempts' output
+        fh.write(f"[{time.strftime('%Y-%m-%d %H:%M:%S')}] $ " + shlex.join(cmd) + "\n")
         fh.flush()
         proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT)
     if proc.returncode:
@@ -119,7 +119,10 @@ def bench_dataset(name: str, data_root: Path, out: Path, threads: int) -> dict:
     res["pretrain"] = stage(
         out, "pretrained",
         [*slim, "pretrain", "--data", str(train_path), "--out", str(out / "pretrained"),
-         *setup["shape"], *setup["pretrain"], *common],
+         *setup["shape"], *setup["pretrain"], *common,
+         # An interrupted pretraining resumes exactly where it stopped when this is re-run
+         # (its recorded seconds are then the last attempt's; the log has every attempt).
+         "--checkpoint-every", "200", "--resume"],
     )  # fmt: skip
     res["finetuned"] = stage(
         out, "finetuned",

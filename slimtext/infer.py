@@ -14,7 +14,7 @@ the same padded (input_ids, attention_mask) batches:
                  growing with every new length
     compile-bf16 `compile` under bfloat16 autocast with inductor's weight freezing (weights
                  folded in as constants and pre-packed for oneDNN's bf16 kernels): the fastest
-                 batch backend on CPUs with AMX (1.3x torch-bf16 at batch 64 here); same
+                 batch backend on CPUs with AMX (1.1-1.3x torch-bf16 at batch 64 here); same
                  length buckets, same ~1e-2 change in probabilities as torch-bf16
     onnxruntime  an InferenceSession on the directory's `model.onnx` (exported on the fly into a
                  cache when the directory has none)
@@ -138,7 +138,7 @@ class Predictor:
 
     def _pad_multiple(self, longest: int) -> int:
         if self._runner_name.startswith("compile"):
-            # pad_batch rounds up to a multiple of this: the bucket is the one multiple >= longest
+            # pad_rows rounds up to a multiple of this: the bucket is the one multiple >= longest
             return next(b for b in self.buckets if b >= longest)
         if self._runner_name.startswith("onnxruntime"):
             return 1  # ORT gains nothing from aligned lengths: padding is only wasted work
