@@ -250,10 +250,6 @@ def _np_mask(mask: np.ndarray, mask_dtype: str) -> np.ndarray:
 
 
 def _export(model, path: Path, opset, exporter, mask_dtype, max_t, log) -> str:
-    g = torch.Generator().manual_seed(0)
-    # Batch 2 and length 16 as examples: sizes 0 and 1 would be specialised by the tracer.
-    ids, mask = _example(2, min(16, max_t), model.config.vocab_size, g)
-    args = (ids, mask.long() if mask_dtype == "int64" else mask)
     if exporter in ("auto", "fused"):
         from .onnx_fused import FusedUnsupported, build_fused
 
@@ -268,6 +264,10 @@ def _export(model, path: Path, opset, exporter, mask_dtype, max_t, log) -> str:
 
             onnx.save(proto, str(path))
             return "fused"
+    g = torch.Generator().manual_seed(0)
+    # Batch 2 and length 16 as examples: sizes 0 and 1 would be specialised by the tracer.
+    ids, mask = _example(2, min(16, max_t), model.config.vocab_size, g)
+    args = (ids, mask.long() if mask_dtype == "int64" else mask)
     if exporter in ("auto", "dynamo"):
         try:
             _export_dynamo(model, args, path, opset, max_t)

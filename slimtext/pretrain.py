@@ -215,6 +215,8 @@ class MLMModel(nn.Module):
         return self.encoder(x, mask)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        if self.word_starts is not None and self.word_starts.device != input_ids.device:
+            self.word_starts = self.word_starts.to(input_ids.device)  # once, not every step
         ids, labels = mask_tokens(input_ids, attention_mask, mask_id=self.mask_id,
                                   special_ids=self.special_ids, vocab_size=self.vocab_size,
                                   mask_prob=self.mask_prob,

@@ -413,7 +413,7 @@ def open_ort(path: str | os.PathLike, tokenizer_dir: str | os.PathLike, max_leng
     import torch
     from transformers import AutoTokenizer
 
-    from ..data.batching import length_sorted_batches, pad_batch
+    from ..data.batching import length_sorted_batches, pad_rows
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     cfg = _json.loads((Path(tokenizer_dir) / "config.json").read_text())
@@ -430,13 +430,11 @@ def open_ort(path: str | os.PathLike, tokenizer_dir: str | os.PathLike, max_leng
         ids = tok(list(texts), truncation=True, max_length=max_length)["input_ids"]
         out = np.empty(len(ids), dtype=np.int64)
         for rows in length_sorted_batches([len(r) for r in ids], len(texts)):
-            b = pad_batch(ids, rows, pad_id, multiple_of=1)
-            feed = {"input_ids": b.input_ids.numpy(),
-                    "attention_mask": b.attention_mask.numpy().astype(np.int64)}  # fmt: skip
+            input_ids, mask = pad_rows(ids, rows, pad_id, multiple_of=1)
+            feed = {"input_ids": input_ids, "attention_mask": mask.astype(np.int64)}
             if "token_type_ids" in inputs:  # Optimum's export keeps BERT's segment input
-                feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
-            logits = sess.run(None, feed)[0]
-            out[b.index.numpy()] = logits.argmax(-1)
+                feed["token_type_ids"] = np.zeros_like(input_ids)
+            out[rows] = sess.run(None, feed)[0].argmax(-1)
         return [id2label[int(i)] for i in out]
 
     return predict

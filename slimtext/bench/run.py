@@ -245,6 +245,10 @@ def run(
             spec = Spec(kind=peer, path=str(folder), **common)
             measure_one(label, "peer", spec, model=None, peer=peer, training=info)
 
+        def slimtext_backend(name: str, path: Path, backend: str) -> None:
+            spec = Spec(kind="slimtext", path=str(path), backend=backend, **common)
+            measure_one(f"{name}/{backend}", "slimtext", spec, model=name, backend=backend)
+
         def hf_and_ort(name: str, path: Path, md) -> None:
             ort_peers = [p for p in ("ort", "ort-opt") if p in peers]
             hf_dir = None
@@ -282,12 +286,10 @@ def run(
             # most likely not to fit a budget; the others should not be starved by it.
             compiled = [b for b in run_backends if b.startswith("compile")]
             for b in [b for b in run_backends if b not in compiled]:
-                spec = Spec(kind="slimtext", path=str(path), backend=b, **common)
-                measure_one(f"{name}/{b}", "slimtext", spec, model=name, backend=b)
+                slimtext_backend(name, path, b)
             hf_and_ort(name, path, md)
             for b in compiled:
-                spec = Spec(kind="slimtext", path=str(path), backend=b, **common)
-                measure_one(f"{name}/{b}", "slimtext", spec, model=name, backend=b)
+                slimtext_backend(name, path, b)
     bar.close()
 
     summary = _summarise(entries, names, pareto_front)
