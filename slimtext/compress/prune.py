@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.batching import Batch
+from ..models.transformer import attend
 from ._util import blocks, record
 
 IMPORTANCE = ("taylor", "magnitude")
@@ -132,9 +133,7 @@ class PrunedSelfAttention(nn.Module):
         W = self.n_head * self.head_dim
         q, k, v = self.qkv(x).split(W, dim=2)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=self.p_drop if self.training else 0.0
-        )  # (B, nh, T, hs)
+        y = attend(q, k, v, key_mask, self.p_drop if self.training else 0.0)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, W))
 
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .dropout import Dropout
 from .transformer import Embeddings, Encoder, init_weights
 
 
@@ -41,7 +42,7 @@ class AttentionPoolingClassifier(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.encoder = Encoder(cfg)  # num_layers=0 gives a bag of embeddings with attention
         self.pool = AdditiveAttentionPool(cfg.hidden_size, cfg.attention_size or cfg.hidden_size)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden_size, cfg.num_labels)
         self.apply(init_weights)
 

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
+from .dropout import Dropout, dropout
 
 
 class Embeddings(nn.Module):
@@ -22,7 +23,7 @@ class Embeddings(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_id)
         self.pos = nn.Embedding(cfg.max_length, cfg.hidden_size)
         self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         T = input_ids.shape[1]
@@ -51,10 +52,26 @@ class SelfAttention(nn.Module):
         q, k, v = (t.view(B, T, nh, self.head_dim).transpose(1, 2) for t in (q, k, v))
         # key_mask: (B, 1, 1, T) bool, True = real token. Padded queries still attend to real
         # keys (no all-masked row, so no NaN); their outputs are ignored by pooling.
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=self.p_drop if self.training else 0.0
-        )  # (B, nh, T, hs)
+        y = attend(q, k, v, key_mask, self.p_drop if self.training else 0.0)  # (B, nh, T, hs)
         return self.out(y.transpose(1, 2).reshape(B, T, W))
+
+
+def attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float
+) -> torch.Tensor:
+    """softmax(q·kᵀ/√hs, over the keys `mask` allows) · v, with attention dropout `p`.
+
+    `F.scaled_dot_product_attention` does it, except for dropout on CPU: there it falls back to
+    its math path and draws the dropout mask with `bernoulli_`, the slowest op of a training step.
+    That case runs the same math here with `dropout.keep_mask`'s cheaper draws (softmax in fp32,
+    as SDPA does under bf16)."""
+    if p == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
+    # finfo.min, not -inf: a query row with no allowed key (padding in a packed batch) stays
+    # finite; an allowed row still gives a disallowed key exactly 0 weight.
+    scores = scores.float().masked_fill(~mask, torch.finfo(torch.float32).min)
+    return dropout(scores.softmax(-1), p).to(v.dtype) @ v
 
 
 class Block(nn.Module):
@@ -65,7 +82,7 @@ class Block(nn.Module):
         self.ffn_in = nn.Linear(cfg.hidden_size, cfg.ffn_size)
         self.ffn_out = nn.Linear(cfg.ffn_size, cfg.hidden_size)
         self.norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x + self.drop(self.attn(x, key_mask)))
@@ -112,7 +129,7 @@ class TransformerClassifier(nn.Module):
         self.embeddings = Embeddings(cfg)
         self.encoder = Encoder(cfg)
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size) if cfg.pooling == "cls" else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.head = nn.Linear(cfg.hidden_size, cfg.num_labels)
         self.apply(init_weights)
 
