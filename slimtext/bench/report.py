@@ -120,7 +120,10 @@ def plot(result: dict, path: Path) -> None:
 
     pts = [e for e in result["entries"] if e.get("accuracy") is not None
            and e.get("docs_per_s", {}).get("64")]  # fmt: skip
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    # The plot on the left, a numbered key on the right: the backends of one model sit at
+    # nearly the same accuracy and docs/s, so names written next to the points overlap.
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    fig.subplots_adjust(left=0.08, right=0.62, bottom=0.1, top=0.9)
     if pts:
         xs = [e["docs_per_s"]["64"] for e in pts]
         ys = [e["accuracy"] for e in pts]
@@ -130,11 +133,16 @@ def plot(result: dict, path: Path) -> None:
         s = [30 + 600 * (z / big) for z in sizes]
         colors = ["tab:blue" if e["group"] == "slimtext" else "tab:orange" for e in pts]
         ax.scatter(xs, ys, s=s, c=colors, alpha=0.6, edgecolors="k", linewidths=0.5)
-        for k, (e, x, y) in enumerate(zip(pts, xs, ys, strict=True)):
-            # Staggered offsets: backends of one model often sit at the same accuracy.
-            ax.annotate(e["name"], (x, y), textcoords="offset points",
-                        xytext=(5, 5 + 9 * (k % 3)), fontsize=7)  # fmt: skip
         front = pareto_front(list(zip(xs, ys, strict=True)))
+        key = []
+        for k, (e, x, y) in enumerate(zip(pts, xs, ys, strict=True), start=1):
+            # Staggered offsets so that numbers of coinciding points stay apart.
+            ax.annotate(str(k), (x, y), textcoords="offset points",
+                        xytext=(4, 3 + 8 * (k % 3)), fontsize=7)  # fmt: skip
+            star = " *" if k - 1 in front else ""
+            key.append(f"{k:>2}  {e['name']}  {y:.4f}, {x:,.0f}/s{star}")
+        fig.text(0.64, 0.9, "\n".join(["    accuracy, docs/s at b=64 (* = front)", *key]),
+                 va="top", ha="left", fontsize=7.5, family="monospace")  # fmt: skip
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "k--", marker="x", lw=1,
                 label="Pareto front")  # fmt: skip
         ax.legend(loc="lower left", fontsize=8)
@@ -143,9 +151,9 @@ def plot(result: dict, path: Path) -> None:
         ax.text(0.5, 0.5, "nothing measured", ha="center", transform=ax.transAxes)
     ax.set_xlabel("docs/s at batch 64 (log scale)")
     ax.set_ylabel("test accuracy")
-    ax.set_title("slimtext bench: blue = slimtext, orange = peers; marker area = size on disk")
+    ax.set_title("blue = slimtext, orange = peers; marker area = size on disk", fontsize=10)
+    ax.margins(y=0.12)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
     fd, tmp = tempfile.mkstemp(prefix=".pareto.", suffix=".png", dir=path.parent)
     os.close(fd)
     try:
