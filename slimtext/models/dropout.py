@@ -37,12 +37,13 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """`F.dropout(x, p, training)` with the cheaper CPU mask."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or p >= 1.0:
-        return F.dropout(x, p, training)
+    dropped = round(p * 65536)  # of every 65,536 lane values, this many drop the element
+    if x.device.type != "cpu" or dropped >= 65536:
+        return F.dropout(x, p if dropped < 65536 else 1.0, training)
     keep = keep_mask(x.shape, p, x.device)
     # mul by a bool mask saves only the 1-byte mask for backward; the in-place scale is safe
     # because autograd keeps mul's inputs, not its output.
-    return (x * keep).mul_(1.0 / (1.0 - round(p * 65536) / 65536))
+    return (x * keep).mul_(65536 / (65536 - dropped))
 
 
 class Dropout(nn.Dropout):

@@ -50,6 +50,7 @@ def test_eval_and_p_zero_are_the_identity_and_p_one_drops_all():
     assert m(x) is x
     assert dropout(x, 0.0) is x
     assert torch.count_nonzero(dropout(x, 1.0)) == 0
+    assert torch.count_nonzero(dropout(x, 1 - 1e-7)) == 0  # rounds to 1: no division by zero
 
 
 def test_same_seed_gives_the_same_mask():
