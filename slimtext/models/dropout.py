@@ -13,6 +13,8 @@ generator is already fast).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,24 +22,27 @@ from torch import nn
 _LANES = 4  # 16-bit lanes per 64-bit draw
 
 
+def _dropped(p: float) -> int:
+    """Of the 65,536 values a lane can take, how many drop the element: p rounded."""
+    return round(p * 65536)
+
+
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
     """Bool mask of `shape`, each element True with probability 1 - p (p rounded to 1/65,536)."""
-    n = 1
-    for s in shape:
-        n *= s
+    n = math.prod(shape)
     # random_(lowest, None) fills the full int64 range; the default range stops at 2**63 - 1,
     # which would leave one lane's sign bit always 0.
     bits = torch.empty((n + _LANES - 1) // _LANES, dtype=torch.int64, device=device)
     bits.random_(-(2**63), None)
     lanes = bits.view(torch.int16)[:n].view(shape)  # uniform over [-32768, 32767]
-    return lanes >= round(p * 65536) - 32768
+    return lanes >= _dropped(p) - 32768
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """`F.dropout(x, p, training)` with the cheaper CPU mask."""
     if not training or p == 0.0:
         return x
-    dropped = round(p * 65536)  # of every 65,536 lane values, this many drop the element
+    dropped = _dropped(p)
     if x.device.type != "cpu" or dropped >= 65536:
         return F.dropout(x, p if dropped < 65536 else 1.0, training)
     keep = keep_mask(x.shape, p, x.device)
