@@ -59,6 +59,16 @@ SETUPS = {
         "pretrain": WWM,
         "finetune": ["--epochs", "2", "--batch-size", "32"],
     },
+    # Session 5: the same pretrained encoder as imdb-wwm (not pretrained again), fine-tuned and
+    # compared with from-scratch on every part of each review: 40% of them are longer than 256
+    # tokens, and both earlier IMDB setups read only their start.
+    "imdb-wwm-chunks": {
+        "data": "imdb",
+        "shape": TWO_BLOCKS,
+        "max_length": 256,
+        "encoder_from": "imdb-wwm",
+        "finetune": ["--epochs", "2", "--batch-size", "32", "--long-text", "chunks"],
+    },
     "ag_news-wwm": {
         "data": "ag_news",
         "shape": BERT_MINI,
@@ -121,20 +131,25 @@ def bench_dataset(name: str, data_root: Path, out: Path, threads: int) -> dict:
         [*slim, "train", *data, "--out", str(out / "scratch"), "--model", "transformer",
          "--pooling", "cls", *setup["shape"], *setup["finetune"], *common],  # default lr, 5e-4
     )  # fmt: skip
-    res["pretrain"] = stage(
-        out, "pretrained",
-        [*slim, "pretrain", "--data", str(train_path), "--out", str(out / "pretrained"),
-         *setup["shape"], *setup["pretrain"], *common,
-         # An interrupted pretraining resumes exactly where it stopped when this is re-run
-         # (its recorded seconds are then the last attempt's; the log has every attempt).
-         "--checkpoint-every", "200", "--resume"],
-    )  # fmt: skip
+    if "encoder_from" in setup:  # another setup's encoder and peers: only fine-tuning differs
+        source = out.parent / setup["encoder_from"]
+        encoder, peers_file = source / "pretrained", source / "peers.json"
+        res["pretrain"] = json.loads((source / "pretrained.json").read_text())
+    else:
+        encoder, peers_file = out / "pretrained", out / "peers.json"
+        res["pretrain"] = stage(
+            out, "pretrained",
+            [*slim, "pretrain", "--data", str(train_path), "--out", str(encoder),
+             *setup["shape"], *setup["pretrain"], *common,
+             # An interrupted pretraining resumes exactly where it stopped when this is re-run
+             # (its recorded seconds are then the last attempt's; the log has every attempt).
+             "--checkpoint-every", "200", "--resume"],
+        )  # fmt: skip
     res["finetuned"] = stage(
         out, "finetuned",
-        [*slim, "train", *data, "--out", str(out / "finetuned"), "--init", str(out / "pretrained"),
+        [*slim, "train", *data, "--out", str(out / "finetuned"), "--init", str(encoder),
          *setup["finetune"], "--lr", "2e-4", *common],  # a pretrained encoder wants a lower lr
     )  # fmt: skip
-    peers_file = out / "peers.json"
     if not peers_file.exists():
         write_json(peers_file, peers(train_path, test_path, threads))
     res["peers"] = json.loads(peers_file.read_text())

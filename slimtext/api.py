@@ -179,8 +179,8 @@ class TextClassifier:
         self._train_config = cfg
         result = fit(
             model,
-            self._encode(tok, train_ds, labels, cfg.max_length),
-            self._encode(tok, valid_ds, labels, cfg.max_length) if len(valid_ds) else None,
+            self._encode(tok, train_ds, labels, cfg),
+            self._encode(tok, valid_ds, labels, cfg) if len(valid_ds) else None,
             cfg,
             label_names=labels,
             pad_id=tok.pad_id,
@@ -198,7 +198,9 @@ class TextClassifier:
                 return self
             model = build_model(config)
             model.load_state_dict(state)
-        self.model_dir_ = ModelDir(model.cpu().eval(), config, tok, labels, cfg.max_length)
+        self.model_dir_ = ModelDir(
+            model.cpu().eval(), config, tok, labels, cfg.max_length, long_text=cfg.long_text
+        )
         self.classes_ = np.array(labels)
         self.result_: TrainResult = result
         self.metrics_: dict = {"training": result.summary()}
@@ -209,10 +211,13 @@ class TextClassifier:
         return self
 
     @staticmethod
-    def _encode(tok: TextTokenizer, ds: TextDataset, labels: list[str], max_length: int) -> Encoded:
+    def _encode(
+        tok: TextTokenizer, ds: TextDataset, labels: list[str], cfg: TrainConfig
+    ) -> Encoded:
+        ids, owner = tok.encode_windows(ds.texts, cfg.max_length, cfg.long_text)
         index = {lab: i for i, lab in enumerate(labels)}
-        y = None if ds.labels is None else [index[lab] for lab in ds.labels]
-        return Encoded(tok.encode(ds.texts, max_length), y)
+        y = None if ds.labels is None else [index[ds.labels[i]] for i in owner]
+        return Encoded(ids, y, owner if len(owner) != len(ds) else None)
 
     # ---- using ---------------------------------------------------------------------------
     def _check_fitted(self) -> Predictor:
@@ -265,6 +270,7 @@ class TextClassifier:
             md.tokenizer,
             md.labels,
             max_length=md.max_length,
+            long_text=md.long_text,
             train_config=self._saved_train_config(),
             metrics={**getattr(self, "metrics_", {}), **(metrics or {})},
             compression=md.meta.get("compression"),

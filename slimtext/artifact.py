@@ -26,7 +26,7 @@ from torch import nn
 
 from .fileio import IntegrityError, atomic_dir, verify_manifest
 from .models import ModelConfig, build_model
-from .tokenizer import TextTokenizer, TokenizerError, load_tokenizer
+from .tokenizer import LONG_TEXT, TextTokenizer, TokenizerError, load_tokenizer
 
 FORMAT = "slimtext-model"
 FORMAT_VERSION = 1
@@ -45,6 +45,7 @@ class ModelDir:
     labels: list[str]
     max_length: int
     meta: dict = field(default_factory=dict)  # train config, metrics, compression steps
+    long_text: str = "truncate"  # how texts longer than max_length are read (tokenizer.LONG_TEXT)
 
 
 def save_model_dir(
@@ -55,6 +56,7 @@ def save_model_dir(
     labels: list[str],
     *,
     max_length: int,
+    long_text: str = "truncate",
     train_config: dict | None = None,
     metrics: dict | None = None,
     compression: list[dict] | None = None,
@@ -75,6 +77,7 @@ def save_model_dir(
                 "slimtext_version": _version(),
                 "model": config.to_dict(),
                 "max_length": max_length,
+                "long_text": long_text,
                 "train": train_config or {},
                 "compression": compression or [],
             },
@@ -148,9 +151,13 @@ def read_model_dir(path: str | os.PathLike) -> ModelDir:
         "slimtext_version": cfg.get("slimtext_version"),
         "path": str(path),
     }
-    return ModelDir(
-        model, config, tokenizer, labels, int(cfg.get("max_length", config.max_length)), meta
-    )
+    long_text = cfg.get("long_text", "truncate")  # absent in directories before it existed
+    if long_text not in LONG_TEXT:
+        raise ModelDirError(
+            f"{path / 'config.json'}: long_text must be one of {LONG_TEXT}, not {long_text!r}"
+        )
+    max_length = int(cfg.get("max_length", config.max_length))
+    return ModelDir(model, config, tokenizer, labels, max_length, meta, long_text)
 
 
 def _write_json(p: Path, obj) -> None:

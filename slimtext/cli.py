@@ -91,8 +91,15 @@ def train(
     ] = None,
     batch_size: int = 32,
     max_length: Annotated[
-        int, typer.Option(help="Tokens per text (longer texts are truncated).")
+        int, typer.Option(help="Tokens per text (or per window, see --long-text).")
     ] = 128,
+    long_text: Annotated[
+        str,
+        typer.Option(
+            help="Texts longer than --max-length: truncate (keep the start) | head-tail (start "
+            "and end) | chunks (every part, as overlapping windows whose logits are averaged)."
+        ),
+    ] = "truncate",
     precision: Annotated[
         str, typer.Option(help="auto | fp32 | bf16 | fp16 (fp16: CUDA only).")
     ] = "auto",

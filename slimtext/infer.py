@@ -8,8 +8,8 @@ the same padded (input_ids, attention_mask) batches:
     torch-bf16   the eager model under bfloat16 autocast (matmuls in bf16, LayerNorm and softmax
                  in fp32): several times the throughput of fp32 at batch 64 on CPUs with AMX or
                  AVX512-BF16, slow on CPUs without (emulated); probabilities move by ~1e-2
-    compile      `torch.compile`; lengths are padded up to a few buckets (16, 32, 64, ...,
-                 max_length) and the batch axis is marked dynamic, so the number of compiled
+    compile      `torch.compile`; lengths are padded up to a few buckets (16, 32, 48, 64, 80,
+                 ..., max_length) and the batch axis is marked dynamic, so the number of compiled
                  graphs is bounded by 2 x buckets (batch 1 is always specialised) instead of
                  growing with every new length
     compile-bf16 `compile` under bfloat16 autocast with inductor's weight freezing (weights
@@ -45,6 +45,7 @@ import torch
 
 from .artifact import ModelDir, read_model_dir
 from .data.batching import length_sorted_batches, pad_rows
+from .tokenizer import LONG_TEXT, pool_windows
 
 BACKENDS = ("torch", "torch-bf16", "compile", "compile-bf16", "onnxruntime", "onnxruntime-int8",
             "auto")  # fmt: skip
@@ -75,6 +76,7 @@ class Predictor:
         compile_backend: str | Callable = "inductor",
         candidates: Sequence[str] = AUTO_CANDIDATES,
         warmup: bool = True,
+        long_text: str | None = None,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -84,6 +86,10 @@ class Predictor:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.model = model_dir.model.to(self.device).eval()
+        # How texts longer than max_length are read: as trained unless overridden.
+        self.long_text = long_text or model_dir.long_text
+        if self.long_text not in LONG_TEXT:
+            raise ValueError(f"long_text must be one of {LONG_TEXT}, got {self.long_text!r}")
         self.buckets = length_buckets(_max_len(model_dir))
         self.backend_timings: dict[str, float] = {}  # ms per synthetic batch, filled by "auto"
         self._onnx_path = onnx_path
@@ -106,14 +112,16 @@ class Predictor:
     def classes_(self) -> np.ndarray:
         return np.array(self.model_dir.labels)
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.model_dir.tokenizer.encode(_check_texts(texts), self.model_dir.max_length)
+    def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
+        """Token ids of each window, and the text each belongs to (see `long_text`)."""
+        md = self.model_dir
+        return md.tokenizer.encode_windows(_check_texts(texts), md.max_length, self.long_text)
 
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
-        ids = self.encode(texts)
+        ids, owner = self.encode(texts)
         if not ids:
             return torch.empty(0, len(self.labels))
-        return self.logits_from_ids(ids)
+        return pool_windows(self.logits_from_ids(ids), owner, len(texts))
 
     def logits_from_ids(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
         """Logits (N, C) float32 for token ids, rows in input order (longest batches first)."""
@@ -317,12 +325,16 @@ def _freezing(on: bool):
     return inductor_config.patch(freezing=True)
 
 
-def length_buckets(max_len: int, smallest: int = 16) -> list[int]:
-    """Padded lengths the compile backend uses: powers of two from `smallest`, then max_len."""
+def length_buckets(max_len: int, smallest: int = 16, per_octave: int = 4) -> list[int]:
+    """Padded lengths the compile backend uses, then max_len: multiples of `smallest` up to
+    4 x smallest, then `per_octave` evenly spaced lengths per doubling (16, 32, 48, 64, 80, 96,
+    112, 128, 160, 192, ...). Padding then costs at most 1/per_octave of a batch's compute above
+    64 tokens (AG News at batch 64: 14% more token positions than the texts have, against 36%
+    with powers of two), for about twice as many compiled graphs."""
     out, b = [], smallest
     while b < max_len:
         out.append(b)
-        b *= 2
+        b += max(smallest, (1 << (b.bit_length() - 1)) // per_octave)
     return out + [max_len]
 
 

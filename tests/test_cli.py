@@ -84,6 +84,13 @@ def test_yaml_config_fills_options_and_flags_override_it(tmp_path, data_files):
     saved = json.loads((out / "config.json").read_text())["train"]
     assert saved["lr"] == 0.01 and saved["max_steps"] == 2  # file value, then flag override
 
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--max-steps", "1",
+                            "--long-text", "chunks", *SMALL])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["long_text"] == "chunks"
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--long-text", "mid"])
+    assert r.exit_code != 0 and "long_text" in r.output
+
     cfg.write_text("epochz: 1\n")
     r = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(train), "--out", str(out)])
     assert r.exit_code != 0 and "epochz" in r.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import sys
 
@@ -34,7 +35,7 @@ def test_torch_backend_keeps_input_order_and_ignores_padding(tiny_model_dir, tex
     pred = load(tiny_model_dir, batch_size=5)
     got = pred.logits(texts)
     with torch.inference_mode():
-        for i, ids in enumerate(pred.encode(texts)):
+        for i, ids in enumerate(pred.encode(texts)[0]):
             one = torch.tensor([ids])  # unpadded, alone
             ref = pred.model(one, torch.ones_like(one, dtype=torch.bool))[0]
             torch.testing.assert_close(got[i], ref, atol=ATOL, rtol=0)
@@ -100,6 +101,17 @@ def test_compile_matches_torch_and_recompiles_at_most_twice_per_bucket(tiny_mode
     assert pred.buckets == length_buckets(32) == [16, 32]
     # Batch 1 is always specialised by dynamo, so each bucket compiles at most twice.
     assert 1 <= len(graphs) <= 2 * len(pred.buckets), graphs
+
+
+@pytest.mark.parametrize("max_len", [8, 16, 32, 100, 128, 136, 512, 4096])
+def test_length_buckets_are_few_and_waste_at_most_a_quarter_above_64_tokens(max_len):
+    b = length_buckets(max_len)
+    assert b[-1] == max_len and b == sorted(set(b))
+    assert all(x % 16 == 0 for x in b[:-1])
+    # padding a text of n > 64 tokens up to its bucket adds at most a quarter of n
+    assert all(hi <= 1.25 * lo for lo, hi in zip(b[:-1], b[1:], strict=True) if lo >= 64), b
+    # ... and the count grows with the log of max_len: 4 per doubling
+    assert len(b) <= 4 + 4 * max(0, math.ceil(math.log2(max_len / 64))) + 1, b
 
 
 @pytest.mark.slow

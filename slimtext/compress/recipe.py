@@ -325,6 +325,7 @@ def compress(
         final = rows[-1]
         save_model_dir(
             out_dir, model, model.config, tok, labels, max_length=md.max_length,
+            long_text=md.long_text,  # the student reads long texts as its teacher was trained to
             train_config=md.meta.get("train", {}),
             metrics={"test" if test is not None else "valid": {
                 "accuracy": final["accuracy"], "macro_f1": final["macro_f1"],

@@ -121,6 +121,9 @@ class ModelInfo(BaseModel):
     backend: str
     device: str
     max_length: int | None
+    long_text: str | None = Field(
+        default=None, description="Longer texts: truncate | head-tail | chunks."
+    )
     config: dict[str, Any]
     metrics: dict[str, Any]
     model_slimtext_version: str | None = Field(description="slimtext version that wrote it.")
@@ -387,6 +390,7 @@ def describe(predictor, *, backend: str, device: str) -> dict:
         backend=getattr(predictor, "backend", backend),
         device=str(getattr(predictor, "device", device)),
         max_length=getattr(md, "max_length", None),
+        long_text=getattr(predictor, "long_text", None),
         config=config.to_dict() if hasattr(config, "to_dict") else {},
         metrics=meta.get("metrics") or {},
         model_slimtext_version=meta.get("slimtext_version"),

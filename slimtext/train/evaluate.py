@@ -9,6 +9,7 @@ from torch import nn
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..metrics import classification_report
+from ..tokenizer import pool_windows
 from .distributed import DistContext, all_gather_object
 from .precision import autocast
 
@@ -56,6 +57,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     precision: str = "fp32",
     dist: DistContext | None = None,
+    owner: Sequence[int] | None = None,
 ) -> dict:
     """`classification_report` of the model on encoded data, plus the mean cross-entropy.
 
@@ -74,6 +76,10 @@ def evaluate(
     else:
         logits = predict_logits(model, ids, pad_id, batch_size, device, precision)
     y = torch.tensor(list(labels), dtype=torch.long)
+    if owner is not None:
+        n = max(owner) + 1
+        logits = pool_windows(logits, owner, n)
+        y = torch.zeros(n, dtype=torch.long).index_copy_(0, torch.as_tensor(owner), y)
     report = classification_report(y.tolist(), logits.argmax(-1).tolist(), label_names)
     report["loss"] = float(nn.functional.cross_entropy(logits, y))
     return report

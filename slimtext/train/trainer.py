@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batching import Batch, bucketed_batches, pad_batch
+from ..tokenizer import LONG_TEXT
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import (
     DistContext,
@@ -50,6 +51,7 @@ class TrainConfig:
     precision: str = "auto"
     seed: int = 0
     max_length: int = 128
+    long_text: str = "truncate"  # truncate | head-tail | chunks (see TextTokenizer.encode_windows)
     label_smoothing: float = 0.0
     patience: int | None = None  # early stopping: epochs without improvement on `metric`
     keep_best: bool = True
@@ -75,6 +77,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"schedule must be linear, cosine or constant, not {self.schedule!r}")
+        if self.long_text not in LONG_TEXT:
+            raise ValueError(f"long_text must be one of {LONG_TEXT}, not {self.long_text!r}")
         if self.metric not in ("accuracy", "macro_f1", "loss"):
             raise ValueError(f"metric must be accuracy, macro_f1 or loss, not {self.metric!r}")
         for name in ("epochs", "batch_size", "grad_accum", "max_length"):
@@ -103,10 +107,15 @@ class TrainConfig:
 
 @dataclass
 class Encoded:
-    """Token ids (and label ids) of a dataset: what the trainer consumes."""
+    """Token ids (and label ids) of a dataset: what the trainer consumes.
+
+    One row per window of a text (`long_text="chunks"` gives long texts several, each with the
+    text's label); `owner[i]` is the text of row i, so evaluation scores texts, not windows.
+    """
 
     ids: list[list[int]]
     labels: list[int] | None = None
+    owner: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -514,6 +523,7 @@ def fit(
                 report = evaluate(
                     model, valid.ids, valid.labels, label_names, pad_id,
                     cfg.eval_batch_size, device, precision, replace(ctx, replicas=1) if pp else ctx,
+                    owner=valid.owner,
                 )  # fmt: skip
                 rec = {
                     "step": step,

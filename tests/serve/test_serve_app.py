@@ -87,7 +87,7 @@ def test_model_info(client, predictor):
     assert info["labels"] == predictor.labels
     assert info["backend"] == "torch"
     assert info["config"]["arch"] == "attention"
-    assert info["max_length"] == 32
+    assert info["max_length"] == 32 and info["long_text"] == "truncate"
     assert info["slimtext_version"] and info["model_slimtext_version"]
     assert info["limits"]["max_batch_size"] == 64
     assert info["limits"]["max_text_chars"] == 100

@@ -1,0 +1,136 @@
+"""Texts longer than max_length: truncate, head-tail and chunks windows, pooled per text."""
+
+import json
+import random
+import shutil
+
+import pytest
+import torch
+
+from slimtext import TextClassifier, load
+from slimtext.artifact import ModelDirError, read_model_dir
+from slimtext.fileio import write_manifest
+from slimtext.tokenizer import CLS, SEP, pool_windows, train_tokenizer
+
+# Numbered words are each their own token in a vocabulary trained on them, so any window's body
+# can be located in the whole text's token sequence.
+WORDS = [f"w{i}" for i in range(120)]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return train_tokenizer([" ".join(WORDS)] * 5, vocab_size=400, kind="wordpiece")
+
+
+def _body(tok, text):
+    ids = tok.encode([text], 10_000)[0]
+    return ids[1:-1]
+
+
+@pytest.mark.parametrize("n_words", [3, 13, 14, 15, 40, 119])
+@pytest.mark.parametrize("max_length", [8, 16])
+def test_chunks_cover_every_token_in_contiguous_overlapping_windows(tok, n_words, max_length):
+    text = " ".join(WORDS[:n_words])
+    body = _body(tok, text)
+    windows, owner = tok.encode_windows([text], max_length, "chunks")
+    cls, sep = tok.backend.token_to_id(CLS), tok.backend.token_to_id(SEP)
+    assert owner == [0] * len(windows)
+    assert len(windows) == max(1, -(-len(body) // (max_length - 2)))
+    prev_end = 0
+    for w in windows:
+        assert w[0] == cls and w[-1] == sep
+        assert len(w) == min(max_length, len(body) + 2)  # every window full-length
+        start = body.index(w[1])
+        assert body[start : start + len(w) - 2] == w[1:-1]  # a contiguous slice of the text
+        assert start <= prev_end  # no gap after the previous window
+        prev_end = start + len(w) - 2
+    assert body.index(windows[0][1]) == 0 and prev_end == len(body)  # first to last token
+
+
+def test_head_tail_keeps_a_quarter_from_the_start_and_the_rest_from_the_end(tok):
+    text = " ".join(WORDS[:50])
+    body = _body(tok, text)
+    (w,), owner = tok.encode_windows([text], 18, "head-tail")
+    assert owner == [0] and len(w) == 18
+    assert w[1:-1] == body[:4] + body[-12:]
+
+
+def test_short_texts_give_the_same_single_window_in_every_mode(tok):
+    texts = [" ".join(WORDS[:k]) for k in (1, 5, 14)]
+    ref = tok.encode(texts, 16)
+    for mode in ("truncate", "head-tail", "chunks"):
+        assert tok.encode_windows(texts, 16, mode) == (ref, [0, 1, 2])
+    with pytest.raises(ValueError, match="long_text"):
+        tok.encode_windows(texts, 16, "middle")
+
+
+def test_pool_windows_is_the_mean_per_text_and_the_identity_for_one_window_each():
+    logits = torch.arange(12.0).reshape(6, 2)
+    pooled = pool_windows(logits, [0, 1, 1, 2, 2, 2], 3)
+    torch.testing.assert_close(pooled, torch.stack([logits[0], logits[1:3].mean(0),
+                                                    logits[3:].mean(0)]))  # fmt: skip
+    assert pool_windows(logits, range(6), 6) is logits
+
+
+def _ending_matters(n, seed):
+    """The label is in the last two words, after 40 words of filler."""
+    rng = random.Random(seed)
+    filler = ["the", "a", "of", "to", "and", "in", "is", "it", "that", "for", "on", "with"]
+    texts, labels = [], []
+    for i in range(n):
+        ending = "great movie" if i % 2 else "awful movie"
+        texts.append(" ".join(rng.choice(filler) for _ in range(40)) + " " + ending)
+        labels.append("pos" if i % 2 else "neg")
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def ending_models(tmp_path_factory):
+    train, test = _ending_matters(400, 0), _ending_matters(100, 1)
+    out = {}
+    for mode in ("truncate", "head-tail", "chunks"):
+        clf = TextClassifier(model="attention", max_length=16, long_text=mode, epochs=3,
+                             vocab_size=200, verbose=False).fit(train)  # fmt: skip
+        path = clf.save(tmp_path_factory.mktemp("long") / mode)
+        out[mode] = (clf, path)
+    return out, test
+
+
+def test_only_windows_that_reach_the_end_can_learn_a_label_written_there(ending_models):
+    models, test = ending_models
+    assert models["truncate"][0].score(test) < 0.7  # the first 14 tokens are all filler
+    assert models["head-tail"][0].score(test) > 0.95
+    assert models["chunks"][0].score(test) > 0.95
+    # validation scored texts, not windows
+    assert models["chunks"][0].result_.best["n"] == 40
+
+
+def test_a_saved_model_reads_long_texts_as_it_was_trained(ending_models):
+    models, (texts, labels) = ending_models
+    clf, path = models["chunks"]
+    assert json.loads((path / "config.json").read_text())["long_text"] == "chunks"
+    pred = load(path)
+    assert pred.long_text == "chunks"
+    texts = texts[:10] + ["great", "awful movie"]  # mixed: long and short, order kept
+    got = pred.logits(texts)
+    ids, owner = pred.encode(texts)
+    with torch.inference_mode():
+        for i in range(len(texts)):
+            rows = [ids[j] for j in range(len(ids)) if owner[j] == i]
+            per_window = [pred.model(torch.tensor([r]), torch.ones(1, len(r), dtype=torch.bool))
+                          for r in rows]  # fmt: skip
+            torch.testing.assert_close(got[i], torch.cat(per_window).mean(0), atol=1e-5, rtol=0)
+    # overriding at load: the same weights read only the start of each text
+    assert load(path, long_text="truncate").encode(texts)[1] == list(range(len(texts)))
+
+
+def test_an_unknown_long_text_mode_in_config_json_is_a_clear_error(ending_models, tmp_path):
+    models, _ = ending_models
+    bad = tmp_path / "bad"
+    shutil.copytree(models["chunks"][1], bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["long_text"] = "sideways"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    write_manifest(bad)  # re-sign, so the integrity check passes and the config check runs
+    with pytest.raises(ModelDirError, match="long_text"):
+        read_model_dir(bad)
