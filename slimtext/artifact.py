@@ -26,7 +26,7 @@ from torch import nn
 
 from .fileio import IntegrityError, atomic_dir, verify_manifest
 from .models import ModelConfig, build_model
-from .tokenizer import LONG_TEXT, TextTokenizer, TokenizerError, load_tokenizer
+from .tokenizer import TextTokenizer, TokenizerError, check_long_text, load_tokenizer
 
 FORMAT = "slimtext-model"
 FORMAT_VERSION = 1
@@ -151,11 +151,10 @@ def read_model_dir(path: str | os.PathLike) -> ModelDir:
         "slimtext_version": cfg.get("slimtext_version"),
         "path": str(path),
     }
-    long_text = cfg.get("long_text", "truncate")  # absent in directories before it existed
-    if long_text not in LONG_TEXT:
-        raise ModelDirError(
-            f"{path / 'config.json'}: long_text must be one of {LONG_TEXT}, not {long_text!r}"
-        )
+    try:  # absent in directories written before it existed
+        long_text = check_long_text(cfg.get("long_text", "truncate"))
+    except ValueError as e:
+        raise ModelDirError(f"{path / 'config.json'}: {e}") from None
     max_length = int(cfg.get("max_length", config.max_length))
     return ModelDir(model, config, tokenizer, labels, max_length, meta, long_text)
 

@@ -45,7 +45,7 @@ import torch
 
 from .artifact import ModelDir, read_model_dir
 from .data.batching import length_sorted_batches, pad_rows
-from .tokenizer import LONG_TEXT, pool_windows
+from .tokenizer import check_long_text, pool_windows
 
 BACKENDS = ("torch", "torch-bf16", "compile", "compile-bf16", "onnxruntime", "onnxruntime-int8",
             "auto")  # fmt: skip
@@ -87,9 +87,7 @@ class Predictor:
         self.batch_size = batch_size
         self.model = model_dir.model.to(self.device).eval()
         # How texts longer than max_length are read: as trained unless overridden.
-        self.long_text = long_text or model_dir.long_text
-        if self.long_text not in LONG_TEXT:
-            raise ValueError(f"long_text must be one of {LONG_TEXT}, got {self.long_text!r}")
+        self.long_text = check_long_text(long_text or model_dir.long_text)
         self.buckets = length_buckets(_max_len(model_dir))
         self.backend_timings: dict[str, float] = {}  # ms per synthetic batch, filled by "auto"
         self._onnx_path = onnx_path

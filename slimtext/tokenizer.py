@@ -30,6 +30,13 @@ SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
 LONG_TEXT = ("truncate", "head-tail", "chunks")
 
 
+def check_long_text(mode: str) -> str:
+    """`mode` if it is one of LONG_TEXT, else a ValueError saying which are."""
+    if mode not in LONG_TEXT:
+        raise ValueError(f"long_text must be one of {LONG_TEXT}, not {mode!r}")
+    return mode
+
+
 class TokenizerError(ValueError):
     """A tokenizer file or folder that cannot be used."""
 
@@ -82,9 +89,7 @@ class TextTokenizer:
                      of the text is dropped; `pool_windows` averages their logits.
         Each window keeps the tokenizer's own special tokens ([CLS] ... [SEP], <s> ... </s>).
         """
-        if long_text not in LONG_TEXT:
-            raise ValueError(f"long_text must be one of {LONG_TEXT}, got {long_text!r}")
-        if long_text == "truncate":
+        if check_long_text(long_text) == "truncate":
             ids = self.encode(texts, max_length)
             return ids, list(range(len(ids)))
         tok = self.backend

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batching import Batch, bucketed_batches, pad_batch
-from ..tokenizer import LONG_TEXT
+from ..tokenizer import check_long_text
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import (
     DistContext,
@@ -77,8 +77,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"schedule must be linear, cosine or constant, not {self.schedule!r}")
-        if self.long_text not in LONG_TEXT:
-            raise ValueError(f"long_text must be one of {LONG_TEXT}, not {self.long_text!r}")
+        check_long_text(self.long_text)
         if self.metric not in ("accuracy", "macro_f1", "loss"):
             raise ValueError(f"metric must be accuracy, macro_f1 or loss, not {self.metric!r}")
         for name in ("epochs", "batch_size", "grad_accum", "max_length"):
