@@ -2,7 +2,10 @@
 
 Texts are tokenized once, batched by length (so short texts are not padded to long ones) and the
 results are returned in input order. The forward pass runs on one of several backends, all fed
-the same padded (input_ids, attention_mask) batches:
+the same padded (input_ids, attention_mask) batches. The torch and compile backends run a
+`TransformerClassifier` through `forward_packed`: its linear layers see only the real tokens of
+a batch (padding costs attention only), and with [CLS] pooling the last block only computes
+[CLS]; the fused ONNX graph (onnxruntime backends) does the latter too.
 
     torch        the eager model
     torch-bf16   the eager model under bfloat16 autocast (matmuls in bf16, LayerNorm and softmax
@@ -153,9 +156,9 @@ class Predictor:
     def _make_runner(self, name: str) -> Runner:
         self._runner_name = name
         if name == "torch":
-            return self._torch_runner(self.model)
+            return self._torch_runner()
         if name == "torch-bf16":
-            return self._torch_runner(self.model, torch.bfloat16)
+            return self._torch_runner(torch.bfloat16)
         if name == "compile":
             return self._compiled_runner()
         if name == "compile-bf16":
@@ -166,30 +169,34 @@ class Predictor:
             return self._ort_runner(int8=True)
         raise ValueError(f"unknown backend {name!r}")
 
-    def _torch_runner(self, fn, autocast: torch.dtype | None = None) -> Runner:
+    def _torch_runner(self, autocast: torch.dtype | None = None) -> Runner:
+        packed = hasattr(self.model, "forward_packed")
         device = self.device
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
             with torch.inference_mode(), ctx:
-                ids_t, mask_t = torch.from_numpy(input_ids), torch.from_numpy(mask)
-                return fn(ids_t.to(device), mask_t.to(device)).float().cpu().numpy()
+                args = _model_args(input_ids, mask, packed and not mask.all(), device)
+                fn = self.model.forward_packed if len(args) == 3 else self.model
+                return fn(*args).float().cpu().numpy()
 
         return run
 
     def _compiled_runner(self, autocast: torch.dtype | None = None, freezing=False) -> Runner:
-        compiled = torch.compile(self.model, backend=self._compile_backend, dynamic=False)
+        packed = hasattr(self.model, "forward_packed")
+        fn = self.model.forward_packed if packed else self.model
+        compiled = torch.compile(fn, backend=self._compile_backend, dynamic=False)
         # Every bucket compiles twice at most (batch 1, which dynamo always specialises, and
-        # batch >= 2); raise dynamo's per-function limit so long max_lengths never fall back to
-        # eager silently. Patched per call, not globally: other compiled code keeps its limit.
+        # batch >= 2; the packed token count is a dynamic dimension); raise dynamo's per-function
+        # limit so long max_lengths never fall back to eager silently. Patched per call, not
+        # globally: other compiled code keeps its limit.
         limit = max(8, 2 * len(self.buckets) + 2)
         device = self.device
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            input_ids = torch.from_numpy(input_ids).to(device)
-            mask = torch.from_numpy(mask).to(device)
-            torch._dynamo.maybe_mark_dynamic(input_ids, 0)
-            torch._dynamo.maybe_mark_dynamic(mask, 0)
+            args = _model_args(input_ids, mask, packed, device)
+            for a in args:
+                torch._dynamo.maybe_mark_dynamic(a, 0)
             ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
             # Freezing is read when a graph is compiled (first call per bucket); patched per
             # call like the limit, so other compiled code in the process is not frozen.
@@ -199,7 +206,7 @@ class Predictor:
                 _freezing(freezing),
                 ctx,
             ):
-                return compiled(input_ids, mask).float().cpu().numpy()
+                return compiled(*args).float().cpu().numpy()
 
         return run
 
@@ -315,6 +322,18 @@ class Predictor:
         return statistics.median(times)
 
 
+def _model_args(
+    input_ids: np.ndarray, mask: np.ndarray, packed: bool, device: torch.device
+) -> list[torch.Tensor]:
+    """`forward`'s (input_ids, mask), plus the packed-token index for `forward_packed`: the real
+    tokens' flat positions, padded with position 0 up to `row_bucket` (rows computed, unread)."""
+    args = [torch.from_numpy(input_ids), torch.from_numpy(mask)]
+    if packed:
+        index = np.flatnonzero(mask)
+        args.append(torch.from_numpy(np.pad(index, (0, row_bucket(len(index)) - len(index)))))
+    return [a.to(device) for a in args]
+
+
 def _freezing(on: bool):
     if not on:
         return nullcontext()
@@ -334,6 +353,15 @@ def length_buckets(max_len: int, smallest: int = 16, per_octave: int = 4) -> lis
         out.append(b)
         b += max(smallest, (1 << (b.bit_length() - 1)) // per_octave)
     return out + [max_len]
+
+
+def row_bucket(n: int, per_octave: int = 8) -> int:
+    """n rounded up to one of `per_octave` sizes per doubling (multiples of 16 below 128):
+    the packed token count a compiled graph sees. oneDNN builds a matmul primitive for every
+    new row count, which cost more than the matmuls themselves when every batch brought a new
+    one; rounding costs at most 1/per_octave extra rows."""
+    step = max(16, (1 << max(n - 1, 1).bit_length() - 1) // per_octave)
+    return -(-n // step) * step
 
 
 def _max_len(md: ModelDir) -> int:

@@ -50,6 +50,54 @@ def test_padding_never_changes_predictions(name):
         )
 
 
+def _packed(model, ids, mask, extra_rows=0):
+    index = mask.reshape(-1).nonzero().squeeze(1)
+    index = torch.cat([index, torch.zeros(extra_rows, dtype=torch.long)])  # rows computed, unread
+    return model.forward_packed(ids, mask, index)
+
+
+def _pruned_and_factorized(**kw):
+    from slimtext.compress import LowRank
+    from slimtext.compress.factorize import factorize_
+    from slimtext.compress.prune import keep_heads_
+
+    model = make(num_layers=3, **kw)
+    keep_heads_(model.encoder.blocks[0], [1])  # 1 of 4 heads: attention width 8, not 32
+    keep_heads_(model.encoder.blocks[2], [0, 3])
+    factorize_(model, LowRank(only_if_smaller=False))  # every Linear -> LowRankLinear
+    return model.eval()  # the new attention modules are built in training mode
+
+
+PACKED_CONFIGS = {
+    "cls": lambda: make(pooling="cls"),
+    "mean": lambda: make(pooling="mean"),
+    "shared": lambda: make(share_layers=True, num_layers=3, pooling="cls"),
+    "no-layers-cls": lambda: make(num_layers=0, pooling="cls"),
+    "no-layers-mean": lambda: make(num_layers=0, pooling="mean"),
+    "pruned+factorized-cls": lambda: _pruned_and_factorized(pooling="cls"),
+    "pruned+factorized-mean": lambda: _pruned_and_factorized(pooling="mean"),
+}
+
+
+@pytest.mark.parametrize("name", PACKED_CONFIGS)
+def test_packed_forward_gives_forward_logits(name):
+    # forward_packed is what the predictor runs: it must be forward, computed on real tokens.
+    model = PACKED_CONFIGS[name]()
+    ids, mask = ragged_batch([3, 12, 1, 7, 12, 2], 16, seed=1)
+    with torch.no_grad():
+        want = model(ids, mask)
+        torch.testing.assert_close(_packed(model, ids, mask), want, atol=1e-5, rtol=0)
+        # Rows added to round the packed count up are computed and never read.
+        torch.testing.assert_close(_packed(model, ids, mask, 9), want, atol=1e-5, rtol=0)
+        # A batch without padding, and one text alone.
+        full = torch.ones_like(mask)
+        torch.testing.assert_close(_packed(model, ids, full), model(ids, full), atol=1e-5, rtol=0)
+        one = _packed(model, ids[1:2, :12], mask[1:2, :12])
+        torch.testing.assert_close(one, want[1:2], atol=1e-5, rtol=0)
+    if name != "no-layers-cls":  # there every row is its [CLS] embedding: the same
+        assert not torch.allclose(want[0], want[1])
+
+
 def test_attention_pooling_gives_padding_exactly_zero_weight():
     model = make(arch="attention", num_layers=0)
     assert isinstance(model, AttentionPoolingClassifier)
