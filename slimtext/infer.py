@@ -11,14 +11,16 @@ a batch (padding costs attention only), and with [CLS] pooling the last block on
     torch-bf16   the eager model under bfloat16 autocast (matmuls in bf16, LayerNorm and softmax
                  in fp32): several times the throughput of fp32 at batch 64 on CPUs with AMX or
                  AVX512-BF16, slow on CPUs without (emulated); probabilities move by ~1e-2
-    compile      `torch.compile`; lengths are padded up to a few buckets (16, 32, 48, 64, 80,
-                 ..., max_length) and the batch axis is marked dynamic, so the number of compiled
-                 graphs is bounded by 2 x buckets (batch 1 is always specialised) instead of
-                 growing with every new length
+    compile      `torch.compile`, never recompiling for a new length. A `TransformerClassifier`
+                 (`forward_packed`) compiles with batch, length and packed-token axes dynamic:
+                 two graphs in all (batch 1, which dynamo always specialises, and batch >= 2),
+                 lengths padded to a multiple of 8. Other models pad lengths up to a few buckets
+                 (16, 32, 48, 64, 80, ..., max_length) with the batch axis dynamic: at most
+                 2 x buckets graphs
     compile-bf16 `compile` under bfloat16 autocast with inductor's weight freezing (weights
                  folded in as constants and pre-packed for oneDNN's bf16 kernels): the fastest
-                 batch backend on CPUs with AMX (1.1-1.3x torch-bf16 at batch 64 here); same
-                 length buckets, same ~1e-2 change in probabilities as torch-bf16
+                 batch backend on CPUs with AMX (1.3x torch-bf16 at batch 64 here); same ~1e-2
+                 change in probabilities as torch-bf16
     onnxruntime  an InferenceSession on the directory's `model.onnx` (exported on the fly into a
                  cache when the directory has none)
     onnxruntime-int8
@@ -145,8 +147,12 @@ class Predictor:
 
     # ---- backends ----
 
+    @property
+    def _packed(self) -> bool:
+        return hasattr(self.model, "forward_packed")
+
     def _pad_multiple(self, longest: int) -> int:
-        if self._runner_name.startswith("compile"):
+        if self._runner_name.startswith("compile") and not self._packed:
             # pad_rows rounds up to a multiple of this: the bucket is the one multiple >= longest
             return next(b for b in self.buckets if b >= longest)
         if self._runner_name.startswith("onnxruntime"):
@@ -170,7 +176,7 @@ class Predictor:
         raise ValueError(f"unknown backend {name!r}")
 
     def _torch_runner(self, autocast: torch.dtype | None = None) -> Runner:
-        packed = hasattr(self.model, "forward_packed")
+        packed = self._packed
         device = self.device
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -183,13 +189,15 @@ class Predictor:
         return run
 
     def _compiled_runner(self, autocast: torch.dtype | None = None, freezing=False) -> Runner:
-        packed = hasattr(self.model, "forward_packed")
+        packed = self._packed
         fn = self.model.forward_packed if packed else self.model
         compiled = torch.compile(fn, backend=self._compile_backend, dynamic=False)
-        # Every bucket compiles twice at most (batch 1, which dynamo always specialises, and
-        # batch >= 2; the packed token count is a dynamic dimension); raise dynamo's per-function
-        # limit so long max_lengths never fall back to eager silently. Patched per call, not
-        # globally: other compiled code keeps its limit.
+        # Packed: the length axis is dynamic too (padding costs attention only there, so one
+        # graph for all lengths runs as fast as one per bucket, and compiles in a tenth of the
+        # time). Otherwise every bucket compiles twice at most (batch 1, which dynamo always
+        # specialises, and batch >= 2). Raise dynamo's per-function limit so long max_lengths
+        # never fall back to eager silently; patched per call, not globally: other compiled code
+        # keeps its limit.
         limit = max(8, 2 * len(self.buckets) + 2)
         device = self.device
 
@@ -197,6 +205,9 @@ class Predictor:
             args = _model_args(input_ids, mask, packed, device)
             for a in args:
                 torch._dynamo.maybe_mark_dynamic(a, 0)
+            if packed:
+                torch._dynamo.maybe_mark_dynamic(args[0], 1)
+                torch._dynamo.maybe_mark_dynamic(args[1], 1)
             ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
             # Freezing is read when a graph is compiled (first call per bucket); patched per
             # call like the limit, so other compiled code in the process is not frozen.
@@ -295,9 +306,13 @@ class Predictor:
 
     def warm_up_all(self) -> None:
         """Run every length bucket at batch 1 and 2, so no later call pays for a compilation
-        (compile backend) or a first-shape allocation; seconds per bucket with `compile`."""
+        (compile backend) or a first-shape allocation; seconds per bucket with `compile` (a
+        packed model: two lengths, as one graph serves them all)."""
         vocab = self.model_dir.config.vocab_size
-        for t in self.buckets:
+        lengths = self.buckets
+        if self._packed and self._runner_name.startswith("compile"):
+            lengths = [min(16, lengths[-1]), lengths[-1]]
+        for t in lengths:
             for n in (1, 2):
                 self.logits_from_ids([[min(j + 1, vocab - 1) for j in range(t)]] * n)
 
@@ -343,11 +358,12 @@ def _freezing(on: bool):
 
 
 def length_buckets(max_len: int, smallest: int = 16, per_octave: int = 4) -> list[int]:
-    """Padded lengths the compile backend uses, then max_len: multiples of `smallest` up to
-    4 x smallest, then `per_octave` evenly spaced lengths per doubling (16, 32, 48, 64, 80, 96,
-    112, 128, 160, 192, ...). Padding then costs at most 1/per_octave of a batch's compute above
-    64 tokens (AG News at batch 64: 14% more token positions than the texts have, against 36%
-    with powers of two), for about twice as many compiled graphs."""
+    """Padded lengths the compile backend uses (models without `forward_packed`), then max_len:
+    multiples of `smallest` up to 4 x smallest, then `per_octave` evenly spaced lengths per
+    doubling (16, 32, 48, 64, 80, 96, 112, 128, 160, 192, ...). Padding then costs at most
+    1/per_octave of a batch's compute above 64 tokens (AG News at batch 64: 14% more token
+    positions than the texts have, against 36% with powers of two), for about twice as many
+    compiled graphs."""
     out, b = [], smallest
     while b < max_len:
         out.append(b)

@@ -86,21 +86,42 @@ def _counting_backend(graphs: list):
     return backend
 
 
-def test_compile_matches_torch_and_recompiles_at_most_twice_per_bucket(tiny_model_dir, texts):
+@pytest.fixture(scope="module")
+def tiny_attention_dir(tmp_path_factory, toy_data):
+    from slimtext.api import TextClassifier
+
+    clf = TextClassifier(model="attention", vocab_size=400, hidden_size=32, max_length=32,
+                         epochs=1, batch_size=16, verbose=False).fit(toy_data)  # fmt: skip
+    path = tmp_path_factory.mktemp("models") / "tiny-attention"
+    clf.save(path)
+    return path
+
+
+@pytest.mark.parametrize("model", ["transformer", "attention"])
+def test_compile_matches_torch_and_does_not_recompile_per_length(model, texts, request):
+    d = request.getfixturevalue(
+        "tiny_model_dir" if model == "transformer" else "tiny_attention_dir"
+    )
     torch._dynamo.reset()
     graphs: list = []
-    pred = load(tiny_model_dir, backend="compile", batch_size=4,
-                compile_backend=_counting_backend(graphs))  # fmt: skip
-    ref = load(tiny_model_dir, batch_size=4)
+    pred = load(d, backend="compile", batch_size=4, compile_backend=_counting_backend(graphs))
+    ref = load(d, batch_size=4)
     torch.testing.assert_close(pred.logits(texts), ref.logits(texts), atol=ATOL, rtol=0)
     # Many lengths (3..32 tokens after truncation) and batch sizes 1..5.
     words = ["match", "goal", "team", "chip", "code", "bank", "market", "the", "of"]
     for n in range(1, 41, 2):
         batch = [" ".join(words[: 1 + (n + j) % 9] * (1 + n // 9)) for j in range(1 + n % 5)]
         torch.testing.assert_close(pred.logits(batch), ref.logits(batch), atol=ATOL, rtol=0)
-    assert pred.buckets == length_buckets(32) == [16, 32]
-    # Batch 1 is always specialised by dynamo, so each bucket compiles at most twice.
-    assert 1 <= len(graphs) <= 2 * len(pred.buckets), graphs
+    if model == "transformer":
+        # forward_packed: batch, length and token-count axes dynamic. Batch 1 is always
+        # specialised by dynamo, so two graphs serve every shape.
+        assert hasattr(pred.model, "forward_packed")
+        assert 1 <= len(graphs) <= 2, graphs
+    else:
+        # Lengths padded to buckets; each bucket compiles at most twice (batch 1 and >= 2).
+        assert not hasattr(pred.model, "forward_packed")
+        assert pred.buckets == length_buckets(32) == [16, 32]
+        assert 1 <= len(graphs) <= 2 * len(pred.buckets), graphs
 
 
 @pytest.mark.parametrize("max_len", [8, 16, 32, 100, 128, 136, 512, 4096])
