@@ -19,7 +19,7 @@ a batch (padding costs attention only), and with [CLS] pooling the last block on
                  2 x buckets graphs
     compile-bf16 `compile` under bfloat16 autocast with inductor's weight freezing (weights
                  folded in as constants and pre-packed for oneDNN's bf16 kernels): the fastest
-                 batch backend on CPUs with AMX (1.3x torch-bf16 at batch 64 here); same ~1e-2
+                 batch backend on CPUs with AMX (1.4x torch-bf16 at batch 64 here); same ~1e-2
                  change in probabilities as torch-bf16
     onnxruntime  an InferenceSession on the directory's `model.onnx` (exported on the fly into a
                  cache when the directory has none)
