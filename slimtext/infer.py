@@ -181,9 +181,10 @@ class Predictor:
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
+            use_packed = packed and not mask.all()  # nothing to skip in an unpadded batch
+            fn = self.model.forward_packed if use_packed else self.model
             with torch.inference_mode(), ctx:
-                args = _model_args(input_ids, mask, packed and not mask.all(), device)
-                fn = self.model.forward_packed if len(args) == 3 else self.model
+                args = _model_args(input_ids, mask, use_packed, device)
                 return fn(*args).float().cpu().numpy()
 
         return run
@@ -367,8 +368,14 @@ def length_buckets(max_len: int, smallest: int = 16, per_octave: int = 4) -> lis
     out, b = [], smallest
     while b < max_len:
         out.append(b)
-        b += max(smallest, (1 << (b.bit_length() - 1)) // per_octave)
+        b += _octave_step(b, smallest, per_octave)
     return out + [max_len]
+
+
+def _octave_step(n: int, smallest: int, per_octave: int) -> int:
+    """Spacing of the sizes in n's doubling [2^k, 2^(k+1)): 1/per_octave of 2^k, at least
+    `smallest`."""
+    return max(smallest, (1 << (n.bit_length() - 1)) // per_octave)
 
 
 def row_bucket(n: int, per_octave: int = 8) -> int:
@@ -376,7 +383,7 @@ def row_bucket(n: int, per_octave: int = 8) -> int:
     the packed token count a compiled graph sees. oneDNN builds a matmul primitive for every
     new row count, which cost more than the matmuls themselves when every batch brought a new
     one; rounding costs at most 1/per_octave extra rows."""
-    step = max(16, (1 << max(n - 1, 1).bit_length() - 1) // per_octave)
+    step = _octave_step(max(n - 1, 1), 16, per_octave)  # n - 1: a power of two stays itself
     return -(-n // step) * step
 
 

@@ -28,12 +28,12 @@ class Embeddings(nn.Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        T = input_ids.shape[1]
-        pos = torch.arange(T, device=input_ids.device)
-        return self.drop(self.norm(self.tok(input_ids) + self.pos(pos)))  # (B, T, C)
+        pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return self.drop(self.packed(input_ids, pos))  # (B, T, C)
 
     def packed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Inference on real tokens only: (N,) ids at (N,) positions -> (N, C)."""
+        """Token + position embeddings, normalised: ids (..., T) at positions broadcasting
+        against them; for packed inference, (N,) ids at their (N,) positions -> (N, C)."""
         return self.norm(self.tok(ids) + self.pos(positions))
 
 
@@ -111,15 +111,16 @@ class Block(nn.Module):
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.attn(x, key_mask)))
-        return self.norm2(x + self.drop(self.ffn_out(F.gelu(self.ffn_in(x)))))
+        return self._residuals(x, self.attn(x, key_mask))
 
     def packed(self, x: torch.Tensor, p: Packing, queries: torch.Tensor | None) -> torch.Tensor:
         y = packed_attention(self.attn, x, p, queries)
-        if queries is not None:
-            x = x[queries]
-        x = self.norm1(x + y)
-        return self.norm2(x + self.ffn_out(F.gelu(self.ffn_in(x))))
+        return self._residuals(x if queries is None else x[queries], y)
+
+    def _residuals(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """Post-LN: x + attention, then x + feed-forward; any leading shape."""
+        x = self.norm1(x + self.drop(attn_out))
+        return self.norm2(x + self.drop(self.ffn_out(F.gelu(self.ffn_in(x)))))
 
 
 class Encoder(nn.Module):
@@ -150,11 +151,12 @@ class Encoder(nn.Module):
     def packed(self, x: torch.Tensor, p: Packing, cls_only: bool) -> torch.Tensor:
         """Inference on packed rows (N, C) -> (N, C); (B, C) [CLS] states when `cls_only`: the
         last block then computes only what the [CLS] outputs depend on."""
-        cls_rows = p.gather.view(p.shape)[:, 0]  # position 0 of each sequence, never padding
+        # Position 0 of each sequence, never padding.
+        cls_rows = p.gather.view(p.shape)[:, 0] if cls_only else None
         for i in range(self.num_layers):
             last = cls_only and i == self.num_layers - 1
             x = self.blocks[i % len(self.blocks)].packed(x, p, cls_rows if last else None)
-        if cls_only and self.num_layers == 0:
+        if cls_rows is not None and self.num_layers == 0:
             x = x[cls_rows]
         return x
 
