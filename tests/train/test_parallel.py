@@ -4,7 +4,6 @@ ordinary model directory. The numeric cases run in `parallel_worker.py` (one tor
 
 import json
 import shutil
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +11,14 @@ from pathlib import Path
 import pytest
 from parallel_worker import fit_setup  # tests/train is on sys.path (pytest's rootdir import)
 from safetensors.torch import load_file
-from test_distributed import TINY, max_diff, slimtext, train_csv, weights  # noqa: F401
+from test_distributed import (  # noqa: F401
+    TINY,
+    max_diff,
+    run_torchrun,
+    slimtext,
+    train_csv,
+    weights,
+)
 
 pytestmark = pytest.mark.distributed
 
@@ -21,8 +27,7 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
 def worker(cases: str, out: Path, nproc: int = 2) -> dict:
-    r = subprocess.run([*TORCHRUN, f"--nproc-per-node={nproc}", str(WORKER), cases, str(out)],
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = run_torchrun([*TORCHRUN, f"--nproc-per-node={nproc}", str(WORKER), cases, str(out)], 120)
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads((out / f"{cases}.json").read_text())
 
