@@ -184,8 +184,8 @@ class Predictor:
             use_packed = packed and not mask.all()  # nothing to skip in an unpadded batch
             fn = self.model.forward_packed if use_packed else self.model
             with torch.inference_mode(), ctx:
-                args = _model_args(input_ids, mask, use_packed, device)
-                return fn(*args).float().cpu().numpy()
+                args, order = _model_args(input_ids, mask, use_packed, device)
+                return _in_order(fn(*args), order)
 
         return run
 
@@ -203,12 +203,12 @@ class Predictor:
         device = self.device
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            args = _model_args(input_ids, mask, packed, device)
+            args, order = _model_args(input_ids, mask, packed, device)
             for a in args:
-                torch._dynamo.maybe_mark_dynamic(a, 0)
-            if packed:
-                torch._dynamo.maybe_mark_dynamic(args[0], 1)
-                torch._dynamo.maybe_mark_dynamic(args[1], 1)
+                for t in a if isinstance(a, list) else [a]:
+                    # every axis of a packed batch (ids, masks, index); the batch axis otherwise
+                    for dim in range(t.dim() if packed else 1):
+                        torch._dynamo.maybe_mark_dynamic(t, dim)
             ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
             # Freezing is read when a graph is compiled (first call per bucket); patched per
             # call like the limit, so other compiled code in the process is not frozen.
@@ -218,7 +218,7 @@ class Predictor:
                 _freezing(freezing),
                 ctx,
             ):
-                return compiled(*args).float().cpu().numpy()
+                return _in_order(compiled(*args), order)
 
         return run
 
@@ -313,6 +313,10 @@ class Predictor:
         lengths = self.buckets
         if self._packed and self._runner_name.startswith("compile"):
             lengths = [min(16, lengths[-1]), lengths[-1]]
+            if self.batch_size >= GROUP_MIN:  # the graph of length-grouped batches
+                ragged = [[min(j + 1, vocab - 1) for j in range(1 + i % lengths[-1])]
+                          for i in range(GROUP_MIN)]  # fmt: skip
+                self.logits_from_ids(ragged)
         for t in lengths:
             for n in (1, 2):
                 self.logits_from_ids([[min(j + 1, vocab - 1) for j in range(t)]] * n)
@@ -338,16 +342,48 @@ class Predictor:
         return statistics.median(times)
 
 
+# forward_packed's attention groups: a batch of at least GROUP_MIN texts is sorted by length
+# and cut into GROUPS groups of equal count, each padded to its own longest text. Attention then
+# costs Σ B_g·T_g² instead of B·T²: AG News at batch 64, where a batch's longest text is ~2.5x
+# its mean, SDPA is ~35% of a compile-bf16 batch unsplit (BENCHMARKS.md §5). Fewer than
+# GROUP_MIN texts keep one group: a group of a few rows costs more per row than it saves.
+GROUPS, GROUP_MIN = 4, 32
+
+
 def _model_args(
     input_ids: np.ndarray, mask: np.ndarray, packed: bool, device: torch.device
-) -> list[torch.Tensor]:
-    """`forward`'s (input_ids, mask), plus the packed-token index for `forward_packed`: the real
-    tokens' flat positions, padded with position 0 up to `row_bucket` (rows computed, unread)."""
-    args = [torch.from_numpy(input_ids), torch.from_numpy(mask)]
-    if packed:
-        index = np.flatnonzero(mask)
+) -> tuple[list, np.ndarray | None]:
+    """`forward`'s (input_ids, mask); for `forward_packed` (input_ids, mask or a list of group
+    masks, index): the real tokens' flat positions, padded with position 0 up to `row_bucket`
+    (rows computed, unread). Also the row order the logits come back in (None: as given)."""
+    order = None
+    if packed and len(mask) >= GROUP_MIN:
+        order = np.argsort(mask.sum(1), kind="stable")
+        sizes = np.full(GROUPS, len(order) // GROUPS) + (np.arange(GROUPS) < len(order) % GROUPS)
+        masks, ids = [], []
+        for rows in np.split(order, np.cumsum(sizes)[:-1]):
+            t = -(-int(mask[rows[-1]].sum()) // 8) * 8  # the group's longest, rounded up to 8
+            masks.append(np.ascontiguousarray(mask[rows, :t]))
+            ids.append(input_ids[rows, :t].reshape(-1))
+        index = np.flatnonzero(np.concatenate([m.reshape(-1) for m in masks]))
+        mask_arg = [torch.from_numpy(m).to(device) for m in masks]
+        args = [torch.from_numpy(np.concatenate(ids)), mask_arg]
+    else:
+        args = [torch.from_numpy(input_ids), torch.from_numpy(mask)]
+        index = np.flatnonzero(mask) if packed else None
+    if index is not None:
         args.append(torch.from_numpy(np.pad(index, (0, row_bucket(len(index)) - len(index)))))
-    return [a.to(device) for a in args]
+    return [a if isinstance(a, list) else a.to(device) for a in args], order
+
+
+def _in_order(logits: torch.Tensor, order: np.ndarray | None) -> np.ndarray:
+    """Logits of rows computed in `order`, back in the batch's own order."""
+    out = logits.float().cpu().numpy()
+    if order is None:
+        return out
+    back = np.empty_like(out)
+    back[order] = out
+    return back
 
 
 def _freezing(on: bool):

@@ -124,6 +124,32 @@ def test_compile_matches_torch_and_does_not_recompile_per_length(model, texts, r
         assert 1 <= len(graphs) <= 2 * len(pred.buckets), graphs
 
 
+def test_grouped_batches_give_the_plain_forward_logits(tiny_model_dir):
+    # A batch of >= GROUP_MIN texts runs attention in length groups, its rows sorted by length:
+    # the logits must still be forward's, in the batch's own (unsorted) row order.
+    import numpy as np
+
+    from slimtext.infer import GROUP_MIN
+
+    rng = np.random.default_rng(0)
+    n, t = GROUP_MIN + 7, 32
+    lengths = rng.integers(1, t + 1, n)
+    mask = np.arange(t)[None, :] < lengths[:, None]
+    vocab = load(tiny_model_dir).model.config.vocab_size
+    ids = np.where(mask, rng.integers(1, vocab, (n, t)), 0)
+    torch._dynamo.reset()
+    graphs: list = []
+    for backend in ("torch", "compile"):
+        pred = load(tiny_model_dir, backend=backend, batch_size=64,
+                    compile_backend=_counting_backend(graphs))  # fmt: skip
+        with torch.no_grad():
+            want = pred.model(torch.from_numpy(ids), torch.from_numpy(mask))
+        for rows in (slice(None), slice(0, GROUP_MIN), slice(3, 5)):  # 4 groups, 4, 1 group
+            got = torch.from_numpy(pred._runner(ids[rows], mask[rows]))
+            torch.testing.assert_close(got, want[rows], atol=ATOL, rtol=0)
+    assert len(graphs) <= 2, graphs  # grouped batches of any size and length: one graph
+
+
 @pytest.mark.parametrize("max_len", [8, 16, 32, 100, 128, 136, 512, 4096])
 def test_length_buckets_are_few_and_waste_at_most_a_quarter_above_64_tokens(max_len):
     b = length_buckets(max_len)

@@ -8,6 +8,7 @@ padding to a batch never changes a real token's output.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -80,24 +81,27 @@ def attend(
     return dropout(scores.softmax(-1), p).to(v.dtype) @ v
 
 
-def packed_attention(
-    attn: nn.Module, x: torch.Tensor, p: Packing, queries: torch.Tensor | None
-) -> torch.Tensor:
+def packed_attention(attn: nn.Module, x: torch.Tensor, p: Packing, cls_only: bool) -> torch.Tensor:
     """Self-attention for inference on packed rows: x (N, C) real tokens -> (N, C), or (B, C)
-    for the rows `queries` only. The projections run on the N rows; only q·kᵀ and ·v see the
-    padded (B, T) layout. Any attention module with `qkv`, `out` and `head_dim` (pruned ones
-    too, whose width differs from C)."""
-    B, T = p.shape
+    for the sequences' first tokens only (`cls_only`). The projections run on the N rows; only
+    q·kᵀ and ·v see a padded layout, one per group of sequences. Any attention module with
+    `qkv`, `out` and `head_dim` (pruned ones too, whose width differs from C)."""
     qkv = attn.qkv(x)  # (N, 3W)
     W = qkv.shape[-1] // 3
-    k, v = (t.view(B, T, -1, attn.head_dim).transpose(1, 2) for t in qkv[p.gather, W:].split(W, 1))
-    if queries is None:
-        q = qkv[p.gather, :W].view(B, T, -1, attn.head_dim).transpose(1, 2)
-        y = attend(q, k, v, p.key_mask, 0.0).transpose(1, 2).reshape(B * T, W)[p.index]
-    else:  # one query a sequence (its [CLS]) against every key
-        q = qkv[queries, :W].view(B, 1, -1, attn.head_dim).transpose(1, 2)
-        y = attend(q, k, v, p.key_mask, 0.0).reshape(B, W)
-    return attn.out(y)
+    outs = []
+    for g in p.groups:
+        B, T = g.shape
+        k, v = (
+            t.view(B, T, -1, attn.head_dim).transpose(1, 2) for t in qkv[g.gather, W:].split(W, 1)
+        )
+        if cls_only:  # one query a sequence (its [CLS]) against every key
+            q = qkv[g.first, :W].view(B, 1, -1, attn.head_dim).transpose(1, 2)
+            outs.append(attend(q, k, v, g.key_mask, 0.0).reshape(B, W))
+        else:
+            q = qkv[g.gather, :W].view(B, T, -1, attn.head_dim).transpose(1, 2)
+            outs.append(attend(q, k, v, g.key_mask, 0.0).transpose(1, 2).reshape(B * T, W))
+    y = outs[0] if len(outs) == 1 else torch.cat(outs)
+    return attn.out(y if cls_only else y[p.index])
 
 
 class Block(nn.Module):
@@ -113,9 +117,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         return self._residuals(x, self.attn(x, key_mask))
 
-    def packed(self, x: torch.Tensor, p: Packing, queries: torch.Tensor | None) -> torch.Tensor:
-        y = packed_attention(self.attn, x, p, queries)
-        return self._residuals(x if queries is None else x[queries], y)
+    def packed(self, x: torch.Tensor, p: Packing, cls_only: bool) -> torch.Tensor:
+        y = packed_attention(self.attn, x, p, cls_only)
+        return self._residuals(x[p.first] if cls_only else x, y)
 
     def _residuals(self, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         """Post-LN: x + attention, then x + feed-forward; any leading shape."""
@@ -151,32 +155,59 @@ class Encoder(nn.Module):
     def packed(self, x: torch.Tensor, p: Packing, cls_only: bool) -> torch.Tensor:
         """Inference on packed rows (N, C) -> (N, C); (B, C) [CLS] states when `cls_only`: the
         last block then computes only what the [CLS] outputs depend on."""
-        # Position 0 of each sequence, never padding.
-        cls_rows = p.gather.view(p.shape)[:, 0] if cls_only else None
         for i in range(self.num_layers):
             last = cls_only and i == self.num_layers - 1
-            x = self.blocks[i % len(self.blocks)].packed(x, p, cls_rows if last else None)
-        if cls_rows is not None and self.num_layers == 0:
-            x = x[cls_rows]
+            x = self.blocks[i % len(self.blocks)].packed(x, p, last)
+        if cls_only and self.num_layers == 0:
+            x = x[p.first]
         return x
 
 
 @dataclass
-class Packing:
-    """Where the real tokens of a padded (B, T) batch sit once packed into N rows."""
+class Group:
+    """Consecutive sequences of a packed batch that attention sees as one padded (B, T) layout."""
 
     shape: tuple[int, int]  # (B, T)
-    index: torch.Tensor  # (N,) flat position in B·T of each real token, in order
     gather: torch.Tensor  # (B·T,) packed row of each slot (a padding slot: an earlier real row)
     key_mask: torch.Tensor  # (B, 1, 1, T) bool, True = real token
+    first: torch.Tensor  # (B,) packed row of each sequence's first token ([CLS])
+
+
+@dataclass
+class Packing:
+    """Where the real tokens of a batch sit once packed into N rows: the batch is one or more
+    groups of sequences, each a padded layout, laid end to end ("slots"); `index` (N,) is the
+    slot of each real token, in order, so packed row r is slot index[r]."""
+
+    groups: list[Group]
+    index: torch.Tensor
+    first: torch.Tensor  # (B,) packed row of every sequence's first token, group after group
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor, index: torch.Tensor) -> Packing:
-        # A padding slot reads some real row: finite values, which attention gives zero weight
-        # (padded key) or whose output nothing reads (padded query). cumsum - 1 is the row of
-        # the last real token at or before each slot.
-        gather = mask.reshape(-1).cumsum(0) - 1
-        return cls(tuple(mask.shape), index, gather.clamp_min(0), mask[:, None, None, :])
+    def from_masks(cls, masks: Sequence[torch.Tensor], index: torch.Tensor) -> Packing:
+        groups, before = [], 0
+        for m in masks:
+            # A padding slot reads some real row: finite values, which attention gives zero
+            # weight (padded key) or whose output nothing reads (padded query). cumsum - 1 is
+            # the row of the last real token at or before each slot (every sequence starts
+            # with a real token, so only a group's very first slot could be before it).
+            flat = m.reshape(-1)
+            gather = (flat.cumsum(0) - 1 + before).clamp_min(0)
+            before = before + flat.sum()
+            first = gather.view(m.shape)[:, 0]
+            groups.append(Group(tuple(m.shape), gather, m[:, None, None, :], first))
+        first = groups[0].first if len(groups) == 1 else torch.cat([g.first for g in groups])
+        return cls(groups, index, first)
+
+    def positions(self) -> torch.Tensor:
+        """(N,) position of each real token within its sequence."""
+        slots = [torch.arange(g.shape[1], device=self.index.device).repeat(g.shape[0])
+                 for g in self.groups]  # fmt: skip
+        return (slots[0] if len(slots) == 1 else torch.cat(slots))[self.index]
+
+    def pad(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Packed rows (N, C) -> each group's padded (B, T, C), padding slots filled."""
+        return [x[g.gather].view(*g.shape, -1) for g in self.groups]
 
 
 def masked_mean(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -211,11 +242,19 @@ class TransformerClassifier(nn.Module):
         return self.head(self.drop(pooled))  # (B, num_labels)
 
     def forward_packed(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, index: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | Sequence[torch.Tensor],
+        index: torch.Tensor,
     ) -> torch.Tensor:
         """`forward`'s logits, for inference, computing on real tokens only. `index` (N,): the
         flat positions of `attention_mask`'s real tokens (`np.flatnonzero(mask)`), given rather
         than computed so that a compiled graph has no data-dependent shape.
+
+        `attention_mask` may also be a list of (B_g, T_g) masks, groups of consecutive sequences
+        each padded to its own length, with `input_ids` and `index` over the groups' flattened
+        layouts end to end: attention then costs Σ B_g·T_g² instead of B·T² (sort a batch by
+        length and split it: `slimtext.infer` does, at batch >= 32).
 
         The linear layers, LayerNorms and GELUs (~95% of the FLOPs) run on the N real tokens
         instead of B·T slots; only attention sees the padded layout. With [CLS] pooling the last
@@ -224,14 +263,15 @@ class TransformerClassifier(nn.Module):
         under compile-bf16, 1.25x under bf16 autocast, 1.5x in fp32 (BENCHMARKS.md §5)."""
         if self.training:
             raise RuntimeError("forward_packed is for inference (no dropout): call .eval() first")
-        mask = attention_mask.bool()
-        p = Packing.from_mask(mask, index)
-        T = mask.shape[1]
-        x = self.embeddings.packed(input_ids.reshape(-1)[index], index % T)
+        masks = [attention_mask] if isinstance(attention_mask, torch.Tensor) else attention_mask
+        masks = [m.bool() for m in masks]
+        p = Packing.from_masks(masks, index)
+        x = self.embeddings.packed(input_ids.reshape(-1)[index], p.positions())
         x = self.encoder.packed(x, p, cls_only=self.pooler is not None)
         if self.pooler is not None:
             return self.head(torch.tanh(self.pooler(x)))
-        return self.head(masked_mean(x[p.gather].view(*p.shape, -1), mask))
+        pooled = [masked_mean(h, m) for h, m in zip(p.pad(x), masks, strict=True)]
+        return self.head(pooled[0] if len(pooled) == 1 else torch.cat(pooled))
 
 
 def init_weights(m: nn.Module) -> None:

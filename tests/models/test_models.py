@@ -56,6 +56,20 @@ def _packed(model, ids, mask, extra_rows=0):
     return model.forward_packed(ids, mask, index)
 
 
+def _grouped(model, ids, mask, order, sizes, extra_rows=0):
+    # The rows `order` in consecutive groups of `sizes`, each cut to its own longest text.
+    masks, flat_ids, start = [], [], 0
+    for n in sizes:
+        rows = order[start : start + n]
+        start += n
+        t = int(mask[rows].sum(1).max())
+        masks.append(mask[rows, :t])
+        flat_ids.append(ids[rows, :t].reshape(-1))
+    index = torch.cat([m.reshape(-1) for m in masks]).nonzero().squeeze(1)
+    index = torch.cat([index, torch.zeros(extra_rows, dtype=torch.long)])
+    return model.forward_packed(torch.cat(flat_ids), masks, index)
+
+
 def _pruned_and_factorized(**kw):
     from slimtext.compress import LowRank
     from slimtext.compress.factorize import factorize_
@@ -94,6 +108,10 @@ def test_packed_forward_gives_forward_logits(name):
         torch.testing.assert_close(_packed(model, ids, full), model(ids, full), atol=1e-5, rtol=0)
         one = _packed(model, ids[1:2, :12], mask[1:2, :12])
         torch.testing.assert_close(one, want[1:2], atol=1e-5, rtol=0)
+        # Groups of sequences, each padded to its own length, in any row order.
+        for order, sizes in (([2, 5, 0, 3, 1, 4], [2, 2, 2]), ([4, 0, 1, 2, 3, 5], [1, 4, 1])):
+            got = _grouped(model, ids, mask, order, sizes, extra_rows=3)
+            torch.testing.assert_close(got, want[order], atol=1e-5, rtol=0)
     if name != "no-layers-cls":  # there every row is its [CLS] embedding: the same
         assert not torch.allclose(want[0], want[1])
 
