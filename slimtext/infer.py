@@ -344,10 +344,12 @@ class Predictor:
 
 # forward_packed's attention groups: a batch of at least GROUP_MIN texts is sorted by length
 # and cut into GROUPS groups of equal count, each padded to its own longest text. Attention then
-# costs Σ B_g·T_g² instead of B·T²: AG News at batch 64, where a batch's longest text is ~2.5x
-# its mean, SDPA is ~35% of a compile-bf16 batch unsplit (BENCHMARKS.md §5). Fewer than
-# GROUP_MIN texts keep one group: a group of a few rows costs more per row than it saves.
-GROUPS, GROUP_MIN = 4, 32
+# costs Σ B_g·T_g² instead of B·T²: AG News at batch 64 in random order, where a batch's longest
+# text is ~2.5x its mean, SDPA is ~35% of a compile-bf16 batch unsplit (BENCHMARKS.md §5).
+# Fewer than GROUP_MIN texts keep one group (a few rows cost more per row than they save), and
+# so does a batch whose groups would save less than GROUP_SAVING of the attention work: each
+# group is one more SDPA call, ~0.1 ms of fixed cost on this CPU.
+GROUPS, GROUP_MIN, GROUP_SAVING = 4, 32, 0.2
 
 
 def _model_args(
@@ -356,15 +358,14 @@ def _model_args(
     """`forward`'s (input_ids, mask); for `forward_packed` (input_ids, mask or a list of group
     masks, index): the real tokens' flat positions, padded with position 0 up to `row_bucket`
     (rows computed, unread). Also the row order the logits come back in (None: as given)."""
-    order = None
-    if packed and len(mask) >= GROUP_MIN:
-        order = np.argsort(mask.sum(1), kind="stable")
-        sizes = np.full(GROUPS, len(order) // GROUPS) + (np.arange(GROUPS) < len(order) % GROUPS)
+    order = _group_rows(mask) if packed and len(mask) >= GROUP_MIN else None
+    if order is not None:
         masks, ids = [], []
-        for rows in np.split(order, np.cumsum(sizes)[:-1]):
+        for rows in order:
             t = -(-int(mask[rows[-1]].sum()) // 8) * 8  # the group's longest, rounded up to 8
             masks.append(np.ascontiguousarray(mask[rows, :t]))
             ids.append(input_ids[rows, :t].reshape(-1))
+        order = np.concatenate(order)
         index = np.flatnonzero(np.concatenate([m.reshape(-1) for m in masks]))
         mask_arg = [torch.from_numpy(m).to(device) for m in masks]
         args = [torch.from_numpy(np.concatenate(ids)), mask_arg]
@@ -374,6 +375,16 @@ def _model_args(
     if index is not None:
         args.append(torch.from_numpy(np.pad(index, (0, row_bucket(len(index)) - len(index)))))
     return [a if isinstance(a, list) else a.to(device) for a in args], order
+
+
+def _group_rows(mask: np.ndarray) -> list[np.ndarray] | None:
+    """The rows of each attention group (sorted by length), or None when one group is better."""
+    lengths = mask.sum(1)
+    order = np.argsort(lengths, kind="stable")
+    sizes = np.full(GROUPS, len(order) // GROUPS) + (np.arange(GROUPS) < len(order) % GROUPS)
+    groups = np.split(order, np.cumsum(sizes)[:-1])
+    work = sum(len(g) * int(lengths[g[-1]]) ** 2 for g in groups)
+    return groups if work <= (1 - GROUP_SAVING) * len(order) * int(lengths.max()) ** 2 else None
 
 
 def _in_order(logits: torch.Tensor, order: np.ndarray | None) -> np.ndarray:

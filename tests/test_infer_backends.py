@@ -129,7 +129,7 @@ def test_grouped_batches_give_the_plain_forward_logits(tiny_model_dir):
     # the logits must still be forward's, in the batch's own (unsorted) row order.
     import numpy as np
 
-    from slimtext.infer import GROUP_MIN
+    from slimtext.infer import GROUP_MIN, _group_rows
 
     rng = np.random.default_rng(0)
     n, t = GROUP_MIN + 7, 32
@@ -137,6 +137,7 @@ def test_grouped_batches_give_the_plain_forward_logits(tiny_model_dir):
     mask = np.arange(t)[None, :] < lengths[:, None]
     vocab = load(tiny_model_dir).model.config.vocab_size
     ids = np.where(mask, rng.integers(1, vocab, (n, t)), 0)
+    assert _group_rows(mask) is not None and _group_rows(mask[:, :4] | True) is None  # ragged only
     torch._dynamo.reset()
     graphs: list = []
     for backend in ("torch", "compile"):
