@@ -358,14 +358,14 @@ def _model_args(
     """`forward`'s (input_ids, mask); for `forward_packed` (input_ids, mask or a list of group
     masks, index): the real tokens' flat positions, padded with position 0 up to `row_bucket`
     (rows computed, unread). Also the row order the logits come back in (None: as given)."""
-    order = _group_rows(mask) if packed and len(mask) >= GROUP_MIN else None
-    if order is not None:
+    groups = _group_rows(mask) if packed and len(mask) >= GROUP_MIN else None
+    order = None if groups is None else np.concatenate(groups)
+    if groups is not None:
         masks, ids = [], []
-        for rows in order:
+        for rows in groups:
             t = -(-int(mask[rows[-1]].sum()) // 8) * 8  # the group's longest, rounded up to 8
             masks.append(np.ascontiguousarray(mask[rows, :t]))
             ids.append(input_ids[rows, :t].reshape(-1))
-        order = np.concatenate(order)
         index = np.flatnonzero(np.concatenate([m.reshape(-1) for m in masks]))
         mask_arg = [torch.from_numpy(m).to(device) for m in masks]
         args = [torch.from_numpy(np.concatenate(ids)), mask_arg]
