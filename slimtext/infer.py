@@ -13,8 +13,9 @@ a batch (padding costs attention only), and with [CLS] pooling the last block on
                  AVX512-BF16, slow on CPUs without (emulated); probabilities move by ~1e-2
     compile      `torch.compile`, never recompiling for a new length. A `TransformerClassifier`
                  (`forward_packed`) compiles with batch, length and packed-token axes dynamic:
-                 two graphs in all (batch 1, which dynamo always specialises, and batch >= 2),
-                 lengths padded to a multiple of 8. Other models pad lengths up to a few buckets
+                 three graphs in all (batch 1, which dynamo always specialises; batch >= 2;
+                 batches whose attention runs in length groups), lengths padded to a multiple
+                 of 8. Other models pad lengths up to a few buckets
                  (16, 32, 48, 64, 80, ..., max_length) with the batch axis dynamic: at most
                  2 x buckets graphs
     compile-bf16 `compile` under bfloat16 autocast with inductor's weight freezing (weights
@@ -308,7 +309,7 @@ class Predictor:
     def warm_up_all(self) -> None:
         """Run every length bucket at batch 1 and 2, so no later call pays for a compilation
         (compile backend) or a first-shape allocation; seconds per bucket with `compile` (a
-        packed model: two lengths, as one graph serves them all)."""
+        packed model: two lengths, as one graph serves them all, and one length-grouped batch)."""
         vocab = self.model_dir.config.vocab_size
         lengths = self.buckets
         if self._packed and self._runner_name.startswith("compile"):

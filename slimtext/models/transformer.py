@@ -189,8 +189,8 @@ class Packing:
         for m in masks:
             # A padding slot reads some real row: finite values, which attention gives zero
             # weight (padded key) or whose output nothing reads (padded query). cumsum - 1 is
-            # the row of the last real token at or before each slot (every sequence starts
-            # with a real token, so only a group's very first slot could be before it).
+            # the row of the last real token at or before each slot; sequences start with a
+            # real token, so the clamp only guards a degenerate all-padding first row.
             flat = m.reshape(-1)
             gather = (flat.cumsum(0) - 1 + before).clamp_min(0)
             before = before + flat.sum()
