@@ -685,6 +685,10 @@ def bench(
     isolate: Annotated[
         bool, typer.Option(help="Measure each entry in a fresh process (true peak memory).")
     ] = True,
+    repeat: Annotated[
+        int,
+        typer.Option(help="Measure every entry N times, in turns; report the medians."),
+    ] = 1,
     text_col: list[str] | None = None,
     label_col: str = "label",
     progress: bool = True,
@@ -701,7 +705,7 @@ def bench(
             backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
             time_budget=time_budget, threads=threads, isolate=isolate, max_test=max_test,
             progress=progress, log=lambda s: typer.echo(s, err=True),
-            load_kw={"text_cols": text_col, "label_col": label_col},
+            load_kw={"text_cols": text_col, "label_col": label_col}, repeat=repeat,
         )  # fmt: skip
     except (*_user_errors(), ImportError) as e:
         _fail(e)

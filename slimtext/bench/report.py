@@ -51,6 +51,17 @@ def _ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+RATE_KEYS = ("1", "64", "arrival")  # what the peer comparison reports
+
+
+def docs_per_s(entry: dict, key: str) -> float | None:
+    """An entry's docs/s at batch size `key` ("1", "8", "64": length-sorted batches) or in
+    arrival order ("arrival": `measure.predict_all`, absent from older reports)."""
+    if key == "arrival":
+        return next(iter(entry.get("docs_per_s_arrival", {}).values()), None)
+    return entry.get("docs_per_s", {}).get(key)
+
+
 def markdown(result: dict) -> str:
     entries = result["entries"]
     peers_of = {
@@ -67,37 +78,58 @@ def markdown(result: dict) -> str:
         f"train: `{s['train']}`; torch threads {result['machine'].get('torch_threads')}; "
         f"CPU: {result['machine'].get('cpu_model')}; budget: "
         f"{_fmt(s['time_budget'], 0) if s['time_budget'] else 'none'} s, "
-        f"took {result['elapsed_s']:.0f} s.",
+        f"took {result['elapsed_s']:.0f} s."
+        + (
+            f" Every figure is the median of {s['repeat']} rounds, measured in turns (each "
+            "round's rates: `runs` in report.json)."
+            if s.get("repeat", 1) > 1
+            else ""
+        ),
         "",
-        "Throughput is docs/s scoring the texts b at a time in batches of similar length, the "
-        "same batches for every entry (tokenization included); latency is "
-        "one text per call. Peak MB: peak resident memory of the process that loaded and "
-        "measured that entry alone. Ratios: slimtext docs/s / peer docs/s (same model's peer).",
+        "Throughput (docs/s b=1/8/64) scores the texts b at a time in batches of similar "
+        "length, the same batches for every entry (tokenization included). *Arrival* scores "
+        "them 64 a call in the test set's own shuffled order, as `pipeline(texts, "
+        "batch_size=64)` or a server's batches see them: each entry handles the mixed lengths "
+        "of a call its own way. Latency is one text per call. Peak MB: peak resident memory of "
+        "the process that loaded and measured that entry alone. Ratios: slimtext docs/s / peer "
+        "docs/s (same model's peer).",
         "",
         "| model / backend | accuracy | macro-F1 | p50 ms | p99 ms | docs/s b=1 | docs/s b=8 "
-        "| docs/s b=64 | peak MB | size MB | "
-        + " | ".join(f"vs {_PEER_COL[p]} b=1 | vs {_PEER_COL[p]} b=64" for p in ratio_peers)
+        "| docs/s b=64 | docs/s arrival | peak MB | size MB | "
+        + " | ".join(
+            f"vs {c} b=1 | vs {c} b=64 | vs {c} arrival"
+            for c in (_PEER_COL[p] for p in ratio_peers)
+        )
         + " |",
-        "|" + "---|" * (10 + 2 * len(ratio_peers)),
+        "|" + "---|" * (11 + 3 * len(ratio_peers)),
     ]
     for e in entries:
-        d = e.get("docs_per_s", {})
+        d = {k: docs_per_s(e, k) for k in ("1", "8", "64", "arrival")}
         row = [
             e["name"], _fmt(e.get("accuracy"), 4), _fmt(e.get("macro_f1"), 4),
             _fmt(e.get("latency_ms_p50"), 2), _fmt(e.get("latency_ms_p99"), 2),
             _fmt(d.get("1"), 0), _fmt(d.get("8"), 0), _fmt(d.get("64"), 0),
-            _fmt(e.get("peak_rss_mb"), 0), _fmt(e.get("size_mb"), 2),
+            _fmt(d["arrival"], 0), _fmt(e.get("peak_rss_mb"), 0), _fmt(e.get("size_mb"), 2),
         ]  # fmt: skip
         if e["group"] == "slimtext":
             for peer in ratio_peers:
-                p = peers_of.get((e["model"], peer), {}).get("docs_per_s", {})
-                row += [_ratio(d.get("1"), p.get("1")), _ratio(d.get("64"), p.get("64"))]
+                pe = peers_of.get((e["model"], peer), {})
+                row += [_ratio(d[k], docs_per_s(pe, k)) for k in RATE_KEYS]
         else:
-            row += ["-"] * (2 * len(ratio_peers))
+            row += ["-"] * (3 * len(ratio_peers))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "## Fastest backend and int8", ""]
     for model, m in result["summary"]["models"].items():
         lines.append(f"- **{model}**: {m['verdict']}")
+    lines += ["", "## Best slimtext backend against the peers", ""]
+    for model, m in result["summary"]["models"].items():
+        for key, v in m.get("vs_peers", {}).items():
+            how = "batch 1" if key == "1" else f"batch {key}, length-sorted" if key != "arrival" \
+                else "batch 64, arrival order"  # fmt: skip
+            ratios = ", ".join(f"{r:.2f}x {_PEER_COL.get(p, p)} ({v['peers'][p]:,.0f})"
+                               for p, r in v["ratios"].items())  # fmt: skip
+            lines.append(f"- **{model}**, {how}: {v['backend']} {v['docs_per_s']:,.0f} docs/s"
+                         + (f" = {ratios}" if ratios else " (no peer measured)"))  # fmt: skip
     lines += ["", "## Pareto front (accuracy vs docs/s at batch 64)", ""]
     front = result["summary"]["pareto_front"]
     lines.append("On the front: " + (", ".join(front) if front else "nothing measured") + ".")

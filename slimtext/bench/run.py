@@ -84,6 +84,7 @@ def run(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     load_kw: dict | None = None,
+    repeat: int = 1,
 ) -> dict:
     """Benchmark model directories against peers; writes report.json, report.md, pareto.png
     into `out` and returns the report dict.
@@ -93,7 +94,9 @@ def run(
     `backends`: default all available here. `isolate`: measure each contender in a fresh
     process (meaningful peak memory; see measure.py). `max_test`: cap on test texts.
     `peer_options`: {"fasttext": {...}} extra `train_supervised` arguments (e.g. a smaller
-    `bucket`), {"tfidf": {"cs": [...]}} the C values searched.
+    `bucket`), {"tfidf": {"cs": [...]}} the C values searched. `repeat`: measure every
+    contender this many times, in turns, and report the median of each figure (each run's
+    rates are kept under "runs"): on a shared machine one measurement can be 30% off.
     """
     import torch
 
@@ -105,6 +108,8 @@ def run(
     budget = _Budget(time_budget)
     if time_budget is not None and time_budget <= 0:
         raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
+    if repeat < 1:
+        raise ValueError(f"repeat must be >= 1, got {repeat}")
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
@@ -168,13 +173,13 @@ def run(
         # Size the accuracy set (the one part that cannot shrink per contender: all must see the
         # same texts) from a quick probe of the first model: a quarter of the budget, shared.
         probe = _probe_docs_per_s(mds[names[0]][1], texts[:64])
-        per_entry = 0.25 * time_budget / max(1, slow)
+        per_entry = 0.25 * time_budget / max(1, slow * repeat)  # accuracy: every round
         # /2: the HF pipeline and ORT peers are usually slower than slimtext's torch backend
         n_acc = max(32, min(len(texts), int(probe * per_entry / 2)))
         log(f"time budget {time_budget:.0f}s: accuracy on {n_acc} of {len(texts)} texts")
 
     n_jobs = slow + fast
-    bar = _progress(n_jobs, progress)
+    bar = _progress(n_jobs * repeat, progress)
     with tempfile.TemporaryDirectory(prefix="slimtext-bench-") as tmp:
         work = Path(tmp)
         eval_file = work / "eval.jsonl"
@@ -183,12 +188,21 @@ def run(
                                                                                strict=True)),
             encoding="utf-8",
         )  # fmt: skip
-        state = {"left": n_jobs}
+        # Jobs still to run, each counted once per round: what the budget is shared among.
+        state = {"left": n_jobs * repeat}
+        # Contenders are prepared first (peers trained or converted) and queued; then measured
+        # in `repeat` rounds, every contender once per round, so that a slow spell of a shared
+        # machine hits all of them rather than the few measured during it.
+        queue: list[tuple[str, str, Spec, dict]] = []
 
         def measure_one(name: str, group: str, spec: Spec, **meta) -> None:
+            queue.append((name, group, spec, meta))
+
+        def measure_now(name: str, spec: Spec, round_: int) -> dict | None:
             bar.set_postfix_str(name[:40])
             slice_s = budget.share(state["left"], fraction=0.8)
             state["left"] -= 1
+            label = name if repeat == 1 else f"{name} (round {round_ + 1}/{repeat})"
             try:
                 if slice_s is not None and (budget.left() < _MIN_SLICE_S or slice_s < 0.2):
                     raise TimeoutError("time budget exhausted before this measurement")
@@ -207,21 +221,20 @@ def run(
             # Any failure of one contender (a peer library's own error types included) is
             # recorded and the run goes on: one broken entry must not lose the others.
             except Exception as e:
-                skipped.append({"name": name, "reason": f"{type(e).__name__}: {e}"})
-                log(f"{name}: skipped ({e})")
+                skipped.append({"name": label, "reason": f"{type(e).__name__}: {e}"})
+                log(f"{label}: skipped ({e})")
+                res = None
             else:
-                entries.append({"name": name, "group": group, **meta, **res})
-                log(f"{name}: accuracy {res.get('accuracy', float('nan')):.4f}, "
+                log(f"{label}: accuracy {res.get('accuracy', float('nan')):.4f}, "
                     f"{res['docs_per_s'].get('64', 0):.0f} docs/s at b=64")  # fmt: skip
-            # What is measured so far survives a killed run; the full report replaces it.
-            _save_partial(out, entries, skipped)
             bar.update(1)
+            return res
 
         def skip(name: str, reason: str, jobs: int = 1) -> None:
             skipped.append({"name": name, "reason": reason})
             log(f"{name}: skipped ({reason})")
-            state["left"] -= jobs
-            bar.update(jobs)
+            state["left"] -= jobs * repeat
+            bar.update(jobs * repeat)
 
         common = dict(eval_file=str(eval_file), labels=labels, plan={}, threads=threads)
         # The cheap peers first: they set the accuracy bar and cost seconds, while one slow
@@ -290,6 +303,20 @@ def run(
             hf_and_ort(name, path, md)
             for b in compiled:
                 slimtext_backend(name, path, b)
+
+        runs: list[list[dict]] = [[] for _ in queue]
+        for round_ in range(repeat):
+            for i, (name, _group, spec, _meta) in enumerate(queue):
+                res = measure_now(name, spec, round_)
+                if res is not None:
+                    runs[i].append(res)
+                # What is measured so far survives a killed run; the full report replaces it.
+                entries[:] = [
+                    {"name": n, "group": g, **meta, **_median_of(r)}
+                    for (n, g, _s, meta), r in zip(queue, runs, strict=True)
+                    if r
+                ]
+                _save_partial(out, entries, skipped)
     bar.close()
 
     summary = _summarise(entries, names, pareto_front)
@@ -307,6 +334,7 @@ def run(
             "backends": list(backends),
             "peers": list(peers),
             "isolate": isolate,
+            "repeat": repeat,
         },  # fmt: skip
         "peer_paths": peer_paths,
         "entries": entries,
@@ -417,6 +445,50 @@ def _train_fast_peer(peer, train_ds, labels, work, budget: _Budget, threads, job
     return folder, info
 
 
+def _median_of(runs: list[dict]) -> dict:
+    """One entry from the results of several rounds: the median of every number (nested dicts
+    of numbers too), anything else from the first round; and each round's rates and latency
+    under "runs" when there was more than one."""
+    import statistics
+
+    def med(values: list):
+        first = values[0]
+        if isinstance(first, bool) or not isinstance(first, (int, float, dict)):
+            return first
+        if isinstance(first, dict):
+            return {k: med([v[k] for v in values if isinstance(v, dict) and k in v])
+                    for k in first}  # fmt: skip
+        nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        return statistics.median(nums) if nums else first
+
+    out = {k: med([r[k] for r in runs if k in r]) for k in runs[0]}
+    if len(runs) > 1:
+        keep = ("docs_per_s", "docs_per_s_arrival", "latency_ms_p50")
+        out["runs"] = [{k: r.get(k) for k in keep} for r in runs]
+    return out
+
+
+def _versus_peers(mine: list[dict], peers: list[dict]) -> dict:
+    """Per rate (batch 1, batch 64 length-sorted, arrival order): the fastest of a model's
+    backends and its docs/s over each of the same model's peers (hf pipeline, ORT int8)."""
+    from .report import RATE_KEYS, docs_per_s
+
+    out = {}
+    for key in RATE_KEYS:
+        rates = {e["backend"]: docs_per_s(e, key) for e in mine if docs_per_s(e, key)}
+        if not rates:
+            continue
+        best = max(rates, key=rates.get)
+        theirs = {p["peer"]: docs_per_s(p, key) for p in peers if docs_per_s(p, key)}
+        out[key] = {
+            "backend": best,
+            "docs_per_s": rates[best],
+            "peers": theirs,
+            "ratios": {p: rates[best] / r for p, r in theirs.items()},
+        }
+    return out
+
+
 def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
     from ..infer import INT8_MARGIN
 
@@ -450,6 +522,8 @@ def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
             )
             parts.append(f"fastest at b={bs}: {fastest} ({rate.get(fastest, 0):.0f} docs/s); "
                          f"{note}")  # fmt: skip
+        m["vs_peers"] = _versus_peers(mine, [e for e in entries if e["group"] == "peer"
+                                             and e.get("model") == name])  # fmt: skip
         m["verdict"] = "; ".join(parts) + (
             f". int8 must beat the best float backend by {INT8_MARGIN:.0%} to be chosen "
             "(the rule `slimtext.load(..., backend='auto')` uses)."

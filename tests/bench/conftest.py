@@ -27,10 +27,11 @@ def _write_jsonl(path, texts, labels):
 
 @pytest.fixture(scope="session")
 def bench_data(tmp_path_factory, toy_texts):
-    """(train.jsonl, test.jsonl): 120 and 45 toy topic texts."""
+    """(train.jsonl, test.jsonl): 120 and 150 toy topic texts (test: three calls of 64 in
+    arrival order, so the arrival-order rate has calls after the first to time)."""
     d = tmp_path_factory.mktemp("bench-data")
     train = _write_jsonl(d / "train.jsonl", *toy_texts(40, seed=0))
-    test = _write_jsonl(d / "test.jsonl", *toy_texts(15, seed=1, min_words=1, max_words=40))
+    test = _write_jsonl(d / "test.jsonl", *toy_texts(50, seed=1, min_words=1, max_words=40))
     return train, test
 
 

@@ -79,3 +79,24 @@ def test_report_verdict_uses_the_same_int8_rule():
     # 2% faster at batch 64 is within noise: float torch stays the choice.
     assert m["fastest_b64"] == "torch" and not m["int8_chosen_b64"]
     assert "int8 chosen" in m["verdict"] and "int8 not chosen" in m["verdict"]
+
+
+def test_arrival_rate_leaves_out_the_first_call_and_keeps_the_order(monkeypatch):
+    """predict_all: labels in input order, docs/s over the calls after the first (which may
+    pay lazy initialisation), on a fake clock the scoring function advances."""
+    from slimtext.bench import measure
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: clock["t"])
+    calls = []
+
+    def fn(texts):
+        clock["t"] += 10.0 if not calls else len(texts) / 64  # first call slow, then 64 docs/s
+        calls.append(len(texts))
+        return [t.upper() for t in texts]
+
+    texts = [f"t{i}" for i in range(64 * 3 + 32)]
+    labels, rate = measure.predict_all(fn, texts, 64)
+    assert labels == [t.upper() for t in texts] and calls == [64, 64, 64, 32]
+    assert rate == pytest.approx(64.0)
+    assert measure.predict_all(fn, texts[:10], 64)[1] is None  # one call: nothing to time

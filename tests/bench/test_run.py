@@ -4,6 +4,7 @@ missing peer library or a missing --train is reported and skipped; the time budg
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 
 import pytest
@@ -38,24 +39,39 @@ def test_report_files_have_every_section(full_report):
                 "ort-int8 (tiny-cls)", "fastText", "TF-IDF + LR"}  # fmt: skip
     assert names == expected, saved["skipped"]
     for e in saved["entries"]:
-        assert 0.0 <= e["accuracy"] <= 1.0 and e["n"] == 45
+        assert 0.0 <= e["accuracy"] <= 1.0 and e["n"] == 150
         assert e["latency_ms_p50"] > 0 and e["latency_ms_p99"] >= e["latency_ms_p50"]
         assert set(e["docs_per_s"]) == {"1", "8", "64"} and min(e["docs_per_s"].values()) > 0
+        assert set(e["docs_per_s_arrival"]) == {"64"} and e["docs_per_s_arrival"]["64"] > 0
         assert e["peak_rss_mb"] > 0 and e["size_mb"] > 0
     assert "direct" in saved["peer_paths"]["ort-int8 (tiny-cls)"]  # Optimum is not installed
     assert saved["peer_paths"]["hf (tiny-cls)"].startswith("exact")
     m = saved["summary"]["models"]["tiny-cls"]
     assert m["fastest_b1"] in ("torch", "onnxruntime-int8") and "int8_chosen_b64" in m
+    # Against the peers: the fastest backend per rate, divided by each peer's own rate.
+    by_name = {e["name"]: e for e in saved["entries"]}
+    for key, field in (("1", "docs_per_s"), ("64", "docs_per_s"), ("arrival", None)):
+        v = m["vs_peers"][key]
+        rate = (lambda e: e["docs_per_s_arrival"]["64"]) if field is None else (
+            lambda e, k=key: e["docs_per_s"][k])  # fmt: skip
+        mine = {b: rate(by_name[f"tiny-cls/{b}"]) for b in ("torch", "onnxruntime-int8")}
+        best = max(mine.values())
+        assert v["backend"] == max(mine, key=mine.get) and v["docs_per_s"] == best
+        hf = rate(by_name["hf pipeline (tiny-cls)"])
+        assert v["peers"]["hf"] == hf and v["ratios"]["hf"] == pytest.approx(best / hf)
+        assert set(v["ratios"]) == {"hf", "ort"}
 
     md = (out / "report.md").read_text()
     for part in ("| model / backend | accuracy | macro-F1 | p50 ms | p99 ms", "vs hf b=1",
-                 "vs ort-int8 b=64", "## Fastest backend and int8", "## Pareto front",
+                 "vs ort-int8 b=64", "vs hf arrival", "docs/s arrival",
+                 "## Best slimtext backend against the peers", "batch 64, arrival order",
+                 "## Fastest backend and int8", "## Pareto front",
                  "## Peers", "tiny-cls/onnxruntime-int8", "fastText", "TF-IDF + LR"):  # fmt: skip
         assert part in md, part
     assert ("on the Pareto front and beats" in md) or ("No slimtext entry" in md)
-    # The torch row carries ratios against the hf and ort peers: four "x" cells.
+    # The torch row carries ratios against the hf and ort peers: b=1, b=64, arrival each.
     torch_row = next(line for line in md.splitlines() if line.startswith("| tiny-cls/torch "))
-    assert torch_row.count("x |") == 4, torch_row
+    assert torch_row.count("x |") == 6, torch_row
     png = (out / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     assert not list(out.glob(".*")), "temporary files left behind"
@@ -95,7 +111,7 @@ def test_time_budget_is_kept_and_what_did_not_fit_is_recorded(cls_model_dir, ben
     assert any("time budget" in s["reason"] for s in result["skipped"]), result["skipped"]
     assert result["entries"], "the first measurements should have fit"
     for e in result["entries"]:  # time-sliced: never more texts than the test set
-        assert e["latency_n"] <= 45 and e["throughput_n"]["1"] <= 45
+        assert e["latency_n"] <= 150 and e["throughput_n"]["1"] <= 150
     assert (tmp_path / "report.md").is_file() and (tmp_path / "pareto.png").is_file()
 
 
@@ -131,3 +147,33 @@ def test_a_run_that_dies_before_the_report_keeps_what_it_measured(
 def test_a_finished_run_leaves_no_partial_file(full_report):
     out, _ = full_report
     assert not (out / "report.partial.json").exists()
+
+
+def test_repeat_measures_in_turns_and_reports_medians(cls_model_dir, bench_data, tmp_path,
+                                                      monkeypatch):  # fmt: skip
+    """--repeat 3: every contender once per round (not three times in a row), and each figure
+    is the median of its rounds, with the rounds kept under "runs"."""
+    bench_run = sys.modules["slimtext.bench.run"]  # the module (the package exports `run`)
+    order, rates = [], iter([100.0, 10.0, 300.0, 30.0, 200.0, 20.0])  # round-major
+
+    def fake_measure(spec, isolated):
+        order.append(spec.path)
+        r = next(rates)
+        return {"accuracy": 0.5, "n": 150, "latency_ms_p50": 1000 / r, "docs_per_s":
+                {"1": r, "8": r, "64": r}, "docs_per_s_arrival": {"64": r / 2},
+                "torch_threads": 1, "memory_method": "fake"}  # fmt: skip
+
+    monkeypatch.setattr(bench_run, "measure_spec", fake_measure)
+    second = tmp_path / "copy"
+    shutil.copytree(cls_model_dir, second)
+    result = run([cls_model_dir, second], str(bench_data[1]), tmp_path / "out", peers=[],
+                 backends=["torch"], threads=1, isolate=False, progress=False,
+                 repeat=3)  # fmt: skip
+    assert order == [str(cls_model_dir), str(second)] * 3
+    a, b = result["entries"]
+    assert a["docs_per_s"]["64"] == 200.0 and b["docs_per_s"]["64"] == 20.0
+    assert a["docs_per_s_arrival"]["64"] == 100.0 and a["latency_ms_p50"] == 5.0
+    assert [r["docs_per_s"]["64"] for r in a["runs"]] == [100.0, 300.0, 200.0]
+    assert a["memory_method"] == "fake" and result["settings"]["repeat"] == 3
+    with pytest.raises(ValueError, match="repeat"):
+        run([cls_model_dir], str(bench_data[1]), tmp_path / "x", peers=[], repeat=0)
