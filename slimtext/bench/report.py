@@ -124,8 +124,9 @@ def markdown(result: dict) -> str:
     lines += ["", "## Best slimtext backend against the peers", ""]
     for model, m in result["summary"]["models"].items():
         for key, v in m.get("vs_peers", {}).items():
-            how = "batch 1" if key == "1" else f"batch {key}, length-sorted" if key != "arrival" \
-                else "batch 64, arrival order"  # fmt: skip
+            how = {"1": "batch 1", "arrival": "batch 64, arrival order"}.get(
+                key, f"batch {key}, length-sorted"
+            )
             ratios = ", ".join(f"{r:.2f}x {_PEER_COL.get(p, p)} ({v['peers'][p]:,.0f})"
                                for p, r in v["ratios"].items())  # fmt: skip
             lines.append(f"- **{model}**, {how}: {v['backend']} {v['docs_per_s']:,.0f} docs/s"
