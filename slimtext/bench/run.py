@@ -51,11 +51,11 @@ def available_backends() -> list[str]:
     the onnxruntime ones need onnxruntime."""
     import importlib.util
 
-    import torch
+    from ..infer import native_bf16
 
     out = ["torch"]
     # bf16 is only worth measuring where the CPU computes it natively (emulated it is slow).
-    if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported():
+    if native_bf16("cpu"):
         out.append("torch-bf16")
     if importlib.util.find_spec("torch._inductor") and (
         shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -490,7 +490,7 @@ def _versus_peers(mine: list[dict], peers: list[dict]) -> dict:
 
 
 def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
-    from ..infer import INT8_MARGIN
+    from ..infer import LOW_PRECISION_MARGIN
 
     models = {}
     for name in names:
@@ -505,10 +505,9 @@ def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
             floats = {b: r for b, r in rate.items() if b != "onnxruntime-int8"}
             best_float = max(floats, key=floats.get) if floats else None
             int8 = rate.get("onnxruntime-int8")
-            # The same rule as `backend="auto"`: int8 only when clearly faster than float.
-            chosen = bool(
-                int8 and (best_float is None or int8 > floats[best_float] / (1 - INT8_MARGIN))
-            )
+            # int8 only when clearly faster than every other backend, by `auto`'s margin.
+            margin = LOW_PRECISION_MARGIN
+            chosen = bool(int8 and (best_float is None or int8 > floats[best_float] / (1 - margin)))
             fastest = "onnxruntime-int8" if chosen else best_float
             m[f"fastest_b{bs}"] = fastest
             m[f"int8_chosen_b{bs}"] = chosen
@@ -525,7 +524,7 @@ def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
         m["vs_peers"] = _versus_peers(mine, [e for e in entries if e["group"] == "peer"
                                              and e.get("model") == name])  # fmt: skip
         m["verdict"] = "; ".join(parts) + (
-            f". int8 must beat the best float backend by {INT8_MARGIN:.0%} to be chosen "
+            f". int8 must beat the best float backend by {LOW_PRECISION_MARGIN:.0%} to be chosen "
             "(the rule `slimtext.load(..., backend='auto')` uses)."
         )
         models[name] = m

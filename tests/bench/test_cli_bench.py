@@ -53,15 +53,48 @@ def int8_dir(cls_model_dir, tmp_path_factory):
     ("int8_ms", "expected"), [(9.0, "onnxruntime-int8"), (9.8, "torch"), (20.0, "torch")]
 )
 def test_auto_takes_int8_only_when_clearly_faster(int8_dir, monkeypatch, int8_ms, expected):
+    import slimtext.infer as infer
     from slimtext.infer import Predictor, load
 
-    # Fake, deterministic timings: torch 10 ms, onnxruntime 12 ms, int8 as parametrised.
-    fake = {"torch": 10.0, "onnxruntime": 12.0, "onnxruntime-int8": int8_ms}
+    # Fake, deterministic timings: torch 10 ms, onnxruntime 12 ms, int8 as parametrised (and
+    # bf16, raced only where native, too slow to matter here).
+    fake = {"torch": 10.0, "torch-bf16": 30.0, "onnxruntime": 12.0, "onnxruntime-int8": int8_ms}
     monkeypatch.setattr(Predictor, "_time_synthetic", lambda self, n: fake[self._runner_name])
     pred = load(int8_dir, backend="auto")
-    assert set(pred.backend_timings) == set(fake)
+    raced = set(fake) - (set() if infer.native_bf16("cpu") else {"torch-bf16"})
+    assert set(pred.backend_timings) == raced
     assert pred.backend == expected
     assert pred.predict(["goal match team"]) == load(int8_dir).predict(["goal match team"])
+
+
+@pytest.mark.parametrize(
+    ("native", "bf16_ms", "int8_ms", "expected"),
+    [
+        (True, 9.0, 20.0, "torch-bf16"),  # native and clearly faster than fp32
+        (True, 9.8, 20.0, "torch"),  # within the margin: fp32 stays
+        (True, 8.0, 7.0, "onnxruntime-int8"),  # the fastest low-precision backend competes
+        (False, 1.0, 20.0, "torch"),  # emulated bf16 is not even raced
+    ],
+)
+def test_auto_takes_bf16_only_where_native_and_clearly_faster(
+    int8_dir, monkeypatch, native, bf16_ms, int8_ms, expected
+):
+    import slimtext.infer as infer
+    from slimtext.infer import Predictor, load
+
+    monkeypatch.setattr(infer, "native_bf16", lambda device="cpu": native)
+    fake = {"torch": 10.0, "torch-bf16": bf16_ms, "onnxruntime": 12.0, "onnxruntime-int8": int8_ms}
+    monkeypatch.setattr(Predictor, "_time_synthetic", lambda self, n: fake[self._runner_name])
+    pred = load(int8_dir, backend="auto")
+    assert pred.backend == expected
+    assert ("torch-bf16" in pred.backend_timings) == native
+    # Only low-precision candidates (no fp32 one raced): the fastest of them is taken.
+    if native:
+        only = Predictor(pred.model_dir, backend="auto", candidates=("torch-bf16",))
+        assert only.backend == "torch-bf16"
+    else:
+        with pytest.raises(RuntimeError, match="no backend available"):
+            Predictor(pred.model_dir, backend="auto", candidates=("torch-bf16",))
 
 
 def test_report_verdict_uses_the_same_int8_rule():
