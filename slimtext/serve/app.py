@@ -439,7 +439,8 @@ def create_app(
     """A FastAPI app serving `model` (a model directory path or a loaded Predictor).
 
     The model loads here, so a bad directory fails now; the batcher starts and one warm-up
-    prediction runs in the app's lifespan (`/readyz` answers 503 until it is done).
+    prediction runs in the app's lifespan (after compiling every graph, on a compile backend;
+    `/readyz` answers 503 until it is done).
     `max_queue` counts texts; a request that does not fit gets 503 + Retry-After.
     `max_texts_per_request` defaults to min(256, max_queue).
     """
@@ -492,6 +493,11 @@ def create_app(
         # Through the batcher, so the first real request finds every lazy init done. A task, not
         # inline in the lifespan, so /healthz answers (and /readyz says 503) while it runs.
         try:
+            # A compiled backend builds its graphs on first use (batch 1, larger batches, length-
+            # grouped ones: seconds each); all of them now, not under the first real load.
+            warm_all = getattr(predictor, "warm_up_all", None)
+            if warm_all and str(getattr(predictor, "backend", "")).startswith("compile"):
+                await batcher.run_in_worker(warm_all)
             await batcher.submit(["warm-up"])
             state["ready"], state["status"] = True, "ready"
         except Exception as e:  # stay alive but not ready: /readyz says why

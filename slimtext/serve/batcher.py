@@ -110,6 +110,13 @@ class DynamicBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slimtext-infer")
         self._worker = asyncio.create_task(self._run(), name="slimtext-batcher")
 
+    async def run_in_worker(self, fn: Callable[[], object]) -> object:
+        """`fn()` on the inference thread, between model calls: for work that must not overlap
+        one (compiling every graph of a compiled backend at start-up)."""
+        if self._executor is None:
+            raise RuntimeError("batcher not started")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
     async def submit(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities (N, C) for `texts`, in order. Raises QueueFullError, BatcherClosedError
         or InferenceError; a failure affects only this call's texts."""

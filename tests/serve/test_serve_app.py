@@ -125,6 +125,34 @@ def test_readyz_is_503_until_warm_up_is_done(stub):
     run_async(main())
 
 
+@pytest.mark.parametrize(("backend", "compiles"), [("compile-bf16", True), ("torch", False)])
+def test_a_compiled_backend_builds_every_graph_before_ready(backend, compiles):
+    """warm_up_all runs once, on the inference thread, before /readyz turns 200; only for the
+    compile backends (the others have nothing to build)."""
+    import threading
+
+    class Compiled(StubPredictor):
+        def __init__(self):
+            super().__init__()
+            self.backend, self.warmed_on = backend, []
+
+        def warm_up_all(self):
+            self.warmed_on.append(threading.current_thread().name)
+
+    pred = Compiled()
+
+    async def main():
+        app = create_app(pred)
+        async with serving(app, ready=False) as c:
+            await async_wait_until(lambda: app.state.serve_state["ready"], what="ready")
+            assert (await c.get("/readyz")).status_code == 200
+
+    run_async(main())
+    assert len(pred.warmed_on) == int(compiles)
+    assert all(name.startswith("slimtext-infer") for name in pred.warmed_on)
+    assert pred.calls == [1]  # then the one warm-up prediction
+
+
 def test_metrics_in_prometheus_format(client):
     client.post("/v1/classify", json={"texts": ["good", "bad"]})
     client.post("/v1/classify", json={"texts": []})
