@@ -27,8 +27,9 @@ a batch (padding costs attention only), and with [CLS] pooling the last block on
     onnxruntime-int8
                  the same on the directory's `model.int8.onnx` (dynamic int8; quantised into the
                  cache when the directory has none)
-    auto         times each available backend once at load on a synthetic batch and keeps the
-                 fastest; `pred.backend` says which, `pred.backend_timings` shows the race.
+    auto         times each available backend once at load on a synthetic batch of mixed
+                 lengths and keeps the fastest; `pred.backend` says which,
+                 `pred.backend_timings` shows the race.
                  torch-bf16 joins the race where the device computes bf16 natively
                  (`native_bf16`), int8 only when the directory ships `model.int8.onnx`
                  (`slimtext export --int8`). Either wins only when it beats the fastest fp32
@@ -340,9 +341,7 @@ class Predictor:
         in arrival order (574 vs 324; BENCHMARKS.md §5, session 8). Mixed: 99 vs 53 ms."""
         max_len = _max_len(self.model_dir)
         t = max(2, min(64, max_len) // 2)
-        lengths = np.linspace(max(2, t // 4), min(max_len, 2 * t), n).round().astype(int)
-        if n == 1:
-            lengths = [t]
+        lengths = [t] if n == 1 else np.linspace(max(2, t // 4), min(max_len, 2 * t), n).round()
         vocab = self.model_dir.config.vocab_size
         g = torch.Generator().manual_seed(0)
         order = torch.randperm(n, generator=g).tolist()

@@ -524,8 +524,8 @@ def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
         m["vs_peers"] = _versus_peers(mine, [e for e in entries if e["group"] == "peer"
                                              and e.get("model") == name])  # fmt: skip
         m["verdict"] = "; ".join(parts) + (
-            f". int8 must beat the best float backend by {LOW_PRECISION_MARGIN:.0%} to be chosen "
-            "(the rule `slimtext.load(..., backend='auto')` uses)."
+            f". int8 must beat the best other backend by {LOW_PRECISION_MARGIN:.0%} to be chosen "
+            "(the margin `slimtext.load(..., backend='auto')` asks of low-precision backends)."
         )
         models[name] = m
 
