@@ -100,7 +100,7 @@ def packed_attention(attn: nn.Module, x: torch.Tensor, p: Packing, cls_only: boo
         else:
             q = qkv[g.gather, :W].view(B, T, -1, attn.head_dim).transpose(1, 2)
             outs.append(attend(q, k, v, g.key_mask, 0.0).transpose(1, 2).reshape(B * T, W))
-    y = outs[0] if len(outs) == 1 else torch.cat(outs)
+    y = _cat(outs)
     return attn.out(y if cls_only else y[p.index])
 
 
@@ -196,18 +196,23 @@ class Packing:
             before = before + flat.sum()
             first = gather.view(m.shape)[:, 0]
             groups.append(Group(tuple(m.shape), gather, m[:, None, None, :], first))
-        first = groups[0].first if len(groups) == 1 else torch.cat([g.first for g in groups])
+        first = _cat([g.first for g in groups])
         return cls(groups, index, first)
 
     def positions(self) -> torch.Tensor:
         """(N,) position of each real token within its sequence."""
         slots = [torch.arange(g.shape[1], device=self.index.device).repeat(g.shape[0])
                  for g in self.groups]  # fmt: skip
-        return (slots[0] if len(slots) == 1 else torch.cat(slots))[self.index]
+        return _cat(slots)[self.index]
 
     def pad(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Packed rows (N, C) -> each group's padded (B, T, C), padding slots filled."""
         return [x[g.gather].view(*g.shape, -1) for g in self.groups]
+
+
+def _cat(ts: list[torch.Tensor]) -> torch.Tensor:
+    """Per-group results end to end; a single group as it is (no copy)."""
+    return ts[0] if len(ts) == 1 else torch.cat(ts)
 
 
 def masked_mean(h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -271,7 +276,7 @@ class TransformerClassifier(nn.Module):
         if self.pooler is not None:
             return self.head(torch.tanh(self.pooler(x)))
         pooled = [masked_mean(h, m) for h, m in zip(p.pad(x), masks, strict=True)]
-        return self.head(pooled[0] if len(pooled) == 1 else torch.cat(pooled))
+        return self.head(_cat(pooled))
 
 
 def init_weights(m: nn.Module) -> None:
