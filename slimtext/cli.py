@@ -125,6 +125,19 @@ def train(
     ffn_size: int | None = None,
     dropout: float | None = None,
     pooling: Annotated[str | None, typer.Option(help="cls | mean (transformer).")] = None,
+    ngram_buckets: Annotated[
+        int | None,
+        typer.Option(
+            help="attention: hashed token-bigram embeddings, fastText-style (e.g. 262144); 0 = off."
+        ),
+    ] = None,
+    embeddings: Annotated[
+        str | None,
+        typer.Option(
+            help="bert (token + position, LayerNorm) | bag (attention: summed token and n-gram "
+            "embeddings, fastText-style)."
+        ),
+    ] = None,
     vocab_size: int = 16000,
     tokenizer: Annotated[
         str,

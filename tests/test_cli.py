@@ -73,6 +73,26 @@ def test_train_eval_predict_through_the_cli(tmp_path, data_files):
     ]
 
 
+def test_ngram_bag_model_trains_saves_and_reloads_through_the_cli(tmp_path, data_files):
+    from slimtext.artifact import read_model_dir
+
+    train, test = data_files
+    out = tmp_path / "ng"
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--epochs", "2",
+                            "--ngram-buckets", "64", "--embeddings", "bag", *SMALL])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())["model"]
+    assert cfg["ngram_buckets"] == 64 and cfg["embeddings"] == "bag"
+    weights = load_file(out / "model.safetensors")
+    assert weights["embeddings.ngram.weight"].shape == (64, cfg["hidden_size"])
+    assert not any(k.startswith(("embeddings.pos", "embeddings.norm")) for k in weights)
+    md = read_model_dir(out)
+    torch.testing.assert_close(md.model.embeddings.ngram.weight, weights["embeddings.ngram.weight"])
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "bad"),
+                            "--model", "transformer", "--ngram-buckets", "64"])  # fmt: skip
+    assert r.exit_code != 0 and "attention" in r.output
+
+
 def test_yaml_config_fills_options_and_flags_override_it(tmp_path, data_files):
     train, _ = data_files
     cfg = tmp_path / "c.yaml"

@@ -159,3 +159,22 @@ def test_an_int8_model_directory_exports_its_exact_float_math(tiny_model_dir, tm
     np.testing.assert_allclose(out, ref, atol=0.05)
     assert (out.argmax(1) == ref.argmax(1)).all()
     assert quantize_onnx(d, exporter="torchscript").is_file()
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_attention_model_with_ngrams_exports_with_parity(tmp_path, toy_data, exporter):
+    # The hashed-bigram ids (shift, multiply, modulo on int64) must survive both exporters.
+    from slimtext.api import TextClassifier
+
+    d = tmp_path / "attn"
+    TextClassifier(model="attention", vocab_size=300, hidden_size=16, max_length=24,
+                   ngram_buckets=50, epochs=1, batch_size=16,
+                   verbose=False).fit(toy_data).save(d)  # fmt: skip
+    export_onnx(d, exporter=exporter)
+    md = read_model_dir(d)
+    sess = ort.InferenceSession(str(d / "model.onnx"))
+    ids, mask = _feed(5, 20, md.config.vocab_size, seed=3)
+    with torch.inference_mode():
+        ref = md.model(ids, mask).numpy()
+    out = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+    np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)

@@ -90,8 +90,10 @@ def _counting_backend(graphs: list):
 def tiny_attention_dir(tmp_path_factory, toy_data):
     from slimtext.api import TextClassifier
 
+    # With hashed bigrams, so the compile test covers their integer ops too.
     clf = TextClassifier(model="attention", vocab_size=400, hidden_size=32, max_length=32,
-                         epochs=1, batch_size=16, verbose=False).fit(toy_data)  # fmt: skip
+                         ngram_buckets=64, epochs=1, batch_size=16,
+                         verbose=False).fit(toy_data)  # fmt: skip
     path = tmp_path_factory.mktemp("models") / "tiny-attention"
     clf.save(path)
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 ARCHS = ("transformer", "attention")
+EMBEDDINGS = ("bert", "bag")
 POOLINGS = ("cls", "mean")
 
 
@@ -29,6 +30,13 @@ class ModelConfig:
     dropout: float = 0.1
     pooling: str = "mean"  # masked mean learns faster from scratch; "cls" = BERT layout
     attention_size: int = 0  # additive-attention width for arch="attention"; 0 = hidden_size
+    # arch="attention": hashed token-bigram embeddings added to each token's (fastText's word
+    # n-grams, on sub-word ids); 0 = off. Word order a bag of embeddings cannot see otherwise.
+    ngram_buckets: int = 0
+    # "bert": token + position embeddings, then LayerNorm. "bag" (arch="attention"): token
+    # (+ n-gram) embeddings summed as they are, fastText's representation: on IMDB the
+    # LayerNorm let a 0-layer model memorise its training set (0.891 vs 0.907 test accuracy).
+    embeddings: str = "bert"
     pad_id: int = 0
     layer_norm_eps: float = 1e-12  # BERT's value, so weights convert to BertModel unchanged
     share_layers: bool = (
@@ -52,6 +60,16 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_labels < 2:
             raise ValueError(f"a classifier needs at least 2 labels, got {self.num_labels}")
+        if self.ngram_buckets < 0:
+            raise ValueError(f"ngram_buckets must be >= 0, got {self.ngram_buckets}")
+        if self.ngram_buckets and self.arch != "attention":
+            # A Transformer's attention learns its own n-grams; the table would also break the
+            # one-to-one mapping onto BERT weights (models/hf.py) and the fused ONNX graph.
+            raise ValueError('ngram_buckets is for arch="attention" only')
+        if self.embeddings not in EMBEDDINGS:
+            raise ValueError(f"embeddings must be one of {EMBEDDINGS}, got {self.embeddings!r}")
+        if self.embeddings == "bag" and self.arch != "attention":
+            raise ValueError('embeddings="bag" is for arch="attention" only')
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 

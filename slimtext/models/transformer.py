@@ -24,8 +24,11 @@ class Embeddings(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_id)
-        self.pos = nn.Embedding(cfg.max_length, cfg.hidden_size)
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        bag = cfg.embeddings == "bag"
+        self.pos = None if bag else nn.Embedding(cfg.max_length, cfg.hidden_size)
+        self.ngram = nn.Embedding(cfg.ngram_buckets, cfg.hidden_size) if cfg.ngram_buckets else None
+        self.pad_id = cfg.pad_id
+        self.norm = nn.Identity() if bag else nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = Dropout(cfg.dropout)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -33,9 +36,25 @@ class Embeddings(nn.Module):
         return self.drop(self.packed(input_ids, pos))  # (B, T, C)
 
     def packed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Token + position embeddings, normalised: ids (..., T) at positions broadcasting
-        against them; for packed inference, (N,) ids at their (N,) positions -> (N, C)."""
-        return self.norm(self.tok(ids) + self.pos(positions))
+        """Token + position (+ hashed bigram) embeddings, normalised (`embeddings="bag"`: no
+        positions, no normalisation): ids (..., T) at positions
+        broadcasting against them; for packed inference, (N,) ids at their (N,) positions."""
+        x = self.tok(ids)
+        if self.pos is not None:
+            x = x + self.pos(positions)
+        if self.ngram is not None:
+            x = x + self.ngram(bigram_ids(ids, positions, self.ngram.num_embeddings, self.pad_id))
+        return self.norm(x)
+
+
+def bigram_ids(ids: torch.Tensor, positions: torch.Tensor, buckets: int, pad_id: int):
+    """Bucket of each (previous token, token) pair, like fastText's hashed word n-grams; the
+    first token of a sequence (position 0) pairs with `pad_id`. Tensor ops only, so ONNX export
+    and torch.compile carry it. A token's bucket depends on itself and the token before it,
+    never on padding after it: padding a batch changes no real token's embedding."""
+    prev = F.pad(ids[..., :-1], (1, 0), value=pad_id).masked_fill(positions == 0, pad_id)
+    # 1,000,003 (a prime above any vocabulary) keeps the pairs distinct before the modulo.
+    return (prev * 1_000_003 + ids) % buckets
 
 
 class SelfAttention(nn.Module):

@@ -8,6 +8,8 @@ ARCH_CONFIGS = {
     "transformer-mean": dict(arch="transformer", pooling="mean"),
     "attention": dict(arch="attention", num_layers=0),
     "attention+encoder": dict(arch="attention", num_layers=1),
+    "attention+ngrams": dict(arch="attention", num_layers=0, ngram_buckets=97),
+    "attention-bag": dict(arch="attention", num_layers=0, ngram_buckets=97, embeddings="bag"),
     "transformer-shared": dict(arch="transformer", share_layers=True, num_layers=3),
 }
 
@@ -175,10 +177,52 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     ("bad", "message"),
     [(dict(arch="rnn"), "arch"), (dict(pooling="max"), "pooling"),
      (dict(hidden_size=30, num_heads=4), "divisible"), (dict(num_labels=1), "2 labels"),
-     (dict(dropout=1.5), "dropout")],
+     (dict(dropout=1.5), "dropout"), (dict(ngram_buckets=-1), "ngram_buckets"),
+     (dict(arch="transformer", ngram_buckets=64), "attention"),
+     (dict(embeddings="sum"), "embeddings"), (dict(embeddings="bag"), "attention")],
 )  # fmt: skip
 def test_invalid_config_is_rejected_with_a_clear_message(bad, message):
     base = dict(vocab_size=10, num_labels=2)
     base.update(bad)
     with pytest.raises(ValueError, match=message):
         ModelConfig(**base)
+
+
+def test_bigram_ids_pair_each_token_with_the_one_before_it():
+    from slimtext.models.transformer import bigram_ids
+
+    ids = torch.tensor([[2, 7, 9, 0], [2, 9, 7, 5]])
+    got = bigram_ids(ids, torch.arange(4), buckets=1_000_003 * 50, pad_id=0)
+    prev = torch.tensor([[0, 2, 7, 9], [0, 2, 9, 7]])  # the first token pairs with padding
+    assert torch.equal(got, prev * 1_000_003 + ids)
+    small = bigram_ids(ids, torch.arange(4), buckets=13, pad_id=0)
+    assert small.min() >= 0 and small.max() < 13
+    # Packed (N,) tokens with their positions give each token the same bucket as its row.
+    flat = torch.tensor([2, 7, 9, 2, 9, 7, 5])
+    pos = torch.tensor([0, 1, 2, 0, 1, 2, 3])
+    assert torch.equal(bigram_ids(flat, pos, 13, 0), small[[0, 0, 0, 1, 1, 1, 1], pos])
+
+
+def test_ngram_embeddings_make_word_order_count():
+    # Same tokens, two orders, positions switched off (all zero): a bag of token embeddings
+    # cannot tell them apart; with bigram buckets it must.
+    ids = torch.tensor([[2, 5, 6, 7, 8], [2, 8, 7, 6, 5]])
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    for buckets, differ in ((0, False), (97, True)):
+        m = make(arch="attention", num_layers=0, ngram_buckets=buckets, dropout=0.0)
+        with torch.no_grad():
+            m.embeddings.pos.weight.zero_()
+            a, b = m(ids, mask)
+        assert (not torch.allclose(a, b, atol=1e-6)) == differ, buckets
+
+
+def test_bag_embeddings_have_no_positions_and_no_norm():
+    m = make(arch="attention", num_layers=0, ngram_buckets=97, embeddings="bag", dropout=0.0)
+    names = {n for n, _ in m.named_parameters()}
+    assert not any(n.startswith(("embeddings.pos", "embeddings.norm")) for n in names), names
+    ids = torch.tensor([[2, 5, 6, 7]])
+    from slimtext.models.transformer import bigram_ids
+
+    e = m.embeddings
+    want = e.tok(ids) + e.ngram(bigram_ids(ids, torch.arange(4), 97, 0))
+    torch.testing.assert_close(e(ids), want)
