@@ -42,8 +42,9 @@ _ATTN1L = dict(model="attention", num_layers=1, num_heads=4, ffn_size=512)
 # `ngram-*`: the attention model on fastText's representation: summed token and hashed token-
 # bigram embeddings, no positions, no LayerNorm; hidden 64, dropout 0.5. Chosen on IMDB
 # (BENCHMARKS.md section 2 lists every run of that search). 2^20 buckets for IMDB's 25,000 long
-# reviews (fastText uses 2M), 2^18 for the short texts of AG News and SST-2: the table is
-# updated densely by AdamW, so its size is the step's main cost.
+# reviews (fastText uses 2M), 2^18 for the short texts of AG News and SST-2, which hold far
+# fewer distinct pairs. (The table trains with sparse gradients and SparseAdam: its size costs
+# memory, not step time.)
 _NGRAM = dict(model="attention", embeddings="bag", ngram_buckets=2**18, hidden_size=64,
               dropout=0.5)  # fmt: skip
 SLIMTEXT_CONFIGS: dict[str, dict[str, dict]] = {

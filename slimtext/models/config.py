@@ -60,8 +60,8 @@ class ModelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_labels < 2:
             raise ValueError(f"a classifier needs at least 2 labels, got {self.num_labels}")
-        if self.ngram_buckets < 0:
-            raise ValueError(f"ngram_buckets must be >= 0, got {self.ngram_buckets}")
+        if self.ngram_buckets < 0 or self.ngram_buckets == 1:
+            raise ValueError(f"ngram_buckets must be 0 (off) or >= 2, got {self.ngram_buckets}")
         if self.ngram_buckets and self.arch != "attention":
             # A Transformer's attention learns its own n-grams; the table would also break the
             # one-to-one mapping onto BERT weights (models/hf.py) and the fused ONNX graph.

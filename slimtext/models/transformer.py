@@ -26,7 +26,12 @@ class Embeddings(nn.Module):
         self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden_size, padding_idx=cfg.pad_id)
         bag = cfg.embeddings == "bag"
         self.pos = None if bag else nn.Embedding(cfg.max_length, cfg.hidden_size)
-        self.ngram = nn.Embedding(cfg.ngram_buckets, cfg.hidden_size) if cfg.ngram_buckets else None
+        # Row 0 is padding's (see bigram_ids): always zero, and never in a gradient.
+        self.ngram = (
+            nn.Embedding(cfg.ngram_buckets, cfg.hidden_size, padding_idx=0)
+            if cfg.ngram_buckets
+            else None
+        )
         self.pad_id = cfg.pad_id
         self.norm = nn.Identity() if bag else nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.drop = Dropout(cfg.dropout)
@@ -48,13 +53,17 @@ class Embeddings(nn.Module):
 
 
 def bigram_ids(ids: torch.Tensor, positions: torch.Tensor, buckets: int, pad_id: int):
-    """Bucket of each (previous token, token) pair, like fastText's hashed word n-grams; the
-    first token of a sequence (position 0) pairs with `pad_id`. Tensor ops only, so ONNX export
-    and torch.compile carry it. A token's bucket depends on itself and the token before it,
-    never on padding after it: padding a batch changes no real token's embedding."""
+    """Bucket of each (previous token, token) pair, like fastText's hashed word n-grams: 1 to
+    buckets - 1 for a real token (the first of a sequence, at position 0, pairs with `pad_id`),
+    0 for padding. Tensor ops only, so ONNX export and torch.compile carry it.
+
+    Padding gets the table's padding row so that it is in no gradient: a lazy optimizer
+    (SparseAdam, see train.trainer.sparse_tables) moves every row a gradient lists, even with a
+    zero value, and how much padding a batch has must not change training."""
     prev = F.pad(ids[..., :-1], (1, 0), value=pad_id).masked_fill(positions == 0, pad_id)
     # 1,000,003 (a prime above any vocabulary) keeps the pairs distinct before the modulo.
-    return (prev * 1_000_003 + ids) % buckets
+    h = (prev * 1_000_003 + ids) % (buckets - 1) + 1
+    return h.masked_fill(ids == pad_id, 0)
 
 
 class SelfAttention(nn.Module):

@@ -177,7 +177,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     ("bad", "message"),
     [(dict(arch="rnn"), "arch"), (dict(pooling="max"), "pooling"),
      (dict(hidden_size=30, num_heads=4), "divisible"), (dict(num_labels=1), "2 labels"),
-     (dict(dropout=1.5), "dropout"), (dict(ngram_buckets=-1), "ngram_buckets"),
+     (dict(dropout=1.5), "dropout"), (dict(ngram_buckets=1), "ngram_buckets"),
      (dict(arch="transformer", ngram_buckets=64), "attention"),
      (dict(embeddings="sum"), "embeddings"), (dict(embeddings="bag"), "attention")],
 )  # fmt: skip
@@ -192,15 +192,31 @@ def test_bigram_ids_pair_each_token_with_the_one_before_it():
     from slimtext.models.transformer import bigram_ids
 
     ids = torch.tensor([[2, 7, 9, 0], [2, 9, 7, 5]])
-    got = bigram_ids(ids, torch.arange(4), buckets=1_000_003 * 50, pad_id=0)
+    big = 1_000_003 * 50 + 1
+    got = bigram_ids(ids, torch.arange(4), buckets=big, pad_id=0)
     prev = torch.tensor([[0, 2, 7, 9], [0, 2, 9, 7]])  # the first token pairs with padding
-    assert torch.equal(got, prev * 1_000_003 + ids)
+    want = (prev * 1_000_003 + ids + 1).masked_fill(ids == 0, 0)  # padding: row 0
+    assert torch.equal(got, want)
     small = bigram_ids(ids, torch.arange(4), buckets=13, pad_id=0)
-    assert small.min() >= 0 and small.max() < 13
+    assert small[0, 3] == 0 and small.min() >= 0 and small.max() < 13
+    assert (small[ids != 0] >= 1).all()  # real tokens never share padding's row
     # Packed (N,) tokens with their positions give each token the same bucket as its row.
     flat = torch.tensor([2, 7, 9, 2, 9, 7, 5])
     pos = torch.tensor([0, 1, 2, 0, 1, 2, 3])
     assert torch.equal(bigram_ids(flat, pos, 13, 0), small[[0, 0, 0, 1, 1, 1, 1], pos])
+
+
+def test_padding_puts_no_ngram_row_in_the_gradient():
+    # A lazy optimizer moves every row a sparse gradient lists: padding must list none.
+    m = make(arch="attention", num_layers=0, ngram_buckets=97, embeddings="bag").train()
+    m.embeddings.ngram.sparse = True
+    ids, mask = ragged_batch([3, 7, 12, 5], 12)
+    m(ids, mask).sum().backward()
+    g = m.embeddings.ngram.weight.grad.coalesce()
+    from slimtext.models.transformer import bigram_ids
+
+    real = bigram_ids(ids, torch.arange(12), 97, 0)[mask]
+    assert set(g.indices()[0].tolist()) == set(real.tolist())
 
 
 def test_ngram_embeddings_make_word_order_count():

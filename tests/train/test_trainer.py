@@ -128,3 +128,61 @@ def test_bf16_autocast_trains_on_cpu(encoded):
 def test_fp16_on_cpu_is_refused_with_advice():
     with pytest.raises(ValueError, match="bf16 or fp32"):
         resolve_precision("fp16", torch.device("cpu"))
+
+
+def test_ngram_table_trains_with_sparse_adam_and_resumes_exactly(encoded, tmp_path, monkeypatch):
+    # The hashed n-gram table gets sparse gradients and SparseAdam (one process); the rest of
+    # the model AdamW. A resumed run must restore the lazy optimizer's state too.
+    made = []
+
+    class Spy(torch.optim.SparseAdam):
+        def __init__(self, params, **kw):
+            params = list(params)
+            made.append(params)
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "SparseAdam", Spy)
+    vocab, tr, va = encoded
+    kw = dict(arch="attention", num_layers=0, ngram_buckets=4096, embeddings="bag")
+
+    def go(ckpt, resume=False):
+        model = new_model(vocab, **kw)
+        init = model.embeddings.ngram.weight.detach().clone()
+        cfg = TrainConfig(epochs=2, batch_size=8, lr=3e-3, precision="fp32", checkpoint_every=4,
+                          keep_checkpoints=0)  # fmt: skip
+        fit(model, tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
+            checkpoint_dir=ckpt, resume=resume)  # fmt: skip
+        return model, init
+
+    ref, init = go(tmp_path / "full")
+    table = ref.embeddings.ngram
+    assert len(made) == 1 and made[0] == [table.weight]
+    assert table.sparse is False  # the model leaves fit as it came
+    moved = (table.weight != init).any(1)
+    assert 0 < moved.sum() < table.num_embeddings  # only the buckets the data touched
+    mid = list_checkpoints(tmp_path / "full")[1]
+    (tmp_path / "cut").mkdir()
+    shutil.copytree(mid, tmp_path / "cut" / mid.name)
+    resumed, _ = go(tmp_path / "cut", resume=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_clip_grad_norm_treats_sparse_gradients_like_their_dense_sum():
+    from slimtext.train.trainer import clip_grad_norm
+
+    torch.manual_seed(0)
+    dense = [torch.nn.Parameter(torch.randn(5, 3)) for _ in range(2)]
+    sparse = torch.nn.Parameter(torch.randn(10, 3))
+    dense[0].grad, dense[1].grad = torch.randn(5, 3), torch.randn(5, 3)
+    # Row 2 twice: the uncoalesced values' norm would differ from the gradient's.
+    idx, vals = torch.tensor([[2, 7, 2]]), torch.randn(3, 3) * 4
+    sparse.grad = torch.sparse_coo_tensor(idx, vals, (10, 3), check_invariants=True)
+    copies = [torch.nn.Parameter(p.detach().clone()) for p in (*dense, sparse)]
+    for c, p in zip(copies, (*dense, sparse), strict=True):
+        c.grad = p.grad.to_dense().clone()
+    want = torch.nn.utils.clip_grad_norm_(copies, 1.0)
+    got = clip_grad_norm([*dense, sparse], 1.0)
+    torch.testing.assert_close(got, want)
+    for c, p in zip(copies, (*dense, sparse), strict=True):
+        torch.testing.assert_close(p.grad.to_dense(), c.grad)
