@@ -42,8 +42,8 @@ class Embeddings(nn.Module):
 
     def packed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Token + position (+ hashed bigram) embeddings, normalised (`embeddings="bag"`: no
-        positions, no normalisation): ids (..., T) at positions
-        broadcasting against them; for packed inference, (N,) ids at their (N,) positions."""
+        positions, no normalisation): ids (..., T) at positions broadcasting against them; for
+        packed inference, (N,) ids at their (N,) positions."""
         x = self.tok(ids)
         if self.pos is not None:
             x = x + self.pos(positions)

@@ -258,20 +258,19 @@ def sparse_tables(model: nn.Module, ctx: DistContext) -> list[nn.Embedding]:
 def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> torch.Tensor:
     """`nn.utils.clip_grad_norm_` for a mix of dense and sparse (COO) gradients, which it
     refuses: the norm of all of them together, every gradient scaled by the same factor."""
-    grads = [p.grad for p in params if p.grad is not None]
+    live = [p for p in params if p.grad is not None]
     norms = []
-    for i, g in enumerate(grads):
-        if g.is_sparse:  # duplicate rows are summed first: their norm is not the values' norm
-            g = grads[i] = g.coalesce()
-            norms.append(torch.linalg.vector_norm(g._values().float()))
+    for p in live:
+        if p.grad.is_sparse:  # duplicate rows are summed first: their norm is not the values'
+            p.grad = p.grad.coalesce()
+            norms.append(torch.linalg.vector_norm(p.grad._values().float()))
         else:
-            norms.append(torch.linalg.vector_norm(g.float()))
-    for p, g in zip([p for p in params if p.grad is not None], grads, strict=True):
-        p.grad = g
+            norms.append(torch.linalg.vector_norm(p.grad.float()))
     total = torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
-    for g in grads:
-        (g._values() if g.is_sparse else g).mul_(coef.to(g.dtype))
+    for p in live:
+        g = p.grad._values() if p.grad.is_sparse else p.grad
+        g.mul_(coef.to(g.dtype))
     return total
 
 
@@ -446,8 +445,22 @@ def fit(
     best_score, bad_epochs = -math.inf, 0
 
     if resume and ckpt_dir is not None and (ck := latest_checkpoint(ckpt_dir, ctx)) is not None:
-        st, best_state = load_checkpoint(ck, model=wrapped, optimizer=opt, ctx=ctx)
+        # A run that updates an n-gram table sparsely (one process, ddp) keeps its optimizer
+        # state apart from AdamW's; one that does not (fsdp/tp/pp) inside it: they do not mix.
+        mixed = (
+            f"{ck}: written by a run that updated the n-gram table "
+            + ("densely (fsdp/tp/pp)" if tables else "sparsely (one process or ddp)")
+            + "; resume it with the same kind of strategy"
+        )
+        try:
+            st, best_state = load_checkpoint(ck, model=wrapped, optimizer=opt, ctx=ctx)
+        except ValueError as e:  # AdamW's parameter groups differ in size
+            if tables or sparse_tables(model, DistContext()):  # the model has a table
+                raise ValueError(mixed) from e
+            raise
         sched.load_state_dict(st["scheduler"])
+        if bool(tables) != ("sparse_optimizer" in st):
+            raise ValueError(mixed)
         if tables:
             opts[1].load_state_dict(st["sparse_optimizer"])
             scheds[1].load_state_dict(st["sparse_scheduler"])

@@ -186,3 +186,22 @@ def test_clip_grad_norm_treats_sparse_gradients_like_their_dense_sum():
     torch.testing.assert_close(got, want)
     for c, p in zip(copies, (*dense, sparse), strict=True):
         torch.testing.assert_close(p.grad.to_dense(), c.grad)
+
+
+def test_resuming_a_dense_ngram_checkpoint_sparsely_is_a_clear_error(
+    encoded, tmp_path, monkeypatch
+):
+    # FSDP/TP/PP update the table densely (AdamW state), one process sparsely (SparseAdam):
+    # their checkpoints do not mix, and the error says so instead of a KeyError.
+    from slimtext.train import trainer
+
+    vocab, tr, va = encoded
+    cfg = TrainConfig(max_steps=4, batch_size=8, precision="fp32", checkpoint_every=2)
+    kw = dict(arch="attention", num_layers=0, ngram_buckets=64, embeddings="bag")
+    with monkeypatch.context() as m:
+        m.setattr(trainer, "sparse_tables", lambda model, ctx: [])  # as under fsdp
+        fit(new_model(vocab, **kw), tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
+            checkpoint_dir=tmp_path)  # fmt: skip
+    with pytest.raises(ValueError, match="densely"):
+        fit(new_model(vocab, **kw), tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
+            checkpoint_dir=tmp_path, resume=True)  # fmt: skip
