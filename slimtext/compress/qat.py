@@ -98,7 +98,9 @@ def prepare_qat_(model: nn.Module, config: QAT) -> nn.Module:
     from torchao.quantization.qat import FakeQuantizedLinear, QATConfig
 
     weight, act = _configs(config)
-    names = _targets(model, config)
+    # The n-gram table stays in float: a fake-quantized table computes its whole weight each
+    # step, which defeats its sparse updates (train/trainer.py); PTQ can still take it to int8.
+    names = [n for n in _targets(model, config) if not n.endswith("ngram")]
     linears = {n for n in names if type(model.get_submodule(n)) is nn.Linear}
     embeddings = set(names) - linears
     if linears:

@@ -1,4 +1,4 @@
-"""Post-training quantization of Linear (and token-embedding) weights, saved as plain tensors.
+"""Post-training quantization of Linear (and embedding-table) weights, saved as plain tensors.
 
     quantize_(model, Int8Dynamic())          # int8 weights, int8 activations quantized per call
     quantize_(model, Int8WeightOnly())       # int8 weights, float matmul (a storage format)
@@ -263,6 +263,10 @@ class Int8Embedding(nn.Module):
         m.scale.copy_(s)
         return m
 
+    @property
+    def num_embeddings(self) -> int:  # as nn.Embedding's (models/transformer.py reads it)
+        return self.qweight.shape[0]
+
     def n_params(self) -> int:
         return self.qweight.numel()
 
@@ -271,12 +275,17 @@ class Int8Embedding(nn.Module):
 
 
 # ---- the verb -----------------------------------------------------------------------------------
+# Embedding tables that go to int8 rows: the token table, and the attention model's hashed
+# n-gram table (up to millions of rows: most of such a model's bytes).
+EMBEDDING_TABLES = ("tok", "ngram")
+
+
 def _targets(model: nn.Module, config: QuantConfig) -> list[str]:
     names = [n for n, m in model.named_modules() if type(m) is nn.Linear and n not in config.skip]
     if config.embeddings:
         names += [
             n for n, m in model.named_modules()
-            if type(m) is nn.Embedding and n.endswith("tok") and n not in config.skip
+            if type(m) is nn.Embedding and n.endswith(EMBEDDING_TABLES) and n not in config.skip
         ]  # fmt: skip
     return names
 

@@ -94,3 +94,28 @@ def test_quantized_model_predicts_through_the_public_api(teacher, tmp_path, make
                    max_length=teacher.max_length, compression=[rec])  # fmt: skip
     after = slimtext.load(tmp_path / "q").predict(texts)
     assert np.mean([a == b for a, b in zip(before, after, strict=True)]) >= 0.9
+
+
+def test_ngram_table_goes_to_int8_rows_and_round_trips(teacher, tmp_path):
+    # The attention model's hashed pair table is most of its bytes: PTQ stores it as int8 rows.
+    from slimtext.compress.quantize import Int8Embedding
+    from slimtext.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=teacher.config.vocab_size, num_labels=len(teacher.labels),
+                      arch="attention", num_layers=0, hidden_size=32, ngram_buckets=4096,
+                      embeddings="bag", max_length=32)  # fmt: skip
+    m = build_model(cfg).eval()
+    ids = torch.randint(5, cfg.vocab_size, (6, 20))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+    mask[3:, 12:] = False
+    ref, size = m(ids, mask).detach(), size_on_disk(m)
+    rec = quantize_(m, Int8WeightOnly())
+    assert isinstance(m.embeddings.ngram, Int8Embedding)
+    out = m(ids, mask).detach()
+    assert sqnr_db(ref, out) > 25 and size / size_on_disk(m) > 3
+    save_model_dir(tmp_path / "q", m, cfg, teacher.tokenizer, teacher.labels, max_length=32,
+                   compression=[rec])  # fmt: skip
+    loaded = slimtext.load(tmp_path / "q")
+    assert isinstance(loaded.model.embeddings.ngram, Int8Embedding)
+    torch.testing.assert_close(loaded.model(ids, mask), out)
