@@ -506,8 +506,10 @@ def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
             best_float = max(floats, key=floats.get) if floats else None
             int8 = rate.get("onnxruntime-int8")
             # int8 only when clearly faster than every other backend, by `auto`'s margin.
-            margin = LOW_PRECISION_MARGIN
-            chosen = bool(int8 and (best_float is None or int8 > floats[best_float] / (1 - margin)))
+            chosen = bool(
+                int8
+                and (best_float is None or int8 > floats[best_float] / (1 - LOW_PRECISION_MARGIN))
+            )
             fastest = "onnxruntime-int8" if chosen else best_float
             m[f"fastest_b{bs}"] = fastest
             m[f"int8_chosen_b{bs}"] = chosen

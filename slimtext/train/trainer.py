@@ -455,7 +455,7 @@ def fit(
         try:
             st, best_state = load_checkpoint(ck, model=wrapped, optimizer=opt, ctx=ctx)
         except ValueError as e:  # AdamW's parameter groups differ in size
-            if tables or sparse_tables(model, DistContext()):  # the model has a table
+            if sparse_tables(model, DistContext()):  # the model has an n-gram table at all
                 raise ValueError(mixed) from e
             raise
         sched.load_state_dict(st["scheduler"])
