@@ -96,17 +96,33 @@ def attend(
 ) -> torch.Tensor:
     """softmax(q·kᵀ/√hs, over the keys `mask` allows) · v, with attention dropout `p`.
 
-    `F.scaled_dot_product_attention` does it, except for dropout on CPU: there it falls back to
-    its math path and draws the dropout mask with `bernoulli_`, the slowest op of a training step.
-    That case runs the same math here with `dropout.keep_mask`'s cheaper draws (softmax in fp32,
-    as SDPA does under bf16)."""
-    if p == 0.0 or q.device.type != "cpu":
+    `F.scaled_dot_product_attention` does it, except in two CPU cases, which run the same math
+    here (softmax in fp32, as SDPA does under bf16): dropout, where SDPA falls back to its math
+    path and draws the mask with `bernoulli_`, the slowest op of a training step (here:
+    `dropout.keep_mask`'s cheaper draws); and bf16/fp16 training on sequences up to
+    _MATH_MAX_T tokens, where SDPA's CPU kernel takes 1.5-4x as long forward + backward as these
+    three ops (BENCHMARKS.md section 1)."""
+    if q.device.type != "cpu" or (p == 0.0 and not _math_trains_faster(q)):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
     # finfo.min, not -inf: a query row with no allowed key (padding in a packed batch) stays
     # finite; an allowed row still gives a disallowed key exactly 0 weight.
     scores = scores.float().masked_fill(~mask, torch.finfo(torch.float32).min)
     return dropout(scores.softmax(-1), p).to(v.dtype) @ v
+
+
+# Longest sequence for which bf16 training on CPU is faster on the math path (measured crossover
+# 192-256 tokens on a 2-core AMX machine; fp32 is level with SDPA up to ~160 and slower after).
+_MATH_MAX_T = 192
+
+
+def _math_trains_faster(q: torch.Tensor) -> bool:
+    return (
+        q.requires_grad
+        and torch.is_grad_enabled()
+        and q.dtype in (torch.bfloat16, torch.float16)
+        and q.shape[-2] <= _MATH_MAX_T
+    )
 
 
 def packed_attention(attn: nn.Module, x: torch.Tensor, p: Packing, cls_only: bool) -> torch.Tensor:

@@ -96,3 +96,40 @@ def test_attention_dropout_never_lets_a_masked_key_through():
     mean = torch.stack([attend(q, k, v, mask, 0.5) for _ in range(4000)]).mean(0)
     ref = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     torch.testing.assert_close(mean, ref, atol=0.1, rtol=0.1)
+
+
+@pytest.mark.parametrize("p", [1e-5, 0.1, 0.5, 65535 / 65536])
+def test_byte_mask_is_the_bool_mask_from_the_same_draws(p):
+    # dropout() multiplies by a uint8 0/1 mask (faster than bool); it must keep exactly the
+    # elements the bool mask keeps, so the rate tests above hold for it too.
+    for dtype in (torch.uint8, torch.bfloat16, torch.float32):
+        torch.manual_seed(5)
+        ref = keep_mask((301, 7), p, torch.device("cpu"))
+        torch.manual_seed(5)
+        got = keep_mask((301, 7), p, torch.device("cpu"), dtype)
+        assert got.dtype == dtype
+        assert torch.equal(got.bool(), ref) and set(got.unique().tolist()) <= {0, 1}
+
+
+def test_dropout_keeps_what_the_seeded_mask_keeps():
+    x = torch.randn(40, 50) + 5  # no zeros of its own
+    torch.manual_seed(9)
+    kept = keep_mask(x.shape, 0.3, x.device)
+    torch.manual_seed(9)
+    assert torch.equal(dropout(x, 0.3) != 0, kept)
+
+
+def test_bf16_training_attention_on_the_math_path_matches_sdpa():
+    # bf16 training on short sequences skips SDPA's CPU kernel (slow backward): same outputs
+    # and gradients as SDPA computed in fp32 on the same bf16 inputs, padding included.
+    q, k, v, mask = _qkv(T=24)
+    q, k, v = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    g = torch.randn(q.shape).bfloat16()
+    out = attend(q, k, v, mask, 0.0)
+    out.backward(g)
+    q32, k32, v32 = (t.detach().float().requires_grad_() for t in (q, k, v))
+    ref = F.scaled_dot_product_attention(q32, k32, v32, attn_mask=mask)
+    ref.backward(g.float())
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    for a, b in ((q, q32), (k, k32), (v, v32)):
+        torch.testing.assert_close(a.grad.float(), b.grad, atol=3e-2, rtol=3e-2)
