@@ -11,7 +11,8 @@ the AG News test set, `--valid-size`, or all 7,600 with `--valid-size 0`).
 
 Contenders:
 - slimtext bf16 (`precision="auto"` resolves to bf16 autocast on a CPU with AMX/AVX512-BF16)
-  and fp32: length-bucketed batches, dynamic padding;
+  and fp32: length-bucketed batches, dynamic padding; `slimtext-bf16-sparse` adds
+  `sparse_embeddings=True` (token table: sparse gradients, lazy Adam);
 - HF best: `BertForSequenceClassification` under `Trainer` with `DataCollatorWithPadding` and
   length grouping (`train_sampling_strategy="group_by_length"`, the transformers 5 spelling of
   `group_by_length=True`), in fp32 and in bf16;
@@ -76,7 +77,7 @@ def flops_per_token(n_params: int, layers: int, hidden: int, seq_len: float) -> 
 
 
 # ---- slimtext -------------------------------------------------------------------------------
-def run_slimtext(precision, tok, train_enc, valid_enc, label_names, args) -> dict:
+def run_slimtext(mode, precision, tok, train_enc, valid_enc, label_names, args) -> dict:
     torch.manual_seed(0)
     cfg = ModelConfig(
         vocab_size=tok.vocab_size, num_labels=len(label_names), max_length=args.max_length,
@@ -86,6 +87,7 @@ def run_slimtext(precision, tok, train_enc, valid_enc, label_names, args) -> dic
     tcfg = TrainConfig(
         max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, precision=precision,
         seed=0, max_length=args.max_length, warmup=0.06, schedule="linear",
+        sparse_embeddings=mode == "sparse",
     )  # fmt: skip
     t0 = time.perf_counter()
     res = fit(model, train_enc, None, tcfg, label_names=label_names, pad_id=tok.pad_id,
@@ -197,6 +199,7 @@ def run_hf(mode, precision, hf_tok, train_texts, train_y, valid_enc, label_names
 # ---- main -----------------------------------------------------------------------------------
 CONTENDERS = {
     "slimtext-bf16": ("slimtext", None, "auto"),
+    "slimtext-bf16-sparse": ("slimtext", "sparse", "auto"),
     "slimtext-fp32": ("slimtext", None, "fp32"),
     "hf-best-fp32": ("hf", "best", "fp32"),
     "hf-best-bf16": ("hf", "best", "bf16"),
@@ -264,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
             kind, mode, precision = CONTENDERS[name]
             print(f"== {name} (run {r + 1}/{args.repeats}, {args.steps} steps)", flush=True)
             if kind == "slimtext":
-                run = run_slimtext(precision, tok, train_enc, valid_enc, label_names, args)
+                run = run_slimtext(mode, precision, tok, train_enc, valid_enc, label_names, args)
             else:
                 run = run_hf(mode, precision, hf_tok, train.texts, train_y, valid_enc,
                              label_names, args)  # fmt: skip

@@ -198,6 +198,13 @@ def train(
     freeze: Annotated[
         str | None, typer.Option(help="embeddings | embeddings+N (and the first N blocks).")
     ] = None,
+    sparse_embeddings: Annotated[
+        bool,
+        typer.Option(
+            help="Sparse gradients and a lazy Adam for the token embeddings: a step updates "
+            "only its tokens' rows (one process, or ddp over gloo)."
+        ),
+    ] = False,
     progress: bool = True,
     config: ConfigOpt = None,
 ) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -74,6 +75,9 @@ class TrainConfig:
     # BEiT), and parameters kept fixed: "embeddings" or "embeddings+N" (and the first N blocks).
     layer_lr_decay: float = 1.0
     freeze: str | None = None
+    # The token embedding table too gets sparse gradients and the lazy SparseAdam (see
+    # sparse_tables): a step then touches only the rows of its tokens instead of the whole table.
+    sparse_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine", "constant"):
@@ -232,15 +236,19 @@ def param_groups(
     return out
 
 
-def sparse_tables(model: nn.Module, ctx: DistContext) -> list[nn.Embedding]:
-    """The hashed n-gram tables (`ModelConfig.ngram_buckets`) that train with sparse gradients
-    and a lazy Adam (`torch.optim.SparseAdam`, which updates only the rows a step touched).
+def sparse_tables(model: nn.Module, ctx: DistContext, tokens: bool = False) -> list[nn.Embedding]:
+    """The embedding tables that train with sparse gradients and a lazy Adam
+    (`torch.optim.SparseAdam`, which updates only the rows a step touched): the hashed n-gram
+    tables (`ModelConfig.ngram_buckets`) always, the token table too with `tokens`
+    (`TrainConfig.sparse_embeddings`).
 
     A step reads a few thousand of their up to millions of rows; AdamW's dense update, the dense
     gradient and its norm cost ~150 of 170 ms an IMDB step at 2^20 x 64 on 2 cores (23 ms
-    sparse). Only where a gradient reaches the optimizer as it is: one process, or DDP over
-    gloo (whose all-reduce takes sparse tensors). FSDP, TP and PP shard or split parameters and
-    keep the dense AdamW."""
+    sparse); for BERT-mini's 16k x 256 token table, ~8% of a step. Only where a gradient
+    reaches the optimizer as it is: one process, or DDP over gloo (whose all-reduce takes sparse
+    tensors). FSDP, TP and PP shard or split parameters and keep the dense AdamW. Embeddings
+    have no weight decay in `param_groups` either, so only the laziness differs: a row's Adam
+    moments move when its token is in a batch, not at every step."""
     from ..models.transformer import Embeddings
 
     if ctx.distributed:
@@ -248,11 +256,23 @@ def sparse_tables(model: nn.Module, ctx: DistContext) -> list[nn.Embedding]:
 
         if ctx.strategy != "ddp" or tdist.get_backend() != "gloo":
             return []
-    return [
-        m.ngram
-        for m in model.modules()
-        if isinstance(m, Embeddings) and m.ngram is not None and m.ngram.weight.requires_grad
-    ]
+    tables = []
+    for m in model.modules():
+        if isinstance(m, Embeddings):
+            tables += [m.ngram] if m.ngram is not None else []
+            tables += [m.tok] if tokens else []
+    tables = [t for t in tables if t.weight.requires_grad]
+    if tokens:
+        # A table shared with another layer (the masked-LM decoder ties it) gets dense
+        # gradients from there, and a parameter's gradient is either sparse or dense.
+        uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+        tied = [t for t in tables if uses[id(t.weight)] > 1]
+        if tied:
+            raise ValueError(
+                "sparse_embeddings: the token embedding table is shared with another layer "
+                "(tied weights), whose gradient is dense; train without --sparse-embeddings"
+            )
+    return tables
 
 
 def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> torch.Tensor:
@@ -379,7 +399,7 @@ def fit(
     torch.manual_seed(cfg.seed + (ctx.data_rank if tp else ctx.rank))
     model.to(device).train()
     freeze_(model, cfg.freeze)
-    tables = sparse_tables(model, ctx)
+    tables = sparse_tables(model, ctx, cfg.sparse_embeddings)
     for t in tables:  # before wrapping: DDP reads which parameters have sparse gradients
         t.sparse = True
     wrapped = wrap_model(model, ctx, precision, cfg.cpu_offload, tp_size=cfg.tp_size,
@@ -425,7 +445,7 @@ def fit(
     opts = [opt]
     if tables:  # embeddings: no weight decay, as in param_groups; lr at the embeddings' depth
         L = _num_blocks(model)
-        lr = cfg.lr * cfg.layer_lr_decay ** (L + 1 - layer_id("embeddings.ngram.weight", L))
+        lr = cfg.lr * cfg.layer_lr_decay ** (L + 1 - layer_id("embeddings.tok.weight", L))
         opts.append(torch.optim.SparseAdam([t.weight for t in tables], lr=lr))
     scheds = [
         torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(cfg.schedule, warmup_steps, total_steps))
@@ -445,17 +465,19 @@ def fit(
     best_score, bad_epochs = -math.inf, 0
 
     if resume and ckpt_dir is not None and (ck := latest_checkpoint(ckpt_dir, ctx)) is not None:
-        # A run that updates an n-gram table sparsely (one process, ddp) keeps its optimizer
-        # state apart from AdamW's; one that does not (fsdp/tp/pp) inside it: they do not mix.
+        # A run that updates embedding tables sparsely (one process, ddp) keeps their optimizer
+        # state apart from AdamW's; one that does not (fsdp/tp/pp, no --sparse-embeddings)
+        # inside it: they do not mix.
         mixed = (
-            f"{ck}: written by a run that updated the n-gram table "
-            + ("densely (fsdp/tp/pp)" if tables else "sparsely (one process or ddp)")
-            + "; resume it with the same kind of strategy"
+            f"{ck}: written by a run that updated the embedding tables "
+            + ("densely" if tables else "sparsely")
+            + " (sparsely: n-gram tables in one process or ddp, the token table with "
+            "--sparse-embeddings); resume it with the same strategy and options"
         )
         try:
             st, best_state = load_checkpoint(ck, model=wrapped, optimizer=opt, ctx=ctx)
         except ValueError as e:  # AdamW's parameter groups differ in size
-            if sparse_tables(model, DistContext()):  # the model has an n-gram table at all
+            if tables or sparse_tables(model, DistContext()):  # a table could have been sparse
                 raise ValueError(mixed) from e
             raise
         sched.load_state_dict(st["scheduler"])

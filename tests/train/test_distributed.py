@@ -80,11 +80,13 @@ def test_ddp_and_fsdp_on_two_ranks_train_the_single_process_model(tmp_path, trai
     assert max_diff(ref, weights(tmp_path / "fsdp")) < 1e-5
 
 
-def test_ddp_with_a_sparse_ngram_table_trains_the_single_process_model(tmp_path, train_csv):
-    # The attention model's hashed n-gram table has sparse gradients under DDP too (gloo
-    # all-reduces them); SparseAdam then updates the same rows on every rank.
+def test_ddp_with_sparse_embedding_tables_trains_the_single_process_model(tmp_path, train_csv):
+    # The attention model's hashed n-gram table, and with --sparse-embeddings its token table,
+    # have sparse gradients under DDP too (gloo all-reduces them); SparseAdam then updates the
+    # same rows on every rank.
     common = ["train", "--data", train_csv, "--dropout", "0", *TINY, "--model", "attention",
-              "--num-layers", "0", "--ngram-buckets", "4096", "--embeddings", "bag"]  # fmt: skip
+              "--num-layers", "0", "--ngram-buckets", "4096", "--embeddings", "bag",
+              "--sparse-embeddings"]  # fmt: skip
     slimtext(*common, "--out", tmp_path / "single", "--batch-size", 8)
     slimtext(*common, "--out", tmp_path / "ddp", "--batch-size", 4, "--nproc", 2)
     assert max_diff(weights(tmp_path / "single"), weights(tmp_path / "ddp")) < 1e-5

@@ -199,9 +199,70 @@ def test_resuming_a_dense_ngram_checkpoint_sparsely_is_a_clear_error(
     cfg = TrainConfig(max_steps=4, batch_size=8, precision="fp32", checkpoint_every=2)
     kw = dict(arch="attention", num_layers=0, ngram_buckets=64, embeddings="bag")
     with monkeypatch.context() as m:
-        m.setattr(trainer, "sparse_tables", lambda model, ctx: [])  # as under fsdp
+        m.setattr(trainer, "sparse_tables", lambda model, ctx, tokens=False: [])  # as under fsdp
         fit(new_model(vocab, **kw), tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
             checkpoint_dir=tmp_path)  # fmt: skip
     with pytest.raises(ValueError, match="densely"):
         fit(new_model(vocab, **kw), tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
             checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+
+
+def test_sparse_embeddings_update_only_seen_token_rows_and_resume_exactly(
+    encoded, tmp_path, monkeypatch
+):
+    # --sparse-embeddings: the token table goes to SparseAdam (and out of AdamW); only rows of
+    # tokens in the training data move, padding's never; resume is exact.
+    made = []
+
+    class Spy(torch.optim.SparseAdam):
+        def __init__(self, params, **kw):
+            made.append(list(params))
+            super().__init__(made[-1], **kw)
+
+    monkeypatch.setattr(torch.optim, "SparseAdam", Spy)
+    vocab, tr, va = encoded
+    seen = {t for row in tr.ids for t in row}
+
+    def go(ckpt, resume=False):
+        model = new_model(vocab)
+        init = model.embeddings.tok.weight.detach().clone()
+        cfg = TrainConfig(epochs=2, batch_size=8, lr=3e-3, precision="fp32", checkpoint_every=4,
+                          keep_checkpoints=0, sparse_embeddings=True)  # fmt: skip
+        fit(model, tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
+            checkpoint_dir=ckpt, resume=resume)  # fmt: skip
+        return model, init
+
+    ref, init = go(tmp_path / "full")
+    assert len(made) == 1 and made[0] == [ref.embeddings.tok.weight]
+    moved = set((ref.embeddings.tok.weight != init).any(1).nonzero().flatten().tolist())
+    assert moved and moved <= seen - {0}  # padding (row 0) never moves either
+    assert ref.embeddings.tok.sparse is False
+    mid = list_checkpoints(tmp_path / "full")[1]
+    (tmp_path / "cut").mkdir()
+    shutil.copytree(mid, tmp_path / "cut" / mid.name)
+    resumed, _ = go(tmp_path / "cut", resume=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, resumed.state_dict()[k]), k
+
+
+def test_resuming_a_dense_checkpoint_with_sparse_embeddings_is_a_clear_error(encoded, tmp_path):
+    vocab, tr, va = encoded
+    cfg = TrainConfig(max_steps=4, batch_size=8, precision="fp32", checkpoint_every=2)
+    fit(new_model(vocab), tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
+        checkpoint_dir=tmp_path)  # fmt: skip
+    sparse = TrainConfig(**{**cfg.to_dict(), "sparse_embeddings": True})
+    with pytest.raises(ValueError, match="--sparse-embeddings"):
+        fit(new_model(vocab), tr, va, sparse, label_names=LABELS, pad_id=0, progress=False,
+            checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+
+
+def test_sparse_embeddings_refuse_a_tied_token_table(encoded):
+    from slimtext.train.distributed import DistContext
+    from slimtext.train.trainer import sparse_tables
+
+    model = new_model(encoded[0])
+    model.decoder = torch.nn.Linear(32, encoded[0], bias=False)
+    model.decoder.weight = model.embeddings.tok.weight  # as the masked-LM head ties it
+    with pytest.raises(ValueError, match="tied"):
+        sparse_tables(model, DistContext(), tokens=True)
+    assert sparse_tables(model, DistContext()) == []  # without the option: nothing sparse
