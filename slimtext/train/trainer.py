@@ -465,26 +465,29 @@ def fit(
     best_score, bad_epochs = -math.inf, 0
 
     if resume and ckpt_dir is not None and (ck := latest_checkpoint(ckpt_dir, ctx)) is not None:
-        # A run that updates embedding tables sparsely (one process, ddp) keeps their optimizer
-        # state apart from AdamW's; one that does not (fsdp/tp/pp, no --sparse-embeddings)
-        # inside it: they do not mix.
+        # Sparsely updated embedding tables keep their optimizer state apart from AdamW's
+        # (SparseAdam); dense ones inside it. --layer-lr-decay and --freeze change AdamW's
+        # groups too. A checkpoint whose optimizer state does not fit is an error naming them.
         mixed = (
-            f"{ck}: written by a run that updated the embedding tables "
-            + ("densely" if tables else "sparsely")
+            f"{ck}: its optimizer state does not fit this run; resume with the options that "
+            "wrote it. This run updates the embedding tables "
+            + ("sparsely" if tables else "densely")
             + " (sparsely: n-gram tables in one process or ddp, the token table with "
-            "--sparse-embeddings); resume it with the same strategy and options"
+            "--sparse-embeddings; densely under fsdp/tp/pp), and --layer-lr-decay and --freeze "
+            "must match as well"
         )
         try:
             st, best_state = load_checkpoint(ck, model=wrapped, optimizer=opt, ctx=ctx)
-        except ValueError as e:  # AdamW's parameter groups differ in size
-            if tables or sparse_tables(model, DistContext()):  # a table could have been sparse
-                raise ValueError(mixed) from e
-            raise
+        except ValueError as e:  # optimizer.load_state_dict: parameter groups differ in size
+            raise ValueError(f"{mixed} ({e})") from e
         sched.load_state_dict(st["scheduler"])
         if bool(tables) != ("sparse_optimizer" in st):
             raise ValueError(mixed)
         if tables:
-            opts[1].load_state_dict(st["sparse_optimizer"])
+            try:
+                opts[1].load_state_dict(st["sparse_optimizer"])
+            except ValueError as e:  # another set of sparse tables (--sparse-embeddings)
+                raise ValueError(f"{mixed} ({e})") from e
             scheds[1].load_state_dict(st["sparse_scheduler"])
         scaler.load_state_dict(st["scaler"])
         # Each rank continues its own dropout stream (rank 0's if the world size changed).

@@ -202,7 +202,7 @@ def test_resuming_a_dense_ngram_checkpoint_sparsely_is_a_clear_error(
         m.setattr(trainer, "sparse_tables", lambda model, ctx, tokens=False: [])  # as under fsdp
         fit(new_model(vocab, **kw), tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
             checkpoint_dir=tmp_path)  # fmt: skip
-    with pytest.raises(ValueError, match="densely"):
+    with pytest.raises(ValueError, match="does not fit this run.*updates the embedding tables sp"):
         fit(new_model(vocab, **kw), tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
             checkpoint_dir=tmp_path, resume=True)  # fmt: skip
 
@@ -245,15 +245,20 @@ def test_sparse_embeddings_update_only_seen_token_rows_and_resume_exactly(
         assert torch.equal(v, resumed.state_dict()[k]), k
 
 
-def test_resuming_a_dense_checkpoint_with_sparse_embeddings_is_a_clear_error(encoded, tmp_path):
+@pytest.mark.parametrize("kw", [{}, dict(arch="attention", num_layers=0, ngram_buckets=64)])
+@pytest.mark.parametrize("first", [False, True])
+def test_resuming_with_sparse_embeddings_toggled_is_a_clear_error(encoded, tmp_path, kw, first):
+    # Either way round, with or without an n-gram table (sparse in both runs): the optimizer
+    # states do not fit, and the error names the option instead of torch's group-size message.
     vocab, tr, va = encoded
-    cfg = TrainConfig(max_steps=4, batch_size=8, precision="fp32", checkpoint_every=2)
-    fit(new_model(vocab), tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
+    cfg = TrainConfig(max_steps=4, batch_size=8, precision="fp32", checkpoint_every=2,
+                      sparse_embeddings=first)  # fmt: skip
+    fit(new_model(vocab, **kw), tr, va, cfg, label_names=LABELS, pad_id=0, progress=False,
         checkpoint_dir=tmp_path)  # fmt: skip
-    sparse = TrainConfig(**{**cfg.to_dict(), "sparse_embeddings": True})
-    with pytest.raises(ValueError, match="--sparse-embeddings"):
-        fit(new_model(vocab), tr, va, sparse, label_names=LABELS, pad_id=0, progress=False,
-            checkpoint_dir=tmp_path, resume=True)  # fmt: skip
+    again = TrainConfig(**{**cfg.to_dict(), "sparse_embeddings": not first})
+    with pytest.raises(ValueError, match="does not fit this run.*--sparse-embeddings"):
+        fit(new_model(vocab, **kw), tr, va, again, label_names=LABELS, pad_id=0,
+            progress=False, checkpoint_dir=tmp_path, resume=True)  # fmt: skip
 
 
 def test_sparse_embeddings_refuse_a_tied_token_table(encoded):
