@@ -40,6 +40,9 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     unknown = sorted(set(data) - names)
     if unknown:
         raise typer.BadParameter(f"{value}: unknown keys {unknown}; valid: {sorted(names)}")
+    for p in ctx.command.params:  # `text_col: review` for a repeatable option: a list of one
+        if p.multiple and p.name in data and not isinstance(data[p.name], list):
+            data[p.name] = [data[p.name]]
     ctx.default_map = {**(ctx.default_map or {}), **data}
     return value
 
@@ -149,6 +152,9 @@ def train(
         list[str] | None, typer.Option(help="Text column; repeat to join several.")
     ] = None,
     label_col: str = "label",
+    encoding: Annotated[
+        str, typer.Option(help="Text encoding of the data files (e.g. cp1252, utf-16).")
+    ] = "utf-8",
     encoding_errors: Annotated[str, typer.Option(help="strict | replace")] = "strict",
     on_bad: Annotated[
         str, typer.Option(help="raise | skip (skipped rows are counted and reported).")
@@ -259,21 +265,22 @@ def _relaunch_with_torchrun(nproc: int) -> None:
 
 
 def _train(
-    *, ctx, data, out, valid, test, vocab_size, tokenizer, text_col, label_col, encoding_errors,
-    on_bad, valid_fraction, resume, checkpoint_every, progress, model, **params,
+    *, ctx, data, out, valid, test, vocab_size, tokenizer, text_col, label_col, encoding,
+    encoding_errors, on_bad, valid_fraction, resume, checkpoint_every, progress, model, **params,
 ) -> None:  # fmt: skip
     from .api import TextClassifier, as_dataset
     from .metrics import format_report
 
-    load_kw = dict(
-        text_cols=text_col, label_col=label_col, encoding_errors=encoding_errors, on_bad=on_bad
-    )
+    load_kw = dict(text_cols=text_col, label_col=label_col, encoding=encoding,
+                   encoding_errors=encoding_errors, on_bad=on_bad)  # fmt: skip
     say = (lambda msg: typer.echo(msg, err=True)) if ctx.is_main else (lambda msg: None)
-    train_ds = as_dataset(data, **load_kw)
-    say(f"train: {train_ds.report()}")
-    valid_ds = as_dataset(valid, **load_kw) if valid else None
-    if valid_ds is not None:
-        say(f"valid: {valid_ds.report()}")
+    # All data is read (and its report shown) before training: a missing or broken test file
+    # must not surface only after an hour of training.
+    datasets = {"train": data, "valid": valid, "test": test if ctx.is_main else None}
+    loaded = {k: as_dataset(v, **load_kw) for k, v in datasets.items() if v}
+    for k, ds in loaded.items():
+        say(f"{k}: {ds.report()}")
+    train_ds, valid_ds, test_ds = (loaded.get(k) for k in ("train", "valid", "test"))
     params = {k: v for k, v in params.items() if v is not None}
     params["checkpoint_every"] = checkpoint_every
     if params.get("init"):
@@ -297,8 +304,8 @@ def _train(
         if not ctx.is_main:  # rank 0 evaluates and writes the model directory
             return
         metrics = {}
-        if test:
-            rep = clf.evaluate(as_dataset(test, **load_kw))
+        if test_ds is not None:
+            rep = clf.evaluate(test_ds)
             metrics["test"] = rep
             typer.echo(format_report(rep))
         clf.save(out, metrics=metrics)
@@ -417,7 +424,11 @@ def eval_(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     text_col: list[str] | None = None,
     label_col: str = "label",
+    encoding: str = "utf-8",
     encoding_errors: str = "strict",
+    on_bad: Annotated[
+        str, typer.Option(help="raise | skip (skipped rows are counted and reported).")
+    ] = "raise",
     backend: Annotated[
         str, typer.Option(help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto")
     ] = "torch",
@@ -430,9 +441,9 @@ def eval_(
         from .metrics import format_report
 
         clf = TextClassifier.load(model_dir, backend=backend, batch_size=batch_size)
-        ds = as_dataset(
-            data, text_cols=text_col, label_col=label_col, encoding_errors=encoding_errors
-        )
+        ds = as_dataset(data, text_cols=text_col, label_col=label_col, encoding=encoding,
+                        encoding_errors=encoding_errors, on_bad=on_bad)  # fmt: skip
+        typer.echo(f"data: {ds.report()}", err=True)  # rows skipped or repaired, if any
         rep = clf.evaluate(ds)
     except (*_user_errors(), ImportError) as e:
         _fail(e)
@@ -454,48 +465,74 @@ def predict(
     config: ConfigOpt = None,
 ) -> None:
     """Print one JSON line per text: {"label": ..., "probs": {label: p}}. Reads stdin when no
-    text and no file is given."""
+    text and no file is given; from a file or stdin, one line per text (UTF-8), and an empty
+    line gives {"label": null, "probs": null, "error": ...} so that output lines stay aligned
+    with input lines."""
+    if texts and file is not None:
+        _fail(ValueError("give texts or --file, not both"))
     try:
         from .infer import load
 
         pred = load(model_dir, backend=backend, batch_size=batch_size)
     except (*_user_errors(), ImportError) as e:
         _fail(e)
-    if texts:
-        _predict_lines(pred, iter(texts))
-    elif file is not None and str(file) != "-":
+    try:
+        if texts:
+            _predict_lines(pred, enumerate(texts, start=1), "argument")
+        elif file is not None and str(file) != "-":
+            with open(file, "rb") as f:
+                _predict_lines(pred, _text_lines(f, str(file)), "line")
+        else:
+            _predict_lines(pred, _text_lines(sys.stdin.buffer, "<stdin>"), "line")
+    except (OSError, ValueError) as e:
+        _fail(e if isinstance(e, ValueError) else ValueError(f"{file}: {e}"))
+
+
+def _text_lines(f, name: str):
+    """(line number, text) of a binary stream of UTF-8 lines: a BOM and the line ending (LF or
+    CRLF) removed, as the data loaders do; undecodable bytes are an error naming the line."""
+    for n, raw in enumerate(f, start=1):
         try:
-            with open(file, encoding="utf-8") as f:
-                _predict_lines(pred, (line.rstrip("\n") for line in f))
-        except (OSError, UnicodeDecodeError) as e:
-            _fail(ValueError(f"{file}: {e}"))
-    else:
-        _predict_lines(pred, (line.rstrip("\n") for line in sys.stdin))
+            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            msg = f"{name}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})"
+            raise ValueError(msg) from None
+        yield n, line.rstrip("\r\n")
 
 
-def _predict_lines(pred, lines, chunk: int = 1024) -> None:
+def _predict_lines(pred, numbered, unit: str, chunk: int = 1024) -> None:
     # Stream in chunks: constant memory on big files, output order = input order.
-    buf: list[str] = []
+    buf: list[tuple[int, str]] = []
+    empty: list[int] = []
 
     def flush() -> None:
-        probs = pred.predict_proba(buf)
+        real = [t for _, t in buf if t.strip()]
+        rows = iter(pred.predict_proba(real)) if real else iter(())
         labels = pred.labels
-        for row in probs:
-            i = int(row.argmax())
-            out = {
-                "label": labels[i],
-                "probs": {lab: round(float(p), 6) for lab, p in zip(labels, row, strict=True)},
-            }
+        for n, t in buf:
+            if not t.strip():
+                empty.append(n)
+                out = {"label": None, "probs": None, "error": f"empty text ({unit} {n})"}
+            else:
+                row = next(rows)
+                i = int(row.argmax())
+                out = {
+                    "label": labels[i],
+                    "probs": {lab: round(float(p), 6) for lab, p in zip(labels, row, strict=True)},
+                }
             sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         sys.stdout.flush()
         buf.clear()
 
-    for line in lines:
-        buf.append(line)
+    for item in numbered:
+        buf.append(item)
         if len(buf) >= chunk:
             flush()
     if buf:
         flush()
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+        typer.echo(f"note: {len(empty)} empty text(s) not classified ({unit} {shown})", err=True)
 
 
 @app.command()
@@ -555,7 +592,7 @@ def export(
         if int8:
             quantize_onnx(model_dir, out.with_name("model.int8.onnx") if out else None,
                           exporter=exporter, log=log)  # fmt: skip
-    except (*_user_errors(), ImportError, ExportError) as e:
+    except (*_user_errors(), ImportError, ExportError, OSError) as e:
         _fail(e)
 
 

@@ -73,6 +73,60 @@ def test_train_eval_predict_through_the_cli(tmp_path, data_files):
     ]
 
 
+def test_predict_reads_lines_as_the_loaders_do_and_keeps_output_aligned(tmp_path, data_files):
+    train, test = data_files
+    out = tmp_path / "m"
+    # --test is read (and a broken one refused) before any training happens
+    r = runner.invoke(app, ["train", "--data", str(train), "--test", str(tmp_path / "nope.csv"),
+                            "--out", str(out), "--max-steps", "2", *SMALL])  # fmt: skip
+    assert r.exit_code != 0 and "nope.csv" in r.output and "trained" not in r.output
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--max-steps", "2",
+                            *SMALL])  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+    def labels_and_probs(args, **kw):
+        r = runner.invoke(app, ["predict", str(out), *args], **kw)
+        assert r.exit_code == 0, r.output
+        return [json.loads(x) for x in r.stdout.splitlines()]
+
+    ref = labels_and_probs(["goal match team", "bank profit"])
+    # A BOM, CRLF endings and a blank line: same texts as the arguments, one output per line
+    f = tmp_path / "in.txt"
+    f.write_bytes("\ufeffgoal match team\r\n  \r\nbank profit\r\n".encode())
+    got = labels_and_probs(["--file", str(f)])
+    assert len(got) == 3 and got[1]["label"] is None and "line 2" in got[1]["error"]
+    assert [got[0], got[2]] == ref
+    assert labels_and_probs([], input="goal match team\r\nbank profit\n") == ref
+
+    f.write_bytes(b"goal\ncaf\xe9 bank\n")
+    r = runner.invoke(app, ["predict", str(out), "--file", str(f)])
+    assert r.exit_code == 2 and "in.txt:2: not valid UTF-8" in r.output
+    r = runner.invoke(app, ["predict", str(out), "goal", "--file", str(f)])
+    assert r.exit_code == 2 and "not both" in r.output
+
+
+def test_eval_reads_other_encodings_and_reports_skipped_rows(tmp_path, data_files):
+    train, test = data_files
+    out = tmp_path / "m"
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--max-steps", "2",
+                            *SMALL])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    with open(test, newline="") as fh:
+        rows = list(csv.reader(fh))
+    rows[1][0] = "café goal"  # not ASCII: differs between cp1252 and UTF-8
+    rows.append(["", "sport"])  # an empty text, skipped with --on-bad skip
+    f = tmp_path / "t1252.csv"
+    with open(f, "w", newline="", encoding="cp1252") as fh:
+        csv.writer(fh).writerows(rows)
+    r = runner.invoke(app, ["eval", str(out), "--data", str(f), "--json"])
+    assert r.exit_code == 2 and "--encoding" in r.output
+    r = runner.invoke(app, ["eval", str(out), "--data", str(f), "--json", "--encoding", "cp1252",
+                            "--on-bad", "skip"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n"] == len(rows) - 2  # header and the empty text
+    assert "skipped 1" in r.stderr
+
+
 def test_ngram_bag_model_trains_saves_and_reloads_through_the_cli(tmp_path, data_files):
     from slimtext.artifact import read_model_dir
 
@@ -110,6 +164,11 @@ def test_yaml_config_fills_options_and_flags_override_it(tmp_path, data_files):
     assert json.loads((out / "config.json").read_text())["long_text"] == "chunks"
     r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--long-text", "mid"])
     assert r.exit_code != 0 and "long_text" in r.output
+
+    cfg.write_text("text_col: text\nmax_steps: 1\n")  # a repeatable option given one value
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(train), "--out", str(out),
+                            *SMALL])  # fmt: skip
+    assert r.exit_code == 0, r.output
 
     cfg.write_text("epochz: 1\n")
     r = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(train), "--out", str(out)])
