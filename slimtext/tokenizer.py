@@ -220,10 +220,31 @@ def _from_bert_vocab(folder: Path) -> TextTokenizer:
     lowercase = True
     cfg = folder / "tokenizer_config.json"
     if cfg.is_file():
-        lowercase = bool(json.loads(cfg.read_text()).get("do_lower_case", True))
-    vocab = {}
-    for i, line in enumerate((folder / "vocab.txt").read_text(encoding="utf-8").splitlines()):
-        vocab[line.rstrip("\n")] = i
+        try:
+            config = json.loads(cfg.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise TokenizerError(f"{cfg}: not valid JSON ({e})") from None
+        if not isinstance(config, dict):
+            raise TokenizerError(f"{cfg}: expected a JSON object, got {type(config).__name__}")
+        lowercase = bool(config.get("do_lower_case", True))
+    vocab_file = folder / "vocab.txt"
+    try:
+        text = vocab_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise TokenizerError(f"{vocab_file}: not UTF-8 ({e})") from None
+    # One token per "\n"-ended line, as transformers' load_vocab reads it: str.splitlines
+    # would also break at \x0c, \x1c, \x85, U+2028, ... inside a token and shift every id after.
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    vocab = {token: i for i, token in enumerate(lines)}
+    # Every text is wrapped in [CLS] ... [SEP], and unknown words become [UNK].
+    missing = [t for t in (UNK, CLS, SEP) if t not in vocab]
+    if missing:
+        raise TokenizerError(
+            f"{vocab_file}: no {', '.join(missing)} token; a BERT vocab.txt needs "
+            f"{UNK}, {CLS} and {SEP}"
+        )
     tok = Tokenizer(models.WordPiece(vocab, unk_token=UNK))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from slimtext.tokenizer import CLS, SEP, TokenizerError, load_tokenizer, train_tokenizer
@@ -37,3 +39,37 @@ def test_bad_tokenizer_paths_give_clear_errors(tmp_path):
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(TokenizerError, match="not a valid tokenizer.json"):
         load_tokenizer(tmp_path / "tokenizer.json")
+
+
+@pytest.mark.parametrize("missing", ["[UNK]", "[CLS]", "[SEP]"])
+def test_vocab_txt_without_a_needed_special_token_names_the_file(tmp_path, missing):
+    vocab = [t for t in ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "bad"] if t != missing]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    with pytest.raises(TokenizerError, match=rf"vocab\.txt: no {re.escape(missing)} token"):
+        load_tokenizer(tmp_path)
+
+
+def test_vocab_txt_not_utf8_names_the_file(tmp_path):
+    (tmp_path / "vocab.txt").write_bytes(b"[PAD]\n[UNK]\n[CLS]\n[SEP]\ncaf\xe9\n")
+    with pytest.raises(TokenizerError, match=r"vocab\.txt: not UTF-8"):
+        load_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "config, problem", [("{bad json", "not valid JSON"), ("[1]", "expected a JSON object")]
+)
+def test_malformed_tokenizer_config_names_the_file(tmp_path, config, problem):
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\ngood\n")
+    (tmp_path / "tokenizer_config.json").write_text(config)
+    with pytest.raises(TokenizerError, match=rf"tokenizer_config\.json: {problem}"):
+        load_tokenizer(tmp_path)
+
+
+def test_vocab_txt_is_one_token_per_newline_ended_line(tmp_path):
+    # str.splitlines would cut "a\x1cb" in two and shift the id of every later token.
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "a\x1cb", "\u2028", "hello"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    tok = load_tokenizer(tmp_path)
+    assert tok.vocab_size == len(vocab)
+    assert tok.backend.token_to_id("hello") == 6
+    assert tok.encode(["hello"], 10) == [[2, 6, 3]]

@@ -14,6 +14,7 @@ import gzip
 import importlib.util
 import json
 import os
+import re
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ _CSV_EXTS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 _JSONL_EXTS = {".jsonl", ".ndjson", ".json"}
 _MAX_LOCATIONS = 3  # first locations of skipped rows listed in notes
 _BBC_SPLIT_FRACTION = 0.2  # bbc@test; fixed so that published numbers stay comparable
+_HF_DEFAULT_SPLIT = "train"  # hf:NAME without @SPLIT
 
 
 class _Options:
@@ -207,6 +209,13 @@ def _resolve_columns(
     return text_cols, label
 
 
+def _check_unique(columns: Sequence[str], wanted: Sequence[str], where: str) -> None:
+    """A column name given twice cannot say which of its columns to read."""
+    for c in wanted:
+        if columns.count(c) > 1:
+            raise DataError(f"{where}: column {c!r} appears more than once")
+
+
 # ---------------------------------------------------------------- reading bytes as lines
 
 
@@ -281,8 +290,14 @@ class _Lines:
                     "pass --encoding-errors replace (encoding_errors='replace')"
                 ) from None
             text = data.decode(self.opts.encoding, self.opts.errors)
-            self.replaced = sum("\ufffd" in line for line in text.splitlines())
-        yield from text.splitlines(keepends=True)
+            self.replaced = sum("\ufffd" in line for line in text.split("\n"))
+        # Break at "\n" only, keeping it (and the "\r" of "\r\n"), as the byte-wise path does:
+        # str.splitlines would also break inside a text at U+2028, \x85, \x0c, \x1c-\x1e, ...
+        lines = text.split("\n")
+        for line in lines[:-1]:
+            yield line + "\n"
+        if lines[-1]:
+            yield lines[-1]
 
     def note(self) -> list[str]:
         if not self.replaced:
@@ -301,7 +316,9 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
     # TSV follows the IANA definition (no quoting): a text starting with a quote
     # ('"Great" film') must not swallow the following lines as one quoted field.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(iter(lines), delimiter=delimiter, quoting=quoting)
+    # strict: the lenient default reads an unclosed quote as a field that runs to the next
+    # quote or to the end of the file, silently merging the rows in between into one.
+    reader = csv.reader(iter(lines), delimiter=delimiter, quoting=quoting, strict=True)
     collector: _Collector | None = None
     header: list[str] = []
     text_idx: list[tuple[str, int]] = []
@@ -318,7 +335,17 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
             except StopIteration:
                 break
             except csv.Error as e:
-                raise DataError(f"{path}:{reader.line_num}: malformed CSV ({e})") from e
+                # The reader starts afresh on the next line, so under on_bad="skip" only the
+                # record that failed is lost; a range says how many lines that was.
+                start, prev_line = prev_line + 1, reader.line_num
+                where = f"{path}:{start}" if prev_line == start else f"{path}:{start}-{prev_line}"
+                message = f"malformed CSV ({e})"
+                if prev_line > start:
+                    message += "; an unclosed quote may have joined these lines into one record"
+                if collector is None:  # no header yet, so no columns to read rows by
+                    raise DataError(f"{where}: {message}") from e
+                collector.bad("malformed CSV", where, message)
+                continue
             start, prev_line = prev_line + 1, reader.line_num
             if not row:
                 blank += 1
@@ -326,9 +353,9 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
             if collector is None:
                 header = row
                 text_cols, label_col = _resolve_columns(header, f"{path}:{start}", opts)
-                for c in [*text_cols, *([label_col] if label_col else [])]:
-                    if header.count(c) > 1:
-                        raise DataError(f"{path}:{start}: column {c!r} appears more than once")
+                _check_unique(
+                    header, [*text_cols, *([label_col] if label_col else [])], f"{path}:{start}"
+                )
                 text_idx = [(c, header.index(c)) for c in text_cols]
                 label_idx = header.index(label_col) if label_col is not None else None
                 collector = _Collector(str(path), opts, labelled=label_col is not None)
@@ -367,43 +394,41 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
 
 def _read_jsonl(path: Path, opts: _Options) -> TextDataset:
     lines = _Lines(path, opts)
-    collector: _Collector | None = None
-    text_cols: list[str] = []
+    # The columns are known only from the first good object, but under on_bad="skip" a bad
+    # line before it must be counted like any other, so the collector exists from the start.
+    collector = _Collector(str(path), opts, labelled=False)
+    text_cols: list[str] | None = None
     label_col: str | None = None
+    seen_content = False
     blank = 0
     rows_iter = iter(lines)
     for lineno, line in enumerate(rows_iter, start=1):
         if not line.strip():
             blank += 1
             continue
-        if collector is None and line.lstrip().startswith("["):
+        if not seen_content and line.lstrip().startswith("["):
             # A whole-file JSON array in a .json file: accept it rather than fail on line 1.
             rest = line + "".join(rows_iter)
-            return _read_json_array(path, rest, opts, lines)
+            return _read_json_array(path, rest, lineno, opts, lines)
+        seen_content = True
         origin = f"{path}:{lineno}"
         if lineno in lines.bad_lines:
-            if collector is None:
-                raise DataError(lines.bad_lines[lineno])
             collector.bad("undecodable bytes", origin, lines.bad_lines[lineno])
             continue
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            if collector is None:  # cannot even find the columns
-                raise DataError(f"{origin}: invalid JSON ({e})") from None
             collector.bad("invalid JSON", origin, f"invalid JSON ({e})")
             continue
         if not isinstance(obj, dict):
             message = f"expected a JSON object, got {type(obj).__name__}"
-            if collector is None:
-                raise DataError(f"{origin}: {message}")
             collector.bad("not a JSON object", origin, message)
             continue
-        if collector is None:
+        if text_cols is None:
             text_cols, label_col = _resolve_columns(list(obj), origin, opts)
-            collector = _Collector(str(path), opts, labelled=label_col is not None)
+            collector.labelled = label_col is not None
         _add_record(collector, origin, obj, text_cols, label_col)
-    if collector is None:
+    if not seen_content:
         raise DataError(f"{path}: empty file (no rows)")
     if blank:
         collector.skip("blank line", blank)
@@ -422,24 +447,59 @@ def _add_record(
     )
 
 
-def _read_json_array(path: Path, text: str, opts: _Options, lines: _Lines) -> TextDataset:
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")  # the whitespace JSON allows between tokens
+
+
+def _json_array_item_lines(text: str, n: int) -> list[range]:
+    """The lines (counted from 1 at the start of `text`) of each of the `n` items of the JSON
+    array `text`, which json.loads has already accepted."""
+    decoder = json.JSONDecoder()
+    spans = []
+    pos = _JSON_SPACE.match(text).end() + 1  # past "["
+    for _ in range(n):
+        pos = _JSON_SPACE.match(text, pos).end()
+        _, end = decoder.raw_decode(text, pos)
+        first = text.count("\n", 0, pos) + 1
+        spans.append(range(first, first + text.count("\n", pos, end) + 1))
+        pos = _JSON_SPACE.match(text, end).end() + 1  # past "," or "]"
+    return spans
+
+
+def _read_json_array(
+    path: Path, text: str, first_line: int, opts: _Options, lines: _Lines
+) -> TextDataset:
+    """`text` is the file from its line `first_line` (the blank lines before it are gone)."""
+    offset = first_line - 1
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        lineno = e.lineno + offset
+        if lineno in lines.bad_lines:  # a replacement character broke the syntax
+            raise DataError(lines.bad_lines[lineno]) from None
+        raise DataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
     if not isinstance(items, list) or not items:
         raise DataError(f"{path}: expected a non-empty JSON array of objects or JSON Lines")
-    if not isinstance(items[0], dict):
-        raise DataError(f"{path}[0]: expected a JSON object, got {type(items[0]).__name__}")
-    text_cols, label_col = _resolve_columns(list(items[0]), f"{path}[0]", opts)
-    collector = _Collector(str(path), opts, labelled=label_col is not None)
+    # Under encoding_errors="strict" and on_bad="skip" the undecodable lines were read with
+    # replacement characters; find the items they fall in, to skip those like other readers.
+    item_lines = _json_array_item_lines(text, len(items)) if lines.bad_lines else None
+    collector = _Collector(str(path), opts, labelled=False)
+    text_cols: list[str] | None = None
+    label_col: str | None = None
     for i, obj in enumerate(items):
         origin = f"{path}[{i}]"
+        if item_lines is not None:
+            bad = next((n + offset for n in item_lines[i] if n + offset in lines.bad_lines), None)
+            if bad is not None:
+                collector.bad("undecodable bytes", origin, lines.bad_lines[bad])
+                continue
         if not isinstance(obj, dict):
             collector.bad(
-                "not a JSON object", origin, f"expected an object, got {type(obj).__name__}"
+                "not a JSON object", origin, f"expected a JSON object, got {type(obj).__name__}"
             )
             continue
+        if text_cols is None:
+            text_cols, label_col = _resolve_columns(list(obj), origin, opts)
+            collector.labelled = label_col is not None
         _add_record(collector, origin, obj, text_cols, label_col)
     collector.notes.extend(lines.note())
     return collector.finish()
@@ -496,7 +556,11 @@ def _read_parquet(path: Path, opts: _Options) -> TextDataset:
         raise DataError(f"{path}: cannot read as Parquet ({e})") from e
     text_cols, label_col = _resolve_columns(names, str(path), opts)
     wanted = list(dict.fromkeys([*text_cols, *([label_col] if label_col else [])]))
-    table = pq.read_table(path, columns=wanted)
+    _check_unique(names, wanted, str(path))
+    try:
+        table = pq.read_table(path, columns=wanted)
+    except Exception as e:  # a schema that reads but data that does not (corrupt pages, ...)
+        raise DataError(f"{path}: cannot read as Parquet ({e})") from e
     if table.num_rows == 0:
         raise DataError(f"{path}: empty file (no rows)")
     columns = {c: table.column(c).to_pylist() for c in wanted}
@@ -512,7 +576,9 @@ def _decode_file(raw: bytes, opts: _Options, fallback: str | None) -> tuple[str,
     For "bad" the text is the error detail instead.
     """
     try:
-        return raw.decode(opts.encoding), "ok", None
+        # A byte-order mark (Notepad writes one) is not part of the text; the line readers
+        # drop it too.
+        return raw.decode(opts.encoding).removeprefix("\ufeff"), "ok", None
     except UnicodeDecodeError as e:
         if fallback is not None:
             try:
@@ -520,7 +586,8 @@ def _decode_file(raw: bytes, opts: _Options, fallback: str | None) -> tuple[str,
             except UnicodeDecodeError:
                 pass
         if opts.errors != "strict":
-            return raw.decode(opts.encoding, opts.errors), "replaced", None
+            text = raw.decode(opts.encoding, opts.errors).removeprefix("\ufeff")
+            return text, "replaced", None
         # Re-base the error on its line, so the message gives a line and column, not a
         # byte offset into the file.
         line_start = raw.rfind(b"\n", 0, e.start) + 1
@@ -614,7 +681,7 @@ def _load_bbc(spec: str, opts: _Options) -> TextDataset:
 
 def _parse_hf(spec: str) -> tuple[str, str | None, str]:
     rest = spec[len("hf:") :]
-    split = "train"
+    split = _HF_DEFAULT_SPLIT
     name, at, tail = rest.rpartition("@")
     if at and tail and "/" not in tail and os.sep not in tail:
         rest, split = name, tail
@@ -635,18 +702,30 @@ def _load_hf(spec: str, opts: _Options) -> TextDataset:
             f"{spec}: needs Hugging Face datasets: pip install 'slimtext[hf]'"
         ) from None
     name, config, split = _parse_hf(spec)
+    path = Path(name)
+    saved = path.is_dir() and (
+        (path / "dataset_dict.json").exists() or (path / "state.json").exists()
+    )
     try:
-        path = Path(name)
-        if path.is_dir() and (
-            (path / "dataset_dict.json").exists() or (path / "state.json").exists()
-        ):
-            ds = datasets.load_from_disk(name)  # written by Dataset.save_to_disk
-            if isinstance(ds, datasets.DatasetDict):
-                ds = ds[split]
+        if saved:
+            ds = datasets.load_from_disk(name)  # written by Dataset(Dict).save_to_disk
         else:
             ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # datasets raises many types (missing, offline, bad split, ...)
         raise DataError(f"{spec}: could not load Hugging Face dataset {name!r} ({e})") from e
+    if saved and isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(
+                f"{spec}: {name} has no split {split!r}; its splits are: {', '.join(ds)}"
+            )
+        ds = ds[split]
+    elif saved and split != _HF_DEFAULT_SPLIT:
+        # A saved single Dataset has no splits; reading it whole for "@test" would evaluate
+        # on whatever it holds (often the training data) without a word.
+        raise DataError(
+            f"{spec}: {name} holds a single saved Dataset, not a DatasetDict, so it has no "
+            f"split {split!r}; use hf:{name}"
+        )
     text_cols, label_col = _resolve_columns(ds.column_names, spec, opts)
     wanted = list(dict.fromkeys([*text_cols, *([label_col] if label_col else [])]))
     if len(ds) == 0:

@@ -328,6 +328,160 @@ def test_bad_on_bad_value_is_rejected(write):
         load_data(write("d.csv", "text,label\na,b\n"), on_bad="ignore")
 
 
+def test_csv_unclosed_quote_is_an_error_naming_the_lines_it_joined(write):
+    # The lenient csv parser read lines 2-4 as one text labelled "neg", without a word.
+    path = write(
+        "d.csv", 'text,label\n"Best film ever,pos\nboring plot,neg\nhe said "meh" twice,neg\n'
+    )
+    with pytest.raises(DataError, match=r"d\.csv:2-4: malformed CSV .*unclosed quote"):
+        load_data(path)
+
+
+def test_csv_quote_not_followed_by_delimiter_is_an_error(write):
+    with pytest.raises(DataError, match=r"d\.csv:3: malformed CSV"):
+        load_data(write("d.csv", 'text,label\nok,a\n"Great" film,pos\n'))
+
+
+def test_on_bad_skip_counts_malformed_csv_records_and_reads_on(write):
+    path = write(
+        "d.csv",
+        'text,label\n"Best film ever,pos\nboring plot,neg\nhe said "meh" twice,neg\n'
+        "great,pos\n"
+        '"never closed,neg\nawful,neg\n',
+    )
+    ds = load_data(path, on_bad="skip")
+    assert ds.texts == ["great"]
+    assert ds.origins == [f"{path}:5"]
+    assert ds.skipped == {"malformed CSV": 2}
+    assert any(f"{path}:2-4, {path}:6-7" in n and "malformed CSV" in n for n in ds.notes)
+
+
+def test_on_bad_skip_counts_csv_row_with_stray_carriage_return(write):
+    path = write("d.csv", b"text,label\nfoo\rbar,a\nok,b\nfine,a\n")
+    with pytest.raises(DataError, match=r"d\.csv:2: malformed CSV"):
+        load_data(path)
+    ds = load_data(path, on_bad="skip")
+    assert ds.texts == ["ok", "fine"]
+    assert ds.skipped == {"malformed CSV": 1}
+    assert any(f"{path}:2" in n and "malformed CSV" in n for n in ds.notes)
+
+
+def test_strict_csv_still_reads_bom_crlf_doubled_quotes_and_multiline_fields(write):
+    path = write(
+        "d.csv",
+        b'\xef\xbb\xbftext,label\r\nhello,a\r\n"multi\r\nline, ""q""",b\r\n"last",c',
+    )
+    ds = load_data(path)
+    assert ds.texts == ["hello", 'multi\r\nline, "q"', "last"]
+    assert ds.labels == ["a", "b", "c"]
+    assert ds.origins == [f"{path}:2", f"{path}:3", f"{path}:5"]
+
+
+def test_json_array_undecodable_item_is_an_error_or_counted_with_skip(write):
+    path = write(
+        "d.json",
+        b'[\n{"text": "ok", "label": "a"},\n{"text": "caf\xe9",\n "label": "b"},\n'
+        b'{"text": "fine", "label": "a"}\n]\n',
+    )
+    with pytest.raises(DataError, match=r"d\.json:3: bytes b'\\xe9'"):
+        load_data(path)
+    ds = load_data(path, on_bad="skip")  # was: "caf\ufffd" kept, nothing counted
+    assert ds.texts == ["ok", "fine"]
+    assert ds.skipped == {"undecodable bytes": 1}
+    assert any(f"{path}[1]" in n and "undecodable bytes" in n for n in ds.notes)
+    ds = load_data(path, encoding_errors="replace")
+    assert ds.texts == ["ok", "caf\ufffd", "fine"]
+    assert any("1 line(s)" in n for n in ds.notes)
+
+
+def test_json_array_undecodable_byte_outside_a_string_names_its_line(write):
+    path = write("d.json", b'[\n{"text": "ok", "label": "a"}\xe9\n]\n')
+    with pytest.raises(DataError, match=r"d\.json:2: bytes b'\\xe9'"):
+        load_data(path, on_bad="skip")
+
+
+def test_json_array_syntax_error_line_counts_blank_lines_before_the_array(write):
+    path = write("d.json", '\n\n[\n{"text": "ok", "label": "a"},\n{"text": "x" "label": "b"}\n]\n')
+    with pytest.raises(DataError, match=r"d\.json:5: invalid JSON"):
+        load_data(path)
+
+
+@pytest.mark.parametrize(
+    "first, reason",
+    [
+        (b'{"text": "caf\xe9", "label": "a"}', "undecodable bytes"),
+        (b"not json", "invalid JSON"),
+        (b'"just a string"', "not a JSON object"),
+    ],
+)
+def test_on_bad_skip_counts_a_bad_first_jsonl_line(write, first, reason):
+    path = write("d.jsonl", first + b'\n{"text": "ok", "label": "b"}\n')
+    ds = load_data(path, on_bad="skip")
+    assert ds.texts == ["ok"] and ds.labels == ["b"]
+    assert ds.skipped == {reason: 1}
+    assert any(f"{path}:1" in n for n in ds.notes)
+
+
+def test_utf16_lines_break_at_newline_only(write):
+    text = "text,label\nh\u00e9\u2028llo,a\npage\x0cbreak\x1cx\x85y,b\r\nok,c\n"
+    path = write("d.csv", text.encode("utf-16"))
+    ds = load_data(path, encoding="utf-16")
+    assert ds.texts == ["h\u00e9\u2028llo", "page\x0cbreak\x1cx\x85y", "ok"]
+    assert ds.labels == ["a", "b", "c"]
+    assert ds.origins == [f"{path}:2", f"{path}:3", f"{path}:4"]
+    ds = load_data(write("d.txt", "one\x0cpage\u2029\r\ntwo".encode("utf-32")), encoding="utf-32")
+    assert ds.texts == ["one\x0cpage\u2029", "two"]
+
+
+def test_parquet_duplicated_column_is_named(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+    arrays = [pa.array(["a", "b"]), pa.array(["x", "y"]), pa.array(["p", "q"])]
+    pq.write_table(pa.Table.from_arrays(arrays, names=["text", "text", "label"]), path)
+    with pytest.raises(DataError, match=r"d\.parquet: column 'text' appears more than once"):
+        load_data(path)
+
+
+def test_parquet_unreadable_data_names_the_file(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["one", "two"], "label": ["a", "b"]}), path)
+    data = bytearray(path.read_bytes())
+    data[4:24] = b"\xff" * 20  # the first page header; the footer (schema) stays readable
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"d\.parquet: cannot read as Parquet"):
+        load_data(path)
+
+
+def test_class_folder_file_loses_its_utf8_bom(write, tmp_path):
+    write("c/pos/1.txt", b"\xef\xbb\xbfgood movie")
+    write("c/neg/1.txt", b"\xef\xbb\xbfbad caf\xe9")
+    ds = load_data(tmp_path / "c", encoding_errors="replace")
+    assert ds.texts == ["bad caf\ufffd", "good movie"]
+
+
+def test_hf_saved_single_dataset_rejects_a_split(tmp_path, hf_offline):
+    datasets = hf_offline
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}).save_to_disk(
+        str(tmp_path / "single")
+    )
+    with pytest.raises(DataError, match=r"single saved Dataset, not a DatasetDict.*'test'"):
+        load_data(f"hf:{tmp_path / 'single'}@test")
+    assert load_data(f"hf:{tmp_path / 'single'}").texts == ["a", "b"]
+    assert load_data(f"hf:{tmp_path / 'single'}@train").texts == ["a", "b"]
+
+
+def test_hf_saved_dataset_dict_unknown_split_lists_the_splits(tmp_path, hf_offline):
+    datasets = hf_offline
+    split = datasets.Dataset.from_dict({"text": ["a"], "label": [0]})
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match=r"no split 'dev'; its splits are: train, test"):
+        load_data(f"hf:{tmp_path / 'dd'}@dev")
+    assert load_data(f"hf:{tmp_path / 'dd'}@test").texts == ["a"]
+
+
 # ---------------------------------------------------------------- check_labels_seen
 
 
