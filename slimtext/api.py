@@ -30,7 +30,13 @@ from .metrics import classification_report
 from .models import ModelConfig, build_model
 from .tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
 from .train import Encoded, TrainConfig, TrainResult, fit
-from .train.distributed import DistContext, broadcast_object, check_same_config, full_state_dict
+from .train.distributed import (
+    DistContext,
+    broadcast_object,
+    check_same_config,
+    full_state_dict,
+    init_distributed,
+)
 
 Data = Union[TextDataset, str, os.PathLike, tuple]  # noqa: UP007 (readable in help text)
 
@@ -139,7 +145,8 @@ class TextClassifier:
         else:
             valid_ds = as_dataset(valid)
             check_labels_seen(train_ds, valid_ds)
-        ctx = dist or DistContext()
+        # The device and strategy asked for (CUDA, or a clear error), or torchrun's process group.
+        ctx = dist or init_distributed(cfg.strategy, cfg.device)
         src = None
         if self.init is not None:
             from .pretrain import load_init

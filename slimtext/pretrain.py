@@ -39,7 +39,7 @@ from .data.batching import Batch
 from .models import ModelConfig, TransformerClassifier, build_model
 from .tokenizer import CLS, MASK, PAD, SEP, TextTokenizer
 from .train import Encoded, TrainResult, fit
-from .train.distributed import DistContext
+from .train.distributed import DistContext, init_distributed
 
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
 PRETRAIN_LABELS = ["pretrain-0", "pretrain-1"]  # the placeholder head of a pretrained model dir
@@ -289,7 +289,8 @@ def pretrain(
     clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
                          verbose=progress, **params)  # fmt: skip
     cfg = clf.train_config()
-    ctx = dist or DistContext()
+    # The device and strategy asked for (CUDA, or a clear error), or torchrun's process group.
+    ctx = dist or init_distributed(cfg.strategy, cfg.device)
     if ctx.distributed and ctx.strategy not in ("ddp", "fsdp"):
         raise ValueError(f"pretrain runs single, ddp or fsdp, not --strategy {ctx.strategy}")
     # Rank 0 learns (or reloads) the tokenizer; the others receive it, as in TextClassifier.fit.

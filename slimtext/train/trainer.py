@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -24,9 +25,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batching import Batch, bucketed_batches, pad_batch
+from ..fileio import atomic_write_text
 from ..tokenizer import check_long_text
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .distributed import (
+    STRATEGIES,
     DistContext,
     all_gather_object,
     full_state_dict,
@@ -35,7 +38,7 @@ from .distributed import (
     wrap_model,
 )
 from .evaluate import evaluate
-from .precision import autocast, grad_scaler, resolve_device, resolve_precision
+from .precision import autocast, check_device, grad_scaler, resolve_device, resolve_precision
 
 
 @dataclass
@@ -99,6 +102,31 @@ class TrainConfig:
             raise ValueError(f"microbatches must be >= 1, got {self.microbatches}")
         if self.pp_schedule not in ("gpipe", "1f1b"):
             raise ValueError(f"pp_schedule must be gpipe or 1f1b, not {self.pp_schedule!r}")
+        # Values the loop would misread instead of rejecting: a negative checkpoint_every still
+        # checkpoints (Python's %), epochs=1.5 runs a partial epoch, log_every=0 divides by 0.
+        whole = ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
+                 "log_every", "bucket_batches", "keep_checkpoints", "checkpoint_every")  # fmt: skip
+        for name in whole:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{name} must be a whole number, got {v!r}")
+        for name in ("log_every", "eval_batch_size", "bucket_batches"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("checkpoint_every", "keep_checkpoints", "warmup", "grad_clip", "weight_decay"):
+            if not getattr(self, name) >= 0:  # also catches NaN
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 (or None), got {self.patience}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or None), got {self.threads}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        check_device(self.device)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -275,6 +303,45 @@ def sparse_tables(model: nn.Module, ctx: DistContext, tokens: bool = False) -> l
     return tables
 
 
+# TrainConfig fields a resumed run must share with the run that wrote the checkpoint, for the
+# rest of it to be the run it continues (the batches, the schedule, the loss). Others (threads,
+# logging, checkpointing, patience, device, strategy) may change between the two.
+_RESUME_FIELDS = ("epochs", "max_steps", "lr", "weight_decay", "warmup", "schedule", "grad_clip",
+                  "grad_accum", "seed", "max_length", "long_text", "label_smoothing",
+                  "bucket_batches", "layer_lr_decay", "freeze", "sparse_embeddings")  # fmt: skip
+
+
+def _resume_key(cfg, ctx, model, label_names, lengths, labels) -> dict:
+    """What must not change between a run and its resumption, as plain JSON values."""
+    key = {k: getattr(cfg, k) for k in _RESUME_FIELDS}
+    key["batch_size x data ranks"] = cfg.batch_size * ctx.data_world  # the global batch
+    key["labels"] = list(label_names)
+    mc = getattr(model, "config", None)
+    key["model"] = asdict(mc) if mc is not None and hasattr(mc, "__dataclass_fields__") else None
+    data = json.dumps([lengths, list(labels) if labels is not None else None]).encode()
+    key["training data"] = f"{len(lengths)} rows, crc32 {zlib.crc32(data):08x}"
+    return key
+
+
+def _check_resume_key(ck: Path, saved: str | None, key: dict) -> None:
+    if not saved:  # written before checkpoints recorded it
+        return
+    old = json.loads(saved)
+    diffs = []
+    for k in sorted(set(old) | set(key)):
+        a, b = old.get(k), key.get(k)
+        if k == "model" and isinstance(a, dict) and isinstance(b, dict):
+            diffs += [f"model.{f} {a.get(f)!r} -> {b.get(f)!r}"
+                      for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]  # fmt: skip
+        elif a != b:
+            diffs.append(f"{k} {a!r} -> {b!r}" if k != "labels" else "labels differ")
+    if diffs:
+        raise ValueError(
+            f"{ck}: written by a run with other options or data ({'; '.join(diffs)}); resume with "
+            "the same ones, or start afresh without --resume"
+        )
+
+
 def clip_grad_norm(params: Sequence[nn.Parameter], max_norm: float) -> torch.Tensor:
     """`nn.utils.clip_grad_norm_` for a mix of dense and sparse (COO) gradients, which it
     refuses: the norm of all of them together, every gradient scaled by the same factor."""
@@ -316,14 +383,22 @@ def _score(report: dict, metric: str) -> float:
 class _Log:
     """metrics.jsonl (+ TensorBoard when installed) in the run directory."""
 
-    def __init__(self, run_dir: Path | None, resume: bool):
+    def __init__(self, run_dir: Path | None, resume_at: int | None):
         self.f = None
         self.tb = None
         if run_dir is None:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "metrics.jsonl"
+        if resume_at is not None and path.is_file():
+            # The killed run logged past its last checkpoint; the resumed run logs those steps
+            # again, so drop them: the curve must not double back.
+            keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
+                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_at]  # fmt: skip
+            atomic_write_text(path, "".join(ln + "\n" for ln in keep))
         # Held open for the whole run (closed in close()), so no context manager.
-        self.f = open(run_dir / "metrics.jsonl", "a" if resume else "w", encoding="utf-8")  # noqa: SIM115
+        mode = "a" if resume_at is not None else "w"
+        self.f = open(path, mode, encoding="utf-8")  # noqa: SIM115
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -411,6 +486,14 @@ def fit(
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     lengths = [len(x) for x in train.ids]
+    key = _resume_key(cfg, ctx, model, label_names, lengths, train.labels)
+    if ckpt_dir is not None and not resume and (old := list_checkpoints(ckpt_dir)):
+        # A fresh run would prune its own new checkpoints before the old, higher-numbered
+        # ones, and a later --resume would continue the earlier run.
+        raise ValueError(
+            f"{ckpt_dir} holds checkpoints of an earlier run (newest {old[-1].name}): resume it "
+            "(--resume), or remove the folder to start afresh"
+        )
 
     def epoch_batches(epoch: int) -> list[list[int]]:
         return bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches,
@@ -480,6 +563,14 @@ def fit(
             st, best_state = load_checkpoint(ck, model=wrapped, optimizer=opt, ctx=ctx)
         except ValueError as e:  # optimizer.load_state_dict: parameter groups differ in size
             raise ValueError(f"{mixed} ({e})") from e
+        except RuntimeError as e:  # load_state_dict: another model shape
+            if "state_dict" not in str(e):
+                raise
+            raise ValueError(
+                f"{ck}: its weights do not fit this model; resume with the model options that "
+                f"wrote it ({str(e).splitlines()[-1].strip()})"
+            ) from None
+        _check_resume_key(ck, st.get("resume_key"), key)
         sched.load_state_dict(st["scheduler"])
         if bool(tables) != ("sparse_optimizer" in st):
             raise ValueError(mixed)
@@ -526,6 +617,7 @@ def fit(
             "samples": result.samples,
             "tokens": result.tokens,
             "train_seconds": result.train_seconds,
+            "resume_key": json.dumps(key),
         }
         if tables:
             st["sparse_optimizer"] = opts[1].state_dict()
@@ -537,7 +629,7 @@ def fit(
         save_checkpoint(ckpt_dir, step, model=wrapped, optimizer=opt, state=st,
                         best_state=best_state, keep=cfg.keep_checkpoints, ctx=ctx)  # fmt: skip
 
-    log = _Log(run_dir, resume=resume and step > 0)
+    log = _Log(run_dir, resume_at=step if resume and step > 0 else None)
     bar = tqdm(
         total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True
     )
@@ -598,7 +690,8 @@ def fit(
                 samples_last += n_group * ctx.data_world
                 result.train_seconds += time.perf_counter() - t0
                 bar.update(1)
-                if step % cfg.log_every == 0 or batch_pos >= len(batches):
+                last = batch_pos >= len(batches) or step >= total_steps
+                if step % cfg.log_every == 0 or last:
                     now = time.perf_counter()
                     rate = samples_last / max(1e-9, now - t_last)
                     rec = {

@@ -271,3 +271,78 @@ def test_sparse_embeddings_refuse_a_tied_token_table(encoded):
     with pytest.raises(ValueError, match="tied"):
         sparse_tables(model, DistContext(), tokens=True)
     assert sparse_tables(model, DistContext()) == []  # without the option: nothing sparse
+
+
+def test_a_fresh_run_refuses_a_folder_of_old_checkpoints(encoded, tmp_path):
+    # Otherwise its own new (lower-numbered) checkpoints are pruned first and a later resume
+    # continues the old run.
+    run(encoded, {"checkpoint_dir": tmp_path}, max_steps=4, checkpoint_every=2)
+    with pytest.raises(ValueError, match="earlier run.*--resume"):
+        run(encoded, {"checkpoint_dir": tmp_path}, max_steps=4, checkpoint_every=2)
+
+
+def test_resume_refuses_other_options_data_or_model_shape(encoded, tmp_path):
+    vocab, tr, va = encoded
+    kw = dict(max_steps=6, checkpoint_every=2, keep_checkpoints=0)
+    run(encoded, {"checkpoint_dir": tmp_path}, **kw)
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    first = list_checkpoints(tmp_path)[0]
+    shutil.copytree(first, cut / first.name)
+    ck = {"checkpoint_dir": cut, "resume": True}
+    with pytest.raises(ValueError, match=r"lr 0\.003 -> 0\.1"):
+        run(encoded, ck, lr=0.1, **kw)
+    with pytest.raises(ValueError, match="batch_size x data ranks 8 -> 16"):
+        run(encoded, ck, batch_size=16, **kw)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=3e-3, precision="fp32", **kw)
+    fewer = Encoded(tr.ids[:-8], tr.labels[:-8])
+    with pytest.raises(ValueError, match="training data"):
+        fit(new_model(vocab), fewer, va, cfg, label_names=LABELS, pad_id=0, progress=False, **ck)
+    with pytest.raises(ValueError, match="weights do not fit this model"):
+        fit(new_model(vocab, hidden_size=16), tr, va, cfg, label_names=LABELS, pad_id=0,
+            progress=False, **ck)  # fmt: skip
+    # the same options resume; threads/logging may change
+    _, res = run(encoded, ck, log_every=1, threads=1, **kw)
+    assert res.steps == 6
+
+
+def test_the_last_step_is_logged_and_a_resumed_log_does_not_double_back(encoded, tmp_path):
+    # max_steps ends mid-epoch (9 batches an epoch): its last steps are logged anyway.
+    run(encoded, {"run_dir": tmp_path / "a"}, max_steps=5, log_every=20)
+    log = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(x)["step"] for x in log]
+    assert 5 in steps
+    # A run killed after logging steps past its last checkpoint: the resumed log drops them.
+    kw = dict(max_steps=8, checkpoint_every=4, keep_checkpoints=0, log_every=1)
+    run(encoded, {"run_dir": tmp_path / "b", "checkpoint_dir": tmp_path / "ck"}, **kw)
+    cut = tmp_path / "ck2"
+    cut.mkdir()
+    first = list_checkpoints(tmp_path / "ck")[0]  # step 4
+    shutil.copytree(first, cut / first.name)
+    run(encoded, {"run_dir": tmp_path / "b", "checkpoint_dir": cut, "resume": True}, **kw)
+    recs = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    loss_steps = [r["step"] for r in recs if "loss" in r]
+    assert loss_steps == list(range(1, 9))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(checkpoint_every=-3), dict(warmup=-5), dict(grad_clip=-1), dict(patience=0),
+     dict(epochs=1.5), dict(keep_checkpoints=-1), dict(log_every=0), dict(eval_batch_size=0),
+     dict(bucket_batches=0), dict(threads=-2), dict(label_smoothing=2), dict(lr=-1),
+     dict(lr=float("nan")), dict(device="tpu"), dict(strategy="bogus")],
+)  # fmt: skip
+def test_train_config_rejects_values_the_loop_would_misread(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TrainConfig(**bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_asking_for_cuda_without_one_is_a_clear_error(toy_data):
+    from slimtext import TextClassifier
+    from slimtext.train.precision import resolve_device
+
+    with pytest.raises(ValueError, match="no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="no CUDA device"):  # the API honours device= now
+        TextClassifier(device="cuda", max_steps=1, verbose=False).fit(toy_data)
