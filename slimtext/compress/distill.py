@@ -32,6 +32,7 @@ from torch import nn
 
 from ..data.batching import Batch
 from ..models import ModelConfig, build_model
+from ..tokenizer import pool_windows
 from ..train.evaluate import predict_logits
 from ..train.trainer import Encoded, TrainConfig, TrainResult, fit
 from ._util import record
@@ -173,11 +174,15 @@ def external_teacher_logits(
 
     md = read_model_dir(spec)
     order = label_order(md.labels, label_names, f"{Path(spec) / 'labels.json'}")
-    ids = md.tokenizer.encode(list(texts), md.max_length)
-    return _cached(
-        cache, len(ids),
-        lambda: predict_logits(md.model, ids, md.tokenizer.pad_id, 128).numpy()[:, order],
-    )  # fmt: skip
+    texts = list(texts)
+
+    def compute() -> np.ndarray:
+        # Long texts read as that model reads them at inference (its `long_text`), one row each.
+        ids, owner = md.tokenizer.encode_windows(texts, md.max_length, md.long_text)
+        logits = predict_logits(md.model, ids, md.tokenizer.pad_id, 128)
+        return pool_windows(logits, owner, len(texts)).numpy()[:, order]
+
+    return _cached(cache, len(texts), compute)
 
 
 def distillation_loss(

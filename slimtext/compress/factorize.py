@@ -113,6 +113,8 @@ def drop_layers_(model: nn.Module, config: DropLayers) -> dict:
 def every_other(n_layers: int, n_keep: int) -> Sequence[int]:
     """`n_keep` layer indices spread evenly over `n_layers`, always including the last
     (its output is what the head was trained on)."""
+    if n_keep < 1:  # zero layers would divide by zero below, and leave nothing to run
+        raise ValueError(f"keep at least one layer, got n_keep={n_keep}")
     if n_keep >= n_layers:
         return tuple(range(n_layers))
     step = n_layers / n_keep

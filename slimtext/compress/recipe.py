@@ -16,7 +16,7 @@ of the step before it, and a bare value right after `step:` is its main option
     sparsity    amount (global unstructured magnitude), steps=3, finetune=1 (epochs per stage);
                 or N:M (`sparsity:2:4`): the N largest |w| of every M consecutive weights kept
     lowrank     energy=0.9, finetune=1
-    drop        keep (number of layers, spread evenly)
+    drop        keep (required: number of layers, >= 1, spread evenly)
     finetune    epochs=1
     quantize    int8-dynamic | int8-weight | int4-weight, max_drop (accuracy budget), group=32,
                 qat=N (epochs of quantization-aware fine-tuning, int8 methods; 0 = post-training)
@@ -36,6 +36,9 @@ import tempfile
 from dataclasses import fields, replace
 from pathlib import Path
 
+import numpy as np
+
+from ..models import ModelConfig
 from ..train.trainer import Encoded, TrainConfig
 from ._util import calibration_batches, record
 from .distill import (
@@ -48,6 +51,7 @@ from .distill import (
 )
 from .factorize import DropLayers, LowRank, drop_layers_, every_other, factorize_
 from .prune import (
+    IMPORTANCE,
     FFNPruning,
     HeadPruning,
     MagnitudePruning,
@@ -55,8 +59,8 @@ from .prune import (
     prune_,
     prune_finetune,
 )
-from .qat import QAT, qat_
-from .quantize import config_from_method, quantize_, quantize_within_budget
+from .qat import QAT, QAT_METHODS, qat_
+from .quantize import METHODS, config_from_method, quantize_, quantize_within_budget
 from .report import measure, with_ratios, write_report
 
 STEPS = ("distill", "prune", "sparsity", "lowrank", "drop", "finetune", "quantize")
@@ -65,6 +69,59 @@ _MAIN = {"quantize": "method", "sparsity": "amount", "drop": "keep", "finetune":
 
 
 _SHAPE = {"layers": "num_layers", "hidden": "hidden_size", "heads": "num_heads", "ffn": "ffn_size"}
+
+
+def _int(lo: int):
+    # bool is an int to Python; 1.5 epochs must not become 1 silently, hence no int() cast.
+    def ok(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+    return ok, f"an integer >= {lo}"
+
+
+def _num(ok, text: str):
+    return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v), text
+
+
+def _one_of(*choices: str):
+    return lambda v: str(v).lower() in choices, "one of " + ", ".join(choices)
+
+
+def _n_of_m(v) -> bool:
+    """`sparsity:amount`: a share in [0, 1), or an N:M pattern with 0 < N < M."""
+    if not isinstance(v, str):
+        return _SHARE[0](v)
+    n, _, m = v.partition(":")
+    return n.isdigit() and m.isdigit() and 0 < int(n) < int(m)
+
+
+_SHARE = _num(lambda v: 0 <= v < 1, "a number in [0, 1)")
+_WEIGHT = _num(lambda v: v >= 0, "a number >= 0")
+# Every option of every step, with its check and what it should be: a recipe is checked whole
+# before the teacher is measured, so a typo in its last step fails in a second, not after an
+# hour of distillation.
+OPTIONS: dict[str, dict[str, tuple]] = {
+    "distill": {
+        "layers": _int(1), "hidden": _int(1), "heads": _int(1), "ffn": _int(1),
+        "alpha": _num(lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+        "t": _num(lambda v: v > 0, "a number > 0"), "epochs": _int(1),
+        "hidden_loss": _WEIGHT, "attention_loss": _WEIGHT,
+    },
+    "prune": {"heads": _SHARE, "ffn": _SHARE, "importance": _one_of(*IMPORTANCE),
+              "calib": _int(1), "finetune": _int(0)},
+    "sparsity": {"amount": (_n_of_m, "a number in [0, 1) or an N:M pattern with 0 < N < M"),
+                 "steps": _int(1), "finetune": _int(0)},
+    "lowrank": {"energy": _num(lambda v: 0 < v <= 1, "a number in (0, 1]"), "finetune": _int(0)},
+    "drop": {"keep": _int(1)},
+    "finetune": {"epochs": _int(0)},
+    "quantize": {
+        "method": (lambda v: v in METHODS, "one of " + ", ".join(METHODS)),
+        "max_drop": _num(lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+        "group": (lambda v: _int(2)[0](v) and v % 2 == 0, "an even integer >= 2"),
+        "embeddings": _one_of("true", "false", "yes", "no", "1", "0"), "qat": _int(0),
+    },
+}  # fmt: skip
+REQUIRED = {"drop": {"keep": "the number of layers to keep, e.g. drop:keep=2"}}
 
 
 def parse_recipe(recipe: str) -> list[tuple[str, dict]]:
@@ -93,13 +150,81 @@ def parse_recipe(recipe: str) -> list[tuple[str, dict]]:
         steps[-1][1][key.strip().lower()] = _value(val.strip())
     if not steps:
         raise ValueError("empty recipe")
-    for name, opts in steps:  # combinations that cannot work: say so before any training
-        if name == "quantize" and opts.get("qat") and "max_drop" in opts:
+    for name, opts in steps:
+        _check_options(name, opts)
+    return steps
+
+
+def _check_options(name: str, opts: dict) -> None:
+    """A ValueError naming the step and option unless every option is known and valid."""
+    allowed = OPTIONS[name]
+    unknown = set(opts) - set(allowed)
+    if unknown:
+        raise ValueError(
+            f"step {name!r}: unknown options {sorted(unknown)}; valid: {sorted(allowed)}"
+        )
+    for key, what in REQUIRED.get(name, {}).items():
+        if key not in opts:
+            raise ValueError(f"step {name!r} needs option {key} ({what})")
+    for key, value in opts.items():
+        ok, text = allowed[key]
+        if not ok(value):
+            raise ValueError(f"step {name!r}: {key}={value} must be {text}")
+    # Combinations that cannot work: say so before any training.
+    if name == "quantize":
+        method = opts.get("method", "int8-dynamic")
+        if opts.get("qat") and "max_drop" in opts:
             raise ValueError(
                 "step 'quantize': qat and max_drop do not combine (QAT trains every layer "
                 "quantized; max_drop keeps layers in float after the fact)"
             )
-    return steps
+        if opts.get("qat") and method not in QAT_METHODS:
+            raise ValueError(
+                f"step 'quantize': qat is for {', '.join(QAT_METHODS)}, not {method} "
+                "(there is no int4 CPU kernel to train against)"
+            )
+        if "group" in opts and method != "int4-weight":
+            raise ValueError(f"step 'quantize': group is for int4-weight only, not {method}")
+
+
+def _default_layers(n: int) -> int:
+    """A distilled student's layers when the recipe does not say: half the teacher's (at least
+    one, unless the teacher has none: a student is never larger than its teacher)."""
+    return max(min(n, 1), n // 2)
+
+
+def check_recipe(steps: list[tuple[str, dict]], config: ModelConfig, own_teacher: bool) -> None:
+    """The checks that need the model's shape (`config`), still before anything runs. With
+    `own_teacher` (no external teacher) the model is the teacher: a distilled student may not
+    be larger in any dimension."""
+    layers = config.num_layers  # the model's layers as each step meets them
+    for name, opts in steps:
+        label = _label(name, opts)
+        if name == "distill":
+            shape = {k2: opts[k] for k, k2 in _SHAPE.items() if k in opts}
+            if own_teacher:
+                shape.setdefault("num_layers", _default_layers(config.num_layers))
+                for k, k2 in _SHAPE.items():
+                    if shape.get(k2, 0) > getattr(config, k2):
+                        raise ValueError(
+                            f"step {label!r}: {k}={shape[k2]} is larger than the teacher's "
+                            f"{k2} {getattr(config, k2)}; a student must not be larger than "
+                            "its teacher"
+                        )
+            try:  # e.g. hidden not divisible by heads
+                student = replace(config, **shape)
+            except ValueError as e:
+                raise ValueError(f"step {label!r}: {e}") from None
+            layers = student.num_layers
+        elif name == "drop":
+            if config.share_layers:
+                raise ValueError(f"step {label!r}: the model shares one block across its layers")
+            if opts["keep"] > layers:
+                raise ValueError(
+                    f"step {label!r}: keep={opts['keep']} but the model has {layers} layers "
+                    "at this step"
+                )
+            layers = opts["keep"]
 
 
 def _value(v: str):
@@ -113,15 +238,6 @@ def _value(v: str):
 
 def _label(name: str, opts: dict) -> str:
     return name + (":" + ",".join(f"{k}={v}" for k, v in opts.items()) if opts else "")
-
-
-def _take(opts: dict, allowed: set[str], step: str) -> dict:
-    unknown = set(opts) - allowed
-    if unknown:
-        raise ValueError(
-            f"step {step!r}: unknown options {sorted(unknown)}; valid: {sorted(allowed)}"
-        )
-    return opts
 
 
 def compress(
@@ -151,25 +267,37 @@ def compress(
     to the model's), and the report's first row is the input model ("input")."""
     from ..api import as_dataset
     from ..artifact import read_model_dir, save_model_dir
-    from ..data import stratified_split
+    from ..data import DataError, TextDataset, check_labels_seen, stratified_split
 
     steps = parse_recipe(recipe)
     md = read_model_dir(teacher_dir)
     source, tok, labels = md.model, md.tokenizer, md.labels
+    check_recipe(steps, source.config, own_teacher=teacher is None)
     base_cfg = _train_config(train_config, md)
     train_ds = as_dataset(data)
     if valid is None:
         train_ds, valid_ds = stratified_split(train_ds, valid_fraction, seed=base_cfg.seed)
     else:
         valid_ds = as_dataset(valid)
+    eval_ds = as_dataset(test) if test is not None else valid_ds
+    # The model's label list is fixed: a label it has no output for cannot be trained or scored.
+    known = TextDataset(list(labels), list(labels), source=f"of the model {teacher_dir}")
+    for ds in (train_ds, valid_ds, eval_ds):
+        if ds.labels is None:
+            raise DataError(f"{ds.source}: compress needs labelled data (use transfer= for "
+                            "unlabelled texts)")  # fmt: skip
+        check_labels_seen(known, ds)
     index = {lab: i for i, lab in enumerate(labels)}
 
     def enc(ds) -> Encoded:
-        y = None if ds.labels is None else [index[lab] for lab in ds.labels]
-        return Encoded(tok.encode(ds.texts, md.max_length), y)
+        # As the model reads texts at inference and in training (`TextClassifier._encode`):
+        # long ones per its `long_text`, as one window or several, each with its text's label;
+        # `owner` lets evaluation score texts, not windows.
+        ids, owner = tok.encode_windows(ds.texts, md.max_length, md.long_text)
+        y = [index[ds.labels[i]] for i in owner]
+        return Encoded(ids, y, owner if len(owner) != len(ds) else None)
 
     train, val = enc(train_ds), enc(valid_ds)
-    eval_ds = as_dataset(test) if test is not None else valid_ds
     evaluation = enc(eval_ds) if test is not None else val
     pad = tok.pad_id
     work = tempfile.TemporaryDirectory(prefix="slimtext-compress-")
@@ -198,10 +326,8 @@ def compress(
 
     external = None  # the external teacher's name and its accuracy on the evaluation data
     if teacher is not None:
-        import numpy as np
-
-        ev = external_teacher_logits(teacher, eval_ds.texts, labels)
-        acc = float(np.mean(np.asarray(ev).argmax(-1) == np.asarray(evaluation.labels)))
+        ev = external_teacher_logits(teacher, eval_ds.texts, labels)  # one row per text
+        acc = float(np.mean(np.asarray(ev).argmax(-1) == [index[y] for y in eval_ds.labels]))
         external = {"teacher": str(teacher), "teacher_accuracy": acc}
         log(f"teacher {teacher}: accuracy {acc:.4f}")
     rows = [row("teacher" if teacher is None else "input", source)]
@@ -210,12 +336,11 @@ def compress(
     try:
         for name, opts in steps:
             label = _label(name, opts)
+            o = dict(opts)  # checked by parse_recipe and check_recipe
             if name == "distill":
-                o = _take(dict(opts), {"layers", "hidden", "heads", "ffn", "alpha", "t", "epochs",
-                                       "hidden_loss", "attention_loss"}, name)  # fmt: skip
                 shape = {k2: o.pop(k) for k, k2 in _SHAPE.items() if k in o}
                 if teacher is None:
-                    shape.setdefault("num_layers", max(1, source.config.num_layers // 2))
+                    shape.setdefault("num_layers", _default_layers(source.config.num_layers))
                 model = make_student(source, **shape)
                 cfg = Distillation(
                     alpha=float(o.get("alpha", 0.5)), temperature=float(o.get("t", 2.0)),
@@ -229,15 +354,20 @@ def compress(
                     )
                 tcfg = replace(base_cfg, epochs=int(o.get("epochs", base_cfg.epochs)))
                 dtrain, texts = train, list(train_ds.texts)
+                owner = train.owner or range(len(train))  # the text of each row of dtrain
                 if transfer is not None:  # unlabelled texts: the teacher labels them
-                    texts += list(_texts(transfer))
-                    extra = tok.encode(texts[len(train) :], md.max_length)
-                    dtrain = Encoded(train.ids + extra, None)
+                    more = list(_texts(transfer))
+                    ids, more_owner = tok.encode_windows(more, md.max_length, md.long_text)
+                    dtrain = Encoded(train.ids + ids, None)
+                    owner = [*owner, *(len(texts) + i for i in more_owner)]
+                    texts += more
                 cache = Path(work.name) / "teacher.npy"
                 if teacher is None:
                     logits = teacher_logits(source, dtrain, pad, cache)
                 else:
                     logits = external_teacher_logits(teacher, texts, labels, cache=cache)
+                    if len(owner) != len(texts):  # one row per text: repeat it per window
+                        logits = np.asarray(logits)[np.asarray(owner)]
                 # Intermediate losses read the teacher's layers: they need the model, not logits.
                 _, rec = distill(source if cfg.intermediate else logits, model, dtrain, val,
                                  tcfg, cfg, label_names=labels, pad_id=pad, cache=cache,
@@ -245,7 +375,6 @@ def compress(
                 records.append({**rec, **(external or {})})
                 soft = logits[: len(train)]
             elif name == "prune":
-                o = _take(opts, {"heads", "ffn", "importance", "calib", "finetune"}, name)
                 calib = calibration_batches(train, pad, int(o.get("calib", 8)))
                 imp = str(o.get("importance", "taylor"))
                 if o.get("heads"):
@@ -254,7 +383,6 @@ def compress(
                     records.append(prune_(model, FFNPruning(float(o["ffn"]), imp), calib))
                 finetune(model, o.get("finetune", 1))
             elif name == "sparsity":
-                o = _take(opts, {"amount", "steps", "finetune"}, name)
                 amount = o.get("amount", 0.5)
                 if isinstance(amount, str) and ":" in amount:  # n:m semi-structured
                     try:
@@ -278,19 +406,15 @@ def compress(
                 else:
                     records.append(prune_(model, cfg))
             elif name == "lowrank":
-                o = _take(opts, {"energy", "finetune"}, name)
                 records.append(factorize_(model, LowRank(float(o.get("energy", 0.9)))))
                 finetune(model, o.get("finetune", 1))
             elif name == "drop":
-                o = _take(opts, {"keep"}, name)
                 n = model.config.num_layers
                 records.append(drop_layers_(model, DropLayers(every_other(n, int(o["keep"])))))
             elif name == "finetune":
-                o = _take(opts, {"epochs"}, name)
                 finetune(model, o.get("epochs", 1))
                 records.append(record("finetune", {"epochs": int(o.get("epochs", 1))}))
             elif name == "quantize":
-                o = _take(opts, {"method", "max_drop", "group", "embeddings", "qat"}, name)
                 kw = {
                     "embeddings": str(o.get("embeddings", "true")).lower() in ("1", "true", "yes")
                 }
@@ -329,7 +453,7 @@ def compress(
             train_config=md.meta.get("train", {}),
             metrics={"test" if test is not None else "valid": {
                 "accuracy": final["accuracy"], "macro_f1": final["macro_f1"],
-                "n": len(evaluation)}},
+                "n": len(eval_ds)}},
             compression=records,
             extra_files={md_path.name: md_path, js_path.name: js_path},
         )  # fmt: skip

@@ -93,7 +93,10 @@ def measure(
     from ..train.evaluate import evaluate
 
     model.cpu().eval()
-    rep = evaluate(model, eval_data.ids, eval_data.labels, label_names, pad_id)
+    # Scores texts, not windows: a long text read as several windows (long_text="chunks") is
+    # one prediction at inference, the mean of its windows' logits.
+    rep = evaluate(model, eval_data.ids, eval_data.labels, label_names, pad_id,
+                   owner=getattr(eval_data, "owner", None))  # fmt: skip
     n, nz = count_params(model), count_nonzero(model)
     row = {
         "accuracy": rep["accuracy"],

@@ -7,6 +7,7 @@ import slimtext
 from slimtext.artifact import save_model_dir
 from slimtext.compress import DropLayers, LowRank, LowRankLinear, drop_layers_, factorize_
 from slimtext.compress._util import count_params
+from slimtext.compress.factorize import every_other
 
 
 def test_low_rank_at_full_energy_reproduces_outputs(teacher, batches, h):
@@ -43,3 +44,6 @@ def test_configs_validate():
         LowRank(energy=0.0)
     with pytest.raises(ValueError):
         DropLayers(())
+    with pytest.raises(ValueError, match="keep at least one layer, got n_keep=0"):
+        every_other(4, 0)
+    assert every_other(4, 2) == (1, 3) and every_other(2, 5) == (0, 1)

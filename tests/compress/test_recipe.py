@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import slimtext
+import slimtext.compress.recipe as recipe_mod
 from slimtext.compress.recipe import compress, parse_recipe
+from slimtext.data import DataError
 
 
 def test_recipe_parsing():
@@ -87,3 +89,133 @@ def test_two_four_then_qat_recipe_reports_speed_plainly_and_round_trips(
         assert bool(((q.view(q.shape[0], -1, 4) == 0).sum(-1) >= 2).all()), name
     assert p.predict_proba(make_toy(2, seed=46)[0]).shape == (6, 3)
     assert rows[-1]["accuracy"] >= 0.8
+
+
+# ---- long texts: compress reads them as the model does at inference ---------------------------
+def _long(data):
+    """The toy texts behind 30 filler words: longer than the model's 16 tokens, topic words all
+    at the end, so truncation sees only filler while head-tail and chunks see the label."""
+    import random
+
+    rng = random.Random(0)
+    filler = ["the", "a", "of", "and", "to", "in", "on", "for", "with", "at", "by", "from"]
+    texts, labels = data
+    return [" ".join(rng.choices(filler, k=30)) + " " + t for t in texts], labels
+
+
+@pytest.fixture(scope="module", params=["head-tail", "chunks"])
+def long_dir(request, tmp_path_factory, make_toy):
+    from slimtext.api import TextClassifier
+
+    clf = TextClassifier(
+        model="transformer", vocab_size=400, hidden_size=32, num_layers=2, num_heads=4,
+        ffn_size=64, max_length=16, long_text=request.param, epochs=10, batch_size=16, lr=5e-3,
+        verbose=False, seed=0, threads=1,
+    ).fit(_long(make_toy(40, seed=1, topical=0.9)))  # fmt: skip
+    path = tmp_path_factory.mktemp("long") / request.param
+    clf.save(path)
+    return path
+
+
+def test_compress_measures_and_gates_on_the_models_long_text_windows(long_dir, make_toy, tmp_path):
+    valid = _long(make_toy(8, seed=2, topical=0.9))
+    want = slimtext.TextClassifier.load(long_dir).evaluate(valid)["accuracy"]
+    assert want >= 0.8  # the label is only at the end: truncation would be near chance
+    out = tmp_path / "q"
+    rows = compress(
+        long_dir, _long(make_toy(5, seed=3)), out, recipe="quantize:int8-dynamic,max_drop=0.5",
+        valid=valid, speed=False, train_config={"threads": 1}, log=lambda s: None,
+    )  # fmt: skip
+    assert rows[0]["accuracy"] == pytest.approx(want)
+    gate = json.loads((out / "config.json").read_text())["compression"][-1]
+    assert gate["float_accuracy"] == pytest.approx(want)  # max_drop measured on the same reading
+
+
+def test_external_teacher_and_transfer_texts_read_long_texts_as_the_teacher_does(
+    long_dir, make_toy, tmp_path
+):
+    test = _long(make_toy(6, seed=4, topical=0.9))
+    want = slimtext.TextClassifier.load(long_dir).evaluate(test)["accuracy"]
+    logs: list[str] = []
+    compress(
+        long_dir, _long(make_toy(5, seed=5)), tmp_path / "d", recipe="distill:epochs=1",
+        test=test, teacher=long_dir, transfer=_long(make_toy(3, seed=6))[0], speed=False,
+        train_config={"batch_size": 16, "threads": 1}, log=logs.append,
+    )  # fmt: skip
+    assert logs[0] == f"teacher {long_dir}: accuracy {want:.4f}"
+
+
+# ---- recipe and data errors: clear, and before anything runs ------------------------------------
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ("drop", "step 'drop' needs option keep"),
+        ("drop:keep=0", "step 'drop': keep=0 must be an integer >= 1"),
+        ("drop:1.5", "step 'drop': keep=1.5 must be an integer >= 1"),
+        ("distill:layers=0", "step 'distill': layers=0 must be an integer >= 1"),
+        ("distill,prune:heads=1.5", r"step 'prune': heads=1.5 must be a number in \[0, 1\)"),
+        ("prune:importance=random", "importance=random must be one of taylor, magnitude"),
+        ("sparsity:5:4", "amount=5:4 must be a number in"),
+        ("lowrank:energy=0", r"energy=0 must be a number in \(0, 1\]"),
+        ("finetune:epochs=-1", "epochs=-1 must be an integer >= 0"),
+        ("quantize:int9", "method=int9 must be one of int8-dynamic"),
+        ("quantize:int8-dynamic,group=32", "group is for int4-weight only"),
+        ("quantize:int4-weight,qat=1", "qat is for int8-dynamic, int8-weight"),
+        ("quantize:int8-dynamic,embeddings=maybe", "embeddings=maybe must be one of"),
+        ("finetune,quantize:int8-dynamic,maxdrop=0.01", r"unknown options \['maxdrop'\]"),
+    ],
+)
+def test_recipe_options_are_checked_when_parsed(recipe, message):
+    with pytest.raises(ValueError, match=message):
+        parse_recipe(recipe)
+
+
+def _no_training(*a, **k):
+    raise AssertionError("the recipe should have been refused before any training")
+
+
+def test_bad_last_step_fails_before_the_teacher_is_measured(
+    teacher_dir, make_toy, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(recipe_mod, "measure", _no_training)
+    with pytest.raises(ValueError, match="step 'drop': keep=0"):
+        compress(teacher_dir, make_toy(5, seed=60), tmp_path / "x",
+                 recipe="distill:layers=1,finetune,drop:keep=0", log=lambda s: None)  # fmt: skip
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        # the teacher has 2 layers, hidden 32, 4 heads, ffn 64
+        ("distill:layers=3", "layers=3 is larger than the teacher's num_layers 2"),
+        ("distill:ffn=128", "ffn=128 is larger than the teacher's ffn_size 64"),
+        ("distill:hidden=30", "hidden_size .30. must be divisible by num_heads .4."),
+        ("drop:keep=3", "keep=3 but the model has 2 layers"),
+        ("distill:layers=1,drop:keep=2", "keep=2 but the model has 1 layers"),
+    ],
+)
+def test_student_larger_than_its_teacher_is_refused_before_anything_runs(
+    teacher_dir, make_toy, tmp_path, monkeypatch, recipe, message
+):
+    monkeypatch.setattr(recipe_mod, "measure", _no_training)
+    with pytest.raises(ValueError, match=message):
+        compress(teacher_dir, make_toy(5, seed=61), tmp_path / "x", recipe=recipe,
+                 log=lambda s: None)  # fmt: skip
+
+
+@pytest.mark.parametrize("which", ["valid", "test", "data"])
+def test_a_label_the_teacher_does_not_know_names_the_label_and_the_file(
+    teacher_dir, make_toy, tmp_path, monkeypatch, which
+):
+    monkeypatch.setattr(recipe_mod, "measure", _no_training)
+    texts, labels = make_toy(5, seed=62)
+    path = tmp_path / f"{which}.csv"
+    path.write_text(
+        "text,label\n"
+        + "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True))
+        + "stocks up,finance\n"
+    )
+    kw = {"data": make_toy(5, seed=63), "valid": make_toy(3, seed=64), which: str(path)}
+    with pytest.raises(DataError, match=rf"{which}.csv:\d+: label 'finance'.*of the model"):
+        compress(teacher_dir, out_dir=tmp_path / "x", recipe="finetune", log=lambda s: None, **kw)
