@@ -625,7 +625,12 @@ def _read_class_folder(
             if f.is_dir():
                 collector.skip("nested folder")
                 continue
-            text, how, bad_line = _decode_file(f.read_bytes(), opts, fallback)
+            try:
+                data = f.read_bytes()
+            except OSError as e:  # a broken symlink, a file without read permission
+                collector.bad("unreadable file", str(f), f"cannot read ({e.strerror or e})")
+                continue
+            text, how, bad_line = _decode_file(data, opts, fallback)
             if how == "bad":
                 collector.bad("undecodable bytes", f"{f}:{bad_line}", text)
                 continue

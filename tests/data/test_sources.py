@@ -533,3 +533,13 @@ def test_bbc_train_test_are_disjoint_complete_and_stratified(bbc):
 def test_bbc_unknown_split_is_rejected():
     with pytest.raises(DataError, match="bbc@dev"):
         load_data("bbc@dev")
+
+
+def test_class_folder_broken_symlink_is_named_or_counted(write, tmp_path):
+    write("c/pos/1.txt", b"good movie")
+    write("c/neg/1.txt", b"bad movie")
+    (tmp_path / "c" / "neg" / "2.txt").symlink_to(tmp_path / "nowhere.txt")
+    with pytest.raises(DataError, match=r"2\.txt: cannot read"):
+        load_data(tmp_path / "c")
+    ds = load_data(tmp_path / "c", on_bad="skip")
+    assert len(ds) == 2 and "unreadable file" in ds.report()
