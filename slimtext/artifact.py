@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .fileio import IntegrityError, atomic_dir, verify_manifest
+from .fileio import MANIFEST, IntegrityError, atomic_dir, check_replaceable, verify_manifest
 from .models import ModelConfig, build_model
 from .tokenizer import TextTokenizer, TokenizerError, check_long_text, load_tokenizer
 
@@ -62,10 +62,11 @@ def save_model_dir(
     compression: list[dict] | None = None,
     extra_files: dict[str, str | os.PathLike] | None = None,
 ) -> Path:
-    """Write a complete model directory at `path` (replacing any previous one atomically)."""
+    """Write a complete model directory at `path` (replacing a previous model directory
+    atomically). Anything else already at `path` is left alone: `TargetExistsError`."""
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, is_ours=is_model_dir) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
         tokenizer.save(tmp / "tokenizer.json")
         _write_json(tmp / "labels.json", list(labels))
@@ -90,6 +91,25 @@ def save_model_dir(
     return path
 
 
+def is_model_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` holds a model directory (a manifest and a slimtext config.json): the only
+    non-empty directory `save_model_dir` may replace, since replacing deletes the old one."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        return False
+    try:
+        cfg = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and cfg.get("format") == FORMAT
+
+
+def check_save_target(path: str | os.PathLike) -> None:
+    """Raise `TargetExistsError` now if `save_model_dir(path)` would refuse `path`: lets a
+    caller fail before training rather than after."""
+    check_replaceable(path, is_model_dir)
+
+
 def read_model_dir(path: str | os.PathLike) -> ModelDir:
     """Load and verify a model directory."""
     path = Path(path)
@@ -100,10 +120,17 @@ def read_model_dir(path: str | os.PathLike) -> ModelDir:
     except IntegrityError as e:
         raise ModelDirError(str(e)) from None
     cfg = _read_json(path / "config.json")
+    if not isinstance(cfg, dict):
+        raise ModelDirError(f"{path / 'config.json'}: expected a JSON object")
     if cfg.get("format") != FORMAT:
         raise ModelDirError(
             f"{path / 'config.json'}: not a slimtext model (format={cfg.get('format')!r})"
         )
+    for key in ("format_version", "max_length"):
+        if key in cfg and not _positive_int(cfg[key]):
+            raise ModelDirError(
+                f"{path / 'config.json'}: {key} must be a positive integer, got {cfg[key]!r}"
+            )
     if cfg.get("format_version", 0) > FORMAT_VERSION:
         raise ModelDirError(
             f"{path}: written by a newer slimtext (format {cfg['format_version']}); please upgrade"
@@ -157,6 +184,10 @@ def read_model_dir(path: str | os.PathLike) -> ModelDir:
         raise ModelDirError(f"{path / 'config.json'}: {e}") from None
     max_length = int(cfg.get("max_length", config.max_length))
     return ModelDir(model, config, tokenizer, labels, max_length, meta, long_text)
+
+
+def _positive_int(v) -> bool:
+    return type(v) is int and v > 0  # not bool, which is an int to isinstance
 
 
 def _write_json(p: Path, obj) -> None:

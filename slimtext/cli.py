@@ -274,6 +274,9 @@ def _train(
     load_kw = dict(text_cols=text_col, label_col=label_col, encoding=encoding,
                    encoding_errors=encoding_errors, on_bad=on_bad)  # fmt: skip
     say = (lambda msg: typer.echo(msg, err=True)) if ctx.is_main else (lambda msg: None)
+    from .artifact import check_save_target
+
+    check_save_target(out)  # an --out that would be refused must fail now, not after training
     # All data is read (and its report shown) before training: a missing or broken test file
     # must not surface only after an hour of training.
     datasets = {"train": data, "valid": valid, "test": test if ctx.is_main else None}
@@ -392,8 +395,10 @@ def pretrain(
     from .train.distributed import DistributedError, shutdown
 
     try:
+        from .artifact import check_save_target
         from .pretrain import pretrain as run_pretrain
 
+        check_save_target(out)  # fail now rather than after pretraining
         ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
         t0 = time.perf_counter()
         r = run_pretrain(data, out, tokenizer=tokenizer, vocab_size=vocab_size,
@@ -591,7 +596,8 @@ def export(
                     mask_dtype=mask_dtype, atol=atol, log=log)  # fmt: skip
         if int8:
             quantize_onnx(model_dir, out.with_name("model.int8.onnx") if out else None,
-                          exporter=exporter, log=log)  # fmt: skip
+                          exporter=exporter, mask_dtype=mask_dtype, opset=opset,
+                          log=log)  # fmt: skip
     except (*_user_errors(), ImportError, ExportError, OSError) as e:
         _fail(e)
 

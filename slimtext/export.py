@@ -4,6 +4,8 @@
     export_onnx(model_dir, out=path)  -> path
     quantize_onnx(model_dir)          -> model_dir/model.int8.onnx (dynamic int8 weights)
 
+Writing into the model directory adds the new files (and their sidecars) to its manifest.
+
 The graph takes `input_ids` int64 (B, T) and `attention_mask` bool (or int64) (B, T) and returns
 `logits` float32 (B, num_labels), with B and T dynamic. A `TransformerClassifier` is written
 directly in ONNX Runtime's fused transformer ops (`slimtext.onnx_fused`: one `Attention`,
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 
 from .artifact import ModelDir, read_model_dir
-from .fileio import atomic_write_text, write_manifest
+from .fileio import atomic_write_text, file_mode, update_manifest
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -73,9 +75,9 @@ def export_onnx(
 ) -> Path:
     """Export a model directory to ONNX and check it against PyTorch; returns the file's path.
 
-    Without `out` the file is `model.onnx` inside the model directory and the directory's manifest
-    is re-written, so it still verifies on load. Raises `ExportError` when the largest absolute
-    logit difference on the parity batches exceeds `atol`.
+    Without `out` the file is `model.onnx` inside the model directory and is added to the
+    directory's manifest, so it still verifies on load. Raises `ExportError` when the largest
+    absolute logit difference on the parity batches exceeds `atol`.
     """
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
@@ -124,7 +126,7 @@ def export_onnx(
         atol=atol,
     )
     if in_model_dir:
-        write_manifest(target.parent)
+        update_manifest(target.parent, [target.name, _sidecar(target).name])
     log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
     return target
 
@@ -135,22 +137,39 @@ def quantize_onnx(
     *,
     source: str | os.PathLike | None = None,
     exporter: str = "auto",
+    mask_dtype: str | None = None,
+    opset: int | None = None,
     min_agreement: float = 0.95,
     log: Callable[[str], None] | None = None,
 ) -> Path:
     """Dynamic int8 quantisation (int8 weights, activations quantised per batch at run time).
 
-    Starts from `source` (default: the directory's `model.onnx`, exported first if missing) and
-    writes `model.int8.onnx` into the model directory (or `out`). Batch and length stay dynamic:
+    Starts from `source`, or by default from a fresh plain export with `mask_dtype` and `opset`
+    (when not given: those of the directory's `model.onnx` if it has one, else bool and 18, the
+    `export_onnx` defaults, so the int8 file takes the same inputs as the fp32 one). Writes
+    `model.int8.onnx` into the model directory (or `out`). Batch and length stay dynamic:
     dynamic quantisation only rewrites MatMul/Gemm weights, never the input shapes. Exact parity
     is not expected, so the check is that the predicted class agrees with PyTorch's on at least
     `min_agreement` of the random parity rows.
     """
+    if mask_dtype not in (None, "bool", "int64"):
+        raise ValueError(f"mask_dtype must be 'bool' or 'int64', got {mask_dtype!r}")
+    if source is not None:
+        made = _read_sidecar(Path(source))
+        if mask_dtype is not None and mask_dtype != made.get("mask_dtype", "bool"):
+            # The source graph's inputs are fixed; quantisation cannot change the mask type.
+            raise ValueError(
+                f"{source} takes a {made.get('mask_dtype', 'bool')} mask, not {mask_dtype}"
+            )
     require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     log = log or (lambda _msg: None)
     md = read_model_dir(model_dir)
+    if source is None:
+        fp32_made = _read_sidecar(Path(model_dir) / ONNX_FILE)
+        mask_dtype = mask_dtype or fp32_made.get("mask_dtype", "bool")
+        opset = opset or fp32_made.get("opset", 18)
     target = Path(out) if out else Path(model_dir) / INT8_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
@@ -159,11 +178,13 @@ def quantize_onnx(
         if source is None:
             # Quantise a plain export: ORT's quantiser cannot type the com.microsoft fused ops an
             # ORT-optimised graph contains. Sessions re-apply the fusions when they load it.
-            export_onnx(md, out=fp32, optimize=False, exporter=exporter, log=log)
+            export_onnx(md, out=fp32, optimize=False, exporter=exporter, mask_dtype=mask_dtype,
+                        opset=opset, log=log)  # fmt: skip
             src = fp32
         else:
             src = Path(source)
-        mask_dtype = _read_sidecar(src).get("mask_dtype", "bool")
+        made = _read_sidecar(src)
+        mask_dtype, opset = made.get("mask_dtype", "bool"), made.get("opset")
         # MatMul and the fused graph's Attention (-> QAttention, int8 q/k/v projection inside
         # the attention kernel); not the embedding Gather: it saves little and costs accuracy.
         quantize_dynamic(
@@ -179,11 +200,12 @@ def quantize_onnx(
         quantized="dynamic-int8",
         source=Path(source).name if source else "fresh export",
         mask_dtype=mask_dtype,
+        opset=opset,
         max_abs_diff=diff,
         argmax_agreement=agree,
     )
     if out is None:
-        write_manifest(target.parent)
+        update_manifest(target.parent, [target.name, _sidecar(target).name])
     log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
     return target
 
@@ -350,9 +372,7 @@ def _temp_files(target: Path, n: int):
 
 def _publish(tmp: Path, target: Path) -> None:
     # mkstemp files are 0600; give the published file the permissions a plain write would have.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, file_mode())
     os.replace(tmp, target)
 
 
@@ -365,16 +385,16 @@ def _write_sidecar(target: Path, **info) -> None:
     import onnxruntime
 
     info.update(torch=torch.__version__, onnxruntime=onnxruntime.__version__)
-    side = target.with_name(target.name + ".json")
-    atomic_write_text(side, json.dumps(info, indent=2) + "\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(side, 0o666 & ~umask)
+    atomic_write_text(_sidecar(target), json.dumps(info, indent=2) + "\n")
+
+
+def _sidecar(target: Path) -> Path:
+    return Path(target).with_name(Path(target).name + ".json")
 
 
 def _read_sidecar(target: Path) -> dict:
-    side = Path(target).with_name(Path(target).name + ".json")
     try:
-        return json.loads(side.read_text())
+        info = json.loads(_sidecar(target).read_text())
     except (OSError, ValueError):
         return {}
+    return info if isinstance(info, dict) else {}

@@ -13,14 +13,19 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path, PurePosixPath
 
 MANIFEST = "manifest.json"
 
 
 class IntegrityError(ValueError):
     """A directory whose files are missing, truncated or changed since they were written."""
+
+
+class TargetExistsError(FileExistsError, ValueError):
+    """`atomic_dir` refuses to replace an existing path: replacing deletes it, and it is not a
+    directory that may be deleted. A ValueError too, so command lines report it as a user error."""
 
 
 def sha256_file(path: Path) -> str:
@@ -31,13 +36,61 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def _entry(p: Path) -> dict:
+    return {"sha256": sha256_file(p), "size": p.stat().st_size}
+
+
 def write_manifest(folder: Path) -> None:
+    """List every file under `folder`: for a directory this process just wrote in full."""
     files = {}
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
-            rel = p.relative_to(folder).as_posix()
-            files[rel] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-    (folder / MANIFEST).write_text(json.dumps({"files": files}, indent=1) + "\n")
+            files[p.relative_to(folder).as_posix()] = _entry(p)
+    _save_manifest(folder, files)
+
+
+def update_manifest(folder: Path, names: Iterable[str]) -> None:
+    """Add or refresh the entries of `names` (files just written into a listed directory) and
+    leave the rest as listed: a rescan would also list strays, e.g. the temporary file of an
+    export that was killed, which later fail verification once they are cleaned up."""
+    folder = Path(folder)
+    files = read_manifest(folder)
+    for name in names:
+        files[name] = _entry(folder / name)
+    _save_manifest(folder, files)
+
+
+def _save_manifest(folder: Path, files: dict) -> None:
+    # Atomically: a crash mid-write must not leave a truncated manifest that fails every load.
+    atomic_write_text(folder / MANIFEST, json.dumps({"files": files}, indent=1) + "\n")
+
+
+def read_manifest(folder: Path) -> dict[str, dict]:
+    """The manifest's {relative path: {"sha256", "size"}}, checked for shape (IntegrityError)."""
+    mpath = Path(folder) / MANIFEST
+    if not mpath.is_file():
+        raise IntegrityError(f"{folder}: no {MANIFEST}; not a complete slimtext directory")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise IntegrityError(f"{mpath}: unreadable manifest ({e})") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        raise IntegrityError(f'{mpath}: malformed manifest (expected {{"files": {{...}}}})')
+    for rel, meta in files.items():
+        parts = PurePosixPath(rel).parts
+        if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
+            # Only files inside the directory: never hash (or vouch for) anything outside it.
+            raise IntegrityError(f"{mpath}: malformed manifest (entry {rel!r} is outside)")
+        if not (
+            isinstance(meta, dict)
+            and type(meta.get("size")) is int
+            and isinstance(meta.get("sha256"), str)
+        ):
+            raise IntegrityError(
+                f"{mpath}: malformed manifest (entry {rel!r} needs an integer size and a sha256)"
+            )
+    return files
 
 
 def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> None:
@@ -45,13 +98,7 @@ def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> None:
     folder = Path(folder)
     if not folder.is_dir():
         raise IntegrityError(f"{folder}: not a directory")
-    mpath = folder / MANIFEST
-    if not mpath.is_file():
-        raise IntegrityError(f"{folder}: no {MANIFEST}; not a complete slimtext directory")
-    try:
-        files = json.loads(mpath.read_text())["files"]
-    except (ValueError, KeyError) as e:
-        raise IntegrityError(f"{mpath}: unreadable manifest ({e})") from e
+    files = read_manifest(folder)
     for name in required:
         if name not in files:
             raise IntegrityError(f"{folder}: {name} is not listed in {MANIFEST}")
@@ -59,39 +106,112 @@ def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> None:
         p = folder / rel
         if not p.is_file():
             raise IntegrityError(f"{folder}: {rel} is missing (truncated copy?)")
-        size = p.stat().st_size
+        try:
+            size = p.stat().st_size
+            digest = sha256_file(p) if size == meta["size"] else None
+        except OSError as e:  # removed or made unreadable after the check above
+            raise IntegrityError(f"{p}: unreadable ({e})") from None
         if size != meta["size"]:
             raise IntegrityError(
                 f"{p}: size {size} bytes, expected {meta['size']} (truncated or altered)"
             )
-        if sha256_file(p) != meta["sha256"]:
+        if digest != meta["sha256"]:
             raise IntegrityError(f"{p}: checksum mismatch; the file changed after it was written")
 
 
+def file_mode(directory: bool = False) -> int:
+    """The mode open() (or mkdir) would give a new file (directory) under the process umask.
+
+    mkstemp/mkdtemp create 0600/0700 whatever the umask, and safetensors writes 0600: published
+    as is, a model trained by one user could not be served by another (a service account).
+    """
+    umask = os.umask(0)  # the only portable way to read it; restored at once
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def _set_default_modes(root: Path) -> None:
+    dmode, fmode = file_mode(directory=True), file_mode()
+    for dirpath, _dirs, filenames in os.walk(root):
+        os.chmod(dirpath, dmode)
+        for name in filenames:
+            p = os.path.join(dirpath, name)
+            if not os.path.islink(p):  # chmod follows links: never touch what one points to
+                os.chmod(p, fmode)
+
+
+def _is_empty_dir(path: Path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except OSError:
+        return False
+
+
+def _holds_manifest(path: Path) -> bool:
+    return (path / MANIFEST).is_file()
+
+
+def check_replaceable(
+    target: str | os.PathLike,
+    is_ours: Callable[[Path], bool] = _holds_manifest,
+    overwrite: bool = True,
+) -> None:
+    """Raise TargetExistsError unless `atomic_dir` may replace `target`: it is absent, an empty
+    directory, or a directory `is_ours` recognises (default: one holding a manifest, i.e. one
+    `atomic_dir` wrote). Replacing deletes the old target, so anything else (a project folder,
+    a data file passed by mistake) is refused rather than lost."""
+    target = Path(target)
+    if not os.path.lexists(target):
+        return
+    if not overwrite:
+        raise TargetExistsError(f"{target} already exists")
+    if not target.is_dir():
+        raise TargetExistsError(
+            f"{target} exists and is not a directory; refusing to replace it (choose another path)"
+        )
+    if _is_empty_dir(target) or is_ours(target):
+        return
+    raise TargetExistsError(
+        f"{target} exists and is neither empty nor a directory slimtext wrote; refusing to "
+        "replace it, as that would delete its contents: choose another path, or remove it first"
+    )
+
+
 @contextlib.contextmanager
-def atomic_dir(target: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+def atomic_dir(
+    target: str | os.PathLike,
+    overwrite: bool = True,
+    is_ours: Callable[[Path], bool] = _holds_manifest,
+) -> Iterator[Path]:
     """Yield a temporary directory; on success write its manifest and rename it to `target`.
 
     An existing `target` is replaced only after the new one is complete (moved aside, then
-    removed), so at every instant either the old or the new directory is whole.
+    removed), so at every instant either the old or the new directory is whole; and only when
+    `check_replaceable(target, is_ours)` allows it, checked before any work and again just
+    before the swap. Files and directories get the modes a plain write would give.
     """
     target = Path(target)
+    check_replaceable(target, is_ours, overwrite)  # fail before the caller does any work
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
         write_manifest(tmp)
+        _set_default_modes(tmp)
         _fsync_dir(tmp)
+        check_replaceable(target, is_ours, overwrite)  # something may have appeared meanwhile
         old = None
-        if target.exists():
+        if os.path.lexists(target):
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_symlink():  # a link to the old directory: drop the link, not its target
+                old.unlink()
+            else:
+                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -106,6 +226,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+            os.fchmod(f.fileno(), file_mode())  # mkstemp's 0600 is not what a plain write gives
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -102,6 +102,7 @@ class Predictor:
         self.long_text = check_long_text(long_text or model_dir.long_text)
         self.buckets = length_buckets(_max_len(model_dir))
         self.backend_timings: dict[str, float] = {}  # ms per synthetic batch, filled by "auto"
+        self.backend_errors: dict[str, str] = {}  # why "auto" left a candidate out of the race
         self._onnx_path = onnx_path
         self._compile_backend = compile_backend
         self._runner_name = backend
@@ -124,11 +125,15 @@ class Predictor:
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids of each window, and the text each belongs to (see `long_text`)."""
+        return self._encode(_check_texts(texts))
+
+    def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
         md = self.model_dir
-        return md.tokenizer.encode_windows(_check_texts(texts), md.max_length, self.long_text)
+        return md.tokenizer.encode_windows(texts, md.max_length, self.long_text)
 
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
-        ids, owner = self.encode(texts)
+        texts = _check_texts(texts)  # a list from here on: `texts` may be a one-shot iterator
+        ids, owner = self._encode(texts)
         if not ids:
             return torch.empty(0, len(self.labels))
         return pool_windows(self.logits_from_ids(ids), owner, len(texts))
@@ -285,7 +290,9 @@ class Predictor:
     def _race(self, candidates: Sequence[str]) -> str:
         """Build each available candidate, time it on a synthetic batch, keep the fastest (a
         low-precision one only when it clearly beats fp32: see LOW_PRECISION_MARGIN)."""
-        errors: dict[str, str] = {}
+        from .export import ExportError
+
+        errors = self.backend_errors
         fastest: dict[bool, tuple[float, str, Runner]] = {}  # low precision? -> (ms, name, run)
         d = self.model_dir.meta.get("path")
         for name in candidates:
@@ -299,8 +306,11 @@ class Predictor:
                 continue  # emulated bf16: slower than fp32, not worth timing
             try:
                 self._runner = self._make_runner(name)
-            except ImportError as e:  # e.g. onnxruntime not installed: not available here
-                errors[name] = str(e)
+            # Not available here: onnxruntime not installed (ImportError), an ONNX cache that
+            # cannot be written (OSError) or an export that fails its parity check. `auto` is
+            # the serving default, so the rest still race.
+            except (ImportError, OSError, ExportError) as e:
+                errors[name] = f"{type(e).__name__}: {e}"
                 continue
             ms = self._time_synthetic(self.batch_size)
             self.backend_timings[name] = ms
@@ -473,9 +483,10 @@ def _max_len(md: ModelDir) -> int:
 def _listed_in_manifest(d: Path, name: str) -> bool:
     # read_model_dir verified every listed file; an unlisted model.onnx was never checked.
     try:
-        return name in json.loads((d / "manifest.json").read_text())["files"]
-    except (OSError, ValueError, KeyError):
+        files = json.loads((d / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):  # TypeError: a manifest that is not a dict
         return False
+    return isinstance(files, dict) and name in files
 
 
 def _weights_key(md: ModelDir) -> str:
@@ -505,6 +516,16 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"text {i} is {type(t).__name__}, expected str")
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                # A lone surrogate (e.g. from decoding with errors="surrogateescape") is not
+                # text; the tokenizer would fail on it with an unrelated TypeError.
+                raise ValueError(
+                    f"text {i} has a lone surrogate {t[e.start]!r} at position {e.start}: "
+                    "not valid Unicode (decode the input as UTF-8 or with errors='replace')"
+                ) from None
     return texts
 
 

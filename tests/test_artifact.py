@@ -89,3 +89,152 @@ def test_config_records_format_and_shapes(tiny_model_dir):
     md = read_model_dir(tiny_model_dir)
     assert md.model.head.out_features == len(md.labels) == cfg["model"]["num_labels"]
     assert isinstance(next(md.model.parameters()), torch.Tensor)
+
+
+def _save(md, path):
+    return save_model_dir(path, md.model, md.config, md.tokenizer, md.labels,
+                          max_length=md.max_length)  # fmt: skip
+
+
+def _user_project(p):
+    p.mkdir()
+    (p / "notes.txt").write_text("mine")
+    (p / "data").mkdir()
+    (p / "data" / "train.csv").write_text("text,label\n")
+
+
+def _data_file(p):
+    p.write_text("text,label\nhello,a\n")
+
+
+def _foreign_manifest(p):
+    # A manifest alone does not make a model directory: config.json must say slimtext wrote it.
+    p.mkdir()
+    (p / "manifest.json").write_text('{"files": {}}\n')
+    (p / "config.json").write_text('{"format": "something-else"}\n')
+
+
+@pytest.mark.parametrize("make", [_user_project, _data_file, _foreign_manifest])
+def test_saving_over_something_that_is_not_a_model_dir_is_refused(tiny_model_dir, tmp_path, make):
+    from slimtext.artifact import check_save_target
+    from slimtext.fileio import TargetExistsError
+
+    md = read_model_dir(tiny_model_dir)
+    target = tmp_path / "out"
+    make(target)
+    before = sorted((str(p), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*"))
+    with pytest.raises(TargetExistsError, match="refusing to replace") as err:
+        _save(md, target)
+    assert str(target) in str(err.value)
+    assert isinstance(err.value, ValueError) and isinstance(err.value, FileExistsError)
+    with pytest.raises(TargetExistsError):
+        check_save_target(target)  # the same answer before any work is done
+    after = sorted((str(p), p.read_bytes() if p.is_file() else b"") for p in tmp_path.rglob("*"))
+    assert after == before  # intact, and no temporary directory left behind
+
+
+def test_resaving_over_a_model_dir_or_an_empty_dir_works(tiny_model_dir, tmp_path):
+    md = read_model_dir(tiny_model_dir)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _save(md, empty)
+    (empty / "notes.txt").write_text("from an older save")  # unlisted: a model dir still
+    _save(md, empty)
+    assert not (empty / "notes.txt").exists()
+    read_model_dir(empty)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def test_model_dirs_get_the_modes_a_plain_write_would_give(tiny_model_dir, tmp_path):
+    md = read_model_dir(tiny_model_dir)
+    old = os.umask(0o022)
+    try:
+        d = _save(md, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    assert d.stat().st_mode & 0o777 == 0o755  # mkdtemp alone would give 0700
+    for p in d.iterdir():
+        assert p.stat().st_mode & 0o777 == 0o644, p.name  # safetensors alone: 0600
+
+
+def _rewrite_config(fn):
+    def damage(d):
+        from slimtext.fileio import write_manifest
+
+        cfg = json.loads((d / "config.json").read_text())
+        (d / "config.json").write_text(json.dumps(fn(cfg)))
+        write_manifest(d)  # consistent: only the content is wrong
+
+    return damage
+
+
+def _manifest_entries(fn):
+    def damage(d):
+        files = json.loads((d / "manifest.json").read_text())["files"]
+        (d / "manifest.json").write_text(
+            json.dumps({"files": {k: fn(v) for k, v in files.items()}})
+        )
+
+    return damage
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "manifest.json").write_text("null"), "malformed manifest"),
+        (lambda d: (d / "manifest.json").write_text('{"files": []}'), "malformed manifest"),
+        (lambda d: (d / "manifest.json").write_bytes(b"\xff\xfe"), "unreadable manifest"),
+        (_manifest_entries(lambda v: {}), "needs an integer size and a sha256"),
+        (_manifest_entries(lambda v: {**v, "size": "12"}), "needs an integer size"),
+        (
+            lambda d: (d / "manifest.json").write_text(
+                '{"files": {"../x": {"size": 1, "sha256": "0"}}}'
+            ),
+            "outside",
+        ),
+        (_rewrite_config(lambda c: [c]), "expected a JSON object"),
+        (_rewrite_config(lambda c: {**c, "format_version": "2"}), "format_version must be"),
+        (_rewrite_config(lambda c: {**c, "max_length": "abc"}), "max_length must be"),
+    ],
+)
+def test_malformed_manifest_or_config_gives_a_clear_error(tiny_model_dir, tmp_path, damage,
+                                                          message):  # fmt: skip
+    d = corrupt_copy(tiny_model_dir, tmp_path / "bad", damage)
+    with pytest.raises(ModelDirError, match=message):
+        slimtext.load(d)
+
+
+def test_a_file_that_vanishes_while_verifying_is_an_integrity_error(tiny_model_dir, monkeypatch):
+    import slimtext.fileio as fileio
+
+    def vanished(path):
+        raise FileNotFoundError(2, "No such file or directory", str(path))
+
+    monkeypatch.setattr(fileio, "sha256_file", vanished)
+    with pytest.raises(ModelDirError, match="unreadable"):
+        read_model_dir(tiny_model_dir)
+
+
+def test_manifest_writes_are_atomic_and_updates_touch_only_named_files(tiny_model_dir, tmp_path,
+                                                                      monkeypatch):  # fmt: skip
+    import slimtext.fileio as fileio
+
+    d = corrupt_copy(tiny_model_dir, tmp_path / "d", lambda d: None)
+    before = (d / "manifest.json").read_text()
+
+    def crash(fd):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:  # a crash mid-write leaves the old manifest whole
+        m.setattr(fileio.os, "fsync", crash)
+        with pytest.raises(OSError, match="disk full"):
+            fileio.write_manifest(d)
+    assert (d / "manifest.json").read_text() == before
+    (d / "extra.txt").write_text("new")
+    (d / ".model.onnx.abc123.tmp").write_text("left by a killed export")
+    fileio.update_manifest(d, ["extra.txt"])
+    files = json.loads((d / "manifest.json").read_text())["files"]
+    assert "extra.txt" in files and ".model.onnx.abc123.tmp" not in files
+    (d / ".model.onnx.abc123.tmp").unlink()
+    read_model_dir(d)
+    assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == []

@@ -210,3 +210,16 @@ def test_sigkill_mid_training_then_resume_gives_the_uninterrupted_weights(tmp_pa
     a = load_file(str(ref / "model.safetensors"))
     b = load_file(str(out / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_out_that_is_not_a_model_dir_is_refused_before_training(tmp_path, data_files):
+    train, _ = data_files
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "notes.txt").write_text("mine")
+    for verb in (["train", "--data", str(train)], ["pretrain", "--data", str(train)]):
+        r = runner.invoke(app, [*verb, "--out", str(proj), "--max-steps", "2", "--vocab-size",
+                                "400", "--no-progress"])  # fmt: skip
+        assert r.exit_code == 2 and "refusing to replace" in r.output, r.output
+        assert "trained" not in r.output and "pretrained" not in r.output
+    assert [p.name for p in proj.iterdir()] == ["notes.txt"]

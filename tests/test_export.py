@@ -178,3 +178,41 @@ def test_attention_model_with_ngrams_exports_with_parity(tmp_path, toy_data, exp
         ref = md.model(ids, mask).numpy()
     out = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
     np.testing.assert_allclose(out, ref, atol=ATOL, rtol=0)
+
+
+def _mask_type(path) -> str:
+    sess = ort.InferenceSession(str(path))
+    return {i.name: i.type for i in sess.get_inputs()}["attention_mask"]
+
+
+def test_int8_export_takes_the_mask_dtype_and_opset_of_the_fp32_export(tiny_model_dir, tmp_path):
+    d = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, d)
+    q = quantize_onnx(d, out=tmp_path / "explicit.int8.onnx", mask_dtype="int64", opset=17)
+    side = json.loads((tmp_path / "explicit.int8.onnx.json").read_text())
+    assert _mask_type(q) == "tensor(int64)" and side["mask_dtype"] == "int64"
+    assert side["opset"] == 17
+    # Without arguments (`slimtext export --int8 --mask-dtype int64`): as the directory's
+    # model.onnx, so both files take the same inputs.
+    export_onnx(d, mask_dtype="int64", opset=17)
+    q = quantize_onnx(d)
+    side = json.loads((d / "model.int8.onnx.json").read_text())
+    assert _mask_type(q) == _mask_type(d / "model.onnx") == "tensor(int64)"
+    assert side["mask_dtype"] == "int64" and side["opset"] == 17
+    with pytest.raises(ValueError, match="int64 mask"):
+        quantize_onnx(d, source=d / "model.onnx", mask_dtype="bool")
+    read_model_dir(d)
+
+
+def test_export_lists_only_the_files_it_wrote(tiny_model_dir, tmp_path):
+    d = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, d)
+    stray = d / ".model.onnx.k1ll3d.tmp"  # what a killed export leaves behind
+    stray.write_bytes(b"partial")
+    before = json.loads((d / "manifest.json").read_text())["files"]
+    export_onnx(d)
+    files = json.loads((d / "manifest.json").read_text())["files"]
+    assert set(files) == set(before) | {"model.onnx", "model.onnx.json"}
+    assert {k: files[k] for k in before} == before
+    stray.unlink()  # cleaning up must not break the directory
+    read_model_dir(d)

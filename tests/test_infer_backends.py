@@ -225,3 +225,26 @@ def test_missing_onnxruntime_is_a_clear_error(tiny_model_dir, monkeypatch):
 def test_unknown_backend_is_rejected(tiny_model_dir):
     with pytest.raises(ValueError, match="backend must be one of"):
         load(tiny_model_dir, backend="tensorrt")
+
+
+def test_auto_races_the_rest_when_the_onnx_cache_cannot_be_written(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    pytest.importorskip("onnxruntime")
+    from slimtext.infer import native_bf16
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(blocker / "cache"))  # not creatable, even by root
+    pred = load(tiny_model_dir, backend="auto", batch_size=8)
+    raced = {"torch"} | ({"torch-bf16"} if native_bf16() else set())
+    assert pred.backend in raced and set(pred.backend_timings) == raced
+    assert str(blocker) in pred.backend_errors["onnxruntime"]  # why it sat the race out
+
+
+def test_predict_takes_any_iterable_and_rejects_lone_surrogates(tiny_model_dir, texts):
+    pred = load(tiny_model_dir, batch_size=8)
+    assert pred.predict(t for t in texts) == pred.predict(texts)
+    assert pred.predict_proba(iter(texts)).shape == (len(texts), len(pred.labels))
+    with pytest.raises(ValueError, match="text 1 has a lone surrogate"):
+        pred.predict(["fine", "bad \ud800 text"])
