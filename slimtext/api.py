@@ -13,6 +13,7 @@ Face BERT folder): its tokenizer and shape are used, every weight but the head i
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -155,6 +156,11 @@ class TextClassifier:
                 raise ValueError(f"init= needs model='transformer', not {self.model!r}")
             src, tok = load_init(self.init)  # every rank reads the same files
             if cfg.max_length > src.config.max_length:  # no positions beyond the pretrained ones
+                warnings.warn(
+                    f"max_length {cfg.max_length} capped to {src.config.max_length}, the "
+                    f"positions {self.init} was pretrained with",
+                    stacklevel=2,
+                )
                 cfg = replace(cfg, max_length=src.config.max_length)
         elif ctx.is_main:  # rank 0 learns the tokenizer and writes it; the others receive it
             tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).backend.to_str()

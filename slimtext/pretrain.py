@@ -208,6 +208,7 @@ class MLMModel(nn.Module):
         doc = starts.cumsum(1)  # (B, T) document number of each token
         pos = ar - torch.where(starts, ar, torch.zeros_like(ar)).cummax(1).values
         e = self.embeddings
+        pos = pos.clamp_max(e.pos.num_embeddings - 1)  # padding past max_length (see Embeddings)
         x = e.drop(e.norm(e.tok(input_ids) + e.pos(pos)))
         # (B, 1, T, T): same document and a real key. Padding rows share the last document's
         # number, so no query row is fully masked (no NaN).
@@ -284,6 +285,8 @@ def pretrain(
         texts = load_data(data, text_cols=text_cols, label_col=None, require_labels=False).texts
     if not texts:
         raise DataError(f"{data}: no texts to pretrain on")
+    if "init" in params:  # TextClassifier would take it and fine-tuning code would ignore it
+        raise TypeError("pretrain() has no init=: it pretrains a new encoder from random weights")
     params.setdefault("pooling", "cls")
     # TextClassifier owns the parameter split, validation and the resumable tokenizer.
     clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
@@ -315,7 +318,9 @@ def pretrain(
         run = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
         result = fit(mlm, Encoded(ids, [0] * len(ids)), None, cfg, label_names=PRETRAIN_LABELS,
                      pad_id=tok.pad_id, run_dir=run, checkpoint_dir=checkpoint_dir,
-                     resume=resume, progress=progress, loss_fn=mlm_loss(mlm), dist=ctx)  # fmt: skip
+                     resume=resume, progress=progress, loss_fn=mlm_loss(mlm), dist=ctx,
+                     resume_key={"model": config.to_dict(), "mask_prob": mask_prob, "pack": pack,
+                                 "whole_word": whole_word})  # fmt: skip
         head_state = mlm.head.state_dict()
         if ctx.distributed:
             # Gather the (possibly fsdp-sharded) encoder and MLM head into plain modules on

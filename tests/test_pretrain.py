@@ -308,3 +308,42 @@ def test_whole_word_masking_refuses_a_vocabulary_without_word_marks():
     bare.pre_tokenizer = pre_tokenizers.Whitespace()
     with pytest.raises(ValueError, match="whole-word masking needs"):
         word_start_table(TextTokenizer(bare))
+
+
+def test_lengths_past_a_max_length_off_the_multiple_of_8_train_and_pretrain(tmp_path):
+    # Batches are padded to a multiple of 8: with max_length 20 a batch is 24 wide, and the
+    # position table (20 rows) must still serve it.
+    long = [t + " and then " + t for t in corpus(40)]
+    kw = {**TINY, "max_length": 20, "num_layers": 1}
+    for pack in (False, True):
+        r = pretrain(long, tmp_path / f"e{pack}", tokenizer="wordpiece", vocab_size=120,
+                     max_steps=2, progress=False, pack=pack, **kw)  # fmt: skip
+        assert r.steps == 2
+    labels = ["a", "b"] * 20
+    clf = TextClassifier(max_steps=2, verbose=False, **kw).fit((long, labels))
+    assert len(clf.predict(long[:3])) == 3
+
+
+def test_pretrain_resume_refuses_other_masking_options(tmp_path):
+    kw = dict(tokenizer="wordpiece", vocab_size=120, max_steps=4, checkpoint_every=2,
+              progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
+    pretrain(corpus(48), tmp_path / "a", checkpoint_dir=tmp_path / "ck", **kw)
+    shutil.rmtree(tmp_path / "ck" / "step-000000004")
+    with pytest.raises(ValueError, match=r"mask_prob 0\.15 -> 0\.3"):
+        pretrain(corpus(48), tmp_path / "b", checkpoint_dir=tmp_path / "ck", resume=True,
+                 mask_prob=0.3, **kw)  # fmt: skip
+    with pytest.raises(TypeError, match="no init="):
+        pretrain(corpus(48), tmp_path / "c", init=str(tmp_path / "a"), **kw)
+
+
+def test_init_warns_when_it_caps_max_length(pretrained, toy_data):
+    enc, _, _ = pretrained
+    texts, labels = toy_data
+    with pytest.warns(UserWarning, match="max_length 64 capped to 32"):
+        TextClassifier(
+            init=str(enc),
+            max_steps=1,
+            max_length=64,
+            verbose=False,
+            **{k: v for k, v in TINY.items() if k != "max_length"},
+        ).fit((texts, labels))

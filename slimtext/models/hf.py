@@ -214,7 +214,15 @@ def load_hf_bert(path: str | os.PathLike, num_labels: int | None = None):
         hf = AutoModelForSequenceClassification.from_pretrained(p)
     else:
         hf = AutoModel.from_pretrained(p)
-    return from_hf_bert(hf, num_labels), load_tokenizer(p)
+    model, tok = from_hf_bert(hf, num_labels), load_tokenizer(p)
+    # A tokenizer with ids past the embedding table fails only when a text uses one of them.
+    largest = max(tok.backend.get_vocab().values())
+    if largest >= model.config.vocab_size:
+        raise HFConversionError(
+            f"{p}: the tokenizer has ids up to {largest} but the model's vocab_size is "
+            f"{model.config.vocab_size}: they do not belong together"
+        )
+    return model, tok
 
 
 def hf_fast_tokenizer(tokenizer, max_length: int):

@@ -38,6 +38,10 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(input_ids.shape[1], device=input_ids.device)
+        if self.pos is not None:
+            # Batches are padded up to a multiple of 8, which may pass max_length (e.g. 20 ->
+            # 24): slots past the table are padding, whose output nothing reads.
+            pos = pos.clamp_max(self.pos.num_embeddings - 1)
         return self.drop(self.packed(input_ids, pos))  # (B, T, C)
 
     def packed(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

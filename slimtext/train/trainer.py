@@ -311,8 +311,9 @@ _RESUME_FIELDS = ("epochs", "max_steps", "lr", "weight_decay", "warmup", "schedu
                   "bucket_batches", "layer_lr_decay", "freeze", "sparse_embeddings")  # fmt: skip
 
 
-def _resume_key(cfg, ctx, model, label_names, lengths, labels) -> dict:
-    """What must not change between a run and its resumption, as plain JSON values."""
+def _resume_key(cfg, ctx, model, label_names, lengths, labels, extra=None) -> dict:
+    """What must not change between a run and its resumption, as plain JSON values (`extra`:
+    the caller's own, e.g. pretraining's masking options)."""
     key = {k: getattr(cfg, k) for k in _RESUME_FIELDS}
     key["batch_size x data ranks"] = cfg.batch_size * ctx.data_world  # the global batch
     key["labels"] = list(label_names)
@@ -320,7 +321,7 @@ def _resume_key(cfg, ctx, model, label_names, lengths, labels) -> dict:
     key["model"] = asdict(mc) if mc is not None and hasattr(mc, "__dataclass_fields__") else None
     data = json.dumps([lengths, list(labels) if labels is not None else None]).encode()
     key["training data"] = f"{len(lengths)} rows, crc32 {zlib.crc32(data):08x}"
-    return key
+    return {**key, **(extra or {})}
 
 
 def _check_resume_key(ck: Path, saved: str | None, key: dict) -> None:
@@ -436,6 +437,7 @@ def fit(
     progress: bool = True,
     loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
     dist: DistContext | None = None,
+    resume_key: dict | None = None,
 ) -> TrainResult:
     """Train `model` in place; with keep-best, the best validation weights are loaded at the end.
 
@@ -443,7 +445,8 @@ def fit(
     batch carries `index`, the rows' positions in `train`, to look up cached teacher logits).
     `run_dir` receives metrics.jsonl and training_curve.png; `checkpoint_dir` receives resumable
     checkpoints (every `cfg.checkpoint_every` steps and at each epoch end). `resume=True` continues
-    from the newest valid checkpoint there (a fresh start if there is none).
+    from the newest valid checkpoint there (a fresh start if there is none), and refuses one
+    written with other options, data or model (`resume_key`: more JSON values that must match).
 
     `dist` (from `distributed.init_distributed`) runs the same loop on every rank: each step's
     global batch of `batch_size * world_size` rows is split across ranks, so a data-parallel run
@@ -486,7 +489,7 @@ def fit(
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     lengths = [len(x) for x in train.ids]
-    key = _resume_key(cfg, ctx, model, label_names, lengths, train.labels)
+    key = _resume_key(cfg, ctx, model, label_names, lengths, train.labels, resume_key)
     if ckpt_dir is not None and not resume and (old := list_checkpoints(ckpt_dir)):
         # A fresh run would prune its own new checkpoints before the old, higher-numbered
         # ones, and a later --resume would continue the earlier run.

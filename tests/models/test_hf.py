@@ -131,3 +131,18 @@ def test_fine_tune_from_a_local_hf_bert_folder(tmp_path, toy_data):
                      for n in ("query", "key", "value")])  # fmt: skip
     torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight, qkv, rtol=0, atol=0)
     assert clf.predict(texts[:3])  # the folder's vocab.txt tokenizer is used end to end
+
+
+def test_a_tokenizer_larger_than_the_checkpoints_vocabulary_is_refused(tmp_path):
+    from transformers import BertConfig, BertForMaskedLM
+
+    from slimtext.tokenizer import SPECIAL_TOKENS
+
+    words = [f"w{i}" for i in range(40)]
+    (tmp_path / "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + words) + "\n")
+    cfg = BertConfig(vocab_size=len(SPECIAL_TOKENS) + 20, hidden_size=16, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=16,
+                     architectures=["BertForMaskedLM"])  # fmt: skip
+    BertForMaskedLM(cfg).save_pretrained(tmp_path)
+    with pytest.raises(HFConversionError, match="do not belong together"):
+        load_hf_bert(tmp_path)

@@ -242,3 +242,15 @@ def test_bag_embeddings_have_no_positions_and_no_norm():
     e = m.embeddings
     want = e.tok(ids) + e.ngram(bigram_ids(ids, torch.arange(4), 97, 0))
     torch.testing.assert_close(e(ids), want)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(num_heads=0), dict(num_layers=-2), dict(ffn_size=0), dict(attention_size=-3),
+     dict(layer_norm_eps=-1.0), dict(pad_id=500)],
+)  # fmt: skip
+def test_model_config_rejects_shapes_that_cannot_be_built(bad):
+    from slimtext.models import ModelConfig
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        ModelConfig(vocab_size=200, num_labels=2, **bad)
