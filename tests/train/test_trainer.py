@@ -38,6 +38,20 @@ def run(encoded, tmp, **kw):
     return model, res
 
 
+def killed_after(ckpts, i, dst):
+    """A checkpoint folder holding only the i-th checkpoint of `ckpts`: as if the run that wrote
+    them had been killed right after it."""
+    chosen = list_checkpoints(ckpts)[i]
+    dst.mkdir()
+    shutil.copytree(chosen, dst / chosen.name)
+    return dst
+
+
+def assert_same_weights(a, b):
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+
+
 def test_training_learns_the_toy_task_and_logs_metrics(encoded, tmp_path):
     model, res = run(encoded, {"run_dir": tmp_path}, epochs=10)
     assert res.best["accuracy"] >= 0.9
@@ -77,17 +91,14 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient(encoded):
 
 
 def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_weights(encoded, tmp_path):
-    full_dir, cut_dir = tmp_path / "full", tmp_path / "cut"
+    full_dir = tmp_path / "full"
     ref, _ = run(encoded, {"checkpoint_dir": full_dir}, checkpoint_every=4, keep_checkpoints=0)
-    ckpts = list_checkpoints(full_dir)
-    mid = ckpts[1]  # step 8 of 9 per epoch: in the middle of the first epoch
-    assert mid.name.endswith("000000008")
-    cut_dir.mkdir()
-    shutil.copytree(mid, cut_dir / mid.name)
+    # step 8 of 9 per epoch: in the middle of the first epoch
+    assert list_checkpoints(full_dir)[1].name.endswith("000000008")
+    cut_dir = killed_after(full_dir, 1, tmp_path / "cut")
     resumed, res = run(encoded, {"checkpoint_dir": cut_dir, "resume": True},
                        checkpoint_every=4, keep_checkpoints=0)  # fmt: skip
-    for k, v in ref.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
+    assert_same_weights(ref, resumed)
     assert res.steps == 27
 
 
@@ -160,12 +171,8 @@ def test_ngram_table_trains_with_sparse_adam_and_resumes_exactly(encoded, tmp_pa
     assert table.sparse is False  # the model leaves fit as it came
     moved = (table.weight != init).any(1)
     assert 0 < moved.sum() < table.num_embeddings  # only the buckets the data touched
-    mid = list_checkpoints(tmp_path / "full")[1]
-    (tmp_path / "cut").mkdir()
-    shutil.copytree(mid, tmp_path / "cut" / mid.name)
-    resumed, _ = go(tmp_path / "cut", resume=True)
-    for k, v in ref.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
+    resumed, _ = go(killed_after(tmp_path / "full", 1, tmp_path / "cut"), resume=True)
+    assert_same_weights(ref, resumed)
 
 
 def test_clip_grad_norm_treats_sparse_gradients_like_their_dense_sum():
@@ -237,12 +244,8 @@ def test_sparse_embeddings_update_only_seen_token_rows_and_resume_exactly(
     moved = set((ref.embeddings.tok.weight != init).any(1).nonzero().flatten().tolist())
     assert moved and moved <= seen - {0}  # padding (row 0) never moves either
     assert ref.embeddings.tok.sparse is False
-    mid = list_checkpoints(tmp_path / "full")[1]
-    (tmp_path / "cut").mkdir()
-    shutil.copytree(mid, tmp_path / "cut" / mid.name)
-    resumed, _ = go(tmp_path / "cut", resume=True)
-    for k, v in ref.state_dict().items():
-        assert torch.equal(v, resumed.state_dict()[k]), k
+    resumed, _ = go(killed_after(tmp_path / "full", 1, tmp_path / "cut"), resume=True)
+    assert_same_weights(ref, resumed)
 
 
 @pytest.mark.parametrize("kw", [{}, dict(arch="attention", num_layers=0, ngram_buckets=64)])
@@ -285,11 +288,7 @@ def test_resume_refuses_other_options_data_or_model_shape(encoded, tmp_path):
     vocab, tr, va = encoded
     kw = dict(max_steps=6, checkpoint_every=2, keep_checkpoints=0)
     run(encoded, {"checkpoint_dir": tmp_path}, **kw)
-    cut = tmp_path / "cut"
-    cut.mkdir()
-    first = list_checkpoints(tmp_path)[0]
-    shutil.copytree(first, cut / first.name)
-    ck = {"checkpoint_dir": cut, "resume": True}
+    ck = {"checkpoint_dir": killed_after(tmp_path, 0, tmp_path / "cut"), "resume": True}
     with pytest.raises(ValueError, match=r"lr 0\.003 -> 0\.1"):
         run(encoded, ck, lr=0.1, **kw)
     with pytest.raises(ValueError, match="batch_size x data ranks 8 -> 16"):
@@ -315,10 +314,7 @@ def test_the_last_step_is_logged_and_a_resumed_log_does_not_double_back(encoded,
     # A run killed after logging steps past its last checkpoint: the resumed log drops them.
     kw = dict(max_steps=8, checkpoint_every=4, keep_checkpoints=0, log_every=1)
     run(encoded, {"run_dir": tmp_path / "b", "checkpoint_dir": tmp_path / "ck"}, **kw)
-    cut = tmp_path / "ck2"
-    cut.mkdir()
-    first = list_checkpoints(tmp_path / "ck")[0]  # step 4
-    shutil.copytree(first, cut / first.name)
+    cut = killed_after(tmp_path / "ck", 0, tmp_path / "ck2")  # at step 4
     run(encoded, {"run_dir": tmp_path / "b", "checkpoint_dir": cut, "resume": True}, **kw)
     recs = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     loss_steps = [r["step"] for r in recs if "loss" in r]
