@@ -90,7 +90,10 @@ class FastTextPeer:
         fasttext = require("fasttext")
         import random
 
+        # `labels` may come from a test set that lacks some class of the training data: the
+        # training labels missing from it are added, so every training line has an index.
         self.labels_ = list(labels)
+        self.labels_ += sorted(set(train.labels) - set(self.labels_))
         index = {lab: i for i, lab in enumerate(self.labels_)}
         # fastText runs SGD through the file in order: a file sorted by class (IMDB's is) ends
         # every epoch on one class and leaves the model biased to it, so shuffle the lines first.
@@ -357,11 +360,14 @@ def _export_hf(hf, path: Path) -> None:
     """TorchScript export with dynamic axes, as Optimum's exporter does; sub-second for BERT."""
     import torch
 
+    # The dummy rows must fit the position table: a model with max_length < 16 has fewer
+    # positions than that, and a longer dummy fails the export with an index error.
+    seq = min(16, hf.config.max_position_embeddings)
     ids = torch.randint(
-        1, hf.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0)
+        1, hf.config.vocab_size, (2, seq), generator=torch.Generator().manual_seed(0)
     )
     mask = torch.ones_like(ids)
-    mask[1, 10:] = 0
+    mask[1, max(1, seq * 5 // 8) :] = 0  # one padded row (10 of 16 real tokens at seq=16)
     axes = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -9,7 +9,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, file_mode
 
 
 def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
@@ -118,6 +118,13 @@ def markdown(result: dict) -> str:
         else:
             row += ["-"] * (3 * len(ratio_peers))
         lines.append("| " + " | ".join(row) + " |")
+    # The ratios compare unequal work for such a model; report.json has long_text per entry.
+    chunked = sorted({e["model"] for e in entries
+                      if e["group"] == "slimtext" and e.get("long_text") == "chunks"})  # fmt: skip
+    if chunked:
+        lines += ["", f"Long texts: {', '.join(chunked)} use long_text='chunks': slimtext reads "
+                  "every max_length window of a longer text (its docs/s pays for them all), "
+                  "while the hf and ort peers truncate it at max_length."]  # fmt: skip
     lines += ["", "## Fastest backend and int8", ""]
     for model, m in result["summary"]["models"].items():
         lines.append(f"- **{model}**: {m['verdict']}")
@@ -191,6 +198,7 @@ def plot(result: dict, path: Path) -> None:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        os.chmod(tmp, file_mode())  # mkstemp made it 0600; the report's other files follow umask
         os.replace(tmp, path)
     finally:
         plt.close(fig)

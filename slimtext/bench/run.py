@@ -87,7 +87,8 @@ def run(
     repeat: int = 1,
 ) -> dict:
     """Benchmark model directories against peers; writes report.json, report.md, pareto.png
-    into `out` and returns the report dict.
+    into `out` (deleting an earlier run's first: see `_start_fresh`) and returns the report
+    dict.
 
     `data` / `train`: anything `slimtext.data.load_data` reads (train is needed by the
     fastText and TF-IDF peers, and by the HF peer when the weights have no exact mapping).
@@ -127,6 +128,14 @@ def run(
         raise ValueError(f"unknown backends {bad}; choose from {list(SLIMTEXT_BACKENDS)}")
     load_kw = load_kw or {}
     out = Path(out)
+    # Before any data is read or anything measured: an unusable folder must not surface as a
+    # traceback after the first measurement.
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} exists and is not a folder: the report needs a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create the output folder {out}: {e.strerror or e}") from None
 
     test = load_data(data, **load_kw)
     if not test.labels:
@@ -158,6 +167,8 @@ def run(
     texts = [test.texts[i] for i in order]
     gold = [test.labels[i] for i in order]
 
+    _start_fresh(out)
+
     skipped: list[dict] = []
     peer_paths: dict[str, str] = {}
     entries: list[dict] = []
@@ -175,7 +186,8 @@ def run(
         probe = _probe_docs_per_s(mds[names[0]][1], texts[:64])
         per_entry = 0.25 * time_budget / max(1, slow * repeat)  # accuracy: every round
         # /2: the HF pipeline and ORT peers are usually slower than slimtext's torch backend
-        n_acc = max(32, min(len(texts), int(probe * per_entry / 2)))
+        # At least 32 texts (fewer say little about accuracy), but never more than there are.
+        n_acc = min(len(texts), max(32, int(probe * per_entry / 2)))
         log(f"time budget {time_budget:.0f}s: accuracy on {n_acc} of {len(texts)} texts")
 
     n_jobs = slow + fast
@@ -262,7 +274,7 @@ def run(
             spec = Spec(kind="slimtext", path=str(path), backend=backend, **common)
             measure_one(f"{name}/{backend}", "slimtext", spec, model=name, backend=backend)
 
-        def hf_and_ort(name: str, path: Path, md) -> None:
+        def hf_and_ort(name: str, path: Path, md, index: int) -> None:
             ort_peers = [p for p in ("ort", "ort-opt") if p in peers]
             hf_dir = None
             if "hf" in peers or ort_peers:
@@ -282,9 +294,9 @@ def run(
                 try:
                     from .peers import ort_int8_from_hf
 
-                    info = ort_int8_from_hf(
-                        hf_dir, work / f"{p}-{len(entries)}", optimize=p == "ort-opt"
-                    )
+                    # One folder per model (its index in `names`): a shared one would hold
+                    # only the last model's export, measured in place of every model's.
+                    info = ort_int8_from_hf(hf_dir, work / f"{p}-{index}", optimize=p == "ort-opt")
                 except Exception as e:  # as in measure_one: reported, never fatal
                     skip(label, f"{type(e).__name__}: {e}")
                 else:
@@ -293,14 +305,14 @@ def run(
                                 extra={"tokenizer_dir": str(hf_dir)}, **common)  # fmt: skip
                     measure_one(label, "peer", spec, model=name, peer=p, route=info["route"])
 
-        for name in names:
+        for index, name in enumerate(names):
             path, md = mds[name]
             # compile last: its warm-up compiles every length bucket and is the measurement
             # most likely not to fit a budget; the others should not be starved by it.
             compiled = [b for b in run_backends if b.startswith("compile")]
             for b in [b for b in run_backends if b not in compiled]:
                 slimtext_backend(name, path, b)
-            hf_and_ort(name, path, md)
+            hf_and_ort(name, path, md, index)
             for b in compiled:
                 slimtext_backend(name, path, b)
 
@@ -349,6 +361,23 @@ def run(
 
 
 PARTIAL = "report.partial.json"
+REPORT_FILES = ("report.json", "report.md", "pareto.png")
+
+
+def _start_fresh(out: Path) -> None:
+    """Delete the report files of an earlier run in `out` and write this run's (empty)
+    partial report, raising ValueError naming the path when `out` is not writable.
+
+    Deleted rather than renamed: a finished run overwrites them anyway, and renamed copies
+    would sit next to this run's files (the mix this avoids). Done once the arguments are
+    checked, so a run refused for a bad argument leaves the old report alone."""
+    try:
+        for name in (*REPORT_FILES, PARTIAL):
+            Path(out, name).unlink(missing_ok=True)
+        # From now on the folder says "a run in progress (or killed)", never an old result.
+        _save_partial(out, [], [])
+    except OSError as e:
+        raise ValueError(f"cannot write the report into {out}: {e.strerror or e}") from None
 
 
 def _save_partial(out, entries: list[dict], skipped: list[dict]) -> None:

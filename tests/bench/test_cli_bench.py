@@ -133,3 +133,12 @@ def test_arrival_rate_leaves_out_the_first_call_and_keeps_the_order(monkeypatch)
     assert labels == [t.upper() for t in texts] and calls == [64, 64, 64, 32]
     assert rate == pytest.approx(64.0)
     assert measure.predict_all(fn, texts[:10], 64)[1] is None  # one call: nothing to time
+
+
+def test_bench_verb_refuses_an_out_that_is_a_file(cls_model_dir, bench_data, tmp_path):
+    taken = tmp_path / "report"
+    taken.write_text("a file")
+    r = runner.invoke(app, ["bench", str(cls_model_dir), "--data", str(bench_data[1]),
+                            "--peers", "", "--backends", "torch", "--no-isolate",
+                            "--no-progress", "--out", str(taken)])  # fmt: skip
+    assert r.exit_code == 2 and "not a folder" in r.output and "Traceback" not in r.output

@@ -1,6 +1,9 @@
-"""The Pareto front: nothing on it is dominated, everything off it is dominated by a point on it."""
+"""The Pareto front: nothing on it is dominated, everything off it is dominated by a point on it;
+and the plot of it is written with the mode of any other new file."""
 
 from __future__ import annotations
+
+import os
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -26,3 +29,14 @@ def test_front_is_sorted_by_throughput_and_keeps_exact_duplicates():
     pts = [(10.0, 0.9), (100.0, 0.8), (50.0, 0.7), (100.0, 0.8), (1.0, 0.95)]
     assert pareto_front(pts) == [4, 0, 1, 3]
     assert pareto_front([]) == []
+
+
+def test_pareto_png_gets_the_umask_mode_not_mkstemps_0600(tmp_path):
+    from slimtext.bench.report import plot
+
+    old = os.umask(0o022)
+    try:
+        plot({"entries": []}, tmp_path / "pareto.png")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "pareto.png").stat().st_mode & 0o777 == 0o644

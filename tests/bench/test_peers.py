@@ -88,3 +88,21 @@ def test_a_fresh_process_reports_its_own_peak_memory(cls_model_dir, bench_data, 
     assert res["memory_method"].startswith("fresh process")
     assert res["peak_rss_mb"] >= res["rss_before_load_mb"] > 50  # torch alone is more than that
     assert res["n"] == len(rows) and res["torch_threads"] == 1
+
+
+@pytest.mark.parametrize("optimize", [False, True], ids=["ort", "ort-opt"])
+def test_ort_peer_of_a_model_shorter_than_the_export_dummy(toy_data, texts, tmp_path, optimize):
+    """max_length 8: fewer positions than the 16-token dummy input the export used to trace."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("transformers")
+    from slimtext.api import TextClassifier
+
+    short = tmp_path / "short"
+    TextClassifier(
+        model="transformer", pooling="cls", vocab_size=400, hidden_size=16, num_layers=1,
+        num_heads=2, ffn_size=32, max_length=8, epochs=1, batch_size=32, verbose=False,
+    ).fit(toy_data).save(short)  # fmt: skip
+    hf_dir = hf_from_model_dir(short, tmp_path / "hf")
+    info = ort_int8_from_hf(hf_dir, tmp_path / "ort", optimize=optimize)
+    got = open_ort(info["path"], hf_dir, 8)(texts)  # texts up to 60 words: all truncated to 8
+    assert len(got) == len(texts) and set(got) <= set(toy_data[1])

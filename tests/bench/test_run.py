@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -177,3 +178,125 @@ def test_repeat_measures_in_turns_and_reports_medians(cls_model_dir, bench_data,
     assert a["memory_method"] == "fake" and result["settings"]["repeat"] == 3
     with pytest.raises(ValueError, match="repeat"):
         run([cls_model_dir], str(bench_data[1]), tmp_path / "x", peers=[], repeat=0)
+
+
+def _fake_measure(spec, isolated):
+    """Stands in for measure_spec where the test is about what run() hands it, not timings."""
+    return {"accuracy": 0.5, "n": 20, "latency_ms_p50": 1.0,
+            "docs_per_s": {"1": 10.0, "8": 10.0, "64": 10.0}, "docs_per_s_arrival": {"64": 5.0},
+            "torch_threads": 1, "memory_method": "fake"}  # fmt: skip
+
+
+def test_every_model_measures_its_own_ort_peer(cls_model_dir, bench_data, tmp_path, monkeypatch):
+    """Two models: each ORT peer spec must point at that model's export (a shared folder held
+    only the last export, measured for every model)."""
+    pytest.importorskip("transformers")
+    import slimtext.bench.peers as peers
+
+    bench_run = sys.modules["slimtext.bench.run"]
+
+    def fake_export(hf_dir, out_dir, optimize=False):  # records which HF model it exported
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "model.onnx").write_text(str(hf_dir))
+        return {"path": str(out_dir / "model.onnx"), "route": "fake"}
+
+    exported_from = {}
+
+    def measure(spec, isolated):
+        if spec.kind == "ort":
+            exported_from[spec.extra["tokenizer_dir"]] = Path(spec.path).read_text()
+        return _fake_measure(spec, isolated)
+
+    monkeypatch.setattr(peers, "ort_int8_from_hf", fake_export)
+    monkeypatch.setattr(bench_run, "measure_spec", measure)
+    second = tmp_path / "copy"
+    shutil.copytree(cls_model_dir, second)
+    run([cls_model_dir, second], str(bench_data[1]), tmp_path / "out", peers=["ort"],
+        backends=[], threads=1, isolate=False, progress=False)  # fmt: skip
+    assert len(exported_from) == 2
+    for tokenizer_dir, hf_dir in exported_from.items():
+        assert hf_dir == tokenizer_dir
+
+
+def test_fasttext_peer_when_the_test_set_lacks_a_training_class(cls_model_dir, bench_data,
+                                                                 tmp_path):  # fmt: skip
+    pytest.importorskip("fasttext")
+    train, test = bench_data
+    rows = [json.loads(line) for line in test.read_text().splitlines()]
+    gone = rows[0]["label"]
+    fewer = tmp_path / "test.jsonl"
+    fewer.write_text("".join(json.dumps(r) + "\n" for r in rows if r["label"] != gone))
+    result = run([cls_model_dir], str(fewer), tmp_path / "out", train=str(train),
+                 peers=["fasttext"], backends=[], threads=1, isolate=False, progress=False,
+                 max_test=20, peer_options={"fasttext": {"bucket": 20000, "dim": 16,
+                                                          "epoch": 5}})  # fmt: skip
+    assert [e["name"] for e in result["entries"]] == ["fastText"], result["skipped"]
+
+
+def test_an_output_path_that_is_a_file_is_a_clear_error_before_measuring(
+    cls_model_dir, bench_data, tmp_path, monkeypatch
+):
+    bench_run = sys.modules["slimtext.bench.run"]
+    measured = []
+    monkeypatch.setattr(bench_run, "measure_spec", lambda s, isolated: measured.append(s))
+    afile = tmp_path / "taken"
+    afile.write_text("not a folder")
+    with pytest.raises(ValueError, match="taken.*not a folder"):
+        run([cls_model_dir], str(bench_data[1]), afile, peers=[], backends=["torch"],
+            isolate=False, progress=False)  # fmt: skip
+    with pytest.raises(ValueError, match="taken"):  # a folder to be made under it
+        run([cls_model_dir], str(bench_data[1]), afile / "sub", peers=[], backends=["torch"],
+            isolate=False, progress=False)  # fmt: skip
+    assert not measured and afile.read_text() == "not a folder"
+
+
+def test_accuracy_set_never_exceeds_the_test_set(cls_model_dir, bench_data, tmp_path,
+                                                 monkeypatch):  # fmt: skip
+    bench_run = sys.modules["slimtext.bench.run"]
+    plans = []
+    monkeypatch.setattr(
+        bench_run,
+        "measure_spec",
+        lambda s, isolated: plans.append(s.plan) or _fake_measure(s, isolated),
+    )
+    # 20 texts: below the 32-text floor of the budget-sized accuracy set.
+    result = run([cls_model_dir], str(bench_data[1]), tmp_path, peers=[], backends=["torch"],
+                 time_budget=60, max_test=20, threads=1, isolate=False,
+                 progress=False)  # fmt: skip
+    assert result["settings"]["n_accuracy"] == 20 and plans[0]["n_accuracy"] == 20
+    assert "accuracy on 20);" in (tmp_path / "report.md").read_text()
+
+
+def test_a_new_run_removes_the_previous_report_first(cls_model_dir, bench_data, tmp_path,
+                                                     monkeypatch):  # fmt: skip
+    """Killed before its report: the folder holds this run's partial file only, not the old
+    run's report next to it as if it were current."""
+    import slimtext.bench.report as report
+
+    bench_run = sys.modules["slimtext.bench.run"]
+    monkeypatch.setattr(bench_run, "measure_spec", _fake_measure)
+    out = tmp_path / "report"
+    out.mkdir()
+    for name in ("report.json", "report.md", "pareto.png"):
+        (out / name).write_text("an earlier run")
+
+    def boom(result, out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "write_report", boom)
+    with pytest.raises(KeyboardInterrupt):
+        run([cls_model_dir], str(bench_data[1]), out, peers=[], backends=["torch"],
+            isolate=False, progress=False)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["report.partial.json"]
+
+
+def test_report_md_says_when_a_model_reads_every_window(full_report):
+    from slimtext.bench.report import markdown
+
+    _, result = full_report
+    assert "long_text='chunks'" not in markdown(result)  # tiny-cls truncates, as the peers do
+    chunked = json.loads(json.dumps(result))
+    for e in chunked["entries"]:
+        if e["group"] == "slimtext":
+            e["long_text"] = "chunks"
+    assert "tiny-cls use long_text='chunks'" in markdown(chunked)
