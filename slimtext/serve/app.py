@@ -62,6 +62,9 @@ PROM_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 ENDPOINTS = ("/", "/v1/classify", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs",
              "/openapi.json")  # fmt: skip
 JSON_BODY_PATHS = ("/v1/classify",)
+# The status /metrics records for a client that hung up before any response was sent (nginx's
+# "client closed request"): not a 5xx, so impatient clients don't page anyone.
+CLIENT_CLOSED = 499
 
 
 # -- request / response schema (this is what /docs shows) ----------------------------------------
@@ -188,7 +191,32 @@ class ServeConfig:
             raise ValueError(f"--api-key-env {self.api_key_env}: that variable is unset or empty")
         return key
 
+    def validate(self) -> None:
+        """Raise ValueError for any setting that can't work, before anything loads. `run` calls
+        it in the parent process: raised in a `--workers N` worker it would only crash that
+        worker, and uvicorn restarts crashed workers forever."""
+        check_limits(
+            max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms,
+            max_queue=self.max_queue, max_texts_per_request=self.max_texts_per_request,
+            max_text_chars=self.max_text_chars, max_body_bytes=self.max_body_bytes,
+        )  # fmt: skip
+        import torch
+
+        from ..infer import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1, got {self.threads}")
+        try:
+            device = torch.device(self.device)
+        except RuntimeError:  # torch's own message lists some twenty device types
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r}: CUDA is not available on this machine")
+
     def create_app(self) -> FastAPI:
+        self.validate()
         kw = asdict(self)
         del kw["model_dir"], kw["api_key_env"], kw["threads"]
         if self.threads:
@@ -304,7 +332,7 @@ class Guard:
         endpoint = path if path in ENDPOINTS else "other"
         if path.startswith("/static/"):
             endpoint = "/static"
-        status = 500  # if the app raises before sending anything
+        status, disconnected = None, False
         t0 = time.perf_counter()
 
         async def send_status(message):
@@ -313,9 +341,17 @@ class Guard:
                 status = message["status"]
             await send(message)
 
+        async def receive_watch():
+            nonlocal disconnected
+            message = await receive()
+            disconnected = disconnected or message["type"] == "http.disconnect"
+            return message
+
         try:
-            await self._handle(scope, receive, send_status)
+            await self._handle(scope, receive_watch, send_status)
         finally:
+            if status is None:  # nothing sent: the client left first, or the app raised
+                status = CLIENT_CLOSED if disconnected else 500
             self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
@@ -356,7 +392,7 @@ class Guard:
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return  # nobody to answer; __call__ records CLIENT_CLOSED
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body_bytes:
@@ -383,7 +419,8 @@ def describe(predictor, *, backend: str, device: str) -> dict:
     md = getattr(predictor, "model_dir", None)
     meta = getattr(md, "meta", None) or {}
     config = getattr(md, "config", None)
-    name = Path(meta["path"]).name if meta.get("path") else "model"
+    # Resolved: `slimtext serve .` (or `models/m/..`) would otherwise be named "" (or "..").
+    name = (Path(meta["path"]).resolve().name if meta.get("path") else "") or "model"
     return dict(
         name=name,
         labels=list(predictor.labels),
@@ -422,6 +459,31 @@ def format_validation_error(exc: RequestValidationError) -> tuple[int, str, str]
     return 422, "validation_error", message
 
 
+def check_limits(
+    *,
+    max_batch_size: int,
+    max_wait_ms: float,
+    max_queue: int,
+    max_texts_per_request: int | None,
+    max_text_chars: int,
+    max_body_bytes: int,
+) -> int:
+    """Raise ValueError for limits that could never work; returns `max_texts_per_request` with
+    its default filled in. One function for `create_app` and `ServeConfig.validate`, so a
+    `--workers N` parent rejects exactly what a worker would."""
+    DynamicBatcher.check_settings(max_batch_size, max_wait_ms, max_queue)
+    if max_texts_per_request is None:
+        max_texts_per_request = min(256, max_queue)
+    if max_texts_per_request > max_queue:
+        raise ValueError(
+            f"max_texts_per_request ({max_texts_per_request}) must be <= max_queue ({max_queue}),"
+            " or a request of that size could never be admitted"
+        )
+    if max_texts_per_request < 1 or max_text_chars < 1 or max_body_bytes < 1:
+        raise ValueError("max_texts_per_request, max_text_chars and max_body_bytes must be >= 1")
+    return max_texts_per_request
+
+
 def create_app(
     model,
     *,
@@ -444,15 +506,11 @@ def create_app(
     `max_queue` counts texts; a request that does not fit gets 503 + Retry-After.
     `max_texts_per_request` defaults to min(256, max_queue).
     """
-    if max_texts_per_request is None:
-        max_texts_per_request = min(256, max_queue)
-    if max_texts_per_request > max_queue:
-        raise ValueError(
-            f"max_texts_per_request ({max_texts_per_request}) must be <= max_queue ({max_queue}),"
-            " or a request of that size could never be admitted"
-        )
-    if max_texts_per_request < 1 or max_text_chars < 1 or max_body_bytes < 1:
-        raise ValueError("max_texts_per_request, max_text_chars and max_body_bytes must be >= 1")
+    max_texts_per_request = check_limits(
+        max_batch_size=max_batch_size, max_wait_ms=max_wait_ms, max_queue=max_queue,
+        max_texts_per_request=max_texts_per_request, max_text_chars=max_text_chars,
+        max_body_bytes=max_body_bytes,
+    )  # fmt: skip
     backend = resolve_backend(backend)
     if isinstance(model, (str, os.PathLike)):
         predictor = slimtext.load(model, backend=backend, device=device, batch_size=max_batch_size)
@@ -690,6 +748,8 @@ def run(
         max_text_chars=max_text_chars, max_body_bytes=max_body_bytes, api_key_env=api_key_env,
         cors_origins=list(cors_origins), threads=threads,
     )  # fmt: skip
+    # Here, before either path, so one worker and N workers reject the same settings alike.
+    cfg.validate()
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
     if workers == 1:
         uvicorn.run(cfg.create_app(), **common)

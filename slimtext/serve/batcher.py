@@ -74,12 +74,7 @@ class DynamicBatcher:
         max_queue: int = 1024,
         on_batch: Callable[[int, float], None] | None = None,
     ):
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
-        if max_queue < 1:
-            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
+        self.check_settings(max_batch_size, max_wait_ms, max_queue)
         self.predict_fn = predict_fn
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
@@ -92,6 +87,17 @@ class DynamicBatcher:
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
+
+    @staticmethod
+    def check_settings(max_batch_size: int, max_wait_ms: float, max_queue: int) -> None:
+        """Raise ValueError for settings the batcher can't run with. Static, so `slimtext serve
+        --workers N` can check them once in the parent instead of crashing every worker."""
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if not max_wait_ms >= 0:  # written so that NaN (`--max-wait-ms nan`) fails too
+            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        if max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {max_queue}")
 
     @property
     def depth(self) -> int:

@@ -391,3 +391,47 @@ def test_model_dir_path_and_factory(model_dir, monkeypatch):
     with TestClient(app) as c:
         resp = c.get("/v1/model", headers={"Authorization": "Bearer k"})
         assert resp.json()["limits"]["max_batch_size"] == 8
+
+
+def test_model_served_as_dot_is_named_after_its_directory(model_dir, monkeypatch):
+    monkeypatch.chdir(model_dir)  # `slimtext serve .`
+    with TestClient(create_app(".", backend="torch")) as c:
+        assert c.get("/v1/model").json()["name"] == model_dir.name
+        wait_until(lambda: c.get("/readyz").status_code == 200, what="/readyz")
+        assert c.post("/v1/classify", json={"texts": ["good"]}).json()["model"] == model_dir.name
+
+
+# -- metrics of requests the client abandons ------------------------------------------------------
+
+
+def test_client_that_disconnects_mid_body_is_499_not_500(stub):
+    app = create_app(stub)
+    sent = []
+
+    async def main():
+        async with serving(app) as client:
+            messages = iter([
+                {"type": "http.request", "body": b'{"texts": ["half', "more_body": True},
+                {"type": "http.disconnect"},
+            ])  # fmt: skip
+
+            async def receive():
+                return next(messages)
+
+            async def send(message):
+                sent.append(message)
+
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+                "method": "POST", "scheme": "http", "path": "/v1/classify", "raw_path": b"",
+                "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
+                "server": ("test", 80), "headers": [(b"content-type", b"application/json")],
+            }  # fmt: skip
+            await app(scope, receive, send)
+            return (await client.get("/metrics")).text
+
+    text = run_async(main())
+    assert sent == []  # nobody left to answer
+    assert 'endpoint="/v1/classify",method="POST",status="499"} 1.0' in text
+    assert 'status="500"' not in text
+    assert stub.calls == [1]  # only the warm-up reached the model

@@ -12,6 +12,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 pytest.importorskip("uvicorn")
 
@@ -75,3 +76,70 @@ def test_metrics_count_the_requests_of_every_worker(two_workers):
         text = httpx.get(two_workers + "/metrics", headers={"Connection": "close"}).text
         assert counter(text, "200") == n, text[:2000]
         assert "slimtext_batch_size_count" in text
+
+
+# -- settings are checked in the parent, before any worker starts ---------------------------------
+
+HAS_CUDA = torch.cuda.is_available()
+BAD_SETTINGS = [
+    (dict(max_queue=4, max_texts_per_request=8),
+     r"max_texts_per_request \(8\) must be <= max_queue \(4\)"),
+    (dict(max_queue=0), "max_queue must be >= 1"),
+    (dict(max_batch_size=0), "max_batch_size must be >= 1"),
+    (dict(max_wait_ms=-1.0), "max_wait_ms must be >= 0"),
+    (dict(max_wait_ms=float("nan")), "max_wait_ms must be >= 0"),
+    (dict(max_text_chars=0), "max_text_chars"),
+    (dict(max_body_bytes=0), "max_body_bytes"),
+    (dict(backend="torchh"), "backend must be one of"),
+    (dict(threads=-1), "threads must be >= 1"),
+    (dict(threads=0), "threads must be >= 1"),
+    (dict(device="gpu"), "device must be cpu, cuda or cuda:N"),
+    pytest.param(dict(device="cuda"), "CUDA is not available",
+                 marks=pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")),
+]  # fmt: skip
+
+
+@pytest.fixture
+def no_uvicorn(monkeypatch):
+    """uvicorn.run replaced by a failure: with workers a bad setting would crash every worker
+    and uvicorn would restart them for ever, so it must be refused before uvicorn starts."""
+    import uvicorn
+
+    def started(*args, **kwargs):
+        raise AssertionError("uvicorn started despite a setting that can never work")
+
+    monkeypatch.setattr(uvicorn, "run", started)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("settings, message", BAD_SETTINGS)
+def test_bad_settings_fail_before_uvicorn_starts_alike_for_any_worker_count(
+    no_uvicorn, tmp_path, workers, settings, message
+):
+    from slimtext.serve import run
+
+    # A directory that does not exist: the settings must be checked before anything loads.
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path / "no-model", workers=workers, **settings)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--max-queue", "4", "--max-texts-per-request", "8"],
+         "error: max_texts_per_request (8) must be <= max_queue (4)"),
+        (["--threads", "-1"], "error: threads must be >= 1, got -1"),
+    ],
+)  # fmt: skip
+def test_cli_bad_settings_are_one_error_line_and_exit_2(
+    no_uvicorn, tmp_path, workers, flags, message
+):
+    from typer.testing import CliRunner
+
+    from slimtext.cli import app
+
+    args = ["serve", str(tmp_path / "no-model"), "--workers", workers, *flags]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
