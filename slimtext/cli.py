@@ -235,9 +235,12 @@ def train(
 def _dist_context(nproc: int, strategy: str, device: str):
     """`--nproc N` re-runs this command under torchrun (no return); otherwise the process
     group of this rank (or the single-process context)."""
-    if nproc:
+    from .train.distributed import DistributedError, init_distributed, launched_by_torchrun
+
+    # Under torchrun already (a relaunched rank re-reads a --config that sets nproc): go on as
+    # this rank instead of launching torchrun again, without end.
+    if nproc and not launched_by_torchrun():
         _relaunch_with_torchrun(nproc)
-    from .train.distributed import DistributedError, init_distributed
 
     try:
         return init_distributed(strategy, device)

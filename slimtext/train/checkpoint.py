@@ -43,13 +43,15 @@ def _uses_dcp(ctx: DistContext) -> bool:
     return ctx.distributed and ctx.strategy in ("fsdp", "tp", "pp")
 
 
-def _dcp_options(ctx: DistContext):
+def _dcp_options(flatten: bool = True):
     from torch.distributed.checkpoint.state_dict import StateDictOptions
 
-    # pp: the stages' optimizers hold different parameters, and DCP keeps one copy of a
-    # non-tensor entry per key ("param_groups" would be rank 0's on every rank): flattened, each
-    # entry is keyed by its parameter's name.
-    return StateDictOptions(flatten_optimizer_state_dict=ctx.strategy == "pp")
+    # Flattened, each optimizer entry is keyed by its parameter's name. pp needs it (the stages'
+    # optimizers hold different parameters, and DCP keeps one copy of a non-tensor entry per
+    # key: "param_groups" would be rank 0's on every rank); written the same way by fsdp and tp,
+    # a checkpoint resumes under any of them or in one process. Checkpoints from before
+    # (`dcp_flat` absent) were flattened under pp only.
+    return StateDictOptions(flatten_optimizer_state_dict=flatten)
 
 
 def _dcp_module(model: nn.Module, ctx: DistContext) -> nn.Module:
@@ -83,9 +85,10 @@ def save_checkpoint(
             import torch.distributed.checkpoint as dcp
             from torch.distributed.checkpoint.state_dict import get_state_dict
 
-            msd, osd = get_state_dict(_dcp_module(model, ctx), optimizer, options=_dcp_options(ctx))
+            msd, osd = get_state_dict(_dcp_module(model, ctx), optimizer, options=_dcp_options())
             dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "dcp"))
             barrier(ctx)
+            state = {**state, "dcp_flat": True}
         elif ctx.is_main:
             save_file(_cpu(_raw(model).state_dict()), str(tmp / "model.safetensors"))
             state = {**state, "optimizer": optimizer.state_dict()}
@@ -161,7 +164,7 @@ def load_checkpoint(
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         target = _dcp_module(model, ctx)
-        opts = _dcp_options(ctx)
+        opts = _dcp_options(bool(state.get("dcp_flat", ctx.strategy == "pp")))
         msd, osd = get_state_dict(target, optimizer, options=opts)
         sd = {"model": msd, "optim": osd}
         dcp.load(sd, checkpoint_id=str(path / "dcp"))

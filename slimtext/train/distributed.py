@@ -194,7 +194,8 @@ def wrap_model(
                 param_dtype=torch.bfloat16, reduce_dtype=torch.float32
             )
         if cpu_offload:
-            kw["offload_policy"] = CPUOffloadPolicy()
+            # Pinned memory speeds host<->GPU copies and needs a GPU: without one it raises.
+            kw["offload_policy"] = CPUOffloadPolicy(pin_memory=ctx.device.type == "cuda")
         for block in model.encoder.blocks:  # one all-gather per block: overlap comms with compute
             fully_shard(block, **kw)
         fully_shard(model, **kw)
@@ -243,6 +244,9 @@ def full_state_dict(model: nn.Module, ctx: DistContext) -> dict[str, torch.Tenso
         full = get_model_state_dict(
             raw, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
         )
+        # Replicated (non-DTensor) parameters come back as the live CPU tensors: a snapshot
+        # (keep-best) must copy them, or training goes on changing it.
+        full = {k: v.detach().clone() for k, v in full.items()}
         return from_tp_layout(full, raw.config.hidden_size, layout_of(raw).tp_size) if full else {}
     if ctx.strategy != "fsdp" or not ctx.distributed:
         raw = model.module if hasattr(model, "module") else model

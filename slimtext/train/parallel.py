@@ -276,22 +276,34 @@ class PipelineModel(nn.Module):
         return self._loss(logits, target)
 
     def train_step(self, batch, loss_fn: Callable, weight: float) -> torch.Tensor:
-        """Forward and backward of one batch through the pipeline; returns the mean
-        micro-batch loss x `weight` on every rank. `loss_fn(logits, batch)` sees a batch with
-        the micro-batch's labels and index (no input_ids/attention_mask under pp)."""
+        """Forward and backward of one batch through the pipeline; returns the batch's mean
+        loss x `weight` on every rank. `loss_fn(logits, batch)` sees a batch with the
+        micro-batch's labels and index (no input_ids/attention_mask under pp)."""
         from ..data.batching import Batch
 
         b, M = batch, self.microbatches
-        if len(b.input_ids) < M:  # fewer rows than micro-batches: repeat rows, as the sampler does
-            rep = torch.arange(M) % len(b.input_ids)
+        B = len(b.input_ids)
+        # The schedule cuts the batch into M equal micro-batches (a stage sizes its buffers on
+        # the first), so the rows are padded to a multiple of M with copies of row 0 that a
+        # flag keeps out of the loss; each micro-batch's mean is weighted by its share of the
+        # real rows, so the sum is the batch mean for any B (also B < M).
+        P = -(-B // M) * M
+        if P != B:
+            rep = torch.cat([torch.arange(B), torch.zeros(P - B, dtype=torch.long)])
             b = Batch(b.input_ids[rep], b.attention_mask[rep], b.labels[rep], b.index[rep])
-        # (B, 2) labels and row positions, cut into micro-batches like the inputs
-        target = torch.stack([b.labels, b.index.to(b.labels.device)], 1)
+        real = (torch.arange(P) < B).to(b.labels.device, b.labels.dtype)
+        # (P, 3) labels, row positions and the real-row flag, cut into micro-batches like the
+        # inputs
+        target = torch.stack([b.labels, b.index.to(b.labels.device), real], 1)
 
         def loss(logits: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+            keep = tgt[:, 2].bool()
+            n = int(keep.sum())
+            if n == 0:  # padding only: no loss, but a graph for the schedule's backward
+                return logits.float().sum() * 0.0
             empty = torch.empty(0)
-            mb = Batch(empty, empty, tgt[:, 0], tgt[:, 1].cpu())
-            return loss_fn(logits.float(), mb) * (weight / M)  # summed over M: the mean
+            mb = Batch(empty, empty, tgt[keep, 0], tgt[keep, 1].cpu())
+            return loss_fn(logits.float()[keep], mb) * (weight * n / B)
 
         self._loss = loss
         sched = self._schedule(tuple(b.input_ids.shape))

@@ -502,6 +502,16 @@ def fit(
         return bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches,
                                 ctx.data_rank, ctx.data_world)  # fmt: skip
 
+    def global_rows(epoch: int) -> list[int] | None:
+        """Rows of each global batch (all data ranks together), in this epoch's order: a
+        rank's share of the loss is its rows over these, so that uneven splits (a last batch
+        of 3 rows over 2 ranks) still give the single-process gradient. None in one process."""
+        if ctx.data_world == 1:
+            return None
+        whole = bucketed_batches(lengths, cfg.batch_size * ctx.data_world, cfg.seed, epoch,
+                                 cfg.bucket_batches, 0, 1)  # fmt: skip
+        return [max(len(b), ctx.data_world) for b in whole]  # short ones repeat rows
+
     batches_per_epoch = len(epoch_batches(0))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
@@ -640,6 +650,7 @@ def fit(
     try:
         while epoch < epochs and not done:
             batches = epoch_batches(epoch)
+            sizes = global_rows(epoch)
             t_last, samples_last, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
             for o in opts:
                 o.zero_grad(set_to_none=True)
@@ -647,14 +658,17 @@ def fit(
                 t0 = time.perf_counter()
                 group = batches[batch_pos : batch_pos + cfg.grad_accum]
                 n_group = sum(len(r) for r in group)
+                # rows of the whole group over all data ranks; DDP/FSDP average the ranks
+                g_group = sum(sizes[batch_pos : batch_pos + len(group)]) if sizes else n_group
+                share = ctx.data_world / g_group if sizes else 1 / n_group
                 for j, rows in enumerate(group):
                     b = pad_batch(train.ids, rows, pad_id, train.labels).to(device)
                     if pp:  # the schedule runs forward and backward over micro-batches
                         with autocast(device, precision):
-                            loss = wrapped.train_step(b, loss_fn, len(rows) / n_group)
-                        loss_sum += loss * n_group
+                            loss = wrapped.train_step(b, loss_fn, len(rows) * share)
+                        loss_sum += loss / share  # the rows' summed loss
                         loss_n += len(rows)
-                        result.tokens += b.num_tokens
+                        result.tokens += b.num_tokens * ctx.data_world  # all data ranks
                         continue
                     # Gradients are all-reduced only after the group's last micro-batch.
                     with no_grad_sync(wrapped, ctx, skip=j < len(group) - 1):
@@ -662,12 +676,13 @@ def fit(
                             logits = wrapped(b.input_ids, b.attention_mask)
                         # Weight each micro-batch by its share of the samples, so accumulation
                         # gives the same gradient as one batch of the whole group.
-                        loss = loss_fn(logits.float(), b) * (len(rows) / n_group)
+                        loss = loss_fn(logits.float(), b) * (len(rows) * share)
                         scaler.scale(loss).backward()
                     # Kept as a tensor: no host sync per micro-batch, only when logging.
-                    loss_sum += loss.detach() * n_group
+                    loss_sum += loss.detach() / share  # the rows' summed loss
                     loss_n += len(rows)
-                    result.tokens += b.num_tokens
+                    # ~ all data ranks' tokens: their shares are of similar length (sorted)
+                    result.tokens += b.num_tokens * ctx.data_world
                 if cfg.grad_clip > 0:
                     for o in opts:
                         scaler.unscale_(o)
@@ -689,14 +704,17 @@ def fit(
                 scaler.update()
                 batch_pos += len(group)
                 step += 1
-                result.samples += n_group * ctx.data_world  # ranks' shares are equal in size
-                samples_last += n_group * ctx.data_world
+                result.samples += g_group if sizes else n_group
+                samples_last += g_group if sizes else n_group
                 result.train_seconds += time.perf_counter() - t0
                 bar.update(1)
                 last = batch_pos >= len(batches) or step >= total_steps
                 if step % cfg.log_every == 0 or last:
                     now = time.perf_counter()
                     rate = samples_last / max(1e-9, now - t_last)
+                    if ctx.data_world > 1:  # every data rank's rows, not rank 0's alone
+                        both = all_gather_object(ctx, (float(loss_sum), loss_n))
+                        loss_sum, loss_n = sum(x for x, _ in both), sum(n for _, n in both)
                     rec = {
                         "step": step,
                         "epoch": epoch + batch_pos / len(batches),

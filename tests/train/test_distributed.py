@@ -73,11 +73,44 @@ def test_ddp_and_fsdp_on_two_ranks_train_the_single_process_model(tmp_path, trai
     common = ["train", "--data", train_csv, "--dropout", "0", *TINY]
     slimtext(*common, "--out", tmp_path / "single", "--batch-size", 8)
     slimtext(*common, "--out", tmp_path / "ddp", "--batch-size", 4, "--nproc", 2)
+    # with --cpu-offload: on CPU it must not pin memory (that needs a GPU)
     slimtext(*common, "--out", tmp_path / "fsdp", "--batch-size", 4, "--strategy", "fsdp",
-             nproc=2)  # fmt: skip
+             "--cpu-offload", nproc=2)  # fmt: skip
     ref = weights(tmp_path / "single")
     assert max_diff(ref, weights(tmp_path / "ddp")) < 1e-5
     assert max_diff(ref, weights(tmp_path / "fsdp")) < 1e-5
+
+
+def test_pp_and_uneven_ddp_batches_train_the_single_process_model(tmp_path, train_csv):
+    # 81 training rows in global batches of 6: the last has 3 rows, split 2/1 over two ddp
+    # ranks, and cut into 4 pipeline micro-batches (uneven, one empty). Each rank's loss is its
+    # share of the global batch, each micro-batch's its share of the batch: same gradients.
+    common = ["train", "--data", train_csv, "--dropout", "0", *TINY]
+    slimtext(*common, "--out", tmp_path / "single", "--batch-size", 6)
+    slimtext(*common, "--out", tmp_path / "ddp", "--batch-size", 3, "--nproc", 2)
+    slimtext(*common, "--out", tmp_path / "pp", "--batch-size", 6, "--strategy", "pp",
+             "--microbatches", 4, "--checkpoint-every", 5, nproc=2)  # fmt: skip
+    ref = weights(tmp_path / "single")
+    assert max_diff(ref, weights(tmp_path / "ddp")) < 1e-5
+    assert max_diff(ref, weights(tmp_path / "pp")) < 1e-5
+    # pp's DCP checkpoint (optimizer state flattened, as every strategy now writes it) resumes
+    # in one process
+    first = sorted((tmp_path / "pp.checkpoints").glob("step-*"))[0]
+    one = tmp_path / "one.checkpoints"
+    one.mkdir()
+    shutil.copytree(first, one / first.name)
+    shutil.copy(tmp_path / "pp.checkpoints" / "tokenizer.json", one / "tokenizer.json")
+    slimtext(*common, "--out", tmp_path / "one", "--batch-size", 6, "--resume")
+    assert max_diff(ref, weights(tmp_path / "one")) < 1e-5
+
+
+def test_nproc_in_a_config_file_launches_once(tmp_path, train_csv):
+    # Each rank re-reads the YAML: it must not launch torchrun again (it did, without end).
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("nproc: 2\nmax_steps: 2\n")
+    slimtext("train", "--data", train_csv, "--out", tmp_path / "m", "--config", cfg,
+             "--batch-size", 4, *TINY, timeout=120)  # fmt: skip
+    assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
 def test_ddp_with_sparse_embedding_tables_trains_the_single_process_model(tmp_path, train_csv):
