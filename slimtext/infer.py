@@ -95,7 +95,9 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_dir = model_dir
-        self.device = torch.device(device)
+        from .train.precision import resolve_device  # "auto", or a clear error for no CUDA
+
+        self.device = resolve_device(device)
         self.batch_size = batch_size
         self.model = model_dir.model.to(self.device).eval()
         # How texts longer than max_length are read: as trained unless overridden.

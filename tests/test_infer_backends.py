@@ -248,3 +248,12 @@ def test_predict_takes_any_iterable_and_rejects_lone_surrogates(tiny_model_dir, 
     assert pred.predict_proba(iter(texts)).shape == (len(texts), len(pred.labels))
     with pytest.raises(ValueError, match="text 1 has a lone surrogate"):
         pred.predict(["fine", "bad \ud800 text"])
+
+
+def test_device_auto_and_a_bad_device(tiny_model_dir):
+    import slimtext
+
+    pred = slimtext.load(tiny_model_dir, device="auto")
+    assert pred.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be"):
+        slimtext.load(tiny_model_dir, device="gpu")

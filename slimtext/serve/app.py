@@ -200,20 +200,14 @@ class ServeConfig:
             max_queue=self.max_queue, max_texts_per_request=self.max_texts_per_request,
             max_text_chars=self.max_text_chars, max_body_bytes=self.max_body_bytes,
         )  # fmt: skip
-        import torch
-
         from ..infer import BACKENDS
+        from ..train.precision import resolve_device
 
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:  # torch's own message lists some twenty device types
-            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r}: CUDA is not available on this machine")
+        resolve_device(self.device)  # the trainer's check: cpu, cuda or cuda:N that exists
 
     def create_app(self) -> FastAPI:
         self.validate()

@@ -93,8 +93,8 @@ BAD_SETTINGS = [
     (dict(backend="torchh"), "backend must be one of"),
     (dict(threads=-1), "threads must be >= 1"),
     (dict(threads=0), "threads must be >= 1"),
-    (dict(device="gpu"), "device must be cpu, cuda or cuda:N"),
-    pytest.param(dict(device="cuda"), "CUDA is not available",
+    (dict(device="gpu"), "device must be auto, cpu, cuda or cuda:N"),
+    pytest.param(dict(device="cuda"), "no CUDA device is available",
                  marks=pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA")),
 ]  # fmt: skip
 
