@@ -113,6 +113,40 @@ def test_nproc_in_a_config_file_launches_once(tmp_path, train_csv):
     assert (tmp_path / "m" / "model.safetensors").is_file()
 
 
+TP_SNAPSHOT = """
+import torch
+from slimtext.models import ModelConfig, build_model
+from slimtext.train.distributed import full_state_dict, init_distributed, shutdown, wrap_model
+
+ctx = init_distributed("tp", "cpu")
+torch.manual_seed(0)
+cfg = ModelConfig(vocab_size=50, num_labels=2, hidden_size=16, num_layers=1, num_heads=2,
+                  ffn_size=32, max_length=8)
+model = wrap_model(build_model(cfg), ctx, "fp32", tp_size=ctx.world_size)
+snap = full_state_dict(model, ctx)  # what keep-best stores
+copy = {k: v.clone() for k, v in snap.items()}
+opt = torch.optim.SGD(model.parameters(), lr=1.0)
+ids = torch.randint(5, 50, (2, 8))
+model(ids, torch.ones_like(ids, dtype=torch.bool)).sum().backward()
+opt.step()
+after = full_state_dict(model, ctx)
+if ctx.is_main:
+    assert any(not torch.equal(after[k], copy[k]) for k in copy), "the step changed nothing"
+    moved = [k for k in copy if not torch.equal(snap[k], copy[k])]
+    assert not moved, f"the snapshot followed training: {moved}"
+shutdown(ctx)
+"""
+
+
+def test_a_tp_weight_snapshot_does_not_follow_training(tmp_path):
+    # keep-best under tp stored live tensors for the replicated parameters: the "best" model
+    # written at the end was a mix of the best and the latest weights.
+    script = tmp_path / "snap.py"
+    script.write_text(TP_SNAPSHOT)
+    r = run_torchrun([*TORCHRUN, "--nproc-per-node=2", str(script)], timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
 def test_ddp_with_sparse_embedding_tables_trains_the_single_process_model(tmp_path, train_csv):
     # The attention model's hashed n-gram table, and with --sparse-embeddings its token table,
     # have sparse gradients under DDP too (gloo all-reduces them); SparseAdam then updates the
