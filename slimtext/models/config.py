@@ -50,8 +50,9 @@ class ModelConfig:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
-        for name, low in (("num_heads", 1), ("num_layers", 0), ("ffn_size", 1),
-                          ("attention_size", 0)):  # fmt: skip
+        for name, low in (("vocab_size", 1), ("num_labels", 1), ("hidden_size", 1),
+                          ("max_length", 1), ("num_heads", 1), ("num_layers", 0),
+                          ("ffn_size", 1), ("attention_size", 0)):  # fmt: skip
             if getattr(self, name) < low:
                 raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
         if not self.layer_norm_eps > 0:
@@ -63,9 +64,6 @@ class ModelConfig:
                 f"hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_heads ({self.num_heads})"
             )
-        for name in ("vocab_size", "num_labels", "hidden_size", "max_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_labels < 2:
             raise ValueError(f"a classifier needs at least 2 labels, got {self.num_labels}")
         if self.ngram_buckets < 0 or self.ngram_buckets == 1:

@@ -88,7 +88,16 @@ class TrainConfig:
         check_long_text(self.long_text)
         if self.metric not in ("accuracy", "macro_f1", "loss"):
             raise ValueError(f"metric must be accuracy, macro_f1 or loss, not {self.metric!r}")
-        for name in ("epochs", "batch_size", "grad_accum", "max_length"):
+        # Values the loop would misread instead of rejecting: a negative checkpoint_every still
+        # checkpoints (Python's %), epochs=1.5 runs a partial epoch, log_every=0 divides by 0.
+        whole = ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
+                 "log_every", "bucket_batches", "keep_checkpoints", "checkpoint_every")  # fmt: skip
+        for name in whole:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{name} must be a whole number, got {v!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
+                     "log_every", "bucket_batches", "microbatches"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -98,21 +107,8 @@ class TrainConfig:
         frozen_blocks(self.freeze)  # validates
         if self.tp_size is not None and self.tp_size < 1:
             raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
-        if self.microbatches < 1:
-            raise ValueError(f"microbatches must be >= 1, got {self.microbatches}")
         if self.pp_schedule not in ("gpipe", "1f1b"):
             raise ValueError(f"pp_schedule must be gpipe or 1f1b, not {self.pp_schedule!r}")
-        # Values the loop would misread instead of rejecting: a negative checkpoint_every still
-        # checkpoints (Python's %), epochs=1.5 runs a partial epoch, log_every=0 divides by 0.
-        whole = ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
-                 "log_every", "bucket_batches", "keep_checkpoints", "checkpoint_every")  # fmt: skip
-        for name in whole:
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"{name} must be a whole number, got {v!r}")
-        for name in ("log_every", "eval_batch_size", "bucket_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("checkpoint_every", "keep_checkpoints", "warmup", "grad_clip", "weight_decay"):
             if not getattr(self, name) >= 0:  # also catches NaN
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
