@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.batching import Batch
-from ..models.transformer import attend
+from ..models.transformer import SelfAttention
 from ._util import blocks, record
 
 IMPORTANCE = ("taylor", "magnitude")
@@ -128,13 +128,9 @@ class PrunedSelfAttention(nn.Module):
         self.out = nn.Linear(width, hidden)
         self.p_drop = dropout
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        W = self.n_head * self.head_dim
-        q, k, v = self.qkv(x).split(W, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))
-        y = attend(q, k, v, key_mask, self.p_drop if self.training else 0.0)  # (B, nh, T, hs)
-        return self.out(y.transpose(1, 2).reshape(B, T, W))
+    # SelfAttention's forward reads the width from qkv's output and the head count from
+    # head_dim, so it serves any width (its [CLS]-only path included).
+    forward = SelfAttention.forward
 
 
 def _head_dim(attn: nn.Module) -> int:

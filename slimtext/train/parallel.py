@@ -209,11 +209,14 @@ class _Stage(nn.Module):
 
         h = self.embeddings(x) if self.first else x
         key_mask = mask.bool()[:, None, None, :]  # (B, 1, 1, T)
-        for block in self.encoder.blocks.values():
+        blocks = list(self.encoder.blocks.values())
+        for i, block in enumerate(blocks):
+            # [CLS] pooling: the model's last block computes for [CLS] only (Encoder.forward)
+            cls_only = self.last and self.pooler is not None and i == len(blocks) - 1
             if self.checkpointing and self.training:
-                h = checkpoint(block, h, key_mask, use_reentrant=False)
+                h = checkpoint(block, h, key_mask, cls_only, use_reentrant=False)
             else:
-                h = block(h, key_mask)
+                h = block(h, key_mask, cls_only)
         if not self.last:
             return h, mask
         if self.pooler is not None:

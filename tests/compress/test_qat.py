@@ -39,7 +39,12 @@ def test_fake_quantized_model_computes_what_the_stored_int8_model_computes(teach
     assert rec["step"] == "quantize" and rec["qat"] is True
     assert isinstance(m.head, Int8Linear) and m.head.dynamic
     assert isinstance(m.embeddings.tok, Int8Embedding)
-    torch.testing.assert_close(h.logits(m, batches), fake, atol=1e-5, rtol=1e-5)
+    # Equal, bar a rare activation that the kernel rounds to the neighbouring int8 level (its
+    # vectorised scaling differs by CPU: exact on AMX, 3 of 90 logits off by ~1e-3 on an AVX512
+    # AMD). A fake quantizer that simulated another scheme would move most of the logits.
+    d = (h.logits(m, batches) - fake).abs()
+    assert (d > 1e-5).float().mean() <= 0.1, d
+    assert d.max() < 2e-3, d
 
 
 def test_qat_recovers_what_post_training_int8_loses_and_round_trips(

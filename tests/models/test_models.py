@@ -162,11 +162,46 @@ def test_shared_layers_use_one_block_but_apply_it_num_layers_times():
     assert n(shared) < n(separate)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+CLS_CONFIGS = {
+    "cls": lambda **kw: make(pooling="cls", **kw),
+    "shared": lambda **kw: make(share_layers=True, num_layers=3, pooling="cls", **kw),
+    "no-layers": lambda **kw: make(num_layers=0, pooling="cls", **kw),
+    "pruned+factorized": lambda **kw: _pruned_and_factorized(pooling="cls", **kw),
+    "checkpointed": lambda **kw: make(pooling="cls", gradient_checkpointing=True, **kw),
+}
+
+
+@pytest.mark.parametrize("name", CLS_CONFIGS)
+def test_cls_pooling_computes_the_last_block_for_cls_only_with_the_same_result(name):
+    # With [CLS] pooling, forward runs the last block for position 0 only (keys and values for
+    # all): in training too, so the logits *and every gradient* must be those of the whole stack.
+    ids, mask = ragged_batch([3, 12, 1, 7], 12, seed=2)
+    model = CLS_CONFIGS[name](dropout=0.0).train()
+    with torch.no_grad():  # larger weights than BERT's init: attention far from uniform
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    got = model(ids, mask)
+    got.square().sum().backward()
+    fast = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    h = model.encoder(model.embeddings(ids), mask)  # every position
+    assert h.shape[:2] == ids.shape
+    want = model.head(torch.tanh(model.pooler(h[:, 0])))
+    want.square().sum().backward()
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    slow = {k: p.grad for k, p in model.named_parameters() if p.grad is not None}
+    assert fast.keys() == slow.keys() and len(fast) == len(list(model.parameters()))
+    for k in slow:  # the last block's weights too: nothing it should learn from is cut off
+        torch.testing.assert_close(fast[k], slow[k], atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_gradient_checkpointing_gives_the_same_gradients(pooling):
     ids, mask = ragged_batch([5, 8], 8)
     grads = []
     for ckpt in (False, True):
-        m = make(seed=3, arch="transformer", dropout=0.0, gradient_checkpointing=ckpt).train()
+        m = make(seed=3, arch="transformer", dropout=0.0, gradient_checkpointing=ckpt,
+                 pooling=pooling).train()  # fmt: skip
         m(ids, mask).sum().backward()
         grads.append({k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
     for k in grads[0]:
