@@ -11,8 +11,10 @@ the AG News test set, `--valid-size`, or all 7,600 with `--valid-size 0`).
 
 Contenders:
 - slimtext bf16 (`precision="auto"` resolves to bf16 autocast on a CPU with AMX/AVX512-BF16)
-  and fp32: length-bucketed batches, dynamic padding; `slimtext-bf16-sparse` adds
-  `sparse_embeddings=True` (token table: sparse gradients, lazy Adam);
+  and fp32: length-bucketed batches, dynamic padding; `[CLS]` + tanh pooling (`--pooling cls`,
+  the default here: HF's own architecture, whose last block slimtext computes for `[CLS]` only),
+  and `slimtext-bf16-mean` with masked-mean pooling (the package default); `slimtext-bf16-sparse`
+  adds `sparse_embeddings=True` (token table: sparse gradients, lazy Adam);
 - HF best: `BertForSequenceClassification` under `Trainer` with `DataCollatorWithPadding` and
   length grouping (`train_sampling_strategy="group_by_length"`, the transformers 5 spelling of
   `group_by_length=True`), in fp32 and in bf16;
@@ -77,11 +79,11 @@ def flops_per_token(n_params: int, layers: int, hidden: int, seq_len: float) -> 
 
 
 # ---- slimtext -------------------------------------------------------------------------------
-def run_slimtext(mode, precision, tok, train_enc, valid_enc, label_names, args) -> dict:
+def run_slimtext(mode, precision, pooling, tok, train_enc, valid_enc, label_names, args) -> dict:
     torch.manual_seed(0)
     cfg = ModelConfig(
         vocab_size=tok.vocab_size, num_labels=len(label_names), max_length=args.max_length,
-        pooling=args.pooling, **SHAPE,
+        pooling=pooling, **SHAPE,
     )  # fmt: skip
     model = build_model(cfg)
     tcfg = TrainConfig(
@@ -105,6 +107,7 @@ def run_slimtext(mode, precision, tok, train_enc, valid_enc, label_names, args) 
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],
         "non_embedding_params": non_embedding_params(model),
+        "pooling": pooling,
     }
 
 
@@ -197,13 +200,15 @@ def run_hf(mode, precision, hf_tok, train_texts, train_y, valid_enc, label_names
 
 
 # ---- main -----------------------------------------------------------------------------------
+# name: (kind, mode, precision, pooling); slimtext contenders without a pooling take --pooling.
 CONTENDERS = {
-    "slimtext-bf16": ("slimtext", None, "auto"),
-    "slimtext-bf16-sparse": ("slimtext", "sparse", "auto"),
-    "slimtext-fp32": ("slimtext", None, "fp32"),
-    "hf-best-fp32": ("hf", "best", "fp32"),
-    "hf-best-bf16": ("hf", "best", "bf16"),
-    "hf-default-fp32": ("hf", "default", "fp32"),
+    "slimtext-bf16": ("slimtext", None, "auto", None),
+    "slimtext-bf16-mean": ("slimtext", None, "auto", "mean"),
+    "slimtext-bf16-sparse": ("slimtext", "sparse", "auto", None),
+    "slimtext-fp32": ("slimtext", None, "fp32", None),
+    "hf-best-fp32": ("hf", "best", "fp32", None),
+    "hf-best-bf16": ("hf", "best", "bf16", None),
+    "hf-default-fp32": ("hf", "default", "fp32", None),
 }
 
 
@@ -216,9 +221,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument(
         "--pooling",
-        default="mean",
+        default="cls",
         choices=["mean", "cls"],
-        help="slimtext pooling (HF always uses its [CLS] pooler); mean = slimtext's default",
+        help="pooling of the slimtext contenders that name none: cls = [CLS] + tanh pooler, "
+        "HF's own architecture; mean = slimtext's package default",
     )
     ap.add_argument("--valid-size", type=int, default=2000, help="0 = the full test set")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -264,10 +270,11 @@ def main(argv: list[str] | None = None) -> dict:
     all_runs: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(args.repeats):
         for name in names:
-            kind, mode, precision = CONTENDERS[name]
+            kind, mode, precision, pooling = CONTENDERS[name]
             print(f"== {name} (run {r + 1}/{args.repeats}, {args.steps} steps)", flush=True)
             if kind == "slimtext":
-                run = run_slimtext(mode, precision, tok, train_enc, valid_enc, label_names, args)
+                run = run_slimtext(mode, precision, pooling or args.pooling, tok, train_enc,
+                                   valid_enc, label_names, args)  # fmt: skip
             else:
                 run = run_hf(mode, precision, hf_tok, train.texts, train_y, valid_enc,
                              label_names, args)  # fmt: skip
