@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -279,6 +280,13 @@ def sparse_tables(model: nn.Module, ctx: DistContext, tokens: bool = False) -> l
         import torch.distributed as tdist
 
         if ctx.strategy != "ddp" or tdist.get_backend() != "gloo":
+            if tokens and ctx.is_main:  # asked for, and not what this run will do: say so
+                warnings.warn(
+                    f"--sparse-embeddings has no effect under {ctx.strategy} over "
+                    f"{tdist.get_backend()}: the token table trains densely (sparse gradients "
+                    "need one process or ddp over gloo)",
+                    stacklevel=2,
+                )
             return []
     tables = []
     for m in model.modules():
@@ -501,12 +509,14 @@ def fit(
     def global_rows(epoch: int) -> list[int] | None:
         """Rows of each global batch (all data ranks together), in this epoch's order: a
         rank's share of the loss is its rows over these, so that uneven splits (a last batch
-        of 3 rows over 2 ranks) still give the single-process gradient. None in one process."""
+        of 3 rows over 2 ranks) still give the single-process gradient. None in one process.
+        A batch of fewer rows than data ranks gives the ranks past its end a repeated row
+        (bucketed_batches): the loss counts it as a row, the figures (samples, tokens) not."""
         if ctx.data_world == 1:
             return None
         whole = bucketed_batches(lengths, cfg.batch_size * ctx.data_world, cfg.seed, epoch,
                                  cfg.bucket_batches, 0, 1)  # fmt: skip
-        return [max(len(b), ctx.data_world) for b in whole]  # short ones repeat rows
+        return [len(b) for b in whole]
 
     batches_per_epoch = len(epoch_batches(0))
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.grad_accum)
@@ -608,9 +618,19 @@ def fit(
         if progress:
             tqdm.write(f"resuming from {ck} (epoch {epoch}, step {step})")
 
+    pending_tokens = 0  # real tokens this rank has trained on since the last flush_tokens()
+
+    def flush_tokens() -> None:
+        """Add every rank's pending tokens to `result.tokens` (a collective: every rank calls
+        it at the same steps). The ranks of a tp group share their rows, so count them once."""
+        nonlocal pending_tokens
+        result.tokens += sum(all_gather_object(ctx, pending_tokens)) // ctx.replicas
+        pending_tokens = 0
+
     def checkpoint() -> None:
         if ckpt_dir is None:
             return
+        flush_tokens()  # a resumed run starts from the saved count
         st = {
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(),
@@ -654,8 +674,11 @@ def fit(
                 t0 = time.perf_counter()
                 group = batches[batch_pos : batch_pos + cfg.grad_accum]
                 n_group = sum(len(r) for r in group)
-                # rows of the whole group over all data ranks; DDP/FSDP average the ranks
-                g_group = sum(sizes[batch_pos : batch_pos + len(group)]) if sizes else n_group
+                # Distinct rows of each global batch of the group (all data ranks together);
+                # DDP/FSDP average the ranks, and a rank's loss is its share of the group's
+                # rows, the repeated rows of short global batches included.
+                real = sizes[batch_pos : batch_pos + len(group)] if sizes else [n_group]
+                g_group = sum(max(n, ctx.data_world) for n in real) if sizes else n_group
                 share = ctx.data_world / g_group if sizes else 1 / n_group
                 for j, rows in enumerate(group):
                     b = pad_batch(train.ids, rows, pad_id, train.labels).to(device)
@@ -664,7 +687,7 @@ def fit(
                             loss = wrapped.train_step(b, loss_fn, len(rows) * share)
                         loss_sum += loss / share  # the rows' summed loss
                         loss_n += len(rows)
-                        result.tokens += b.num_tokens * ctx.data_world  # all data ranks
+                        pending_tokens += b.num_tokens  # pp: no data ranks, no repeats
                         continue
                     # Gradients are all-reduced only after the group's last micro-batch.
                     with no_grad_sync(wrapped, ctx, skip=j < len(group) - 1):
@@ -677,8 +700,8 @@ def fit(
                     # Kept as a tensor: no host sync per micro-batch, only when logging.
                     loss_sum += loss.detach() / share  # the rows' summed loss
                     loss_n += len(rows)
-                    # ~ all data ranks' tokens: their shares are of similar length (sorted)
-                    result.tokens += b.num_tokens * ctx.data_world
+                    if not sizes or ctx.data_rank < real[j]:  # not a repeated row
+                        pending_tokens += b.num_tokens  # this rank's; flush_tokens sums ranks
                 if cfg.grad_clip > 0:
                     for o in opts:
                         scaler.unscale_(o)
@@ -700,8 +723,8 @@ def fit(
                 scaler.update()
                 batch_pos += len(group)
                 step += 1
-                result.samples += g_group if sizes else n_group
-                samples_last += g_group if sizes else n_group
+                result.samples += sum(real)
+                samples_last += sum(real)
                 result.train_seconds += time.perf_counter() - t0
                 bar.update(1)
                 last = batch_pos >= len(batches) or step >= total_steps
@@ -711,6 +734,7 @@ def fit(
                     if ctx.data_world > 1:  # every data rank's rows, not rank 0's alone
                         both = all_gather_object(ctx, (float(loss_sum), loss_n))
                         loss_sum, loss_n = sum(x for x, _ in both), sum(n for _, n in both)
+                    flush_tokens()
                     rec = {
                         "step": step,
                         "epoch": epoch + batch_pos / len(batches),

@@ -2,6 +2,7 @@
 process, exact resume, DCP resharding, clear errors. Each run is a few seconds on 2 cores."""
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -67,6 +68,12 @@ def max_diff(a, b):
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
+def counted(model_dir):
+    """(samples, real tokens) trained on, as the run reports them: every rank's, once."""
+    t = json.loads((model_dir / "metrics.json").read_text())["training"]
+    return t["samples"], t["tokens"]
+
+
 def test_ddp_and_fsdp_on_two_ranks_train_the_single_process_model(tmp_path, train_csv):
     # Per-rank batch B/2 on 2 ranks == batch B in one process: the same examples in every step
     # (see bucketed_batches). Without dropout the weights agree to float32 rounding.
@@ -79,6 +86,8 @@ def test_ddp_and_fsdp_on_two_ranks_train_the_single_process_model(tmp_path, trai
     ref = weights(tmp_path / "single")
     assert max_diff(ref, weights(tmp_path / "ddp")) < 1e-5
     assert max_diff(ref, weights(tmp_path / "fsdp")) < 1e-5
+    # exact figures: the last global batch has 1 row, which the second rank repeats
+    assert counted(tmp_path / "ddp") == counted(tmp_path / "fsdp") == counted(tmp_path / "single")
 
 
 def test_pp_and_uneven_ddp_batches_train_the_single_process_model(tmp_path, train_csv):
@@ -102,6 +111,9 @@ def test_pp_and_uneven_ddp_batches_train_the_single_process_model(tmp_path, trai
     shutil.copy(tmp_path / "pp.checkpoints" / "tokenizer.json", one / "tokenizer.json")
     slimtext(*common, "--out", tmp_path / "one", "--batch-size", 6, "--resume")
     assert max_diff(ref, weights(tmp_path / "one")) < 1e-5
+    # exact figures, not rank 0's tokens times the ranks: the ddp ranks' rows differ in length
+    n = counted(tmp_path / "single")
+    assert counted(tmp_path / "ddp") == counted(tmp_path / "pp") == counted(tmp_path / "one") == n
 
 
 def test_nproc_in_a_config_file_launches_once(tmp_path, train_csv):

@@ -276,6 +276,26 @@ def test_sparse_embeddings_refuse_a_tied_token_table(encoded):
     assert sparse_tables(model, DistContext()) == []  # without the option: nothing sparse
 
 
+def test_sparse_embeddings_say_so_where_a_strategy_keeps_them_dense(encoded, tmp_path):
+    import torch.distributed as dist
+
+    from slimtext.train.distributed import DistContext
+    from slimtext.train.trainer import sparse_tables
+
+    model = new_model(encoded[0])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        assert sparse_tables(model, DistContext(strategy="ddp"), tokens=True) == [
+            model.embeddings.tok
+        ]
+        for strategy in ("fsdp", "tp", "pp"):
+            with pytest.warns(UserWarning, match=f"no effect under {strategy}"):
+                assert sparse_tables(model, DistContext(strategy=strategy), tokens=True) == []
+    finally:
+        dist.destroy_process_group()
+
+
 def test_a_fresh_run_refuses_a_folder_of_old_checkpoints(encoded, tmp_path):
     # Otherwise its own new (lower-numbered) checkpoints are pruned first and a later resume
     # continues the old run.
