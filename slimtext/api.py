@@ -31,6 +31,7 @@ from .metrics import classification_report
 from .models import ModelConfig, build_model
 from .tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
 from .train import Encoded, TrainConfig, TrainResult, fit
+from .train.checkpoint import check_fresh_start
 from .train.distributed import (
     DistContext,
     broadcast_object,
@@ -109,6 +110,7 @@ class TextClassifier:
         # A resumed run must reuse the exact tokenizer of the run it continues: the checkpoint's
         # weights are indexed by its ids (and WordPiece training is not deterministic across
         # processes: huggingface/tokenizers#1794).
+        check_fresh_start(checkpoint_dir, resume)  # the folder's tokenizer is an earlier run's
         saved = Path(checkpoint_dir) / "tokenizer.json" if checkpoint_dir is not None else None
         if resume and saved is not None and saved.is_file():
             return load_tokenizer(saved)
@@ -146,6 +148,8 @@ class TextClassifier:
         else:
             valid_ds = as_dataset(valid)
             check_labels_seen(train_ds, valid_ds)
+        # Before a process group exists: every rank refuses alike, none waits on the others.
+        check_fresh_start(checkpoint_dir, resume)
         # The device and strategy asked for (CUDA, or a clear error), or torchrun's process group.
         ctx = dist or init_distributed(cfg.strategy, cfg.device)
         src = None

@@ -39,6 +39,7 @@ from .data.batching import Batch
 from .models import ModelConfig, TransformerClassifier, build_model
 from .tokenizer import CLS, MASK, PAD, SEP, TextTokenizer
 from .train import Encoded, TrainResult, fit
+from .train.checkpoint import check_fresh_start
 from .train.distributed import DistContext, init_distributed
 
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
@@ -292,6 +293,7 @@ def pretrain(
     clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
                          verbose=progress, **params)  # fmt: skip
     cfg = clf.train_config()
+    check_fresh_start(checkpoint_dir, resume)  # on every rank, before a process group exists
     # The device and strategy asked for (CUDA, or a clear error), or torchrun's process group.
     ctx = dist or init_distributed(cfg.strategy, cfg.device)
     if ctx.distributed and ctx.strategy not in ("ddp", "fsdp"):

@@ -72,3 +72,27 @@ def test_import_slimtext_is_lean():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_refused_fresh_run_leaves_the_earlier_run_resumable(toy_data, tmp_path):
+    # A fresh fit into a folder of checkpoints is refused; it must not have replaced the folder's
+    # tokenizer (the earlier run's ids) first, nor left the thread count it asked for.
+    import shutil
+
+    import torch
+
+    texts, labels = toy_data
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=6, batch_size=8,
+              checkpoint_every=3, verbose=False)  # fmt: skip
+    ck = tmp_path / "ck"
+    TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck)
+    shutil.rmtree(sorted(ck.glob("step-*"))[-1])  # as if killed after step 3
+    tokenizer = (ck / "tokenizer.json").read_bytes()
+    threads = torch.get_num_threads()
+    other = ([t.upper() + " extra words" for t in texts], labels)
+    with pytest.raises(ValueError, match="earlier run.*--resume"):
+        TextClassifier(threads=1, **kw).fit(other, checkpoint_dir=ck)
+    assert (ck / "tokenizer.json").read_bytes() == tokenizer
+    assert torch.get_num_threads() == threads
+    resumed = TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck, resume=True)
+    assert resumed.result_.steps == 6

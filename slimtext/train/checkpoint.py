@@ -118,6 +118,18 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
 
 
+def check_fresh_start(folder: str | Path | None, resume: bool) -> None:
+    """A fresh run (not `resume`) refuses a folder that holds an earlier run's checkpoints: it
+    would prune its own new checkpoints before the old, higher-numbered ones, a later --resume
+    would continue the earlier run, and the folder's tokenizer.json is that run's. Called
+    before anything is written there."""
+    if folder is not None and not resume and (old := list_checkpoints(folder)):
+        raise ValueError(
+            f"{folder} holds checkpoints of an earlier run (newest {old[-1].name}): resume it "
+            "(--resume), or remove the folder to start afresh"
+        )
+
+
 def latest_checkpoint(folder: str | Path, ctx: DistContext | None = None) -> Path | None:
     """Newest checkpoint that verifies (decided on rank 0); broken ones are reported and skipped."""
     ctx = ctx or DistContext()

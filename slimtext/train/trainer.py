@@ -11,6 +11,7 @@ takes the same steps with the same dropout masks.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -28,7 +29,12 @@ from tqdm.auto import tqdm
 from ..data.batching import Batch, bucketed_batches, pad_batch
 from ..fileio import atomic_write_text
 from ..tokenizer import check_long_text
-from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    check_fresh_start,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .distributed import (
     STRATEGIES,
     DistContext,
@@ -427,6 +433,25 @@ class _Log:
             self.tb.close()
 
 
+def _leaves_no_trace(f):
+    """`fit` changes the thread count and makes embedding tables sparse for its run; restore
+    both however it ends, errors before the first step included."""
+
+    @functools.wraps(f)
+    def wrapper(model: nn.Module, *args, **kwargs):
+        threads = torch.get_num_threads()
+        sparse = [(m, m.sparse) for m in model.modules() if isinstance(m, nn.Embedding)]
+        try:
+            return f(model, *args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+            for m, was in sparse:  # dense gradients again for whoever trains next
+                m.sparse = was
+
+    return wrapper
+
+
+@_leaves_no_trace
 def fit(
     model: nn.Module,
     train: Encoded,
@@ -472,8 +497,7 @@ def fit(
     tp = ctx.distributed and ctx.strategy == "tp"
     device = ctx.device
     precision = resolve_precision(cfg.precision, device)
-    threads_before = torch.get_num_threads()  # restored at the end: fit leaves no global trace
-    if cfg.threads:
+    if cfg.threads:  # restored by _leaves_no_trace
         torch.set_num_threads(cfg.threads)
     # Dropout masks differ per rank, reproducibly; but the ranks of a tp group compute the same
     # replicated activations (embeddings, LayerNorm, dropout after row-wise outputs), so they
@@ -494,13 +518,7 @@ def fit(
 
     lengths = [len(x) for x in train.ids]
     key = _resume_key(cfg, ctx, model, label_names, lengths, train.labels, resume_key)
-    if ckpt_dir is not None and not resume and (old := list_checkpoints(ckpt_dir)):
-        # A fresh run would prune its own new checkpoints before the old, higher-numbered
-        # ones, and a later --resume would continue the earlier run.
-        raise ValueError(
-            f"{ckpt_dir} holds checkpoints of an earlier run (newest {old[-1].name}): resume it "
-            "(--resume), or remove the folder to start afresh"
-        )
+    check_fresh_start(ckpt_dir, resume)
 
     def epoch_batches(epoch: int) -> list[list[int]]:
         return bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches,
@@ -794,9 +812,6 @@ def fit(
     finally:
         bar.close()
         log.close()
-        torch.set_num_threads(threads_before)
-        for t in tables:  # the model leaves as it came: dense gradients for whoever trains next
-            t.sparse = False
     result.steps = step
     result.world_size = ctx.world_size
     result.peak_rss_mb = [round(x, 1) for x in all_gather_object(ctx, _peak_rss_mb())]
