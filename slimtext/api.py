@@ -25,6 +25,8 @@ from tokenizers import Tokenizer
 
 from .artifact import ModelDir, read_model_dir, save_model_dir
 from .data import DataError, TextDataset, check_labels_seen, load_data, stratified_split
+from .data.dataset import check_texts
+from .data.sources import label_to_str
 from .fileio import atomic_write_text
 from .infer import Predictor
 from .metrics import classification_report
@@ -55,14 +57,27 @@ def as_dataset(data: Data, **load_kwargs) -> TextDataset:
     if isinstance(data, (str, os.PathLike)):
         return load_data(data, **load_kwargs)
     if isinstance(data, tuple) and len(data) == 2:
-        texts, labels = list(data[0]), list(data[1])
+        if isinstance(data[1], str):
+            raise TypeError("(texts, labels) takes a list of labels, not a single string")
+        texts, labels = check_texts(data[0]), list(data[1])
         if len(texts) != len(labels):
             raise DataError(f"{len(texts)} texts but {len(labels)} labels")
         for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise DataError(f"text {i} is empty or not a string")
-        return TextDataset(texts, [str(y) for y in labels], source="<memory>")
+            if not t.strip():
+                raise DataError(f"text {i} is empty")
+        return TextDataset(texts, [_label(i, y) for i, y in enumerate(labels)], source="<memory>")
     raise TypeError("data must be a TextDataset, a path or source name, or a (texts, labels) tuple")
+
+
+def _label(i: int, y) -> str:
+    """Label `i` as the file loaders read labels: integers (3.0 too, as pandas gives integer
+    columns with gaps) become their digits; None, NaN, "", booleans and others are refused."""
+    if isinstance(y, np.generic):  # numpy / pandas scalars
+        y = y.item()
+    label, why = label_to_str(y)
+    if label is None:
+        raise DataError(f"label {i} {why or 'is missing or empty'}")
+    return label
 
 
 class TextClassifier:

@@ -53,6 +53,7 @@ import torch
 
 from .artifact import ModelDir, read_model_dir
 from .data.batching import length_sorted_batches, pad_rows
+from .data.dataset import check_texts
 from .tokenizer import check_long_text, pool_windows
 
 BACKENDS = ("torch", "torch-bf16", "compile", "compile-bf16", "onnxruntime", "onnxruntime-int8",
@@ -127,14 +128,14 @@ class Predictor:
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids of each window, and the text each belongs to (see `long_text`)."""
-        return self._encode(_check_texts(texts))
+        return self._encode(check_texts(texts))
 
     def _encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
         md = self.model_dir
         return md.tokenizer.encode_windows(texts, md.max_length, self.long_text)
 
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
-        texts = _check_texts(texts)  # a list from here on: `texts` may be a one-shot iterator
+        texts = check_texts(texts)  # a list from here on: `texts` may be a one-shot iterator
         ids, owner = self._encode(texts)
         if not ids:
             return torch.empty(0, len(self.labels))
@@ -509,26 +510,6 @@ def _cache_dir() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "slimtext"
     )
     return Path(root) / "onnx"
-
-
-def _check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("pass a list of texts, not a single string: predict([text])")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"text {i} is {type(t).__name__}, expected str")
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as e:
-                # A lone surrogate (e.g. from decoding with errors="surrogateescape") is not
-                # text; the tokenizer would fail on it with an unrelated TypeError.
-                raise ValueError(
-                    f"text {i} has a lone surrogate {t[e.start]!r} at position {e.start}: "
-                    "not valid Unicode (decode the input as UTF-8 or with errors='replace')"
-                ) from None
-    return texts
 
 
 def load(

@@ -96,3 +96,25 @@ def test_a_refused_fresh_run_leaves_the_earlier_run_resumable(toy_data, tmp_path
     assert torch.get_num_threads() == threads
     resumed = TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck, resume=True)
     assert resumed.result_.steps == 6
+
+
+def test_labels_in_memory_are_read_as_files_read_them():
+    from slimtext.api import as_dataset
+
+    texts = ["a b", "c d", "e f"]
+    assert as_dataset((texts, [1, 2.0, np.int64(3)])).labels == ["1", "2", "3"]
+    for bad, why in ((None, "missing"), (float("nan"), "non-integral"), ("", "missing"),
+                     (True, "boolean"), (np.bool_(False), "boolean"), (2.5, "non-integral")):  # fmt: skip
+        with pytest.raises(DataError, match=f"label 1 .*{why}"):
+            as_dataset((texts, ["x", bad, "y"]))
+
+
+def test_malformed_texts_in_memory_are_named():
+    from slimtext.api import as_dataset
+
+    with pytest.raises(TypeError, match="single string"):
+        as_dataset(("great film", "positive"))
+    with pytest.raises(ValueError, match="text 1 has a lone surrogate"):
+        as_dataset((["ok", "bad \udcff byte"], ["a", "b"]))
+    with pytest.raises(TypeError, match="text 0 is int"):
+        as_dataset(([3], ["a"]))

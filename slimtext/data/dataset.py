@@ -75,3 +75,25 @@ class TextDataset:
             parts.append(f"skipped {total} ({reasons})")
         parts.extend(self.notes)
         return "; ".join(parts)
+
+
+def check_texts(texts: Sequence[str]) -> list[str]:
+    """`texts` as a list, refusing a bare string (which would be split into characters),
+    non-strings and lone surrogates (not Unicode), each named by its position."""
+    if isinstance(texts, str):
+        raise TypeError("pass a list of texts, not a single string: predict([text])")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"text {i} is {type(t).__name__}, expected str")
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                # A lone surrogate (e.g. from decoding with errors="surrogateescape") is not
+                # text; the tokenizer would fail on it with an unrelated TypeError.
+                raise ValueError(
+                    f"text {i} has a lone surrogate {t[e.start]!r} at position {e.start}: "
+                    "not valid Unicode (decode the input as UTF-8 or with errors='replace')"
+                ) from None
+    return texts

@@ -115,7 +115,7 @@ class _Collector:
 
         label_str = None
         if self.labelled:
-            label_str, problem = _label_to_str(label)
+            label_str, problem = label_to_str(label)
             if label_str is None:
                 col = self.opts.label_col
                 if problem is not None:
@@ -162,7 +162,7 @@ def _short(value: Any, limit: int = 40) -> str:
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
-def _label_to_str(value: Any) -> tuple[str | None, str | None]:
+def label_to_str(value: Any) -> tuple[str | None, str | None]:
     """(label, None) for a usable label; (None, None) if missing; (None, why) if unusable."""
     if value is None:
         return None, None
