@@ -15,6 +15,7 @@ tampered directory gives a `ModelDirError` naming the problem instead of a trace
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -191,7 +192,17 @@ def _positive_int(v) -> bool:
 
 
 def _write_json(p: Path, obj) -> None:
-    p.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    p.write_text(
+        json.dumps(obj, indent=2, ensure_ascii=False, default=_json_scalar) + "\n",
+        encoding="utf-8",
+    )
+
+
+def _json_scalar(o):
+    """numpy / torch scalars and arrays (a caller's metrics) as plain JSON values."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} {o!r} is not JSON serializable")
 
 
 def _read_json(p: Path):
@@ -219,11 +230,13 @@ def _model_card(name: str, model: nn.Module, config: ModelConfig, labels, metric
         "",
     ]
     for split, rep in (metrics or {}).items():
-        if isinstance(rep, dict) and "accuracy" in rep:
-            lines.append(
-                f"- {split}: accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f} "
-                f"(n={rep.get('n', '?')})"
-            )
+        if not isinstance(rep, dict):
+            continue
+        # whatever a caller's report holds of these (save(metrics=...) takes any JSON)
+        shown = [f"{k.replace('_', '-')} {rep[k]:.4f}" for k in ("accuracy", "macro_f1")
+                 if isinstance(rep.get(k), numbers.Real)]  # fmt: skip
+        if shown:
+            lines.append(f"- {split}: {', '.join(shown)} (n={rep.get('n', '?')})")
     lines += [
         "",
         "```python",

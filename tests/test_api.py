@@ -118,3 +118,14 @@ def test_malformed_texts_in_memory_are_named():
         as_dataset((["ok", "bad \udcff byte"], ["a", "b"]))
     with pytest.raises(TypeError, match="text 0 is int"):
         as_dataset(([3], ["a"]))
+
+
+def test_save_takes_the_metrics_a_caller_has(fitted, tmp_path):
+    import json
+
+    metrics = {"test": {"accuracy": np.float32(0.5)}, "note": {"n_epochs": np.int64(3)}}
+    fitted.save(tmp_path / "m", metrics=metrics)
+    saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    assert saved["test"] == {"accuracy": 0.5} and saved["note"] == {"n_epochs": 3}
+    assert "- test: accuracy 0.5000 (n=?)" in (tmp_path / "m" / "README.md").read_text()
+    assert slimtext.load(tmp_path / "m").predict(["goal"])  # a whole, loadable directory
