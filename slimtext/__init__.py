@@ -21,7 +21,8 @@ def load(
 ) -> Predictor:
     """Load a model directory; returns a Predictor with `predict` and `predict_proba`.
 
-    `backend`: torch | compile | onnxruntime | auto (times each and keeps the fastest)."""
+    `backend`: torch | torch-bf16 | compile | compile-bf16 | onnxruntime | onnxruntime-int8 |
+    auto (times the candidates on this machine and keeps the fastest)."""
     from .infer import load as _load
 
     return _load(path, backend=backend, device=device, batch_size=batch_size, **options)
@@ -44,3 +45,8 @@ def __getattr__(name: str):
 
         return Predictor
     raise AttributeError(f"module 'slimtext' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # the lazy names too (tab completion, dir(slimtext))
+    return sorted(set(globals()) | set(__all__))

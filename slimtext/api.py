@@ -312,16 +312,33 @@ class TextClassifier:
     def _saved_train_config(self) -> dict:
         cfg = getattr(self, "_train_config", None) or self.train_config()
         d = cfg.to_dict()
+        # the rest of the recipe, so that TextClassifier.load(...).fit(...) trains it again
+        d.update(tokenizer=str(self.tokenizer), vocab_size=self.vocab_size,
+                 valid_fraction=self.valid_fraction)  # fmt: skip
         if self.init is not None:
             d["init"] = str(self.init)
         return d
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str = "torch", **options) -> TextClassifier:
-        """A fitted classifier from a model directory, predicting on `backend`
-        (torch | compile | onnxruntime | auto; see `slimtext.infer.load`)."""
+        """A fitted classifier from a model directory, predicting on `backend` (torch |
+        torch-bf16 | compile | compile-bf16 | onnxruntime | onnxruntime-int8 | auto; see
+        `slimtext.infer.load`). Fitting it again trains the saved recipe afresh."""
         md = read_model_dir(path)
-        clf = cls(model=md.config.arch, verbose=False, **_known(md.meta.get("train", {})))
+        train = md.meta.get("train", {})
+        # The whole recipe, so that fitting the loaded classifier again trains the same kind of
+        # model: its shape from config.json, the training options, the tokenizer and init.
+        shape = {k: getattr(md.config, k) for k in _MODEL_KEYS - {"pad_id", "version"}}
+        kind = "wordpiece" if type(md.tokenizer.backend.model).__name__ == "WordPiece" else "bpe"
+        clf = cls(
+            model=md.config.arch,
+            verbose=False,
+            tokenizer=train.get("tokenizer", kind),
+            vocab_size=train.get("vocab_size", md.config.vocab_size),
+            valid_fraction=train.get("valid_fraction", 0.1),
+            init=train.get("init"),
+            **{**shape, **_known(train)},
+        )
         clf.model_dir_ = md
         clf.classes_ = np.array(md.labels)
         clf.metrics_ = md.meta.get("metrics", {})

@@ -103,8 +103,10 @@ def test_labels_in_memory_are_read_as_files_read_them():
 
     texts = ["a b", "c d", "e f"]
     assert as_dataset((texts, [1, 2.0, np.int64(3)])).labels == ["1", "2", "3"]
-    for bad, why in ((None, "missing"), (float("nan"), "non-integral"), ("", "missing"),
-                     (True, "boolean"), (np.bool_(False), "boolean"), (2.5, "non-integral")):  # fmt: skip
+    bad_labels = [(None, "missing"), (float("nan"), "non-integral"), ("", "missing"),
+                  (True, "boolean"), (np.bool_(False), "boolean"),
+                  (2.5, "non-integral")]  # fmt: skip
+    for bad, why in bad_labels:
         with pytest.raises(DataError, match=f"label 1 .*{why}"):
             as_dataset((texts, ["x", bad, "y"]))
 
@@ -129,3 +131,20 @@ def test_save_takes_the_metrics_a_caller_has(fitted, tmp_path):
     assert saved["test"] == {"accuracy": 0.5} and saved["note"] == {"n_epochs": 3}
     assert "- test: accuracy 0.5000 (n=?)" in (tmp_path / "m" / "README.md").read_text()
     assert slimtext.load(tmp_path / "m").predict(["goal"])  # a whole, loadable directory
+
+
+def test_a_loaded_classifier_refits_the_saved_recipe(toy_data, tmp_path):
+    kw = dict(model="transformer", tokenizer="wordpiece", vocab_size=300, hidden_size=32,
+              num_layers=1, num_heads=2, ffn_size=64, max_length=24, max_steps=2,
+              valid_fraction=0.2, verbose=False)  # fmt: skip
+    TextClassifier(**kw).fit(toy_data).save(tmp_path / "m")
+    again = TextClassifier.load(tmp_path / "m").fit(toy_data)
+    c = again.model_dir_.config
+    shape = (c.hidden_size, c.num_layers, c.num_heads, c.ffn_size, c.max_length)
+    assert shape == (32, 1, 2, 64, 24)
+    assert again.tokenizer == "wordpiece" and again.vocab_size == 300
+    assert again.valid_fraction == 0.2 and again.params["max_steps"] == 2
+
+
+def test_dir_lists_the_lazy_names():
+    assert {"TextClassifier", "Predictor", "load"} <= set(dir(slimtext))
