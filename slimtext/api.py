@@ -270,6 +270,8 @@ class TextClassifier:
         ds = as_dataset(data)
         if ds.labels is None:
             raise DataError(f"{ds.source}: evaluation data has no labels")
+        if not len(ds):
+            raise DataError(f"{ds.source}: no examples to evaluate")
         md = p.model_dir
         # The model's label list stands in for its training data: any other label is an error.
         known = TextDataset(list(md.labels), list(md.labels), source=f"{self.model}'s labels")

@@ -10,7 +10,7 @@ import numpy as np
 
 def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_labels: int) -> np.ndarray:
     cm = np.zeros((num_labels, num_labels), dtype=np.int64)  # rows = truth, cols = prediction
-    np.add.at(cm, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
     return cm
 
 

@@ -148,3 +148,8 @@ def test_a_loaded_classifier_refits_the_saved_recipe(toy_data, tmp_path):
 
 def test_dir_lists_the_lazy_names():
     assert {"TextClassifier", "Predictor", "load"} <= set(dir(slimtext))
+
+
+def test_evaluating_no_examples_says_so(fitted):
+    with pytest.raises(DataError, match="no examples"):
+        fitted.score(([], []))
