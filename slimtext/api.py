@@ -99,6 +99,8 @@ class TextClassifier:
             raise TypeError(
                 f"unknown parameters {sorted(unknown)}; valid: {sorted(_MODEL_KEYS | _TRAIN_KEYS)}"
             )
+        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 16:
+            raise ValueError(f"vocab_size must be a whole number >= 16, got {vocab_size!r}")
         self.model = model
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size

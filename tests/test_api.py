@@ -153,3 +153,17 @@ def test_dir_lists_the_lazy_names():
 def test_evaluating_no_examples_says_so(fitted):
     with pytest.raises(DataError, match="no examples"):
         fitted.score(([], []))
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [(dict(max_steps=2.5), "max_steps must be a whole number"),
+     (dict(max_steps=True), "max_steps must be a whole number"),
+     (dict(hidden_size=32.0), "hidden_size must be a whole number"),
+     (dict(num_layers=1.0), "num_layers must be a whole number"),
+     (dict(warmup=float("inf")), "warmup must be a number >= 0"),
+     (dict(vocab_size=0), "vocab_size must be a whole number >= 16")],
+)  # fmt: skip
+def test_bad_numbers_are_refused_before_training(toy_data, params, message):
+    with pytest.raises(ValueError, match=message):
+        TextClassifier(model="transformer", max_length=16, verbose=False, **params).fit(toy_data)

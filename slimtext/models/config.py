@@ -52,9 +52,13 @@ class ModelConfig:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         for name, low in (("vocab_size", 1), ("num_labels", 1), ("hidden_size", 1),
                           ("max_length", 1), ("num_heads", 1), ("num_layers", 0),
-                          ("ffn_size", 1), ("attention_size", 0)):  # fmt: skip
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+                          ("ffn_size", 1), ("attention_size", 0), ("ngram_buckets", 0),
+                          ("pad_id", 0)):  # fmt: skip
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):  # 32.0 would fail deep in torch
+                raise ValueError(f"{name} must be a whole number, got {v!r}")
+            if v < low:
+                raise ValueError(f"{name} must be >= {low}, got {v}")
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         if not 0 <= self.pad_id < self.vocab_size:

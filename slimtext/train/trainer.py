@@ -98,10 +98,12 @@ class TrainConfig:
         # Values the loop would misread instead of rejecting: a negative checkpoint_every still
         # checkpoints (Python's %), epochs=1.5 runs a partial epoch, log_every=0 divides by 0.
         whole = ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
-                 "log_every", "bucket_batches", "keep_checkpoints", "checkpoint_every")  # fmt: skip
+                 "log_every", "bucket_batches", "keep_checkpoints", "checkpoint_every",
+                 "microbatches", "max_steps", "patience", "threads", "tp_size")  # fmt: skip
         for name in whole:
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool):
+            optional = name in ("max_steps", "patience", "threads", "tp_size")
+            if (v is not None or not optional) and (not isinstance(v, int) or isinstance(v, bool)):
                 raise ValueError(f"{name} must be a whole number, got {v!r}")
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
                      "log_every", "bucket_batches", "microbatches"):  # fmt: skip
@@ -117,8 +119,9 @@ class TrainConfig:
         if self.pp_schedule not in ("gpipe", "1f1b"):
             raise ValueError(f"pp_schedule must be gpipe or 1f1b, not {self.pp_schedule!r}")
         for name in ("checkpoint_every", "keep_checkpoints", "warmup", "grad_clip", "weight_decay"):
-            if not getattr(self, name) >= 0:  # also catches NaN
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):  # also catches NaN
+                raise ValueError(f"{name} must be a number >= 0, got {v}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
