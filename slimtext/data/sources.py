@@ -167,7 +167,9 @@ def label_to_str(value: Any) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
     if isinstance(value, str):
-        return (value, None) if value.strip() else (None, None)
+        # "Sports " from a padded CSV cell is the class "Sports", not a sixth class
+        value = value.strip()
+        return (value, None) if value else (None, None)
     if isinstance(value, bool):  # bool is an int; "True" as a class name is almost surely a bug
         return None, f"is a boolean {value!r}"
     if isinstance(value, int):

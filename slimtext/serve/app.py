@@ -208,6 +208,10 @@ class ServeConfig:
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         resolve_device(self.device)  # the trainer's check: cpu, cuda or cuda:N that exists
+        if self.backend.startswith("onnxruntime"):  # a missing extra, said once, not per worker
+            from ..export import require_onnxruntime
+
+            require_onnxruntime()
 
     def create_app(self) -> FastAPI:
         self.validate()

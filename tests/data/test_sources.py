@@ -42,6 +42,12 @@ def test_tab_extension_is_tsv(write):
     assert ds.texts == ["hello"] and ds.labels == ["a"]
 
 
+def test_labels_lose_surrounding_whitespace_so_a_padded_cell_is_not_a_new_class(write):
+    ds = load_data(write("x.csv", 'text,label\nhello,Sports\nbye, Sports \nhi,"World\t"\n'))
+    assert ds.labels == ["Sports", "Sports", "World"]
+    assert ds.label_set() == ["Sports", "World"]
+
+
 def test_jsonl_round_trip_with_int_labels_as_strings(write):
     rows = [{"text": "good", "label": 1}, {"text": "bad", "label": 0}]
     ds = load_data(write("d.jsonl", "".join(json.dumps(r) + "\n" for r in rows)))

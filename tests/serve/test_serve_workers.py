@@ -143,3 +143,15 @@ def test_cli_bad_settings_are_one_error_line_and_exit_2(
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_backend_without_its_extra_fails_before_uvicorn_starts(no_uvicorn, monkeypatch, tmp_path,
+                                                                 workers):  # fmt: skip
+    import sys
+
+    from slimtext.serve import run
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
+    with pytest.raises(ImportError, match=r"slimtext\[onnx\]"):
+        run(tmp_path / "no-model", workers=workers, backend="onnxruntime-int8")
