@@ -164,6 +164,8 @@ class TextClassifier:
             train_ds, valid_ds = stratified_split(train_ds, self.valid_fraction, seed=cfg.seed)
         else:
             valid_ds = as_dataset(valid)
+            if valid_ds.labels is None:  # else no keep-best, no early stopping, and no word
+                raise DataError(f"{valid_ds.source}: validation data has no labels")
             check_labels_seen(train_ds, valid_ds)
         # Before a process group exists: every rank refuses alike, none waits on the others.
         check_fresh_start(checkpoint_dir, resume)
@@ -276,8 +278,8 @@ class TextClassifier:
             raise DataError(f"{ds.source}: no examples to evaluate")
         md = p.model_dir
         # The model's label list stands in for its training data: any other label is an error.
-        known = TextDataset(list(md.labels), list(md.labels), source=f"{self.model}'s labels")
-        check_labels_seen(known, ds)
+        known = TextDataset(list(md.labels), list(md.labels), source="labels.json")
+        check_labels_seen(known, ds, known_as="the labels this model was trained on")
         # Through the predictor, so the report measures the backend that will serve the model.
         index = {lab: i for i, lab in enumerate(md.labels)}
         y = torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)

@@ -272,6 +272,7 @@ def _train(
     encoding_errors, on_bad, valid_fraction, resume, checkpoint_every, progress, model, **params,
 ) -> None:  # fmt: skip
     from .api import TextClassifier, as_dataset
+    from .data import DataError, check_labels_seen
     from .metrics import format_report
 
     load_kw = dict(text_cols=text_col, label_col=label_col, encoding=encoding,
@@ -282,11 +283,16 @@ def _train(
     check_save_target(out)  # an --out that would be refused must fail now, not after training
     # All data is read (and its report shown) before training: a missing or broken test file
     # must not surface only after an hour of training.
-    datasets = {"train": data, "valid": valid, "test": test if ctx.is_main else None}
+    # Every rank reads and checks them, so that a bad file stops all ranks alike.
+    datasets = {"train": data, "valid": valid, "test": test}
     loaded = {k: as_dataset(v, **load_kw) for k, v in datasets.items() if v}
     for k, ds in loaded.items():
         say(f"{k}: {ds.report()}")
     train_ds, valid_ds, test_ds = (loaded.get(k) for k in ("train", "valid", "test"))
+    if test_ds is not None:  # what evaluating after training would refuse, refused now
+        if test_ds.labels is None:
+            raise DataError(f"{test_ds.source}: --test data has no labels")
+        check_labels_seen(train_ds, test_ds)
     params = {k: v for k, v in params.items() if v is not None}
     params["checkpoint_every"] = checkpoint_every
     if params.get("init"):

@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -80,9 +81,22 @@ def test_predict_reads_lines_as_the_loaders_do_and_keeps_output_aligned(tmp_path
     r = runner.invoke(app, ["train", "--data", str(train), "--test", str(tmp_path / "nope.csv"),
                             "--out", str(out), "--max-steps", "2", *SMALL])  # fmt: skip
     assert r.exit_code != 0 and "nope.csv" in r.output and "trained" not in r.output
+    # ... and so is one with a label the training data lacks, or no labels at all (as --valid)
+    odd = write_csv(tmp_path / "odd.csv", ["rain all day"], ["weather"])
+    plain = tmp_path / "plain.txt"
+    plain.write_text("just text\nmore text\n")
+    for flag, f, why in (("--test", odd, "'weather'.*never appears"),
+                         ("--test", plain, "--test data has no labels"),
+                         ("--valid", plain, "validation data has no labels")):  # fmt: skip
+        r = runner.invoke(app, ["train", "--data", str(train), flag, str(f), "--out", str(out),
+                                "--max-steps", "2", *SMALL])  # fmt: skip
+        assert r.exit_code != 0 and re.search(why, r.output), r.output
+        assert "trained" not in r.output and not out.exists()
     r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--max-steps", "2",
                             *SMALL])  # fmt: skip
     assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", str(out), "--data", str(odd)])
+    assert r.exit_code != 0 and "never appears in the labels this model was trained on" in r.output
 
     def labels_and_probs(args, **kw):
         r = runner.invoke(app, ["predict", str(out), *args], **kw)

@@ -807,8 +807,9 @@ def load_data(
     )
 
 
-def check_labels_seen(train: TextDataset, other: TextDataset) -> None:
-    """Raise DataError if `other` has a label that `train` never had."""
+def check_labels_seen(train: TextDataset, other: TextDataset, known_as: str | None = None) -> None:
+    """Raise DataError if `other` has a label that `train` never had. `known_as` names `train`
+    in the message (default: "the training data <source>")."""
     if other.labels is None:
         return
     known = set(train.labels or [])
@@ -822,6 +823,6 @@ def check_labels_seen(train: TextDataset, other: TextDataset) -> None:
     others = f" (and {len(unseen) - 1} other unseen label(s))" if len(unseen) > 1 else ""
     raise DataError(
         f"{other.where(rows[0])}: label {label!r} ({len(rows)} row(s) in {other.source}) "
-        f"never appears in the training data {train.source}{others}; "
+        f"never appears in {known_as or f'the training data {train.source}'}{others}; "
         f"known labels: {', '.join(train.label_set())}"
     )
