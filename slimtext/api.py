@@ -225,6 +225,11 @@ class TextClassifier:
             resume=resume,
             progress=self.verbose,
             dist=ctx,
+            # a resumed run reuses the checkpoint's tokenizer: other tokenizer options would be
+            # ignored without a word
+            resume_key={"init": str(self.init)}
+            if self.init is not None
+            else {"tokenizer": str(self.tokenizer), "vocab_size": self.vocab_size},
         )
         if ctx.distributed:
             # Gather the (possibly sharded) weights into one plain model on rank 0.

@@ -162,8 +162,26 @@ def test_evaluating_no_examples_says_so(fitted):
      (dict(hidden_size=32.0), "hidden_size must be a whole number"),
      (dict(num_layers=1.0), "num_layers must be a whole number"),
      (dict(warmup=float("inf")), "warmup must be a number >= 0"),
-     (dict(vocab_size=0), "vocab_size must be a whole number >= 16")],
+     (dict(vocab_size=0), "vocab_size must be a whole number >= 16"),
+     (dict(max_length=2), "max_length must be >= 3")],
 )  # fmt: skip
 def test_bad_numbers_are_refused_before_training(toy_data, params, message):
     with pytest.raises(ValueError, match=message):
-        TextClassifier(model="transformer", max_length=16, verbose=False, **params).fit(toy_data)
+        params = {"max_length": 16, **params}
+        TextClassifier(model="transformer", verbose=False, **params).fit(toy_data)
+
+
+def test_resume_refuses_other_tokenizer_options_and_precision(toy_data, tmp_path):
+    from slimtext.train.precision import cpu_has_bf16
+
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=6, batch_size=8,
+              checkpoint_every=3, precision="fp32", verbose=False)  # fmt: skip
+    ck = tmp_path / "ck"
+    TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck)
+    changes = [dict(vocab_size=300), dict(tokenizer="wordpiece")]
+    if cpu_has_bf16():  # elsewhere bf16 falls back to fp32: nothing would differ
+        changes.append(dict(precision="bf16"))
+    for change in changes:
+        with pytest.raises(ValueError, match=f"other options.*{next(iter(change))}"):
+            TextClassifier(**{**kw, **change}).fit(toy_data, checkpoint_dir=ck, resume=True)
+    TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck, resume=True)  # the same: resumes

@@ -109,6 +109,10 @@ class TrainConfig:
                      "log_every", "bucket_batches", "microbatches"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_length < 3:  # below, truncation keeps [CLS] [SEP] and no text at all
+            raise ValueError(
+                f"max_length must be >= 3 ([CLS], [SEP] and a text token), got {self.max_length}"
+            )
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if not 0.0 < self.layer_lr_decay <= 1.0:
@@ -342,7 +346,7 @@ def _check_resume_key(ck: Path, saved: str | None, key: dict) -> None:
         return
     old = json.loads(saved)
     diffs = []
-    for k in sorted(set(old) | set(key)):
+    for k in sorted(set(old) & set(key)):  # what an older version did not record, it can't
         a, b = old.get(k), key.get(k)
         if k == "model" and isinstance(a, dict) and isinstance(b, dict):
             diffs += [f"model.{f} {a.get(f)!r} -> {b.get(f)!r}"
@@ -520,7 +524,9 @@ def fit(
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     lengths = [len(x) for x in train.ids]
-    key = _resume_key(cfg, ctx, model, label_names, lengths, train.labels, resume_key)
+    # the precision as resolved ("auto" is bf16 or fp32 depending on the machine)
+    key = _resume_key(cfg, ctx, model, label_names, lengths, train.labels,
+                      {"precision": precision, **(resume_key or {})})  # fmt: skip
     check_fresh_start(ckpt_dir, resume)
 
     def epoch_batches(epoch: int) -> list[list[int]]:
