@@ -647,6 +647,17 @@ def compress_(
     lr: float | None = None,
     threads: int | None = None,
     speed: Annotated[bool, typer.Option(help="Measure latency and throughput.")] = True,
+    text_col: Annotated[
+        list[str] | None, typer.Option(help="Text column; repeat to join several.")
+    ] = None,
+    label_col: str = "label",
+    encoding: Annotated[
+        str, typer.Option(help="Text encoding of the data files (e.g. cp1252, utf-16).")
+    ] = "utf-8",
+    encoding_errors: Annotated[str, typer.Option(help="strict | replace")] = "strict",
+    on_bad: Annotated[
+        str, typer.Option(help="raise | skip (skipped rows are counted and reported).")
+    ] = "raise",
     progress: bool = True,
     config: ConfigOpt = None,
 ) -> None:
@@ -656,9 +667,11 @@ def compress_(
 
         train_cfg = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                                        "threads": threads}.items() if v is not None}  # fmt: skip
+        load_kw = dict(text_cols=text_col, label_col=label_col, encoding=encoding,
+                       encoding_errors=encoding_errors, on_bad=on_bad)  # fmt: skip
         compress(teacher_dir, data, out, recipe, valid=valid, test=test, transfer=transfer,
                  teacher=teacher, train_config=train_cfg, speed=speed, progress=progress,
-                 log=lambda s: typer.echo(s, err=True))  # fmt: skip
+                 log=lambda s: typer.echo(s, err=True), load_kw=load_kw)  # fmt: skip
     except _user_errors() as e:
         _fail(e)
     typer.echo((out / "compression_report.md").read_text(encoding="utf-8"))

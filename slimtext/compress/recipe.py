@@ -256,6 +256,7 @@ def compress(
     speed_kw: dict | None = None,
     progress: bool = False,
     log=print,
+    load_kw: dict | None = None,
 ) -> list[dict]:
     """Run `recipe` on the model in `teacher_dir`; write the result to `out_dir` (a model
     directory with `compression_report.md/.json` inside) and return the report rows.
@@ -264,22 +265,27 @@ def compress(
     `"hf:PATH"` (a local Hugging Face sequence-classification folder) or another slimtext model
     directory. Its labels must be the model's (matched by name). Distill steps then learn from
     its logits on the texts (the student keeps its own tokenizer; the student's shape defaults
-    to the model's), and the report's first row is the input model ("input")."""
+    to the model's), and the report's first row is the input model ("input").
+
+    `load_kw` go to `slimtext.data.load_data` for every file given (text_cols, label_col,
+    encoding, encoding_errors, on_bad)."""
     from ..api import as_dataset
-    from ..artifact import read_model_dir, save_model_dir
+    from ..artifact import check_save_target, read_model_dir, save_model_dir
     from ..data import DataError, TextDataset, check_labels_seen, stratified_split
 
+    check_save_target(out_dir)  # a refused --out must fail now, not after every step has run
+    load_kw = load_kw or {}
     steps = parse_recipe(recipe)
     md = read_model_dir(teacher_dir)
     source, tok, labels = md.model, md.tokenizer, md.labels
     check_recipe(steps, source.config, own_teacher=teacher is None)
     base_cfg = _train_config(train_config, md)
-    train_ds = as_dataset(data)
+    train_ds = as_dataset(data, **load_kw)
     if valid is None:
         train_ds, valid_ds = stratified_split(train_ds, valid_fraction, seed=base_cfg.seed)
     else:
-        valid_ds = as_dataset(valid)
-    eval_ds = as_dataset(test) if test is not None else valid_ds
+        valid_ds = as_dataset(valid, **load_kw)
+    eval_ds = as_dataset(test, **load_kw) if test is not None else valid_ds
     # The model's label list is fixed: a label it has no output for cannot be trained or scored.
     known = TextDataset(list(labels), list(labels), source=f"of the model {teacher_dir}")
     for ds in (train_ds, valid_ds, eval_ds):
@@ -356,7 +362,7 @@ def compress(
                 dtrain, texts = train, list(train_ds.texts)
                 owner = train.owner or range(len(train))  # the text of each row of dtrain
                 if transfer is not None:  # unlabelled texts: the teacher labels them
-                    more = list(_texts(transfer))
+                    more = list(_texts(transfer, load_kw))
                     ids, more_owner = tok.encode_windows(more, md.max_length, md.long_text)
                     dtrain = Encoded(train.ids + ids, None)
                     owner = [*owner, *(len(texts) + i for i in more_owner)]
@@ -462,12 +468,12 @@ def compress(
     return rows
 
 
-def _texts(transfer):
+def _texts(transfer, load_kw: dict):
     from ..api import as_dataset
 
     if isinstance(transfer, (list, tuple)) and all(isinstance(t, str) for t in transfer):
         return transfer
-    return as_dataset(transfer).texts
+    return as_dataset(transfer, **{**load_kw, "label_col": None}).texts  # labels ignored
 
 
 def _train_config(train_config, md) -> TrainConfig:

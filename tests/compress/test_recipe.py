@@ -219,3 +219,25 @@ def test_a_label_the_teacher_does_not_know_names_the_label_and_the_file(
     kw = {"data": make_toy(5, seed=63), "valid": make_toy(3, seed=64), which: str(path)}
     with pytest.raises(DataError, match=rf"{which}.csv:\d+: label 'finance'.*of the model"):
         compress(teacher_dir, out_dir=tmp_path / "x", recipe="finetune", log=lambda s: None, **kw)
+
+
+def test_a_refused_out_and_the_file_options_apply_before_anything_runs(
+    teacher_dir, make_toy, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(recipe_mod, "measure", _no_training)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="busy exists"):
+        compress(teacher_dir, make_toy(5, seed=65), busy, recipe="finetune", log=lambda s: None)
+    # CSV with its own column names, read through load_kw as the CLI's --text-col/--label-col
+    texts, labels = make_toy(8, seed=66)
+    path = tmp_path / "cols.csv"
+    path.write_text(
+        "title,topic\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True))
+    )
+    with pytest.raises(DataError, match="no text column"):
+        compress(teacher_dir, str(path), tmp_path / "y", recipe="finetune", log=lambda s: None)
+    with pytest.raises(AssertionError, match="before any training"):  # read: on to measuring
+        compress(teacher_dir, str(path), tmp_path / "y", recipe="finetune", log=lambda s: None,
+                 load_kw={"text_cols": ["title"], "label_col": "topic"})  # fmt: skip
