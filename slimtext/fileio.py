@@ -152,6 +152,22 @@ def _holds_manifest(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
+def _unlisted(folder: Path) -> list[str]:
+    """Files under `folder` its manifest does not list (hidden ones aside: a killed write's
+    temporary file), i.e. what a user put there. [] when the manifest can't be read."""
+    try:
+        listed = set(read_manifest(folder))
+    except IntegrityError:
+        return []
+    out = []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        hidden = any(part.startswith(".") for part in rel.parts)
+        if p.is_file() and not hidden and rel.as_posix() not in listed | {MANIFEST}:
+            out.append(rel.as_posix())
+    return out
+
+
 def check_replaceable(
     target: str | os.PathLike,
     is_ours: Callable[[Path], bool] = _holds_manifest,
@@ -170,7 +186,15 @@ def check_replaceable(
         raise TargetExistsError(
             f"{target} exists and is not a directory; refusing to replace it (choose another path)"
         )
-    if _is_empty_dir(target) or is_ours(target):
+    if _is_empty_dir(target):
+        return
+    if is_ours(target):
+        if extra := _unlisted(target):
+            raise TargetExistsError(
+                f"{target} is a slimtext directory that also holds files slimtext did not write "
+                f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}); replacing it "
+                "would delete them: move them out, or choose another path"
+            )
         return
     raise TargetExistsError(
         f"{target} exists and is neither empty nor a directory slimtext wrote; refusing to "

@@ -133,14 +133,29 @@ def test_saving_over_something_that_is_not_a_model_dir_is_refused(tiny_model_dir
     assert after == before  # intact, and no temporary directory left behind
 
 
+def test_resaving_over_a_model_dir_holding_a_users_file_is_refused(tiny_model_dir, tmp_path):
+    from slimtext.artifact import check_save_target
+    from slimtext.fileio import TargetExistsError
+
+    md = read_model_dir(tiny_model_dir)
+    target = tmp_path / "m"
+    _save(md, target)
+    (target / ".partial.tmp").write_text("a killed write's leftover")  # hidden: not the user's
+    _save(md, target)
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(TargetExistsError, match=r"did not write \(notes.txt\)"):
+        check_save_target(target)
+    with pytest.raises(TargetExistsError, match="notes.txt"):
+        _save(md, target)
+    assert (target / "notes.txt").read_text() == "mine"
+
+
 def test_resaving_over_a_model_dir_or_an_empty_dir_works(tiny_model_dir, tmp_path):
     md = read_model_dir(tiny_model_dir)
     empty = tmp_path / "empty"
     empty.mkdir()
     _save(md, empty)
-    (empty / "notes.txt").write_text("from an older save")  # unlisted: a model dir still
-    _save(md, empty)
-    assert not (empty / "notes.txt").exists()
+    _save(md, empty)  # over a model directory: replaced whole
     read_model_dir(empty)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
 
