@@ -571,7 +571,11 @@ def demo(
 def export(
     model_dir: Annotated[Path, typer.Argument(help="A slimtext model directory.")],
     out: Annotated[
-        Path | None, typer.Option(help="Write here instead of MODEL_DIR/model.onnx.")
+        Path | None,
+        typer.Option(
+            help="Write here (a file, or a folder for model.onnx) instead of MODEL_DIR/model.onnx; "
+            "--int8 writes NAME.int8.onnx beside it."
+        ),
     ] = None,
     format: Annotated[str, typer.Option(help="onnx (the only format so far).")] = "onnx",
     opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = 18,
@@ -601,10 +605,10 @@ def export(
     except ImportError as e:
         _fail(ImportError(f"{e}; install the extra: pip install 'slimtext[onnx]'"))
     try:
-        export_onnx(model_dir, out, opset=opset, optimize=optimize, exporter=exporter,
-                    mask_dtype=mask_dtype, atol=atol, log=log)  # fmt: skip
-        if int8:
-            quantize_onnx(model_dir, out.with_name("model.int8.onnx") if out else None,
+        path = export_onnx(model_dir, out, opset=opset, optimize=optimize, exporter=exporter,
+                           mask_dtype=mask_dtype, atol=atol, log=log)  # fmt: skip
+        if int8:  # beside it: DIR/x.onnx -> DIR/x.int8.onnx (model.onnx -> model.int8.onnx)
+            quantize_onnx(model_dir, path.with_name(f"{path.stem}.int8.onnx") if out else None,
                           exporter=exporter, mask_dtype=mask_dtype, opset=opset,
                           log=log)  # fmt: skip
     except (*_user_errors(), ImportError, ExportError, OSError) as e:

@@ -94,8 +94,8 @@ def export_onnx(
         if "path" not in md.meta:
             raise ValueError("pass `out=`: this ModelDir was not read from a directory")
         target = Path(md.meta["path"]) / ONNX_FILE
-    else:
-        target = Path(out)
+    else:  # a folder that exists gets the usual file name inside it
+        target = Path(out) / ONNX_FILE if Path(out).is_dir() else Path(out)
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)
@@ -147,8 +147,9 @@ def quantize_onnx(
     Starts from `source`, or by default from a fresh plain export with `mask_dtype` and `opset`
     (when not given: those of the directory's `model.onnx` if it has one, else bool and 18, the
     `export_onnx` defaults, so the int8 file takes the same inputs as the fp32 one). Writes
-    `model.int8.onnx` into the model directory (or `out`). Batch and length stay dynamic:
-    dynamic quantisation only rewrites MatMul/Gemm weights, never the input shapes. Exact parity
+    `model.int8.onnx` into the model directory (or `out`: a file, or a folder to put it in).
+    Batch and length stay dynamic: dynamic quantisation only rewrites MatMul/Gemm weights, never
+    the input shapes. Exact parity
     is not expected, so the check is that the predicted class agrees with PyTorch's on at least
     `min_agreement` of the random parity rows.
     """
@@ -171,6 +172,8 @@ def quantize_onnx(
         mask_dtype = mask_dtype or fp32_made.get("mask_dtype", "bool")
         opset = opset or fp32_made.get("opset", 18)
     target = Path(out) if out else Path(model_dir) / INT8_FILE
+    if target.is_dir():  # a folder that exists gets the usual file name inside it
+        target = target / INT8_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)

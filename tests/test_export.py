@@ -216,3 +216,22 @@ def test_export_lists_only_the_files_it_wrote(tiny_model_dir, tmp_path):
     assert {k: files[k] for k in before} == before
     stray.unlink()  # cleaning up must not break the directory
     read_model_dir(d)
+
+
+def test_cli_export_out_as_a_file_or_a_folder_keeps_the_int8_beside_it(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from slimtext.cli import app
+
+    run = lambda *a: CliRunner().invoke(app, ["export", str(tiny_model_dir), *map(str, a)])  # noqa: E731
+    r = run("--out", tmp_path / "a.onnx", "--int8")
+    assert r.exit_code == 0, r.output
+    r = run("--out", tmp_path / "b.onnx", "--int8")  # same folder: b's int8 does not replace a's
+    assert r.exit_code == 0, r.output
+    names = {p.name for p in tmp_path.glob("*.onnx")}
+    assert {"a.onnx", "a.int8.onnx", "b.onnx", "b.int8.onnx"} <= names
+    folder = tmp_path / "into"
+    folder.mkdir()
+    r = run("--out", folder, "--int8")  # an existing folder: the usual names inside it
+    assert r.exit_code == 0, r.output
+    assert {"model.onnx", "model.int8.onnx"} <= {p.name for p in folder.iterdir()}
