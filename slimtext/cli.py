@@ -35,11 +35,19 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
         raise typer.BadParameter(f"{value}: cannot read YAML ({e})") from None
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{value}: expected a mapping of option names to values")
-    names = {p.name for p in ctx.command.params}
-    data = {str(k).replace("-", "_"): v for k, v in data.items()}
-    unknown = sorted(set(data) - names)
+    # A key is an option's name as typed (`json` for --json, `max-steps` or `max_steps`) or
+    # the parameter behind it (`json_out`).
+    alias = {}
+    for p in ctx.command.params:
+        for name in [p.name, *(o.lstrip("-") for o in p.opts if o.startswith("--"))]:
+            alias[name.replace("-", "_")] = p.name
+    keys = {str(k): str(k).replace("-", "_") for k in data}
+    unknown = sorted(k for k, a in keys.items() if a not in alias)
     if unknown:
-        raise typer.BadParameter(f"{value}: unknown keys {unknown}; valid: {sorted(names)}")
+        valid = sorted(o.lstrip("-") for p in ctx.command.params for o in p.opts
+                       if o.startswith("--") and o != "--config")  # fmt: skip
+        raise typer.BadParameter(f"{value}: unknown keys {unknown}; valid: {valid}")
+    data = {alias[keys[str(k)]]: v for k, v in data.items()}
     for p in ctx.command.params:  # `text_col: review` for a repeatable option: a list of one
         if p.multiple and p.name in data and not isinstance(data[p.name], list):
             data[p.name] = [data[p.name]]

@@ -188,6 +188,12 @@ def test_yaml_config_fills_options_and_flags_override_it(tmp_path, data_files):
     r = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(train), "--out", str(out)])
     assert r.exit_code != 0 and "epochz" in r.output
 
+    # keys are the options as typed: `json` for --json (whose parameter is json_out)
+    cfg.write_text("json: true\n")
+    r = runner.invoke(app, ["eval", str(out), "--config", str(cfg), "--data", str(train)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n"] > 0
+
 
 def test_bad_input_is_one_clear_error_line_not_a_traceback(tmp_path):
     bad = tmp_path / "bad.csv"
