@@ -589,6 +589,7 @@ def fit(
             return ce(logits, batch.labels)
 
     result = TrainResult(precision=precision, device=str(device))
+    window: list | None = None  # [loss sum, rows] of a resumed run's unlogged steps
     epoch, batch_pos, step = 0, 0, 0
     best_state: dict[str, torch.Tensor] | None = None
     best_score, bad_epochs = -math.inf, 0
@@ -635,6 +636,12 @@ def fit(
             own = cuda[ctx.rank] if len(cuda) == ctx.world_size else cuda[0]
             torch.cuda.set_rng_state(own, device)
         epoch, batch_pos, step = st["epoch"], st["batch_pos"], st["step"]
+        if "loss_window" in st:  # the steps since the last log line, so that line is whole
+            windows = json.loads(st["loss_window"])
+            window = windows[ctx.rank] if len(windows) == ctx.world_size else None
+            if window is None:  # another world size: the sum is what the log line shows
+                window = [sum(w[0] for w in windows), sum(w[1] for w in windows)]
+                window = window if ctx.is_main else [0.0, 0]
         best_score, bad_epochs = st["best_score"], st["bad_epochs"]
         result.history = json.loads(st["history_json"])
         result.best_epoch = st["best_epoch"]
@@ -646,6 +653,7 @@ def fit(
             tqdm.write(f"resuming from {ck} (epoch {epoch}, step {step})")
 
     pending_tokens = 0  # real tokens this rank has trained on since the last flush_tokens()
+    loss_sum, loss_n = 0.0, 0  # the loss of the steps since the last log line
 
     def flush_tokens() -> None:
         """Add every rank's pending tokens to `result.tokens` (a collective: every rank calls
@@ -662,6 +670,7 @@ def fit(
             "scheduler": sched.state_dict(),
             "scaler": scaler.state_dict(),
             "rng_cpu": all_gather_object(ctx, torch.get_rng_state()),
+            "loss_window": json.dumps(all_gather_object(ctx, [float(loss_sum), loss_n])),
             "epoch": epoch,
             "batch_pos": batch_pos,
             "step": step,
@@ -695,6 +704,8 @@ def fit(
             batches = epoch_batches(epoch)
             sizes = global_rows(epoch)
             t_last, samples_last, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+            if window is not None:  # resumed mid-window: its earlier steps' loss
+                (loss_sum, loss_n), window = window, None
             for o in opts:
                 o.zero_grad(set_to_none=True)
             while batch_pos < len(batches):

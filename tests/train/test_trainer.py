@@ -341,6 +341,25 @@ def test_the_last_step_is_logged_and_a_resumed_log_does_not_double_back(encoded,
     assert loss_steps == list(range(1, 9))
 
 
+def test_a_resumed_run_logs_the_loss_of_the_whole_window(encoded, tmp_path):
+    # Logs every 3 steps, checkpoints every 4: the step-6 line averages steps 4-6, and after a
+    # resume from step 4 it must still include step 4 (the run is exact, so the lines match).
+    kw = dict(max_steps=8, checkpoint_every=4, keep_checkpoints=0, log_every=3)
+    run(encoded, {"run_dir": tmp_path / "a"}, **kw)
+    run(encoded, {"run_dir": tmp_path / "b", "checkpoint_dir": tmp_path / "ck"}, **kw)
+    cut = killed_after(tmp_path / "ck", 0, tmp_path / "ck2")  # at step 4
+    run(encoded, {"run_dir": tmp_path / "b", "checkpoint_dir": cut, "resume": True}, **kw)
+
+    def losses(d):
+        recs = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r["loss"] for r in recs if "loss" in r}
+
+    want, got = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(got) == sorted(want) == [3, 6, 8]
+    for step in want:
+        assert got[step] == pytest.approx(want[step], rel=1e-6), step
+
+
 @pytest.mark.parametrize(
     "bad",
     [dict(checkpoint_every=-3), dict(warmup=-5), dict(grad_clip=-1), dict(patience=0),
