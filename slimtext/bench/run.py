@@ -106,9 +106,11 @@ def run(
     from .report import pareto_front, write_report
 
     log = log or (lambda _m: None)
+    if time_budget is not None and not (time_budget > 0 and math.isfinite(time_budget)):
+        raise ValueError(f"time_budget must be a number of seconds > 0, got {time_budget}")
+    if max_test is not None and (not isinstance(max_test, int) or max_test < 1):
+        raise ValueError(f"max_test must be a whole number >= 1, got {max_test!r}")
     budget = _Budget(time_budget)
-    if time_budget is not None and time_budget <= 0:
-        raise ValueError(f"time_budget must be > 0 seconds, got {time_budget}")
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
     if threads is not None:
@@ -167,8 +169,6 @@ def run(
     texts = [test.texts[i] for i in order]
     gold = [test.labels[i] for i in order]
 
-    _start_fresh(out)
-
     skipped: list[dict] = []
     peer_paths: dict[str, str] = {}
     entries: list[dict] = []
@@ -190,6 +190,9 @@ def run(
         n_acc = min(len(texts), max(32, int(probe * per_entry / 2)))
         log(f"time budget {time_budget:.0f}s: accuracy on {n_acc} of {len(texts)} texts")
 
+    # Only now, with every argument checked and the probe run: a run refused for a bad
+    # argument (or whose probe fails) leaves the previous report alone.
+    _start_fresh(out)
     n_jobs = slow + fast
     bar = _progress(n_jobs * repeat, progress)
     with tempfile.TemporaryDirectory(prefix="slimtext-bench-") as tmp:

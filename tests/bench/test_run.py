@@ -126,6 +126,15 @@ def test_bad_arguments_are_clear_errors(cls_model_dir, bench_data, tmp_path):
     other.write_text('{"text": "a b c", "label": "weather"}\n')
     with pytest.raises(ValueError, match=r"\['weather'\].*labels.json"):
         run([cls_model_dir], str(other), tmp_path, peers=[], progress=False)
+    # refused before anything is read or deleted: an earlier report in --out stays
+    (tmp_path / "report.md").write_text("an earlier report")
+    bad = [(dict(time_budget=float("nan")), "time_budget"),
+           (dict(time_budget=float("inf")), "time_budget"),
+           (dict(max_test=0), "max_test"), (dict(max_test=-1), "max_test")]  # fmt: skip
+    for kw, message in bad:
+        with pytest.raises(ValueError, match=message):
+            run([cls_model_dir], str(test), tmp_path, peers=[], progress=False, **kw)
+    assert (tmp_path / "report.md").read_text() == "an earlier report"
 
 
 def test_a_run_that_dies_before_the_report_keeps_what_it_measured(
