@@ -68,6 +68,17 @@ ConfigOpt = Annotated[
 ]
 
 
+# The data-reading options, the same on every command that reads labelled or unlabelled text.
+TextColOpt = Annotated[list[str] | None, typer.Option(help="Text column; repeat to join several.")]
+EncodingOpt = Annotated[
+    str, typer.Option(help="Text encoding of the data files (e.g. cp1252, utf-16).")
+]
+EncodingErrorsOpt = Annotated[str, typer.Option(help="strict | replace")]
+OnBadOpt = Annotated[
+    str, typer.Option(help="raise | skip (skipped rows are counted and reported).")
+]
+
+
 def _fail(e: Exception) -> None:
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(2)
@@ -156,17 +167,11 @@ def train(
             help="bpe | wordpiece (trained on --data), or a tokenizer.json / HF tokenizer folder."
         ),
     ] = "bpe",
-    text_col: Annotated[
-        list[str] | None, typer.Option(help="Text column; repeat to join several.")
-    ] = None,
+    text_col: TextColOpt = None,
     label_col: str = "label",
-    encoding: Annotated[
-        str, typer.Option(help="Text encoding of the data files (e.g. cp1252, utf-16).")
-    ] = "utf-8",
-    encoding_errors: Annotated[str, typer.Option(help="strict | replace")] = "strict",
-    on_bad: Annotated[
-        str, typer.Option(help="raise | skip (skipped rows are counted and reported).")
-    ] = "raise",
+    encoding: EncodingOpt = "utf-8",
+    encoding_errors: EncodingErrorsOpt = "strict",
+    on_bad: OnBadOpt = "raise",
     valid_fraction: float = 0.1,
     patience: Annotated[
         int | None, typer.Option(help="Early stopping after N epochs without improvement.")
@@ -379,9 +384,7 @@ def pretrain(
     num_heads: int | None = None,
     ffn_size: int | None = None,
     dropout: float | None = None,
-    text_col: Annotated[
-        list[str] | None, typer.Option(help="Text column; repeat to join several.")
-    ] = None,
+    text_col: TextColOpt = None,
     resume: Annotated[
         bool, typer.Option(help="Continue from the newest checkpoint in OUT.checkpoints.")
     ] = False,
@@ -444,13 +447,11 @@ def eval_(
     model_dir: Annotated[Path, typer.Argument(help="A slimtext model directory.")],
     data: Annotated[str, typer.Option(help="Labelled data: path, `bbc@test`, `hf:NAME@SPLIT`.")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    text_col: list[str] | None = None,
+    text_col: TextColOpt = None,
     label_col: str = "label",
-    encoding: str = "utf-8",
-    encoding_errors: str = "strict",
-    on_bad: Annotated[
-        str, typer.Option(help="raise | skip (skipped rows are counted and reported).")
-    ] = "raise",
+    encoding: EncodingOpt = "utf-8",
+    encoding_errors: EncodingErrorsOpt = "strict",
+    on_bad: OnBadOpt = "raise",
     backend: Annotated[
         str, typer.Option(help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto")
     ] = "torch",
@@ -659,17 +660,11 @@ def compress_(
     lr: float | None = None,
     threads: int | None = None,
     speed: Annotated[bool, typer.Option(help="Measure latency and throughput.")] = True,
-    text_col: Annotated[
-        list[str] | None, typer.Option(help="Text column; repeat to join several.")
-    ] = None,
+    text_col: TextColOpt = None,
     label_col: str = "label",
-    encoding: Annotated[
-        str, typer.Option(help="Text encoding of the data files (e.g. cp1252, utf-16).")
-    ] = "utf-8",
-    encoding_errors: Annotated[str, typer.Option(help="strict | replace")] = "strict",
-    on_bad: Annotated[
-        str, typer.Option(help="raise | skip (skipped rows are counted and reported).")
-    ] = "raise",
+    encoding: EncodingOpt = "utf-8",
+    encoding_errors: EncodingErrorsOpt = "strict",
+    on_bad: OnBadOpt = "raise",
     progress: bool = True,
     config: ConfigOpt = None,
 ) -> None:
