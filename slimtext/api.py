@@ -179,11 +179,12 @@ class TextClassifier:
                 raise ValueError(f"init= needs model='transformer', not {self.model!r}")
             src, tok = load_init(self.init)  # every rank reads the same files
             if cfg.max_length > src.config.max_length:  # no positions beyond the pretrained ones
-                warnings.warn(
-                    f"max_length {cfg.max_length} capped to {src.config.max_length}, the "
-                    f"positions {self.init} was pretrained with",
-                    stacklevel=2,
-                )
+                if "max_length" in self.params:  # asked for, not the default: say it is cut
+                    warnings.warn(
+                        f"max_length {cfg.max_length} capped to {src.config.max_length}, the "
+                        f"positions {self.init} was pretrained with",
+                        stacklevel=2,
+                    )
                 cfg = replace(cfg, max_length=src.config.max_length)
         elif ctx.is_main:  # rank 0 learns the tokenizer and writes it; the others receive it
             tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).backend.to_str()

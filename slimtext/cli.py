@@ -113,8 +113,12 @@ def train(
     ] = None,
     batch_size: int = 32,
     max_length: Annotated[
-        int, typer.Option(help="Tokens per text (or per window, see --long-text).")
-    ] = 128,
+        int | None,
+        typer.Option(
+            help="Tokens per text (or per window, see --long-text); default 128, or the "
+            "positions of --init's encoder."
+        ),
+    ] = None,
     long_text: Annotated[
         str,
         typer.Option(
@@ -321,7 +325,13 @@ def _train(
         clf.fit(train_ds, valid_ds, run_dir=run_dir, checkpoint_dir=ckpt, resume=resume, dist=ctx)
         r = clf.result_
         say(
-            f"trained {r.steps} steps in {time.perf_counter() - t0:.1f}s "
+            f"trained {r.steps} steps"
+            + (
+                f" ({r.steps - r.resumed_at} after resuming at {r.resumed_at})"
+                if r.resumed_at
+                else ""
+            )
+            + f" in {time.perf_counter() - t0:.1f}s "
             f"({r.samples_per_second:.0f} samples/s, {r.precision} on {r.device}"
             + (f", {ctx.strategy} x{ctx.world_size})" if ctx.distributed else ")")
             + f"; peak memory per rank {r.peak_rss_mb} MB"

@@ -347,3 +347,14 @@ def test_init_warns_when_it_caps_max_length(pretrained, toy_data):
             verbose=False,
             **{k: v for k, v in TINY.items() if k != "max_length"},
         ).fit((texts, labels))
+
+
+def test_init_caps_the_default_max_length_without_a_warning(pretrained, toy_data):
+    import warnings
+
+    enc, _, _ = pretrained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default was not asked for: nothing to warn about
+        clf = TextClassifier(init=str(enc), max_steps=1, batch_size=8, verbose=False)
+        clf.fit(toy_data)
+    assert clf.model_dir_.max_length == 32

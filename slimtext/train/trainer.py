@@ -175,6 +175,7 @@ class TrainResult:
     precision: str = "fp32"
     device: str = "cpu"
     stopped_early: bool = False
+    resumed_at: int = 0  # the step a resumed run continued from (0: a fresh run)
     world_size: int = 1
     peak_rss_mb: list[float] = field(default_factory=list)  # per rank, whole-process peak
 
@@ -649,6 +650,7 @@ def fit(
         for k in ("samples", "tokens"):
             setattr(result, k, st[k])
         result.train_seconds = st["train_seconds"]
+        result.resumed_at = step
         if progress:
             tqdm.write(f"resuming from {ck} (epoch {epoch}, step {step})")
 
