@@ -665,12 +665,17 @@ def create_app(
     async def model_info() -> ModelInfo:
         return ModelInfo(**info, limits=limits)
 
-    @app.get("/healthz", summary="Liveness: the process answers")
+    # HEAD too: load balancers and uptime checkers often probe with it
+    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process answers")
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: model loaded and warmed up",
-             responses={503: {"description": "Not ready (yet, or shutting down)."}})  # fmt: skip
+    @app.api_route(
+        "/readyz",
+        methods=["GET", "HEAD"],
+        summary="Readiness: model loaded and warmed up",
+        responses={503: {"description": "Not ready (yet, or shutting down)."}},
+    )
     async def readyz():
         if state["ready"]:
             return {"status": "ready"}

@@ -97,6 +97,9 @@ def test_model_info(client, predictor):
 def test_health_ready_docs_and_page(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
+    for probe in ("/healthz", "/readyz"):  # as load balancers probe
+        r = client.head(probe)
+        assert r.status_code == 200 and r.content == b""
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     for name in ("ClassifyRequest", "ClassifyResponse", "ErrorResponse", "ModelInfo"):
