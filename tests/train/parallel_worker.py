@@ -78,28 +78,33 @@ def case_tp_parity(ctx) -> dict:
 
 def case_pp_parity(ctx) -> dict:
     M = 4
-    ref = tiny(layers=4)
-    pctx = replace(ctx, strategy="pp")
-    model = wrap_model(copy.deepcopy(ref), pctx, "fp32", microbatches=M, pp_schedule="1f1b")
-    b = padded_batch(B=8)
-    # Reference: the mean over the same micro-batches of their mean cross-entropy.
-    chunks = zip(b.input_ids.chunk(M), b.attention_mask.chunk(M), b.labels.chunk(M), strict=True)
-    losses = [F.cross_entropy(ref(i, m), y) for i, m, y in chunks]
-    loss_ref = torch.stack(losses).mean()
-    loss_ref.backward()
-    loss = model.train_step(b, lambda logits, bb: F.cross_entropy(logits, bb.labels), 1.0)
-    mine = {n: p.grad for n, p in model.stage_module.named_parameters()}
-    grads: dict = {}
-    for part in _gather(ctx, mine):
-        grads.update(part)
-    ref_grads = {n: p.grad for n, p in ref.named_parameters()}
-    d_loss = abs(loss.item() - loss_ref.item())
-    d_grad = max_diff(grads, ref_grads)
-    assert d_loss < 1e-5 and d_grad < 1e-5, (d_loss, d_grad)
-    # The gathered model is the whole one.
-    d_w = max_diff(full_state_dict(model, pctx), ref.state_dict())
-    assert d_w == 0, d_w
-    return {"loss": d_loss, "grads": d_grad}
+    out = {}
+    # cls: the last stage runs its last block for [CLS] only, as the whole model does
+    for pooling in ("mean", "cls"):
+        ref = tiny(layers=4, pooling=pooling)
+        pctx = replace(ctx, strategy="pp")
+        model = wrap_model(copy.deepcopy(ref), pctx, "fp32", microbatches=M, pp_schedule="1f1b")
+        b = padded_batch(B=8)
+        # Reference: the mean over the same micro-batches of their mean cross-entropy.
+        chunks = zip(b.input_ids.chunk(M), b.attention_mask.chunk(M), b.labels.chunk(M),
+                     strict=True)  # fmt: skip
+        losses = [F.cross_entropy(ref(i, m), y) for i, m, y in chunks]
+        loss_ref = torch.stack(losses).mean()
+        loss_ref.backward()
+        loss = model.train_step(b, lambda logits, bb: F.cross_entropy(logits, bb.labels), 1.0)
+        mine = {n: p.grad for n, p in model.stage_module.named_parameters()}
+        grads: dict = {}
+        for part in _gather(ctx, mine):
+            grads.update(part)
+        ref_grads = {n: p.grad for n, p in ref.named_parameters()}
+        d_loss = abs(loss.item() - loss_ref.item())
+        d_grad = max_diff(grads, ref_grads)
+        assert d_loss < 1e-5 and d_grad < 1e-5, (pooling, d_loss, d_grad)
+        # The gathered model is the whole one.
+        d_w = max_diff(full_state_dict(model, pctx), ref.state_dict())
+        assert d_w == 0, d_w
+        out[pooling] = {"loss": d_loss, "grads": d_grad}
+    return out
 
 
 def _gather(ctx, obj) -> list:
