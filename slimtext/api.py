@@ -127,7 +127,7 @@ class TextClassifier:
         # A resumed run must reuse the exact tokenizer of the run it continues: the checkpoint's
         # weights are indexed by its ids (and WordPiece training is not deterministic across
         # processes: huggingface/tokenizers#1794).
-        check_fresh_start(checkpoint_dir, resume)  # the folder's tokenizer is an earlier run's
+        # (its callers have already refused a folder of an earlier run's checkpoints)
         saved = Path(checkpoint_dir) / "tokenizer.json" if checkpoint_dir is not None else None
         if resume and saved is not None and saved.is_file():
             return load_tokenizer(saved)

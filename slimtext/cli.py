@@ -79,6 +79,12 @@ OnBadOpt = Annotated[
 ]
 
 
+def _load_kw(text_col, label_col, encoding, encoding_errors, on_bad) -> dict:
+    """Those options as `slimtext.data.load_data` takes them."""
+    return dict(text_cols=text_col, label_col=label_col, encoding=encoding,
+                encoding_errors=encoding_errors, on_bad=on_bad)  # fmt: skip
+
+
 def _fail(e: Exception) -> None:
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(2)
@@ -292,8 +298,7 @@ def _train(
     from .data import DataError, check_labels_seen
     from .metrics import format_report
 
-    load_kw = dict(text_cols=text_col, label_col=label_col, encoding=encoding,
-                   encoding_errors=encoding_errors, on_bad=on_bad)  # fmt: skip
+    load_kw = _load_kw(text_col, label_col, encoding, encoding_errors, on_bad)
     say = (lambda msg: typer.echo(msg, err=True)) if ctx.is_main else (lambda msg: None)
     from .artifact import check_save_target
 
@@ -474,8 +479,7 @@ def eval_(
         from .metrics import format_report
 
         clf = TextClassifier.load(model_dir, backend=backend, batch_size=batch_size)
-        ds = as_dataset(data, text_cols=text_col, label_col=label_col, encoding=encoding,
-                        encoding_errors=encoding_errors, on_bad=on_bad)  # fmt: skip
+        ds = as_dataset(data, **_load_kw(text_col, label_col, encoding, encoding_errors, on_bad))
         typer.echo(f"data: {ds.report()}", err=True)  # rows skipped or repaired, if any
         rep = clf.evaluate(ds)
     except (*_user_errors(), ImportError) as e:
@@ -684,8 +688,7 @@ def compress_(
 
         train_cfg = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                                        "threads": threads}.items() if v is not None}  # fmt: skip
-        load_kw = dict(text_cols=text_col, label_col=label_col, encoding=encoding,
-                       encoding_errors=encoding_errors, on_bad=on_bad)  # fmt: skip
+        load_kw = _load_kw(text_col, label_col, encoding, encoding_errors, on_bad)
         compress(teacher_dir, data, out, recipe, valid=valid, test=test, transfer=transfer,
                  teacher=teacher, train_config=train_cfg, speed=speed, progress=progress,
                  log=lambda s: typer.echo(s, err=True), load_kw=load_kw)  # fmt: skip

@@ -62,6 +62,11 @@ def require_onnxruntime():
     return onnxruntime
 
 
+def _file_in(out: Path, name: str) -> Path:
+    """`out` itself, or `out/name` when `out` is a folder that exists."""
+    return out / name if out.is_dir() else out
+
+
 def export_onnx(
     model_dir: str | os.PathLike | ModelDir,
     out: str | os.PathLike | None = None,
@@ -94,8 +99,8 @@ def export_onnx(
         if "path" not in md.meta:
             raise ValueError("pass `out=`: this ModelDir was not read from a directory")
         target = Path(md.meta["path"]) / ONNX_FILE
-    else:  # a folder that exists gets the usual file name inside it
-        target = Path(out) / ONNX_FILE if Path(out).is_dir() else Path(out)
+    else:
+        target = _file_in(Path(out), ONNX_FILE)
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)
@@ -149,9 +154,8 @@ def quantize_onnx(
     `export_onnx` defaults, so the int8 file takes the same inputs as the fp32 one). Writes
     `model.int8.onnx` into the model directory (or `out`: a file, or a folder to put it in).
     Batch and length stay dynamic: dynamic quantisation only rewrites MatMul/Gemm weights, never
-    the input shapes. Exact parity
-    is not expected, so the check is that the predicted class agrees with PyTorch's on at least
-    `min_agreement` of the random parity rows.
+    the input shapes. Exact parity is not expected, so the check is that the predicted class
+    agrees with PyTorch's on at least `min_agreement` of the random parity rows.
     """
     if mask_dtype not in (None, "bool", "int64"):
         raise ValueError(f"mask_dtype must be 'bool' or 'int64', got {mask_dtype!r}")
@@ -171,9 +175,7 @@ def quantize_onnx(
         fp32_made = _read_sidecar(Path(model_dir) / ONNX_FILE)
         mask_dtype = mask_dtype or fp32_made.get("mask_dtype", "bool")
         opset = opset or fp32_made.get("opset", 18)
-    target = Path(out) if out else Path(model_dir) / INT8_FILE
-    if target.is_dir():  # a folder that exists gets the usual file name inside it
-        target = target / INT8_FILE
+    target = _file_in(Path(out), INT8_FILE) if out else Path(model_dir) / INT8_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)

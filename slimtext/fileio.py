@@ -156,14 +156,14 @@ def _unlisted(folder: Path) -> list[str]:
     """Files under `folder` its manifest does not list (hidden ones aside: a killed write's
     temporary file), i.e. what a user put there. [] when the manifest can't be read."""
     try:
-        listed = set(read_manifest(folder))
+        listed = {*read_manifest(folder), MANIFEST}
     except IntegrityError:
         return []
     out = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
         hidden = any(part.startswith(".") for part in rel.parts)
-        if p.is_file() and not hidden and rel.as_posix() not in listed | {MANIFEST}:
+        if p.is_file() and not hidden and rel.as_posix() not in listed:
             out.append(rel.as_posix())
     return out
 
