@@ -3,19 +3,22 @@
 Texts are tokenized once, batched by length (so short texts are not padded to long ones) and the
 results are returned in input order. The forward pass runs on one of several backends, all fed
 the same padded (input_ids, attention_mask) batches. The torch and compile backends run a
-`TransformerClassifier` through `forward_packed`: its linear layers see only the real tokens of
-a batch (padding costs attention only), and with [CLS] pooling the last block only computes
-[CLS]; the fused ONNX graph (onnxruntime backends) does the latter too.
+`TransformerClassifier` through `forward_packed` when a batch is more than PACK_BELOW_FILL
+padding: its linear layers see only the real tokens (padding costs attention only); a batch of
+nearly equal lengths runs `forward` as it is (packing's gathers would cost more than the padding
+they skip). With [CLS] pooling the last block only computes [CLS] either way; the fused ONNX
+graph (onnxruntime backends) does that too.
 
     torch        the eager model
     torch-bf16   the eager model under bfloat16 autocast (matmuls in bf16, LayerNorm and softmax
                  in fp32): several times the throughput of fp32 at batch 64 on CPUs with AMX or
                  AVX512-BF16, slow on CPUs without (emulated); probabilities move by ~1e-2
     compile      `torch.compile`, never recompiling for a new length. A `TransformerClassifier`
-                 (`forward_packed`) compiles with batch, length and packed-token axes dynamic:
-                 three graphs in all (batch 1, which dynamo always specialises; batch >= 2;
-                 batches whose attention runs in length groups), lengths padded to a multiple
-                 of 8. Other models pad lengths up to a few buckets
+                 compiles with batch, length and packed-token axes dynamic: four graphs in all
+                 (`forward` at batch 1, which dynamo always specialises, and at batch >= 2;
+                 `forward_packed` on ragged batches, and on those whose attention runs in
+                 length groups), lengths padded to a multiple of 8. Other models pad lengths
+                 up to a few buckets
                  (16, 32, 48, 64, 80, ..., max_length) with the batch axis dynamic: at most
                  2 x buckets graphs
     compile-bf16 `compile` under bfloat16 autocast with inductor's weight freezing (weights
@@ -196,7 +199,7 @@ class Predictor:
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
             ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
-            use_packed = packed and not mask.all()  # nothing to skip in an unpadded batch
+            use_packed = packed and _worth_packing(mask)
             fn = self.model.forward_packed if use_packed else self.model
             with torch.inference_mode(), ctx:
                 args, order = _model_args(input_ids, mask, use_packed, device)
@@ -206,22 +209,26 @@ class Predictor:
 
     def _compiled_runner(self, autocast: torch.dtype | None = None, freezing=False) -> Runner:
         packed = self._packed
-        fn = self.model.forward_packed if packed else self.model
-        compiled = torch.compile(fn, backend=self._compile_backend, dynamic=False)
-        # Packed: the length axis is dynamic too (padding costs attention only there, so one
-        # graph for all lengths runs as fast as one per bucket, and compiles in a tenth of the
-        # time). Otherwise every bucket compiles twice at most (batch 1, which dynamo always
-        # specialises, and batch >= 2). Raise dynamo's per-function limit so long max_lengths
-        # never fall back to eager silently; patched per call, not globally: other compiled code
-        # keeps its limit.
+        compiled = torch.compile(self.model, backend=self._compile_backend, dynamic=False)
+        compiled_packed = (
+            torch.compile(self.model.forward_packed, backend=self._compile_backend, dynamic=False)
+            if packed
+            else None
+        )
+        # A packable model: the length axis is dynamic too (one graph for all lengths runs as
+        # fast as one per bucket, and compiles in a tenth of the time). Otherwise every bucket
+        # compiles twice at most (batch 1, which dynamo always specialises, and batch >= 2).
+        # Raise dynamo's per-function limit so long max_lengths never fall back to eager
+        # silently; patched per call, not globally: other compiled code keeps its limit.
         limit = max(8, 2 * len(self.buckets) + 2)
         device = self.device
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            args, order = _model_args(input_ids, mask, packed, device)
+            use_packed = packed and _worth_packing(mask)
+            args, order = _model_args(input_ids, mask, use_packed, device)
             for a in args:
                 for t in a if isinstance(a, list) else [a]:
-                    # every axis of a packed batch (ids, masks, index); the batch axis otherwise
+                    # every axis (ids, masks, packed index); the batch axis only with buckets
                     for dim in range(t.dim() if packed else 1):
                         torch._dynamo.maybe_mark_dynamic(t, dim)
             ctx = torch.autocast(device.type, dtype=autocast) if autocast else nullcontext()
@@ -233,7 +240,7 @@ class Predictor:
                 _freezing(freezing),
                 ctx,
             ):
-                return _in_order(compiled(*args), order)
+                return _in_order((compiled_packed if use_packed else compiled)(*args), order)
 
         return run
 
@@ -332,15 +339,17 @@ class Predictor:
     def warm_up_all(self) -> None:
         """Run every length bucket at batch 1 and 2, so no later call pays for a compilation
         (compile backend) or a first-shape allocation; seconds per bucket with `compile` (a
-        packed model: two lengths, as one graph serves them all, and one length-grouped batch)."""
+        packable model: two lengths, as one graph serves them all, and ragged batches for the
+        packed graphs, length-grouped or not)."""
         vocab = self.model_dir.config.vocab_size
         lengths = self.buckets
         if self._packed and self._runner_name.startswith("compile"):
             lengths = [min(16, lengths[-1]), lengths[-1]]
-            if self.batch_size >= GROUP_MIN:  # the graph of length-grouped batches
-                ragged = [[min(j + 1, vocab - 1) for j in range(1 + i % lengths[-1])]
-                          for i in range(GROUP_MIN)]  # fmt: skip
-                self.logits_from_ids(ragged)
+            for n in (2, GROUP_MIN) if self.batch_size >= GROUP_MIN else (2,):
+                # n texts of 1 to max tokens: half padding, so packed; length-grouped from
+                # GROUP_MIN texts on
+                sizes = np.linspace(1, lengths[-1], n).round().astype(int).tolist()
+                self.logits_from_ids([[min(j + 1, vocab - 1) for j in range(t)] for t in sizes])
         for t in lengths:
             for n in (1, 2):
                 self.logits_from_ids([[min(j + 1, vocab - 1) for j in range(t)]] * n)
@@ -372,6 +381,20 @@ class Predictor:
             self.logits_from_ids(ids)
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
+
+
+# Run forward_packed only on batches with less than this share of real token positions. Packing
+# skips padding's projections and FFN but gathers each layer's keys and values into a padded
+# layout and back, ~5-8% of a batch. AG News, batches of 64 (compile-bf16, 2-core AMD EPYC,
+# BENCHMARKS.md §5 session 12): sorted texts, fill 0.92: forward 2,160 docs/s vs packed 2,040;
+# fill 0.89: level; 0.84: 1,795 vs 2,002; arrival order, 0.49: 1,034 vs 1,797. torch-bf16 at
+# 0.92: 1,600 vs 1,540.
+PACK_BELOW_FILL = 0.9
+
+
+def _worth_packing(mask: np.ndarray) -> bool:
+    # One text has no padding of its own, only the rounding up to a multiple of 8.
+    return len(mask) > 1 and bool(mask.mean() < PACK_BELOW_FILL)
 
 
 # forward_packed's attention groups: a batch of at least GROUP_MIN texts is sorted by length

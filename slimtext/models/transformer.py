@@ -107,10 +107,11 @@ def attend(
     `F.scaled_dot_product_attention` does it, except in two CPU cases, which run the same math
     here (softmax in fp32, as SDPA does under bf16): dropout, where SDPA falls back to its math
     path and draws the mask with `bernoulli_`, the slowest op of a training step (here:
-    `dropout.keep_mask`'s cheaper draws); and bf16/fp16 training on sequences up to
-    _MATH_MAX_T tokens, where SDPA's CPU kernel takes 1.5-4x as long forward + backward as these
-    three ops (BENCHMARKS.md section 1)."""
-    if q.device.type != "cpu" or (p == 0.0 and not _math_trains_faster(q)):
+    `dropout.keep_mask`'s cheaper draws); and bf16/fp16 up to a score-matrix size, where SDPA's
+    CPU kernel is the slower one: 1.5-4x as long forward + backward in training (BENCHMARKS.md
+    section 1), and 1.2-2x as long in inference, where it was a third of a compile-bf16 batch
+    (section 5, session 12)."""
+    if q.device.type != "cpu" or (p == 0.0 and not _math_is_faster(q, k)):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
     # finfo.min, not -inf: a query row with no allowed key (padding in a packed batch) stays
@@ -119,18 +120,21 @@ def attend(
     return dropout(scores.softmax(-1), p).to(v.dtype) @ v
 
 
-# Longest sequence for which bf16 training on CPU is faster on the math path (measured crossover
-# 192-256 tokens on a 2-core AMX machine; fp32 is level with SDPA up to ~160 and slower after).
-_MATH_MAX_T = 192
+# Longest sequence (queries x keys up to its square) for which bf16 attention on CPU is faster on
+# the math path. Training: measured crossover 192-256 tokens on a 2-core AMX machine. Inference:
+# math wins from 48 to 448 tokens and loses at 512 (2-core AMD EPYC, eager and compiled alike; the
+# fp32 scores then outgrow the cache). fp32 is level with SDPA in inference and up to ~160 tokens
+# in training, and slower after, so it keeps SDPA. A [CLS]-only query row is always small.
+_MATH_MAX_T_TRAIN = 192
+_MATH_MAX_T_INFER = 384
 
 
-def _math_trains_faster(q: torch.Tensor) -> bool:
-    return (
-        q.requires_grad
-        and torch.is_grad_enabled()
-        and q.dtype in (torch.bfloat16, torch.float16)
-        and q.shape[-2] <= _MATH_MAX_T
-    )
+def _math_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
+    if q.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    training = q.requires_grad and torch.is_grad_enabled()
+    longest = _MATH_MAX_T_TRAIN if training else _MATH_MAX_T_INFER
+    return q.shape[-2] * k.shape[-2] <= longest**2
 
 
 def packed_attention(attn: nn.Module, x: torch.Tensor, p: Packing, cls_only: bool) -> torch.Tensor:
