@@ -101,8 +101,6 @@ def run(
     """
     import torch
 
-    from ..artifact import read_model_dir
-    from ..data import load_data
     from .report import pareto_front, write_report
 
     log = log or (lambda _m: None)
@@ -134,29 +132,20 @@ def run(
     # traceback after the first measurement.
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out} exists and is not a folder: the report needs a folder")
+    made = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ValueError(f"cannot create the output folder {out}: {e.strerror or e}") from None
-
-    test = load_data(data, **load_kw)
-    if not test.labels:
-        raise ValueError(f"{data}: the test data needs labels")
-    train_ds = load_data(train, **load_kw) if train else None
-    mds, names = {}, []
-    for p in model_dirs:
-        md = read_model_dir(p)
-        missing = sorted(set(test.labels) - set(md.labels))
-        if missing:
-            raise ValueError(
-                f"{data}: labels {missing[:5]} are not among the labels of {p} "
-                f"({Path(p) / 'labels.json'})"
-            )
-        name = Path(p).name or str(p)
-        while name in mds:
-            name += "'"
-        mds[name] = (Path(p), md)
-        names.append(name)
+    try:
+        mds, names, test, train_ds = _read_inputs(model_dirs, data, train, load_kw)
+    except BaseException:
+        for d in made:  # a run refused for its inputs leaves no empty folders behind
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
     labels = test.label_set()
 
     # One fixed random order, so every contender sees the same texts in the same order.
@@ -365,6 +354,33 @@ def run(
 
 PARTIAL = "report.partial.json"
 REPORT_FILES = ("report.json", "report.md", "pareto.png")
+
+
+def _read_inputs(model_dirs, data, train, load_kw: dict):
+    """The model directories (by unique name, in order), test and train data; ValueError or
+    DataError on anything unusable."""
+    from ..artifact import read_model_dir
+    from ..data import load_data
+
+    test = load_data(data, **load_kw)
+    if not test.labels:
+        raise ValueError(f"{data}: the test data needs labels")
+    train_ds = load_data(train, **load_kw) if train else None
+    mds, names = {}, []
+    for p in model_dirs:
+        md = read_model_dir(p)
+        missing = sorted(set(test.labels) - set(md.labels))
+        if missing:
+            raise ValueError(
+                f"{data}: labels {missing[:5]} are not among the labels of {p} "
+                f"({Path(p) / 'labels.json'})"
+            )
+        name = Path(p).name or str(p)
+        while name in mds:
+            name += "'"
+        mds[name] = (Path(p), md)
+        names.append(name)
+    return mds, names, test, train_ds
 
 
 def _start_fresh(out: Path) -> None:

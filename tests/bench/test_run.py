@@ -259,6 +259,27 @@ def test_an_output_path_that_is_a_file_is_a_clear_error_before_measuring(
     assert not measured and afile.read_text() == "not a folder"
 
 
+def test_a_run_refused_for_its_inputs_leaves_no_new_folder(cls_model_dir, bench_data, tmp_path):
+    from slimtext.data import DataError
+
+    missing = tmp_path / "no-such.jsonl"
+    for model, data, err in (
+        (cls_model_dir, missing, DataError),  # unreadable test data
+        (tmp_path / "no-model", bench_data[1], Exception),  # not a model directory
+    ):
+        out = tmp_path / "new" / "report"
+        with pytest.raises(err):
+            run([model], str(data), out, peers=[], backends=["torch"], isolate=False,
+                progress=False)  # fmt: skip
+        assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(DataError):
+        run([cls_model_dir], str(missing), kept, peers=[], backends=["torch"], isolate=False,
+            progress=False)  # fmt: skip
+    assert kept.is_dir()  # a folder the user made stays
+
+
 def test_accuracy_set_never_exceeds_the_test_set(cls_model_dir, bench_data, tmp_path,
                                                  monkeypatch):  # fmt: skip
     bench_run = sys.modules["slimtext.bench.run"]
