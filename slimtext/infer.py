@@ -23,8 +23,8 @@ graph (onnxruntime backends) does that too.
                  2 x buckets graphs
     compile-bf16 `compile` under bfloat16 autocast with inductor's weight freezing (weights
                  folded in as constants and pre-packed for oneDNN's bf16 kernels): the fastest
-                 batch backend on CPUs with AMX (1.4x torch-bf16 at batch 64 here); same ~1e-2
-                 change in probabilities as torch-bf16
+                 batch backend on CPUs with AMX or AVX512-BF16 (1.4x torch-bf16 at batch 64 on
+                 both machines measured); same ~1e-2 change in probabilities as torch-bf16
     onnxruntime  an InferenceSession on the directory's `model.onnx` (exported on the fly into a
                  cache when the directory has none)
     onnxruntime-int8
