@@ -133,3 +133,22 @@ def test_bf16_training_attention_on_the_math_path_matches_sdpa():
     torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
     for a, b in ((q, q32), (k, k32), (v, v32)):
         torch.testing.assert_close(a.grad.float(), b.grad, atol=3e-2, rtol=3e-2)
+
+
+@pytest.mark.parametrize("T, cls_only", [(24, False), (24, True), (400, False)])
+def test_bf16_inference_attention_matches_sdpa_on_either_path(T, cls_only, monkeypatch):
+    # bf16 inference takes the math path up to 384 x 384 scores (and always for one [CLS]
+    # query), SDPA beyond: both must give SDPA's fp32 result on the same bf16 inputs.
+    import slimtext.models.transformer as tr
+
+    real, took = tr._math_is_faster, []
+    monkeypatch.setattr(tr, "_math_is_faster", lambda q, k: took.append(real(q, k)) or took[-1])
+    q, k, v, mask = _qkv(T=T)
+    if cls_only:
+        q = q[:, :, :1]
+    q, k, v = (t.bfloat16() for t in (q, k, v))
+    with torch.no_grad():
+        out = attend(q, k, v, mask, 0.0)
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask)
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    assert took == [T <= 384 or cls_only]
