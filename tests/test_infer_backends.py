@@ -154,6 +154,23 @@ def test_grouped_batches_give_the_plain_forward_logits(tiny_model_dir):
     assert len(graphs) <= 2, graphs  # grouped batches of any size and length: one graph
 
 
+def test_warm_up_compiles_every_graph_later_calls_need(tiny_model_dir):
+    # A server warms up before /readyz: afterwards no batch size, length or padding may compile.
+    torch._dynamo.reset()
+    graphs: list = []
+    pred = load(tiny_model_dir, backend="compile", batch_size=64, warmup=False,
+                compile_backend=_counting_backend(graphs))  # fmt: skip
+    pred.warm_up_all()  # alone: load's own warm-up call is off
+    warmed = len(graphs)
+    assert warmed >= 4, graphs  # forward at batch 1 and >= 2, packed, length-grouped
+    words = ["the", "match", "goal", "team", "chip", "code", "bank", "market", "of"]
+    for n in (1, 2, 3, 7, 31, 32, 40, 64, 65):
+        ragged = [" ".join(words[: 1 + i % 9] * (1 + i % 4)) for i in range(n)]
+        pred.logits(ragged)
+        pred.logits([ragged[-1]] * n)  # equal lengths: forward, not packed
+    assert len(graphs) == warmed, graphs[warmed:]
+
+
 def test_only_batches_with_much_padding_take_the_packed_path(tiny_model_dir, monkeypatch):
     # forward_packed skips padding's work but gathers keys and values every layer: worth it only
     # when a batch is mostly padding. Either path must give forward's logits.
