@@ -171,6 +171,30 @@ def test_warm_up_compiles_every_graph_later_calls_need(tiny_model_dir):
     assert len(graphs) == warmed, graphs[warmed:]
 
 
+@pytest.mark.parametrize("max_length", [32, 512])
+def test_bf16_compile_graphs_do_not_depend_on_the_attention_length(toy_data, tmp_path, max_length):
+    # bf16 attention takes the math path up to 384 tokens and SDPA beyond. Compiled, a test on
+    # the (dynamic) length would be a guard: a new graph on each side of 384, mid-prediction.
+    import numpy as np
+
+    from slimtext.api import TextClassifier
+
+    TextClassifier(model="transformer", vocab_size=300, hidden_size=16, num_layers=1,
+                   num_heads=2, ffn_size=32, max_length=max_length, max_steps=2,
+                   batch_size=8, verbose=False).fit(toy_data).save(tmp_path / "m")  # fmt: skip
+    torch._dynamo.reset()
+    graphs: list = []
+    pred = load(tmp_path / "m", backend="compile-bf16", batch_size=64, warmup=False,
+                compile_backend=_counting_backend(graphs))  # fmt: skip
+    pred.warm_up_all()
+    warmed = len(graphs)
+    rng = np.random.default_rng(0)
+    for lengths in ([3, 100, 20], [1 + i for i in range(40)], [90] * 30 + [200, 420, 480, 500]):
+        ids = [rng.integers(5, 300, min(n, max_length)).tolist() for n in lengths]
+        pred.logits_from_ids(ids)
+    assert len(graphs) == warmed, graphs[warmed:]
+
+
 def test_only_batches_with_much_padding_take_the_packed_path(tiny_model_dir, monkeypatch):
     # forward_packed skips padding's work but gathers keys and values every layer: worth it only
     # when a batch is mostly padding. Either path must give forward's logits.

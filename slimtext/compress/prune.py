@@ -171,6 +171,7 @@ def keep_heads_(block: nn.Module, keep: Sequence[int]) -> None:
     within = (keep_t[:, None] * hs + torch.arange(hs)[None, :]).reshape(-1)  # rows of one of q|k|v
     rows = torch.cat([within + b * W for b in range(3)])
     new = PrunedSelfAttention(qkv.in_features, len(keep_t), hs, getattr(attn, "p_drop", 0.0))
+    new.max_t = getattr(attn, "max_t", None)
     new.qkv = _sliced(qkv, rows=rows)
     new.out = _sliced(out, cols=within)
     block.attn = new
@@ -445,7 +446,9 @@ def restore_pruned_(model: nn.Module, rec: dict) -> None:
     ):
         hidden = blk.ffn_out.out_features
         if nh != blk.attn.n_head or not isinstance(blk.attn, PrunedSelfAttention):
-            blk.attn = PrunedSelfAttention(hidden, nh, hs, getattr(blk.attn, "p_drop", 0.0))
+            old = blk.attn
+            blk.attn = PrunedSelfAttention(hidden, nh, hs, getattr(old, "p_drop", 0.0))
+            blk.attn.max_t = getattr(old, "max_t", None)
         if ffn != blk.ffn_out.in_features:
             blk.ffn_in = nn.Linear(hidden, ffn)
             blk.ffn_out = nn.Linear(ffn, hidden)

@@ -81,6 +81,7 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
         self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.p_drop = cfg.dropout
+        self.max_t = cfg.max_length  # the attention path a compiled graph takes (see attend)
 
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor, cls_only: bool = False):
         """(B, T, C) -> (B, T, C); (B, 1, C), the first position's output only, if `cls_only`."""
@@ -95,12 +96,18 @@ class SelfAttention(nn.Module):
         k, v = (t.view(B, T, nh, self.head_dim).transpose(1, 2) for t in (k, v))
         # key_mask: (B, 1, 1, T) bool, True = real token. Padded queries still attend to real
         # keys (no all-masked row, so no NaN); their outputs are ignored by pooling.
-        y = attend(q, k, v, key_mask, self.p_drop if self.training else 0.0)  # (B, nh, Tq, hs)
+        p = self.p_drop if self.training else 0.0
+        y = attend(q, k, v, key_mask, p, getattr(self, "max_t", None))  # (B, nh, Tq, hs)
         return self.out(y.transpose(1, 2).reshape(B, q.shape[2], W))
 
 
 def attend(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, p: float
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    p: float,
+    max_t: int | None = None,
 ) -> torch.Tensor:
     """softmax(q·kᵀ/√hs, over the keys `mask` allows) · v, with attention dropout `p`.
 
@@ -110,8 +117,9 @@ def attend(
     `dropout.keep_mask`'s cheaper draws); and bf16/fp16 up to a score-matrix size, where SDPA's
     CPU kernel is the slower one: 1.5-4x as long forward + backward in training (BENCHMARKS.md
     section 1), and 1.2-2x as long in inference, where it was a third of a compile-bf16 batch
-    (section 5, session 12)."""
-    if q.device.type != "cpu" or (p == 0.0 and not _math_is_faster(q, k)):
+    (section 5, session 12). `max_t`, the longest sequence the model takes, decides inside
+    `torch.compile` (see `_math_is_faster`)."""
+    if q.device.type != "cpu" or (p == 0.0 and not _math_is_faster(q, k, max_t)):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, nh, T, T)
     # finfo.min, not -inf: a query row with no allowed key (padding in a packed batch) stays
@@ -129,11 +137,16 @@ _MATH_MAX_T_TRAIN = 192
 _MATH_MAX_T_INFER = 384
 
 
-def _math_is_faster(q: torch.Tensor, k: torch.Tensor) -> bool:
+def _math_is_faster(q: torch.Tensor, k: torch.Tensor, max_t: int | None = None) -> bool:
     if q.dtype not in (torch.bfloat16, torch.float16):
         return False
     training = q.requires_grad and torch.is_grad_enabled()
     longest = _MATH_MAX_T_TRAIN if training else _MATH_MAX_T_INFER
+    if torch.compiler.is_compiling():
+        # Lengths are symbolic there: a test on them would become a guard, and each side of
+        # the bound its own graph, compiled mid-prediction (warm-up sees only the longest
+        # batch). The model's own maximum length decides once per graph instead.
+        return max_t is not None and max_t <= longest
     return q.shape[-2] * k.shape[-2] <= longest**2
 
 
@@ -144,6 +157,7 @@ def packed_attention(attn: nn.Module, x: torch.Tensor, p: Packing, cls_only: boo
     `qkv`, `out` and `head_dim` (pruned ones too, whose width differs from C)."""
     qkv = attn.qkv(x)  # (N, 3W)
     W = qkv.shape[-1] // 3
+    max_t = getattr(attn, "max_t", None)
     outs = []
     for g in p.groups:
         B, T = g.shape
@@ -152,10 +166,11 @@ def packed_attention(attn: nn.Module, x: torch.Tensor, p: Packing, cls_only: boo
         )
         if cls_only:  # one query a sequence (its [CLS]) against every key
             q = qkv[g.first, :W].view(B, 1, -1, attn.head_dim).transpose(1, 2)
-            outs.append(attend(q, k, v, g.key_mask, 0.0).reshape(B, W))
+            outs.append(attend(q, k, v, g.key_mask, 0.0, max_t).reshape(B, W))
         else:
             q = qkv[g.gather, :W].view(B, T, -1, attn.head_dim).transpose(1, 2)
-            outs.append(attend(q, k, v, g.key_mask, 0.0).transpose(1, 2).reshape(B * T, W))
+            y = attend(q, k, v, g.key_mask, 0.0, max_t)
+            outs.append(y.transpose(1, 2).reshape(B * T, W))
     y = _cat(outs)
     return attn.out(y if cls_only else y[p.index])
 
