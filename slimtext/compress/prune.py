@@ -120,9 +120,12 @@ class PrunedSelfAttention(nn.Module):
     (need not equal the hidden size C); `out` maps W back to C. Same maths as `SelfAttention`
     (scaled by 1/sqrt(head_dim), unchanged by pruning)."""
 
-    def __init__(self, hidden: int, n_head: int, head_dim: int, dropout: float):
+    def __init__(
+        self, hidden: int, n_head: int, head_dim: int, dropout: float, max_t: int | None = None
+    ):
         super().__init__()
         self.n_head, self.head_dim = n_head, head_dim
+        self.max_t = max_t  # as SelfAttention's: the model's max length
         width = n_head * head_dim
         self.qkv = nn.Linear(hidden, 3 * width)
         self.out = nn.Linear(width, hidden)
@@ -170,8 +173,8 @@ def keep_heads_(block: nn.Module, keep: Sequence[int]) -> None:
     keep_t = torch.tensor(sorted(keep), dtype=torch.long)
     within = (keep_t[:, None] * hs + torch.arange(hs)[None, :]).reshape(-1)  # rows of one of q|k|v
     rows = torch.cat([within + b * W for b in range(3)])
-    new = PrunedSelfAttention(qkv.in_features, len(keep_t), hs, getattr(attn, "p_drop", 0.0))
-    new.max_t = getattr(attn, "max_t", None)
+    new = PrunedSelfAttention(qkv.in_features, len(keep_t), hs, getattr(attn, "p_drop", 0.0),
+                              getattr(attn, "max_t", None))  # fmt: skip
     new.qkv = _sliced(qkv, rows=rows)
     new.out = _sliced(out, cols=within)
     block.attn = new
@@ -446,9 +449,8 @@ def restore_pruned_(model: nn.Module, rec: dict) -> None:
     ):
         hidden = blk.ffn_out.out_features
         if nh != blk.attn.n_head or not isinstance(blk.attn, PrunedSelfAttention):
-            old = blk.attn
-            blk.attn = PrunedSelfAttention(hidden, nh, hs, getattr(old, "p_drop", 0.0))
-            blk.attn.max_t = getattr(old, "max_t", None)
+            blk.attn = PrunedSelfAttention(hidden, nh, hs, getattr(blk.attn, "p_drop", 0.0),
+                                           getattr(blk.attn, "max_t", None))  # fmt: skip
         if ffn != blk.ffn_out.in_features:
             blk.ffn_in = nn.Linear(hidden, ffn)
             blk.ffn_out = nn.Linear(ffn, hidden)

@@ -97,7 +97,7 @@ class SelfAttention(nn.Module):
         # key_mask: (B, 1, 1, T) bool, True = real token. Padded queries still attend to real
         # keys (no all-masked row, so no NaN); their outputs are ignored by pooling.
         p = self.p_drop if self.training else 0.0
-        y = attend(q, k, v, key_mask, p, getattr(self, "max_t", None))  # (B, nh, Tq, hs)
+        y = attend(q, k, v, key_mask, p, self.max_t)  # (B, nh, Tq, hs)
         return self.out(y.transpose(1, 2).reshape(B, q.shape[2], W))
 
 
