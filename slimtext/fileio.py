@@ -8,10 +8,13 @@ sha256 and size of every file; readers verify it before trusting anything inside
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -210,10 +213,12 @@ def atomic_dir(
 ) -> Iterator[Path]:
     """Yield a temporary directory; on success write its manifest and rename it to `target`.
 
-    An existing `target` is replaced only after the new one is complete (moved aside, then
-    removed), so at every instant either the old or the new directory is whole; and only when
+    An existing `target` is replaced only after the new one is complete, and only when
     `check_replaceable(target, is_ours)` allows it, checked before any work and again just
-    before the swap. Files and directories get the modes a plain write would give.
+    before the swap. On Linux the two are exchanged in one atomic rename (renameat2), so a reader
+    or a crash sees the old directory or the new one, never neither; elsewhere the old one is
+    moved aside first and moved back if the second rename fails. Files and directories get the
+    modes a plain write would give.
     """
     target = Path(target)
     check_replaceable(target, is_ours, overwrite)  # fail before the caller does any work
@@ -225,20 +230,53 @@ def atomic_dir(
         _set_default_modes(tmp)
         _fsync_dir(tmp)
         check_replaceable(target, is_ours, overwrite)  # something may have appeared meanwhile
-        old = None
-        if os.path.lexists(target):
+        if not os.path.lexists(target):
+            os.replace(tmp, target)
+            old = None
+        elif _exchange(tmp, target):
+            old = tmp  # now holds the previous target
+        else:
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)
-        os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
         _fsync_dir(target.parent)
-        if old is not None:
-            if old.is_symlink():  # a link to the old directory: drop the link, not its target
-                old.unlink()
-            else:
-                shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        if old.is_symlink():  # a link to the old directory: drop the link, not its target
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux renameat2 with RENAME_EXCHANGE).
+
+    False where that is unavailable (another OS, an old kernel or libc, a filesystem without
+    it); the caller then renames in two steps."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc < 2.28, musl
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

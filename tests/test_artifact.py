@@ -1,5 +1,8 @@
 import json
 import os
+import sys
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -253,3 +256,64 @@ def test_manifest_writes_are_atomic_and_updates_touch_only_named_files(tiny_mode
     (d / ".model.onnx.abc123.tmp").unlink()
     read_model_dir(d)
     assert sorted(p.name for p in d.iterdir() if p.name.startswith(".")) == []
+
+
+def _folder(path, tag):
+    with atomic_dir(path) as tmp:
+        (tmp / "tag.txt").write_text(tag)
+
+
+def _tag(path):
+    return (path / "tag.txt").read_text()
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_a_failed_swap_leaves_the_old_directory_in_place(tmp_path, monkeypatch, exchange):
+    import slimtext.fileio as fileio
+
+    target = tmp_path / "model"
+    _folder(target, "old")
+    real_replace, real_exchange = os.replace, fileio._exchange
+
+    def failing_replace(src, dst):
+        if Path(dst) == target and ".tmp-" in Path(src).name:  # the new directory moving in
+            raise OSError("disk gone")
+        return real_replace(src, dst)
+
+    def failing_exchange(a, b):
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(fileio.os, "replace", failing_replace)
+    monkeypatch.setattr(fileio, "_exchange", failing_exchange if exchange else lambda a, b: False)
+    with pytest.raises(OSError, match="disk gone"):
+        _folder(target, "new")
+    assert _tag(target) == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # nothing left beside it
+    monkeypatch.setattr(fileio, "_exchange", real_exchange)
+    monkeypatch.setattr(fileio.os, "replace", real_replace)
+    _folder(target, "new")
+    assert _tag(target) == "new"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="renameat2 is Linux only")
+def test_readers_never_see_the_directory_missing_while_it_is_replaced(tmp_path):
+    # Two renames leave a moment without the target: a server reloading the model then fails.
+    target = tmp_path / "model"
+    _folder(target, "0")
+    stop, missing = threading.Event(), []
+
+    def watch():
+        while not stop.is_set():
+            if not os.path.isdir(target):
+                missing.append(1)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        for i in range(1, 200):
+            _folder(target, str(i))
+    finally:
+        stop.set()
+        t.join()
+    assert _tag(target) == "199" and not missing
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
