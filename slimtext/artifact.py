@@ -18,6 +18,7 @@ import json
 import numbers
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .fileio import MANIFEST, IntegrityError, atomic_dir, check_replaceable, verify_manifest
+from .fileio import (
+    MANIFEST,
+    IntegrityError,
+    TargetExistsError,
+    atomic_dir,
+    check_replaceable,
+    verify_manifest,
+)
 from .models import ModelConfig, build_model
 from .tokenizer import TextTokenizer, TokenizerError, check_long_text, load_tokenizer
 
@@ -105,10 +113,23 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return isinstance(cfg, dict) and cfg.get("format") == FORMAT
 
 
-def check_save_target(path: str | os.PathLike) -> None:
+def check_save_target(path: str | os.PathLike, reads: Iterable = ()) -> None:
     """Raise `TargetExistsError` now if `save_model_dir(path)` would refuse `path`: lets a
-    caller fail before training rather than after."""
+    caller fail before training rather than after. `reads`: the directories the run is built
+    from (the model being compressed, an `--init` encoder); writing over one of them, or over a
+    folder holding one, would delete it when the run ends."""
     check_replaceable(path, is_model_dir)
+    target = Path(path).resolve()
+    for src in reads:
+        if not src:
+            continue
+        src = str(src).removeprefix("hf:")  # hf:PATH names a local folder too
+        s = Path(src).resolve()
+        if target == s or target in s.parents:
+            raise TargetExistsError(
+                f"{path}: the run reads {src} from there, and writing its result there would "
+                "delete it; choose another output path"
+            )
 
 
 def read_model_dir(path: str | os.PathLike) -> ModelDir:

@@ -302,7 +302,8 @@ def _train(
     say = (lambda msg: typer.echo(msg, err=True)) if ctx.is_main else (lambda msg: None)
     from .artifact import check_save_target
 
-    check_save_target(out)  # an --out that would be refused must fail now, not after training
+    # an --out that would be refused must fail now, not after training
+    check_save_target(out, reads=(params.get("init"),))
     # All data is read (and its report shown) before training: a missing or broken test file
     # must not surface only after an hour of training.
     # Every rank reads and checks them, so that a bad file stops all ranks alike.

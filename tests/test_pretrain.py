@@ -200,6 +200,13 @@ def test_cli_pretrain_then_train_init(tmp_path, toy_data):
     assert md.config.num_labels == 3 and md.config.pooling == "cls"
     assert md.meta["train"]["init"] == str(tmp_path / "enc")
     assert md.meta["train"]["layer_lr_decay"] == 0.8
+    # --out the encoder it starts from: refused before training, the encoder intact
+    before = (tmp_path / "enc" / "model.safetensors").read_bytes()
+    r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "train.csv"),
+                                 "--out", str(tmp_path / "enc"), "--init", str(tmp_path / "enc"),
+                                 "--max-steps", "3", *tiny])  # fmt: skip
+    assert r.exit_code != 0 and "would delete it" in r.output, r.output
+    assert (tmp_path / "enc" / "model.safetensors").read_bytes() == before
 
 
 def test_packed_documents_never_attend_across_documents():

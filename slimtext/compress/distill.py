@@ -311,23 +311,29 @@ class IntermediateLoss(nn.Module):
         return loss
 
 
-def make_student(teacher: nn.Module, **overrides) -> nn.Module:
-    """A student from the teacher's config with `overrides` (e.g. num_layers=2). With the same
-    width it starts as a copy of the teacher keeping evenly spread layers; otherwise it is
-    freshly initialised (same vocabulary: it shares the teacher's tokenizer)."""
-    tcfg: ModelConfig = teacher.config
-    scfg = replace(tcfg, **overrides)
+def student_blocks(teacher_config: ModelConfig, **overrides) -> Sequence[int] | None:
+    """The teacher's blocks (evenly spread) that a student with `overrides` starts as a copy
+    of, or None when it has another width and is freshly initialised."""
+    tcfg, scfg = teacher_config, replace(teacher_config, **overrides)
     same_width = all(
         getattr(scfg, k) == getattr(tcfg, k)
         for k in ("arch", "hidden_size", "num_heads", "ffn_size", "pooling", "share_layers",
                   "max_length", "vocab_size", "num_labels")
     ) and scfg.num_layers <= tcfg.num_layers  # fmt: skip
-    if same_width:
-        student = copy.deepcopy(teacher)
-        if scfg.num_layers < tcfg.num_layers:
-            drop_layers_(student, DropLayers(every_other(tcfg.num_layers, scfg.num_layers)))
-        return student
-    return build_model(scfg)
+    return every_other(tcfg.num_layers, scfg.num_layers) if same_width else None
+
+
+def make_student(teacher: nn.Module, **overrides) -> nn.Module:
+    """A student from the teacher's config with `overrides` (e.g. num_layers=2). With the same
+    width it starts as a copy of the teacher keeping evenly spread layers (`student_blocks`);
+    otherwise it is freshly initialised (same vocabulary: it shares the teacher's tokenizer)."""
+    keep = student_blocks(teacher.config, **overrides)
+    if keep is None:
+        return build_model(replace(teacher.config, **overrides))
+    student = copy.deepcopy(teacher)
+    if len(keep) < teacher.config.num_layers:
+        drop_layers_(student, DropLayers(keep))
+    return student
 
 
 def distill(

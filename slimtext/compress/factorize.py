@@ -11,6 +11,7 @@ default layers where it would not are left alone. Fine-tune afterwards to recove
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -108,6 +109,37 @@ def drop_layers_(model: nn.Module, config: DropLayers) -> dict:
     model.encoder.num_layers = len(config.keep)
     model.config = replace(model.config, num_layers=len(config.keep))
     return record("drop_layers", config)
+
+
+def records_after_drop(records: list[dict], keep: Sequence[int]) -> list[dict]:
+    """Earlier `compression` records as they apply once only blocks `keep` remain, renumbered
+    from 0: `rebuild_` replays them on a model built with the new layer count. Per-block lists
+    (pruned shapes) keep the kept blocks' entries; per-module maps (factorized ranks, quantized
+    modules) rename the kept blocks' modules and forget the dropped ones'."""
+    renumber = {old: new for new, old in enumerate(keep)}
+
+    def rename(name: str) -> str | None:
+        m = _BLOCK.match(name)
+        if m is None:
+            return name  # outside the blocks: embeddings, pooling, head
+        new = renumber.get(int(m.group(1)))
+        return None if new is None else f"encoder.blocks.{new}.{name[m.end() :]}"
+
+    out = []
+    for rec in records:
+        rec = dict(rec)
+        for key in ("heads", "head_dim", "ffn"):  # `structure`: one entry per block
+            if isinstance(rec.get(key), list):
+                rec[key] = [rec[key][i] for i in keep]
+        for key in ("ranks", "modules"):
+            if isinstance(rec.get(key), dict):
+                pairs = ((rename(k), v) for k, v in rec[key].items())
+                rec[key] = {k: v for k, v in pairs if k is not None}
+        out.append(rec)
+    return out
+
+
+_BLOCK = re.compile(r"encoder\.blocks\.(\d+)\.")
 
 
 def every_other(n_layers: int, n_keep: int) -> Sequence[int]:

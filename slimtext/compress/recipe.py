@@ -21,11 +21,15 @@ of the step before it, and a bare value right after `step:` is its main option
     quantize    int8-dynamic | int8-weight | int4-weight, max_drop (accuracy budget), group=32,
                 qat=N (epochs of quantization-aware fine-tuning, int8 methods; 0 = post-training)
 
-Fine-tuning after prune/sparsity/lowrank (and QAT) distils from the teacher when the recipe has
-distilled (alpha=0.5 against the cached teacher logits), else trains on labels. The teacher is the
-model being compressed, or `teacher="hf:PATH"`: a Hugging Face checkpoint with its own tokenizer.
-The report has one row per step (plus the teacher): accuracy, macro-F1, parameters, size on
-disk, p50 latency at batch 1 and throughput at batch 64, each also as a ratio against the teacher.
+`distill` comes first when present (it trains a new student from the teacher, so earlier steps
+would be lost) and `quantize` last (quantized layers are not trained, pruned or re-quantized), and
+an already quantized model is not compressed further; such recipes are refused before anything
+runs. Fine-tuning after prune/sparsity/lowrank (and QAT) distils from the teacher when the
+recipe has distilled (alpha=0.5 against the cached teacher logits), else trains on labels. The
+teacher is the model being compressed, or `teacher="hf:PATH"`: a Hugging Face checkpoint with
+its own tokenizer. The report has one row per step (plus the teacher): accuracy, macro-F1,
+parameters, size on disk, p50 latency at batch 1 and throughput at batch 64, each also as a
+ratio against the teacher.
 """
 
 from __future__ import annotations
@@ -47,9 +51,17 @@ from .distill import (
     distillation_loss,
     external_teacher_logits,
     make_student,
+    student_blocks,
     teacher_logits,
 )
-from .factorize import DropLayers, LowRank, drop_layers_, every_other, factorize_
+from .factorize import (
+    DropLayers,
+    LowRank,
+    drop_layers_,
+    every_other,
+    factorize_,
+    records_after_drop,
+)
 from .prune import (
     IMPORTANCE,
     FFNPruning,
@@ -193,13 +205,35 @@ def _default_layers(n: int) -> int:
     return max(min(n, 1), n // 2)
 
 
-def check_recipe(steps: list[tuple[str, dict]], config: ModelConfig, own_teacher: bool) -> None:
-    """The checks that need the model's shape (`config`), still before anything runs. With
-    `own_teacher` (no external teacher) the model is the teacher: a distilled student may not
-    be larger in any dimension."""
+def check_recipe(
+    steps: list[tuple[str, dict]],
+    config: ModelConfig,
+    own_teacher: bool,
+    done: list[dict] | tuple = (),
+) -> None:
+    """The checks that need the model's shape (`config`) and the compression it already had
+    (`done`, its records), still before anything runs. With `own_teacher` (no external teacher)
+    the model is the teacher: a distilled student may not be larger in any dimension."""
+    quantized = next((r for r in done if r.get("step") == "quantize"), None)
+    if quantized is not None and steps:
+        method = quantized.get("config", {}).get("method", "quantized")
+        raise ValueError(
+            f"the model is already quantized ({method}): its quantized layers cannot be trained, "
+            "pruned, factorized or quantized again; compress the float model it came from"
+        )
     layers = config.num_layers  # the model's layers as each step meets them
-    for name, opts in steps:
+    for i, (name, opts) in enumerate(steps):
         label = _label(name, opts)
+        if i and name == "distill":
+            raise ValueError(
+                f"step {label!r} must come first: it trains a new student from the teacher, "
+                f"which would discard {', '.join(repr(n) for n, _ in steps[:i])}"
+            )
+        if i and steps[i - 1][0] == "quantize":
+            raise ValueError(
+                f"step {label!r} cannot follow 'quantize': quantized layers cannot be trained, "
+                "pruned, factorized or quantized again; put 'quantize' last"
+            )
         if name == "distill":
             shape = {k2: opts[k] for k, k2 in _SHAPE.items() if k in opts}
             if own_teacher:
@@ -273,12 +307,14 @@ def compress(
     from ..artifact import check_save_target, read_model_dir, save_model_dir
     from ..data import DataError, TextDataset, check_labels_seen, stratified_split
 
-    check_save_target(out_dir)  # a refused --out must fail now, not after every step has run
+    # a refused --out must fail now, not after every step has run
+    check_save_target(out_dir, reads=(teacher_dir, teacher))
     load_kw = load_kw or {}
     steps = parse_recipe(recipe)
     md = read_model_dir(teacher_dir)
     source, tok, labels = md.model, md.tokenizer, md.labels
-    check_recipe(steps, source.config, own_teacher=teacher is None)
+    done = list(md.meta.get("compression", []))
+    check_recipe(steps, source.config, own_teacher=teacher is None, done=done)
     base_cfg = _train_config(train_config, md)
     train_ds = as_dataset(data, **load_kw)
     if valid is None:
@@ -338,7 +374,7 @@ def compress(
         log(f"teacher {teacher}: accuracy {acc:.4f}")
     rows = [row("teacher" if teacher is None else "input", source)]
     model = copy.deepcopy(source)
-    records: list[dict] = list(md.meta.get("compression", []))
+    records = list(done)  # what rebuilds the input's structure; each step's record follows
     try:
         for name, opts in steps:
             label = _label(name, opts)
@@ -348,6 +384,10 @@ def compress(
                 if teacher is None:
                     shape.setdefault("num_layers", _default_layers(source.config.num_layers))
                 model = make_student(source, **shape)
+                # The student's structure: the input's records for the blocks it kept, or none
+                # if it was built afresh (another width).
+                keep = student_blocks(source.config, **shape)
+                records = records_after_drop(done, keep) if keep is not None else []
                 cfg = Distillation(
                     alpha=float(o.get("alpha", 0.5)), temperature=float(o.get("t", 2.0)),
                     hidden=float(o.get("hidden_loss", 0.0)),
@@ -415,8 +455,9 @@ def compress(
                 records.append(factorize_(model, LowRank(float(o.get("energy", 0.9)))))
                 finetune(model, o.get("finetune", 1))
             elif name == "drop":
-                n = model.config.num_layers
-                records.append(drop_layers_(model, DropLayers(every_other(n, int(o["keep"])))))
+                keep = every_other(model.config.num_layers, int(o["keep"]))
+                records = records_after_drop(records, keep)
+                records.append(drop_layers_(model, DropLayers(keep)))
             elif name == "finetune":
                 finetune(model, o.get("epochs", 1))
                 records.append(record("finetune", {"epochs": int(o.get("epochs", 1))}))

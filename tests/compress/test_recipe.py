@@ -241,3 +241,71 @@ def test_a_refused_out_and_the_file_options_apply_before_anything_runs(
     with pytest.raises(AssertionError, match="before any training"):  # read: on to measuring
         compress(teacher_dir, str(path), tmp_path / "y", recipe="finetune", log=lambda s: None,
                  load_kw={"text_cols": ["title"], "label_col": "topic"})  # fmt: skip
+
+
+FAST = {"speed": False, "log": lambda s: None,
+        "train_config": {"batch_size": 16, "epochs": 1, "threads": 1}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "recipe",
+    ["lowrank:0.8,finetune=0,drop:keep=1", "prune:heads=0.5,finetune=0,drop:keep=1",
+     "prune:heads=0.5,ffn=0.5,finetune=0,drop:keep=1,quantize:int8-dynamic"],
+)  # fmt: skip
+def test_dropping_layers_after_structural_steps_saves_a_model_that_loads(
+    teacher_dir, make_toy, tmp_path, recipe
+):
+    # The records of the earlier steps named the dropped blocks too: replayed on the smaller
+    # model they broke every load ("ModuleList has no attribute '1'", zip length mismatch).
+    out = tmp_path / "out"
+    compress(teacher_dir, make_toy(10, seed=70), out, recipe=recipe, **FAST)
+    texts, _ = make_toy(3, seed=71)
+    assert slimtext.load(out).predict_proba(texts).shape == (len(texts), 3)
+
+
+@pytest.mark.parametrize("first", ["prune:heads=0.5,finetune=0", "lowrank:0.8,finetune=0"])
+@pytest.mark.parametrize("student", ["distill:layers=1,epochs=1", "distill:ffn=32,epochs=1"])
+def test_distilling_a_compressed_model_saves_a_student_that_loads(
+    teacher_dir, make_toy, tmp_path, first, student
+):
+    # Same width: the student copies the input's kept blocks, pruned or factorized as they
+    # were; another width: a fresh model that none of the input's records describe.
+    mid, out = tmp_path / "mid", tmp_path / "out"
+    compress(teacher_dir, make_toy(10, seed=72), mid, recipe=first, **FAST)
+    compress(mid, make_toy(10, seed=72), out, recipe=student, **FAST)
+    texts, _ = make_toy(3, seed=73)
+    assert slimtext.load(out).predict_proba(texts).shape == (len(texts), 3)
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ("quantize:int8-dynamic,finetune", "'finetune' cannot follow 'quantize'"),
+        ("quantize:int8-dynamic,quantize:int4-weight", "cannot follow 'quantize'"),
+        ("prune:heads=0.5,distill", "'distill' must come first.*discard 'prune'"),
+    ],
+)
+def test_steps_whose_work_would_be_lost_are_refused_before_anything_runs(
+    teacher_dir, make_toy, tmp_path, monkeypatch, recipe, message
+):
+    monkeypatch.setattr(recipe_mod, "measure", _no_training)
+    with pytest.raises(ValueError, match=message):
+        compress(teacher_dir, make_toy(5, seed=74), tmp_path / "x", recipe=recipe, **FAST)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_quantized_model_and_its_own_directory_are_refused(teacher_dir, make_toy, tmp_path):
+    import shutil
+
+    q = tmp_path / "q"
+    compress(teacher_dir, make_toy(5, seed=75), q, recipe="quantize:int8-dynamic", **FAST)
+    with pytest.raises(ValueError, match="already quantized .int8-dynamic."):
+        compress(q, make_toy(5, seed=75), tmp_path / "x", recipe="prune:heads=0.5", **FAST)
+    # --out the model being compressed (or a folder holding it) would delete it at the end
+    own = tmp_path / "own"
+    shutil.copytree(teacher_dir, own)
+    before = (own / "model.safetensors").read_bytes()
+    for out in (own, tmp_path):
+        with pytest.raises(ValueError, match="would delete it"):
+            compress(own, make_toy(5, seed=75), out, recipe="finetune", **FAST)
+    assert (own / "model.safetensors").read_bytes() == before
