@@ -263,6 +263,10 @@ def _dist_context(nproc: int, strategy: str, device: str):
     # Under torchrun already (a relaunched rank re-reads a --config that sets nproc): go on as
     # this rank instead of launching torchrun again, without end.
     if nproc and not launched_by_torchrun():
+        if nproc < 0:
+            _fail(ValueError(f"--nproc must be >= 1 (or 0: no torchrun), got {nproc}"))
+        if strategy == "single" and nproc > 1:
+            _fail(ValueError(f"--strategy single with --nproc {nproc}: choose one of them"))
         _relaunch_with_torchrun(nproc)
 
     try:

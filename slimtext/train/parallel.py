@@ -103,6 +103,11 @@ def parallelize_tp(
     tp = tp_size or ctx.world_size
     if tp < 1 or ctx.world_size % tp:
         raise DistributedError(f"--tp-size {tp} must divide the number of ranks ({ctx.world_size})")
+    if tp == 1 and ctx.world_size > 1:
+        raise DistributedError(
+            f"--tp-size 1 on {ctx.world_size} ranks splits nothing: that is plain data "
+            "parallelism, use --strategy fsdp (or ddp)"
+        )
     if cfg.num_heads % tp:
         raise DistributedError(
             f"--strategy tp: num_heads={cfg.num_heads} is not divisible by the tp size {tp} "

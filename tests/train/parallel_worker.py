@@ -147,7 +147,12 @@ def case_misconfig(ctx) -> dict:
         wrap_model(tiny(layers=1), replace(ctx, strategy="pp"), "fp32")
     except DistributedError as e:
         errors["pp"] = str(e)
+    try:  # 2 data-parallel x 1 tensor-parallel: trained, then failed to load its best weights
+        wrap_model(tiny(), replace(ctx, strategy="tp"), "fp32", tp_size=1)
+    except DistributedError as e:
+        errors["tp1"] = str(e)
     assert "num_heads=1" in errors.get("tp", "") and "tp size 2" in errors["tp"], errors
+    assert "use --strategy fsdp" in errors.get("tp1", ""), errors
     assert "only 1 layers" in errors.get("pp", ""), errors
     return errors
 

@@ -1,6 +1,7 @@
 """Data-parallel training through torchrun on CPU (gloo, 2 processes): the same model as one
 process, exact resume, DCP resharding, clear errors. Each run is a few seconds on 2 cores."""
 
+import contextlib
 import csv
 import json
 import os
@@ -256,6 +257,36 @@ def test_a_dead_rank_stops_the_run_instead_of_hanging(tmp_path, train_csv):
             proc.wait()
 
 
+def test_killing_the_launcher_stops_its_ranks(tmp_path, train_csv):
+    """torchrun puts ranks in sessions of their own: SIGKILL of the command left them training
+    as orphans (and writing checkpoints next to a later --resume). They must stop with it."""
+    args = ["train", "--data", train_csv, "--batch-size", 4, "--checkpoint-every", 2, *TINY]
+    args[args.index("--epochs") + 1] = "200"
+    out, ckpts = tmp_path / "orphan", tmp_path / "orphan.checkpoints"
+    proc = slimtext(*args, "--out", out, nproc=2, background=True)
+    pids: list[int] = []
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and not (ckpts.is_dir() and any(ckpts.glob("step-*"))):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+        pids = [int(p) for p in ranks.stdout.split()]
+        assert len(pids) == 2, ranks.stdout
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher only, as a kill of a job's main pid
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(os.path.exists(f"/proc/{p}") for p in pids):
+            time.sleep(0.1)
+        alive = [p for p in pids if os.path.exists(f"/proc/{p}")]
+        assert not alive, f"ranks {alive} outlived the launcher"
+        assert not (out / "model.safetensors").exists()
+    finally:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+
+
 def test_checkpoint_with_a_missing_shard_is_skipped_with_a_warning(tmp_path, train_csv):
     """A DCP checkpoint that lost one rank's shard fails its manifest: resume says so, falls
     back to the previous checkpoint, and still ends with the uninterrupted run's weights."""
@@ -308,3 +339,11 @@ def test_ddp_strategy_without_torchrun_says_how_to_launch(tmp_path, train_csv):
     r = CliRunner().invoke(app, ["train", "--data", str(train_csv), "--out", str(tmp_path / "m"),
                                  "--strategy", "ddp"])  # fmt: skip
     assert r.exit_code == 2 and "torchrun" in r.output
+    # refused before launching torchrun: one line, not one per rank and a launcher traceback
+    for bad, message in (
+        (["--nproc", "-1"], "--nproc must be >= 1"),
+        (["--nproc", "2", "--strategy", "single"], "--strategy single with --nproc 2"),
+    ):
+        r = CliRunner().invoke(app, ["train", "--data", str(train_csv), "--out",
+                                     str(tmp_path / "m"), *bad])  # fmt: skip
+        assert r.exit_code == 2 and message in r.output, r.output
