@@ -240,12 +240,16 @@ def _version() -> str:
 
 
 def _model_card(name: str, model: nn.Module, config: ModelConfig, labels, metrics) -> str:
-    n_params = sum(p.numel() for p in model.parameters())
+    from .compress._util import count_params  # int8/int4 weights are buffers, still weights
+
+    n = count_params(model)
+    size = f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
+    layers = f"{config.num_layers} layer" + ("s" if config.num_layers != 1 else "")
     lines = [
         f"# {name}",
         "",
-        f"A slimtext `{config.arch}` text classifier ({n_params / 1e6:.2f}M parameters, "
-        f"hidden {config.hidden_size}, {config.num_layers} layers).",
+        f"A slimtext `{config.arch}` text classifier ({size} parameters, "
+        f"hidden {config.hidden_size}, {layers}).",
         "",
         f"Labels ({len(labels)}): " + ", ".join(f"`{lab}`" for lab in labels),
         "",

@@ -599,10 +599,10 @@ def demo(
 def export(
     model_dir: Annotated[Path, typer.Argument(help="A slimtext model directory.")],
     out: Annotated[
-        Path | None,
+        str | None,  # not Path: a trailing "/" (a folder to create) must reach export_onnx
         typer.Option(
-            help="Write here (a file, or a folder for model.onnx) instead of MODEL_DIR/model.onnx; "
-            "--int8 writes NAME.int8.onnx beside it."
+            help="Write here (a file, or a folder for model.onnx: an existing one, or a path "
+            "ending in /) instead of MODEL_DIR/model.onnx; --int8 writes NAME.int8.onnx beside it."
         ),
     ] = None,
     format: Annotated[str, typer.Option(help="onnx (the only format so far).")] = "onnx",
@@ -708,7 +708,7 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to bind; 0.0.0.0 exposes the server to the network.")
     ] = "127.0.0.1",
-    port: int = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
     backend: Annotated[
         str, typer.Option(help="auto | torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8]")
     ] = "auto",

@@ -62,9 +62,17 @@ def require_onnxruntime():
     return onnxruntime
 
 
-def _file_in(out: Path, name: str) -> Path:
-    """`out` itself, or `out/name` when `out` is a folder that exists."""
-    return out / name if out.is_dir() else out
+def _not_the_file(log: Callable[[str], None]) -> Callable[[str], None]:
+    """`log` without the "wrote FILE" line of an intermediate (temporary) file."""
+    return lambda msg: None if msg.startswith("wrote ") else log(msg)
+
+
+def _file_in(out: str | os.PathLike, name: str) -> Path:
+    """`out` itself, or `out/name` when `out` is a folder: one that exists, or a path ending in
+    a separator (`--out newdir/`), which is created."""
+    text = os.fspath(out)
+    folder = text.endswith(("/", os.sep)) or Path(text).is_dir()
+    return Path(text) / name if folder else Path(text)
 
 
 def export_onnx(
@@ -100,7 +108,7 @@ def export_onnx(
             raise ValueError("pass `out=`: this ModelDir was not read from a directory")
         target = Path(md.meta["path"]) / ONNX_FILE
     else:
-        target = _file_in(Path(out), ONNX_FILE)
+        target = _file_in(out, ONNX_FILE)
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)
@@ -175,7 +183,7 @@ def quantize_onnx(
         fp32_made = _read_sidecar(Path(model_dir) / ONNX_FILE)
         mask_dtype = mask_dtype or fp32_made.get("mask_dtype", "bool")
         opset = opset or fp32_made.get("opset", 18)
-    target = _file_in(Path(out), INT8_FILE) if out else Path(model_dir) / INT8_FILE
+    target = _file_in(out, INT8_FILE) if out else Path(model_dir) / INT8_FILE
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)
@@ -184,7 +192,7 @@ def quantize_onnx(
             # Quantise a plain export: ORT's quantiser cannot type the com.microsoft fused ops an
             # ORT-optimised graph contains. Sessions re-apply the fusions when they load it.
             export_onnx(md, out=fp32, optimize=False, exporter=exporter, mask_dtype=mask_dtype,
-                        opset=opset, log=log)  # fmt: skip
+                        opset=opset, log=_not_the_file(log))  # fmt: skip
             src = fp32
         else:
             src = Path(source)

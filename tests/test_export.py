@@ -235,3 +235,7 @@ def test_cli_export_out_as_a_file_or_a_folder_keeps_the_int8_beside_it(tiny_mode
     r = run("--out", folder, "--int8")  # an existing folder: the usual names inside it
     assert r.exit_code == 0, r.output
     assert {"model.onnx", "model.int8.onnx"} <= {p.name for p in folder.iterdir()}
+    assert ".tmp" not in r.output  # only the files that stay are reported as written
+    r = run("--out", f"{tmp_path / 'new'}/", "--int8")  # a trailing /: a folder, created
+    assert r.exit_code == 0, r.output
+    assert {"model.onnx", "model.int8.onnx"} <= {p.name for p in (tmp_path / "new").iterdir()}

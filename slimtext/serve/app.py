@@ -665,17 +665,19 @@ def create_app(
     async def model_info() -> ModelInfo:
         return ModelInfo(**info, limits=limits)
 
-    # HEAD too: load balancers and uptime checkers often probe with it
-    @app.api_route("/healthz", methods=["GET", "HEAD"], summary="Liveness: the process answers")
+    # HEAD too: load balancers and uptime checkers often probe with it. A route of its own, out
+    # of the schema: one route for both gave the two operations the same OpenAPI id.
+    @app.get("/healthz", summary="Liveness: the process answers")
+    @app.head("/healthz", include_in_schema=False)
     async def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.api_route(
+    @app.get(
         "/readyz",
-        methods=["GET", "HEAD"],
         summary="Readiness: model loaded and warmed up",
         responses={503: {"description": "Not ready (yet, or shutting down)."}},
     )
+    @app.head("/readyz", include_in_schema=False)
     async def readyz():
         if state["ready"]:
             return {"status": "ready"}

@@ -299,6 +299,10 @@ def test_a_quantized_model_and_its_own_directory_are_refused(teacher_dir, make_t
 
     q = tmp_path / "q"
     compress(teacher_dir, make_toy(5, seed=75), q, recipe="quantize:int8-dynamic", **FAST)
+    from slimtext.compress._util import count_params
+
+    n = count_params(slimtext.load(q).model)  # int8 weights count: the card said "0.00M"
+    assert f"({n:,} parameters, hidden 32, 2 layers)" in (q / "README.md").read_text()
     with pytest.raises(ValueError, match="already quantized .int8-dynamic."):
         compress(q, make_toy(5, seed=75), tmp_path / "x", recipe="prune:heads=0.5", **FAST)
     # --out the model being compressed (or a folder holding it) would delete it at the end

@@ -105,6 +105,8 @@ def test_health_ready_docs_and_page(client):
     for name in ("ClassifyRequest", "ClassifyResponse", "ErrorResponse", "ModelInfo"):
         assert name in schema["components"]["schemas"]
     assert "413" in schema["paths"]["/v1/classify"]["post"]["responses"]
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)), ids  # FastAPI warns on every /docs load otherwise
     page = client.get("/")
     assert page.status_code == 200 and "Classify" in page.text
     assert "http" not in page.text.split("<body>")[0]  # no external assets in <head>
