@@ -62,9 +62,6 @@ def as_dataset(data: Data, **load_kwargs) -> TextDataset:
         texts, labels = check_texts(data[0]), list(data[1])
         if len(texts) != len(labels):
             raise DataError(f"{len(texts)} texts but {len(labels)} labels")
-        for i, t in enumerate(texts):
-            if not t.strip():
-                raise DataError(f"text {i} is empty")
         return TextDataset(texts, [_label(i, y) for i, y in enumerate(labels)], source="<memory>")
     raise TypeError("data must be a TextDataset, a path or source name, or a (texts, labels) tuple")
 

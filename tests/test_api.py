@@ -120,6 +120,14 @@ def test_malformed_texts_in_memory_are_named():
         as_dataset((["ok", "bad \udcff byte"], ["a", "b"]))
     with pytest.raises(TypeError, match="text 0 is int"):
         as_dataset(([3], ["a"]))
+    with pytest.raises(ValueError, match="text 1 is empty or only whitespace"):
+        as_dataset((["ok", " \t"], ["a", "b"]))
+
+
+def test_prediction_refuses_a_blank_text_as_the_cli_and_server_do(fitted):
+    # It used to answer for [CLS] [SEP] alone: a confident label for nothing.
+    with pytest.raises(ValueError, match="text 2 is empty or only whitespace"):
+        fitted.predict(["a fine text", "another", "  "])
 
 
 def test_save_takes_the_metrics_a_caller_has(fitted, tmp_path):

@@ -79,13 +79,16 @@ class TextDataset:
 
 def check_texts(texts: Sequence[str]) -> list[str]:
     """`texts` as a list, refusing a bare string (which would be split into characters),
-    non-strings and lone surrogates (not Unicode), each named by its position."""
+    non-strings, empty or blank texts (the model would answer for its special tokens alone, a
+    confident label for nothing) and lone surrogates (not Unicode), each named by its position."""
     if isinstance(texts, str):
         raise TypeError("pass a list of texts, not a single string: predict([text])")
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"text {i} is {type(t).__name__}, expected str")
+        if not t.strip():
+            raise DataError(f"text {i} is empty or only whitespace: there is nothing to classify")
         if not t.isascii():
             try:
                 t.encode("utf-8")

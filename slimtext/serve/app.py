@@ -43,7 +43,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import slimtext
@@ -81,6 +81,15 @@ class ClassifyRequest(BaseModel):
     top_k: Annotated[StrictInt, Field(ge=1)] | None = Field(
         None, description="Also return the k most likely labels per text, best first."
     )
+
+    @field_validator("texts")
+    @classmethod
+    def _not_blank(cls, texts: list[str]) -> list[str]:
+        # As the Python API and `slimtext predict`: a blank text has nothing to classify.
+        blank = [i for i, t in enumerate(texts) if not t.strip()]
+        if blank:
+            raise ValueError(f"texts {blank[:10]} are empty or only whitespace")
+        return texts
 
 
 class LabelScore(BaseModel):

@@ -50,7 +50,7 @@ def assert_error(resp, status: int, type_: str, *in_message: str) -> dict:
 
 
 def test_classify_matches_predictor_in_input_order(client, predictor):
-    texts = ["good great fine", "bad awful poor", "", "good " * 19, "unknown words here"]
+    texts = ["good great fine", "bad awful poor", "ok", "good " * 19, "unknown words here"]
     resp = client.post("/v1/classify", json={"texts": texts, "top_k": 2})
     assert resp.status_code == 200, resp.text
     body = resp.json()
@@ -195,6 +195,7 @@ def test_metrics_in_prometheus_format(client):
         (b'{"texts": ["ok"], "top_k": 1.5}', 422, "validation_error", "top_k"),
         (b'{"texts": ["ok"], "topk": 1}', 422, "validation_error", "unknown field 'topk'"),
         (b'{"texts": ["\\ud800"]}', 422, "validation_error", "texts[0] is not valid Unicode"),
+        (b'{"texts": ["ok", "", " \\n"]}', 422, "validation_error", "texts [1, 2] are empty"),
         (json.dumps({"texts": ["a"] * 21}).encode(), 413, "too_many_texts", "limit is 20"),
         (json.dumps({"texts": ["a", "b" * 101]}).encode(), 413, "text_too_long",
          "texts[1] is longer than 100 characters"),
