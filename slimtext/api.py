@@ -36,6 +36,7 @@ from .train import Encoded, TrainConfig, TrainResult, fit
 from .train.checkpoint import check_fresh_start
 from .train.distributed import (
     DistContext,
+    DistributedError,
     broadcast_object,
     check_same_config,
     full_state_dict,
@@ -184,11 +185,19 @@ class TextClassifier:
                     )
                 cfg = replace(cfg, max_length=src.config.max_length)
         elif ctx.is_main:  # rank 0 learns the tokenizer and writes it; the others receive it
-            tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).backend.to_str()
+            try:
+                tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).backend.to_str()
+            except Exception as e:
+                # The others wait for the tokenizer: send them the error, not a closed socket.
+                broadcast_object(ctx, RuntimeError(f"rank 0 could not make the tokenizer: {e}"))
+                raise
         else:
             tok = None
         if src is None:
-            tok = TextTokenizer(Tokenizer.from_str(broadcast_object(ctx, tok)))
+            got = broadcast_object(ctx, tok)
+            if isinstance(got, Exception):
+                raise DistributedError(str(got))
+            tok = TextTokenizer(Tokenizer.from_str(got))
         labels = train_ds.label_set()
         if len(labels) < 2:
             raise DataError(f"{train_ds.source}: need at least 2 classes, found {labels}")
