@@ -103,6 +103,9 @@ def save_checkpoint(
             if keep > 0:
                 for old in list_checkpoints(folder)[:-keep]:
                     shutil.rmtree(old, ignore_errors=True)
+            # Half-written checkpoints of a run killed mid-save (this one's is now `target`).
+            for stale in folder.glob(f".{PREFIX}*.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
     except BaseException:
         if ctx.is_main:
             shutil.rmtree(tmp, ignore_errors=True)

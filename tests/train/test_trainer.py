@@ -96,10 +96,13 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_weights(encoded,
     # step 8 of 9 per epoch: in the middle of the first epoch
     assert list_checkpoints(full_dir)[1].name.endswith("000000008")
     cut_dir = killed_after(full_dir, 1, tmp_path / "cut")
+    stale = cut_dir / ".step-000000008.tmp-abc123"  # killed while writing its next checkpoint
+    (stale / "dcp").mkdir(parents=True)
     resumed, res = run(encoded, {"checkpoint_dir": cut_dir, "resume": True},
                        checkpoint_every=4, keep_checkpoints=0)  # fmt: skip
     assert_same_weights(ref, resumed)
     assert res.steps == 27
+    assert not stale.exists()  # cleared once a checkpoint is written again
 
 
 def test_a_damaged_checkpoint_is_never_the_one_loaded(encoded, tmp_path):
