@@ -231,21 +231,32 @@ def test_fsdp_dcp_checkpoint_from_two_ranks_resumes_on_one_and_back(tmp_path, tr
     assert max_diff(weights(tmp_path / "r1"), weights(tmp_path / "two")) < 1e-5
 
 
+def _long_run_with_a_checkpoint(train_csv, out):
+    """A 2-rank run (launcher in a session of its own) long enough to be killed mid-run, once it
+    has written a checkpoint: the launcher and its two ranks' pids."""
+    args = ["train", "--data", train_csv, "--batch-size", 4, "--checkpoint-every", 2, *TINY]
+    args[args.index("--epochs") + 1] = "200"
+    proc = slimtext(*args, "--out", out, nproc=2, background=True)
+    ckpts = out.parent / f"{out.name}.checkpoints"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (ckpts.is_dir() and any(ckpts.glob("step-*"))):
+        if proc.poll() is not None:
+            raise AssertionError("the run ended before it could be killed")
+        time.sleep(0.05)
+    ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    pids = [int(p) for p in ranks.stdout.split()]
+    if len(pids) != 2:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"expected 2 ranks, found {ranks.stdout!r}")
+    return proc, pids
+
+
 def test_a_dead_rank_stops_the_run_instead_of_hanging(tmp_path, train_csv):
     """SIGKILL one rank mid-run: torchrun must take the other down and exit non-zero, well
     before the collective timeout, and no model directory may appear."""
-    args = ["train", "--data", train_csv, "--batch-size", 4, "--checkpoint-every", 2, *TINY]
-    args[args.index("--epochs") + 1] = "200"  # long enough to be killed mid-run
-    out, ckpts = tmp_path / "dead", tmp_path / "dead.checkpoints"
-    proc = slimtext(*args, "--out", out, nproc=2, background=True)
+    out = tmp_path / "dead"
+    proc, pids = _long_run_with_a_checkpoint(train_csv, out)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and not (ckpts.is_dir() and any(ckpts.glob("step-*"))):
-            assert proc.poll() is None, "the run ended before a rank could be killed"
-            time.sleep(0.05)
-        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-        pids = [int(p) for p in ranks.stdout.split()]
-        assert len(pids) == 2, ranks.stdout
         os.kill(pids[1], signal.SIGKILL)
         t0 = time.time()
         code = proc.wait(timeout=100)  # SLIMTEXT_DIST_TIMEOUT is 120 s in these tests
@@ -273,19 +284,9 @@ def test_a_tokenizer_error_on_rank_0_stops_every_rank_cleanly(tmp_path, train_cs
 def test_killing_the_launcher_stops_its_ranks(tmp_path, train_csv):
     """torchrun puts ranks in sessions of their own: SIGKILL of the command left them training
     as orphans (and writing checkpoints next to a later --resume). They must stop with it."""
-    args = ["train", "--data", train_csv, "--batch-size", 4, "--checkpoint-every", 2, *TINY]
-    args[args.index("--epochs") + 1] = "200"
-    out, ckpts = tmp_path / "orphan", tmp_path / "orphan.checkpoints"
-    proc = slimtext(*args, "--out", out, nproc=2, background=True)
-    pids: list[int] = []
+    out = tmp_path / "orphan"
+    proc, pids = _long_run_with_a_checkpoint(train_csv, out)
     try:
-        deadline = time.time() + 180
-        while time.time() < deadline and not (ckpts.is_dir() and any(ckpts.glob("step-*"))):
-            assert proc.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-        ranks = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-        pids = [int(p) for p in ranks.stdout.split()]
-        assert len(pids) == 2, ranks.stdout
         os.kill(proc.pid, signal.SIGKILL)  # the launcher only, as a kill of a job's main pid
         proc.wait()
         deadline = time.time() + 30
