@@ -276,8 +276,12 @@ def _dist_context(nproc: int, strategy: str, device: str):
 
 
 def _relaunch_with_torchrun(nproc: int) -> None:
-    """Replace this process with `torchrun --standalone --nproc-per-node N -m slimtext ...`."""
-    import os
+    """Run this command again under torchrun's launcher (`--standalone --nproc-per-node N`),
+    in this process, and exit with the ranks' status. In-process rather than exec'ing the
+    torchrun command: a rank's error is then followed by one line, not by the launcher's own
+    traceback and failure table."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
 
     argv, skip = [], False
     for a in sys.argv[1:]:
@@ -287,11 +291,18 @@ def _relaunch_with_torchrun(nproc: int) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={nproc}", "-m", "slimtext", *argv]  # fmt: skip
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.execv(sys.executable, cmd)
+    args = get_args_parser().parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "-m", "slimtext", *argv]
+    )
+    try:
+        run(args)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode
+        how = f"exit code {code}" if code >= 0 else f"signal {-code}"
+        typer.echo(f"error: rank {rank} of {nproc} stopped ({how})", err=True)
+        raise typer.Exit(code if code > 0 else 128 - code if code < 0 else 1) from None
+    raise typer.Exit(0)
 
 
 def _train(

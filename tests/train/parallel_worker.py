@@ -22,6 +22,7 @@ from slimtext.train.distributed import (
     DistributedError,
     full_state_dict,
     init_distributed,
+    shutdown,
     wrap_model,
 )
 
@@ -219,7 +220,7 @@ def main() -> None:
             results[name] = globals()[f"case_{name}"](ctx)
     if ctx.is_main:
         (out_dir / f"{case}.json").write_text(json.dumps(results, indent=1))
-    dist.destroy_process_group()
+    shutdown(ctx)  # as the CLI ends: gloo's threads must not outlive it into interpreter exit
 
 
 if __name__ == "__main__":

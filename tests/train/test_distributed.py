@@ -281,6 +281,16 @@ def test_a_tokenizer_error_on_rank_0_stops_every_rank_cleanly(tmp_path, train_cs
     assert "Connection closed" not in r.stderr and "Traceback" not in ranks_own, r.stderr
 
 
+def test_a_user_error_under_nproc_is_a_line_not_a_launcher_traceback(tmp_path, train_csv):
+    cmd = [sys.executable, "-m", "slimtext", "train", "--data", str(train_csv), "--out",
+           str(tmp_path / "m"), *TINY, "--model", "attention", "--strategy", "tp",
+           "--nproc", "2"]  # fmt: skip
+    r = run_torchrun(cmd, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert "--strategy tp needs the transformer model" in r.stderr
+    assert "stopped (exit code 2)" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_killing_the_launcher_stops_its_ranks(tmp_path, train_csv):
     """torchrun puts ranks in sessions of their own: SIGKILL of the command left them training
     as orphans (and writing checkpoints next to a later --resume). They must stop with it."""
