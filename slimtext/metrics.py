@@ -64,8 +64,12 @@ def format_report(report: dict) -> str:
     )
     cm = report["confusion_matrix"]
     lines.append("confusion matrix (rows = true, columns = predicted):")
-    cw = max(6, *(len(str(x)) for row in cm for x in row))
-    lines.append(" " * w + "  " + " ".join(f"{lab[:cw]:>{cw}}" for lab in labels))
+    # Each column as wide as its whole label: cut to a fixed width, labels sharing a prefix
+    # ("sentiment_negative", "sentiment_positive") could not be told apart.
+    cws = [max(len(lab), *(len(str(row[j])) for row in cm)) for j, lab in enumerate(labels)]
+    head = (f"{lab:>{c}}" for lab, c in zip(labels, cws, strict=True))
+    lines.append(" " * w + "  " + " ".join(head))
     for lab, row in zip(labels, cm, strict=True):
-        lines.append(f"{lab:<{w}}  " + " ".join(f"{x:>{cw}}" for x in row))
+        cells = (f"{x:>{c}}" for x, c in zip(row, cws, strict=True))
+        lines.append(f"{lab:<{w}}  " + " ".join(cells))
     return "\n".join(lines)

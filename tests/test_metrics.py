@@ -19,6 +19,10 @@ def test_report_matches_hand_computed_values():
     assert r["macro_f1"] == pytest.approx(np.mean(f1s))
     text = format_report(r)
     assert "accuracy 0.6667" in text and "confusion matrix" in text
+    # columns carry whole labels: cut to 6 characters these two read "sentim sentim"
+    r = classification_report([0, 1], [0, 0], ["sentiment_negative", "sentiment_positive"])
+    header = format_report(r).split("predicted):\n")[1].splitlines()[0]
+    assert header.split() == ["sentiment_negative", "sentiment_positive"]
 
 
 @settings(max_examples=50, deadline=None)

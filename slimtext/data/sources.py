@@ -418,9 +418,12 @@ def _read_jsonl(path: Path, opts: _Options) -> TextDataset:
             collector.bad("undecodable bytes", origin, lines.bad_lines[lineno])
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
             collector.bad("invalid JSON", origin, f"invalid JSON ({e})")
+            continue
+        except _DuplicateKey as e:
+            collector.bad("duplicate key", origin, str(e))
             continue
         if not isinstance(obj, dict):
             message = f"expected a JSON object, got {type(obj).__name__}"
@@ -467,13 +470,30 @@ def _json_array_item_lines(text: str, n: int) -> list[range]:
     return spans
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refusing a key given twice: json.loads keeps the last silently, so a
+    doubled "label" would change a row's class without a word (CSV refuses doubled columns)."""
+    obj: dict = {}
+    for k, v in pairs:
+        if k in obj:
+            raise _DuplicateKey(f"key {k!r} appears more than once in one object")
+        obj[k] = v
+    return obj
+
+
 def _read_json_array(
     path: Path, text: str, first_line: int, opts: _Options, lines: _Lines
 ) -> TextDataset:
     """`text` is the file from its line `first_line` (the blank lines before it are gone)."""
     offset = first_line - 1
     try:
-        items = json.loads(text)
+        items = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as e:
+        raise DataError(f"{path}: {e}") from None
     except json.JSONDecodeError as e:
         lineno = e.lineno + offset
         if lineno in lines.bad_lines:  # a replacement character broke the syntax

@@ -240,6 +240,19 @@ def test_invalid_json_names_line(write):
         load_data(path)
 
 
+def test_a_key_given_twice_is_an_error_as_a_doubled_csv_column_is(write):
+    # json.loads keeps the last value: every row's "pos" silently became "neg".
+    path = write(
+        "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", "label": "pos", "label": "neg"}\n'
+    )
+    with pytest.raises(DataError, match=r"d\.jsonl:2: key 'label' appears more than once"):
+        load_data(path)
+    ds = load_data(path, on_bad="skip")
+    assert ds.texts == ["a"] and "duplicate key" in ds.report()
+    with pytest.raises(DataError, match=r"d\.json: key 'text' appears more than once"):
+        load_data(write("d.json", '[{"text": "a", "text": "b", "label": "x"}]'))
+
+
 def test_csv_row_with_extra_field_names_line(write):
     with pytest.raises(DataError, match=r"d\.csv:3: row has 3 field\(s\) but the header has 2"):
         load_data(write("d.csv", "text,label\nok,a\nnot, quoted,a\n"))
