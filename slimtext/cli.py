@@ -416,6 +416,9 @@ def pretrain(
     ffn_size: int | None = None,
     dropout: float | None = None,
     text_col: TextColOpt = None,
+    encoding: EncodingOpt = "utf-8",
+    encoding_errors: EncodingErrorsOpt = "strict",
+    on_bad: OnBadOpt = "raise",
     resume: Annotated[
         bool, typer.Option(help="Continue from the newest checkpoint in OUT.checkpoints.")
     ] = False,
@@ -440,20 +443,25 @@ def pretrain(
     params = {k: v for k, v in locals().items()
               if k not in ("data", "out", "text_col", "resume", "checkpoint_every", "progress",
                            "config", "tokenizer", "vocab_size", "mask_prob", "pack", "nproc",
-                           "whole_word")
+                           "whole_word", "encoding", "encoding_errors", "on_bad")
               and v is not None}  # fmt: skip
     ctx = _dist_context(nproc, strategy, device)
     from .train.distributed import DistributedError, shutdown
 
     try:
         from .artifact import check_save_target
+        from .data import load_data
         from .pretrain import pretrain as run_pretrain
 
         check_save_target(out)  # fail now rather than after pretraining
         ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
         t0 = time.perf_counter()
-        r = run_pretrain(data, out, tokenizer=tokenizer, vocab_size=vocab_size,
-                         mask_prob=mask_prob, pack=pack, whole_word=whole_word, text_cols=text_col,
+        kw = _load_kw(text_col, None, encoding, encoding_errors, on_bad)
+        ds = load_data(data, require_labels=False, **kw)
+        if ctx.is_main:
+            typer.echo(f"data: {ds.report()}", err=True)  # lines skipped or repaired, if any
+        r = run_pretrain(ds, out, tokenizer=tokenizer, vocab_size=vocab_size,
+                         mask_prob=mask_prob, pack=pack, whole_word=whole_word,
                          run_dir=ckpt / "run" if ckpt is not None else None,
                          checkpoint_dir=ckpt, resume=resume, progress=progress and ctx.is_main,
                          checkpoint_every=checkpoint_every, dist=ctx, **params)  # fmt: skip

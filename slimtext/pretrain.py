@@ -259,8 +259,9 @@ def pretrain(
 ) -> TrainResult:
     """Masked-LM pretraining of a transformer encoder on unlabelled text; writes a model dir.
 
-    `data`: a list of texts or any source `load_data` reads (a .txt file is one document per
-    line; labels, if any, are ignored). `whole_word` masks whole words instead of single
+    `data`: a list of texts, a `TextDataset` (`load_data(path, encoding=..., on_bad=...)`), or
+    any source `load_data` reads (a .txt file is one document per line; labels, if any, are
+    ignored). `whole_word` masks whole words instead of single
     sub-word tokens (`mask_tokens`). `pack` concatenates short documents into rows of
     `max_length` with block-diagonal attention. `params` are `ModelConfig`/`TrainConfig` fields
     as for `TextClassifier` (pooling defaults to "cls", the BERT layout). The model dir at `out`
@@ -275,13 +276,16 @@ def pretrain(
 
     from .api import TextClassifier
     from .artifact import save_model_dir
-    from .data import DataError, load_data
+    from .data import DataError, TextDataset, load_data
+    from .data.dataset import check_texts
     from .train.distributed import broadcast_object, check_same_config, full_state_dict
 
     if not 0.0 < mask_prob < 1.0:
         raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
-    if isinstance(data, (list, tuple)):
-        texts = [t for t in data if isinstance(t, str) and t.strip()]
+    if isinstance(data, TextDataset):  # e.g. load_data(path, encoding=..., on_bad="skip")
+        texts = list(data.texts)
+    elif isinstance(data, (list, tuple)):
+        texts = check_texts(data)  # a blank or non-string item is an error, as in fit()
     else:
         texts = load_data(data, text_cols=text_cols, label_col=None, require_labels=False).texts
     if not texts:

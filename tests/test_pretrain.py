@@ -209,6 +209,26 @@ def test_cli_pretrain_then_train_init(tmp_path, toy_data):
     assert (tmp_path / "enc" / "model.safetensors").read_bytes() == before
 
 
+def test_pretrain_reads_data_as_train_does_and_drops_nothing_silently(tmp_path):
+    tiny = ["--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--ffn-size", "64",
+            "--max-length", "32", "--batch-size", "16", "--threads", "1", "--device", "cpu",
+            "--no-progress", "--max-steps", "1", "--vocab-size", "120"]  # fmt: skip
+    path = tmp_path / "corpus.txt"
+    path.write_bytes("\n".join(corpus(30)).encode() + b"\ncaf\xe9 au lait\n\n  \n")
+    args = ["pretrain", "--data", str(path), "--out", str(tmp_path / "enc"), *tiny]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "--encoding-errors replace" in r.output  # the option it names
+    r = CliRunner().invoke(app, [*args, "--encoding-errors", "replace"])
+    assert r.exit_code == 0, r.output
+    assert "2 blank line" in r.output and "31 texts" in r.output  # the blanks are counted
+    # in memory: an item that is not a text is an error, as in fit(), not silently dropped
+    for bad, error in ((None, TypeError), ("  ", ValueError)):
+        with pytest.raises(error, match="text 1"):
+            pretrain(["a b c", bad, "d e f"], tmp_path / "x", max_steps=1, hidden_size=32,
+                     num_layers=1, num_heads=2, ffn_size=64, vocab_size=120,
+                     progress=False)  # fmt: skip
+
+
 def test_packed_documents_never_attend_across_documents():
     from slimtext.pretrain import MLMModel, pack_documents
     from slimtext.tokenizer import train_tokenizer
