@@ -261,10 +261,10 @@ def pretrain(
 
     `data`: a list of texts, a `TextDataset` (`load_data(path, encoding=..., on_bad=...)`), or
     any source `load_data` reads (a .txt file is one document per line; labels, if any, are
-    ignored). `whole_word` masks whole words instead of single
-    sub-word tokens (`mask_tokens`). `pack` concatenates short documents into rows of
-    `max_length` with block-diagonal attention. `params` are `ModelConfig`/`TrainConfig` fields
-    as for `TextClassifier` (pooling defaults to "cls", the BERT layout). The model dir at `out`
+    ignored). `whole_word` masks whole words instead of single sub-word tokens (`mask_tokens`).
+    `pack` concatenates short documents into rows of `max_length` with block-diagonal attention.
+    `params` are `ModelConfig`/`TrainConfig` fields as for `TextClassifier` (pooling defaults to
+    "cls", the BERT layout). The model dir at `out`
     holds the encoder with a placeholder 2-label head (use it with `TextClassifier(init=out)` /
     `slimtext train --init`), `mlm_head.safetensors`, and the training log and curve.
 
