@@ -279,7 +279,15 @@ def _relaunch_with_torchrun(nproc: int) -> None:
     """Run this command again under torchrun's launcher (`--standalone --nproc-per-node N`),
     in this process, and exit with the ranks' status. In-process rather than exec'ing the
     torchrun command: a rank's error is then followed by one line, not by the launcher's own
-    traceback and failure table."""
+    traceback and failure table.
+
+    Only rank 0 writes to the terminal (the other ranks say nothing while all goes well, and an
+    error every rank hits was printed N times); the output of the rank that failed first is
+    shown after the fact. torchrun would give each rank 1 thread on a CPU and say so in a banner:
+    each rank gets its share of the cores instead, unless OMP_NUM_THREADS is set."""
+    import logging
+    import os
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -291,18 +299,41 @@ def _relaunch_with_torchrun(nproc: int) -> None:
             skip = True
         elif not a.startswith("--nproc="):
             argv.append(a)
-    args = get_args_parser().parse_args(
-        ["--standalone", f"--nproc-per-node={nproc}", "-m", "slimtext", *argv]
-    )
-    try:
-        run(args)
-    except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        code = failure.exitcode
-        how = f"exit code {code}" if code >= 0 else f"signal {-code}"
-        typer.echo(f"error: rank {rank} of {nproc} stopped ({how})", err=True)
-        raise typer.Exit(code if code > 0 else 128 - code if code < 0 else 1) from None
+    os.environ.setdefault("OMP_NUM_THREADS", str(_rank_threads(nproc)))
+    # The agent logs each rank's stop as a warning and an error of its own; we say it below.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # torchrun keeps the ranks' logs in a temporary folder it never removes: use ours.
+    with tempfile.TemporaryDirectory(prefix="slimtext-ranks-") as logs:
+        quiet = ",".join(f"{r}:3" for r in range(1, nproc))  # stdout + stderr to a file
+        args = get_args_parser().parse_args(
+            ["--standalone", f"--nproc-per-node={nproc}", "--log-dir", logs]
+            + (["--redirects", quiet] if quiet else [])
+            + ["-m", "slimtext", *argv]
+        )
+        try:
+            run(args)
+        except ChildFailedError as e:
+            rank, failure = e.get_first_failure()
+            if rank != 0:  # its output went to its log file
+                for f in sorted(Path(logs).glob(f"*/attempt_*/{rank}/std*.log")):
+                    lines = f.read_text(errors="replace").splitlines()[-40:]
+                    if lines:
+                        typer.echo("\n".join(lines), err=True)
+            code = failure.exitcode
+            how = f"exit code {code}" if code >= 0 else f"signal {-code}"
+            typer.echo(f"error: rank {rank} of {nproc} stopped ({how})", err=True)
+            raise typer.Exit(code if code > 0 else 128 - code if code < 0 else 1) from None
     raise typer.Exit(0)
+
+
+def _rank_threads(nproc: int, cores: int | None = None) -> int:
+    """Intra-op threads for each of `nproc` ranks on this machine: an even share of the cores
+    this process may run on, at least 1."""
+    if cores is None:
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, nproc))
 
 
 def _train(

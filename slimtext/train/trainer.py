@@ -177,6 +177,7 @@ class TrainResult:
     stopped_early: bool = False
     resumed_at: int = 0  # the step a resumed run continued from (0: a fresh run)
     world_size: int = 1
+    threads: int = 0  # torch intra-op threads of each rank (samples/s depends on it)
     peak_rss_mb: list[float] = field(default_factory=list)  # per rank, whole-process peak
 
     @property
@@ -190,7 +191,7 @@ class TrainResult:
             "train_seconds": round(self.train_seconds, 3),
             "samples_per_second": round(self.samples_per_second, 2),
             "precision": self.precision, "device": self.device, "world_size": self.world_size,
-            "peak_rss_mb": self.peak_rss_mb, "best_epoch": self.best_epoch,
+            "threads": self.threads, "peak_rss_mb": self.peak_rss_mb, "best_epoch": self.best_epoch,
             "stopped_early": self.stopped_early,
         }  # fmt: skip
 
@@ -589,7 +590,7 @@ def fit(
         def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
             return ce(logits, batch.labels)
 
-    result = TrainResult(precision=precision, device=str(device))
+    result = TrainResult(precision=precision, device=str(device), threads=torch.get_num_threads())
     window: list | None = None  # [loss sum, rows] of a resumed run's unlogged steps
     epoch, batch_pos, step = 0, 0, 0
     best_state: dict[str, torch.Tensor] | None = None

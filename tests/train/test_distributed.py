@@ -287,8 +287,52 @@ def test_a_user_error_under_nproc_is_a_line_not_a_launcher_traceback(tmp_path, t
            "--nproc", "2"]  # fmt: skip
     r = run_torchrun(cmd, timeout=120)
     assert r.returncode == 2, r.stderr
-    assert "--strategy tp needs the transformer model" in r.stderr
+    # every rank hits it; only rank 0 speaks (it was printed once per rank)
+    assert r.stderr.count("--strategy tp needs the transformer model") == 1, r.stderr
     assert "stopped (exit code 2)" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # nor torchrun's OMP_NUM_THREADS banner, nor its agent's log lines about the stop
+    assert "OMP_NUM_THREADS" not in r.stderr and "exitcode" not in r.stderr, r.stderr
+
+
+def test_nproc_shows_the_failed_rank_and_leaves_no_logs_behind(tmp_path, train_csv):
+    # Ranks >= 1 write to files under --nproc: a failure of theirs must still be shown, once.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\nif os.environ.get('LOCAL_RANK') == '1':\n"
+        "    print('rank one says no', file=sys.stderr, flush=True)\n    os._exit(3)\n"
+    )
+    tmp = tmp_path / "tmp"  # torchrun alone leaves a torchelastic_* folder here per run
+    tmp.mkdir()
+    cmd = [sys.executable, "-m", "slimtext", "train", "--data", str(train_csv), *TINY,
+           "--max-steps", "2", "--nproc", "2"]  # fmt: skip
+    env = {**ENV, "TMPDIR": str(tmp), "PYTHONPATH": os.pathsep.join(
+        [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "m")], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.count("rank one says no") == 1, r.stderr
+    assert "error: rank 1 of 2 stopped (exit code 3)" in r.stderr, r.stderr
+    assert not [*tmp.glob("torchelastic_*"), *tmp.glob("slimtext-ranks-*")]
+    # a run that succeeds: each rank had its share of the cores (torchrun's default is 1)
+    del env["PYTHONPATH"]
+    r = subprocess.run([*cmd, "--out", str(tmp_path / "ok")], env=env, capture_output=True,
+                       text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    from slimtext.cli import _rank_threads
+
+    assert metrics["training"]["threads"] == _rank_threads(2)
+    assert not [*tmp.glob("torchelastic_*"), *tmp.glob("slimtext-ranks-*")]
+
+
+def test_each_rank_gets_its_share_of_the_cores():
+    from slimtext.cli import _rank_threads
+
+    assert _rank_threads(2, cores=16) == 8
+    assert _rank_threads(3, cores=16) == 5
+    assert _rank_threads(4, cores=2) == 1
+    assert _rank_threads(1) >= 1
 
 
 def test_killing_the_launcher_stops_its_ranks(tmp_path, train_csv):
