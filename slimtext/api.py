@@ -45,7 +45,9 @@ from .train.distributed import (
 
 Data = Union[TextDataset, str, os.PathLike, tuple]  # noqa: UP007 (readable in help text)
 
-_MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "num_labels", "arch"}
+# (pad_id is the tokenizer's, never an option: a model whose padding row is another token's
+# would freeze that token's embedding at zero)
+_MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "num_labels", "arch", "pad_id"}
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 # Smaller defaults for the attention-pooling family: it is the fast, fastText-like option.
 _ATTENTION_DEFAULTS = {"num_layers": 0, "hidden_size": 128, "lr": 3e-3, "dropout": 0.1}
@@ -116,10 +118,11 @@ class TextClassifier:
     def train_config(self) -> TrainConfig:
         return TrainConfig(**{k: v for k, v in self._params().items() if k in _TRAIN_KEYS})
 
-    def _model_config(self, vocab_size: int, num_labels: int, max_length: int) -> ModelConfig:
+    def _model_config(self, tok: TextTokenizer, num_labels: int, max_length: int) -> ModelConfig:
         kw = {k: v for k, v in self._params().items() if k in _MODEL_KEYS}
         kw["max_length"] = max_length
-        return ModelConfig(vocab_size=vocab_size, num_labels=num_labels, arch=self.model, **kw)
+        return ModelConfig(vocab_size=tok.vocab_size, num_labels=num_labels, arch=self.model,
+                           pad_id=tok.pad_id, **kw)  # fmt: skip
 
     def _fit_tokenizer(self, texts: Sequence[str], checkpoint_dir, resume: bool) -> TextTokenizer:
         # A resumed run must reuse the exact tokenizer of the run it continues: the checkpoint's
@@ -206,7 +209,7 @@ class TextClassifier:
 
             config = init_config(src.config, len(labels), self._params())
         else:
-            config = self._model_config(tok.vocab_size, len(labels), cfg.max_length)
+            config = self._model_config(tok, len(labels), cfg.max_length)
         check_same_config(ctx, {
             "model": config.to_dict(), "train": cfg.to_dict(), "labels": labels,
             "n_train": len(train_ds), "n_valid": len(valid_ds),
@@ -346,7 +349,7 @@ class TextClassifier:
         train = md.meta.get("train", {})
         # The whole recipe, so that fitting the loaded classifier again trains the same kind of
         # model: its shape from config.json, the training options, the tokenizer and init.
-        shape = {k: getattr(md.config, k) for k in _MODEL_KEYS - {"pad_id", "version"}}
+        shape = {k: getattr(md.config, k) for k in _MODEL_KEYS - {"version"}}
         kind = "wordpiece" if type(md.tokenizer.backend.model).__name__ == "WordPiece" else "bpe"
         clf = cls(
             model=md.config.arch,

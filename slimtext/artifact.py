@@ -18,7 +18,7 @@ import json
 import numbers
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,12 +113,15 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return isinstance(cfg, dict) and cfg.get("format") == FORMAT
 
 
-def check_save_target(path: str | os.PathLike, reads: Iterable = ()) -> None:
+def check_save_target(
+    path: str | os.PathLike, reads: Iterable = (), is_ours: Callable[[Path], bool] = is_model_dir
+) -> None:
     """Raise `TargetExistsError` now if `save_model_dir(path)` would refuse `path`: lets a
     caller fail before training rather than after. `reads`: the directories the run is built
     from (the model being compressed, an `--init` encoder); writing over one of them, or over a
-    folder holding one, would delete it when the run ends."""
-    check_replaceable(path, is_model_dir)
+    folder holding one, would delete it when the run ends. `is_ours`: which existing non-empty
+    directories may be replaced (model directories)."""
+    check_replaceable(path, is_ours)
     target = Path(path).resolve()
     for src in reads:
         if not src:

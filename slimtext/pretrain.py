@@ -310,7 +310,7 @@ def pretrain(
         tok = TextTokenizer(Tokenizer.from_str(broadcast_object(ctx, tok_json)))
     else:
         tok = clf._fit_tokenizer(texts, checkpoint_dir, resume)
-    config = clf._model_config(tok.vocab_size, len(PRETRAIN_LABELS), cfg.max_length)
+    config = clf._model_config(tok, len(PRETRAIN_LABELS), cfg.max_length)
     check_same_config(ctx, {"model": config.to_dict(), "train": cfg.to_dict(), "texts": len(texts),
                             "mask_prob": mask_prob, "pack": pack,
                             "whole_word": whole_word})  # fmt: skip

@@ -193,3 +193,27 @@ def test_resume_refuses_other_tokenizer_options_and_precision(toy_data, tmp_path
         with pytest.raises(ValueError, match=f"other options.*{next(iter(change))}"):
             TextClassifier(**{**kw, **change}).fit(toy_data, checkpoint_dir=ck, resume=True)
     TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck, resume=True)  # the same: resumes
+
+
+@pytest.mark.parametrize("model", ["transformer", "attention"])
+def test_the_padding_row_is_the_tokenizers_pad_token_not_token_0(toy_data, tmp_path, model):
+    # A RoBERTa-style vocabulary: <s> = 0, <pad> = 1. The model took pad id 0 whatever the
+    # tokenizer said, so <s> (read by [CLS] pooling in every text) kept a zero, frozen embedding.
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+
+    bl = ByteLevelBPETokenizer()
+    bl.train_from_iterator(toy_data[0], vocab_size=300,
+                           special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])  # fmt: skip
+    bl._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    bl.save(str(tmp_path / "tokenizer.json"))
+    extra = {"ngram_buckets": 64} if model == "attention" else {"pooling": "cls"}
+    clf = TextClassifier(model=model, tokenizer=str(tmp_path / "tokenizer.json"), max_length=32,
+                         hidden_size=32, num_layers=1, num_heads=2, ffn_size=64, max_steps=5,
+                         verbose=False, **extra).fit(toy_data)  # fmt: skip
+    md = clf.model_dir_
+    assert md.config.pad_id == md.tokenizer.pad_id == 1
+    emb = md.model.embeddings.tok.weight
+    assert emb[0].abs().sum() > 0 and emb[1].abs().sum() == 0  # <s> trained, <pad> is padding
+    with pytest.raises(TypeError, match="unknown parameters"):
+        TextClassifier(pad_id=3)

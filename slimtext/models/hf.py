@@ -42,9 +42,17 @@ def _check_exportable(model: TransformerClassifier) -> ModelConfig:
         )
     if cfg.share_layers:
         raise HFConversionError("share_layers=True (ALBERT-style) does not map onto BERT")
+    # Every layer, not only q/k/v and the FFN input: a partly quantized or factorised model
+    # failed with a KeyError on whichever weight was missing.
+    plain = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)
+    for name, mod in model.named_modules():
+        tensors = [*mod.parameters(recurse=False), *mod.buffers(recurse=False)]
+        if (tensors and type(mod) not in plain) or any(
+            type(t.data) is not torch.Tensor for t in tensors
+        ):
+            # another class (int8, low-rank) or a tensor subclass (torchao's quantized weights)
+            raise HFConversionError(f"{name} is compressed (pruned/factorised/quantized)")
     for i, block in enumerate(model.encoder.blocks):
-        if type(block.attn.qkv) is not torch.nn.Linear or type(block.ffn_in) is not torch.nn.Linear:
-            raise HFConversionError(f"block {i} is compressed (pruned/factorised/quantized)")
         if block.attn.qkv.out_features != 3 * cfg.hidden_size:
             raise HFConversionError(f"block {i} has pruned attention heads")
         if block.ffn_in.out_features != cfg.ffn_size:
@@ -57,6 +65,10 @@ def bert_config(cfg: ModelConfig, labels: list[str] | None = None):
     from transformers import BertConfig
 
     labels = labels or [str(i) for i in range(cfg.num_labels)]
+    if len(labels) != cfg.num_labels:  # transformers would only log it and use LABEL_i
+        raise HFConversionError(
+            f"{len(labels)} label names for a model of {cfg.num_labels} classes"
+        )
     return BertConfig(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.hidden_size,
@@ -235,23 +247,36 @@ def hf_fast_tokenizer(tokenizer, max_length: int):
     from ..tokenizer import CLS, MASK, PAD, SEP, UNK
 
     backend = Tokenizer.from_str(tokenizer.backend.to_str())
-    names = {"pad_token": PAD, "unk_token": UNK, "cls_token": CLS, "sep_token": SEP,
-             "mask_token": MASK}  # fmt: skip
-    present = {k: t for k, t in names.items() if backend.token_to_id(t) is not None}
+    # BERT's spellings, else RoBERTa's (a --tokenizer folder may use either)
+    names = {"pad_token": (PAD, "<pad>"), "unk_token": (UNK, "<unk>"), "cls_token": (CLS, "<s>"),
+             "sep_token": (SEP, "</s>"), "mask_token": (MASK, "<mask>")}  # fmt: skip
+    present = {}
+    for role, spellings in names.items():
+        found = [t for t in spellings if backend.token_to_id(t) is not None]
+        if found:
+            present[role] = found[0]
     return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length, **present)
 
 
 def save_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write a slimtext model directory as a Hugging Face folder (`save_pretrained` + a fast
     tokenizer), loadable with `AutoModelForSequenceClassification` / `AutoTokenizer`."""
-    from ..artifact import read_model_dir
+    from ..artifact import check_save_target, is_model_dir, read_model_dir
+    from ..fileio import _holds_manifest, atomic_dir
 
+    def earlier_export(p: Path) -> bool:  # what atomic_dir may replace: an earlier save_hf
+        return _holds_manifest(p) and not is_model_dir(p)
+
+    # refused before any work: the source itself, a folder holding it, any other non-empty
+    # folder but an earlier export (it overwrote a project's config.json, or the model)
+    check_save_target(out, reads=(model_dir,), is_ours=earlier_export)
     md = read_model_dir(model_dir)
     if md.meta.get("compression"):
         raise HFConversionError(f"{model_dir}: compressed models do not map onto BERT")
     hf = to_hf_bert(md.model, list(md.labels))
-    out = Path(out)
-    hf.save_pretrained(out)
     tok = hf_fast_tokenizer(md.tokenizer, md.max_length)
-    tok.save_pretrained(out)
+    out = Path(out)
+    with atomic_dir(out, is_ours=earlier_export) as tmp:
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return out

@@ -99,6 +99,67 @@ def test_save_hf_folder_loads_back(tmp_path):
         torch.testing.assert_close(back(ids, mask), model(ids, mask), atol=1e-5, rtol=1e-4)
 
 
+def test_save_hf_never_replaces_what_it_did_not_write(tmp_path):
+    from slimtext.artifact import save_model_dir
+    from slimtext.fileio import TargetExistsError
+    from slimtext.tokenizer import train_tokenizer
+
+    texts = [f"word{i % 7} thing{i % 5}" for i in range(30)]
+    tok = train_tokenizer(texts, vocab_size=120, kind="wordpiece")
+    model = TransformerClassifier(ModelConfig(**{**TINY, "vocab_size": tok.vocab_size})).eval()
+    save_model_dir(tmp_path / "m", model, model.config, tok, ["a", "b", "c"], max_length=24)
+    before = (tmp_path / "m" / "config.json").read_text()
+    with pytest.raises(TargetExistsError):  # it overwrote the model's config
+        save_hf(tmp_path / "m", tmp_path / "m")
+    assert (tmp_path / "m" / "config.json").read_text() == before
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "config.json").write_text("{}")  # the user's own file
+    with pytest.raises(TargetExistsError):
+        save_hf(tmp_path / "m", project)
+    assert (project / "config.json").read_text() == "{}"
+    save_hf(tmp_path / "m", tmp_path / "hf")
+    save_hf(tmp_path / "m", tmp_path / "hf")  # an earlier export is replaced
+    assert load_hf_bert(tmp_path / "hf")[0] is not None
+
+
+def test_save_hf_keeps_roberta_spelled_special_tokens(tmp_path):
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import AutoTokenizer
+
+    from slimtext.artifact import save_model_dir
+    from slimtext.tokenizer import TextTokenizer
+
+    bl = ByteLevelBPETokenizer()
+    bl.train_from_iterator([f"word{i % 7} thing{i % 5}" for i in range(30)], vocab_size=300,
+                           special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])  # fmt: skip
+    bl._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok = TextTokenizer(bl._tokenizer)
+    cfg = ModelConfig(**{**TINY, "vocab_size": tok.vocab_size, "pad_id": tok.pad_id})
+    save_model_dir(
+        tmp_path / "m", TransformerClassifier(cfg), cfg, tok, ["a", "b", "c"], max_length=24
+    )
+    save_hf(tmp_path / "m", tmp_path / "hf")
+    ht = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert (ht.pad_token, ht.cls_token, ht.sep_token) == ("<pad>", "<s>", "</s>")
+    assert ht(["word1", "word2 thing3 thing4"], padding=True)["input_ids"][0][-1] == 1
+
+
+def test_label_names_and_compressed_layers_are_checked_before_converting():
+    from slimtext.compress import Int8Dynamic, quantize_
+
+    model = TransformerClassifier(ModelConfig(**TINY))
+    with pytest.raises(HFConversionError, match="1 label names for a model of 3"):
+        to_hf_bert(model, ["a"])  # transformers only logged it and named them LABEL_i
+    # only the second FFN layers quantized: a KeyError on their weight
+    keep = tuple(n for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and "ffn_out" not in n)  # fmt: skip
+    quantize_(model, Int8Dynamic(embeddings=False, skip=keep))
+    with pytest.raises(HFConversionError, match="ffn_out is compressed"):
+        to_hf_bert(model)
+
+
 def test_fine_tune_from_a_local_hf_bert_folder(tmp_path, toy_data):
     from transformers import BertConfig, BertForMaskedLM
 
