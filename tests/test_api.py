@@ -59,6 +59,14 @@ def test_evaluating_on_a_label_the_model_never_saw_names_it(fitted):
 def test_a_single_string_is_refused_rather_than_split_into_characters(fitted):
     with pytest.raises(TypeError, match="list of texts"):
         fitted.predict("goal")
+    # a dict or a DataFrame iterates over its keys: the column names were classified
+    with pytest.raises(TypeError, match="not a dict"):
+        fitted.predict_proba({"text": ["goal match"]})
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"text": ["goal match", "bank profit"]})
+    with pytest.raises(TypeError, match=r"not a DataFrame.*df\['text'\]"):
+        fitted.predict(frame)
+    assert fitted.predict(frame["text"]) == fitted.predict(["goal match", "bank profit"])
 
 
 def test_import_slimtext_is_lean():

@@ -429,7 +429,10 @@ def _hf_peer(name, path, md, train_ds, work: Path, budget: _Budget, jobs_left: i
     out = work / f"hf-{name.replace('/', '_')}"
     try:
         hf_from_model_dir(path, out)
-        return out, "exact: the same weights as a BertForSequenceClassification (save_hf)"
+        how = "exact: the same weights as a BertForSequenceClassification (save_hf)"
+        if md.long_text != "truncate":  # the pipeline truncates; the model reads whole texts
+            how += f"; it truncates texts the model reads with --long-text {md.long_text}"
+        return out, how
     except PeerUnavailable as e:
         why = str(e)
     if "not installed" in why:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 
@@ -83,6 +83,12 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     confident label for nothing) and lone surrogates (not Unicode), each named by its position."""
     if isinstance(texts, str):
         raise TypeError("pass a list of texts, not a single string: predict([text])")
+    # A dict or a DataFrame iterates over its keys: the column names would be classified.
+    if isinstance(texts, Mapping) or hasattr(texts, "columns"):
+        raise TypeError(
+            f"pass a list of texts, not a {type(texts).__name__} (which iterates over its keys): "
+            "e.g. predict(df['text'])"
+        )
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str):

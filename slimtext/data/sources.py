@@ -718,6 +718,8 @@ def _load_bbc(spec: str, opts: _Options) -> TextDataset:
 def _parse_hf(spec: str) -> tuple[str, str | None, str]:
     rest = spec[len("hf:") :]
     split = _HF_DEFAULT_SPLIT
+    if os.path.exists(rest):  # a local folder named like "data@2024" or "data:v1" is just that
+        return rest, None, split
     name, at, tail = rest.rpartition("@")
     if at and tail and "/" not in tail and os.sep not in tail:
         rest, split = name, tail
@@ -739,6 +741,11 @@ def _load_hf(spec: str, opts: _Options) -> TextDataset:
         ) from None
     name, config, split = _parse_hf(spec)
     path = Path(name)
+    if path.is_file():  # datasets would look for it on the Hub (and retry for ~20 s offline)
+        raise DataError(
+            f"{spec}: {name} is a file; pass it without 'hf:' (slimtext reads CSV, TSV, JSONL "
+            "and Parquet files itself)"
+        )
     saved = path.is_dir() and (
         (path / "dataset_dict.json").exists() or (path / "state.json").exists()
     )

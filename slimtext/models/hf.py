@@ -20,6 +20,7 @@ Only the BERT family is supported (`BertModel`, `BertForSequenceClassification`,
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -275,6 +276,13 @@ def save_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
         raise HFConversionError(f"{model_dir}: compressed models do not map onto BERT")
     hf = to_hf_bert(md.model, list(md.labels))
     tok = hf_fast_tokenizer(md.tokenizer, md.max_length)
+    if md.long_text != "truncate":
+        warnings.warn(
+            f"{model_dir} reads texts longer than {md.max_length} tokens with long_text="
+            f"{md.long_text!r}; the Hugging Face model has no such option and truncates them, so "
+            "its predictions on long texts differ",
+            stacklevel=2,
+        )
     out = Path(out)
     with atomic_dir(out, is_ours=earlier_export) as tmp:
         hf.save_pretrained(tmp)

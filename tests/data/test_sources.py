@@ -501,6 +501,17 @@ def test_hf_saved_dataset_dict_unknown_split_lists_the_splits(tmp_path, hf_offli
     assert load_data(f"hf:{tmp_path / 'dd'}@test").texts == ["a"]
 
 
+def test_hf_local_paths_are_never_taken_for_hub_names(tmp_path, hf_offline):
+    # "@2024" was read as a split and the rest looked up on the Hub; a file was looked up there
+    datasets = hf_offline
+    datasets.Dataset.from_dict({"text": ["a"], "label": [0]}).save_to_disk(str(tmp_path / "s@2024"))
+    assert load_data(f"hf:{tmp_path / 's@2024'}").texts == ["a"]
+    assert load_data(f"hf:{tmp_path / 's@2024'}@train").texts == ["a"]
+    (tmp_path / "d.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    with pytest.raises(DataError, match="d.jsonl is a file; pass it without 'hf:'"):
+        load_data(f"hf:{tmp_path / 'd.jsonl'}")
+
+
 # ---------------------------------------------------------------- check_labels_seen
 
 

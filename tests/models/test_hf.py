@@ -120,6 +120,10 @@ def test_save_hf_never_replaces_what_it_did_not_write(tmp_path):
     assert (project / "config.json").read_text() == "{}"
     save_hf(tmp_path / "m", tmp_path / "hf")
     save_hf(tmp_path / "m", tmp_path / "hf")  # an earlier export is replaced
+    save_model_dir(tmp_path / "c", model, model.config, tok, ["a", "b", "c"], max_length=24,
+                   long_text="chunks")  # fmt: skip
+    with pytest.warns(UserWarning, match="truncates them"):
+        save_hf(tmp_path / "c", tmp_path / "hf-c")
     assert load_hf_bert(tmp_path / "hf")[0] is not None
 
 
