@@ -9,6 +9,7 @@ Nothing is dropped silently: every skipped row is counted in `TextDataset.skippe
 from __future__ import annotations
 
 import codecs
+import copy
 import csv
 import gzip
 import importlib.util
@@ -313,11 +314,33 @@ class _Lines:
 # ---------------------------------------------------------------- file formats
 
 
+# A field in double quotes, between tabs or line ends; its inside in group 1.
+_QUOTED_FIELD = re.compile(r'(?:^|\t)"((?:[^"]|"")*)"(?=\t|\r?\n|\Z)', re.M)
+
+
+def _tsv_is_quoted(path: Path, opts: _Options) -> bool:
+    """Whether a TSV file was written with CSV quoting (pandas' `to_csv(sep="\\t")`, Python's
+    csv module): some field in quotes holds a doubled quote, a tab or a line break, which an
+    unquoted (IANA) TSV field never does. Looks at the first MiB."""
+    sniff = copy.copy(opts)
+    sniff.errors, sniff.on_bad = "replace", "skip"
+    head, size = [], 0
+    for line in _Lines(path, sniff):
+        head.append(line)
+        size += len(line)
+        if size > 1 << 20:
+            break
+    found = _QUOTED_FIELD.finditer("".join(head))
+    return any('""' in m[1] or "\t" in m[1] or "\n" in m[1] for m in found)
+
+
 def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
     lines = _Lines(path, opts)
-    # TSV follows the IANA definition (no quoting): a text starting with a quote
-    # ('"Great" film') must not swallow the following lines as one quoted field.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    # TSV follows the IANA definition (no quoting) unless the file shows CSV quoting: a text
+    # starting with a quote ('"Great" film') must not swallow the following lines as one
+    # quoted field, and pandas' quotes must not stay in the texts ('"He said ""hi"""').
+    quoted_tsv = delimiter == "\t" and _tsv_is_quoted(path, opts)
+    quoting = csv.QUOTE_NONE if delimiter == "\t" and not quoted_tsv else csv.QUOTE_MINIMAL
     # strict: the lenient default reads an unclosed quote as a field that runs to the next
     # quote or to the end of the file, silently merging the rows in between into one.
     reader = csv.reader(iter(lines), delimiter=delimiter, quoting=quoting, strict=True)
@@ -391,6 +414,11 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
     if blank:
         collector.skip("blank line", blank)
     collector.notes.extend(lines.note())
+    if quoted_tsv:
+        collector.notes.append(
+            f"{path}: read with CSV quoting (fields in double quotes, as pandas and Python's csv "
+            "module write TSV)"
+        )
     return collector.finish()
 
 

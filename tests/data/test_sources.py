@@ -35,6 +35,22 @@ def test_tsv_reads_tabs_and_keeps_quotes_literally(write):
     ds = load_data(path)
     assert ds.texts == ['"Great" film', "bad, bad"]
     assert ds.labels == ["1", "0"]
+    assert "quoting" not in ds.report()
+
+
+def test_a_tsv_written_with_csv_quoting_is_read_back_exactly(tmp_path):
+    # pandas' to_csv(sep="\t") and csv.writer quote fields with quotes, tabs or line breaks; read
+    # as plain TSV the quotes stayed in the texts and a two-line text was a bad row.
+    import csv
+
+    texts = ['He said "hi" to me', "plain", "two\nlines", '"Great" film', "tab\there"]
+    with open(tmp_path / "q.tsv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["text", "label"])
+        w.writerows([t, "x" if i % 2 else "y"] for i, t in enumerate(texts))
+    ds = load_data(tmp_path / "q.tsv")
+    assert ds.texts == texts
+    assert "read with CSV quoting" in ds.report()
 
 
 def test_tab_extension_is_tsv(write):
