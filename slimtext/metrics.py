@@ -28,8 +28,10 @@ def classification_report(
         recall = np.where(support > 0, tp / support, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     n = int(cm.sum())
-    present = support > 0  # macro-F1 over the classes present in the data, as scikit-learn's
-    # default does when labels= lists only observed classes
+    # Macro-F1 over the classes in the data or in the predictions, as scikit-learn's default
+    # (labels=None): leaving out a class the model predicts but the data lacks would hide those
+    # wrong predictions (F1 0) and put macro-F1 above accuracy.
+    present = (support > 0) | (predicted > 0)
     return {
         "n": n,
         "accuracy": float(tp.sum() / n) if n else 0.0,
