@@ -323,14 +323,24 @@ def sparse_tables(model: nn.Module, ctx: DistContext, tokens: bool = False) -> l
 
 
 # TrainConfig fields a resumed run must share with the run that wrote the checkpoint, for the
-# rest of it to be the run it continues (the batches, the schedule, the loss). Others (threads,
-# logging, checkpointing, patience, device, strategy) may change between the two.
+# rest of it to be the run it continues (the batches, the schedule, the loss, which epoch is
+# kept and when it stops). Others (threads, logging, checkpointing, device, strategy) may change
+# between the two.
 _RESUME_FIELDS = ("epochs", "max_steps", "lr", "weight_decay", "warmup", "schedule", "grad_clip",
                   "grad_accum", "seed", "max_length", "long_text", "label_smoothing",
-                  "bucket_batches", "layer_lr_decay", "freeze", "sparse_embeddings")  # fmt: skip
+                  "bucket_batches", "layer_lr_decay", "freeze", "sparse_embeddings", "patience",
+                  "keep_best", "metric")  # fmt: skip
 
 
-def _resume_key(cfg, ctx, model, label_names, lengths, labels, extra=None) -> dict:
+def _fingerprint(data: Encoded) -> str:
+    """Rows, and a CRC of their token counts and labels (not of the texts: the ids are all a
+    run keeps, and a changed file almost surely changes them)."""
+    lengths = [len(x) for x in data.ids]
+    raw = json.dumps([lengths, list(data.labels) if data.labels is not None else None]).encode()
+    return f"{len(lengths)} rows, crc32 {zlib.crc32(raw):08x}"
+
+
+def _resume_key(cfg, ctx, model, label_names, train, valid, extra=None) -> dict:
     """What must not change between a run and its resumption, as plain JSON values (`extra`:
     the caller's own, e.g. pretraining's masking options)."""
     key = {k: getattr(cfg, k) for k in _RESUME_FIELDS}
@@ -338,8 +348,9 @@ def _resume_key(cfg, ctx, model, label_names, lengths, labels, extra=None) -> di
     key["labels"] = list(label_names)
     mc = getattr(model, "config", None)
     key["model"] = asdict(mc) if mc is not None and hasattr(mc, "__dataclass_fields__") else None
-    data = json.dumps([lengths, list(labels) if labels is not None else None]).encode()
-    key["training data"] = f"{len(lengths)} rows, crc32 {zlib.crc32(data):08x}"
+    key["training data"] = _fingerprint(train)
+    # early stopping and keep-best compare its scores across the resumption
+    key["validation data"] = _fingerprint(valid) if valid is not None else None
     return {**key, **(extra or {})}
 
 
@@ -527,7 +538,7 @@ def fit(
 
     lengths = [len(x) for x in train.ids]
     # the precision as resolved ("auto" is bf16 or fp32 depending on the machine)
-    key = _resume_key(cfg, ctx, model, label_names, lengths, train.labels,
+    key = _resume_key(cfg, ctx, model, label_names, train, valid,
                       {"precision": precision, **(resume_key or {})})  # fmt: skip
     check_fresh_start(ckpt_dir, resume)
 

@@ -323,6 +323,12 @@ def test_resume_refuses_other_options_data_or_model_shape(encoded, tmp_path):
     with pytest.raises(ValueError, match="weights do not fit this model"):
         fit(new_model(vocab, hidden_size=16), tr, va, cfg, label_names=LABELS, pad_id=0,
             progress=False, **ck)  # fmt: skip
+    # keep-best and early stopping compare scores across the resumption: same data, same rules
+    other = Encoded(va.ids[:-2], va.labels[:-2])
+    with pytest.raises(ValueError, match="validation data"):
+        fit(new_model(vocab), tr, other, cfg, label_names=LABELS, pad_id=0, progress=False, **ck)
+    with pytest.raises(ValueError, match="patience None -> 5"):
+        run(encoded, ck, patience=5, **kw)
     # the same options resume; threads/logging may change
     _, res = run(encoded, ck, log_every=1, threads=1, **kw)
     assert res.steps == 6
