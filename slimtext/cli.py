@@ -383,8 +383,11 @@ def _train(
                 if r.resumed_at
                 else ""
             )
-            + f" in {time.perf_counter() - t0:.1f}s "
-            f"({r.samples_per_second:.0f} samples/s, {r.precision} on {r.device}"
+            + f" in {time.perf_counter() - t0:.1f}s"
+            # samples/s is over the optimizer steps alone (of both runs, when resumed): the wall
+            # time above also holds the tokenizer, evaluations, checkpoints and saving
+            + f" (steps {r.train_seconds:.1f}s{' in all' if r.resumed_at else ''}: "
+            f"{r.samples_per_second:.0f} samples/s, {r.precision} on {r.device}"
             + (f", {ctx.strategy} x{ctx.world_size})" if ctx.distributed else ")")
             + f"; peak memory per rank {r.peak_rss_mb} MB"
         )
@@ -838,7 +841,11 @@ def bench(
     ] = None,
     time_budget: Annotated[
         float | None,
-        typer.Option(help="Seconds for the whole run; fewer texts are measured to fit it."),
+        typer.Option(
+            help="Seconds for the whole run: fewer texts are measured to fit it. Each entry's "
+            "start-up (a fresh process, loading, export) is not shortened, so a small budget can "
+            "be overrun by a few seconds; the report gives the time taken."
+        ),
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch / ONNX Runtime threads.")] = None,
     max_test: Annotated[int | None, typer.Option(help="Use at most N test texts.")] = None,

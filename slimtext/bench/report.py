@@ -136,8 +136,8 @@ def markdown(result: dict) -> str:
             )
             ratios = ", ".join(f"{r:.2f}x {_PEER_COL.get(p, p)} ({v['peers'][p]:,.0f})"
                                for p, r in v["ratios"].items())  # fmt: skip
-            lines.append(f"- **{model}**, {how}: {v['backend']} {v['docs_per_s']:,.0f} docs/s"
-                         + (f" = {ratios}" if ratios else " (no peer measured)"))  # fmt: skip
+            vs = f" = {ratios}" if ratios else " (no same-weights peer measured: hf, ort, ort-opt)"
+            lines.append(f"- **{model}**, {how}: {v['backend']} {v['docs_per_s']:,.0f} docs/s{vs}")
     lines += ["", "## Pareto front (accuracy vs docs/s at batch 64)", ""]
     front = result["summary"]["pareto_front"]
     lines.append("On the front: " + (", ".join(front) if front else "nothing measured") + ".")
