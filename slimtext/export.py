@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from .artifact import ModelDir, read_model_dir
-from .fileio import atomic_write_text, file_mode, update_manifest
+from .fileio import TargetExistsError, atomic_write_text, file_mode, update_manifest
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -62,9 +62,14 @@ def require_onnxruntime():
     return onnxruntime
 
 
-def _not_the_file(log: Callable[[str], None]) -> Callable[[str], None]:
-    """`log` without the "wrote FILE" line of an intermediate (temporary) file."""
-    return lambda msg: None if msg.startswith("wrote ") else log(msg)
+def _check_export_args(exporter: str, mask_dtype: str, opset: int) -> None:
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if mask_dtype not in ("bool", "int64"):
+        raise ValueError(f"mask_dtype must be 'bool' or 'int64', got {mask_dtype!r}")
+    if opset < 17:
+        # LayerNormalization (our post-LN blocks) is a single op only from opset 17.
+        raise ValueError(f"opset must be >= 17, got {opset}")
 
 
 def _file_in(out: str | os.PathLike, name: str) -> Path:
@@ -73,6 +78,29 @@ def _file_in(out: str | os.PathLike, name: str) -> Path:
     text = os.fspath(out)
     folder = text.endswith(("/", os.sep)) or Path(text).is_dir()
     return Path(text) / name if folder else Path(text)
+
+
+def _target(model_dir: Path | None, out: str | os.PathLike | None, name: str) -> tuple[Path, bool]:
+    """Where an export goes, and whether that is inside the model directory (whose manifest
+    then lists it). Refused before any work: a file that is not an earlier export (a data
+    file, the model's own weights), and any other name inside the model directory."""
+    if out is None:
+        if model_dir is None:
+            raise ValueError("pass `out=`: this ModelDir was not read from a directory")
+        return model_dir / name, True
+    target = _file_in(out, name)
+    if model_dir is not None and target.parent.resolve() == model_dir.resolve():
+        if target.name == name:  # the default place, spelled out
+            return model_dir / name, True
+        raise TargetExistsError(
+            f"{target}: inside the model directory an export can only be {name} (omit --out)"
+        )
+    if os.path.lexists(target) and (target.is_dir() or target.suffix != ".onnx"):
+        raise TargetExistsError(
+            f"{target} exists and is not an ONNX file; refusing to overwrite it (choose another "
+            "path)"
+        )
+    return target, False
 
 
 def export_onnx(
@@ -92,23 +120,22 @@ def export_onnx(
     directory's manifest, so it still verifies on load. Raises `ExportError` when the largest
     absolute logit difference on the parity batches exceeds `atol`.
     """
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
-    if mask_dtype not in ("bool", "int64"):
-        raise ValueError(f"mask_dtype must be 'bool' or 'int64', got {mask_dtype!r}")
-    if opset < 17:
-        # LayerNormalization (our post-LN blocks) is a single op only from opset 17.
-        raise ValueError(f"opset must be >= 17, got {opset}")
+    _check_export_args(exporter, mask_dtype, opset)
     require_onnxruntime()
     log = log or (lambda _msg: None)
     md = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
-    in_model_dir = out is None
+    home = Path(md.meta["path"]) if "path" in md.meta else None
+    target, in_model_dir = _target(home, out, ONNX_FILE)
+    _export_file(md, target, opset, optimize, exporter, mask_dtype, atol, log)
     if in_model_dir:
-        if "path" not in md.meta:
-            raise ValueError("pass `out=`: this ModelDir was not read from a directory")
-        target = Path(md.meta["path"]) / ONNX_FILE
-    else:
-        target = _file_in(out, ONNX_FILE)
+        update_manifest(target.parent, [target.name, _sidecar(target).name])
+    log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
+    return target
+
+
+def _export_file(md: ModelDir, target: Path, opset: int, optimize: bool, exporter: str,
+                 mask_dtype: str, atol: float, log: Callable[[str], None]) -> None:  # fmt: skip
+    """`export_onnx`'s work, into exactly `target` (and its sidecar)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)
@@ -138,10 +165,6 @@ def export_onnx(
         max_abs_diff=diff,
         atol=atol,
     )
-    if in_model_dir:
-        update_manifest(target.parent, [target.name, _sidecar(target).name])
-    log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
-    return target
 
 
 def quantize_onnx(
@@ -183,7 +206,8 @@ def quantize_onnx(
         fp32_made = _read_sidecar(Path(model_dir) / ONNX_FILE)
         mask_dtype = mask_dtype or fp32_made.get("mask_dtype", "bool")
         opset = opset or fp32_made.get("opset", 18)
-    target = _file_in(out, INT8_FILE) if out else Path(model_dir) / INT8_FILE
+        _check_export_args(exporter, mask_dtype, opset)
+    target, in_model_dir = _target(Path(model_dir), out, INT8_FILE)
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)
@@ -191,8 +215,7 @@ def quantize_onnx(
         if source is None:
             # Quantise a plain export: ORT's quantiser cannot type the com.microsoft fused ops an
             # ORT-optimised graph contains. Sessions re-apply the fusions when they load it.
-            export_onnx(md, out=fp32, optimize=False, exporter=exporter, mask_dtype=mask_dtype,
-                        opset=opset, log=_not_the_file(log))  # fmt: skip
+            _export_file(md, fp32, opset, False, exporter, mask_dtype, 1e-4, log)
             src = fp32
         else:
             src = Path(source)
@@ -217,7 +240,7 @@ def quantize_onnx(
         max_abs_diff=diff,
         argmax_agreement=agree,
     )
-    if out is None:
+    if in_model_dir:
         update_manifest(target.parent, [target.name, _sidecar(target).name])
     log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
     return target

@@ -239,3 +239,25 @@ def test_cli_export_out_as_a_file_or_a_folder_keeps_the_int8_beside_it(tiny_mode
     r = run("--out", f"{tmp_path / 'new'}/", "--int8")  # a trailing /: a folder, created
     assert r.exit_code == 0, r.output
     assert {"model.onnx", "model.int8.onnx"} <= {p.name for p in (tmp_path / "new").iterdir()}
+
+
+def test_export_out_never_overwrites_what_is_not_an_export(tiny_model_dir, tmp_path):
+    from slimtext.fileio import TargetExistsError
+
+    d = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, d)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("precious")
+    for out in (notes, d / "model.safetensors", d / "other.onnx"):
+        with pytest.raises(TargetExistsError):  # they were overwritten with ONNX bytes
+            export_onnx(d, out=out)
+    assert notes.read_text() == "precious"
+    read_model_dir(d)  # its weights are intact
+    # --out the model directory itself is the default place: listed in its manifest, so the
+    # directory still verifies and can be replaced by a later train
+    export_onnx(d, out=d)
+    quantize_onnx(d, d / "model.int8.onnx")
+    files = json.loads((d / "manifest.json").read_text())["files"]
+    assert {"model.onnx", "model.int8.onnx"} <= set(files)
+    export_onnx(d, out=tmp_path / "x.onnx")
+    export_onnx(d, out=tmp_path / "x.onnx")  # an earlier export is replaced
