@@ -315,6 +315,7 @@ class TextClassifier:
             extra = {
                 "metrics.jsonl": self.run_dir_ / "metrics.jsonl",
                 "training_curve.png": self.run_dir_ / "training_curve.png",
+                "tensorboard": self.run_dir_ / "tensorboard",  # when tensorboard is installed
             }
         return save_model_dir(
             path,

@@ -97,6 +97,8 @@ def save_model_dir(
         for name, src in (extra_files or {}).items():
             if Path(src).is_file():
                 shutil.copyfile(src, tmp / name)
+            elif Path(src).is_dir():  # e.g. the run's TensorBoard event files
+                shutil.copytree(src, tmp / name)
     return path
 
 

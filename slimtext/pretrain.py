@@ -356,7 +356,8 @@ def pretrain(
                        metrics={"pretrain": info},
                        extra_files={"mlm_head.safetensors": head_file,
                                     "metrics.jsonl": run / "metrics.jsonl",
-                                    "training_curve.png": run / "training_curve.png"})  # fmt: skip
+                                    "training_curve.png": run / "training_curve.png",
+                                    "tensorboard": run / "tensorboard"})  # fmt: skip
     result.best = None
     return result
 

@@ -248,3 +248,35 @@ def test_an_out_that_is_not_a_model_dir_is_refused_before_training(tmp_path, dat
         assert r.exit_code == 2 and "refusing to replace" in r.output, r.output
         assert "trained" not in r.output and "pretrained" not in r.output
     assert [p.name for p in proj.iterdir()] == ["notes.txt"]
+
+
+def test_tensorboard_logs_end_up_in_the_model_directory(tmp_path, data_files, monkeypatch):
+    # Without --checkpoint-every the run directory is temporary: the event files went with it.
+    import types
+
+    class Writer:  # stands in for torch.utils.tensorboard.SummaryWriter (not a dependency)
+        def __init__(self, logdir):
+            from pathlib import Path
+
+            Path(logdir).mkdir(parents=True)
+            self.f = open(Path(logdir) / "events.out", "w")  # noqa: SIM115
+
+        def add_scalar(self, tag, value, step):
+            self.f.write(f"{tag} {value} {step}\n")
+
+        def close(self):
+            self.f.close()
+
+        flush = close
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard",
+                        types.SimpleNamespace(SummaryWriter=Writer))  # fmt: skip
+    train, _ = data_files
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"), *SMALL,
+                            "--max-steps", "4"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    events = (tmp_path / "m" / "tensorboard" / "events.out").read_text()
+    assert "loss" in events
+    from slimtext.artifact import read_model_dir
+
+    read_model_dir(tmp_path / "m")  # listed in the manifest: the directory still verifies
