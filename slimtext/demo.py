@@ -33,11 +33,13 @@ def run_demo(
     import tempfile
 
     from .api import TextClassifier
+    from .artifact import check_save_target
     from .data import load_data
     from .metrics import format_report
 
     if model not in DEMO_PARAMS:
         raise ValueError(f"model must be one of {sorted(DEMO_PARAMS)}")
+    check_save_target(out)  # a target that would be refused fails now, not after training
     params = dict(DEMO_PARAMS[model])
     vocab = params.pop("vocab_size")
     t0 = time.perf_counter()

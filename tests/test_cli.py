@@ -280,3 +280,15 @@ def test_tensorboard_logs_end_up_in_the_model_directory(tmp_path, data_files, mo
     from slimtext.artifact import read_model_dir
 
     read_model_dir(tmp_path / "m")  # listed in the manifest: the directory still verifies
+
+
+def test_demo_refuses_an_output_it_would_not_replace_before_training(tmp_path, monkeypatch):
+    from slimtext.api import TextClassifier
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "notes.txt").write_text("mine")
+    monkeypatch.setattr(TextClassifier, "fit", lambda *a, **k: pytest.fail("it trained first"))
+    r = runner.invoke(app, ["demo", "--out", str(project)])
+    assert r.exit_code != 0 and "refusing to replace" in r.output, r.output
+    assert "Traceback" not in r.output
