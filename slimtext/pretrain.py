@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -385,11 +384,15 @@ def load_init(spec: str | os.PathLike) -> tuple[TransformerClassifier, TextToken
 
 def init_config(base: ModelConfig, num_labels: int, overrides: dict) -> ModelConfig:
     """`base` with a new label count; of `overrides`, only what does not change the weights'
-    shapes (dropout, gradient checkpointing) is applied, the rest is ignored with a warning."""
-    ignored = sorted(k for k in SHAPE_KEYS if overrides.get(k) not in (None, getattr(base, k)))
-    if ignored:
-        warnings.warn(
-            f"starting from a pretrained encoder: its shape wins, ignoring {ignored}", stacklevel=2
+    shapes (dropout, gradient checkpointing) is applied. A shape option that differs from the
+    encoder's is an error: it cannot be honoured, and training another shape than the one asked
+    for without a word (a warning was easy to miss) is worse."""
+    clash = [f"{k} {overrides[k]!r} (the encoder's: {getattr(base, k)!r})" for k in SHAPE_KEYS
+             if overrides.get(k) not in (None, getattr(base, k))]  # fmt: skip
+    if clash:
+        raise ValueError(
+            f"fine-tuning a pretrained encoder keeps its shape; drop the options that differ: "
+            f"{', '.join(clash)}"
         )
     keep = {k: overrides[k] for k in ("dropout", "gradient_checkpointing") if k in overrides}
     return replace(base, num_labels=num_labels, **keep)

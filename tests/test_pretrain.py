@@ -99,16 +99,14 @@ def test_init_loads_every_encoder_weight_and_only_the_head_is_new(pretrained, to
     src = read_model_dir(enc).model
     texts, labels = toy_data
     # All encoder parameters frozen: after fine-tuning they must still equal the pretrained ones.
-    clf = TextClassifier(
-        init=enc,
-        max_steps=3,
-        freeze="embeddings+1",
-        verbose=False,
-        hidden_size=64,
-        **{k: v for k, v in TINY.items() if k != "hidden_size"},
-    )
-    with pytest.warns(UserWarning, match="hidden_size"):
-        clf.fit((texts, labels))
+    rest = {k: v for k, v in TINY.items() if k not in ("hidden_size", "num_layers")}
+    # another shape cannot be honoured: an error (it was a warning, easy to miss)
+    with pytest.raises(ValueError, match=r"hidden_size 64 \(the encoder's: 32\)"):
+        TextClassifier(init=enc, max_steps=3, verbose=False, hidden_size=64, **rest).fit(
+            (texts, labels)
+        )
+    clf = TextClassifier(init=enc, max_steps=3, freeze="embeddings+1", verbose=False, **rest)
+    clf.fit((texts, labels))
     model = clf.model_dir_.model
     assert model.config.hidden_size == 32 and model.head.out_features == 3
     assert (
@@ -372,7 +370,7 @@ def test_init_warns_when_it_caps_max_length(pretrained, toy_data):
             max_steps=1,
             max_length=64,
             verbose=False,
-            **{k: v for k, v in TINY.items() if k != "max_length"},
+            **{k: v for k, v in TINY.items() if k not in ("max_length", "num_layers")},
         ).fit((texts, labels))
 
 
