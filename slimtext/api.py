@@ -99,8 +99,17 @@ class TextClassifier:
             raise TypeError(
                 f"unknown parameters {sorted(unknown)}; valid: {sorted(_MODEL_KEYS | _TRAIN_KEYS)}"
             )
+        if model not in ("transformer", "attention"):
+            raise ValueError(f"model must be 'transformer' or 'attention', got {model!r}")
         if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 16:
             raise ValueError(f"vocab_size must be a whole number >= 16, got {vocab_size!r}")
+        if isinstance(valid_fraction, bool) or not (
+            isinstance(valid_fraction, (int, float)) and 0 <= valid_fraction < 1
+        ):
+            raise ValueError(
+                f"valid_fraction must be in [0, 1) (0: no validation split, the last weights are "
+                f"kept), got {valid_fraction!r}"
+            )
         self.model = model
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
@@ -161,7 +170,9 @@ class TextClassifier:
         train_ds = as_dataset(train)
         if train_ds.labels is None:
             raise DataError(f"{train_ds.source}: training data has no labels")
-        if valid is None:
+        if valid is None and self.valid_fraction == 0:  # train on everything, keep the last
+            valid_ds = TextDataset([], [], source="<no validation split>")
+        elif valid is None:
             train_ds, valid_ds = stratified_split(train_ds, self.valid_fraction, seed=cfg.seed)
         else:
             valid_ds = as_dataset(valid)
@@ -335,7 +346,10 @@ class TextClassifier:
         cfg = getattr(self, "_train_config", None) or self.train_config()
         d = cfg.to_dict()
         # the rest of the recipe, so that TextClassifier.load(...).fit(...) trains it again
-        d.update(tokenizer=str(self.tokenizer), vocab_size=self.vocab_size,
+        # the vocabulary size asked for when one was learnt, else the one it came with
+        learnt = self.init is None and self.tokenizer in ("wordpiece", "bpe")
+        vocab = self.vocab_size if learnt else self._check_fitted().model_dir.config.vocab_size
+        d.update(tokenizer=str(self.tokenizer), vocab_size=vocab,
                  valid_fraction=self.valid_fraction)  # fmt: skip
         if self.init is not None:
             d["init"] = str(self.init)

@@ -182,7 +182,13 @@ def train(
     encoding: EncodingOpt = "utf-8",
     encoding_errors: EncodingErrorsOpt = "strict",
     on_bad: OnBadOpt = "raise",
-    valid_fraction: float = 0.1,
+    valid_fraction: Annotated[
+        float,
+        typer.Option(
+            help="Held out of --data when no --valid is given (stratified); 0 = none: train on "
+            "all of it and keep the last weights."
+        ),
+    ] = 0.1,
     patience: Annotated[
         int | None, typer.Option(help="Early stopping after N epochs without improvement.")
     ] = None,
@@ -389,7 +395,12 @@ def _train(
             + f" (steps {r.train_seconds:.1f}s{' in all' if r.resumed_at else ''}: "
             f"{r.samples_per_second:.0f} samples/s, {r.precision} on {r.device}"
             + (f", {ctx.strategy} x{ctx.world_size})" if ctx.distributed else ")")
-            + f"; peak memory per rank {r.peak_rss_mb} MB"
+            + "; peak memory "
+            + (
+                " / ".join(f"{m:.0f}" for m in r.peak_rss_mb) + " MB per rank"
+                if len(r.peak_rss_mb) > 1
+                else f"{sum(r.peak_rss_mb):.0f} MB"
+            )  # fmt: skip
         )
         if not ctx.is_main:  # rank 0 evaluates and writes the model directory
             return

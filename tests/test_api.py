@@ -225,3 +225,23 @@ def test_the_padding_row_is_the_tokenizers_pad_token_not_token_0(toy_data, tmp_p
     assert emb[0].abs().sum() > 0 and emb[1].abs().sum() == 0  # <s> trained, <pad> is padding
     with pytest.raises(TypeError, match="unknown parameters"):
         TextClassifier(pad_id=3)
+
+
+def test_valid_fraction_0_trains_on_everything_and_bad_options_name_themselves(toy_data, tmp_path):
+    clf = TextClassifier(model="attention", vocab_size=400, max_length=32, max_steps=3,
+                         valid_fraction=0, verbose=False).fit(toy_data)  # fmt: skip
+    # one epoch of every row (81 with the default 10% held out), and no validation
+    assert clf.result_.samples == len(toy_data[0]) == 90 and not clf.result_.history
+    with pytest.raises(ValueError, match="model must be 'transformer' or 'attention'"):
+        TextClassifier(model="transfomer")
+    with pytest.raises(ValueError, match=r"valid_fraction must be in \[0, 1\)"):
+        TextClassifier(valid_fraction=1.0)
+
+
+def test_the_saved_recipe_records_the_vocabulary_actually_used(fitted, toy_data, tmp_path):
+    fitted.save(tmp_path / "m")
+    clf = TextClassifier(model="attention", tokenizer=str(tmp_path / "m" / "tokenizer.json"),
+                         vocab_size=16000, max_length=32, max_steps=2, verbose=False)  # fmt: skip
+    clf.fit(toy_data).save(tmp_path / "again")
+    md = slimtext.artifact.read_model_dir(tmp_path / "again")
+    assert md.meta["train"]["vocab_size"] == md.config.vocab_size <= 400  # not the unused 16000
