@@ -167,6 +167,9 @@ class TextClassifier:
         `dist` (see `slimtext.train.distributed.init_distributed`) trains data-parallel; every
         rank calls `fit` with the same data, and rank 0 holds the result afterwards."""
         cfg = self.train_config()
+        # Integer labels given in memory come back as integers (`predict`, `classes_`), as in
+        # scikit-learn; the model directory stores them as text, with a note of their type.
+        self._int_labels = isinstance(train, tuple) and len(train) == 2 and _all_ints(train[1])
         train_ds = as_dataset(train)
         if train_ds.labels is None:
             raise DataError(f"{train_ds.source}: training data has no labels")
@@ -263,7 +266,7 @@ class TextClassifier:
         self.model_dir_ = ModelDir(
             model.cpu().eval(), config, tok, labels, cfg.max_length, long_text=cfg.long_text
         )
-        self.classes_ = np.array(labels)
+        self.classes_ = self._as_given(labels)
         self.result_: TrainResult = result
         self.metrics_: dict = {"training": result.summary()}
         if result.best:
@@ -287,8 +290,15 @@ class TextClassifier:
             raise RuntimeError("this TextClassifier is not fitted yet: call fit() or load()")
         return self._predictor
 
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        return self._check_fitted().predict(texts)
+    def _as_given(self, labels: Sequence[str]) -> np.ndarray:
+        if getattr(self, "_int_labels", False):
+            return np.array([int(x) for x in labels])
+        return np.array(labels)
+
+    def predict(self, texts: Sequence[str]) -> list:
+        """Labels, as strings, or as integers when the classifier was fitted on integers."""
+        labels = self._check_fitted().predict(texts)
+        return [int(x) for x in labels] if getattr(self, "_int_labels", False) else labels
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """(N, C) probabilities, columns in the order of `classes_`."""
@@ -353,6 +363,8 @@ class TextClassifier:
                  valid_fraction=self.valid_fraction)  # fmt: skip
         if self.init is not None:
             d["init"] = str(self.init)
+        if getattr(self, "_int_labels", False):
+            d["label_type"] = "int"
         return d
 
     @classmethod
@@ -376,10 +388,21 @@ class TextClassifier:
             **{**shape, **_known(train)},
         )
         clf.model_dir_ = md
-        clf.classes_ = np.array(md.labels)
+        clf._int_labels = train.get("label_type") == "int"
+        clf.classes_ = clf._as_given(md.labels)
         clf.metrics_ = md.meta.get("metrics", {})
         clf._predictor = Predictor(md, backend=backend, **options)
         return clf
+
+
+def _all_ints(labels) -> bool:
+    """Whether every label is an integer (Python or numpy; not bool)."""
+    try:
+        return len(labels) > 0 and all(
+            isinstance(y, (int, np.integer)) and not isinstance(y, (bool, np.bool_)) for y in labels
+        )
+    except TypeError:  # a generator or other unsized iterable: leave it to as_dataset
+        return False
 
 
 def _fingerprint(texts: Sequence[str]) -> str:

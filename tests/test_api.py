@@ -245,3 +245,22 @@ def test_the_saved_recipe_records_the_vocabulary_actually_used(fitted, toy_data,
     clf.fit(toy_data).save(tmp_path / "again")
     md = slimtext.artifact.read_model_dir(tmp_path / "again")
     assert md.meta["train"]["vocab_size"] == md.config.vocab_size <= 400  # not the unused 16000
+
+
+def test_integer_labels_come_back_as_integers_in_numeric_order(toy_data, tmp_path):
+    # They came back as strings ("10" sorted before "2"): comparing predictions with the
+    # user's own labels gave 0% accuracy.
+    texts, names = toy_data
+    code = {"sport": 10, "tech": 2, "money": 1}
+    y = np.array([code[n] for n in names])  # numpy integers, as from pandas
+    clf = TextClassifier(model="attention", vocab_size=400, max_length=32, epochs=4,
+                         batch_size=8, verbose=False).fit((texts, y))  # fmt: skip
+    assert list(clf.classes_) == [1, 2, 10]
+    pred = clf.predict(texts)
+    assert all(type(p) is int for p in pred) and np.mean(np.array(pred) == y) >= 0.9
+    clf.save(tmp_path / "m")
+    again = TextClassifier.load(tmp_path / "m")
+    assert list(again.classes_) == [1, 2, 10] and again.predict(texts[:5]) == pred[:5]
+    assert slimtext.load(tmp_path / "m").predict(texts[:1])[0] in {"1", "2", "10"}  # text there
+    named = TextClassifier(model="attention", vocab_size=400, max_steps=1, verbose=False)
+    assert list(named.fit((texts, names)).classes_) == sorted(set(names))  # strings stay strings

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+_INT = re.compile(r"-?[0-9]+")
 
 
 class DataError(ValueError):
@@ -60,8 +63,13 @@ class TextDataset:
         )
 
     def label_set(self) -> list[str]:
-        """Sorted unique labels ([] when unlabelled)."""
-        return sorted(set(self.labels)) if self.labels is not None else []
+        """Sorted unique labels ([] when unlabelled); integers in numeric order (2 before 10)."""
+        if self.labels is None:
+            return []
+        found = set(self.labels)
+        if all(_INT.fullmatch(x) for x in found):
+            return sorted(found, key=lambda x: (int(x), x))
+        return sorted(found)
 
     def report(self) -> str:
         """One-line summary: rows, classes, skipped rows by reason, notes."""
