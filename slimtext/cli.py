@@ -281,6 +281,13 @@ def _dist_context(nproc: int, strategy: str, device: str):
         _fail(e)
 
 
+def _one_of(value: str, choices: tuple[str, ...]) -> str:
+    """An option's value, lower-cased, if it is one of `choices`; a usage error otherwise."""
+    if value.lower() not in choices:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, choices))}")
+    return value.lower()
+
+
 def _relaunch_with_torchrun(nproc: int) -> None:
     """Run this command again under torchrun's launcher (`--standalone --nproc-per-node N`),
     in this process, and exit with the ranks' status. In-process rather than exec'ing the
@@ -807,7 +814,13 @@ def serve(
         list[str] | None,
         typer.Option(help="Let browser pages from this origin call the API; repeatable."),
     ] = None,
-    log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = "info",
+    log_level: Annotated[
+        str,
+        typer.Option(
+            callback=lambda v: _one_of(v, ("debug", "info", "warning", "error")),
+            help="debug | info | warning | error",
+        ),  # fmt: skip
+    ] = "info",
     config: ConfigOpt = None,
 ) -> None:
     """Serve a model directory over HTTP: POST /v1/classify, a web page at /, docs at /docs."""

@@ -46,6 +46,8 @@ def test_every_verb_has_help(verb):
 def test_an_impossible_port_is_a_usage_error_before_the_model_loads(tmp_path):
     r = runner.invoke(app, ["serve", str(tmp_path / "no-model"), "--port", "99999"])
     assert r.exit_code == 2 and "65535" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["serve", str(tmp_path / "no-model"), "--log-level", "WARN"])
+    assert r.exit_code == 2 and "'warning'" in r.output and "Traceback" not in r.output
 
 
 def test_train_eval_predict_through_the_cli(tmp_path, data_files):

@@ -408,14 +408,39 @@ class Guard:
                 break
         body, replayed = b"".join(chunks), False
 
+        # The client may hang up while its texts wait for a batch (a load balancer's timeout):
+        # the server's next message after the whole body is then the disconnect. The request
+        # is cancelled at that point, so its texts are skipped and /metrics records 499; the
+        # app would otherwise run them and count a 200 nobody received.
+        gone = asyncio.Event()
+
+        async def watch():
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+
         async def replay():
             nonlocal replayed
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # later calls wait for the disconnect, as the server would
+            await gone.wait()  # later calls wait for the disconnect, as the server's would
+            return {"type": "http.disconnect"}
 
-        await self.app(scope, replay, send)
+        handler = asyncio.ensure_future(self.app(scope, replay, send))
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({handler, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if handler.done():
+                await handler  # its exception, if any, goes on as before
+            else:  # the client left first
+                handler.cancel()
+                await asyncio.wait({handler})  # (a cancellation of ours still propagates)
+                if not handler.cancelled():
+                    handler.exception()  # retrieved: nobody to report it to
+        finally:
+            watcher.cancel()
+            handler.cancel()  # a no-op when it is done; cancelled with us otherwise
 
 
 # -- the app --------------------------------------------------------------------------------------
@@ -541,8 +566,9 @@ def create_app(
             metrics.queue_depth.set(batcher.depth)
 
     def on_batch(size: int, seconds: float) -> None:
-        metrics.batch_size.observe(size)
-        metrics.inference.observe(seconds)
+        if state["ready"]:  # the warm-up's call is not traffic
+            metrics.batch_size.observe(size)
+            metrics.inference.observe(seconds)
         track_depth()
 
     batcher = DynamicBatcher(
