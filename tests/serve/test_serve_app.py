@@ -410,6 +410,15 @@ def test_model_served_as_dot_is_named_after_its_directory(model_dir, monkeypatch
 # -- metrics of requests the client abandons ------------------------------------------------------
 
 
+# A POST /v1/classify as an ASGI server presents it, for tests that drive the app's messages.
+CLASSIFY_SCOPE = {
+    "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+    "scheme": "http", "path": "/v1/classify", "raw_path": b"", "root_path": "",
+    "query_string": b"", "client": ("127.0.0.1", 1), "server": ("test", 80),
+    "headers": [(b"content-type", b"application/json")],
+}  # fmt: skip
+
+
 def test_client_that_disconnects_mid_body_is_499_not_500(stub):
     app = create_app(stub)
     sent = []
@@ -427,13 +436,7 @@ def test_client_that_disconnects_mid_body_is_499_not_500(stub):
             async def send(message):
                 sent.append(message)
 
-            scope = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                "method": "POST", "scheme": "http", "path": "/v1/classify", "raw_path": b"",
-                "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
-                "server": ("test", 80), "headers": [(b"content-type", b"application/json")],
-            }  # fmt: skip
-            await app(scope, receive, send)
+            await app(CLASSIFY_SCOPE, receive, send)
             return (await client.get("/metrics")).text
 
     text = run_async(main())
@@ -465,13 +468,7 @@ def test_a_client_that_hangs_up_while_queued_is_499_and_its_texts_are_skipped(st
             async def send(message):
                 replied.append(message)
 
-            scope = {
-                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
-                "method": "POST", "scheme": "http", "path": "/v1/classify", "raw_path": b"",
-                "root_path": "", "query_string": b"", "client": ("127.0.0.1", 1),
-                "server": ("test", 80), "headers": [(b"content-type", b"application/json")],
-            }  # fmt: skip
-            second = asyncio.ensure_future(app(scope, receive, send))
+            second = asyncio.ensure_future(app(CLASSIFY_SCOPE, receive, send))
             await asyncio.sleep(0.2)  # B waits in the queue behind A
             hang_up.set()
             await asyncio.wait_for(second, 5)  # returns without waiting for the model
