@@ -354,6 +354,16 @@ def _resume_key(cfg, ctx, model, label_names, train, valid, extra=None) -> dict:
     return {**key, **(extra or {})}
 
 
+def _saved_resume_key(ck: Path) -> str | None:
+    """The resume key a checkpoint recorded, read on its own: when its weights do not load,
+    the key says which option differs (a changed --hidden-size, rather than PyTorch's size
+    mismatch of some tensor)."""
+    try:
+        return torch.load(ck / "state.pt", weights_only=True, map_location="cpu").get("resume_key")
+    except Exception:  # unreadable: the caller's own error stands
+        return None
+
+
 def _check_resume_key(ck: Path, saved: str | None, key: dict) -> None:
     if not saved:  # written before checkpoints recorded it
         return
@@ -622,10 +632,12 @@ def fit(
         try:
             st, best_state = load_checkpoint(ck, model=wrapped, optimizer=opt, ctx=ctx)
         except ValueError as e:  # optimizer.load_state_dict: parameter groups differ in size
+            _check_resume_key(ck, _saved_resume_key(ck), key)  # names the option, if recorded
             raise ValueError(f"{mixed} ({e})") from e
         except RuntimeError as e:  # load_state_dict: another model shape
             if "state_dict" not in str(e):
                 raise
+            _check_resume_key(ck, _saved_resume_key(ck), key)
             raise ValueError(
                 f"{ck}: its weights do not fit this model; resume with the model options that "
                 f"wrote it ({str(e).splitlines()[-1].strip()})"
