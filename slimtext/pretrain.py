@@ -45,7 +45,7 @@ IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ig
 PRETRAIN_LABELS = ["pretrain-0", "pretrain-1"]  # the placeholder head of a pretrained model dir
 # Shape of the encoder: fixed by the init model when fine-tuning from one.
 SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "ffn_size", "pooling", "attention_size",
-              "share_layers", "layer_norm_eps", "pad_id")  # fmt: skip
+              "share_layers", "layer_norm_eps", "pad_id", "embeddings", "ngram_buckets")  # fmt: skip
 
 
 def special_ids(tok: TextTokenizer) -> list[int]:

@@ -105,6 +105,9 @@ def test_init_loads_every_encoder_weight_and_only_the_head_is_new(pretrained, to
         TextClassifier(init=enc, max_steps=3, verbose=False, hidden_size=64, **rest).fit(
             (texts, labels)
         )
+    with pytest.raises(ValueError, match="embeddings 'bag'.*ngram_buckets 64"):  # were ignored
+        TextClassifier(init=enc, max_steps=3, verbose=False, embeddings="bag", ngram_buckets=64,
+                       **rest).fit((texts, labels))  # fmt: skip
     clf = TextClassifier(init=enc, max_steps=3, freeze="embeddings+1", verbose=False, **rest)
     clf.fit((texts, labels))
     model = clf.model_dir_.model
