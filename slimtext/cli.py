@@ -447,7 +447,14 @@ def pretrain(
         bool,
         typer.Option(help="Mask whole words (all their sub-word tokens) instead of sub-words."),
     ] = False,
-    max_length: Annotated[int, typer.Option(help="Tokens per text (and positions).")] = 128,
+    max_length: Annotated[int, typer.Option(help="Tokens per row (and positions).")] = 128,
+    long_text: Annotated[
+        str,
+        typer.Option(
+            help="Documents longer than --max-length: chunks (read whole, as several windows) | "
+            "truncate (their start only) | head-tail."
+        ),
+    ] = "chunks",
     batch_size: int = 32,
     lr: float = 5e-4,
     schedule: Annotated[str, typer.Option(help="linear | cosine | constant")] = "linear",
@@ -525,9 +532,13 @@ def pretrain(
         return
     info = json.loads((out / "config.json").read_text())["train"]["pretrain"]
     loss = info["final_loss"] if info["final_loss"] is not None else float("nan")
+    windows = ""
+    if info.get("long_texts"):  # said, since a long document costs several rows
+        windows = (f"{info['long_texts']} longer than --max-length, read as {info['windows']} "
+                   "windows in all; ")  # fmt: skip
     typer.echo(
         f"pretrained {r.steps} steps in {time.perf_counter() - t0:.1f}s on {info['texts']} texts "
-        f"(final MLM loss {loss:.4f}, {r.precision} on {r.device})",
+        f"({windows}final MLM loss {loss:.4f}, {r.precision} on {r.device})",
         err=True,
     )
     typer.echo(f"model directory: {out}", err=True)

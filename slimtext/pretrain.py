@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,7 +46,8 @@ IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ig
 PRETRAIN_LABELS = ["pretrain-0", "pretrain-1"]  # the placeholder head of a pretrained model dir
 # Shape of the encoder: fixed by the init model when fine-tuning from one.
 SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "ffn_size", "pooling", "attention_size",
-              "share_layers", "layer_norm_eps", "pad_id", "embeddings", "ngram_buckets")  # fmt: skip
+              "share_layers", "layer_norm_eps", "pad_id", "embeddings",
+              "ngram_buckets")  # fmt: skip
 
 
 def special_ids(tok: TextTokenizer) -> list[int]:
@@ -263,9 +265,11 @@ def pretrain(
     ignored). `whole_word` masks whole words instead of single sub-word tokens (`mask_tokens`).
     `pack` concatenates short documents into rows of `max_length` with block-diagonal attention.
     `params` are `ModelConfig`/`TrainConfig` fields as for `TextClassifier` (pooling defaults to
-    "cls", the BERT layout). The model dir at `out`
-    holds the encoder with a placeholder 2-label head (use it with `TextClassifier(init=out)` /
-    `slimtext train --init`), `mlm_head.safetensors`, and the training log and curve.
+    "cls", the BERT layout; long_text to "chunks": a document longer than max_length is read
+    whole, as several windows, where "truncate" keeps its first max_length tokens only). The
+    model dir at `out` holds the encoder with a placeholder 2-label head (use it with
+    `TextClassifier(init=out)` / `slimtext train --init`), `mlm_head.safetensors`, and the
+    training log and curve.
 
     `dist` (from `init_distributed`, strategy ddp or fsdp) runs the same loop on every rank:
     each rank corrupts its own share of the global batch with its own RNG stream, and rank 0
@@ -292,6 +296,9 @@ def pretrain(
     if "init" in params:  # TextClassifier would take it and fine-tuning code would ignore it
         raise TypeError("pretrain() has no init=: it pretrains a new encoder from random weights")
     params.setdefault("pooling", "cls")
+    # A long document is read whole, in max_length windows: truncating it would never show the
+    # encoder most of a corpus of long texts (58% of the tokens of IMDB reviews at 128).
+    params.setdefault("long_text", "chunks")
     # TextClassifier owns the parameter split, validation and the resumable tokenizer.
     clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
                          verbose=progress, **params)  # fmt: skip
@@ -316,7 +323,8 @@ def pretrain(
     torch.manual_seed(cfg.seed)
     model = build_model(config)
     mlm = MLMModel(model, tok, mask_prob, packed=pack, whole_word=whole_word)
-    ids = tok.encode(texts, cfg.max_length)
+    ids, owner = tok.encode_windows(texts, cfg.max_length, cfg.long_text)
+    split = sum(1 for n in Counter(owner).values() if n > 1)  # texts read as several windows
     if pack:
         ids = pack_documents(ids, cfg.max_length)
     with tempfile.TemporaryDirectory() as tmp:
@@ -347,7 +355,8 @@ def pretrain(
         save_file({k: v.detach().cpu().contiguous() for k, v in head_state.items()},
                   str(head_file))  # fmt: skip
         info = {"objective": "mlm", "mask_prob": mask_prob, "whole_word": whole_word,
-                "texts": len(texts), "pack": pack,
+                "texts": len(texts), "long_text": cfg.long_text, "windows": len(owner),
+                "long_texts": split, "pack": pack,
                 "steps": result.steps, "tokens": result.tokens,
                 "final_loss": losses[-1] if losses else None}  # fmt: skip
         save_model_dir(out, model.cpu().eval(), config, tok, PRETRAIN_LABELS,

@@ -112,9 +112,9 @@ def test_init_loads_every_encoder_weight_and_only_the_head_is_new(pretrained, to
     clf.fit((texts, labels))
     model = clf.model_dir_.model
     assert model.config.hidden_size == 32 and model.head.out_features == 3
-    assert (
-        clf.model_dir_.tokenizer.backend.to_str() == read_model_dir(enc).tokenizer.backend.to_str()
-    )
+    # the encoder's tokenizer (its truncation setting is whatever the last encode left)
+    ours, theirs = clf.model_dir_.tokenizer.backend, read_model_dir(enc).tokenizer.backend
+    assert ours.get_vocab() == theirs.get_vocab() and ours.model.__class__ is theirs.model.__class__
     src_state, new_state = src.state_dict(), model.state_dict()
     for k, v in src_state.items():
         if k.startswith(("embeddings.", "encoder.")):
@@ -386,3 +386,18 @@ def test_init_caps_the_default_max_length_without_a_warning(pretrained, toy_data
         clf = TextClassifier(init=str(enc), max_steps=1, batch_size=8, verbose=False)
         clf.fit(toy_data)
     assert clf.model_dir_.max_length == 32
+
+
+def test_long_documents_are_pretrained_on_whole_in_windows(tmp_path):
+    # They were cut at max_length: most of a corpus of long documents was never seen.
+    long_doc = " ".join(f"word{i % 50}" for i in range(200))  # ~200 tokens
+    texts = [long_doc, *corpus(20)]
+    kw = dict(tokenizer="wordpiece", vocab_size=120, max_steps=1, progress=False,
+              **{**TINY, "num_layers": 1, "max_length": 16})  # fmt: skip
+    pretrain(texts, tmp_path / "chunks", **kw)
+    info = read_model_dir(tmp_path / "chunks").meta["train"]["pretrain"]
+    assert info["long_text"] == "chunks" and info["long_texts"] >= 1
+    assert info["windows"] >= len(texts) - 1 + 200 // 14  # the long one alone gives >= 14 rows
+    pretrain(texts, tmp_path / "cut", long_text="truncate", **kw)
+    info = read_model_dir(tmp_path / "cut").meta["train"]["pretrain"]
+    assert info["windows"] == len(texts) and info["long_texts"] == 0
