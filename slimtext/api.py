@@ -201,6 +201,8 @@ class TextClassifier:
                         stacklevel=2,
                     )
                 cfg = replace(cfg, max_length=src.config.max_length)
+            elif "max_length" not in self.params:  # not asked for: every position it learnt
+                cfg = replace(cfg, max_length=src.config.max_length)
         elif ctx.is_main:  # rank 0 learns the tokenizer and writes it; the others receive it
             try:
                 tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).backend.to_str()

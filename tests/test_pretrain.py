@@ -388,6 +388,14 @@ def test_init_caps_the_default_max_length_without_a_warning(pretrained, toy_data
     assert clf.model_dir_.max_length == 32
 
 
+def test_init_without_max_length_reads_every_position_of_the_encoder(tmp_path, toy_data):
+    # It was capped at the default 128, where the help says "or the positions of --init's".
+    pretrain(corpus(20), tmp_path / "enc", tokenizer="wordpiece", vocab_size=120, max_steps=1,
+             progress=False, **{**TINY, "num_layers": 1, "max_length": 160})  # fmt: skip
+    clf = TextClassifier(init=str(tmp_path / "enc"), max_steps=1, batch_size=8, verbose=False)
+    assert clf.fit(toy_data).model_dir_.max_length == 160
+
+
 def test_long_documents_are_pretrained_on_whole_in_windows(tmp_path):
     # They were cut at max_length: most of a corpus of long documents was never seen.
     long_doc = " ".join(f"word{i % 50}" for i in range(200))  # ~200 tokens
