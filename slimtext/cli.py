@@ -915,6 +915,14 @@ def bench(
 
 
 def main() -> None:
+    import warnings
+
+    # One line per warning, as the errors are: the Python source line a warning names means
+    # nothing to someone at the command line.
+    warnings.formatwarning = lambda message, category, *_, **__: (
+        f"warning: {message}\n" if issubclass(category, UserWarning)
+        else f"{category.__name__}: {message}\n"
+    )  # fmt: skip
     app()
 
 

@@ -47,6 +47,7 @@ import json
 import os
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -99,6 +100,14 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_dir = model_dir
+        if (model_dir.meta.get("train") or {}).get("pretrain"):
+            where = model_dir.meta.get("path", "this model directory")
+            warnings.warn(
+                f"{where} is a pretrained encoder: its classification head is an untrained "
+                f"placeholder, so its labels mean nothing; fine-tune it first (slimtext train "
+                f"--init {where})",
+                stacklevel=2,
+            )
         from .train.precision import resolve_device  # "auto", or a clear error for no CUDA
 
         self.device = resolve_device(device)

@@ -409,3 +409,11 @@ def test_long_documents_are_pretrained_on_whole_in_windows(tmp_path):
     pretrain(texts, tmp_path / "cut", long_text="truncate", **kw)
     info = read_model_dir(tmp_path / "cut").meta["train"]["pretrain"]
     assert info["windows"] == len(texts) and info["long_texts"] == 0
+
+
+def test_predicting_with_a_pretrained_encoder_warns_that_its_head_is_a_placeholder(pretrained):
+    import slimtext
+
+    enc, _, _ = pretrained
+    with pytest.warns(UserWarning, match="untrained placeholder.*train --init"):
+        slimtext.load(enc)
