@@ -141,6 +141,9 @@ def bench_dataset(name: str, data_root: Path, out: Path, threads: int) -> dict:
             out, "pretrained",
             [*slim, "pretrain", "--data", str(train_path), "--out", str(encoder),
              *setup["shape"], *setup["pretrain"], *common,
+             # The quoted runs read each document's first max_length tokens (pretrain's only
+             # behaviour then; since session 14 it reads long ones whole unless told this).
+             "--long-text", "truncate",
              # An interrupted pretraining resumes exactly where it stopped when this is re-run
              # (its recorded seconds are then the last attempt's; the log has every attempt).
              "--checkpoint-every", "200", "--resume"],
