@@ -321,17 +321,39 @@ _QUOTED_FIELD = re.compile(r'(?:^|\t)"((?:[^"]|"")*)"(?=\t|\r?\n|\Z)', re.M)
 def _tsv_is_quoted(path: Path, opts: _Options) -> bool:
     """Whether a TSV file was written with CSV quoting (pandas' `to_csv(sep="\\t")`, Python's
     csv module): some field in quotes holds a doubled quote, a tab or a line break, which an
-    unquoted (IANA) TSV field never does. Looks at the first MiB."""
+    unquoted (IANA) TSV field never does. Reads until it finds one (the whole file if none: a
+    file whose first quoted field comes late is still read right), a MiB of lines at a time,
+    each block overlapping the last so a field across the cut is seen whole."""
     sniff = copy.copy(opts)
     sniff.errors, sniff.on_bad = "replace", "skip"
-    head, size = [], 0
+
+    def quoted(text: str) -> bool:
+        found = _QUOTED_FIELD.finditer(text)
+        return any('""' in m[1] or "\t" in m[1] or "\n" in m[1] for m in found)
+
+    block: list[str] = []
+    size, carry = 0, ""
     for line in _Lines(path, sniff):
-        head.append(line)
+        block.append(line)
         size += len(line)
         if size > 1 << 20:
-            break
-    found = _QUOTED_FIELD.finditer("".join(head))
-    return any('""' in m[1] or "\t" in m[1] or "\n" in m[1] for m in found)
+            text = carry + "".join(block)
+            if quoted(text):
+                return True
+            carry = text[-(1 << 16) :]
+            carry = carry[carry.find("\n") + 1 :]  # from a line start
+            block, size = [], 0
+    return quoted(carry + "".join(block))
+
+
+def _note_joined_lines(collector: _Collector, where: str, start: int, end: int) -> None:
+    """A skipped record that spans several lines skips every row on them: say how many (the
+    count of skipped records alone read "skipped 1" for thousands of lost rows)."""
+    if end > start:
+        collector.notes.append(
+            f"{where}: {end - start + 1:,} lines were read as one bad record (an unclosed quote "
+            "may have joined them), so every row on them is skipped"
+        )
 
 
 def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
@@ -370,6 +392,7 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
                 if collector is None:  # no header yet, so no columns to read rows by
                     raise DataError(f"{where}: {message}") from e
                 collector.bad("malformed CSV", where, message)
+                _note_joined_lines(collector, where, start, prev_line)
                 continue
             start, prev_line = prev_line + 1, reader.line_num
             if not row:
@@ -401,6 +424,7 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
                     origin,
                     f"row has {len(row)} field(s) but the header has {len(header)}{hint}",
                 )
+                _note_joined_lines(collector, f"{path}:{start}-{prev_line}", start, prev_line)
                 continue
             collector.add(
                 origin,

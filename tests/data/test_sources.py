@@ -53,6 +53,27 @@ def test_a_tsv_written_with_csv_quoting_is_read_back_exactly(tmp_path):
     assert "read with CSV quoting" in ds.report()
 
 
+def test_a_tsv_whose_first_quoted_field_comes_late_is_still_read_with_quoting(tmp_path):
+    import csv
+
+    rows = [(f"row {i}", "ab"[i % 2]) for i in range(120_000)]  # > 1 MiB before the first
+    rows += [('He said "hi"', "a"), ("two\nlines", "b")]
+    with open(tmp_path / "late.tsv", "w", newline="") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["text", "label"])
+        w.writerows(rows)
+    ds = load_data(tmp_path / "late.tsv")
+    assert ds.texts[-2:] == ['He said "hi"', "two\nlines"] and len(ds) == len(rows)
+
+
+def test_a_record_that_swallowed_many_lines_says_how_many_rows_it_cost(write):
+    rows = ["text,label"] + [f"review {i},{'pos' if i % 2 else 'neg'}" for i in range(300)]
+    rows[101] = '"Great movie,pos'  # never closed: the rest of the file is one record
+    ds = load_data(write("big.csv", "\n".join(rows) + "\n"), on_bad="skip")
+    assert len(ds) == 100
+    assert "big.csv:102-301: 200 lines were read as one bad record" in ds.report()
+
+
 def test_tab_extension_is_tsv(write):
     ds = load_data(write("x.tab", "text\tlabel\nhello\ta\n"))
     assert ds.texts == ["hello"] and ds.labels == ["a"]
