@@ -97,6 +97,8 @@ class _Collector:
 
     def add(self, origin: str, parts: Sequence[tuple[str, Any]], label: Any = None) -> None:
         """Validate one row: `parts` are (column, value) of its text columns."""
+        if len(parts) > 1:  # one null part of several is an empty one, as a CSV's empty cell
+            parts = [(c, "" if v is None else v) for c, v in parts]
         for col, value in parts:
             if value is None:
                 return self.bad("missing text", origin, f"text field {col!r} is missing or null")
@@ -140,7 +142,9 @@ class _Collector:
             more = ", ..." if len(where) > _MAX_LOCATIONS else ""
             notes.append(f"skipped {len(where)} row(s) with {reason} at {first}{more}")
         labels: list[str] | None = self.labels if self.labelled else None  # type: ignore[assignment]
-        if self.missing_labels:
+        if self.missing_labels and len(self.missing_labels) == len(self.texts):
+            labels = None  # no row has one: unlabelled data, nothing to say
+        elif self.missing_labels:
             # Labels are optional here (e.g. data to predict on); a half-labelled set cannot
             # be scored, so drop labels altogether, but say so.
             notes.append(
@@ -163,6 +167,9 @@ def _short(value: Any, limit: int = 40) -> str:
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
+_WHOLE_FLOAT = re.compile(r"-?[0-9]+\.0+")
+
+
 def label_to_str(value: Any) -> tuple[str | None, str | None]:
     """(label, None) for a usable label; (None, None) if missing; (None, why) if unusable."""
     if value is None:
@@ -170,6 +177,10 @@ def label_to_str(value: Any) -> tuple[str | None, str | None]:
     if isinstance(value, str):
         # "Sports " from a padded CSV cell is the class "Sports", not a sixth class
         value = value.strip()
+        # "1.0" is how pandas writes 1 of an integer column with gaps: the label 1, as the
+        # typed formats (Parquet, JSON) read it
+        if _WHOLE_FLOAT.fullmatch(value):
+            value = value.split(".")[0]
         return (value, None) if value else (None, None)
     if isinstance(value, bool):  # bool is an int; "True" as a class name is almost surely a bug
         return None, f"is a boolean {value!r}"
@@ -184,9 +195,14 @@ def label_to_str(value: Any) -> tuple[str | None, str | None]:
 
 
 def _resolve_columns(
-    columns: Sequence[str], where: str, opts: _Options
+    columns: Sequence[str], where: str, opts: _Options, per_record: bool = False
 ) -> tuple[list[str], str | None]:
-    """Pick the text columns and the label column (None = unlabelled) among `columns`."""
+    """Pick the text columns and the label column (None = unlabelled) among `columns`.
+
+    `per_record`: `columns` are the keys of a format's first record (JSON), which another
+    record need not share; the label key is then looked for in every record, and a record
+    without it is a row without a label (skipped and counted, or an error), not a file
+    without labels."""
     present = ", ".join(repr(c) for c in columns) or "none"
     if opts.text_cols is not None:
         for c in opts.text_cols:
@@ -202,7 +218,9 @@ def _resolve_columns(
             )
         text_cols = found[:1]
     label = opts.label_col
-    if label is not None and label not in columns:
+    # (per record, the first one's missing label is an error only where any row's would be)
+    lenient = per_record and (opts.on_bad == "skip" or not opts.require_labels)
+    if label is not None and label not in columns and not lenient:
         if opts.require_labels:
             raise DataError(
                 f"{where}: no label column {label!r}; columns are: {present}; pass "
@@ -257,7 +275,7 @@ class _Lines:
     def __iter__(self) -> Iterator[str]:
         opts, path = self.opts, self.path
         try:
-            opener = gzip.open if path.suffix == ".gz" else open
+            opener = gzip.open if path.suffix.lower() == ".gz" else open
             with opener(path, "rb") as f:
                 if _is_wide(opts.codec):
                     yield from self._wide(f.read())
@@ -387,6 +405,10 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
                 start, prev_line = prev_line + 1, reader.line_num
                 where = f"{path}:{start}" if prev_line == start else f"{path}:{start}-{prev_line}"
                 message = f"malformed CSV ({e})"
+                if "new-line character seen in unquoted field" in str(e):
+                    message = ("malformed CSV (a bare carriage return in an unquoted field: "
+                               "old Mac line ends, or a stray \\r in a text; convert line ends "
+                               "to \\n, quote such texts)")  # fmt: skip
                 if prev_line > start:
                     message += "; an unclosed quote may have joined these lines into one record"
                 if collector is None:  # no header yet, so no columns to read rows by
@@ -472,6 +494,8 @@ def _read_jsonl(path: Path, opts: _Options) -> TextDataset:
         try:
             obj = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as e:
+            if not collector.texts and not collector.skipped and line.strip() == "{":
+                _refuse_one_pretty_object(path, opts)
             collector.bad("invalid JSON", origin, f"invalid JSON ({e})")
             continue
         except _DuplicateKey as e:
@@ -482,7 +506,7 @@ def _read_jsonl(path: Path, opts: _Options) -> TextDataset:
             collector.bad("not a JSON object", origin, message)
             continue
         if text_cols is None:
-            text_cols, label_col = _resolve_columns(list(obj), origin, opts)
+            text_cols, label_col = _resolve_columns(list(obj), origin, opts, per_record=True)
             collector.labelled = label_col is not None
         _add_record(collector, origin, obj, text_cols, label_col)
     if not seen_content:
@@ -491,6 +515,22 @@ def _read_jsonl(path: Path, opts: _Options) -> TextDataset:
         collector.skip("blank line", blank)
     collector.notes.extend(lines.note())
     return collector.finish()
+
+
+def _refuse_one_pretty_object(path: Path, opts: _Options) -> None:
+    """A file that is one pretty-printed JSON object fails as JSON Lines on its line 1 ("{"),
+    which reads as broken JSON: say what the file is instead."""
+    sniff = copy.copy(opts)
+    sniff.errors = "replace"
+    try:
+        whole = json.loads("".join(_Lines(path, sniff)))
+    except ValueError:
+        return  # really broken: the line's own error stands
+    if isinstance(whole, dict):
+        raise DataError(
+            f"{path}: one JSON object spread over several lines; expected JSON Lines (one "
+            "object a line) or a JSON array of objects"
+        )
 
 
 def _add_record(
@@ -505,6 +545,22 @@ def _add_record(
 
 
 _JSON_SPACE = re.compile(r"[ \t\n\r]*")  # the whitespace JSON allows between tokens
+
+
+def _json_array_duplicates(text: str, n: int) -> dict[int, str]:
+    """{item: message} for the items of the JSON array `text` that give a key twice."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_keys)
+    found = {}
+    pos = _JSON_SPACE.match(text).end() + 1  # past "["
+    for i in range(n):
+        pos = _JSON_SPACE.match(text, pos).end()
+        try:
+            _, end = decoder.raw_decode(text, pos)
+        except _DuplicateKey as e:
+            found[i] = str(e)
+            _, end = json.JSONDecoder().raw_decode(text, pos)
+        pos = _JSON_SPACE.match(text, end).end() + 1  # past "," or "]"
+    return found
 
 
 def _json_array_item_lines(text: str, n: int) -> list[range]:
@@ -542,10 +598,13 @@ def _read_json_array(
 ) -> TextDataset:
     """`text` is the file from its line `first_line` (the blank lines before it are gone)."""
     offset = first_line - 1
+    doubled: dict[int, str] = {}  # item -> its duplicate-key message
     try:
-        items = json.loads(text, object_pairs_hook=_unique_keys)
-    except _DuplicateKey as e:
-        raise DataError(f"{path}: {e}") from None
+        try:
+            items = json.loads(text, object_pairs_hook=_unique_keys)
+        except _DuplicateKey:  # find the items, to name (or skip) them like JSONL's lines
+            items = json.loads(text)
+            doubled = _json_array_duplicates(text, len(items) if isinstance(items, list) else 0)
     except json.JSONDecodeError as e:
         lineno = e.lineno + offset
         if lineno in lines.bad_lines:  # a replacement character broke the syntax
@@ -561,6 +620,9 @@ def _read_json_array(
     label_col: str | None = None
     for i, obj in enumerate(items):
         origin = f"{path}[{i}]"
+        if i in doubled:
+            collector.bad("duplicate key", origin, doubled[i])
+            continue
         if item_lines is not None:
             bad = next((n + offset for n in item_lines[i] if n + offset in lines.bad_lines), None)
             if bad is not None:
@@ -572,7 +634,7 @@ def _read_json_array(
             )
             continue
         if text_cols is None:
-            text_cols, label_col = _resolve_columns(list(obj), origin, opts)
+            text_cols, label_col = _resolve_columns(list(obj), origin, opts, per_record=True)
             collector.labelled = label_col is not None
         _add_record(collector, origin, obj, text_cols, label_col)
     collector.notes.extend(lines.note())
@@ -686,6 +748,14 @@ def _read_class_folder(
             collector.skip("file outside a class folder")
     if not class_dirs:
         raise DataError(f"{root}: no class sub-folders (expected {root}/<label>/<file>)")
+    for d in class_dirs:  # the label is the folder name: it must be text (else a lone surrogate)
+        try:
+            d.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(
+                f"{os.fsencode(d)!r}: a class folder's name is its label, and this one is not "
+                "valid UTF-8; rename it"
+            ) from None
     decoded: Counter[str] = Counter()
     first: dict[str, list[str]] = defaultdict(list)
     for class_dir in class_dirs:
@@ -888,6 +958,9 @@ def load_data(
         return _read_txt(path, opts)
     if ext == ".parquet" and suffixes[-1] != ".gz":
         return _read_parquet(path, opts)
+    if ext == ".parquet":
+        raise DataError(f"{path}: a gzipped Parquet file is not read (Parquet compresses "
+                        "inside); gunzip it")  # fmt: skip
     raise DataError(
         f"{path}: unknown file type {ext or '(no extension)'!r}; expected .csv, .tsv, .tab, "
         ".jsonl, .ndjson, .json, .parquet or .txt (csv/tsv/jsonl/txt may end in .gz), "

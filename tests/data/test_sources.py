@@ -286,7 +286,7 @@ def test_a_key_given_twice_is_an_error_as_a_doubled_csv_column_is(write):
         load_data(path)
     ds = load_data(path, on_bad="skip")
     assert ds.texts == ["a"] and "duplicate key" in ds.report()
-    with pytest.raises(DataError, match=r"d\.json: key 'text' appears more than once"):
+    with pytest.raises(DataError, match=r"d\.json\[0\]: key 'text' appears more than once"):
         load_data(write("d.json", '[{"text": "a", "text": "b", "label": "x"}]'))
 
 
@@ -613,3 +613,58 @@ def test_class_folder_broken_symlink_is_named_or_counted(write, tmp_path):
         load_data(tmp_path / "c")
     ds = load_data(tmp_path / "c", on_bad="skip")
     assert len(ds) == 2 and "unreadable file" in ds.report()
+
+
+# ---------------------------------------------------------------- messy files (review, session 14)
+
+
+def test_a_jsonl_whose_first_line_lacks_the_label_reads_the_rest(write):
+    path = write(
+        "j.jsonl", '{"text": "a"}\n{"text": "b", "label": "x"}\n{"text": "c", "label": "y"}\n'
+    )
+    ds = load_data(path, on_bad="skip")  # it stopped: "no label column" for a labelled file
+    assert ds.texts == ["b", "c"] and "missing label at " in ds.report()
+    ds = load_data(path, require_labels=False)  # its labels were dropped without a note
+    assert ds.labels is None and "labels ignored: 1 row(s)" in ds.report()
+    none = load_data(write("u.jsonl", '{"text": "a"}\n{"text": "b"}\n'), require_labels=False)
+    assert none.labels is None and "ignored" not in none.report()  # unlabelled: nothing to say
+
+
+def test_labels_read_alike_in_every_format(write, tmp_path):
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("pyarrow")
+    frame = pd.DataFrame({"text": list("abcd"), "label": [1, 2, None, 1]})  # CSV: 1.0, 2.0, ...
+    frame.to_parquet(tmp_path / "l.parquet")
+    frame.to_csv(tmp_path / "l.csv", index=False)
+    labels = [load_data(tmp_path / f"l.{x}", on_bad="skip").labels for x in ("parquet", "csv")]
+    assert labels[0] == labels[1] == ["1", "2", "1"]
+    # one null part of several text columns is an empty part, as a CSV's empty cell
+    two = pd.DataFrame({"title": ["T1", None], "body": ["B1", "B2"], "label": ["x", "y"]})
+    two.to_parquet(tmp_path / "t.parquet")
+    assert load_data(tmp_path / "t.parquet", text_cols=["title", "body"]).texts == ["T1\nB1", "B2"]
+
+
+def test_messy_containers_get_a_clear_reading_or_error(write, tmp_path):
+    import gzip
+    import os
+
+    (tmp_path / "g.csv.GZ").write_bytes(gzip.compress(b"text,label\na,x\n"))  # upper-case suffix
+    assert load_data(tmp_path / "g.csv.GZ").texts == ["a"]
+    items = [f'{{"text": "t{i}", "label": "{"ab"[i % 2]}"}}' for i in range(5)]
+    items[3] = '{"text": "t3", "label": "a", "label": "b"}'
+    path = write("dk.json", "[\n" + ",\n".join(items) + "\n]\n")
+    with pytest.raises(DataError, match=r"dk\.json\[3\]: key 'label' appears more than once"):
+        load_data(path)
+    assert len(load_data(path, on_bad="skip")) == 4  # the whole file failed under skip too
+    with pytest.raises(DataError, match="one JSON object spread over several lines"):
+        load_data(write("p.json", '{\n  "text": "a",\n  "label": "x"\n}\n'))
+    with pytest.raises(DataError, match="bare carriage return in an unquoted field"):
+        load_data(write("m.csv", "text,label\ra,x\rb,y\r"))
+    if os.name == "posix" and os.uname().sysname == "Linux":  # bytes in file names
+        root = os.fsencode(tmp_path / "classes")
+        for name in (b"n\xe9g", b"pos"):
+            os.makedirs(os.path.join(root, name))
+            with open(os.path.join(root, name, b"1.txt"), "w") as f:
+                f.write("some text")
+        with pytest.raises(DataError, match="not valid UTF-8; rename it"):
+            load_data(tmp_path / "classes")
