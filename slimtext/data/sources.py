@@ -344,14 +344,27 @@ def _tsv_is_quoted(path: Path, opts: _Options) -> bool:
     each block overlapping the last so a field across the cut is seen whole."""
     sniff = copy.copy(opts)
     sniff.errors, sniff.on_bad = "replace", "skip"
+    tabs = None  # a header row's tabs: a "field" holding a line with as many is a run of rows
 
     def quoted(text: str) -> bool:
-        found = _QUOTED_FIELD.finditer(text)
-        return any('""' in m[1] or "\t" in m[1] or "\n" in m[1] for m in found)
+        for m in _QUOTED_FIELD.finditer(text):
+            inner = m[1]
+            if '""' in inner:
+                return True
+            # A tab or line break inside quotes, unless the quotes are two stray ones around
+            # whole rows of a plain TSV ('"Best film\tpos\nawful\tneg\n...ever"\tpos').
+            if "\n" in inner:
+                if not any(line.count("\t") >= tabs for line in inner.split("\n")):
+                    return True
+            elif "\t" in inner:
+                return True
+        return False
 
     block: list[str] = []
     size, carry = 0, ""
     for line in _Lines(path, sniff):
+        if tabs is None:
+            tabs = max(1, line.count("\t"))
         block.append(line)
         size += len(line)
         if size > 1 << 20:

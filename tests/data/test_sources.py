@@ -51,6 +51,13 @@ def test_a_tsv_written_with_csv_quoting_is_read_back_exactly(tmp_path):
     ds = load_data(tmp_path / "q.tsv")
     assert ds.texts == texts
     assert "read with CSV quoting" in ds.report()
+    # a plain TSV with two stray quotes around whole rows is not taken for a quoted one
+    stray = 'text\tlabel\n"Best film ever\tpos\nawful\tneg\nnot bad at all"\tpos\nfine\tneg\n'
+    (tmp_path / "stray.tsv").write_text(stray)
+    assert load_data(tmp_path / "stray.tsv").texts == ['"Best film ever', "awful",
+                                                        'not bad at all"', "fine"]  # fmt: skip
+    (tmp_path / "tab.tsv").write_text('text\tlabel\n"a\tb"\tx\nplain\ty\n')  # a tab inside
+    assert load_data(tmp_path / "tab.tsv").texts == ["a\tb", "plain"]
 
 
 def test_a_tsv_whose_first_quoted_field_comes_late_is_still_read_with_quoting(tmp_path):
