@@ -13,6 +13,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -155,9 +156,15 @@ def _holds_manifest(path: Path) -> bool:
     return (path / MANIFEST).is_file()
 
 
+# What a killed write leaves in a directory it was writing into (an export's temporary file).
+_OUR_TEMP = re.compile(r"\..+\.tmp")
+
+
 def _unlisted(folder: Path) -> list[str]:
-    """Files under `folder` its manifest does not list (hidden ones aside: a killed write's
-    temporary file), i.e. what a user put there. [] when the manifest can't be read."""
+    """Files under `folder` its manifest does not list (our own killed writes' temporary files
+    aside), i.e. what a user put there: hidden ones too (`.git`, `.env`, notes), which were
+    taken for temporary files and deleted with the directory. [] when the manifest can't be
+    read."""
     try:
         listed = {*read_manifest(folder), MANIFEST}
     except IntegrityError:
@@ -165,8 +172,8 @@ def _unlisted(folder: Path) -> list[str]:
     out = []
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
-        hidden = any(part.startswith(".") for part in rel.parts)
-        if p.is_file() and not hidden and rel.as_posix() not in listed:
+        ours = len(rel.parts) == 1 and _OUR_TEMP.fullmatch(rel.name)
+        if p.is_file() and not ours and rel.as_posix() not in listed:
             out.append(rel.as_posix())
     return out
 

@@ -151,6 +151,13 @@ def test_resaving_over_a_model_dir_holding_a_users_file_is_refused(tiny_model_di
     with pytest.raises(TargetExistsError, match="notes.txt"):
         _save(md, target)
     assert (target / "notes.txt").read_text() == "mine"
+    # hidden files are the user's too (they were taken for temporary files and deleted)
+    (target / "notes.txt").unlink()
+    (target / ".git").mkdir()
+    (target / ".git" / "HEAD").write_text("ref: refs/heads/main")
+    with pytest.raises(TargetExistsError, match=r"\.git/HEAD"):
+        _save(md, target)
+    assert (target / ".git" / "HEAD").is_file()
 
 
 def test_resaving_over_a_model_dir_or_an_empty_dir_works(tiny_model_dir, tmp_path):
