@@ -138,10 +138,37 @@ def check_save_target(
 
 
 def read_model_dir(path: str | os.PathLike) -> ModelDir:
-    """Load and verify a model directory."""
+    """Load and verify a model directory.
+
+    A directory replaced while it is read (a retrain saving into the same path swaps the new
+    one in) could give the files of two models: the manifest is read before and after, and a
+    change means reading again. `meta["manifest"]` is the manifest the files were checked
+    against."""
     path = Path(path)
     if not path.exists():
         raise ModelDirError(f"{path}: no such model directory")
+    for attempt in range(3):
+        before = _manifest_bytes(path)
+        try:
+            md = _read_model_dir(path)
+        except ModelDirError:
+            if attempt < 2 and _manifest_bytes(path) != before:
+                continue  # replaced mid-read: what failed was a mix of two models
+            raise
+        if _manifest_bytes(path) == before:
+            md.meta["manifest"] = json.loads(before)["files"]
+            return md
+    raise ModelDirError(f"{path}: replaced again and again while being read; try again")
+
+
+def _manifest_bytes(path: Path) -> bytes | None:
+    try:
+        return (path / MANIFEST).read_bytes()
+    except OSError:
+        return None
+
+
+def _read_model_dir(path: Path) -> ModelDir:
     try:
         verify_manifest(path, required=REQUIRED)
     except IntegrityError as e:

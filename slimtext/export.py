@@ -31,7 +31,14 @@ import numpy as np
 import torch
 
 from .artifact import ModelDir, read_model_dir
-from .fileio import TargetExistsError, atomic_write_text, file_mode, update_manifest
+from .fileio import (
+    IntegrityError,
+    TargetExistsError,
+    atomic_write_text,
+    file_mode,
+    read_manifest,
+    update_manifest,
+)
 
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
@@ -126,16 +133,43 @@ def export_onnx(
     md = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
     home = Path(md.meta["path"]) if "path" in md.meta else None
     target, in_model_dir = _target(home, out, ONNX_FILE)
-    _export_file(md, target, opset, optimize, exporter, mask_dtype, atol, log)
+    guard = _still_there(md) if in_model_dir else (lambda: None)
+    try:
+        _export_file(md, target, opset, optimize, exporter, mask_dtype, atol, log, guard)
+    except Exception:
+        guard()  # a directory replaced mid-export explains the failure better
+        raise
     if in_model_dir:
         update_manifest(target.parent, [target.name, _sidecar(target).name])
     log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
     return target
 
 
+def _still_there(md: ModelDir) -> Callable[[], None]:
+    """A check that `md`'s directory still holds the weights that were read: a retrain into the
+    same path may have swapped another model in, whose manifest must not vouch for this
+    model's graph (nor lose its export's temporary files with a traceback)."""
+    home = Path(md.meta["path"])
+    read = md.meta.get("manifest", {}).get("model.safetensors", {}).get("sha256")
+
+    def check() -> None:
+        try:
+            now = read_manifest(home)["model.safetensors"]["sha256"]
+        except (IntegrityError, KeyError, TypeError):
+            now = None
+        if read is not None and now != read:
+            raise ExportError(
+                f"{home} was replaced while exporting (a retrain into the same path?); export again"
+            )
+
+    return check
+
+
 def _export_file(md: ModelDir, target: Path, opset: int, optimize: bool, exporter: str,
-                 mask_dtype: str, atol: float, log: Callable[[str], None]) -> None:  # fmt: skip
-    """`export_onnx`'s work, into exactly `target` (and its sidecar)."""
+                 mask_dtype: str, atol: float, log: Callable[[str], None],
+                 guard: Callable[[], None] = lambda: None) -> None:  # fmt: skip
+    """`export_onnx`'s work, into exactly `target` (and its sidecar); `guard()` runs just
+    before the file is published."""
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)
@@ -155,6 +189,7 @@ def _export_file(md: ModelDir, target: Path, opset: int, optimize: bool, exporte
             if not diff <= atol:
                 raise ExportError(f"optimised graph differs from PyTorch by {diff:.2e} > {atol}")
             final = opt
+        guard()
         _publish(final, target)
     _write_sidecar(
         target,
@@ -168,7 +203,7 @@ def _export_file(md: ModelDir, target: Path, opset: int, optimize: bool, exporte
 
 
 def quantize_onnx(
-    model_dir: str | os.PathLike,
+    model_dir: str | os.PathLike | ModelDir,
     out: str | os.PathLike | None = None,
     *,
     source: str | os.PathLike | None = None,
@@ -198,16 +233,33 @@ def quantize_onnx(
                 f"{source} takes a {made.get('mask_dtype', 'bool')} mask, not {mask_dtype}"
             )
     require_onnxruntime()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     log = log or (lambda _msg: None)
-    md = read_model_dir(model_dir)
+    md = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
+    home = Path(md.meta["path"]) if "path" in md.meta else None
     if source is None:
-        fp32_made = _read_sidecar(Path(model_dir) / ONNX_FILE)
+        fp32_made = _read_sidecar(home / ONNX_FILE) if home is not None else {}
         mask_dtype = mask_dtype or fp32_made.get("mask_dtype", "bool")
         opset = opset or fp32_made.get("opset", 18)
         _check_export_args(exporter, mask_dtype, opset)
-    target, in_model_dir = _target(Path(model_dir), out, INT8_FILE)
+    target, in_model_dir = _target(home, out, INT8_FILE)
+    guard = _still_there(md) if in_model_dir else (lambda: None)
+    try:
+        diff, agree = _quantize_file(md, target, source, exporter, mask_dtype, opset,
+                                     min_agreement, log, guard)  # fmt: skip
+    except Exception:
+        guard()
+        raise
+    if in_model_dir:
+        update_manifest(target.parent, [target.name, _sidecar(target).name])
+    log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
+    return target
+
+
+def _quantize_file(md, target, source, exporter, mask_dtype, opset, min_agreement, log,
+                   guard) -> tuple[float, float]:  # fmt: skip
+    """`quantize_onnx`'s work, into exactly `target` (and its sidecar)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
     target.parent.mkdir(parents=True, exist_ok=True)
     model = md.model.float().cpu().eval()
     max_t = _max_positions(md)
@@ -230,6 +282,7 @@ def quantize_onnx(
         log(f"int8 vs PyTorch: max |logits diff| = {diff:.3f}, argmax agreement = {agree:.3f}")
         if agree < min_agreement:
             raise ExportError(f"int8 model agrees with PyTorch on only {agree:.1%} of rows")
+        guard()
         _publish(tmp, target)
     _write_sidecar(
         target,
@@ -240,10 +293,7 @@ def quantize_onnx(
         max_abs_diff=diff,
         argmax_agreement=agree,
     )
-    if in_model_dir:
-        update_manifest(target.parent, [target.name, _sidecar(target).name])
-    log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
-    return target
+    return diff, agree
 
 
 def optimize_for_ort(src: str | os.PathLike, dst: str | os.PathLike) -> None:

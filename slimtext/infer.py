@@ -43,7 +43,6 @@ graph (onnxruntime backends) does that too.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import statistics
 import time
@@ -284,9 +283,8 @@ class Predictor:
         """The directory's verified `model.onnx`, else a cached export keyed by the weights."""
         from .export import GRAPH_VERSION, ONNX_FILE, export_onnx
 
-        d = self.model_dir.meta.get("path")
-        if d and _listed_in_manifest(Path(d), ONNX_FILE):
-            return Path(d) / ONNX_FILE
+        if (listed := _still_listed(self.model_dir, ONNX_FILE)) is not None:
+            return listed
         cached = _cache_dir() / f"{_weights_key(self.model_dir)}.{GRAPH_VERSION}.onnx"
         if not cached.is_file():
             export_onnx(self.model_dir, out=cached)
@@ -296,14 +294,11 @@ class Predictor:
         """The directory's verified `model.int8.onnx`, else a cached quantisation."""
         from .export import GRAPH_VERSION, INT8_FILE, quantize_onnx
 
-        d = self.model_dir.meta.get("path")
-        if d and _listed_in_manifest(Path(d), INT8_FILE):
-            return Path(d) / INT8_FILE
-        if not d:
-            raise ValueError("onnxruntime-int8 needs a model read from a directory")
+        if (listed := _still_listed(self.model_dir, INT8_FILE)) is not None:
+            return listed
         cached = _cache_dir() / f"{_weights_key(self.model_dir)}.{GRAPH_VERSION}.int8.onnx"
         if not cached.is_file():
-            quantize_onnx(d, out=cached)
+            quantize_onnx(self.model_dir, out=cached)  # the weights read, not the path's now
         return cached
 
     def _race(self, candidates: Sequence[str]) -> str:
@@ -313,12 +308,12 @@ class Predictor:
 
         errors = self.backend_errors
         fastest: dict[bool, tuple[float, str, Runner]] = {}  # low precision? -> (ms, name, run)
-        d = self.model_dir.meta.get("path")
         for name in candidates:
             if name not in BACKENDS or name == "auto":
                 raise ValueError(f"auto candidates must be backends, got {name!r}")
             if name == "onnxruntime-int8" and not (
-                self._onnx_path is None and d and _listed_in_manifest(Path(d), "model.int8.onnx")
+                self._onnx_path is None
+                and "model.int8.onnx" in self.model_dir.meta.get("manifest", {})
             ):
                 continue  # see AUTO_CANDIDATES: no int8 file, no int8 in the race
             if name.endswith("bf16") and not native_bf16(self.device):
@@ -515,21 +510,27 @@ def _max_len(md: ModelDir) -> int:
     return min(int(md.config.max_length), -(-int(md.max_length) // 8) * 8)
 
 
-def _listed_in_manifest(d: Path, name: str) -> bool:
-    # read_model_dir verified every listed file; an unlisted model.onnx was never checked.
+def _still_listed(md: ModelDir, name: str) -> Path | None:
+    """The directory's `name` if the manifest `md` was read against lists it and the file is
+    still that one: a directory replaced after it was read (a retrain) may hold another
+    model's export, which must not run with these weights."""
+    from .fileio import sha256_file
+
+    d, entry = md.meta.get("path"), md.meta.get("manifest", {}).get(name)
+    if not d or not isinstance(entry, dict):
+        return None
     try:
-        files = json.loads((d / "manifest.json").read_text())["files"]
-    except (OSError, ValueError, KeyError, TypeError):  # TypeError: a manifest that is not a dict
-        return False
-    return isinstance(files, dict) and name in files
+        return Path(d) / name if sha256_file(Path(d) / name) == entry.get("sha256") else None
+    except OSError:
+        return None
 
 
 def _weights_key(md: ModelDir) -> str:
-    from .fileio import sha256_file
-
-    d = md.meta.get("path")
-    if d:
-        return sha256_file(Path(d) / "model.safetensors")[:32]
+    """The cache key of `md`'s weights: the checksum its files were verified against (the
+    file at its path may since belong to another model), else a hash of the weights."""
+    entry = md.meta.get("manifest", {}).get("model.safetensors")
+    if isinstance(entry, dict) and entry.get("sha256"):
+        return entry["sha256"][:32]
     h = hashlib.sha256()
     for k, v in md.model.state_dict().items():
         h.update(k.encode())

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import sys
 import threading
 from pathlib import Path
@@ -7,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import slimtext
 from slimtext.artifact import ModelDirError, read_model_dir, save_model_dir
@@ -324,3 +326,40 @@ def test_readers_never_see_the_directory_missing_while_it_is_replaced(tmp_path):
         t.join()
     assert _tag(target) == "199" and not missing
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+@pytest.fixture(scope="module")
+def another_model_dir(tmp_path_factory, toy_data):
+    """A second tiny model with another vocabulary: what a retrain swaps in."""
+    from slimtext.api import TextClassifier
+
+    clf = TextClassifier(model="transformer", vocab_size=300, hidden_size=32, num_layers=1,
+                         num_heads=2, ffn_size=64, max_length=32, max_steps=3, seed=7,
+                         verbose=False).fit(toy_data)  # fmt: skip
+    return clf.save(tmp_path_factory.mktemp("other") / "other")
+
+
+def test_a_directory_swapped_in_mid_read_is_read_whole_not_mixed(
+    tiny_model_dir, another_model_dir, tmp_path, monkeypatch
+):
+    # A retrain saving into the same path swaps the directory; a reader half-way through read
+    # the old config and the new weights ("weights do not match config.json"), or a silent mix.
+    import slimtext.artifact as artifact
+
+    m, new = tmp_path / "m", tmp_path / "new"
+    shutil.copytree(tiny_model_dir, m)
+    shutil.copytree(another_model_dir, new)
+    real, swapped = artifact.load_tokenizer, []
+
+    def swap_then_load(path):
+        if not swapped:
+            os.rename(m, tmp_path / "old")
+            os.rename(new, m)
+            swapped.append(True)
+        return real(path)
+
+    monkeypatch.setattr(artifact, "load_tokenizer", swap_then_load)
+    md = read_model_dir(m)
+    assert swapped and md.config.vocab_size == read_model_dir(another_model_dir).config.vocab_size
+    want = load_file(str(another_model_dir / "model.safetensors"))
+    assert all(torch.equal(v, want[k]) for k, v in md.model.state_dict().items())

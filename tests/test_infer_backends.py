@@ -78,6 +78,35 @@ def test_onnxruntime_exports_into_a_cache_when_the_directory_has_none(
                                rtol=0)  # fmt: skip
 
 
+def test_a_model_replaced_after_it_was_read_neither_poisons_the_cache_nor_gets_its_export(
+    tiny_model_dir, toy_data, texts, tmp_path, monkeypatch
+):
+    # The cache was keyed by the file at the path when the export ran (maybe a retrain's new
+    # weights) but held the weights read before: the new model then served the old graph.
+    pytest.importorskip("onnxruntime")
+    from slimtext.api import TextClassifier
+    from slimtext.artifact import read_model_dir
+    from slimtext.export import ExportError, export_onnx
+    from slimtext.infer import Predictor
+
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(tmp_path / "cache"))
+    m = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, m)
+    old = read_model_dir(m)
+    TextClassifier(model="transformer", vocab_size=300, hidden_size=32, num_layers=1,
+                   num_heads=2, ffn_size=64, max_length=32, max_steps=3, seed=7,
+                   verbose=False).fit(toy_data).save(m)  # the retrain  # fmt: skip
+    first = Predictor(old, backend="onnxruntime")  # exports the weights it read
+    torch.testing.assert_close(first.logits(texts), Predictor(old).logits(texts), atol=ATOL,
+                               rtol=0)  # fmt: skip
+    new = load(m, backend="onnxruntime")
+    torch.testing.assert_close(new.logits(texts), load(m).logits(texts), atol=ATOL, rtol=0)
+    # nor may an export of the old weights be listed in the new directory's manifest
+    with pytest.raises(ExportError, match="was replaced while exporting"):
+        export_onnx(old)
+    assert not (m / "model.onnx").exists()
+
+
 def _counting_backend(graphs: list):
     def backend(gm, example_inputs):
         graphs.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
