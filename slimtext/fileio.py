@@ -227,7 +227,9 @@ def atomic_dir(
     moved aside first and moved back if the second rename fails. Files and directories get the
     modes a plain write would give.
     """
-    target = Path(target)
+    # Absolute (links kept, not resolved): "." has itself as parent, and the temporary
+    # directory would be made inside the target.
+    target = Path(os.path.abspath(target))
     check_replaceable(target, is_ours, overwrite)  # fail before the caller does any work
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))

@@ -363,3 +363,15 @@ def test_a_directory_swapped_in_mid_read_is_read_whole_not_mixed(
     assert swapped and md.config.vocab_size == read_model_dir(another_model_dir).config.vocab_size
     want = load_file(str(another_model_dir / "model.safetensors"))
     assert all(torch.equal(v, want[k]) for k, v in md.model.state_dict().items())
+
+
+def test_saving_into_the_current_directory_works(tiny_model_dir, tmp_path, monkeypatch):
+    # The temporary directory was made inside "." (its own parent): refused after training as
+    # "neither empty nor a directory slimtext wrote", or EBUSY renaming ".".
+    md = read_model_dir(tiny_model_dir)
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    _save(md, ".")
+    monkeypatch.chdir(tmp_path / "here")  # the new directory: the old one, our cwd, is gone
+    _save(md, Path("."))  # and again, over itself
+    assert read_model_dir(tmp_path / "here").labels == md.labels
