@@ -18,6 +18,7 @@ import json
 import numbers
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,31 +76,46 @@ def save_model_dir(
     atomically). Anything else already at `path` is left alone: `TargetExistsError`."""
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    with atomic_dir(path, is_ours=is_model_dir) as tmp:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        tokenizer.save(tmp / "tokenizer.json")
-        _write_json(tmp / "labels.json", list(labels))
-        _write_json(
-            tmp / "config.json",
-            {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "slimtext_version": _version(),
-                "model": config.to_dict(),
-                "max_length": max_length,
-                "long_text": long_text,
-                "train": train_config or {},
-                "compression": compression or [],
-            },
-        )
-        _write_json(tmp / "metrics.json", metrics or {})
-        (tmp / "README.md").write_text(_model_card(path.name, model, config, labels, metrics))
-        for name, src in (extra_files or {}).items():
-            if Path(src).is_file():
-                shutil.copyfile(src, tmp / name)
-            elif Path(src).is_dir():  # e.g. the run's TensorBoard event files
-                shutil.copytree(src, tmp / name)
+    try:
+        with atomic_dir(path, is_ours=is_model_dir) as tmp:
+            _write_files(tmp, path, state, model, config, tokenizer, labels, max_length,
+                         long_text, train_config, metrics, compression, extra_files)  # fmt: skip
+    except TargetExistsError:
+        raise
+    except (OSError, SafetensorError) as e:  # a full disk, a read-only one: one clear line
+        raise ModelDirError(f"{path}: could not write the model directory ({e})") from None
     return path
+
+
+def _write_files(tmp, path, state, model, config, tokenizer, labels, max_length, long_text,
+                 train_config, metrics, compression, extra_files) -> None:  # fmt: skip
+    """The files of a model directory, into the temporary directory `tmp`."""
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+    try:
+        tokenizer.save(tmp / "tokenizer.json")
+    except Exception as e:  # tokenizers reports I/O errors as a bare Exception
+        raise OSError(str(e)) from None
+    _write_json(tmp / "labels.json", list(labels))
+    _write_json(
+        tmp / "config.json",
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "slimtext_version": _version(),
+            "model": config.to_dict(),
+            "max_length": max_length,
+            "long_text": long_text,
+            "train": train_config or {},
+            "compression": compression or [],
+        },
+    )
+    _write_json(tmp / "metrics.json", metrics or {})
+    (tmp / "README.md").write_text(_model_card(path.name, model, config, labels, metrics))
+    for name, src in (extra_files or {}).items():
+        if Path(src).is_file():
+            shutil.copyfile(src, tmp / name)
+        elif Path(src).is_dir():  # e.g. the run's TensorBoard event files
+            shutil.copytree(src, tmp / name)
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:
@@ -124,6 +140,7 @@ def check_save_target(
     folder holding one, would delete it when the run ends. `is_ours`: which existing non-empty
     directories may be replaced (model directories)."""
     check_replaceable(path, is_ours)
+    _check_writable(Path(os.path.abspath(path)).parent)
     target = Path(path).resolve()
     for src in reads:
         if not src:
@@ -166,6 +183,18 @@ def _manifest_bytes(path: Path) -> bytes | None:
         return (path / MANIFEST).read_bytes()
     except OSError:
         return None
+
+
+def _check_writable(folder: Path) -> None:
+    """ModelDirError now if nothing can be written in `folder` (or, when it does not exist yet,
+    the nearest folder above it): a read-only disk failed with a traceback after training."""
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        probe = tempfile.mkdtemp(prefix=".slimtext-probe-", dir=folder)
+    except OSError as e:
+        raise ModelDirError(f"{folder}: cannot write there ({e.strerror or e})") from None
+    os.rmdir(probe)
 
 
 def _read_model_dir(path: Path) -> ModelDir:

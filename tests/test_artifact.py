@@ -375,3 +375,32 @@ def test_saving_into_the_current_directory_works(tiny_model_dir, tmp_path, monke
     monkeypatch.chdir(tmp_path / "here")  # the new directory: the old one, our cwd, is gone
     _save(md, Path("."))  # and again, over itself
     assert read_model_dir(tmp_path / "here").labels == md.labels
+
+
+def test_an_unwritable_or_full_disk_is_one_clear_error_and_leaves_nothing(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import errno
+    import tempfile
+
+    import slimtext.artifact as artifact
+    from slimtext.artifact import check_save_target
+
+    md = read_model_dir(tiny_model_dir)
+    real_mkdtemp = tempfile.mkdtemp
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(ModelDirError, match="cannot write there.*[Rr]ead-only"):
+        check_save_target(tmp_path / "m")  # before training, not after (it was a traceback)
+    monkeypatch.setattr(tempfile, "mkdtemp", real_mkdtemp)
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(artifact, "save_file", full)
+    with pytest.raises(ModelDirError, match="could not write the model directory.*space"):
+        _save(md, tmp_path / "m")
+    assert list(tmp_path.iterdir()) == []  # no temporary directory left
