@@ -384,7 +384,13 @@ def _train(
     ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
     if resume and (ckpt is None or not ckpt.is_dir()):
         say(f"note: no checkpoints in {ckpt}; starting fresh")
-    with tempfile.TemporaryDirectory() as tmp:
+    from .train.checkpoint import clear_finished, exclusive, mark_finished
+    from .train.distributed import barrier
+
+    with exclusive(ckpt, ctx), tempfile.TemporaryDirectory() as tmp:
+        if ctx.is_main:
+            clear_finished(ckpt, say)
+        barrier(ctx)  # the other ranks look for checkpoints only once they are cleared
         run_dir = ckpt / "run" if ckpt is not None else Path(tmp)
         t0 = time.perf_counter()
         clf.fit(train_ds, valid_ds, run_dir=run_dir, checkpoint_dir=ckpt, resume=resume, dist=ctx)
@@ -417,6 +423,7 @@ def _train(
             metrics["test"] = rep
             typer.echo(format_report(rep))
         clf.save(out, metrics=metrics)
+        mark_finished(ckpt, out)
     typer.echo(f"model directory: {out}", err=True)
 
 
@@ -519,11 +526,20 @@ def pretrain(
         ds = load_data(data, require_labels=False, **kw)
         if ctx.is_main:
             typer.echo(f"data: {ds.report()}", err=True)  # lines skipped or repaired, if any
-        r = run_pretrain(ds, out, tokenizer=tokenizer, vocab_size=vocab_size,
-                         mask_prob=mask_prob, pack=pack, whole_word=whole_word,
-                         run_dir=ckpt / "run" if ckpt is not None else None,
-                         checkpoint_dir=ckpt, resume=resume, progress=progress and ctx.is_main,
-                         checkpoint_every=checkpoint_every, dist=ctx, **params)  # fmt: skip
+        from .train.checkpoint import clear_finished, exclusive, mark_finished
+        from .train.distributed import barrier
+
+        with exclusive(ckpt, ctx):
+            if ctx.is_main:
+                clear_finished(ckpt, lambda msg: typer.echo(msg, err=True))
+            barrier(ctx)
+            r = run_pretrain(ds, out, tokenizer=tokenizer, vocab_size=vocab_size,
+                             mask_prob=mask_prob, pack=pack, whole_word=whole_word,
+                             run_dir=ckpt / "run" if ckpt is not None else None,
+                             checkpoint_dir=ckpt, resume=resume, progress=progress and ctx.is_main,
+                             checkpoint_every=checkpoint_every, dist=ctx, **params)  # fmt: skip
+            if ctx.is_main:
+                mark_finished(ckpt, out)
     except (*_user_errors(), DistributedError) as e:
         _fail(e)
     finally:

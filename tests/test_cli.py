@@ -294,3 +294,24 @@ def test_demo_refuses_an_output_it_would_not_replace_before_training(tmp_path, m
     r = runner.invoke(app, ["demo", "--out", str(project)])
     assert r.exit_code != 0 and "refusing to replace" in r.output, r.output
     assert "Traceback" not in r.output
+
+
+def test_a_finished_runs_checkpoints_give_way_and_a_second_run_on_them_is_refused(
+    tmp_path, data_files
+):
+    # Left behind, a finished run's checkpoints stopped the next (cron) run into the same --out,
+    # with --resume or without; two runs at once on one folder broke each other's checkpoints.
+    from slimtext.train.checkpoint import exclusive
+
+    train, _ = data_files
+    args = ["train", "--data", str(train), "--out", str(tmp_path / "m"), *SMALL, "--max-steps",
+            "4", "--checkpoint-every", "2"]  # fmt: skip
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m.checkpoints" / "FINISHED").is_file()  # kept until the next run
+    for extra in ([], ["--resume"]):  # which starts afresh over them, either way
+        r = runner.invoke(app, args + extra)
+        assert r.exit_code == 0 and "finished; starting afresh" in r.output, r.output
+    with exclusive(tmp_path / "m.checkpoints"):  # another run holds them
+        r = runner.invoke(app, args)
+    assert r.exit_code != 0 and "in use by another run" in r.output, r.output

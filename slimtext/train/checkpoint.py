@@ -15,10 +15,12 @@ a filesystem every node sees.)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,6 +31,7 @@ from ..fileio import IntegrityError, verify_manifest, write_manifest
 from .distributed import DistContext, DistributedError, barrier, broadcast_object
 
 PREFIX = "step-"
+LOCK = ".lock"  # held by the run using the folder (see `exclusive`)
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -195,3 +198,59 @@ def load_checkpoint(
         optimizer.load_state_dict(state["optimizer"])
     best = path / "best.safetensors"
     return state, (load_file(str(best)) if best.is_file() else None)
+
+
+@contextlib.contextmanager
+def exclusive(folder: Path | None, ctx: DistContext | None = None) -> Iterator[None]:
+    """Hold a run's checkpoint folder for this run alone (rank 0 holds it for all ranks): two
+    runs on one folder deleted each other's checkpoints in progress and overwrote each other's
+    tokenizer, leaving checkpoints that could not be resumed. The second one is refused."""
+    ctx = ctx or DistContext()
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    if folder is None or not ctx.is_main or fcntl is None:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise ValueError(
+                f"{folder} is in use by another run (pid {other}): wait for it to end, or "
+                "write to another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+FINISHED = "FINISHED"  # written once the run's model directory is saved
+
+
+def mark_finished(folder: Path | None, model_dir: Path) -> None:
+    """Note in a run's checkpoint folder that the run wrote its model directory: the next run
+    into the same --out then starts afresh over these checkpoints instead of refusing (they
+    blocked a nightly retrain, with --resume or without). They stay until then (inspection,
+    resharding a DCP checkpoint)."""
+    if folder is not None and Path(folder).is_dir():
+        (Path(folder) / FINISHED).write_text(f"{model_dir}\n")
+
+
+def clear_finished(folder: Path | None, say) -> None:
+    """Remove a finished run's checkpoints (see `mark_finished`), saying so."""
+    folder = Path(folder) if folder is not None else None
+    if folder is None or not (folder / FINISHED).is_file():
+        return
+    for p in folder.iterdir():
+        if p.name == LOCK:
+            continue
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    say(f"note: {folder} held the checkpoints of a run that finished; starting afresh")
