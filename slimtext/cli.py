@@ -931,7 +931,20 @@ def bench(
 
 
 def main() -> None:
+    import signal
     import warnings
+
+    from .train.distributed import launched_by_torchrun
+
+    # SIGTERM (a job scheduler's stop, `kill`) ends the command as Ctrl-C does, through its
+    # clean-up: the default ended the process at once, leaving a save's temporary copy of the
+    # model behind. (Not in torchrun's ranks: their agent stops them with it.)
+    def stop(*_) -> None:
+        typer.echo("error: stopped by SIGTERM", err=True)
+        sys.exit(128 + signal.SIGTERM)
+
+    if not launched_by_torchrun():
+        signal.signal(signal.SIGTERM, stop)
 
     # One line per warning, as the errors are: the Python source line a warning names means
     # nothing to someone at the command line.

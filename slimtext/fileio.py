@@ -18,6 +18,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from glob import escape as glob_escape
 from pathlib import Path, PurePosixPath
 
 MANIFEST = "manifest.json"
@@ -232,7 +233,9 @@ def atomic_dir(
     target = Path(os.path.abspath(target))
     check_replaceable(target, is_ours, overwrite)  # fail before the caller does any work
     target.parent.mkdir(parents=True, exist_ok=True)
+    _sweep_abandoned(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    held = _hold(tmp)  # until the end: tells a later sweep this one is still being written
     try:
         yield tmp
         write_manifest(tmp)
@@ -256,11 +259,50 @@ def atomic_dir(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if held is not None:
+            os.close(held)
     if old is not None:
         if old.is_symlink():  # a link to the old directory: drop the link, not its target
             old.unlink()
         else:
             shutil.rmtree(old, ignore_errors=True)
+
+
+def _hold(folder: Path) -> int | None:
+    """An open descriptor of `folder` with an exclusive flock on it (None where there is no
+    flock): held by the process writing the folder."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def _sweep_abandoned(target: Path) -> None:
+    """Remove the temporary directories that writes of `target` killed mid-way left beside it
+    (SIGKILL, a power cut): a full model's copy each. One still being written is locked by its
+    writer (`_hold`) and left alone."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    for tmp in target.parent.glob(f".{glob_escape(target.name)}.tmp-*"):
+        if not tmp.is_dir() or tmp.is_symlink():
+            continue
+        try:
+            fd = os.open(tmp, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: another process is writing it
+            os.close(fd)
+            continue
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

@@ -404,3 +404,21 @@ def test_an_unwritable_or_full_disk_is_one_clear_error_and_leaves_nothing(
     with pytest.raises(ModelDirError, match="could not write the model directory.*space"):
         _save(md, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []  # no temporary directory left
+
+
+def test_a_killed_saves_temporary_copy_is_swept_but_a_live_one_is_left(tiny_model_dir, tmp_path):
+    # SIGKILL mid-save left ".m.tmp-*" (a whole model) beside m for good, one per kill.
+    from slimtext.fileio import _hold
+
+    md = read_model_dir(tiny_model_dir)
+    dead, live = tmp_path / ".m.tmp-dead", tmp_path / ".m.tmp-live"
+    for d in (dead, live):
+        d.mkdir()
+        (d / "model.safetensors").write_bytes(b"x" * 100)
+    fd = _hold(live)  # a save still running in another process
+    try:
+        _save(md, tmp_path / "m")
+    finally:
+        os.close(fd)
+    assert not dead.exists() and live.is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".m.tmp-live", "m"]

@@ -315,3 +315,20 @@ def test_a_finished_runs_checkpoints_give_way_and_a_second_run_on_them_is_refuse
     with exclusive(tmp_path / "m.checkpoints"):  # another run holds them
         r = runner.invoke(app, args)
     assert r.exit_code != 0 and "in use by another run" in r.output, r.output
+
+
+def test_sigterm_stops_a_run_like_ctrl_c_with_one_line(tmp_path, data_files):
+    # SIGTERM (a scheduler's stop) killed the process at once, skipping every clean-up.
+    train, _ = data_files
+    out = tmp_path / "m"
+    cmd = [sys.executable, "-m", "slimtext", "train", "--out", str(out), "--data", str(train),
+           "--epochs", "500", "--checkpoint-every", "2", *SMALL]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ckpts, deadline = tmp_path / "m.checkpoints", time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("step-*")):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert not (out / "model.safetensors").exists()
+    assert not list(tmp_path.glob(".m.tmp-*"))
