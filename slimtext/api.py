@@ -350,7 +350,8 @@ class TextClassifier:
             long_text=md.long_text,
             train_config=self._saved_train_config(),
             metrics={**getattr(self, "metrics_", {}), **(metrics or {})},
-            compression=md.meta.get("compression"),
+            # the steps applied to the model, also those applied after it was loaded
+            compression=getattr(md.model, "slimtext_compression", md.meta.get("compression")),
             extra_files=extra,
         )
 

@@ -254,6 +254,7 @@ def _read_model_dir(path: Path) -> ModelDir:
             f"{path / 'model.safetensors'}: weights do not match config.json ({e})"
         ) from None
     model.eval()
+    model.slimtext_compression = list(cfg.get("compression") or [])  # what later steps extend
     meta = {
         "train": cfg.get("train", {}),
         "compression": cfg.get("compression", []),

@@ -44,6 +44,21 @@ def iter_batches(data: Encoded, pad_id: int, batch_size: int = 64) -> Iterator[B
         yield pad_batch(data.ids, idx, pad_id, data.labels)
 
 
+RECORDS = "slimtext_compression"  # the model's own list of the steps applied to it
+
+
+def recorded(model: nn.Module, rec: dict) -> dict:
+    """`rec`, also appended to the model's list of its compression steps (`RECORDS`), which a
+    save writes to config.json: a model compressed with the Python verbs and saved through
+    `TextClassifier.save` kept the list it was loaded with and could not be read back."""
+    steps = getattr(model, RECORDS, None)
+    if steps is None:
+        steps = []
+        setattr(model, RECORDS, steps)
+    steps.append(rec)
+    return rec
+
+
 def record(step: str, config, **structure) -> dict:
     """One entry of config.json's `compression` list: enough to rebuild the module structure."""
     cfg = asdict(config) if is_dataclass(config) else dict(config or {})

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from ._util import blocks, record, set_module
+from ._util import RECORDS, blocks, record, recorded, set_module
 
 
 @dataclass
@@ -88,7 +88,7 @@ def factorize_(model: nn.Module, config: LowRank) -> dict:
             new.b.bias.copy_(m.bias)
         set_module(model, name, new.to(m.weight.device))
         ranks[name] = [m.in_features, r, m.out_features]
-    return record("factorize", config, ranks=ranks)
+    return recorded(model, record("factorize", config, ranks=ranks))
 
 
 def restore_factorized_(model: nn.Module, rec: dict) -> None:
@@ -108,7 +108,9 @@ def drop_layers_(model: nn.Module, config: DropLayers) -> dict:
     model.encoder.blocks = nn.ModuleList(bl[i] for i in config.keep)
     model.encoder.num_layers = len(config.keep)
     model.config = replace(model.config, num_layers=len(config.keep))
-    return record("drop_layers", config)
+    # the earlier steps' records now describe the kept blocks only
+    setattr(model, RECORDS, records_after_drop(getattr(model, RECORDS, []), config.keep))
+    return recorded(model, record("drop_layers", config))
 
 
 def records_after_drop(records: list[dict], keep: Sequence[int]) -> list[dict]:

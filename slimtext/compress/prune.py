@@ -34,7 +34,7 @@ from torch import nn
 
 from ..data.batching import Batch
 from ..models.transformer import SelfAttention
-from ._util import blocks, record
+from ._util import blocks, record, recorded
 
 IMPORTANCE = ("taylor", "magnitude")
 
@@ -410,7 +410,7 @@ def prune_(model: nn.Module, config: PruneConfig, calib: Sequence[Batch] | None 
         with torch.no_grad():
             for m, mask in masks:
                 m.weight.mul_(mask)
-        return _sparse_record(model, config, masks)
+        return recorded(model, _sparse_record(model, config, masks))
     if not isinstance(config, (HeadPruning, FFNPruning)):
         raise TypeError(f"prune_ does not handle {type(config).__name__}")
     bl = blocks(model)
@@ -427,7 +427,7 @@ def prune_(model: nn.Module, config: PruneConfig, calib: Sequence[Batch] | None 
             if len(k) < blk.ffn_out.in_features:
                 keep_neurons_(blk, k)
         kind = "ffn"
-    return record("prune", config, kind=kind, **structure(model))
+    return recorded(model, record("prune", config, kind=kind, **structure(model)))
 
 
 def structure(model: nn.Module) -> dict:

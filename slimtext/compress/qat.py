@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._util import record, set_module
+from ._util import record, recorded, set_module
 from .quantize import Int8Embedding, Int8Linear, _targets
 
 QAT_METHODS = ("int8-dynamic", "int8-weight")
@@ -154,7 +154,7 @@ def convert_qat_(model: nn.Module, config: QAT, **extra) -> dict:
         done[name] = type(new).__name__
     if not done:
         raise ValueError("convert_qat_: no fake-quantized layers (call prepare_qat_ first)")
-    return record("quantize", config, modules=done, qat=True, **extra)
+    return recorded(model, record("quantize", config, modules=done, qat=True, **extra))
 
 
 def qat_(

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._util import record, set_module
+from ._util import record, recorded, set_module
 
 METHODS = ("int8-dynamic", "int8-weight", "int4-weight")
 
@@ -310,7 +310,7 @@ def quantize_(model: nn.Module, config: QuantConfig) -> dict:
         new = _quantized(model.get_submodule(name), config)
         set_module(model, name, new)
         done[name] = type(new).__name__
-    return record("quantize", config, modules=done)
+    return recorded(model, record("quantize", config, modules=done))
 
 
 def restore_quantized_(model: nn.Module, rec: dict) -> None:

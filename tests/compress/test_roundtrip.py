@@ -74,3 +74,32 @@ def test_compressed_model_round_trips_with_identical_outputs(
     loaded = slimtext.load(tmp_path / "m").model
     assert sorted(loaded.state_dict()) == sorted(m.state_dict())
     torch.testing.assert_close(h.logits(loaded, batches), out, atol=0, rtol=0)
+
+
+def test_the_python_verbs_on_a_loaded_classifier_save_a_directory_that_loads(
+    tiny_model_dir, tmp_path
+):
+    # TextClassifier.save wrote the compression list the model was loaded with: pruned and
+    # quantized weights with an empty list, which read_model_dir could not rebuild.
+    import numpy as np
+
+    import slimtext
+    from slimtext.api import TextClassifier
+    from slimtext.compress import (
+        HeadPruning,
+        Int8Dynamic,
+        prune_,
+        quantize_,
+    )
+
+    clf = TextClassifier.load(tiny_model_dir)
+    model = clf.model_dir_.model
+    prune_(model, HeadPruning(0.5))
+    quantize_(model, Int8Dynamic())
+    texts = ["goal match team", "bank profit shares", "chip software data"]
+    before = clf.predict_proba(texts)
+    clf.save(tmp_path / "small")
+    again = slimtext.load(tmp_path / "small")
+    np.testing.assert_allclose(again.predict_proba(texts), before, atol=1e-6)
+    steps = [r["step"] for r in again.model_dir.meta["compression"]]
+    assert steps[0] == "prune" and steps[-1] == "quantize"
