@@ -753,7 +753,7 @@ def compress_(
         typer.Option(
             help="Steps, e.g. 'distill:layers=2,prune:heads=0.5,ffn=0.5,"
             "quantize:int8-dynamic,max_drop=0.01'; 'quantize:int8-dynamic,qat=1' fine-tunes "
-            "quantization-aware; 'sparsity:2:4' prunes 2 of every 4 weights."
+            "quantization-aware; 'sparsity:N:M' keeps the N largest of every M weights (2:4: half)."
         ),
     ] = "distill,prune:heads=0.5,ffn=0.5,quantize:int8-dynamic",
     valid: Annotated[
@@ -772,7 +772,13 @@ def compress_(
             "Face sequence-classification folder) or a slimtext model directory; same labels."
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per training step.")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Epochs of each distill step (prune, lowrank and finetune steps train for "
+            "their own finetune=N / epochs=N, default 1)."
+        ),
+    ] = None,
     batch_size: int = 32,
     lr: float | None = None,
     threads: int | None = None,

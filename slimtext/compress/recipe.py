@@ -72,7 +72,13 @@ from .prune import (
     prune_finetune,
 )
 from .qat import QAT, QAT_METHODS, qat_
-from .quantize import METHODS, config_from_method, quantize_, quantize_within_budget
+from .quantize import (
+    METHODS,
+    Int4WeightOnly,
+    config_from_method,
+    quantize_,
+    quantize_within_budget,
+)
 from .report import measure, with_ratios, write_report
 
 STEPS = ("distill", "prune", "sparsity", "lowrank", "drop", "finetune", "quantize")
@@ -221,9 +227,55 @@ def check_recipe(
             f"the model is already quantized ({method}): its quantized layers cannot be trained, "
             "pruned, factorized or quantized again; compress the float model it came from"
         )
+    if config.arch != "transformer":
+        # Those steps work on encoder blocks; an attention model has none, or one narrow one
+        # (they crashed, did nothing, or recorded work they had not done).
+        odd = [_label(n, o) for n, o in steps if n in ("distill", "prune", "sparsity", "lowrank",
+                                                      "drop")]  # fmt: skip
+        if odd:
+            raise ValueError(
+                f"{', '.join(map(repr, odd))}: the attention model has no encoder blocks to "
+                "distill, prune, sparsify, factorize or drop; 'quantize' and 'finetune' apply"
+            )
+    if config.share_layers:
+        odd = [_label(n, o) for n, o in steps if n in ("distill", "drop")]
+        if odd:
+            raise ValueError(
+                f"{', '.join(map(repr, odd))}: the model shares one block across its layers "
+                "(share_layers), so there are no layers to drop or distil into fewer; use prune, "
+                "lowrank or quantize"
+            )
+    factorized = any(r.get("step") == "factorize" for r in done)
     layers = config.num_layers  # the model's layers as each step meets them
     for i, (name, opts) in enumerate(steps):
         label = _label(name, opts)
+        if name == "prune" and factorized and ({"heads", "ffn"} & set(opts) or not opts):
+            raise ValueError(
+                f"step {label!r}: structured pruning needs plain Linear layers, and the model is "
+                "factorized (low-rank) at this step; prune before 'lowrank'"
+            )
+        if (
+            name == "distill"
+            and not own_teacher
+            and any(float(opts.get(k, 0)) for k in ("hidden_loss", "attention_loss"))
+        ):
+            raise ValueError(
+                f"step {label!r}: hidden_loss/attention_loss need a teacher sharing the model's "
+                "tokenizer and layout; an external teacher gives logits only"
+            )
+        if name == "lowrank":
+            factorized = True
+        elif name == "distill":
+            factorized = False  # a new student
+        if name == "quantize" and opts.get("method") == "int4-weight":
+            group = int(opts.get("group", Int4WeightOnly.group_size))
+            widths = {config.hidden_size, config.ffn_size}
+            if not any(w % group == 0 for w in widths):
+                raise ValueError(
+                    f"step {label!r}: group={group} divides no layer's input width (hidden "
+                    f"{config.hidden_size}, ffn {config.ffn_size}), so every layer would fall "
+                    "back to int8"
+                )
         if i and name == "distill":
             raise ValueError(
                 f"step {label!r} must come first: it trains a new student from the teacher, "

@@ -197,6 +197,9 @@ def test_bad_last_step_fails_before_the_teacher_is_measured(
         ("quantize:int8-dynamic,finetune", "'finetune' cannot follow 'quantize'"),
         ("quantize:int8-dynamic,quantize:int4-weight", "cannot follow 'quantize'"),
         ("prune:heads=0.5,distill", "'distill' must come first.*discard 'prune'"),
+        # crashed after the earlier steps had run, or fell back without a word
+        ("lowrank:0.5,prune:heads=0.5", "prune before 'lowrank'"),
+        ("quantize:int4-weight,group=34", "group=34 divides no layer's input width"),
     ],
 )
 def test_impossible_recipes_are_refused_before_anything_runs(
@@ -301,3 +304,28 @@ def test_a_quantized_model_and_its_own_directory_are_refused(teacher_dir, make_t
         with pytest.raises(ValueError, match="would delete it"):
             compress(own, make_toy(5, seed=75), out, recipe="finetune", **FAST)
     assert (own / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "kind, recipe, message",
+    [
+        ("attention", "prune:heads=0.5", "attention model has no encoder blocks"),
+        ("attention", "distill,quantize:int8-dynamic", "attention model has no encoder blocks"),
+        ("shared", "distill", "shares one block across its layers"),
+    ],
+)
+def test_steps_a_model_kind_cannot_take_are_refused_before_anything_runs(
+    make_toy, tmp_path, monkeypatch, kind, recipe, message
+):
+    # They crashed after the teacher was measured, did nothing, or recorded undone work.
+    from slimtext.api import TextClassifier
+
+    shape = (dict(model="attention", hidden_size=32) if kind == "attention" else
+             dict(model="transformer", hidden_size=32, num_layers=2, num_heads=4, ffn_size=64,
+                  share_layers=True))  # fmt: skip
+    TextClassifier(vocab_size=300, max_length=32, max_steps=2, verbose=False,
+                   **shape).fit(make_toy(5, seed=3)).save(tmp_path / "m")  # fmt: skip
+    monkeypatch.setattr(recipe_mod, "measure", _no_training)
+    with pytest.raises(ValueError, match=message):
+        compress(tmp_path / "m", make_toy(5, seed=61), tmp_path / "x", recipe=recipe,
+                 log=lambda s: None)  # fmt: skip
