@@ -307,7 +307,7 @@ class Predictor:
         from .export import ExportError
 
         errors = self.backend_errors
-        fastest: dict[bool, tuple[float, str, Runner]] = {}  # low precision? -> (ms, name, run)
+        fastest: dict[bool, tuple] = {}  # low precision? -> (ms, name, runner, onnx_path)
         for name in candidates:
             if name not in BACKENDS or name == "auto":
                 raise ValueError(f"auto candidates must be backends, got {name!r}")
@@ -330,13 +330,15 @@ class Predictor:
             self.backend_timings[name] = ms
             low = name in LOW_PRECISION
             if low not in fastest or ms < fastest[low][0]:
-                fastest[low] = (ms, name, self._runner)
+                fastest[low] = (ms, name, self._runner, self.onnx_path)
+            self.onnx_path = None  # each candidate's own, kept with it above
         if not fastest:
             raise RuntimeError(f"no backend available for auto: {errors}")
         pick = fastest.get(False) or fastest[True]
         if True in fastest and fastest[True][0] < pick[0] * (1 - LOW_PRECISION_MARGIN):
             pick = fastest[True]
-        _ms, best, self._runner = pick
+        # onnx_path: the file the winner runs (None for a torch backend), not the last built
+        _ms, best, self._runner, self.onnx_path = pick
         self._runner_name = best
         return best
 

@@ -303,6 +303,8 @@ def test_auto_picks_an_available_backend_and_agrees_with_torch(onnx_dir, texts):
     atol = 5e-2 if pred.backend == "torch-bf16" else ATOL  # bf16: ~1e-2 (see above)
     torch.testing.assert_close(pred.logits(texts), load(onnx_dir).logits(texts), atol=atol,
                                rtol=0)  # fmt: skip
+    # onnx_path is the file the winner runs, not the last candidate built
+    assert (pred.onnx_path is not None) == pred.backend.startswith("onnxruntime")
 
 
 def test_missing_onnxruntime_is_a_clear_error(tiny_model_dir, monkeypatch):

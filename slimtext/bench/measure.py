@@ -242,7 +242,20 @@ class Spec:
 
 
 def measure_spec(spec: Spec, isolated: bool) -> dict:
-    """Load the contender described by `spec` and measure it; returns a JSON-ready dict."""
+    """Load the contender described by `spec` and measure it; returns a JSON-ready dict. In
+    the caller's process (`isolated=False`) its torch thread count is restored afterwards."""
+    if isolated or not spec.threads or spec.kind not in ("slimtext", "hf", "ort"):
+        return _measure_spec(spec, isolated)
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _measure_spec(spec, isolated)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure_spec(spec: Spec, isolated: bool) -> dict:
     torch = None
     if spec.kind in ("slimtext", "hf", "ort"):
         # Only where needed: torch alone is ~200 MB of RSS, which fastText and TF-IDF never pay.

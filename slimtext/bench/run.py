@@ -99,7 +99,6 @@ def run(
     contender this many times, in turns, and report the median of each figure (each run's
     rates are kept under "runs"): on a shared machine one measurement can be 30% off.
     """
-    import torch
 
     from .report import pareto_front, write_report
 
@@ -111,10 +110,8 @@ def run(
     budget = _Budget(time_budget)
     if repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {repeat}")
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}")
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     if not model_dirs:
         raise ValueError("give at least one model directory")
     unknown = [p for p in peers if p not in PEERS]
@@ -510,6 +507,8 @@ def _median_of(runs: list[dict]) -> dict:
             return {k: med([v[k] for v in values if isinstance(v, dict) and k in v])
                     for k in first}  # fmt: skip
         nums = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if nums and all(isinstance(v, int) for v in nums):
+            return statistics.median_low(nums)  # a count stays a whole number
         return statistics.median(nums) if nums else first
 
     out = {k: med([r[k] for r in runs if k in r]) for k in runs[0]}

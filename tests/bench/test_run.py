@@ -22,10 +22,14 @@ def full_report(cls_model_dir, bench_data, tmp_path_factory):
         pytest.importorskip(mod)
     train, test = bench_data
     out = tmp_path_factory.mktemp("bench-out") / "report"
+    import torch
+
+    threads = torch.get_num_threads()
     result = run([cls_model_dir], str(test), out, train=str(train),
                  backends=["torch", "onnxruntime-int8"], threads=1, isolate=False,
                  peer_options={"fasttext": {"bucket": 20000, "dim": 16, "epoch": 5}},
                  progress=False)  # fmt: skip
+    assert torch.get_num_threads() == threads  # the caller's was left at `threads`
     return out, result
 
 
