@@ -96,7 +96,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .fileio import IntegrityError
     from .tokenizer import TokenizerError
 
-    return (DataError, ModelDirError, TokenizerError, IntegrityError, FileNotFoundError, ValueError)
+    # ImportError: an optional extra that is not installed (our messages name the pip command)
+    return (DataError, ModelDirError, TokenizerError, IntegrityError, FileNotFoundError,
+            ValueError, ImportError)  # fmt: skip
 
 
 @app.command()
@@ -860,7 +862,12 @@ def serve(
     try:
         from .serve import run
     except ImportError as e:
-        _fail(ImportError(f"{e}; install the server extra: pip install 'slimtext[serve]'"))
+        hint = (
+            ""
+            if "pip install" in str(e)
+            else "; install the server extra: pip install 'slimtext[serve]'"
+        )
+        _fail(ImportError(f"{e}{hint}"))
     try:
         run(
             model_dir, host, port, backend=backend, device=device,
@@ -937,10 +944,9 @@ def bench(
 
 
 def main() -> None:
+    import os
     import signal
     import warnings
-
-    from .train.distributed import launched_by_torchrun
 
     # SIGTERM (a job scheduler's stop, `kill`) ends the command as Ctrl-C does, through its
     # clean-up: the default ended the process at once, leaving a save's temporary copy of the
@@ -949,7 +955,9 @@ def main() -> None:
         typer.echo("error: stopped by SIGTERM", err=True)
         sys.exit(128 + signal.SIGTERM)
 
-    if not launched_by_torchrun():
+    # (torchrun's variables, read here: importing train.distributed would import torch, a
+    # second of every `slimtext --help`)
+    if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
         signal.signal(signal.SIGTERM, stop)
 
     # One line per warning, as the errors are: the Python source line a warning names means

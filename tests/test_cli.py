@@ -332,3 +332,27 @@ def test_sigterm_stops_a_run_like_ctrl_c_with_one_line(tmp_path, data_files):
     assert proc.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err
     assert not (out / "model.safetensors").exists()
     assert not list(tmp_path.glob(".m.tmp-*"))
+
+
+def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path, data_files, monkeypatch):
+    # --init hf: without transformers and a QAT recipe without torchao were tracebacks (the
+    # second one after measuring the teacher).
+    import importlib.util
+
+    train, _ = data_files
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    (tmp_path / "bert").mkdir()
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
+                            "--init", f"hf:{tmp_path / 'bert'}", *SMALL[2:]])  # fmt: skip
+    assert r.exit_code == 2 and "pip install 'slimtext[hf]'" in r.output, r.output
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torchao" else real(name, *a))  # fmt: skip
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "t"), *SMALL,
+                            "--max-steps", "2"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    qat = ["--recipe", "quantize:int8-dynamic,qat=1"]
+    r = runner.invoke(app, ["compress", str(tmp_path / "t"), "--data", str(train), "--out",
+                            str(tmp_path / "q"), *qat])  # fmt: skip
+    assert r.exit_code == 2 and "pip install 'slimtext[quant]'" in r.output, r.output
+    assert "Traceback" not in r.output and "teacher" not in r.output  # nothing measured first

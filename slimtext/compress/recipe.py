@@ -363,6 +363,13 @@ def compress(
     check_save_target(out_dir, reads=(teacher_dir, teacher))
     load_kw = load_kw or {}
     steps = parse_recipe(recipe)
+    if any(n == "quantize" and o.get("qat") for n, o in steps):
+        import importlib.util
+
+        if importlib.util.find_spec("torchao") is None:  # before any work, not after it
+            raise ImportError(
+                "quantization-aware training needs torchao: pip install 'slimtext[quant]'"
+            )
     md = read_model_dir(teacher_dir)
     source, tok, labels = md.model, md.tokenizer, md.labels
     done = list(md.meta.get("compression", []))

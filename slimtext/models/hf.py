@@ -89,8 +89,18 @@ def bert_config(cfg: ModelConfig, labels: list[str] | None = None):
     )
 
 
+def _require_transformers() -> None:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        raise ImportError(
+            "Hugging Face checkpoints need transformers: pip install 'slimtext[hf]'"
+        ) from None
+
+
 def to_hf_bert(model: TransformerClassifier, labels: list[str] | None = None):
     """A `BertForSequenceClassification` that computes the same logits as `model`."""
+    _require_transformers()
     from transformers import BertForSequenceClassification
 
     cfg = _check_exportable(model)
@@ -212,6 +222,7 @@ def from_hf_bert(hf_model, num_labels: int | None = None) -> TransformerClassifi
 
 def load_hf_bert(path: str | os.PathLike, num_labels: int | None = None):
     """(TransformerClassifier, TextTokenizer) from a local Hugging Face BERT folder."""
+    _require_transformers()
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     from ..tokenizer import load_tokenizer
@@ -262,6 +273,7 @@ def hf_fast_tokenizer(tokenizer, max_length: int):
 def save_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Write a slimtext model directory as a Hugging Face folder (`save_pretrained` + a fast
     tokenizer), loadable with `AutoModelForSequenceClassification` / `AutoTokenizer`."""
+    _require_transformers()
     from ..artifact import check_save_target, is_model_dir, read_model_dir
     from ..fileio import _holds_manifest, atomic_dir
 

