@@ -303,6 +303,7 @@ def _relaunch_with_torchrun(nproc: int) -> None:
     import logging
     import os
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -328,7 +329,7 @@ def _relaunch_with_torchrun(nproc: int) -> None:
         try:
             run(args)
         except ChildFailedError as e:
-            rank, failure = e.get_first_failure()
+            rank, failure = _culprit(e.failures)
             if rank != 0:  # its output went to its log file
                 for f in sorted(Path(logs).glob(f"*/attempt_*/{rank}/std*.log")):
                     lines = f.read_text(errors="replace").splitlines()[-40:]
@@ -338,7 +339,22 @@ def _relaunch_with_torchrun(nproc: int) -> None:
             how = f"exit code {code}" if code >= 0 else f"signal {-code}"
             typer.echo(f"error: rank {rank} of {nproc} stopped ({how})", err=True)
             raise typer.Exit(code if code > 0 else 128 - code if code < 0 else 1) from None
+        except SignalException as e:  # Ctrl-C or SIGTERM of this launcher: the ranks stop too
+            typer.echo(f"error: stopped by signal {int(e.sigval)}", err=True)
+            raise typer.Exit(128 + int(e.sigval)) from None
     raise typer.Exit(0)
+
+
+def _culprit(failures: dict) -> tuple[int, object]:
+    """The rank whose failure to report. A usage error (exit code 2) on rank 0 is one every
+    rank hits, already on the terminal; otherwise the earliest, and among ranks that stopped
+    in the same second (torchrun's timestamps are whole seconds) another rank before rank 0:
+    rank 0 most often died of the others' closed connections, and its gloo error hid the real
+    one."""
+    if 0 in failures and failures[0].exitcode == 2:
+        return 0, failures[0]
+    rank = min(failures, key=lambda r: (failures[r].timestamp, r == 0, r))
+    return rank, failures[rank]
 
 
 def _rank_threads(nproc: int, cores: int | None = None) -> int:

@@ -158,9 +158,18 @@ def check_same_config(ctx: DistContext, config: dict) -> None:
     ref_digest, ref = everyone[0]
     for r, (d, cfg) in enumerate(everyone):
         if d != ref_digest:
-            diff = sorted(k for k in set(ref) | set(cfg) if ref.get(k) != cfg.get(k))
+            diff = []
+            for k in sorted(set(ref) | set(cfg)):
+                a, b = ref.get(k), cfg.get(k)
+                if a == b:
+                    continue
+                if isinstance(a, dict) and isinstance(b, dict):  # name the field inside
+                    diff += [f"{k}.{f} {a.get(f)!r} vs {b.get(f)!r}"
+                             for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]  # fmt: skip
+                else:
+                    diff.append(k)
             raise DistributedError(
-                f"rank {r} has a different configuration than rank 0 (fields: {diff})"
+                f"rank {r} has a different configuration than rank 0 (fields: {', '.join(diff)})"
             )
 
 

@@ -383,9 +383,11 @@ def _mismatch_worker(rank, store_path):
 
     dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
     try:
-        check_same_config(DistContext(rank=rank, world_size=2), {"lr": 0.1 * (rank + 1), "n": 5})
+        config = {"lr": 0.1 * (rank + 1), "n": 5, "train": {"seed": 3 + rank, "x": 1}}
+        check_same_config(DistContext(rank=rank, world_size=2), config)
     except DistributedError as e:
-        assert "rank 1" in str(e) and "lr" in str(e)
+        # the field inside a group is named (it said "train" for a different --seed)
+        assert "rank 1" in str(e) and "lr" in str(e) and "train.seed 3 vs 4" in str(e), str(e)
         return
     finally:
         dist.destroy_process_group()
@@ -415,3 +417,35 @@ def test_ddp_strategy_without_torchrun_says_how_to_launch(tmp_path, train_csv):
         r = CliRunner().invoke(app, ["train", "--data", str(train_csv), "--out",
                                      str(tmp_path / "m"), *bad])  # fmt: skip
         assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_the_failure_reported_is_the_cause_not_rank_0s_closed_connection():
+    from types import SimpleNamespace as F
+
+    from slimtext.cli import _culprit
+
+    # rank 1 raised; rank 0 then died of the closed connection in the same (whole) second
+    assert _culprit({0: F(exitcode=1, timestamp=100), 1: F(exitcode=1, timestamp=100)})[0] == 1
+    assert _culprit({0: F(exitcode=1, timestamp=99), 1: F(exitcode=1, timestamp=100)})[0] == 0
+    # a usage error every rank hits: rank 0's, already on the terminal (no second copy)
+    assert _culprit({0: F(exitcode=2, timestamp=100), 1: F(exitcode=2, timestamp=99)})[0] == 0
+
+
+def test_interrupting_the_nproc_launcher_is_one_line(tmp_path, train_csv):
+    # Ctrl-C / SIGTERM of `--nproc` printed torch's SignalException traceback and exited 1.
+    args = ["train", "--data", str(train_csv), "--batch-size", "4", "--checkpoint-every", "2",
+            *TINY, "--out", str(tmp_path / "m")]  # fmt: skip
+    args[args.index("--epochs") + 1] = "200"
+    proc = subprocess.Popen([sys.executable, "-m", "slimtext", *args, "--nproc", "2"], env=ENV,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    ckpts, deadline = tmp_path / "m.checkpoints", time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("step-*")):
+        time.sleep(0.05)
+    try:
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "stopped by signal 2" in err, err
+    assert "Traceback" not in err, err
