@@ -259,8 +259,30 @@ def train(
         _train(ctx=ctx, **args)
     except (*_user_errors(), DistributedError) as e:
         _fail(e)
+    except RuntimeError as e:
+        _fail_if_peer_lost(ctx, e)
+        raise
     finally:
         shutdown(ctx)
+
+
+def _fail_if_peer_lost(ctx, e: RuntimeError) -> None:
+    """A collective that failed because another rank died or stopped answering: one line
+    saying so (gloo's traceback named neither), else nothing (the error goes on)."""
+    text, why = str(e), None
+    if not ctx.distributed:
+        return
+    if "Connection closed by peer" in text or "Connection reset by peer" in text:
+        why = "another rank stopped (its own error is shown above or after this)"
+    elif "timed out" in text.lower():
+        import os
+
+        wait = os.environ.get("SLIMTEXT_DIST_TIMEOUT", "600")
+        why = (f"another rank stopped answering for {wait} s (SLIMTEXT_DIST_TIMEOUT); is one "
+               "stuck, or stopped (SIGSTOP)?")  # fmt: skip
+    if why is not None:
+        typer.echo(f"error: rank {ctx.rank}: {why}", err=True)
+        raise typer.Exit(1)  # not 2: not a usage error every rank hits (see _culprit)
 
 
 def _dist_context(nproc: int, strategy: str, device: str):
@@ -560,6 +582,9 @@ def pretrain(
                 mark_finished(ckpt, out)
     except (*_user_errors(), DistributedError) as e:
         _fail(e)
+    except RuntimeError as e:
+        _fail_if_peer_lost(ctx, e)
+        raise
     finally:
         shutdown(ctx)
     if not ctx.is_main:  # rank 0 wrote the model directory

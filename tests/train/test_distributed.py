@@ -449,3 +449,27 @@ def test_interrupting_the_nproc_launcher_is_one_line(tmp_path, train_csv):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 130 and "stopped by signal 2" in err, err
     assert "Traceback" not in err, err
+
+
+def test_an_error_on_rank_1_alone_is_shown_and_rank_0_says_why_it_stopped(tmp_path, train_csv):
+    # rank 0 died of the closed connection with gloo's traceback, and was reported as the cause
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('LOCAL_RANK') == '1':\n"
+        "    import slimtext.api as api\n"
+        "    def boom(ctx, config):\n"
+        "        raise RuntimeError('injected failure on rank 1')\n"
+        "    api.check_same_config = boom\n"
+    )
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(
+        [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    cmd = [sys.executable, "-m", "slimtext", "train", "--data", str(train_csv), *TINY,
+           "--max-steps", "2", "--nproc", "2", "--out", str(tmp_path / "m")]  # fmt: skip
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "injected failure on rank 1" in r.stderr, r.stderr
+    assert "error: rank 1 of 2 stopped" in r.stderr, r.stderr
+    # rank 0, when it lived long enough to see the closed connection, says so in one line
+    assert "Connection closed by peer" not in r.stderr, r.stderr
