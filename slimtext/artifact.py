@@ -78,44 +78,37 @@ def save_model_dir(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     try:
         with atomic_dir(path, is_ours=is_model_dir) as tmp:
-            _write_files(tmp, path, state, model, config, tokenizer, labels, max_length,
-                         long_text, train_config, metrics, compression, extra_files)  # fmt: skip
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
+            try:
+                tokenizer.save(tmp / "tokenizer.json")
+            except Exception as e:  # tokenizers reports I/O errors as a bare Exception
+                raise OSError(str(e)) from None
+            _write_json(tmp / "labels.json", list(labels))
+            _write_json(
+                tmp / "config.json",
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "slimtext_version": _version(),
+                    "model": config.to_dict(),
+                    "max_length": max_length,
+                    "long_text": long_text,
+                    "train": train_config or {},
+                    "compression": compression or [],
+                },
+            )
+            _write_json(tmp / "metrics.json", metrics or {})
+            (tmp / "README.md").write_text(_model_card(path.name, model, config, labels, metrics))
+            for name, src in (extra_files or {}).items():
+                if Path(src).is_file():
+                    shutil.copyfile(src, tmp / name)
+                elif Path(src).is_dir():  # e.g. the run's TensorBoard event files
+                    shutil.copytree(src, tmp / name)
     except TargetExistsError:
         raise
     except (OSError, SafetensorError) as e:  # a full disk, a read-only one: one clear line
         raise ModelDirError(f"{path}: could not write the model directory ({e})") from None
     return path
-
-
-def _write_files(tmp, path, state, model, config, tokenizer, labels, max_length, long_text,
-                 train_config, metrics, compression, extra_files) -> None:  # fmt: skip
-    """The files of a model directory, into the temporary directory `tmp`."""
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-    try:
-        tokenizer.save(tmp / "tokenizer.json")
-    except Exception as e:  # tokenizers reports I/O errors as a bare Exception
-        raise OSError(str(e)) from None
-    _write_json(tmp / "labels.json", list(labels))
-    _write_json(
-        tmp / "config.json",
-        {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "slimtext_version": _version(),
-            "model": config.to_dict(),
-            "max_length": max_length,
-            "long_text": long_text,
-            "train": train_config or {},
-            "compression": compression or [],
-        },
-    )
-    _write_json(tmp / "metrics.json", metrics or {})
-    (tmp / "README.md").write_text(_model_card(path.name, model, config, labels, metrics))
-    for name, src in (extra_files or {}).items():
-        if Path(src).is_file():
-            shutil.copyfile(src, tmp / name)
-        elif Path(src).is_dir():  # e.g. the run's TensorBoard event files
-            shutil.copytree(src, tmp / name)
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:

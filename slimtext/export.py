@@ -131,11 +131,18 @@ def export_onnx(
     require_onnxruntime()
     log = log or (lambda _msg: None)
     md = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
+    return _write_export(md, out, ONNX_FILE, log, lambda target, guard: _export_file(
+        md, target, opset, optimize, exporter, mask_dtype, atol, log, guard))  # fmt: skip
+
+
+def _write_export(md: ModelDir, out, name: str, log, work) -> Path:
+    """Run `work(target, guard)` for the file `name` of `md` (or `out`), then list it in the
+    model directory's manifest when it went there."""
     home = Path(md.meta["path"]) if "path" in md.meta else None
-    target, in_model_dir = _target(home, out, ONNX_FILE)
+    target, in_model_dir = _target(home, out, name)
     guard = _still_there(md) if in_model_dir else (lambda: None)
     try:
-        _export_file(md, target, opset, optimize, exporter, mask_dtype, atol, log, guard)
+        work(target, guard)
     except Exception:
         guard()  # a directory replaced mid-export explains the failure better
         raise
@@ -241,22 +248,12 @@ def quantize_onnx(
         mask_dtype = mask_dtype or fp32_made.get("mask_dtype", "bool")
         opset = opset or fp32_made.get("opset", 18)
         _check_export_args(exporter, mask_dtype, opset)
-    target, in_model_dir = _target(home, out, INT8_FILE)
-    guard = _still_there(md) if in_model_dir else (lambda: None)
-    try:
-        diff, agree = _quantize_file(md, target, source, exporter, mask_dtype, opset,
-                                     min_agreement, log, guard)  # fmt: skip
-    except Exception:
-        guard()
-        raise
-    if in_model_dir:
-        update_manifest(target.parent, [target.name, _sidecar(target).name])
-    log(f"wrote {target} ({target.stat().st_size / 1e6:.2f} MB)")
-    return target
+    return _write_export(md, out, INT8_FILE, log, lambda target, guard: _quantize_file(
+        md, target, source, exporter, mask_dtype, opset, min_agreement, log, guard))  # fmt: skip
 
 
 def _quantize_file(md, target, source, exporter, mask_dtype, opset, min_agreement, log,
-                   guard) -> tuple[float, float]:  # fmt: skip
+                   guard) -> None:  # fmt: skip
     """`quantize_onnx`'s work, into exactly `target` (and its sidecar)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -293,7 +290,6 @@ def _quantize_file(md, target, source, exporter, mask_dtype, opset, min_agreemen
         max_abs_diff=diff,
         argmax_agreement=agree,
     )
-    return diff, agree
 
 
 def optimize_for_ort(src: str | os.PathLike, dst: str | os.PathLike) -> None:

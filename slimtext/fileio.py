@@ -269,15 +269,27 @@ def atomic_dir(
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _hold(folder: Path) -> int | None:
-    """An open descriptor of `folder` with an exclusive flock on it (None where there is no
-    flock): held by the process writing the folder."""
+def flock(fd: int, wait: bool = True) -> bool | None:
+    """An exclusive flock on `fd`: True once taken, False when another holds it (only with
+    `wait=False`), None where there is no flock (not POSIX)."""
     try:
         import fcntl
     except ImportError:
         return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _hold(folder: Path) -> int | None:
+    """An open descriptor of `folder` holding its lock (None where there is no flock): held by
+    the process writing the folder."""
     fd = os.open(folder, os.O_RDONLY)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    if flock(fd) is None:
+        os.close(fd)
+        return None
     return fd
 
 
@@ -285,10 +297,6 @@ def _sweep_abandoned(target: Path) -> None:
     """Remove the temporary directories that writes of `target` killed mid-way left beside it
     (SIGKILL, a power cut): a full model's copy each. One still being written is locked by its
     writer (`_hold`) and left alone."""
-    try:
-        import fcntl
-    except ImportError:
-        return
     for tmp in target.parent.glob(f".{glob_escape(target.name)}.tmp-*"):
         if not tmp.is_dir() or tmp.is_symlink():
             continue
@@ -297,12 +305,12 @@ def _sweep_abandoned(target: Path) -> None:
         except OSError:
             continue
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:  # held: another process is writing it
+            if flock(fd, wait=False):  # nobody holds it: its writer is gone
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:  # a filesystem without locks: leave it
+            pass
+        finally:
             os.close(fd)
-            continue
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.close(fd)
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

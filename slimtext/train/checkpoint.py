@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..fileio import IntegrityError, verify_manifest, write_manifest
+from ..fileio import IntegrityError, flock, verify_manifest, write_manifest
 from .distributed import DistContext, DistributedError, barrier, broadcast_object
 
 PREFIX = "step-"
@@ -206,25 +206,19 @@ def exclusive(folder: Path | None, ctx: DistContext | None = None) -> Iterator[N
     runs on one folder deleted each other's checkpoints in progress and overwrote each other's
     tokenizer, leaving checkpoints that could not be resumed. The second one is refused."""
     ctx = ctx or DistContext()
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        fcntl = None
-    if folder is None or not ctx.is_main or fcntl is None:
+    if folder is None or not ctx.is_main:
         yield
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if flock(fd, wait=False) is False:
             other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             raise ValueError(
                 f"{folder} is in use by another run (pid {other}): wait for it to end, or "
                 "write to another --out"
-            ) from None
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield

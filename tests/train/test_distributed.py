@@ -294,20 +294,27 @@ def test_a_user_error_under_nproc_is_a_line_not_a_launcher_traceback(tmp_path, t
     assert "OMP_NUM_THREADS" not in r.stderr and "exitcode" not in r.stderr, r.stderr
 
 
-def test_nproc_shows_the_failed_rank_and_leaves_no_logs_behind(tmp_path, train_csv):
-    # Ranks >= 1 write to files under --nproc: a failure of theirs must still be shown, once.
+def _on_rank_1(tmp_path, code: str) -> dict:
+    """ENV with a sitecustomize that runs `code` (with `os` imported) in rank 1 alone."""
     hook = tmp_path / "hook"
     hook.mkdir()
+    body = "".join(f"    {line}\n" for line in code.splitlines())
     (hook / "sitecustomize.py").write_text(
-        "import os, sys\nif os.environ.get('LOCAL_RANK') == '1':\n"
-        "    print('rank one says no', file=sys.stderr, flush=True)\n    os._exit(3)\n"
+        f"import os\nif os.environ.get('LOCAL_RANK') == '1':\n{body}"
     )
+    path = os.pathsep.join([str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**ENV, "PYTHONPATH": path}
+
+
+def test_nproc_shows_the_failed_rank_and_leaves_no_logs_behind(tmp_path, train_csv):
+    # Ranks >= 1 write to files under --nproc: a failure of theirs must still be shown, once.
+    env = _on_rank_1(tmp_path, "import sys\nprint('rank one says no', file=sys.stderr, "
+                               "flush=True)\nos._exit(3)")  # fmt: skip
     tmp = tmp_path / "tmp"  # torchrun alone leaves a torchelastic_* folder here per run
     tmp.mkdir()
     cmd = [sys.executable, "-m", "slimtext", "train", "--data", str(train_csv), *TINY,
            "--max-steps", "2", "--nproc", "2"]  # fmt: skip
-    env = {**ENV, "TMPDIR": str(tmp), "PYTHONPATH": os.pathsep.join(
-        [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    env["TMPDIR"] = str(tmp)
     r = subprocess.run([*cmd, "--out", str(tmp_path / "m")], env=env, capture_output=True,
                        text=True, timeout=120)  # fmt: skip
     assert r.returncode == 3, r.stderr
@@ -453,18 +460,9 @@ def test_interrupting_the_nproc_launcher_is_one_line(tmp_path, train_csv):
 
 def test_an_error_on_rank_1_alone_is_shown_and_rank_0_says_why_it_stopped(tmp_path, train_csv):
     # rank 0 died of the closed connection with gloo's traceback, and was reported as the cause
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import os\n"
-        "if os.environ.get('LOCAL_RANK') == '1':\n"
-        "    import slimtext.api as api\n"
-        "    def boom(ctx, config):\n"
-        "        raise RuntimeError('injected failure on rank 1')\n"
-        "    api.check_same_config = boom\n"
-    )
-    env = {**ENV, "PYTHONPATH": os.pathsep.join(
-        [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])])}  # fmt: skip
+    env = _on_rank_1(tmp_path, "import slimtext.api as api\ndef boom(ctx, config):\n"
+                               "    raise RuntimeError('injected failure on rank 1')\n"
+                               "api.check_same_config = boom")  # fmt: skip
     cmd = [sys.executable, "-m", "slimtext", "train", "--data", str(train_csv), *TINY,
            "--max-steps", "2", "--nproc", "2", "--out", str(tmp_path / "m")]  # fmt: skip
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
