@@ -466,7 +466,9 @@ def test_an_error_on_rank_1_alone_is_shown_and_rank_0_says_why_it_stopped(tmp_pa
     cmd = [sys.executable, "-m", "slimtext", "train", "--data", str(train_csv), *TINY,
            "--max-steps", "2", "--nproc", "2", "--out", str(tmp_path / "m")]  # fmt: skip
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1, r.stderr
+    # (rank 1 may still be in its exit when the agent, seeing rank 0 stop, sends it SIGTERM:
+    # then the run ends with 143, not 1; either way rank 1 is the one reported)
+    assert r.returncode in (1, 143), r.stderr
     assert "injected failure on rank 1" in r.stderr, r.stderr
     assert "error: rank 1 of 2 stopped" in r.stderr, r.stderr
     # rank 0, when it lived long enough to see the closed connection, says so in one line
