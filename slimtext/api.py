@@ -274,7 +274,8 @@ class TextClassifier:
         if result.best:
             self.metrics_["valid"] = result.best
         self.run_dir_ = Path(run_dir) if run_dir is not None else None
-        self._predictor = Predictor(self.model_dir_)
+        # Predict where training ran: a model trained on the GPU also scores its test set there.
+        self._predictor = Predictor(self.model_dir_, device=str(ctx.device))
         return self
 
     @staticmethod

@@ -68,6 +68,9 @@ ConfigOpt = Annotated[
 ]
 
 
+# Where a saved model predicts (eval, predict, serve); training's default is auto instead.
+DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:N")]
+
 # The data-reading options, the same on every command that reads labelled or unlabelled text.
 TextColOpt = Annotated[list[str] | None, typer.Option(help="Text column; repeat to join several.")]
 EncodingOpt = Annotated[
@@ -288,7 +291,12 @@ def _fail_if_peer_lost(ctx, e: RuntimeError) -> None:
 def _dist_context(nproc: int, strategy: str, device: str):
     """`--nproc N` re-runs this command under torchrun (no return); otherwise the process
     group of this rank (or the single-process context)."""
-    from .train.distributed import DistributedError, init_distributed, launched_by_torchrun
+    from .train.distributed import (
+        DistributedError,
+        check_node_devices,
+        init_distributed,
+        launched_by_torchrun,
+    )
 
     # Under torchrun already (a relaunched rank re-reads a --config that sets nproc): go on as
     # this rank instead of launching torchrun again, without end.
@@ -297,6 +305,10 @@ def _dist_context(nproc: int, strategy: str, device: str):
             _fail(ValueError(f"--nproc must be >= 1 (or 0: no torchrun), got {nproc}"))
         if strategy == "single" and nproc > 1:
             _fail(ValueError(f"--strategy single with --nproc {nproc}: choose one of them"))
+        try:  # here, once, rather than as every rank's error
+            check_node_devices(nproc, device)
+        except (DistributedError, ValueError) as e:
+            _fail(e)
         _relaunch_with_torchrun(nproc)
 
     try:
@@ -617,6 +629,7 @@ def eval_(
         str, typer.Option(help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto")
     ] = "torch",
     batch_size: int = 64,
+    device: DeviceOpt = "cpu",
     config: ConfigOpt = None,
 ) -> None:
     """Evaluate a model directory on labelled data."""
@@ -624,7 +637,7 @@ def eval_(
         from .api import TextClassifier, as_dataset
         from .metrics import format_report
 
-        clf = TextClassifier.load(model_dir, backend=backend, batch_size=batch_size)
+        clf = TextClassifier.load(model_dir, backend=backend, batch_size=batch_size, device=device)
         ds = as_dataset(data, **_load_kw(text_col, label_col, encoding, encoding_errors, on_bad))
         typer.echo(f"data: {ds.report()}", err=True)  # rows skipped or repaired, if any
         rep = clf.evaluate(ds)
@@ -645,6 +658,7 @@ def predict(
     backend: Annotated[
         str, typer.Option(help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto")
     ] = "torch",
+    device: DeviceOpt = "cpu",
     config: ConfigOpt = None,
 ) -> None:
     """Print one JSON line per text: {"label": ..., "probs": {label: p}}. Reads stdin when no
@@ -656,7 +670,7 @@ def predict(
     try:
         from .infer import load
 
-        pred = load(model_dir, backend=backend, batch_size=batch_size)
+        pred = load(model_dir, backend=backend, batch_size=batch_size, device=device)
     except (*_user_errors(), ImportError) as e:
         _fail(e)
     try:
@@ -859,7 +873,7 @@ def serve(
     backend: Annotated[
         str, typer.Option(help="auto | torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8]")
     ] = "auto",
-    device: Annotated[str, typer.Option(help="cpu | cuda | cuda:N")] = "cpu",
+    device: DeviceOpt = "cpu",
     max_batch_size: Annotated[int, typer.Option(help="Most texts per model call.")] = 64,
     max_wait_ms: Annotated[
         float,

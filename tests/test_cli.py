@@ -126,6 +126,23 @@ def test_predict_reads_lines_as_the_loaders_do_and_keeps_output_aligned(tmp_path
     assert r.exit_code == 2 and "not both" in r.output
 
 
+def test_eval_and_predict_run_on_the_device_asked_for(tiny_model_dir, data_files):
+    _, test = data_files
+    cpu = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", str(test), "--json"])
+    assert cpu.exit_code == 0, cpu.output
+    ask = ["--device", "cuda"]
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", str(test), "--json", *ask])
+    p = runner.invoke(app, ["predict", str(tiny_model_dir), "goal match", *ask])
+    if not torch.cuda.is_available():
+        for res in (r, p):
+            assert res.exit_code == 2 and "no CUDA device" in res.output, res.output
+        return
+    assert r.exit_code == 0 and p.exit_code == 0, r.output + p.output
+    on_gpu, on_cpu = json.loads(r.stdout), json.loads(cpu.stdout)
+    assert on_gpu["n"] == on_cpu["n"] and on_gpu["accuracy"] == on_cpu["accuracy"]
+    assert abs(on_gpu["loss"] - on_cpu["loss"]) < 1e-4
+
+
 def test_eval_reads_other_encodings_and_reports_skipped_rows(tmp_path, data_files):
     train, test = data_files
     out = tmp_path / "m"

@@ -156,6 +156,32 @@ def test_compile_matches_torch_and_does_not_recompile_per_length(model, texts, r
         assert 1 <= len(graphs) <= 2 * len(pred.buckets), graphs
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["torch", "compile"])
+def test_a_cuda_predictor_gives_the_cpu_results(tiny_model_dir, texts, backend):
+    # compile: inductor itself (Triton kernels), counted, not a stand-in backend.
+    from torch._inductor.compile_fx import compile_fx
+
+    def inductor(gm, example_inputs):
+        graphs.append([tuple(t.shape) for t in example_inputs if isinstance(t, torch.Tensor)])
+        return compile_fx(gm, example_inputs)
+
+    torch._dynamo.reset()
+    graphs: list = []
+    opts = {"compile_backend": inductor} if backend == "compile" else {}
+    gpu = load(tiny_model_dir, backend=backend, device="cuda", batch_size=4, **opts)
+    cpu = load(tiny_model_dir, batch_size=4)
+    assert next(gpu.model.parameters()).device.type == "cuda"
+    torch.testing.assert_close(gpu.logits(texts), cpu.logits(texts), atol=ATOL, rtol=0)
+    assert gpu.predict(texts) == cpu.predict(texts)
+    for n in range(1, 30, 3):  # many lengths and batch sizes: no recompile per length on CUDA
+        words = ["goal", "bank", "chip", "the"]
+        batch = [" ".join(words[: 1 + j % 4] * n) for j in range(n % 5 + 1)]
+        torch.testing.assert_close(gpu.logits(batch), cpu.logits(batch), atol=ATOL, rtol=0)
+    if backend == "compile":
+        assert 1 <= len(graphs) <= 3, graphs
+
+
 def test_grouped_batches_give_the_plain_forward_logits(tiny_model_dir):
     # A batch of >= GROUP_MIN texts runs attention in length groups, its rows sorted by length:
     # the logits must still be forward's, in the batch's own (unsorted) row order.

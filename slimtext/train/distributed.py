@@ -32,7 +32,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .precision import resolve_device
+
 STRATEGIES = ("auto", "single", "ddp", "fsdp", "tp", "pp")
+# torch.distributed.pipelining before this marks every tensor passed between stages as requiring
+# grad, which fails on the integer attention mask ("only Tensors of floating point dtype can
+# require gradients"; pytorch/pytorch#183024). Seen failing on 2.11, working on 2.13.
+PP_MIN_TORCH = "2.13"
 
 
 class DistributedError(RuntimeError):
@@ -89,13 +95,17 @@ def init_distributed(
                 f"--strategy {strategy} needs several processes: launch with "
                 f"`torchrun --nproc-per-node N -m slimtext train ...` or `slimtext train --nproc N`"
             )
-        from .precision import resolve_device
-
         return DistContext(device=resolve_device(device))
+    if strategy == "pp" and torch.torch_version.TorchVersion(torch.__version__) < PP_MIN_TORCH:
+        raise DistributedError(
+            f"--strategy pp needs torch >= {PP_MIN_TORCH} (this is {torch.__version__}): older "
+            "pipelining cannot pass the attention mask between stages; use fsdp or tp"
+        )
     _stop_with_launcher()
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    check_node_devices(int(os.environ.get("LOCAL_WORLD_SIZE", local + 1)), device)
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if use_cuda:
         torch.cuda.set_device(local)
@@ -112,6 +122,24 @@ def init_distributed(
     return DistContext(
         rank, world, local, dev, "ddp" if strategy in ("auto", "single") else strategy
     )
+
+
+def check_node_devices(ranks: int, device: str) -> None:
+    """Refuse `device` cuda without a GPU (rather than train on CPU ranks), and more ranks on
+    this node than it has GPUs: NCCL puts one rank on each GPU (two on one GPU fail with a
+    "duplicate GPU" error) and a rank past the last GPU died in `cuda.set_device` with "invalid
+    device ordinal"."""
+    if device != "auto":
+        resolve_device(device.split(":")[0])  # torchrun's LOCAL_RANK picks the GPU, not `:N`
+    if device == "cpu" or not torch.cuda.is_available():
+        return
+    gpus = torch.cuda.device_count()
+    if ranks > gpus:
+        raise DistributedError(
+            f"{ranks} ranks on this node but {gpus} CUDA device{'s' * (gpus != 1)}: one rank "
+            f"per GPU; use --nproc {gpus} (--nproc-per-node {gpus}), or --device cpu for "
+            "CPU ranks (gloo)"
+        )
 
 
 def _stop_with_launcher() -> None:

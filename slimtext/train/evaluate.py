@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -14,21 +15,27 @@ from .distributed import DistContext, all_gather_object
 from .precision import autocast
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's weights (CPU for one without tensors, e.g. packed int8)."""
+    t = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return t.device if t is not None else torch.device("cpu")
+
+
 @torch.no_grad()  # not inference_mode: sharded (fsdp) params must stay usable for autograd
 def predict_logits(
     model: nn.Module,
     ids: Sequence[Sequence[int]],
     pad_id: int,
     batch_size: int = 64,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     precision: str = "fp32",
 ) -> torch.Tensor:
     """Logits (N, num_labels) in float32, rows in the order of `ids`.
 
     Rows are batched longest-first so each batch pads only to similar lengths; the result is
-    scattered back to input order.
+    scattered back to input order. `device`: where the inputs go; None = where the model is.
     """
-    device = torch.device(device)
+    device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     out: torch.Tensor | None = None
@@ -54,7 +61,7 @@ def evaluate(
     label_names: Sequence[str],
     pad_id: int,
     batch_size: int = 128,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     precision: str = "fp32",
     dist: DistContext | None = None,
     owner: Sequence[int] | None = None,

@@ -106,3 +106,23 @@ def test_ort_peer_of_a_model_shorter_than_the_export_dummy(toy_data, texts, tmp_
     info = ort_int8_from_hf(hf_dir, tmp_path / "ort", optimize=optimize)
     got = open_ort(info["path"], hf_dir, 8)(texts)  # texts up to 60 words: all truncated to 8
     assert len(got) == len(texts) and set(got) <= set(toy_data[1])
+
+
+def test_ort_opt_peer_says_when_attention_was_not_fused(cls_model_dir, tmp_path, monkeypatch):
+    # On torch 2.11 + transformers 5.17 + onnxruntime 1.30 the optimizer fused no attention:
+    # the peer must not pass for the fused one silently.
+    pytest.importorskip("onnxruntime")
+    import onnxruntime.transformers.optimizer as opt
+
+    real = opt.optimize_model
+
+    def unfused(*a, **kw):
+        m = real(*a, **kw)
+        m.get_fused_operator_statistics = lambda: {"Attention": 0, "SkipLayerNormalization": 2}
+        return m
+
+    monkeypatch.setattr(opt, "optimize_model", unfused)
+    hf_dir = hf_from_model_dir(cls_model_dir, tmp_path / "hf")
+    with pytest.warns(UserWarning, match="attention NOT fused in 1 of the layers"):
+        info = ort_int8_from_hf(hf_dir, tmp_path / "ort", optimize=True)
+    assert "attention NOT fused" in info["route"]

@@ -5,6 +5,9 @@ import copy
 import pytest
 import torch
 
+# QAT is torchao's fake quantization: the `quant` extra (in `dev`, so CI has it).
+pytest.importorskip("torchao", reason="QAT needs torchao: pip install slimtext[quant]")
+
 import slimtext
 from slimtext.artifact import save_model_dir
 from slimtext.compress import QAT, Int8Dynamic, convert_qat_, prepare_qat_, qat_, quantize_

@@ -63,6 +63,7 @@ def test_recipe_options_for_qat_and_two_four():
 def test_two_four_then_qat_recipe_reports_speed_plainly_and_round_trips(
     teacher_dir, make_toy, tmp_path
 ):
+    pytest.importorskip("torchao", reason="QAT needs torchao: pip install slimtext[quant]")
     out = tmp_path / "s24"
     rows = compress(
         teacher_dir, make_toy(15, seed=44), out,

@@ -66,6 +66,8 @@ CHAINS = {
 def test_compressed_model_round_trips_with_identical_outputs(
     teacher, batches, h, make_toy, tmp_path, chain
 ):
+    if "qat" in chain:
+        pytest.importorskip("torchao", reason="QAT needs torchao: pip install slimtext[quant]")
     recs = CHAINS[chain](teacher, batches, h, make_toy)
     m = teacher.model
     out = h.logits(m, batches)

@@ -33,11 +33,21 @@ def ragged_batch(lengths, T, seed=0):
     return ids, mask
 
 
+# The same properties on a GPU (issue #2: the same code on CPU and CUDA); CI has none.
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))]  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ARCH_CONFIGS)
-def test_padding_never_changes_predictions(name):
+def test_padding_never_changes_predictions(name, device):
     model = make(**ARCH_CONFIGS[name])
     lengths = [3, 7, 12, 5]
     ids, mask = ragged_batch(lengths, 12)
+    if device != "cpu":
+        with torch.no_grad():
+            on_cpu = torch.softmax(model(ids, mask), -1)
+        model, ids, mask = model.to(device), ids.to(device), mask.to(device)
     with torch.no_grad():
         base = torch.softmax(model(ids, mask), -1)
         # Each row alone, unpadded, must match its row in the padded batch...
@@ -45,11 +55,13 @@ def test_padding_never_changes_predictions(name):
             alone = torch.softmax(model(ids[i : i + 1, :n], mask[i : i + 1, :n]), -1)
             torch.testing.assert_close(alone, base[i : i + 1], atol=1e-5, rtol=0)
         # ...and extra padding (with garbage ids under the mask) changes nothing either.
-        big_ids = torch.cat([ids, torch.randint(5, 50, (4, 20))], dim=1)
-        big_mask = torch.cat([mask, torch.zeros(4, 20, dtype=torch.bool)], dim=1)
+        big_ids = torch.cat([ids, torch.randint(5, 50, (4, 20), device=device)], dim=1)
+        big_mask = torch.cat([mask, torch.zeros(4, 20, dtype=torch.bool, device=device)], dim=1)
         torch.testing.assert_close(
             torch.softmax(model(big_ids, big_mask), -1), base, atol=1e-5, rtol=0
         )
+    if device != "cpu":  # and the GPU computes what the CPU does
+        torch.testing.assert_close(base.cpu(), on_cpu, atol=1e-5, rtol=0)
 
 
 def _packed(model, ids, mask, extra_rows=0):
@@ -118,14 +130,15 @@ def test_packed_forward_gives_forward_logits(name):
         assert not torch.allclose(want[0], want[1])
 
 
-def test_attention_pooling_gives_padding_exactly_zero_weight():
-    model = make(arch="attention", num_layers=0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_attention_pooling_gives_padding_exactly_zero_weight(device):
+    model = make(arch="attention", num_layers=0).to(device)
     assert isinstance(model, AttentionPoolingClassifier)
-    ids, mask = ragged_batch([2, 9, 4], 16)
+    ids, mask = (t.to(device) for t in ragged_batch([2, 9, 4], 16))
     with torch.no_grad():
         w = model.attention_weights(ids, mask)
     assert torch.all(w[~mask] == 0.0)
-    torch.testing.assert_close(w.sum(-1), torch.ones(3))
+    torch.testing.assert_close(w.sum(-1), torch.ones(3, device=device))
     assert torch.all(w[mask] > 0)
 
 

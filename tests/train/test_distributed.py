@@ -14,12 +14,40 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.torch_version import TorchVersion
+
+from slimtext.train.distributed import PP_MIN_TORCH
 
 pytestmark = pytest.mark.distributed
+# pp's cases run where torch's pipelining can carry our stages (the GPU machine had 2.11)
+PP_OK = TorchVersion(torch.__version__) >= PP_MIN_TORCH
+needs_pp = pytest.mark.skipif(not PP_OK, reason=f"pipelining needs torch >= {PP_MIN_TORCH}")
 
-TINY = ["--epochs", "2", "--precision", "fp32", "--seed", "3", "--model", "transformer",
-        "--hidden-size", "32", "--num-layers", "2", "--num-heads", "2", "--ffn-size", "64",
-        "--vocab-size", "400", "--max-length", "32", "--no-progress"]  # fmt: skip
+TINY = [
+    "--epochs",
+    "2",
+    "--precision",
+    "fp32",
+    "--seed",
+    "3",
+    "--model",
+    "transformer",
+    "--hidden-size",
+    "32",
+    "--num-layers",
+    "2",
+    "--num-heads",
+    "2",
+    "--ffn-size",
+    "64",
+    "--vocab-size",
+    "400",
+    "--max-length",
+    "32",
+    "--no-progress",
+    "--device",
+    "cpu",
+]  # fmt: skip  (gloo ranks: a one-GPU machine has no GPU for rank 1)
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
@@ -83,6 +111,7 @@ def test_ddp_and_fsdp_on_two_ranks_train_the_single_process_model(tmp_path, trai
     assert counted(tmp_path / "ddp") == counted(tmp_path / "fsdp") == counted(tmp_path / "single")
 
 
+@needs_pp
 def test_pp_and_uneven_ddp_batches_train_the_single_process_model(tmp_path, train_csv):
     # 81 training rows in global batches of 6: the last has 3 rows, split 2/1 over two ddp
     # ranks, and cut into 4 pipeline micro-batches (uneven, one empty). Each rank's loss is its
@@ -116,6 +145,64 @@ def test_nproc_in_a_config_file_launches_once(tmp_path, train_csv):
     slimtext("train", "--data", train_csv, "--out", tmp_path / "m", "--config", cfg,
              "--batch-size", 4, *TINY, timeout=120)  # fmt: skip
     assert (tmp_path / "m" / "model.safetensors").is_file()
+
+
+def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch, tmp_path, train_csv):
+    # Rank 1 of `--nproc 2` on a one-GPU machine died in cuda.set_device ("invalid device
+    # ordinal"); NCCL cannot put two ranks on one GPU either.
+    from typer.testing import CliRunner
+
+    from slimtext import cli
+    from slimtext.train import distributed as d
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    msg = "2 ranks on this node but 1 CUDA device: one rank per GPU; use --nproc 1"
+    with pytest.raises(d.DistributedError, match=msg):
+        d.check_node_devices(2, "auto")
+    d.check_node_devices(1, "cuda")  # these are fine
+    d.check_node_devices(4, "cpu")
+    # the launcher says it once, before starting any rank
+    r = CliRunner().invoke(cli.app, ["train", "--data", str(train_csv), "--out",
+                                     str(tmp_path / "m"), "--nproc", "2"])  # fmt: skip
+    assert r.exit_code == 2 and msg in r.output, r.output
+    assert not (tmp_path / "m").exists()
+    # and a rank started by torchrun itself says it too
+    monkeypatch.setattr(d, "_stop_with_launcher", lambda: None)
+    for k, v in dict(RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", LOCAL_WORLD_SIZE="2").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(d.DistributedError, match=msg):
+        d.init_distributed("ddp", "auto")
+
+
+def test_pp_on_a_torch_too_old_for_it_is_a_clear_error(monkeypatch):
+    # torch 2.11's pipelining failed inside its schedule on the integer attention mask
+    from slimtext.train import distributed as d
+
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    for k, v in dict(RANK="0", WORLD_SIZE="2", LOCAL_RANK="0").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(d.DistributedError, match=r"pp needs torch >= 2\.13 \(this is 2\.11"):
+        d.init_distributed("pp", "cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_ranks_without_a_gpu_are_an_error_not_cpu_ranks(monkeypatch, tmp_path, train_csv):
+    from typer.testing import CliRunner
+
+    from slimtext import cli
+    from slimtext.train import distributed as d
+
+    # the launcher says so before it starts any rank (it started two, each saying it)
+    args = ["train", "--data", str(train_csv), "--out", str(tmp_path / "m"), "--nproc", "2"]
+    r = CliRunner().invoke(cli.app, [*args, "--device", "cuda"])
+    assert r.exit_code == 2 and "no CUDA device" in r.output and "rank" not in r.output, r.output
+    # and a rank of torchrun's own (it trained on CPU, with gloo)
+    monkeypatch.setattr(d, "_stop_with_launcher", lambda: None)
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0").items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match="no CUDA device"):
+        d.init_distributed("ddp", "cuda:0")
 
 
 TP_SNAPSHOT = """

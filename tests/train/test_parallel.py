@@ -12,8 +12,10 @@ import pytest
 from parallel_worker import fit_setup  # tests/train is on sys.path (pytest's rootdir import)
 from safetensors.torch import load_file
 from test_distributed import (  # noqa: F401
+    PP_OK,
     TINY,
     max_diff,
+    needs_pp,
     run_torchrun,
     slimtext,
     train_csv,
@@ -36,10 +38,10 @@ def test_sharded_forward_backward_equal_the_whole_model_and_misconfig_is_clear(t
     # tp: logits and (un-permuted, gathered) gradients on a padded batch, both poolings;
     # pp (4 layers, 2 stages, 4 micro-batches, 1F1B): the mean micro-batch loss and gradients.
     # Tolerance 1e-5 (float32; measured ~1e-8).
-    r = worker("tp_parity,pp_parity,misconfig", tmp_path)
+    r = worker("tp_parity,misconfig" + ",pp_parity" * PP_OK, tmp_path)
     assert r["tp_parity"]["logits"] < 1e-5 and r["tp_parity"]["grads"] < 1e-5
     assert r["tp_parity"]["weights_roundtrip"] == 0  # the permutation is undone exactly
-    for pooling in ("mean", "cls"):
+    for pooling in ("mean", "cls") if PP_OK else ():
         assert r["pp_parity"][pooling]["loss"] < 1e-5 and r["pp_parity"][pooling]["grads"] < 1e-5
     assert "num_heads=1" in r["misconfig"]["tp"] and "only 1 layers" in r["misconfig"]["pp"]
 
@@ -50,9 +52,9 @@ def test_short_tp_and_pp_runs_train_the_single_process_weights(tmp_path):
     # (measured ~2e-6 tp, ~6e-7 pp).
     from slimtext.train.trainer import fit
 
-    r = worker("fit_tp,fit_pp,tp_dropout", tmp_path)
+    r = worker("fit_tp,tp_dropout" + ",fit_pp" * PP_OK, tmp_path)
     assert r["tp_dropout"]["replicated_params_across_tp_ranks"] == 0
-    for strategy in ("tp", "pp"):
+    for strategy in ("tp", "pp") if PP_OK else ("tp",):
         assert r[f"fit_{strategy}"]["predictions"] < 1e-5  # plain model == sharded model
         model, data, cfg = fit_setup(strategy)
         fit(model, data, data, replace(cfg, strategy="single"), label_names=["a", "b", "c"],
@@ -78,7 +80,8 @@ def test_2d_mesh_of_2_dp_by_2_tp_trains_the_single_process_weights(tmp_path):
 @pytest.mark.parametrize(
     "strategy,extra",
     [("tp", ["--num-layers", "2"]),
-     ("pp", ["--num-layers", "4", "--microbatches", "2", "--pp-schedule", "gpipe"])],
+     pytest.param("pp", ["--num-layers", "4", "--microbatches", "2", "--pp-schedule",
+                         "gpipe"], marks=needs_pp)],
 )  # fmt: skip
 def test_cli_tp_pp_write_a_loadable_model_dir_and_resume(tmp_path, train_csv, strategy, extra):  # noqa: F811
     import slimtext
