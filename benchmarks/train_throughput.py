@@ -1,6 +1,7 @@
 """Training throughput: slimtext vs Hugging Face `Trainer`, BERT-mini shape on AG News.
 
     python benchmarks/train_throughput.py --steps 150 --out bench-out/train_throughput.json
+    python benchmarks/train_throughput.py --device cuda --shape bert-base ...   # on a GPU
 
 Every contender trains the same BERT-mini shape (vocab 16k, hidden 256, 4 layers, 4 heads,
 FFN 1024, max length 128, batch 32) from random init with the *same* WordPiece tokenizer (trained
@@ -46,21 +47,34 @@ from slimtext.models.hf import hf_fast_tokenizer
 from slimtext.tokenizer import train_tokenizer
 from slimtext.train import Encoded, TrainConfig, evaluate, fit
 
-SHAPE = dict(hidden_size=256, num_layers=4, num_heads=4, ffn_size=1024)
+SHAPES = {
+    "bert-mini": dict(hidden_size=256, num_layers=4, num_heads=4, ffn_size=1024),
+    # issue #3's GPU check: a BERT-base-sized TransformerClassifier (16k vocab, not 30k)
+    "bert-base": dict(hidden_size=768, num_layers=12, num_heads=12, ffn_size=3072),
+}
+SHAPE = SHAPES["bert-mini"]  # main() sets the one chosen with --shape
 
 
-# ---- CPU matmul peak ------------------------------------------------------------------------
-def matmul_peak(n: int = 2048, repeats: int = 10) -> dict[str, float]:
-    """Median GFLOP/s of an n x n x n matmul in fp32 and bf16 (2 n^3 FLOPs each)."""
+# ---- matmul peak ----------------------------------------------------------------------------
+def sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(n: int = 2048, repeats: int = 10, device: str = "cpu") -> dict[str, float]:
+    """Median GFLOP/s of an n x n x n matmul in fp32 and bf16 (2 n^3 FLOPs each). On CUDA fp32
+    is true fp32 (torch leaves TF32 off for matmuls by default), as the fp32 contenders run."""
     out = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        for _ in range(2):  # warm-up: oneDNN picks and caches its kernel
+        a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+        for _ in range(2):  # warm-up: oneDNN / cuBLAS pick and cache their kernel
             torch.matmul(a, b)
         times = []
         for _ in range(repeats):
+            sync(device)
             t0 = time.perf_counter()
             torch.matmul(a, b)
+            sync(device)
             times.append(time.perf_counter() - t0)
         out[name] = 2 * n**3 / statistics.median(times) / 1e9
     return out
@@ -89,14 +103,17 @@ def run_slimtext(mode, precision, pooling, tok, train_enc, valid_enc, label_name
     tcfg = TrainConfig(
         max_steps=args.steps, batch_size=args.batch_size, lr=args.lr, precision=precision,
         seed=0, max_length=args.max_length, warmup=0.06, schedule="linear",
-        sparse_embeddings=mode == "sparse",
+        sparse_embeddings=mode == "sparse", device=args.device,
     )  # fmt: skip
+    reset_peak(args.device)
     t0 = time.perf_counter()
     res = fit(model, train_enc, None, tcfg, label_names=label_names, pad_id=tok.pad_id,
               progress=True)  # fmt: skip
+    sync(args.device)
     wall = time.perf_counter() - t0
     model.eval()
-    report = evaluate(model, valid_enc.ids, valid_enc.labels, label_names, tok.pad_id)
+    report = evaluate(model, valid_enc.ids, valid_enc.labels, label_names, tok.pad_id,
+                      device=args.device)  # fmt: skip
     return {
         "precision": res.precision,
         "steps": res.steps,
@@ -108,7 +125,20 @@ def run_slimtext(mode, precision, pooling, tok, train_enc, valid_enc, label_name
         "macro_f1": report["macro_f1"],
         "non_embedding_params": non_embedding_params(model),
         "pooling": pooling,
+        **peak_memory(args.device),
     }
+
+
+def reset_peak(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory(device: str) -> dict:
+    if torch.device(device).type != "cuda":
+        return {}  # on CPU see benchmarks/distributed.py (per-rank RSS)
+    return {"peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20}
 
 
 # ---- Hugging Face ---------------------------------------------------------------------------
@@ -170,21 +200,25 @@ def run_hf(mode, precision, hf_tok, train_texts, train_y, valid_enc, label_names
             output_dir=tmp, max_steps=args.steps, per_device_train_batch_size=args.batch_size,
             learning_rate=args.lr, weight_decay=0.01, warmup_steps=0.06,
             lr_scheduler_type="linear", bf16=precision == "bf16", seed=0, report_to=[],
-            save_strategy="no", logging_strategy="no", dataloader_num_workers=0, use_cpu=True,
+            save_strategy="no", logging_strategy="no", dataloader_num_workers=0,
+            use_cpu=args.device == "cpu",
             train_sampling_strategy="random" if default else "group_by_length",
         )  # fmt: skip
         trainer = Trainer(
             model=model, args=targs, train_dataset=train_ds, data_collator=collator,
             processing_class=hf_tok,
         )  # fmt: skip
+        reset_peak(args.device)
         t0 = time.perf_counter()
         out = trainer.train()
+        sync(args.device)
         wall = time.perf_counter() - t0
     # Only the batches that were stepped on (a loader may collate one ahead).
     n_batches = args.steps
     samples, tokens = sum(collator.samples[:n_batches]), sum(collator.tokens[:n_batches])
     wrapped = HFLogits(model.eval())
-    report = evaluate(wrapped, valid_enc.ids, valid_enc.labels, label_names, hf_tok.pad_token_id)
+    report = evaluate(wrapped, valid_enc.ids, valid_enc.labels, label_names, hf_tok.pad_token_id,
+                      device=args.device)  # fmt: skip
     return {
         "precision": precision,
         "steps": out.global_step,
@@ -196,6 +230,7 @@ def run_hf(mode, precision, hf_tok, train_texts, train_y, valid_enc, label_names
         "accuracy": report["accuracy"],
         "macro_f1": report["macro_f1"],
         "non_embedding_params": non_embedding_params(model),
+        **peak_memory(args.device),
     }
 
 
@@ -228,6 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--valid-size", type=int, default=2000, help="0 = the full test set")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda (the GPU check of issue #3)")
+    ap.add_argument("--shape", default="bert-mini", choices=list(SHAPES))
     ap.add_argument("--repeats", type=int, default=1, help="timed runs per contender (median)")
     ap.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated")
     ap.add_argument("--out", default=str(REPO / "bench-out" / "train_throughput.json"))
@@ -236,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     if bad := [c for c in names if c not in CONTENDERS]:
         sys.exit(f"unknown contenders {bad}; choose from {list(CONTENDERS)}")
 
+    global SHAPE
+    SHAPE = SHAPES[args.shape]
     torch.set_num_threads(args.threads)
     train_path, test_path = dataset_paths(args.data_root, "ag_news")
     train, test = load_data(train_path), load_data(test_path)
@@ -261,8 +300,11 @@ def main(argv: list[str] | None = None) -> dict:
             sys.exit("the wrapped tokenizer disagrees with slimtext's on the first 200 texts")
 
     info = machine_info()
-    peak = matmul_peak()
-    print(f"matmul peak (2048^3, {args.threads} threads): "
+    cuda = torch.device(args.device).type == "cuda"
+    if cuda:
+        info["gpu"] = torch.cuda.get_device_name(args.device)
+    peak = matmul_peak(8192 if cuda else 2048, device=args.device)
+    print(f"matmul peak ({args.device}, {args.threads} threads): "
           f"fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")  # fmt: skip
 
     # Repeats are interleaved (A B A B ...), so a change in the machine's other load over the run
@@ -321,9 +363,11 @@ def main(argv: list[str] | None = None) -> dict:
         pct = f"{100 * r['peak_fraction']:.0f}%"
         rows.append([name, r["precision"], r["samples_per_second"], r["tokens_per_second"],
                      f"{ratio:.2f}x", r["accuracy"], r["gflops"], pct, own])  # fmt: skip
+        if cuda:
+            rows[-1].append(r["peak_gpu_memory_mb"])
     headers = ["contender", "precision", "samples/s (wall)", "real tokens/s",
                f"vs {best_hf}", "valid accuracy", "GFLOP/s", "of matmul peak",
-               "samples/s (own timer*)"]  # fmt: skip
+               "samples/s (own timer*)"] + (["peak GPU MiB"] if cuda else [])  # fmt: skip
     table = markdown_table(headers, rows)
     print()
     print(table)
