@@ -294,6 +294,7 @@ def _dist_context(nproc: int, strategy: str, device: str):
     from .train.distributed import (
         DistributedError,
         check_node_devices,
+        check_torch_for,
         init_distributed,
         launched_by_torchrun,
     )
@@ -307,6 +308,7 @@ def _dist_context(nproc: int, strategy: str, device: str):
             _fail(ValueError(f"--strategy single with --nproc {nproc}: choose one of them"))
         try:  # here, once, rather than as every rank's error
             check_node_devices(nproc, device)
+            check_torch_for(strategy)
         except (DistributedError, ValueError) as e:
             _fail(e)
         _relaunch_with_torchrun(nproc)

@@ -96,11 +96,7 @@ def init_distributed(
                 f"`torchrun --nproc-per-node N -m slimtext train ...` or `slimtext train --nproc N`"
             )
         return DistContext(device=resolve_device(device))
-    if strategy == "pp" and torch.torch_version.TorchVersion(torch.__version__) < PP_MIN_TORCH:
-        raise DistributedError(
-            f"--strategy pp needs torch >= {PP_MIN_TORCH} (this is {torch.__version__}): older "
-            "pipelining cannot pass the attention mask between stages; use fsdp or tp"
-        )
+    check_torch_for(strategy)
     _stop_with_launcher()
     rank = int(os.environ["RANK"])
     world = int(os.environ["WORLD_SIZE"])
@@ -122,6 +118,14 @@ def init_distributed(
     return DistContext(
         rank, world, local, dev, "ddp" if strategy in ("auto", "single") else strategy
     )
+
+
+def check_torch_for(strategy: str) -> None:
+    if strategy == "pp" and torch.torch_version.TorchVersion(torch.__version__) < PP_MIN_TORCH:
+        raise DistributedError(
+            f"--strategy pp needs torch >= {PP_MIN_TORCH} (this is {torch.__version__}): older "
+            "pipelining cannot pass the attention mask between stages; use fsdp or tp"
+        )
 
 
 def check_node_devices(ranks: int, device: str) -> None:

@@ -175,7 +175,7 @@ def test_more_ranks_than_gpus_is_one_clear_error(monkeypatch, tmp_path, train_cs
         d.init_distributed("ddp", "auto")
 
 
-def test_pp_on_a_torch_too_old_for_it_is_a_clear_error(monkeypatch):
+def test_pp_on_a_torch_too_old_for_it_is_a_clear_error(monkeypatch, tmp_path, train_csv):
     # torch 2.11's pipelining failed inside its schedule on the integer attention mask
     from slimtext.train import distributed as d
 
@@ -184,6 +184,17 @@ def test_pp_on_a_torch_too_old_for_it_is_a_clear_error(monkeypatch):
         monkeypatch.setenv(k, v)
     with pytest.raises(d.DistributedError, match=r"pp needs torch >= 2\.13 \(this is 2\.11"):
         d.init_distributed("pp", "cpu")
+    # and the --nproc launcher says it once, before starting any rank
+    from typer.testing import CliRunner
+
+    from slimtext import cli
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k)
+    args = ["train", "--data", str(train_csv), "--out", str(tmp_path / "m"), "--nproc", "2"]
+    r = CliRunner().invoke(cli.app, [*args, "--strategy", "pp"])
+    assert r.exit_code == 2 and "pp needs torch >= 2.13" in r.output, r.output
+    assert "rank" not in r.output and not (tmp_path / "m").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
