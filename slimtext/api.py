@@ -66,7 +66,10 @@ def as_dataset(data: Data, **load_kwargs) -> TextDataset:
         if len(texts) != len(labels):
             raise DataError(f"{len(texts)} texts but {len(labels)} labels")
         return TextDataset(texts, [_label(i, y) for i, y in enumerate(labels)], source="<memory>")
-    raise TypeError("data must be a TextDataset, a path or source name, or a (texts, labels) tuple")
+    raise TypeError(
+        "data must be a TextDataset, a path or source name, or a (texts, labels) tuple "
+        "(fit and score also take texts and labels as two arguments)"
+    )
 
 
 def _label(i: int, y) -> str:
@@ -163,13 +166,15 @@ class TextClassifier:
     ) -> TextClassifier:
         """Learn tokenizer, labels and weights. Without `valid`, a stratified `valid_fraction`
         of `train` is held out (deterministic in `seed`) for early stopping and keep-best.
+        `fit(texts, labels)` (scikit-learn's `fit(X, y)`) is `fit((texts, labels))`.
 
         `dist` (see `slimtext.train.distributed.init_distributed`) trains data-parallel; every
         rank calls `fit` with the same data, and rank 0 holds the result afterwards."""
+        train, valid = _xy(train, valid)
         cfg = self.train_config()
-        # Integer labels given in memory come back as integers (`predict`, `classes_`), as in
-        # scikit-learn; the model directory stores them as text, with a note of their type.
-        self._int_labels = isinstance(train, tuple) and len(train) == 2 and _all_ints(train[1])
+        # Labels given in memory come back as given (`predict`, `classes_`: ints stay ints, as
+        # in scikit-learn); the model directory stores their text, and these beside it.
+        train, given = _given_labels(train)
         train_ds = as_dataset(train)
         if train_ds.labels is None:
             raise DataError(f"{train_ds.source}: training data has no labels")
@@ -238,7 +243,6 @@ class TextClassifier:
             model = init_classifier(src, config)
         else:
             model = build_model(config)
-        self._train_config = cfg
         result = fit(
             model,
             self._encode(tok, train_ds, labels, cfg),
@@ -265,15 +269,19 @@ class TextClassifier:
                 return self
             model = build_model(config)
             model.load_state_dict(state)
+        values = [given[lab] for lab in labels] if given else None
+        if values == labels:  # text as stored: nothing to keep beside it
+            values = None
         self.model_dir_ = ModelDir(
-            model.cpu().eval(), config, tok, labels, cfg.max_length, long_text=cfg.long_text
-        )
-        self.classes_ = self._as_given(labels)
+            model.cpu().eval(), config, tok, labels, cfg.max_length, long_text=cfg.long_text,
+            label_values=values,
+        )  # fmt: skip
         self.result_: TrainResult = result
         self.metrics_: dict = {"training": result.summary()}
         if result.best:
             self.metrics_["valid"] = result.best
         self.run_dir_ = Path(run_dir) if run_dir is not None else None
+        self._train_config = cfg  # here, with the rest: a fit that fails leaves the last one
         # Predict where training ran: a model trained on the GPU also scores its test set there.
         self._predictor = Predictor(self.model_dir_, device=str(ctx.device))
         return self
@@ -293,15 +301,16 @@ class TextClassifier:
             raise RuntimeError("this TextClassifier is not fitted yet: call fit() or load()")
         return self._predictor
 
-    def _as_given(self, labels: Sequence[str]) -> np.ndarray:
-        if getattr(self, "_int_labels", False):
-            return np.array([int(x) for x in labels])
-        return np.array(labels)
+    @property
+    def classes_(self) -> np.ndarray:
+        """The classes, as given to fit, in the order of `predict_proba`'s columns."""
+        if not hasattr(self, "_predictor"):  # as scikit-learn: no classes_ before fit
+            raise AttributeError("classes_: this TextClassifier is not fitted yet")
+        return self._predictor.classes_
 
     def predict(self, texts: Sequence[str]) -> list:
-        """Labels, as strings, or as integers when the classifier was fitted on integers."""
-        labels = self._check_fitted().predict(texts)
-        return [int(x) for x in labels] if getattr(self, "_int_labels", False) else labels
+        """Labels as given to fit: text, or integers (floats...) when fitted on those."""
+        return self._check_fitted().predict(texts)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """(N, C) probabilities, columns in the order of `classes_`."""
@@ -327,9 +336,52 @@ class TextClassifier:
         report["loss"] = float(torch.nn.functional.cross_entropy(logits, y))
         return report
 
-    def score(self, data: Data) -> float:
-        """Accuracy on labelled data."""
-        return self.evaluate(data)["accuracy"]
+    def score(self, data: Data, y: Sequence | None = None) -> float:
+        """Accuracy on labelled data; `score(texts, labels)` as scikit-learn's `score(X, y)`."""
+        return self.evaluate(data if y is None else (data, y))["accuracy"]
+
+    # ---- scikit-learn's estimator protocol: clone, GridSearchCV, cross_val_score, joblib ----
+    _estimator_type = "classifier"  # scikit-learn < 1.6
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"model": self.model, "tokenizer": self.tokenizer, "vocab_size": self.vocab_size,
+                "valid_fraction": self.valid_fraction, "verbose": self.verbose,
+                "init": self.init, **self.params}  # fmt: skip
+
+    def set_params(self, **params) -> TextClassifier:
+        """New constructor arguments, checked as the constructor checks them; a fitted model
+        stays until the next fit."""
+        self.__init__(**{**self.get_params(), **params})
+        return self
+
+    def __sklearn_tags__(self):
+        # Only scikit-learn calls this, so it is installed then: not a slimtext dependency.
+        from sklearn.utils import ClassifierTags, InputTags, Tags, TargetTags
+
+        inputs = InputTags(one_d_array=True, two_d_array=False, string=True)
+        return Tags(estimator_type="classifier", target_tags=TargetTags(required=True),
+                    classifier_tags=ClassifierTags(), non_deterministic=True,
+                    input_tags=inputs)  # fmt: skip
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def __getstate__(self) -> dict:
+        # The predictor holds closures (and compiled graphs or ONNX sessions): it is rebuilt on
+        # unpickling from the model, which pickles as any torch module does.
+        state = self.__dict__.copy()
+        p = state.pop("_predictor", None)
+        if p is not None:
+            state["_predictor_args"] = dict(backend=p.backend, device=str(p.device),
+                                            batch_size=p.batch_size)  # fmt: skip
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        args = state.pop("_predictor_args", None)
+        self.__dict__.update(state)
+        if args is not None:
+            self._predictor = Predictor(self.model_dir_, **args)
 
     def save(self, path: str | os.PathLike, metrics: dict | None = None) -> Path:
         """Write the model directory (atomically)."""
@@ -367,8 +419,9 @@ class TextClassifier:
                  valid_fraction=self.valid_fraction)  # fmt: skip
         if self.init is not None:
             d["init"] = str(self.init)
-        if getattr(self, "_int_labels", False):
-            d["label_type"] = "int"
+        values = self._check_fitted().model_dir.label_values
+        if values is not None:
+            d["label_values"] = values
         return d
 
     @classmethod
@@ -392,21 +445,41 @@ class TextClassifier:
             **{**shape, **_known(train)},
         )
         clf.model_dir_ = md
-        clf._int_labels = train.get("label_type") == "int"
-        clf.classes_ = clf._as_given(md.labels)
         clf.metrics_ = md.meta.get("metrics", {})
         clf._predictor = Predictor(md, backend=backend, **options)
         return clf
 
 
-def _all_ints(labels) -> bool:
-    """Whether every label is an integer (Python or numpy; not bool)."""
-    try:
-        return len(labels) > 0 and all(
-            isinstance(y, (int, np.integer)) and not isinstance(y, (bool, np.bool_)) for y in labels
-        )
-    except TypeError:  # a generator or other unsized iterable: leave it to as_dataset
-        return False
+def _xy(train, valid):
+    """scikit-learn's `fit(X, y)`: texts (a list, array or Series: not a tuple, path or
+    dataset) and their labels become `((X, y), None)`; anything else is left as it is."""
+    plain = (str, os.PathLike, TextDataset, tuple)
+    if valid is None or isinstance(train, plain) or isinstance(valid, plain):
+        return train, valid
+    if not hasattr(train, "__len__") or not hasattr(valid, "__len__"):
+        return train, valid
+    return (train, valid), None
+
+
+def _given_labels(data: Data) -> tuple[Data, dict | None]:
+    """`data`, its in-memory labels read once (a generator too), and each class's label as the
+    caller gave it, keyed by the text it is stored as (" a " -> "a", 1.0 -> "1"). Two spellings
+    of one stored class (1 and "1", "a" and "a ") are an error, not a silent merge."""
+    if not (isinstance(data, tuple) and len(data) == 2) or isinstance(data[1], str):
+        return data, None
+    ys = [y.item() if isinstance(y, np.generic) else y for y in data[1]]
+    given: dict = {}
+    for y in ys:
+        key, _ = label_to_str(y)
+        if key is None:
+            continue  # as_dataset names it
+        seen = given.setdefault(key, y)
+        if seen != y or isinstance(seen, str) != isinstance(y, str):
+            raise DataError(
+                f"labels {seen!r} and {y!r} would be one class (stored as {key!r}); "
+                "give each class one spelling"
+            )
+    return (data[0], ys), given
 
 
 def _fingerprint(texts: Sequence[str]) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -56,6 +57,9 @@ class ModelDir:
     max_length: int
     meta: dict = field(default_factory=dict)  # train config, metrics, compression steps
     long_text: str = "truncate"  # how texts longer than max_length are read (tokenizer.LONG_TEXT)
+    # The labels as the Python caller gave them (ints, floats, text with spaces), in the order of
+    # `labels`, where they differ from the text stored in labels.json; predictions use these.
+    label_values: list | None = None
 
 
 def save_model_dir(
@@ -260,7 +264,25 @@ def _read_model_dir(path: Path) -> ModelDir:
     except ValueError as e:
         raise ModelDirError(f"{path / 'config.json'}: {e}") from None
     max_length = int(cfg.get("max_length", config.max_length))
-    return ModelDir(model, config, tokenizer, labels, max_length, meta, long_text)
+    values = _label_values(meta["train"], labels, path / "config.json")
+    return ModelDir(model, config, tokenizer, labels, max_length, meta, long_text, values)
+
+
+def _label_values(train: dict, labels: list[str], where: Path) -> list | None:
+    """`train.label_values` of config.json, checked against labels.json. Directories written
+    before it existed said `label_type: int` for integer labels."""
+    values = train.get("label_values")
+    if values is None and train.get("label_type") == "int":
+        if not all(re.fullmatch(r"-?[0-9]+", x) for x in labels):
+            raise ModelDirError(f"{where}: label_type int, but labels.json holds other labels")
+        values = [int(x) for x in labels]
+    if values is None:
+        return None
+    plain = (str, int, float)
+    ok = isinstance(values, list) and len(values) == len(labels)
+    if not ok or not all(isinstance(v, plain) and not isinstance(v, bool) for v in values):
+        raise ModelDirError(f"{where}: train.label_values does not match labels.json")
+    return values
 
 
 def _positive_int(v) -> bool:

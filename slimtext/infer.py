@@ -135,7 +135,12 @@ class Predictor:
 
     @property
     def classes_(self) -> np.ndarray:
-        return np.array(self.model_dir.labels)
+        """The labels as given to fit (ints stay ints), in the order of the probability columns."""
+        return np.array(self._label_values())
+
+    def _label_values(self) -> list:
+        md = self.model_dir
+        return md.label_values if md.label_values is not None else list(md.labels)
 
     def encode(self, texts: Sequence[str]) -> tuple[list[list[int]], list[int]]:
         """Token ids of each window, and the text each belongs to (see `long_text`)."""
@@ -167,8 +172,9 @@ class Predictor:
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         return torch.softmax(self.logits(texts), dim=-1).numpy()
 
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        labels = self.model_dir.labels
+    def predict(self, texts: Sequence[str]) -> list:
+        """Labels as given to fit: text, or integers when fitted on integers (see classes_)."""
+        labels = self._label_values()
         return [labels[i] for i in self.logits(texts).numpy().argmax(-1).tolist()]
 
     # ---- backends ----

@@ -261,6 +261,106 @@ def test_integer_labels_come_back_as_integers_in_numeric_order(toy_data, tmp_pat
     clf.save(tmp_path / "m")
     again = TextClassifier.load(tmp_path / "m")
     assert list(again.classes_) == [1, 2, 10] and again.predict(texts[:5]) == pred[:5]
-    assert slimtext.load(tmp_path / "m").predict(texts[:1])[0] in {"1", "2", "10"}  # text there
+    # the plain predictor of the same directory answers alike (it gave "10", text, before)
+    plain = slimtext.load(tmp_path / "m")
+    assert plain.predict(texts[:5]) == pred[:5] and list(plain.classes_) == [1, 2, 10]
+    assert plain.labels == ["1", "2", "10"]  # the text form, for JSON keys (serve, CLI)
     named = TextClassifier(model="attention", vocab_size=400, max_steps=1, verbose=False)
     assert list(named.fit((texts, names)).classes_) == sorted(set(names))  # strings stay strings
+    # a generator of the same integers: integers too (it gave strings)
+    gen = TextClassifier(model="attention", vocab_size=400, max_steps=1, verbose=False)
+    assert list(gen.fit((texts, (int(v) for v in y))).classes_) == [1, 2, 10]
+
+
+def test_labels_come_back_as_given_floats_and_spaced_text_too(toy_data, tmp_path):
+    # They were normalised to the stored text ("1.0" -> "1", " a " -> "a") and came back so:
+    # accuracy_score(y, clf.predict(X)) was 0 against the caller's own labels.
+    texts, names = toy_data
+    kw = dict(model="attention", vocab_size=400, max_length=32, epochs=4, batch_size=8,
+              verbose=False)  # fmt: skip
+    floats = np.array([{"sport": 0.0, "tech": 1.0, "money": 2.0}[n] for n in names])
+    clf = TextClassifier(**kw).fit((texts, floats))
+    assert list(clf.classes_) == [0.0, 1.0, 2.0] and clf.classes_.dtype == float
+    pred = clf.predict(texts)
+    assert all(type(p) is float for p in pred) and np.mean(np.array(pred) == floats) >= 0.9
+    spaced = [n + " " for n in names]
+    clf = TextClassifier(**kw).fit((texts, spaced))
+    assert set(clf.predict(texts)) <= set(spaced) and list(clf.classes_) == sorted(set(spaced))
+    clf.save(tmp_path / "m")
+    assert slimtext.load(tmp_path / "m").predict(texts[:3]) == clf.predict(texts[:3])
+    assert clf.score((texts, spaced)) >= 0.9
+    with pytest.raises(DataError, match=r"labels 'sport' and 'sport ' would be one class"):
+        TextClassifier(**kw).fit((texts, names[:-1] + ["sport "]))
+    with pytest.raises(DataError, match=r"labels 1 and '1' would be one class"):
+        TextClassifier(**kw).fit((texts[:4], [1, "1", 2, 2]))
+
+
+def test_a_refit_that_fails_leaves_the_fitted_classifier_as_it_was(toy_data, tmp_path):
+    # A refused refit on integer labels made a string-label classifier return int("sport").
+    texts, names = toy_data
+    clf = TextClassifier(model="attention", vocab_size=400, max_length=32, epochs=2,
+                         batch_size=8, verbose=False).fit((texts, names))  # fmt: skip
+    before = clf.predict(texts[:5])
+    with pytest.raises(DataError, match="at least 2 classes"):
+        clf.fit((texts, [1] * len(texts)))
+    assert clf.predict(texts[:5]) == before and list(clf.classes_) == sorted(set(names))
+    clf.save(tmp_path / "m")
+    assert TextClassifier.load(tmp_path / "m").predict(texts[:5]) == before
+
+
+def test_label_values_in_config_are_checked_and_old_label_type_still_reads(toy_data, tmp_path):
+    import json
+
+    texts, names = toy_data
+    y = [{"sport": 3, "tech": 1, "money": 2}[n] for n in names]
+    TextClassifier(model="attention", vocab_size=400, max_steps=2, verbose=False).fit(
+        (texts, y)
+    ).save(tmp_path / "m")
+    cfg_path = tmp_path / "m" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    assert cfg["train"]["label_values"] == [1, 2, 3]
+
+    def rewrite(train):
+        cfg["train"] = train
+        cfg_path.write_text(json.dumps(cfg))
+        from slimtext.fileio import write_manifest
+
+        write_manifest(tmp_path / "m")
+
+    # a directory from before label_values said `label_type: int`
+    rewrite({k: v for k, v in cfg["train"].items() if k != "label_values"} | {"label_type": "int"})
+    assert slimtext.load(tmp_path / "m").predict(texts[:3])[0] in {1, 2, 3}
+    rewrite(cfg["train"] | {"label_values": [1, 2]})
+    with pytest.raises(slimtext.artifact.ModelDirError, match="label_values does not match"):
+        slimtext.load(tmp_path / "m")
+
+
+def test_scikit_learn_can_clone_search_cross_validate_and_pickle_it(toy_data):
+    # clone, get/set_params, fit(X, y), score(X, y) and pickling all failed before.
+    import pickle
+
+    sk = pytest.importorskip("sklearn")
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.pipeline import Pipeline
+
+    texts, names = toy_data
+    clf = TextClassifier(model="attention", vocab_size=400, max_length=32, epochs=3,
+                         batch_size=8, verbose=False)  # fmt: skip
+    twin = clone(clf)
+    assert twin is not clf and twin.get_params() == clf.get_params()
+    assert clf.set_params(epochs=4).params["epochs"] == 4
+    with pytest.raises(TypeError, match="unknown parameters"):
+        clf.set_params(epochz=1)
+    assert "epochs=4" in repr(clf) and sk.base.is_classifier(clf)
+    scores = cross_val_score(clf, texts, names, cv=2)
+    assert len(scores) == 2 and min(scores) >= 0.8
+    search = GridSearchCV(clf, {"lr": [3e-3, 1e-9]}, cv=2).fit(texts, np.array(names))
+    assert search.best_params_ == {"lr": 3e-3}  # a learning rate of ~0 cannot win
+    pipe = Pipeline([("clf", clone(clf))]).fit(texts, names)
+    assert pipe.score(texts, names) >= 0.8
+    fitted = clone(clf).fit(texts, names)
+    assert fitted.score(texts, names) == fitted.score((texts, names))
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_allclose(again.predict_proba(texts), fitted.predict_proba(texts), atol=1e-6)
+    assert list(again.classes_) == list(fitted.classes_)
