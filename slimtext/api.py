@@ -97,10 +97,10 @@ class TextClassifier:
         init: str | os.PathLike | None = None,
         **params,
     ):
-        unknown = set(params) - _MODEL_KEYS - _TRAIN_KEYS
+        unknown = set(params) - _valid_params()
         if unknown:
             raise TypeError(
-                f"unknown parameters {sorted(unknown)}; valid: {sorted(_MODEL_KEYS | _TRAIN_KEYS)}"
+                f"unknown parameters {sorted(unknown)}; valid: {sorted(_valid_params())}"
             )
         if model not in ("transformer", "attention"):
             raise ValueError(f"model must be 'transformer' or 'attention', got {model!r}")
@@ -448,6 +448,12 @@ class TextClassifier:
         clf.metrics_ = md.meta.get("metrics", {})
         clf._predictor = Predictor(md, backend=backend, **options)
         return clf
+
+
+def _valid_params() -> set[str]:
+    # `version` is config.json's format number, not a choice
+    own = {"model", "tokenizer", "vocab_size", "valid_fraction", "verbose", "init"}
+    return (own | _MODEL_KEYS | _TRAIN_KEYS) - {"version"}
 
 
 def _xy(train, valid):

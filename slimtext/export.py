@@ -107,6 +107,16 @@ def _target(model_dir: Path | None, out: str | os.PathLike | None, name: str) ->
             f"{target} exists and is not an ONNX file; refusing to overwrite it (choose another "
             "path)"
         )
+    # An earlier export has its sidecar (written last): another tool's .onnx, or any file that
+    # merely ends so, has none and is left alone; and so is a .json of that name of another's.
+    side = _sidecar(target)
+    ours = {"torch", "onnxruntime"} <= _read_sidecar(target).keys()
+    if (os.path.lexists(target) or os.path.lexists(side)) and not ours:
+        what = target if os.path.lexists(target) else side
+        raise TargetExistsError(
+            f"{what} exists and is not an earlier slimtext export (no {side.name} of ours beside "
+            "it); refusing to overwrite it (choose another path, or delete it)"
+        )
     return target, False
 
 

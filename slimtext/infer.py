@@ -223,9 +223,14 @@ class Predictor:
 
     def _compiled_runner(self, autocast: torch.dtype | None = None, freezing=False) -> Runner:
         packed = self._packed
-        compiled = torch.compile(self.model, backend=self._compile_backend, dynamic=False)
+        # Int8 layers on fbgemm's op stay out of the graph (Int8Linear.forward), so the graph
+        # breaks at each; the pieces between get inputs that nothing marked dynamic, and were
+        # compiled again for every new shape until dynamo's limit. dynamic=True makes every
+        # piece shape-generic from its first compile.
+        dynamic = _breaks_graph(self.model)
+        compiled = torch.compile(self.model, backend=self._compile_backend, dynamic=dynamic)
         compiled_packed = (
-            torch.compile(self.model.forward_packed, backend=self._compile_backend, dynamic=False)
+            torch.compile(self.model.forward_packed, backend=self._compile_backend, dynamic=dynamic)
             if packed
             else None
         )
@@ -462,6 +467,12 @@ def _in_order(logits: torch.Tensor, order: np.ndarray | None) -> np.ndarray:
     back = np.empty_like(out)
     back[order] = out
     return back
+
+
+def _breaks_graph(model: torch.nn.Module) -> bool:
+    from .compress.quantize import Int8Linear
+
+    return any(isinstance(m, Int8Linear) and m.dynamic for m in model.modules())
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:

@@ -34,8 +34,13 @@ def test_init_only_stores_arguments_and_rejects_unknown_ones():
     clf = TextClassifier(model="transformer", epochs=2, hidden_size=64)
     assert clf.params == {"epochs": 2, "hidden_size": 64}
     assert not hasattr(clf, "classes_")
-    with pytest.raises(TypeError, match="unknown parameters"):
+    with pytest.raises(TypeError, match="unknown parameters") as e:
         TextClassifier(epochz=3)
+    # the list offers what the constructor takes, and not config.json's format number
+    assert "'vocab_size'" in str(e.value) and "'epochs'" in str(e.value)
+    assert "'version'" not in str(e.value)
+    with pytest.raises(TypeError, match="unknown parameters"):
+        TextClassifier(version=2)
 
 
 def test_using_an_unfitted_classifier_says_so():

@@ -261,3 +261,18 @@ def test_export_out_never_overwrites_what_is_not_an_export(tiny_model_dir, tmp_p
     assert {"model.onnx", "model.int8.onnx"} <= set(files)
     export_onnx(d, out=tmp_path / "x.onnx")
     export_onnx(d, out=tmp_path / "x.onnx")  # an earlier export is replaced
+    # a file that merely ends in .onnx, another tool's model.onnx in a folder, and a .json
+    # that would be the sidecar: none is ours, none is overwritten (each was)
+    other = tmp_path / "theirs"
+    other.mkdir()
+    (other / "model.onnx").write_text("another tool's model")
+    (tmp_path / "foo.onnx").write_text("precious")
+    (tmp_path / "bar.onnx.json").write_text('{"mine": 1}')
+    for out in (other, tmp_path / "foo.onnx", tmp_path / "bar.onnx"):
+        with pytest.raises(TargetExistsError, match="not an earlier slimtext export"):
+            export_onnx(d, out=out)
+    with pytest.raises(TargetExistsError, match="not an earlier slimtext export"):
+        quantize_onnx(d, tmp_path / "foo.onnx")
+    assert (tmp_path / "foo.onnx").read_text() == "precious"
+    assert (other / "model.onnx").read_text() == "another tool's model"
+    assert (tmp_path / "bar.onnx.json").read_text() == '{"mine": 1}'

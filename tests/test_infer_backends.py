@@ -182,6 +182,37 @@ def test_a_cuda_predictor_gives_the_cpu_results(tiny_model_dir, texts, backend):
         assert 1 <= len(graphs) <= 3, graphs
 
 
+def test_compile_on_an_int8_model_stops_compiling_once_warm(tiny_model_dir, texts, tmp_path):
+    # fbgemm's int8 op breaks the graph at every Int8Linear: each piece was compiled again for
+    # every new shape until dynamo's recompile limit (58 recompiles for a 2-layer model).
+    from slimtext.artifact import read_model_dir
+    from slimtext.compress import Int8Dynamic, quantize_
+
+    md = read_model_dir(tiny_model_dir)
+    quantize_(md.model, Int8Dynamic())
+    d = tmp_path / "q8"
+    _save_dir(md, d)
+    torch._dynamo.reset()
+    graphs: list = []
+    pred = load(d, backend="compile", batch_size=4, compile_backend=_counting_backend(graphs))
+    ref = load(d, batch_size=4)
+    words = ["match", "goal", "team", "chip", "code", "bank", "market", "the", "of"]
+    for n, b in [(3, 1), (7, 2), (12, 5), (20, 3)]:  # warm: batch 1 and more, both paths
+        pred.logits([" ".join(words[: 1 + j % 9] * n) for j in range(b)])
+    warm = len(graphs)
+    for n in range(1, 40, 2):
+        batch = [" ".join(words[: 1 + (n + j) % 9] * (1 + n // 4)) for j in range(1 + n % 5)]
+        torch.testing.assert_close(pred.logits(batch), ref.logits(batch), atol=ATOL, rtol=0)
+    assert len(graphs) == warm, (warm, len(graphs))
+
+
+def _save_dir(md, path):
+    from slimtext.artifact import save_model_dir
+
+    save_model_dir(path, md.model, md.config, md.tokenizer, md.labels,
+                   max_length=md.max_length, compression=md.model.slimtext_compression)  # fmt: skip
+
+
 def test_grouped_batches_give_the_plain_forward_logits(tiny_model_dir):
     # A batch of >= GROUP_MIN texts runs attention in length groups, its rows sorted by length:
     # the logits must still be forward's, in the batch's own (unsorted) row order.

@@ -56,6 +56,10 @@ def recorded(model: nn.Module, rec: dict) -> dict:
         steps = []
         setattr(model, RECORDS, steps)
     steps.append(rec)
+    # Modules a step built (pruned attention, factorised or quantized linears) start in
+    # training mode: inside an eval-mode model their dropout stayed on, unseen (model.training
+    # said False), and predictions changed from call to call. They take the model's mode.
+    model.train(model.training)
     return rec
 
 

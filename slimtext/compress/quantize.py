@@ -169,6 +169,10 @@ class Int8Linear(nn.Module):
             qw = torch._make_per_channel_quantized_tensor(self.qweight, self.scale.double(), zp, 0)
         return torch.ops.quantized.linear_prepack(qw, self.bias)
 
+    # Left out of torch.compile: fbgemm's op breaks the graph, and each of a model's Int8Linear
+    # modules then became a frame of its own, compiled per module and per shape until dynamo's
+    # recompile limit (58 recompiles for a 2-layer model) and run uncompiled after it.
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
             self.dynamic

@@ -224,7 +224,8 @@ def _resolve_columns(
         if opts.require_labels:
             raise DataError(
                 f"{where}: no label column {label!r}; columns are: {present}; pass "
-                "label_col=... (--label-col), or require_labels=False for unlabelled data"
+                "label_col=... (--label-col); unlabelled text is for `slimtext pretrain` "
+                "(in Python: load_data(..., require_labels=False))"
             )
         label = None
     return text_cols, label

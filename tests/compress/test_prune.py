@@ -69,6 +69,24 @@ def test_pruned_model_saves_loads_and_predicts_the_same(teacher, batches, tmp_pa
     assert count_params(loaded.model) == count_params(m)
 
 
+def test_a_loaded_classifier_pruned_in_place_predicts_the_same_each_time(teacher_dir, tmp_path,
+                                                                         make_toy):  # fmt: skip
+    # README's flow: load, prune_ the model in place, predict/save. The pruned attention and the
+    # rebuilt FFN layers came in training mode: dropout on, a new answer on every call.
+    from slimtext.api import TextClassifier
+
+    clf = TextClassifier.load(teacher_dir)
+    prune_(clf.model_dir_.model, HeadPruning(0.5))
+    prune_(clf.model_dir_.model, FFNPruning(0.5))
+    assert not any(m.training for m in clf.model_dir_.model.modules())
+    texts, _ = make_toy(10, seed=5)
+    first = clf.predict_proba(texts)
+    np.testing.assert_array_equal(clf.predict_proba(texts), first)
+    clf.save(tmp_path / "pruned")
+    np.testing.assert_allclose(slimtext.load(tmp_path / "pruned").predict_proba(texts), first,
+                               atol=1e-6)  # fmt: skip
+
+
 def test_unstructured_pruning_reaches_sparsity_and_keeps_zeros_through_finetuning(
     teacher, make_toy, h
 ):
