@@ -147,10 +147,10 @@ class TextClassifier:
         if self.tokenizer in ("wordpiece", "bpe"):
             tok = train_tokenizer(texts, vocab_size=self.vocab_size, kind=self.tokenizer)
         else:
-            tok = load_tokenizer(self.tokenizer)
+            tok = load_tokenizer(self.tokenizer).with_pad()
         if saved is not None:
             saved.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(saved, tok.backend.to_str())
+            atomic_write_text(saved, tok.to_str())
         return tok
 
     # ---- learning ------------------------------------------------------------------------
@@ -210,7 +210,7 @@ class TextClassifier:
                 cfg = replace(cfg, max_length=src.config.max_length)
         elif ctx.is_main:  # rank 0 learns the tokenizer and writes it; the others receive it
             try:
-                tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).backend.to_str()
+                tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).to_str()
             except Exception as e:
                 # The others wait for the tokenizer: send them the error, not a closed socket.
                 broadcast_object(ctx, RuntimeError(f"rank 0 could not make the tokenizer: {e}"))
@@ -223,6 +223,8 @@ class TextClassifier:
                 raise DistributedError(str(got))
             tok = TextTokenizer(Tokenizer.from_str(got))
         labels = train_ds.label_set()
+        if given:  # in the order of the labels as given, scikit-learn's (np.unique's) order
+            labels.sort(key=lambda lab: given[lab])
         if len(labels) < 2:
             raise DataError(f"{train_ds.source}: need at least 2 classes, found {labels}")
         if src is not None:
@@ -372,9 +374,8 @@ class TextClassifier:
         # unpickling from the model, which pickles as any torch module does.
         state = self.__dict__.copy()
         p = state.pop("_predictor", None)
-        if p is not None:
-            state["_predictor_args"] = dict(backend=p.backend, device=str(p.device),
-                                            batch_size=p.batch_size)  # fmt: skip
+        if p is not None:  # as it was made, on the backend `auto` chose: it predicts alike
+            state["_predictor_args"] = {**p.made_with, "backend": p.backend}
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -485,6 +486,14 @@ def _given_labels(data: Data) -> tuple[Data, dict | None]:
                 f"labels {seen!r} and {y!r} would be one class (stored as {key!r}); "
                 "give each class one spelling"
             )
+    kinds = {isinstance(v, str) for v in given.values()}
+    if len(kinds) > 1:  # as scikit-learn refuses them: they have no order, and 0 != "0"
+        text = next(v for v in given.values() if isinstance(v, str))
+        number = next(v for v in given.values() if not isinstance(v, str))
+        raise DataError(
+            f"labels mix text and numbers ({number!r} and {text!r}): give all as text or all "
+            "as numbers"
+        )
     return (data[0], ys), given
 
 

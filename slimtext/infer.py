@@ -99,6 +99,11 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model_dir = model_dir
+        # How it was made (TextClassifier's pickling makes it again from these): the arguments
+        # as given, `onnx_path` the caller's file or None.
+        self.made_with = dict(device=device, batch_size=batch_size, onnx_path=onnx_path,
+                              compile_backend=compile_backend, candidates=tuple(candidates),
+                              warmup=warmup, long_text=long_text)  # fmt: skip
         if (model_dir.meta.get("train") or {}).get("pretrain"):
             where = model_dir.meta.get("path", "this model directory")
             warnings.warn(

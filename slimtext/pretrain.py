@@ -312,7 +312,7 @@ def pretrain(
     if ctx.distributed:
         tok_json = None
         if ctx.is_main:
-            tok_json = clf._fit_tokenizer(texts, checkpoint_dir, resume).backend.to_str()
+            tok_json = clf._fit_tokenizer(texts, checkpoint_dir, resume).to_str()
         tok = TextTokenizer(Tokenizer.from_str(broadcast_object(ctx, tok_json)))
     else:
         tok = clf._fit_tokenizer(texts, checkpoint_dir, resume)

@@ -47,13 +47,25 @@ class TextTokenizer:
 
     backend: Tokenizer
 
+    def __post_init__(self) -> None:
+        # encode() sets its own truncation on the shared backend; what is saved is the
+        # tokenizer with the settings it came with (see to_str)
+        self._as_given = (self.backend.truncation, self.backend.padding)
+
     @property
     def pad_id(self) -> int:
         for name in (PAD, "<pad>"):
             i = self.backend.token_to_id(name)
             if i is not None:
                 return i
-        return 0
+        return 0  # a model directory written before `with_pad` existed says 0 too
+
+    def with_pad(self) -> TextTokenizer:
+        """This tokenizer, given a [PAD] token of its own if it has none: the pad id fell back to
+        0, a real token (GPT-2's "!"), whose embedding row then stayed zero in training."""
+        if all(self.backend.token_to_id(n) is None for n in (PAD, "<pad>")):
+            self.backend.add_special_tokens([PAD])
+        return self
 
     @property
     def mask_id(self) -> int | None:
@@ -124,8 +136,20 @@ class TextTokenizer:
                 owner.append(i)
         return windows, owner
 
+    def to_str(self) -> str:
+        """tokenizer.json's text, with the truncation and padding the tokenizer came with."""
+        t = Tokenizer.from_str(self.backend.to_str())
+        t.no_truncation()
+        t.no_padding()
+        trunc, pad = self._as_given
+        if trunc:
+            t.enable_truncation(**trunc)
+        if pad:
+            t.enable_padding(**pad)
+        return t.to_str()
+
     def save(self, path: str | os.PathLike) -> None:
-        self.backend.save(str(path))
+        Path(path).write_text(self.to_str(), encoding="utf-8")
 
 
 def _encode_batch(tok: Tokenizer, texts: Sequence[str]) -> list:

@@ -369,3 +369,36 @@ def test_scikit_learn_can_clone_search_cross_validate_and_pickle_it(toy_data):
     again = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_allclose(again.predict_proba(texts), fitted.predict_proba(texts), atol=1e-6)
     assert list(again.classes_) == list(fitted.classes_)
+
+
+def test_classes_are_in_numpy_unique_order_and_mixed_kinds_are_refused(toy_data):
+    # scikit-learn's probability scorers read predict_proba's columns in np.unique(y) order:
+    # ordered by the stored text (" s" -> "s") the columns were scored as the wrong classes.
+    texts, names = toy_data
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=2, verbose=False)
+    for labels in ([{"sport": " w", "tech": "b ", "money": "t t"}[n] for n in names],
+                   [{"sport": "10", "tech": "2", "money": "9"}[n] for n in names]):  # fmt: skip
+        clf = TextClassifier(**kw).fit(texts, labels)
+        assert list(clf.classes_) == list(np.unique(labels))
+    with pytest.raises(DataError, match=r"labels mix text and numbers \(0 and '(tech|money)'\)"):
+        TextClassifier(**kw).fit(texts, [0 if n == "sport" else n for n in names])
+
+
+def test_a_pickled_classifier_predicts_as_the_original(tiny_model_dir, tmp_path):
+    # Only backend, device and batch size travelled: a long_text="chunks" classifier came back
+    # truncating, and one on a chosen ONNX file came back on a fresh export.
+    import pickle
+
+    long = ["goal match team " * 40, "bank market shares " * 30, "chip software code " * 50]
+    clf = TextClassifier.load(tiny_model_dir, long_text="chunks")
+    again = pickle.loads(pickle.dumps(clf))
+    assert again._predictor.long_text == "chunks"
+    np.testing.assert_allclose(again.predict_proba(long), clf.predict_proba(long), atol=1e-6)
+    pytest.importorskip("onnxruntime")
+    from slimtext.export import export_onnx
+
+    onnx = export_onnx(tiny_model_dir, out=tmp_path / "mine.onnx")
+    clf = TextClassifier.load(tiny_model_dir, backend="onnxruntime", onnx_path=onnx)
+    again = pickle.loads(pickle.dumps(clf))
+    assert again._predictor.made_with["onnx_path"] == onnx
+    np.testing.assert_allclose(again.predict_proba(long), clf.predict_proba(long), atol=1e-6)

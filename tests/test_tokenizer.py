@@ -1,3 +1,4 @@
+import json
 import re
 
 import pytest
@@ -73,3 +74,38 @@ def test_vocab_txt_is_one_token_per_newline_ended_line(tmp_path):
     assert tok.vocab_size == len(vocab)
     assert tok.backend.token_to_id("hello") == 6
     assert tok.encode(["hello"], 10) == [[2, 6, 3]]
+
+
+def test_a_given_tokenizer_without_pad_gets_one_and_is_saved_as_given(tmp_path, toy_data):
+    # No [PAD]/<pad>: the pad id fell back to 0, a real token (GPT-2's "!"), whose embedding
+    # stayed zero; and the saved copy carried the truncation encode() had set on it.
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from slimtext.api import TextClassifier
+
+    texts, labels = toy_data
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(
+        [t + "!" for t in texts],
+        trainers.BpeTrainer(
+            vocab_size=300, special_tokens=[], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    given = tmp_path / "bbpe.json"
+    bpe.save(str(given))
+    assert bpe.token_to_id("[PAD]") is None and bpe.id_to_token(0) == "!"
+    clf = TextClassifier(model="transformer", tokenizer=str(given), hidden_size=16,
+                         num_layers=1, num_heads=2, ffn_size=32, max_length=16, max_steps=3,
+                         verbose=False).fit((texts, labels))  # fmt: skip
+    clf.save(tmp_path / "m")
+    saved = json.loads((tmp_path / "m" / "tokenizer.json").read_text())
+    pad = Tokenizer.from_file(str(tmp_path / "m" / "tokenizer.json")).token_to_id("[PAD]")
+    assert (
+        pad == 300
+        and json.loads((tmp_path / "m" / "config.json").read_text())["model"]["pad_id"] == 300
+    )
+    assert saved["truncation"] is None and saved["padding"] is None  # as given
+    emb = load_file(str(tmp_path / "m" / "model.safetensors"))["embeddings.tok.weight"]
+    assert emb[0].abs().sum() > 0 and emb.shape[0] == 301  # "!" learns; [PAD] has a row

@@ -143,7 +143,7 @@ def hf_teacher_logits(
         model.eval()
         limit = max_length or min(
             int(getattr(tok, "model_max_length", 512) or 512),
-            int(getattr(cfg, "max_position_embeddings", 512) or 512),
+            int(getattr(cfg, "max_position_embeddings", 512) or 512) - _position_offset(cfg),
         )
         out = np.zeros((len(texts), cfg.num_labels), np.float32)
         by_len = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
@@ -392,3 +392,13 @@ def distill(
             teacher.cpu()
     student.cpu().eval()
     return result, record("distill", config, student=student.config.to_dict())
+
+
+def _position_offset(cfg) -> int:
+    """Position ids a model never gives a token: RoBERTa's family counts positions from
+    pad_token_id + 1, so roberta-base takes 514 - 2 = 512 tokens. A tokenizer folder without
+    model_max_length left the limit at max_position_embeddings, and a long text crashed."""
+    family = ("roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl", "mpnet")
+    if getattr(cfg, "model_type", "") in family:
+        return int(getattr(cfg, "pad_token_id", 1) or 0) + 1
+    return 0

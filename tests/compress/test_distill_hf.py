@@ -173,3 +173,22 @@ def test_cli_compress_takes_an_hf_teacher_and_names_a_label_mismatch(
     (bad / "config.json").write_text(json.dumps(cfg))
     r = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "o2"), "--teacher", f"hf:{bad}"])
     assert r.exit_code != 0 and "id2label" in r.output and not (tmp_path / "o2").exists()
+
+
+def test_a_roberta_teacher_reads_long_texts_within_its_positions(make_toy, tmp_path):
+    # RoBERTa counts positions from pad_token_id + 1: with a tokenizer folder that sets no
+    # model_max_length, texts as long as max_position_embeddings crashed inside the model.
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    texts, _ = make_toy(4, seed=52)
+    tok = _tokenizer(texts)
+    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=24,
+                        pad_token_id=tok.pad_token_id, num_labels=3,
+                        id2label=dict(enumerate(HF_LABELS)))  # fmt: skip
+    path = tmp_path / "roberta"
+    RobertaForSequenceClassification(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    long = [" ".join([t] * 10) for t in texts]  # ~60 tokens: far past 24 positions
+    got = hf_teacher_logits(path, long, ["sport", "tech", "money"])
+    assert got.shape == (len(long), 3) and np.isfinite(got).all()
