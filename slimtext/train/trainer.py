@@ -167,7 +167,7 @@ class Encoded:
 class TrainResult:
     history: list[dict] = field(default_factory=list)  # one entry per evaluation
     best: dict | None = None  # validation report of the kept model
-    best_epoch: int | None = None
+    best_epoch: float | None = None  # fractional when a step budget ended mid-epoch
     steps: int = 0
     samples: int = 0
     tokens: int = 0
@@ -408,7 +408,9 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        # The peak is warm-up's last step; decay starts on the next (it ran two steps at the
+        # peak) and, like warm-up's (step + 1), never spends a step at lr 0.
+        progress = (step - warmup_steps + 1) / max(1, total_steps - warmup_steps + 1)
         progress = min(1.0, progress)
         if schedule == "cosine":
             return 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -780,6 +782,7 @@ def fit(
                         )
                     else:
                         nn.utils.clip_grad_norm_(wrapped.parameters(), cfg.grad_clip)
+                lr_used = sched.get_last_lr()[0]  # this step's, not the next one's
                 for o, sc in zip(opts, scheds, strict=True):
                     scaler.step(o)
                     sc.step()
@@ -803,7 +806,7 @@ def fit(
                         "step": step,
                         "epoch": epoch + batch_pos / len(batches),
                         "loss": float(loss_sum) / max(1, loss_n),
-                        "lr": sched.get_last_lr()[0],
+                        "lr": lr_used,
                         "samples_per_s": rate,
                     }
                     log.write(rec)
@@ -815,6 +818,8 @@ def fit(
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
                     checkpoint()
             # ---- end of epoch (or of the step budget): evaluate, keep best, maybe stop ----
+            # The epochs trained: a step budget that ends mid-epoch (--max-steps) says 2.4, not 3
+            seen = epoch + 1 if batch_pos >= len(batches) else epoch + batch_pos / len(batches)
             epoch += 1
             batch_pos = 0
             if valid is not None and valid.labels is not None and len(valid):
@@ -829,7 +834,7 @@ def fit(
                 )  # fmt: skip
                 rec = {
                     "step": step,
-                    "epoch": epoch,
+                    "epoch": seen,
                     "valid_loss": report["loss"],
                     "valid_accuracy": report["accuracy"],
                     "valid_macro_f1": report["macro_f1"],
@@ -838,13 +843,13 @@ def fit(
                 log.write(rec)
                 if progress:
                     tqdm.write(
-                        f"epoch {epoch}: valid accuracy {report['accuracy']:.4f} "
+                        f"epoch {seen:g}: valid accuracy {report['accuracy']:.4f} "
                         f"macro-F1 {report['macro_f1']:.4f} loss {report['loss']:.4f}"
                     )
                 score = _score(report, cfg.metric)
                 if score > best_score:
                     best_score, bad_epochs = score, 0
-                    result.best, result.best_epoch = report, epoch
+                    result.best, result.best_epoch = report, seen
                     if cfg.keep_best:
                         best_state = full_state_dict(wrapped, ctx)  # fsdp: on rank 0 only
                 else:

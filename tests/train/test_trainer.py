@@ -397,3 +397,35 @@ def test_asking_for_cuda_without_one_is_a_clear_error(toy_data):
         resolve_device("cuda")
     with pytest.raises(ValueError, match="no CUDA device"):  # the API honours device= now
         TextClassifier(device="cuda", max_steps=1, verbose=False).fit(toy_data)
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_the_logged_lr_is_the_one_each_step_used_and_the_peak_comes_once(
+    encoded, tmp_path, monkeypatch, schedule
+):
+    # The log showed the next step's lr (ending at 0.0, a step never run), and decay started
+    # one step late: two steps at the peak.
+    used = []
+    real = torch.optim.AdamW.step
+
+    def spy(self, *a, **kw):
+        used.append(self.param_groups[0]["lr"])
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    _, res = run(encoded, {"run_dir": tmp_path}, max_steps=9, lr=1.0, warmup=3,
+                 schedule=schedule, log_every=1)  # fmt: skip
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["lr"] for r in recs if "lr" in r]
+    assert logged == pytest.approx(used) and len(used) == 9
+    assert used[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert used.count(1.0) == 1 and all(b < a for a, b in zip(used[2:], used[3:], strict=False))
+    assert used[-1] > 0  # no step spent at lr 0
+
+
+def test_a_step_budget_ending_mid_epoch_is_logged_as_a_fractional_epoch(encoded, tmp_path):
+    # 72 rows in batches of 8: 9 steps an epoch; 12 steps end a third into the second epoch.
+    _, res = run(encoded, {"run_dir": tmp_path}, max_steps=12)
+    assert [h["epoch"] for h in res.history] == pytest.approx([1, 1 + 3 / 9])
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs if "valid_loss" in r] == pytest.approx([1, 1 + 3 / 9])
