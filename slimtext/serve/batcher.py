@@ -94,8 +94,9 @@ class DynamicBatcher:
         --workers N` can check them once in the parent instead of crashing every worker."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if not max_wait_ms >= 0:  # written so that NaN (`--max-wait-ms nan`) fails too
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+        # NaN fails `>= 0`; inf passed it, and a request that did not fill a batch waited forever
+        if not 0 <= max_wait_ms < float("inf"):
+            raise ValueError(f"max_wait_ms must be a finite number >= 0, got {max_wait_ms}")
         if max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {max_queue}")
 

@@ -117,6 +117,8 @@ def test_close_drains_queued_work_then_refuses_new_work():
 
 
 def test_bad_settings_are_rejected():
-    for kw in ({"max_batch_size": 0}, {"max_wait_ms": -1}, {"max_queue": 0}):
-        with pytest.raises(ValueError):
+    bad = ({"max_batch_size": 0}, {"max_wait_ms": -1}, {"max_wait_ms": float("nan")},
+           {"max_wait_ms": float("inf")}, {"max_queue": 0})  # fmt: skip
+    for kw in bad:  # inf: a request short of a full batch was never answered
+        with pytest.raises(ValueError, match=next(iter(kw))):
             DynamicBatcher(lambda t: None, **kw)
