@@ -7,6 +7,8 @@ dashes); flags given on the command line override the file.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -47,11 +49,21 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
         valid = sorted(o.lstrip("-") for p in ctx.command.params for o in p.opts
                        if o.startswith("--") and o != "--config")  # fmt: skip
         raise typer.BadParameter(f"{value}: unknown keys {unknown}; valid: {valid}")
-    data = {alias[keys[str(k)]]: v for k, v in data.items()}
+    data = {alias[keys[str(k)]]: _home(v) for k, v in data.items()}
     for p in ctx.command.params:  # `text_col: review` for a repeatable option: a list of one
         if p.multiple and p.name in data and not isinstance(data[p.name], list):
             data[p.name] = [data[p.name]]
     ctx.default_map = {**(ctx.default_map or {}), **data}
+    return value
+
+
+def _home(value):
+    """`~/x` in a YAML value is the home folder, as the shell makes it of a flag: the YAML's
+    `out: ~/m` was a folder named "~" in the working directory."""
+    if isinstance(value, list):
+        return [_home(v) for v in value]
+    if isinstance(value, str) and (value == "~" or value.startswith("~/")):
+        return os.path.expanduser(value)
     return value
 
 
@@ -97,11 +109,12 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from .artifact import ModelDirError
     from .data import DataError
     from .fileio import IntegrityError
+    from .infer import CacheError
     from .tokenizer import TokenizerError
 
     # ImportError: an optional extra that is not installed (our messages name the pip command)
     return (DataError, ModelDirError, TokenizerError, IntegrityError, FileNotFoundError,
-            ValueError, ImportError)  # fmt: skip
+            ValueError, ImportError, CacheError)  # fmt: skip
 
 
 @app.command()
@@ -261,12 +274,25 @@ def train(
     try:
         _train(ctx=ctx, **args)
     except (*_user_errors(), DistributedError) as e:
-        _fail(e)
+        _fail_rank(ctx, e)
     except RuntimeError as e:
         _fail_if_peer_lost(ctx, e)
         raise
     finally:
         shutdown(ctx)
+
+
+_LAUNCHED = "SLIMTEXT_NPROC_LAUNCHER"
+
+
+def _fail_rank(ctx, e: Exception) -> None:
+    """`_fail` on this rank. Under `--nproc` an error every rank hits (bad data, options) is
+    rank 0's to say: the others wait a moment first, so that rank 0's exit is the one torchrun
+    sees first and the launcher shows its line once, not also another rank's (1 run in 5).
+    Under torchrun itself every rank writes to the terminal at once: no wait."""
+    if ctx.distributed and not ctx.is_main and os.environ.get(_LAUNCHED):
+        time.sleep(2)
+    _fail(e)
 
 
 def _fail_if_peer_lost(ctx, e: RuntimeError) -> None:
@@ -295,6 +321,7 @@ def _dist_context(nproc: int, strategy: str, device: str):
         DistributedError,
         check_node_devices,
         check_torch_for,
+        dist_timeout,
         init_distributed,
         launched_by_torchrun,
     )
@@ -309,6 +336,7 @@ def _dist_context(nproc: int, strategy: str, device: str):
         try:  # here, once, rather than as every rank's error
             check_node_devices(nproc, device)
             check_torch_for(strategy)
+            dist_timeout()
         except (DistributedError, ValueError) as e:
             _fail(e)
         _relaunch_with_torchrun(nproc)
@@ -317,6 +345,13 @@ def _dist_context(nproc: int, strategy: str, device: str):
         return init_distributed(strategy, device)
     except (DistributedError, ValueError) as e:
         _fail(e)
+
+
+def _checkpoints_of(out: Path) -> Path:
+    """OUT.checkpoints, beside OUT: of the absolute path, so that `--out .` (whose name is "")
+    does not put them inside the very folder the model is then written to."""
+    out = Path(os.path.abspath(out))
+    return out.parent / f"{out.name}.checkpoints"
 
 
 def _one_of(value: str, choices: tuple[str, ...]) -> str:
@@ -352,6 +387,7 @@ def _relaunch_with_torchrun(nproc: int) -> None:
         elif not a.startswith("--nproc="):
             argv.append(a)
     os.environ.setdefault("OMP_NUM_THREADS", str(_rank_threads(nproc)))
+    os.environ[_LAUNCHED] = "1"  # the ranks' output goes through _culprit: see _fail_rank
     # The agent logs each rank's stop as a warning and an error of its own; we say it below.
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     # torchrun keeps the ranks' logs in a temporary folder it never removes: use ours.
@@ -435,7 +471,7 @@ def _train(
         say(f"init: {params['init']} (its tokenizer and shape; --tokenizer/--vocab-size ignored)")
     clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
                          valid_fraction=valid_fraction, verbose=progress, **params)  # fmt: skip
-    ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
+    ckpt = _checkpoints_of(out) if (checkpoint_every or resume) else None
     if resume and (ckpt is None or not ckpt.is_dir()):
         say(f"note: no checkpoints in {ckpt}; starting fresh")
     from .train.checkpoint import clear_finished, exclusive, mark_finished
@@ -574,7 +610,7 @@ def pretrain(
         from .pretrain import pretrain as run_pretrain
 
         check_save_target(out)  # fail now rather than after pretraining
-        ckpt = out.parent / f"{out.name}.checkpoints" if (checkpoint_every or resume) else None
+        ckpt = _checkpoints_of(out) if (checkpoint_every or resume) else None
         t0 = time.perf_counter()
         kw = _load_kw(text_col, None, encoding, encoding_errors, on_bad)
         ds = load_data(data, require_labels=False, **kw)
@@ -595,7 +631,7 @@ def pretrain(
             if ctx.is_main:
                 mark_finished(ckpt, out)
     except (*_user_errors(), DistributedError) as e:
-        _fail(e)
+        _fail_rank(ctx, e)
     except RuntimeError as e:
         _fail_if_peer_lost(ctx, e)
         raise
@@ -621,7 +657,9 @@ def pretrain(
 def eval_(
     model_dir: Annotated[Path, typer.Argument(help="A slimtext model directory.")],
     data: Annotated[str, typer.Option(help="Labelled data: path, `bbc@test`, `hf:NAME@SPLIT`.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json/--no-json", help="Print one JSON object.")
+    ] = False,
     text_col: TextColOpt = None,
     label_col: str = "label",
     encoding: EncodingOpt = "utf-8",
@@ -683,6 +721,9 @@ def predict(
                 _predict_lines(pred, _text_lines(f, str(file)), "line")
         else:
             _predict_lines(pred, _text_lines(sys.stdin.buffer, "<stdin>"), "line")
+    except BrokenPipeError:  # `| head`: the reader has all it wants; say nothing, as Unix tools
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        raise typer.Exit(128 + signal.SIGPIPE) from None
     except (OSError, ValueError) as e:
         _fail(e if isinstance(e, ValueError) else ValueError(f"{file}: {e}"))
 

@@ -193,6 +193,13 @@ def check_replaceable(
         return
     if not overwrite:
         raise TargetExistsError(f"{target} already exists")
+    if target.is_symlink():
+        # Replacing swaps the link itself for a directory: the model landed beside the link's
+        # target (on the link's filesystem), and what it pointed to kept the old weights.
+        raise TargetExistsError(
+            f"{target} is a symbolic link (to {os.readlink(target)}); give the directory it "
+            "points to, or another path"
+        )
     if not target.is_dir():
         raise TargetExistsError(
             f"{target} exists and is not a directory; refusing to replace it (choose another path)"

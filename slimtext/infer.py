@@ -302,9 +302,7 @@ class Predictor:
         if (listed := _still_listed(self.model_dir, ONNX_FILE)) is not None:
             return listed
         cached = _cache_dir() / f"{_weights_key(self.model_dir)}.{GRAPH_VERSION}.onnx"
-        if not cached.is_file():
-            export_onnx(self.model_dir, out=cached)
-        return cached
+        return _in_cache(cached, lambda: export_onnx(self.model_dir, out=cached))
 
     def _int8_file(self) -> Path:
         """The directory's verified `model.int8.onnx`, else a cached quantisation."""
@@ -313,9 +311,8 @@ class Predictor:
         if (listed := _still_listed(self.model_dir, INT8_FILE)) is not None:
             return listed
         cached = _cache_dir() / f"{_weights_key(self.model_dir)}.{GRAPH_VERSION}.int8.onnx"
-        if not cached.is_file():
-            quantize_onnx(self.model_dir, out=cached)  # the weights read, not the path's now
-        return cached
+        # the weights read, not the path's now
+        return _in_cache(cached, lambda: quantize_onnx(self.model_dir, out=cached))
 
     def _race(self, candidates: Sequence[str]) -> str:
         """Build each available candidate, time it on a synthetic batch, keep the fastest (a
@@ -560,6 +557,25 @@ def _weights_key(md: ModelDir) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()[:32]
+
+
+class CacheError(OSError):
+    """The ONNX cache cannot be written (SLIMTEXT_CACHE a file, a full disk); `auto` then races
+    the other backends, and a command says which folder in one line."""
+
+
+def _in_cache(cached: Path, make: Callable[[], object]) -> Path:
+    if cached.is_file():
+        return cached
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        make()
+    except OSError as e:
+        raise CacheError(
+            f"cannot write the ONNX cache {cached.parent} ({e.strerror or e}): set SLIMTEXT_CACHE "
+            "to a writable folder, or export into the model directory (slimtext export DIR)"
+        ) from None
+    return cached
 
 
 def _cache_dir() -> Path:

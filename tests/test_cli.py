@@ -373,3 +373,73 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path, data_files
                             str(tmp_path / "q"), *qat])  # fmt: skip
     assert r.exit_code == 2 and "pip install 'slimtext[quant]'" in r.output, r.output
     assert "Traceback" not in r.output and "teacher" not in r.output  # nothing measured first
+
+
+def test_out_dot_with_checkpoints_and_a_linked_out(tmp_path, data_files, monkeypatch):
+    # --out . put its checkpoints in ./.checkpoints, inside the folder it then refused to
+    # replace (after training, and on every rerun); a linked --out was swapped for a directory.
+    train, _ = data_files
+    work = tmp_path / "here"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", ".", "--max-steps", "2",
+                            "--checkpoint-every", "1", *SMALL])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (work / "model.safetensors").is_file() and (tmp_path / "here.checkpoints").is_dir()
+    assert not (work / ".checkpoints").exists()
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "link"),
+                            "--max-steps", "1", *SMALL])  # fmt: skip
+    assert r.exit_code == 2 and "is a symbolic link" in r.output, r.output
+    assert (tmp_path / "link").is_symlink()
+
+
+def test_logs_go_to_stderr_and_bad_settings_are_one_line(tmp_path, data_files, tiny_model_dir,
+                                                        monkeypatch):  # fmt: skip
+    train, test = data_files
+    args = ["train", "--data", str(train), "--test", str(test), "--out", str(tmp_path / "m")]
+    r = runner.invoke(app, [*args, *SMALL[:-1], "--epochs", "2", "--progress"])
+    assert r.exit_code == 0, r.output
+    assert "epoch 1:" in r.stderr and "epoch 1:" not in r.stdout  # tqdm.write went to stdout
+    assert "accuracy" in r.stdout  # the test report is the result
+    args = ["train", "--data", str(train), "--out", str(tmp_path / "big"), "--max-steps", "1"]
+    r = runner.invoke(app, [*args, *SMALL[2:], "--max-length", "1000000000"])
+    assert r.exit_code == 2 and "max_length must be <= 1,048,576" in r.output, r.output
+    monkeypatch.setenv("SLIMTEXT_DIST_TIMEOUT", "abc")
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "d"),
+                            "--nproc", "2", "--device", "cpu", *SMALL])  # fmt: skip
+    assert r.exit_code == 2 and "SLIMTEXT_DIST_TIMEOUT must be a number" in r.output, r.output
+    pytest.importorskip("onnxruntime")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(blocker))
+    r = runner.invoke(app, ["predict", str(tiny_model_dir), "goal", "--backend", "onnxruntime"])
+    assert r.exit_code == 2 and "cannot write the ONNX cache" in r.output, r.output
+
+
+def test_yaml_paths_expand_home_and_json_can_be_turned_off(tmp_path, data_files, tiny_model_dir,
+                                                          monkeypatch):  # fmt: skip
+    train, test = data_files
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"out: ~/m_cfg\nmax_steps: 1\ndata: {train}\n")
+    r = runner.invoke(app, ["train", "--config", str(cfg), *SMALL])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "m_cfg" / "model.safetensors").is_file() and not (tmp_path / "~").exists()
+    ev = tmp_path / "e.yaml"
+    ev.write_text("json: true\n")
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", str(test), "--config", str(ev),
+                            "--no-json"])  # fmt: skip
+    assert r.exit_code == 0 and "macro-F1" in r.stdout and not r.stdout.startswith("{"), r.output
+
+
+def test_predict_into_a_closed_pipe_stops_quietly(tiny_model_dir, tmp_path):
+    lines = tmp_path / "many.txt"
+    lines.write_text("goal match team\n" * 20000)
+    cmd = f"{sys.executable} -m slimtext predict {tiny_model_dir} --file {lines} | head -1"
+    cmd += " >/dev/null; echo ${PIPESTATUS[0]} >&2"
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+    assert r.stderr.strip().splitlines()[-1] == "141", r.stderr
+    assert "error" not in r.stderr.lower(), r.stderr

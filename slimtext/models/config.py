@@ -9,6 +9,9 @@ EMBEDDINGS = ("bert", "bag")
 POOLINGS = ("cls", "mean")
 
 
+MAX_POSITIONS = 1 << 20  # tokens a text may have: far past what attention over it could afford
+
+
 @dataclass
 class ModelConfig:
     """Shape of a slimtext classifier.
@@ -59,6 +62,10 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a whole number, got {v!r}")
             if v < low:
                 raise ValueError(f"{name} must be >= {low}, got {v}")
+        if self.max_length > MAX_POSITIONS:  # 1e9 ended in a 128 GB allocation traceback
+            raise ValueError(
+                f"max_length must be <= {MAX_POSITIONS:,} tokens, got {self.max_length:,}"
+            )
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps}")
         if not 0 <= self.pad_id < self.vocab_size:

@@ -108,7 +108,7 @@ def init_distributed(
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
-    timeout = timeout_s or float(os.environ.get("SLIMTEXT_DIST_TIMEOUT", "600"))
+    timeout = timeout_s or dist_timeout()
     if not dist.is_initialized():
         dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
@@ -118,6 +118,20 @@ def init_distributed(
     return DistContext(
         rank, world, local, dev, "ddp" if strategy in ("auto", "single") else strategy
     )
+
+
+def dist_timeout() -> float:
+    """Seconds a collective may wait (SLIMTEXT_DIST_TIMEOUT, default 600)."""
+    raw = os.environ.get("SLIMTEXT_DIST_TIMEOUT", "600")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):  # "abc" was a bare float() error, 0 a gloo traceback
+        raise DistributedError(
+            f"SLIMTEXT_DIST_TIMEOUT must be a number of seconds > 0, got {raw!r}"
+        )
+    return seconds
 
 
 def check_torch_for(strategy: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sys
 import time
 import warnings
 import zlib
@@ -678,7 +679,7 @@ def fit(
         result.train_seconds = st["train_seconds"]
         result.resumed_at = step
         if progress:
-            tqdm.write(f"resuming from {ck} (epoch {epoch}, step {step})")
+            tqdm.write(f"resuming from {ck} (epoch {epoch}, step {step})", file=sys.stderr)
 
     pending_tokens = 0  # real tokens this rank has trained on since the last flush_tokens()
     loss_sum, loss_n = 0.0, 0  # the loss of the steps since the last log line
@@ -844,7 +845,8 @@ def fit(
                 if progress:
                     tqdm.write(
                         f"epoch {seen:g}: valid accuracy {report['accuracy']:.4f} "
-                        f"macro-F1 {report['macro_f1']:.4f} loss {report['loss']:.4f}"
+                        f"macro-F1 {report['macro_f1']:.4f} loss {report['loss']:.4f}",
+                        file=sys.stderr,  # logs, not results: `train > report.txt` stays clean
                     )
                 score = _score(report, cfg.metric)
                 if score > best_score:
@@ -858,7 +860,10 @@ def fit(
                         result.stopped_early = True
                         done = True
                         if progress:
-                            tqdm.write(f"early stop: no improvement for {bad_epochs} epochs")
+                            tqdm.write(
+                                f"early stop: no improvement for {bad_epochs} epochs",
+                                file=sys.stderr,
+                            )
             checkpoint()
     finally:
         bar.close()
