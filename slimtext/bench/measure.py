@@ -129,7 +129,7 @@ def accuracy_report(gold: Sequence[str], pred: Sequence[str], labels: Sequence[s
 
     index = {lab: i for i, lab in enumerate(labels)}
     # A label the model does not have (a peer trained on other data) is its own, always-wrong
-    # class; having no support, it does not enter the macro-F1 average.
+    # class; predicted, it enters the macro-F1 average with F1 0, as scikit-learn counts it.
     y_true = [index[g] for g in gold]
     y_pred = [index.get(p, len(labels)) for p in pred]
     r = classification_report(y_true, y_pred, [*labels, "<unknown>"])

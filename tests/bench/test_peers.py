@@ -126,3 +126,18 @@ def test_ort_opt_peer_says_when_attention_was_not_fused(cls_model_dir, tmp_path,
     with pytest.warns(UserWarning, match="attention NOT fused in 1 of the layers"):
         info = ort_int8_from_hf(hf_dir, tmp_path / "ort", optimize=True)
     assert "attention NOT fused" in info["route"]
+
+
+def test_hf_peer_trains_on_the_rows_of_the_models_classes(tiny_model_dir, toy_data, tmp_path):
+    # A --train class the model lacks was a bare KeyError, and the hf and ort peers were lost.
+    pytest.importorskip("transformers")
+    from slimtext.bench.peers import hf_train_same_shape
+    from slimtext.data import TextDataset
+
+    texts, labels = toy_data
+    train = TextDataset(texts + ["weather rain sun"] * 3, labels + ["weather"] * 3, source="t")
+    info = hf_train_same_shape(tiny_model_dir, train, tmp_path / "hf", max_steps=2, seconds=None)
+    assert info["steps"] == 2 and info["rows_of_other_classes_left_out"] == 3
+    with pytest.raises(ValueError, match="none of the --train labels"):
+        hf_train_same_shape(tiny_model_dir, TextDataset(["x y"], ["weather"], source="t"),
+                            tmp_path / "h2", max_steps=1, seconds=None)  # fmt: skip
