@@ -181,6 +181,9 @@ def train(
             help="attention: hashed token-bigram embeddings, fastText-style (e.g. 262144); 0 = off."
         ),
     ] = None,
+    attention_size: Annotated[
+        int | None, typer.Option(help="attention: width of the pooling's scores (0 = hidden).")
+    ] = None,
     embeddings: Annotated[
         str | None,
         typer.Option(

@@ -443,3 +443,12 @@ def test_predict_into_a_closed_pipe_stops_quietly(tiny_model_dir, tmp_path):
     r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
     assert r.stderr.strip().splitlines()[-1] == "141", r.stderr
     assert "error" not in r.stderr.lower(), r.stderr
+
+
+def test_attention_size_is_an_option_of_train(tmp_path, data_files):
+    train, _ = data_files
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
+                            "--max-steps", "1", *SMALL, "--attention-size", "8"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
+    assert cfg["attention_size"] == 8

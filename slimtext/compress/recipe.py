@@ -234,8 +234,9 @@ def check_recipe(
                                                       "drop")]  # fmt: skip
         if odd:
             raise ValueError(
-                f"{', '.join(map(repr, odd))}: the attention model has no encoder blocks to "
-                "distill, prune, sparsify, factorize or drop; 'quantize' and 'finetune' apply"
+                f"{', '.join(map(repr, odd))}: these steps are for the transformer model's "
+                "encoder; an attention model has none, or one narrow block, and takes "
+                "'quantize' and 'finetune' only"
             )
     if config.share_layers:
         odd = [_label(n, o) for n, o in steps if n in ("distill", "drop")]
