@@ -131,6 +131,7 @@ def test_ort_opt_peer_says_when_attention_was_not_fused(cls_model_dir, tmp_path,
 def test_hf_peer_trains_on_the_rows_of_the_models_classes(tiny_model_dir, toy_data, tmp_path):
     # A --train class the model lacks was a bare KeyError, and the hf and ort peers were lost.
     pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # transformers.Trainer's
     from slimtext.bench.peers import hf_train_same_shape
     from slimtext.data import TextDataset
 
