@@ -185,13 +185,14 @@ def test_a_cuda_predictor_gives_the_cpu_results(tiny_model_dir, texts, backend):
 def test_compile_on_an_int8_model_stops_compiling_once_warm(tiny_model_dir, texts, tmp_path):
     # fbgemm's int8 op breaks the graph at every Int8Linear: each piece was compiled again for
     # every new shape until dynamo's recompile limit (58 recompiles for a 2-layer model).
-    from slimtext.artifact import read_model_dir
+    from slimtext.artifact import read_model_dir, save_model_dir
     from slimtext.compress import Int8Dynamic, quantize_
 
     md = read_model_dir(tiny_model_dir)
     quantize_(md.model, Int8Dynamic())
     d = tmp_path / "q8"
-    _save_dir(md, d)
+    save_model_dir(d, md.model, md.config, md.tokenizer, md.labels, max_length=md.max_length,
+                   compression=md.model.slimtext_compression)  # fmt: skip
     torch._dynamo.reset()
     graphs: list = []
     pred = load(d, backend="compile", batch_size=4, compile_backend=_counting_backend(graphs))
@@ -204,13 +205,6 @@ def test_compile_on_an_int8_model_stops_compiling_once_warm(tiny_model_dir, text
         batch = [" ".join(words[: 1 + (n + j) % 9] * (1 + n // 4)) for j in range(1 + n % 5)]
         torch.testing.assert_close(pred.logits(batch), ref.logits(batch), atol=ATOL, rtol=0)
     assert len(graphs) == warm, (warm, len(graphs))
-
-
-def _save_dir(md, path):
-    from slimtext.artifact import save_model_dir
-
-    save_model_dir(path, md.model, md.config, md.tokenizer, md.labels,
-                   max_length=md.max_length, compression=md.model.slimtext_compression)  # fmt: skip
 
 
 def test_grouped_batches_give_the_plain_forward_logits(tiny_model_dir):
