@@ -269,7 +269,7 @@ class Predictor:
         return run
 
     def _ort_runner(self, int8: bool = False) -> Runner:
-        from .export import _read_sidecar, require_onnxruntime
+        from .export import SLOW_FUSIONS, _read_sidecar, require_onnxruntime
 
         ort = require_onnxruntime()
         if self._onnx_path:  # the caller's file, for either backend
@@ -285,7 +285,9 @@ class Predictor:
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        sess = ort.InferenceSession(str(path), so, providers=providers)
+        sess = ort.InferenceSession(
+            str(path), so, providers=providers, disabled_optimizers=SLOW_FUSIONS
+        )
         int_mask = _read_sidecar(path).get("mask_dtype") == "int64"
         self.onnx_path = path
 

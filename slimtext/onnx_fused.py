@@ -5,8 +5,9 @@ reshapes and transposes, a masked softmax with NaN guards) that its BERT fusions
 recognise in our fused-qkv layout. Our blocks are exactly BERT's, so instead of hoping a pattern
 matcher finds them we emit the ops ORT's own `onnxruntime.transformers` optimizer would produce
 for a BERT: per layer one `Attention` (q/k/v projection, scaled dot product with the key-padding
-mask, and head merge in one kernel), `SkipLayerNormalization` (residual add + bias + LayerNorm)
-and `BiasGelu` (exact erf GELU). Dynamic int8 quantisation then turns `Attention` into
+mask, and head merge in one kernel) and `BiasGelu` (exact erf GELU). The residual adds stay
+`Add` + `LayerNormalization`, which ORT's CPU kernels run faster than its fused
+`SkipLayerNormalization` (`_skip_ln`). Dynamic int8 quantisation then turns `Attention` into
 `QAttention` and every `MatMul` into an int8 GEMM (`quantize_onnx`); after head pruning
 (q/k/v narrower than the hidden size) `Attention` needs `qkv_hidden_sizes`, which ORT has no
 `QAttention` for, so those layers keep float attention.
@@ -147,10 +148,18 @@ def _block(
 
 
 def _skip_ln(g, y: str, skip: str, norm: nn.LayerNorm, bias, p: str, eps: float) -> str:
-    ins = [y, skip, g.const(f"{p}.w", _f32(norm.weight)), g.const(f"{p}.b", _f32(norm.bias))]
+    """LayerNorm(y + skip + bias) as two `Add`s and a `LayerNormalization`, not ORT's fused
+    `SkipLayerNormalization`: on ORT 1.32's CPU kernels the fused op is the slower one, 31.5 vs
+    11.8 us for a (1, 50, 256) input on 2 threads and 1.76 vs 0.43 ms at (1, 3200, 256)
+    (one-op graphs); a whole BERT-mini int8 graph runs 1.29x (batch 1) to 1.38x (batch 8) as
+    fast without it (BENCHMARKS.md section 5, session 16). The skip is added before the bias:
+    ORT's SkipLayerNormFusion matches the bias-first order and would fuse it back (predictor
+    sessions also disable that fusion, see `SLOW_FUSIONS`)."""
+    y = g.op("Add", [y, skip])
     if bias is not None:
-        ins.append(g.const(f"{p}.bias", bias))
-    return g.op("SkipLayerNormalization", ins, domain=MS, epsilon=eps)
+        y = g.op("Add", [y, g.const(f"{p}.bias", bias)])
+    w, b = g.const(f"{p}.w", _f32(norm.weight)), g.const(f"{p}.b", _f32(norm.bias))
+    return g.op("LayerNormalization", [y, w, b], axis=-1, epsilon=eps)
 
 
 def _linear(g, mod: nn.Module, p: str, x: str, *, fold_bias: bool = True, out: str | None = None):
