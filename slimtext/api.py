@@ -53,6 +53,18 @@ _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 _ATTENTION_DEFAULTS = {"num_layers": 0, "hidden_size": 128, "lr": 3e-3, "dropout": 0.1}
 
 
+def _check_family(model: str, params: dict) -> None:
+    """Options of the other model family would be saved in config.json and change nothing.
+    Checked for new models here, not in ModelConfig: directories trained with them still load."""
+    other = {"attention": ("pooling",), "transformer": ("attention_size",)}[model]
+    default = {f.name: f.default for f in fields(ModelConfig)}  # what a loaded model's carry
+    if given := [k for k in other if params.get(k, default[k]) != default[k]]:
+        raise ValueError(
+            f"{', '.join(given)} does not apply to model={model!r} (pooling is the transformer's, "
+            "[CLS] or mean; attention_size the attention model's scorer)"
+        )
+
+
 def as_dataset(data: Data, **load_kwargs) -> TextDataset:
     """A TextDataset from a dataset, a source spec (path, `bbc`, `hf:...`) or (texts, labels)."""
     if isinstance(data, TextDataset):
@@ -113,6 +125,7 @@ class TextClassifier:
                 f"valid_fraction must be in [0, 1) (0: no validation split, the last weights are "
                 f"kept), got {valid_fraction!r}"
             )
+        _check_family(model, params)
         self.model = model
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
@@ -132,6 +145,7 @@ class TextClassifier:
 
     def _model_config(self, tok: TextTokenizer, num_labels: int, max_length: int) -> ModelConfig:
         kw = {k: v for k, v in self._params().items() if k in _MODEL_KEYS}
+        _check_family(self.model, self.params)  # set_params may have changed them
         kw["max_length"] = max_length
         return ModelConfig(vocab_size=tok.vocab_size, num_labels=num_labels, arch=self.model,
                            pad_id=tok.pad_id, **kw)  # fmt: skip

@@ -43,6 +43,19 @@ def test_init_only_stores_arguments_and_rejects_unknown_ones():
         TextClassifier(version=2)
 
 
+def test_an_option_of_the_other_model_family_is_refused_not_ignored():
+    # It would be saved in config.json and change nothing: attention pools by attention, and
+    # the transformer has no attention scorer.
+    with pytest.raises(ValueError, match="pooling does not apply to model='attention'"):
+        TextClassifier(model="attention", pooling="cls")
+    with pytest.raises(ValueError, match="attention_size does not apply"):
+        TextClassifier(model="transformer", attention_size=16)
+    clf = TextClassifier(model="attention", attention_size=16)
+    with pytest.raises(ValueError, match="pooling does not apply"):  # set_params, then fit
+        clf.set_params(pooling="cls").fit((["a b", "c d"] * 4, ["x", "y"] * 4))
+    TextClassifier(model="transformer", pooling="cls")  # each its own family's: accepted
+
+
 def test_using_an_unfitted_classifier_says_so():
     with pytest.raises(RuntimeError, match="not fitted"):
         TextClassifier().predict(["x"])
