@@ -112,6 +112,9 @@ def test_health_ready_docs_and_page(client):
     assert "http" not in page.text.split("<body>")[0]  # no external assets in <head>
     assert page.headers["content-security-policy"] == "default-src 'self'"
     assert client.get("/static/app.js").status_code == 200
+    head = client.head("/")  # as uptime checkers probe the page
+    assert head.status_code == 200 and head.content == b""
+    assert client.get("/favicon.ico").status_code == 204  # every browser asks for it
 
 
 def test_readyz_is_503_until_warm_up_is_done(stub):
