@@ -339,10 +339,12 @@ _QUOTED_FIELD = re.compile(r'(?:^|\t)"((?:[^"]|"")*)"(?=\t|\r?\n|\Z)', re.M)
 
 def _tsv_is_quoted(path: Path, opts: _Options) -> bool:
     """Whether a TSV file was written with CSV quoting (pandas' `to_csv(sep="\\t")`, Python's
-    csv module): some field in quotes holds a doubled quote, a tab or a line break, which an
-    unquoted (IANA) TSV field never does. Reads until it finds one (the whole file if none: a
-    file whose first quoted field comes late is still read right), a MiB of lines at a time,
-    each block overlapping the last so a field across the cut is seen whole."""
+    csv module, R's `write.table`): some field in quotes holds a doubled quote, a tab or a line
+    break, which an unquoted (IANA) TSV field never does; or every field of the header, or of
+    each of the first data rows, is in quotes (`QUOTE_ALL`, `QUOTE_NONNUMERIC`, R's default),
+    which a plain TSV's column names and labels are not. Reads until it finds a sign (the whole
+    file if none: a file whose first quoted field comes late is still read right), a MiB of
+    lines at a time, each block overlapping the last so a field across the cut is seen whole."""
     sniff = copy.copy(opts)
     sniff.errors, sniff.on_bad = "replace", "skip"
     tabs = None  # a header row's tabs: a "field" holding a line with as many is a run of rows
@@ -363,9 +365,17 @@ def _tsv_is_quoted(path: Path, opts: _Options) -> bool:
 
     block: list[str] = []
     size, carry = 0, ""
+    seen = fully_quoted = 0  # of the leading non-blank data rows
     for line in _Lines(path, sniff):
         if tabs is None:
             tabs = max(1, line.count("\t"))
+            if _every_field_quoted(line):  # the header: '"text"\t"label"'
+                return True
+        elif seen < _QUOTED_ROWS and line.strip():
+            seen += 1
+            fully_quoted += _every_field_quoted(line)
+            if seen == _QUOTED_ROWS and fully_quoted == seen:
+                return True
         block.append(line)
         size += len(line)
         if size > 1 << 20:
@@ -375,7 +385,17 @@ def _tsv_is_quoted(path: Path, opts: _Options) -> bool:
             carry = text[-(1 << 16) :]
             carry = carry[carry.find("\n") + 1 :]  # from a line start
             block, size = [], 0
+    if 0 < seen == fully_quoted:  # a short file, every data row fully quoted
+        return True
     return quoted(carry + "".join(block))
+
+
+_QUOTED_ROWS = 100  # leading data rows that, all fully quoted, make a file quoted
+
+
+def _every_field_quoted(line: str) -> bool:
+    fields = line.rstrip("\r\n").split("\t")
+    return all(len(f) >= 2 and f[0] == f[-1] == '"' for f in fields)
 
 
 def _note_joined_lines(collector: _Collector, where: str, start: int, end: int) -> None:

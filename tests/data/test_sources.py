@@ -60,6 +60,31 @@ def test_a_tsv_written_with_csv_quoting_is_read_back_exactly(tmp_path):
     assert load_data(tmp_path / "tab.tsv").texts == ["a\tb", "plain"]
 
 
+@pytest.mark.parametrize("quoting", ["QUOTE_ALL", "QUOTE_NONNUMERIC", "data rows only"])
+def test_a_tsv_with_every_field_in_quotes_is_read_with_quoting(tmp_path, quoting):
+    # QUOTE_ALL / QUOTE_NONNUMERIC writers (and R's write.table) quote fields that hold nothing
+    # special: the header's quotes made the columns '"text"', and the labels kept theirs.
+    import csv
+
+    texts, labels = ["good film", "bad film", "ok"], ["pos", "neg", "pos"]
+    path = tmp_path / "q.tsv"
+    if quoting == "data rows only":  # an unquoted header, every data field quoted
+        rows = "".join(f'"{t}"\t"{y}"\n' for t, y in zip(texts, labels, strict=True))
+        path.write_text("text\tlabel\n" + rows)
+    else:
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f, delimiter="\t", quoting=getattr(csv, quoting))
+            w.writerow(["text", "label"])
+            w.writerows(zip(texts, labels, strict=True))
+    ds = load_data(path)
+    assert ds.texts == texts and ds.labels == labels
+    assert "read with CSV quoting" in ds.report()
+    # a plain TSV whose texts happen to start and end with quotes keeps them
+    plain = 'text\tlabel\n"all quoted"\tpos\nbad "film"\tneg\n'
+    (tmp_path / "plain.tsv").write_text(plain)
+    assert load_data(tmp_path / "plain.tsv").texts == ['"all quoted"', 'bad "film"']
+
+
 def test_a_tsv_whose_first_quoted_field_comes_late_is_still_read_with_quoting(tmp_path):
     import csv
 
