@@ -54,10 +54,12 @@ class _Options:
             self.codec = codecs.lookup(encoding)
         except LookupError:
             raise ValueError(f"unknown encoding {encoding!r}") from None
-        try:
-            codecs.lookup_error(encoding_errors)
-        except LookupError:
-            raise ValueError(f"unknown encoding_errors {encoding_errors!r}") from None
+        # Not every codec error handler: "ignore" would drop bytes unseen, and "surrogateescape"
+        # makes lone surrogates that fail later with no file or line to name.
+        if encoding_errors not in ("strict", "replace"):
+            raise ValueError(
+                f"encoding_errors must be 'strict' or 'replace', got {encoding_errors!r}"
+            )
         # A bare string would otherwise be read as a list of one-letter column names.
         self.text_cols = [text_cols] if isinstance(text_cols, str) else text_cols
         if self.text_cols is not None and not self.text_cols:

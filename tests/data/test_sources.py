@@ -353,6 +353,14 @@ def test_encoding_errors_replace_loads_and_notes_the_count(write):
     assert any("2 line(s)" in n and "d.csv" in n for n in ds.notes)
 
 
+@pytest.mark.parametrize("handler", ["ignore", "surrogateescape", "nonsense"])
+def test_encoding_errors_is_strict_or_replace_only(write, handler):
+    # "ignore" would drop bytes unseen; "surrogateescape" failed later naming no file
+    path = write("d.csv", "text,label\nok,a\nfine,b\n")
+    with pytest.raises(ValueError, match="encoding_errors must be 'strict' or 'replace'"):
+        load_data(path, encoding_errors=handler)
+
+
 def test_explicit_encoding_decodes_cp1252(write):
     ds = load_data(write("d.csv", b"text,label\n\xa3100,a\n"), encoding="cp1252")
     assert ds.texts == ["\u00a3100"]
