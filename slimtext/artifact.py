@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -60,6 +61,31 @@ class ModelDir:
     # The labels as the Python caller gave them (ints, floats, text with spaces), in the order of
     # `labels`, where they differ from the text stored in labels.json; predictions use these.
     label_values: list | None = None
+    # `weights_state(model)` as read from the directory (None: not read from one); see
+    # `weights_as_read`.
+    read_state: tuple | None = field(default=None, repr=False, compare=False)
+
+    def weights_as_read(self) -> bool:
+        """Whether `model` still holds the weights read from `meta["path"]`: false once it was
+        pruned, quantised or edited in memory, when the directory's files (its exports, its
+        checksums) no longer describe it."""
+        return self.read_state is not None and self.read_state == weights_state(self.model)
+
+
+def weights_state(model: nn.Module) -> tuple:
+    """A cheap fingerprint of the tensors `model` holds now: each one's storage and count of
+    in-place changes (torch's version counter), so an edit after loading (`prune_`, `mul_`,
+    `param.data = ...`, a replaced module) shows without hashing the weights."""
+
+    def ptr(t: torch.Tensor) -> int:
+        try:
+            return t.data_ptr()
+        except RuntimeError:  # a tensor subclass without storage (2:4 sparse weights)
+            return 0
+
+    return tuple(
+        (k, ptr(v), v._version, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items()
+    )
 
 
 def save_model_dir(
@@ -171,6 +197,7 @@ def read_model_dir(path: str | os.PathLike) -> ModelDir:
             raise
         if _manifest_bytes(path) == before:
             md.meta["manifest"] = json.loads(before)["files"]
+            md.read_state = weights_state(md.model)
             return md
     raise ModelDirError(f"{path}: replaced again and again while being read; try again")
 

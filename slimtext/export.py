@@ -153,6 +153,13 @@ def _write_export(md: ModelDir, out, name: str, log, work) -> Path:
     model directory's manifest when it went there."""
     home = Path(md.meta["path"]) if "path" in md.meta else None
     target, in_model_dir = _target(home, out, name)
+    if in_model_dir and not md.weights_as_read():
+        # its manifest would vouch for a graph of other weights than its model.safetensors
+        raise ExportError(
+            f"{home}: the model in memory is no longer the one saved there (changed after "
+            "loading: pruned, quantised or edited); save it to a directory first "
+            "(TextClassifier.save, slimtext.artifact.save_model_dir), or export with out=..."
+        )
     guard = _still_there(md) if in_model_dir else (lambda: None)
     try:
         work(target, guard)

@@ -540,8 +540,8 @@ def _still_listed(md: ModelDir, name: str) -> Path | None:
     from .fileio import sha256_file
 
     d, entry = md.meta.get("path"), md.meta.get("manifest", {}).get(name)
-    if not d or not isinstance(entry, dict):
-        return None
+    if not d or not isinstance(entry, dict) or not md.weights_as_read():
+        return None  # (a model changed in memory after loading: the file is the old one's)
     try:
         return Path(d) / name if sha256_file(Path(d) / name) == entry.get("sha256") else None
     except OSError:
@@ -552,7 +552,7 @@ def _weights_key(md: ModelDir) -> str:
     """The cache key of `md`'s weights: the checksum its files were verified against (the
     file at its path may since belong to another model), else a hash of the weights."""
     entry = md.meta.get("manifest", {}).get("model.safetensors")
-    if isinstance(entry, dict) and entry.get("sha256"):
+    if isinstance(entry, dict) and entry.get("sha256") and md.weights_as_read():
         return entry["sha256"][:32]
     h = hashlib.sha256()
     for k, v in md.model.state_dict().items():

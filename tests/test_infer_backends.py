@@ -405,3 +405,37 @@ def test_device_auto_and_a_bad_device(tiny_model_dir):
     assert pred.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="device must be"):
         slimtext.load(tiny_model_dir, device="gpu")
+
+
+def test_a_model_changed_in_memory_never_runs_its_directorys_old_onnx(
+    tiny_model_dir, texts, tmp_path
+):
+    # A model directory's manifest vouches for its files, not for a model edited after loading
+    # (README: load, prune_, save): the onnxruntime backend ran the directory's own export, or
+    # the cache file named by the directory's checksum, i.e. the unedited model's graph.
+    pytest.importorskip("onnxruntime")
+    from slimtext.artifact import read_model_dir
+    from slimtext.export import ExportError, export_onnx
+    from slimtext.infer import Predictor
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    export_onnx(d)  # the directory lists a model.onnx of its own
+    md = read_model_dir(d)
+    # building predictors (compiled ones included) leaves the weights as read
+    for backend in ("torch", "compile", "onnxruntime"):
+        Predictor(md, backend=backend, compile_backend="eager")
+    assert md.weights_as_read()
+    assert Predictor(md, backend="onnxruntime").onnx_path == d / "model.onnx"
+    with torch.no_grad():
+        md.model.head.weight.mul_(-3.0)
+    assert not md.weights_as_read()
+    ref = Predictor(md, backend="torch").predict_proba(texts)
+    ort = Predictor(md, backend="onnxruntime")
+    assert ort.onnx_path != d / "model.onnx"
+    torch.testing.assert_close(torch.tensor(ort.predict_proba(texts)), torch.tensor(ref),
+                               atol=1e-5, rtol=0)  # fmt: skip
+    # exporting it into the directory would list a graph of other weights than its own
+    with pytest.raises(ExportError, match="no longer the one saved there"):
+        export_onnx(md)
+    export_onnx(md, out=tmp_path / "edited.onnx")  # elsewhere: fine
