@@ -292,9 +292,10 @@ def _quantize_file(md, target, source, exporter, mask_dtype, opset, min_agreemen
         mask_dtype, opset = made.get("mask_dtype", "bool"), made.get("opset")
         # MatMul and the fused graph's Attention (-> QAttention, int8 q/k/v projection inside
         # the attention kernel); not the embedding Gather: it saves little and costs accuracy.
-        quantize_dynamic(
-            src, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"]
-        )
+        with _quiet_preprocess_hint():
+            quantize_dynamic(
+                src, tmp, weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Attention"]
+            )
         diff, agree = _int8_check(tmp, model, md.config.vocab_size, max_t, mask_dtype)
         log(f"int8 vs PyTorch: max |logits diff| = {diff:.3f}, argmax agreement = {agree:.3f}")
         if agree < min_agreement:
@@ -342,6 +343,25 @@ def onnx_parity(
     return worst
 
 
+@contextlib.contextmanager
+def _quiet_preprocess_hint():
+    """quantize_dynamic logs "Please consider to run pre-processing before quantization" on the
+    root logger at every call; it concerns static quantisation of CNNs, and was the one line
+    of noise in every `eval`/`predict` that quantised into the cache."""
+    import logging
+
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "pre-processing before quantization" not in record.getMessage()
+
+    root, drop = logging.getLogger(), Drop()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
+
+
 def _int8_check(path, model, vocab_size, max_t, mask_dtype) -> tuple[float, float]:
     pairs = list(_paired_outputs(path, model, vocab_size, max_t, mask_dtype, PARITY_SHAPES))
     ref = np.concatenate([r for r, _ in pairs])
@@ -351,7 +371,10 @@ def _int8_check(path, model, vocab_size, max_t, mask_dtype) -> tuple[float, floa
 
 def _paired_outputs(path, model, vocab_size, max_t, mask_dtype, shapes):
     ort = require_onnxruntime()
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    # the graph as slimtext's sessions run it (without the fusions they leave out)
+    sess = ort.InferenceSession(
+        str(path), providers=["CPUExecutionProvider"], disabled_optimizers=SLOW_FUSIONS
+    )
     g = torch.Generator().manual_seed(0)
     for b, t in shapes:
         t = min(t, max_t)
