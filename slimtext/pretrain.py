@@ -295,6 +295,8 @@ def pretrain(
         raise DataError(f"{data}: no texts to pretrain on")
     if "init" in params:  # TextClassifier would take it and fine-tuning code would ignore it
         raise TypeError("pretrain() has no init=: it pretrains a new encoder from random weights")
+    if "model" in params:  # was "got multiple values for argument 'model'"
+        raise TypeError("pretrain() has no model=: masked-LM pretraining is for the transformer")
     params.setdefault("pooling", "cls")
     # A long document is read whole, in max_length windows: truncating it would never show the
     # encoder most of a corpus of long texts (58% of the tokens of IMDB reviews at 128).

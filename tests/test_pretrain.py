@@ -362,6 +362,8 @@ def test_pretrain_resume_refuses_other_masking_options(tmp_path):
                  mask_prob=0.3, **kw)  # fmt: skip
     with pytest.raises(TypeError, match="no init="):
         pretrain(corpus(48), tmp_path / "c", init=str(tmp_path / "a"), **kw)
+    with pytest.raises(TypeError, match="no model="):  # was a "multiple values" TypeError
+        pretrain(corpus(48), tmp_path / "c", model="attention", **kw)
 
 
 def test_init_warns_when_it_caps_max_length(pretrained, toy_data):
