@@ -58,7 +58,7 @@ def _check_family(model: str, params: dict) -> None:
     Checked for new models here, not in ModelConfig: directories trained with them still load."""
     other = {"attention": ("pooling",), "transformer": ("attention_size",)}[model]
     default = {f.name: f.default for f in fields(ModelConfig)}  # what a loaded model's carry
-    if given := [k for k in other if params.get(k, default[k]) != default[k]]:
+    if given := [k for k in other if params.get(k) not in (None, default[k])]:
         raise ValueError(
             f"{', '.join(given)} does not apply to model={model!r} (pooling is the transformer's, "
             "[CLS] or mean; attention_size the attention model's scorer)"

@@ -54,6 +54,7 @@ def test_an_option_of_the_other_model_family_is_refused_not_ignored():
     with pytest.raises(ValueError, match="pooling does not apply"):  # set_params, then fit
         clf.set_params(pooling="cls").fit((["a b", "c d"] * 4, ["x", "y"] * 4))
     TextClassifier(model="transformer", pooling="cls")  # each its own family's: accepted
+    TextClassifier(model="attention", pooling=None)  # None: not given
 
 
 def test_using_an_unfitted_classifier_says_so():
