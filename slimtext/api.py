@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
-from .artifact import ModelDir, read_model_dir, save_model_dir
+from .artifact import ModelDir, read_model_dir, save_model_dir, weights_state
 from .data import DataError, TextDataset, check_labels_seen, load_data, stratified_split
 from .data.dataset import check_texts
 from .data.sources import label_to_str
@@ -300,6 +300,8 @@ class TextClassifier:
         self._train_config = cfg  # here, with the rest: a fit that fails leaves the last one
         # Predict where training ran: a model trained on the GPU also scores its test set there.
         self._predictor = Predictor(self.model_dir_, device=str(ctx.device))
+        # the weights the metrics describe (save drops them once the model is changed)
+        self.model_dir_.read_state = weights_state(self.model_dir_.model)
         return self
 
     @staticmethod
@@ -408,16 +410,25 @@ class TextClassifier:
                 "training_curve.png": self.run_dir_ / "training_curve.png",
                 "tensorboard": self.run_dir_ / "tensorboard",  # when tensorboard is installed
             }
+        own = dict(getattr(self, "metrics_", {}))
+        if md.read_state is not None and not md.weights_as_read():
+            # Pruned, quantised or edited since it was trained or loaded: its validation and
+            # test figures were the earlier model's. Kept apart, so no model card claims them.
+            earlier = {k: own.pop(k) for k in ("valid", "test") if k in own}
+            if earlier:
+                own["before_changes_in_memory"] = earlier
         return save_model_dir(
             path,
             md.model,
-            md.config,
+            # compression steps that change the shape (drop_layers_, a distilled student)
+            # update the model's own config; md.config is the one it was read with
+            getattr(md.model, "config", md.config),
             md.tokenizer,
             md.labels,
             max_length=md.max_length,
             long_text=md.long_text,
             train_config=self._saved_train_config(),
-            metrics={**getattr(self, "metrics_", {}), **(metrics or {})},
+            metrics={**own, **(metrics or {})},
             # the steps applied to the model, also those applied after it was loaded
             compression=getattr(md.model, "slimtext_compression", md.meta.get("compression")),
             extra_files=extra,

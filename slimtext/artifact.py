@@ -61,14 +61,14 @@ class ModelDir:
     # The labels as the Python caller gave them (ints, floats, text with spaces), in the order of
     # `labels`, where they differ from the text stored in labels.json; predictions use these.
     label_values: list | None = None
-    # `weights_state(model)` as read from the directory (None: not read from one); see
-    # `weights_as_read`.
+    # `weights_state(model)` as read from the directory, or as `TextClassifier.fit` trained it
+    # (None: neither); see `weights_as_read`.
     read_state: tuple | None = field(default=None, repr=False, compare=False)
 
     def weights_as_read(self) -> bool:
-        """Whether `model` still holds the weights read from `meta["path"]`: false once it was
-        pruned, quantised or edited in memory, when the directory's files (its exports, its
-        checksums) no longer describe it."""
+        """Whether `model` still holds the weights read from `meta["path"]` (or trained): false
+        once it was pruned, quantised or edited in memory, when the directory's files (its
+        exports, its checksums) and its metrics no longer describe it."""
         return self.read_state is not None and self.read_state == weights_state(self.model)
 
 

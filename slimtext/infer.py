@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifact import ModelDir, read_model_dir
+from .artifact import ModelDir, read_model_dir, weights_state
 from .data.batching import length_sorted_batches, pad_rows
 from .data.dataset import check_texts
 from .tokenizer import check_long_text, pool_windows
@@ -116,7 +116,10 @@ class Predictor:
 
         self.device = resolve_device(device)
         self.batch_size = batch_size
+        as_read = model_dir.weights_as_read()
         self.model = model_dir.model.to(self.device).eval()
+        if as_read:  # moved to the GPU: new storage, the same weights
+            model_dir.read_state = weights_state(self.model)
         # How texts longer than max_length are read: as trained unless overridden.
         self.long_text = check_long_text(long_text or model_dir.long_text)
         self.buckets = length_buckets(_max_len(model_dir))

@@ -283,7 +283,12 @@ def _global_keep(scores: list[torch.Tensor], ratio: float) -> list[list[int]]:
 
 # ---- unstructured -------------------------------------------------------------------------------
 def _prunable_linears(model: nn.Module) -> list[nn.Linear]:
-    return [m for blk in blocks(model) for m in blk.modules() if type(m) is nn.Linear]
+    lins = [m for blk in blocks(model) for m in blk.modules() if type(m) is nn.Linear]
+    if not lins:  # e.g. an attention model without encoder layers: nothing to prune
+        raise ValueError(
+            f"{type(model).__name__} has no encoder Linear layers to prune (num_layers=0?)"
+        )
+    return lins
 
 
 @torch.no_grad()
@@ -305,7 +310,11 @@ def nm_masks(model: nn.Module, n: int = 2, m: int = 4) -> list[tuple[nn.Linear, 
     """Masks (True = kept) holding the `n` largest |w| of every `m` consecutive input weights,
     for the encoder Linears whose input width `m` divides."""
     out = []
-    for lin in _prunable_linears(model):
+    lins = _prunable_linears(model)
+    if all(lin.weight.shape[1] % m for lin in lins):  # it would prune nothing, and say it had
+        widths = sorted({lin.weight.shape[1] for lin in lins})
+        raise ValueError(f"{n}:{m} sparsity: {m} divides no layer's input width {widths}")
+    for lin in lins:
         n_out, n_in = lin.weight.shape
         if n_in % m:
             continue
@@ -414,6 +423,8 @@ def prune_(model: nn.Module, config: PruneConfig, calib: Sequence[Batch] | None 
     if not isinstance(config, (HeadPruning, FFNPruning)):
         raise TypeError(f"prune_ does not handle {type(config).__name__}")
     bl = blocks(model)
+    if not bl:  # it would record pruning it had not done
+        raise ValueError(f"{type(model).__name__} has no encoder blocks to prune (num_layers=0?)")
     heads, neurons = importance(model, calib, config.importance)
     if isinstance(config, HeadPruning):
         keep = _global_keep(heads, config.ratio)

@@ -87,6 +87,47 @@ def test_a_loaded_classifier_pruned_in_place_predicts_the_same_each_time(teacher
                                atol=1e-6)  # fmt: skip
 
 
+def test_a_classifier_saved_after_in_memory_compression_loads_and_claims_no_old_figures(
+    teacher_dir, tmp_path, make_toy
+):
+    # save() wrote the config as loaded (4 layers for a 2-layer model after drop_layers_: a
+    # directory that did not load) and the uncompressed model's valid/test accuracy.
+    import json
+
+    from slimtext.api import TextClassifier
+    from slimtext.compress import DropLayers, drop_layers_
+
+    clf = TextClassifier.load(teacher_dir)
+    assert "valid" in json.loads((teacher_dir / "metrics.json").read_text())
+    drop_layers_(clf.model_dir_.model, DropLayers((1,)))
+    texts, _ = make_toy(10, seed=5)
+    first = clf.predict_proba(texts)
+    clf.save(tmp_path / "dropped")
+    again = TextClassifier.load(tmp_path / "dropped")
+    assert again.model_dir_.config.num_layers == 1
+    np.testing.assert_allclose(again.predict_proba(texts), first, atol=1e-6)
+    metrics = json.loads((tmp_path / "dropped" / "metrics.json").read_text())
+    assert "valid" not in metrics and "valid" in metrics["before_changes_in_memory"]
+    assert "valid:" not in (tmp_path / "dropped" / "README.md").read_text()
+    # unchanged since loading: the figures stay
+    TextClassifier.load(teacher_dir).save(tmp_path / "same")
+    assert "valid" in json.loads((tmp_path / "same" / "metrics.json").read_text())
+
+
+def test_pruning_what_is_not_there_is_refused_not_recorded(teacher, tmp_path, make_toy):
+    # an attention model without encoder layers: prune_ recorded heads [] and "100% sparse";
+    # an N:M pattern whose M divides no width pruned nothing and reported success
+    from slimtext.api import TextClassifier
+
+    att = TextClassifier(model="attention", vocab_size=200, hidden_size=16, epochs=1,
+                         verbose=False).fit(make_toy(20, seed=2))  # fmt: skip
+    for cfg in (HeadPruning(0.5), FFNPruning(0.5), MagnitudePruning(0.5)):
+        with pytest.raises(ValueError, match="no encoder"):
+            prune_(att.model_dir_.model, cfg)
+    with pytest.raises(ValueError, match="2:3 sparsity: 3 divides no layer's input width"):
+        prune_(teacher.model, SemiStructuredPruning(2, 3))
+
+
 def test_unstructured_pruning_reaches_sparsity_and_keeps_zeros_through_finetuning(
     teacher, make_toy, h
 ):
