@@ -61,6 +61,8 @@ PROM_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # label set.
 ENDPOINTS = ("/", "/v1/classify", "/v1/model", "/healthz", "/readyz", "/metrics", "/docs",
              "/openapi.json", "/favicon.ico")  # fmt: skip
+# Methods with their own label, for the same reason (any token is a valid HTTP method).
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 JSON_BODY_PATHS = ("/v1/classify",)
 # The status /metrics records for a client that hung up before any response was sent (nginx's
 # "client closed request"): not a 5xx, so impatient clients don't page anyone.
@@ -359,7 +361,8 @@ class Guard:
         finally:
             if status is None:  # nothing sent: the client left first, or the app raised
                 status = CLIENT_CLOSED if disconnected else 500
-            self.metrics.requests.labels(endpoint, scope["method"], str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(endpoint, method, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
 
     async def _handle(self, scope, receive, send):

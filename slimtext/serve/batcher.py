@@ -151,6 +151,13 @@ class DynamicBatcher:
         except BaseException:
             for c in chunks:  # a cancelled caller: don't let the worker run its leftover chunks
                 c.future.cancel()
+            # ... nor hold queue space with them: a client that hung up left its texts counted
+            # against max_queue until the worker reached them, and live clients got 503.
+            mine = {id(c) for c in chunks}
+            gone = sum(len(c.texts) for c in self._queue if id(c) in mine)
+            if gone:
+                self._queue = deque(c for c in self._queue if id(c) not in mine)
+                self._depth -= gone
             raise
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 

@@ -172,6 +172,12 @@ def test_metrics_in_prometheus_format(client):
     for name in ("slimtext_request_latency_seconds_bucket", "slimtext_batch_size_bucket",
                  "slimtext_inference_latency_seconds_count", "slimtext_queue_depth"):  # fmt: skip
         assert name in text
+    # any token is a valid HTTP method: made-up ones share one label, not a series each
+    for made_up in ("M6829", "Z1801"):
+        client.request(made_up, "/healthz")
+    text = client.get("/metrics").text
+    assert "M6829" not in text and "Z1801" not in text
+    assert 'endpoint="/healthz",method="other",status="405"} 2.0' in text
 
 
 # -- bad input: always 4xx with the JSON error shape ----------------------------------------------

@@ -73,6 +73,34 @@ def test_full_queue_refuses_instead_of_growing():
     run_async(main())
 
 
+def test_a_cancelled_callers_texts_leave_the_queue_at_once():
+    # A client that hung up while queued kept its texts counted against max_queue until the
+    # worker reached them: live clients got "queue full" with nobody waiting.
+    stub = StubPredictor()
+
+    async def main():
+        b = DynamicBatcher(stub.predict_proba, max_batch_size=4, max_wait_ms=0, max_queue=6)
+        await b.start()
+        stub.gate.clear()
+        running = asyncio.create_task(b.submit(["r1", "r2", "r3", "r4"]))
+        await async_wait_until(lambda: stub.calls, what="first batch to start")
+        gone = asyncio.create_task(b.submit(["g1", "g2", "g3", "g4"]))
+        await async_wait_until(lambda: b.depth == 4, what="the second request to queue")
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await gone
+        assert b.depth == 0
+        live = asyncio.create_task(b.submit(["l1", "l2", "l3", "l4"]))  # admitted: room for 6
+        stub.gate.set()
+        await asyncio.gather(running, live)
+        await b.close()
+        return live.result(), stub.calls
+
+    out, calls = run_async(main())
+    np.testing.assert_allclose(out, expected(["l1", "l2", "l3", "l4"]))
+    assert calls == [4, 4]  # the cancelled texts never ran
+
+
 def test_inference_error_fails_only_the_bad_request_and_batcher_keeps_going():
     stub = StubPredictor()
 
