@@ -763,6 +763,17 @@ def _predictions(probs: np.ndarray, labels: list[str], top_k: int | None) -> lis
     return out
 
 
+def _stop_quietly_after_shutdown() -> None:
+    """SIGTERM is how a server is stopped: uvicorn answers the requests in flight, then raises
+    the signal again for the handler it found, which for `slimtext` printed "error: stopped by
+    SIGTERM" and exited 143. A clean stop exits 0."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+
+
 def run(
     model_dir: str | os.PathLike,
     host: str = "127.0.0.1",
@@ -801,6 +812,7 @@ def run(
     # Here, before either path, so one worker and N workers reject the same settings alike.
     cfg.validate()
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    _stop_quietly_after_shutdown()
     if workers == 1:
         uvicorn.run(cfg.create_app(), **common)
         return

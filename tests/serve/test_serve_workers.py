@@ -156,3 +156,31 @@ def test_a_backend_without_its_extra_fails_before_uvicorn_starts(no_uvicorn, mon
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
     with pytest.raises(ImportError, match=r"slimtext\[onnx\]"):
         run(tmp_path / "no-model", workers=workers, backend="onnxruntime-int8")
+
+
+def test_the_cli_server_stopped_by_sigterm_exits_0_quietly(model_dir):
+    # SIGTERM is how servers are stopped; after uvicorn's graceful shutdown it re-raised the
+    # signal, and `slimtext serve` printed "error: stopped by SIGTERM" and exited 143.
+    port = free_port()
+    cmd = [sys.executable, "-m", "slimtext", "serve", str(model_dir), "--port", str(port),
+           "--threads", "1", "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"server exited with {proc.returncode}"
+            try:
+                url = f"http://127.0.0.1:{port}/readyz"
+                if httpx.get(url, timeout=1, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server not ready after 60 s"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "error" not in err, (proc.returncode, err)
