@@ -321,6 +321,7 @@ def _dist_context(nproc: int, strategy: str, device: str):
     """`--nproc N` re-runs this command under torchrun (no return); otherwise the process
     group of this rank (or the single-process context)."""
     from .train.distributed import (
+        STRATEGIES,
         DistributedError,
         check_node_devices,
         check_torch_for,
@@ -329,11 +330,17 @@ def _dist_context(nproc: int, strategy: str, device: str):
         launched_by_torchrun,
     )
 
+    strategy = strategy.lower()  # --strategy DDP
+
     # Under torchrun already (a relaunched rank re-reads a --config that sets nproc): go on as
     # this rank instead of launching torchrun again, without end.
     if nproc and not launched_by_torchrun():
         if nproc < 0:
             _fail(ValueError(f"--nproc must be >= 1 (or 0: no torchrun), got {nproc}"))
+        if strategy not in STRATEGIES:  # here, before torchrun: every rank printed it
+            _fail(
+                ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+            )
         if strategy == "single" and nproc > 1:
             _fail(ValueError(f"--strategy single with --nproc {nproc}: choose one of them"))
         try:  # here, once, rather than as every rank's error
@@ -347,6 +354,8 @@ def _dist_context(nproc: int, strategy: str, device: str):
     try:
         return init_distributed(strategy, device)
     except (DistributedError, ValueError) as e:
+        if os.environ.get(_LAUNCHED) and os.environ.get("RANK", "0") != "0":
+            time.sleep(2)  # rank 0 says it (see _fail_rank)
         _fail(e)
 
 

@@ -518,6 +518,8 @@ def test_ddp_strategy_without_torchrun_says_how_to_launch(tmp_path, train_csv):
     for bad, message in (
         (["--nproc", "-1"], "--nproc must be >= 1"),
         (["--nproc", "2", "--strategy", "single"], "--strategy single with --nproc 2"),
+        # was each rank's error, sometimes printed twice and blamed on rank 1
+        (["--nproc", "2", "--strategy", "bogus"], "--strategy must be one of"),
     ):
         r = CliRunner().invoke(app, ["train", "--data", str(train_csv), "--out",
                                      str(tmp_path / "m"), *bad])  # fmt: skip
