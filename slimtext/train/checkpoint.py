@@ -171,6 +171,11 @@ def load_checkpoint(
     saved_tp = int(state.get("tp_size", 1))
     layout = getattr(_raw(model), "_slimtext_layout", None)
     tp_now = layout.tp_size if (layout is not None and ctx.distributed) else 1
+    if saved_tp != tp_now and "tp_size" not in state:  # not a tp checkpoint at all
+        raise DistributedError(
+            f"{path} was not written by --strategy tp, and a tp run (tp size {tp_now}) resumes "
+            "only tp checkpoints of its own tp size: resume it with the strategy that wrote it"
+        )
     if saved_tp != tp_now:
         # The fused qkv rows are stored permuted for the tp size that wrote them.
         raise DistributedError(

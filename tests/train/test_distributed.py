@@ -573,3 +573,25 @@ def test_an_error_on_rank_1_alone_is_shown_and_rank_0_says_why_it_stopped(tmp_pa
     assert "error: rank 1 of 2 stopped" in r.stderr, r.stderr
     # rank 0, when it lived long enough to see the closed connection, says so in one line
     assert "Connection closed by peer" not in r.stderr, r.stderr
+
+
+def test_a_checkpoint_not_written_by_tp_is_named_so_when_a_tp_run_resumes_it(tmp_path):
+    # It was read as "written with --strategy tp --tp-size 1", for an fsdp or pp checkpoint.
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    from slimtext.train.checkpoint import load_checkpoint, save_checkpoint
+    from slimtext.train.distributed import DistContext, DistributedError
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    ck = save_checkpoint(tmp_path / "ck", 1, model=model, optimizer=opt, state={"step": 1})
+    model._slimtext_layout = SimpleNamespace(tp_size=2)  # as a tp-wrapped model carries
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)  # fmt: skip
+    try:
+        with pytest.raises(DistributedError, match="was not written by --strategy tp"):
+            load_checkpoint(ck, model=model, optimizer=opt, ctx=DistContext(strategy="tp"))
+    finally:
+        dist.destroy_process_group()
