@@ -843,6 +843,11 @@ def export(
     except ImportError as e:
         _fail(ImportError(f"{e}; install the extra: pip install 'slimtext[onnx]'"))
     try:
+        if int8 and out:  # a foreign NAME.int8.onnx is refused before NAME.onnx is written
+            from .export import INT8_FILE, ONNX_FILE, _target
+
+            first, _ = _target(Path(model_dir), out, ONNX_FILE)
+            _target(Path(model_dir), first.with_name(f"{first.stem}.int8.onnx"), INT8_FILE)
         path = export_onnx(model_dir, out, opset=opset, optimize=optimize, exporter=exporter,
                            mask_dtype=mask_dtype, atol=atol, log=log)  # fmt: skip
         if int8:  # beside it: DIR/x.onnx -> DIR/x.int8.onnx (model.onnx -> model.int8.onnx)

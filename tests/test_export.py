@@ -239,6 +239,11 @@ def test_cli_export_out_as_a_file_or_a_folder_keeps_the_int8_beside_it(tiny_mode
     r = run("--out", f"{tmp_path / 'new'}/", "--int8")  # a trailing /: a folder, created
     assert r.exit_code == 0, r.output
     assert {"model.onnx", "model.int8.onnx"} <= {p.name for p in (tmp_path / "new").iterdir()}
+    # another tool's g.int8.onnx: refused before g.onnx is written (it was left half done)
+    (tmp_path / "g.int8.onnx").write_text("theirs")
+    r = run("--out", tmp_path / "g.onnx", "--int8")
+    assert r.exit_code == 2 and "not an earlier slimtext export" in r.output, r.output
+    assert not (tmp_path / "g.onnx").exists() and (tmp_path / "g.int8.onnx").read_text() == "theirs"
 
 
 def test_export_out_never_overwrites_what_is_not_an_export(tiny_model_dir, tmp_path):
