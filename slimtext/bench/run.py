@@ -440,7 +440,10 @@ def _hf_peer(name, path, md, train_ds, work: Path, budget: _Budget, jobs_left: i
         return None, f"{why}; pass --train to train that shape with transformers.Trainer"
     seconds = budget.share(jobs_left, fraction=0.3)
     if seconds is not None and seconds < 5:
-        return None, f"{why}; no time budget left to train that shape with Trainer"
+        return None, (
+            f"{why}; its share of the time budget ({seconds:.1f} s: 30% of what is left over "
+            "the jobs left) is under 5 s, too short to train that shape with Trainer"
+        )
     t = md.meta.get("train", {})
     bs = int(t.get("batch_size") or 32)
     steps = int(t.get("max_steps") or int(t.get("epochs") or 1) * math.ceil(len(train_ds) / bs))
