@@ -293,9 +293,14 @@ def _fail_rank(ctx, e: Exception) -> None:
     rank 0's to say: the others wait a moment first, so that rank 0's exit is the one torchrun
     sees first and the launcher shows its line once, not also another rank's (1 run in 5).
     Under torchrun itself every rank writes to the terminal at once: no wait."""
-    if ctx.distributed and not ctx.is_main and os.environ.get(_LAUNCHED):
-        time.sleep(2)
+    _let_rank_0_say_it(ctx.distributed and not ctx.is_main)
     _fail(e)
+
+
+def _let_rank_0_say_it(other_rank: bool) -> None:
+    """See `_fail_rank`: under `--nproc`, a rank other than 0 waits before failing."""
+    if other_rank and os.environ.get(_LAUNCHED):
+        time.sleep(2)
 
 
 def _fail_if_peer_lost(ctx, e: RuntimeError) -> None:
@@ -321,9 +326,9 @@ def _dist_context(nproc: int, strategy: str, device: str):
     """`--nproc N` re-runs this command under torchrun (no return); otherwise the process
     group of this rank (or the single-process context)."""
     from .train.distributed import (
-        STRATEGIES,
         DistributedError,
         check_node_devices,
+        check_strategy,
         check_torch_for,
         dist_timeout,
         init_distributed,
@@ -337,13 +342,10 @@ def _dist_context(nproc: int, strategy: str, device: str):
     if nproc and not launched_by_torchrun():
         if nproc < 0:
             _fail(ValueError(f"--nproc must be >= 1 (or 0: no torchrun), got {nproc}"))
-        if strategy not in STRATEGIES:  # here, before torchrun: every rank printed it
-            _fail(
-                ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-            )
         if strategy == "single" and nproc > 1:
             _fail(ValueError(f"--strategy single with --nproc {nproc}: choose one of them"))
         try:  # here, once, rather than as every rank's error
+            check_strategy(strategy)
             check_node_devices(nproc, device)
             check_torch_for(strategy)
             dist_timeout()
@@ -354,8 +356,7 @@ def _dist_context(nproc: int, strategy: str, device: str):
     try:
         return init_distributed(strategy, device)
     except (DistributedError, ValueError) as e:
-        if os.environ.get(_LAUNCHED) and os.environ.get("RANK", "0") != "0":
-            time.sleep(2)  # rank 0 says it (see _fail_rank)
+        _let_rank_0_say_it(os.environ.get("RANK", "0") != "0")  # no context yet: torchrun's
         _fail(e)
 
 
@@ -847,15 +848,20 @@ def export(
             from .export import INT8_FILE, ONNX_FILE, _target
 
             first, _ = _target(Path(model_dir), out, ONNX_FILE)
-            _target(Path(model_dir), first.with_name(f"{first.stem}.int8.onnx"), INT8_FILE)
+            _target(Path(model_dir), _int8_beside(first), INT8_FILE)
         path = export_onnx(model_dir, out, opset=opset, optimize=optimize, exporter=exporter,
                            mask_dtype=mask_dtype, atol=atol, log=log)  # fmt: skip
-        if int8:  # beside it: DIR/x.onnx -> DIR/x.int8.onnx (model.onnx -> model.int8.onnx)
-            quantize_onnx(model_dir, path.with_name(f"{path.stem}.int8.onnx") if out else None,
+        if int8:
+            quantize_onnx(model_dir, _int8_beside(path) if out else None,
                           exporter=exporter, mask_dtype=mask_dtype, opset=opset,
                           log=log)  # fmt: skip
     except (*_user_errors(), ImportError, ExportError, OSError) as e:
         _fail(e)
+
+
+def _int8_beside(path: Path) -> Path:
+    """DIR/x.onnx -> DIR/x.int8.onnx (model.onnx -> model.int8.onnx)."""
+    return path.with_name(f"{path.stem}.int8.onnx")
 
 
 @app.command("compress")

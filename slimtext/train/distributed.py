@@ -79,6 +79,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+
+
 def init_distributed(
     strategy: str = "auto", device: str = "auto", timeout_s: float | None = None
 ) -> DistContext:
@@ -87,8 +92,7 @@ def init_distributed(
     Collectives time out after `timeout_s` (env SLIMTEXT_DIST_TIMEOUT, default 600 s), so a dead
     rank gives an error instead of a hang.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    check_strategy(strategy)
     if not launched_by_torchrun():
         if strategy in ("ddp", "fsdp", "tp", "pp"):
             raise DistributedError(
