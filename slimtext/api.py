@@ -13,6 +13,7 @@ Face BERT folder): its tokenizer and shape are used, every weight but the head i
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from dataclasses import fields, replace
@@ -205,6 +206,12 @@ class TextClassifier:
         check_fresh_start(checkpoint_dir, resume)
         # The device and strategy asked for (CUDA, or a clear error), or torchrun's process group.
         ctx = dist or init_distributed(cfg.strategy, cfg.device)
+        if valid is None and self.valid_fraction and self.verbose and ctx.is_main:
+            print(
+                f"valid: {len(valid_ds):,} rows held out of the training data (stratified "
+                f"{self.valid_fraction:g}); training on the other {len(train_ds):,}",
+                file=sys.stderr,
+            )
         src = None
         if self.init is not None:
             from .pretrain import load_init

@@ -257,6 +257,15 @@ def test_valid_fraction_0_trains_on_everything_and_bad_options_name_themselves(t
         TextClassifier(valid_fraction=1.0)
 
 
+def test_the_held_out_validation_split_is_reported(toy_data, capsys):
+    clf = TextClassifier(model="attention", vocab_size=400, max_length=32, max_steps=1,
+                         valid_fraction=0.2, verbose=True).fit(toy_data)  # fmt: skip
+    err = capsys.readouterr().err
+    # 90 rows in 3 classes of 30: 6 of each held out
+    assert "valid: 18 rows held out of the training data (stratified 0.2)" in err
+    assert "training on the other 72" in err and clf.result_.history
+
+
 def test_the_saved_recipe_records_the_vocabulary_actually_used(fitted, toy_data, tmp_path):
     fitted.save(tmp_path / "m")
     clf = TextClassifier(model="attention", tokenizer=str(tmp_path / "m" / "tokenizer.json"),

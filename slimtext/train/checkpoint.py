@@ -137,9 +137,11 @@ def check_fresh_start(folder: str | Path | None, resume: bool) -> None:
 
 
 def latest_checkpoint(folder: str | Path, ctx: DistContext | None = None) -> Path | None:
-    """Newest checkpoint that verifies (decided on rank 0); broken ones are reported and skipped."""
+    """Newest checkpoint that verifies (decided on rank 0); broken ones are reported and skipped.
+    None if the folder has none; an error if it has some and every one is damaged: a resumed run
+    must not quietly start from scratch (and then prune the damaged ones)."""
     ctx = ctx or DistContext()
-    chosen = None
+    chosen, damaged = None, []
     if ctx.is_main:
         for path in reversed(list_checkpoints(folder)):
             try:
@@ -147,8 +149,14 @@ def latest_checkpoint(folder: str | Path, ctx: DistContext | None = None) -> Pat
                 chosen = str(path)
                 break
             except IntegrityError as e:
+                damaged.append(str(e))
                 warnings.warn(f"skipping damaged checkpoint: {e}", stacklevel=2)
-    chosen = broadcast_object(ctx, chosen)
+    chosen, damaged = broadcast_object(ctx, (chosen, damaged))
+    if chosen is None and damaged:
+        raise IntegrityError(
+            f"cannot resume: every checkpoint in {folder} is damaged ({'; '.join(damaged)}); "
+            "remove them (or the folder) to start afresh"
+        )
     return Path(chosen) if chosen else None
 
 

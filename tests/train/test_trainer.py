@@ -115,6 +115,17 @@ def test_a_damaged_checkpoint_is_never_the_one_loaded(encoded, tmp_path):
     assert chosen == list_checkpoints(tmp_path)[-2]
 
 
+def test_resume_refuses_when_every_checkpoint_is_damaged(encoded, tmp_path):
+    run(encoded, {"checkpoint_dir": tmp_path}, checkpoint_every=4, keep_checkpoints=2)
+    kept = list_checkpoints(tmp_path)
+    assert len(kept) == 2
+    for ck in kept:
+        (ck / "state.pt").write_bytes(b"torn")
+    with pytest.warns(UserWarning, match="damaged"), pytest.raises(ValueError, match="every check"):
+        run(encoded, {"checkpoint_dir": tmp_path, "resume": True}, checkpoint_every=4)
+    assert list_checkpoints(tmp_path) == kept  # nothing pruned, nothing trained over them
+
+
 def test_keep_best_restores_the_best_validation_weights(encoded):
     model, res = run(encoded, {}, epochs=3, lr=3e-3)
     vocab, _, va = encoded
