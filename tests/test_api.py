@@ -198,7 +198,11 @@ def test_evaluating_no_examples_says_so(fitted):
      (dict(num_layers=1.0), "num_layers must be a whole number"),
      (dict(warmup=float("inf")), "warmup must be a number >= 0"),
      (dict(vocab_size=0), "vocab_size must be a whole number >= 16"),
-     (dict(max_length=2), "max_length must be >= 3")],
+     (dict(max_length=2), "max_length must be >= 3"),
+     (dict(cpu_offload=True, strategy="ddp"), "cpu_offload applies to strategy fsdp only"),
+     (dict(tp_size=2), "tp_size applies to strategy tp only"),
+     (dict(microbatches=8, strategy="fsdp"), "microbatches applies to strategy pp only"),
+     (dict(pp_schedule="gpipe"), "pp_schedule applies to strategy pp only")],
 )  # fmt: skip
 def test_bad_numbers_are_refused_before_training(toy_data, params, message):
     with pytest.raises(ValueError, match=message):

@@ -123,6 +123,16 @@ class TrainConfig:
             raise ValueError(f"tp_size must be >= 1, got {self.tp_size}")
         if self.pp_schedule not in ("gpipe", "1f1b"):
             raise ValueError(f"pp_schedule must be gpipe or 1f1b, not {self.pp_schedule!r}")
+        # A strategy's own options under another strategy would be accepted and do nothing.
+        own = {"cpu_offload": ("fsdp", self.cpu_offload), "tp_size": ("tp", self.tp_size),
+               "microbatches": ("pp", self.microbatches != 4),
+               "pp_schedule": ("pp", self.pp_schedule != "1f1b")}  # fmt: skip
+        for name, (strategy, given) in own.items():
+            if given and str(self.strategy).lower() != strategy:
+                raise ValueError(
+                    f"{name} applies to strategy {strategy} only (this run: {self.strategy}): "
+                    f"add --strategy {strategy}, or drop --{name.replace('_', '-')}"
+                )
         for name in ("checkpoint_every", "keep_checkpoints", "warmup", "grad_clip", "weight_decay"):
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):  # also catches NaN

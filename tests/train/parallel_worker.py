@@ -170,10 +170,16 @@ def fit_setup(strategy: str):
     # tp on 2 ranks: one tp group, per-rank batch = global batch. pp: the whole batch per step,
     # here as 2 accumulated batches of 4, each 2 micro-batches of 2 (one global batch of 8).
     pp = strategy == "pp"
+    own = {"tp": {"tp_size": 2}, "pp": {"microbatches": 2, "pp_schedule": "gpipe"}}
     cfg = TrainConfig(max_steps=6, batch_size=4 if pp else 8, grad_accum=2 if pp else 1,
-                      lr=3e-3, precision="fp32", seed=3, warmup=1, strategy=strategy, tp_size=2,
-                      microbatches=2, pp_schedule="gpipe", log_every=1, device="cpu")  # fmt: skip
+                      lr=3e-3, precision="fp32", seed=3, warmup=1, strategy=strategy,
+                      log_every=1, device="cpu", **own.get(strategy, {}))  # fmt: skip
     return tiny(layers=4 if strategy == "pp" else 2), data, cfg
+
+
+def single_process(cfg):
+    """`cfg` for the one-process reference run: the strategy's own options back to defaults."""
+    return replace(cfg, strategy="single", tp_size=None, microbatches=4, pp_schedule="1f1b")
 
 
 def case_fit(ctx, name: str, out_dir: Path) -> dict:

@@ -5,11 +5,13 @@ ordinary model directory. The numeric cases run in `parallel_worker.py` (one tor
 import json
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from parallel_worker import fit_setup  # tests/train is on sys.path (pytest's rootdir import)
+from parallel_worker import (  # tests/train is on sys.path (pytest's rootdir import)
+    fit_setup,
+    single_process,
+)
 from safetensors.torch import load_file
 from test_distributed import (  # noqa: F401
     PP_OK,
@@ -57,7 +59,7 @@ def test_short_tp_and_pp_runs_train_the_single_process_weights(tmp_path):
     for strategy in ("tp", "pp") if PP_OK else ("tp",):
         assert r[f"fit_{strategy}"]["predictions"] < 1e-5  # plain model == sharded model
         model, data, cfg = fit_setup(strategy)
-        fit(model, data, data, replace(cfg, strategy="single"), label_names=["a", "b", "c"],
+        fit(model, data, data, single_process(cfg), label_names=["a", "b", "c"],
             pad_id=0, progress=False)  # fmt: skip
         sharded = load_file(str(tmp_path / f"{strategy}.safetensors"))
         assert max_diff(sharded, model.state_dict()) < 1e-4, strategy
@@ -72,7 +74,7 @@ def test_2d_mesh_of_2_dp_by_2_tp_trains_the_single_process_weights(tmp_path):
     r = worker("fit_tp2d", tmp_path, nproc=4)
     assert r["fit_tp2d"]["predictions"] < 1e-5
     model, data, cfg = fit_setup("tp")
-    fit(model, data, data, replace(cfg, strategy="single"), label_names=["a", "b", "c"],
+    fit(model, data, data, single_process(cfg), label_names=["a", "b", "c"],
         pad_id=0, progress=False)  # fmt: skip
     assert max_diff(load_file(str(tmp_path / "tp2d.safetensors")), model.state_dict()) < 1e-4
 
