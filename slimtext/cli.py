@@ -777,10 +777,17 @@ def _predict_lines(pred, numbered, unit: str, chunk: int = 1024) -> None:
         sys.stdout.flush()
         buf.clear()
 
-    for item in numbered:
-        buf.append(item)
-        if len(buf) >= chunk:
+    try:
+        for item in numbered:
+            buf.append(item)
+            if len(buf) >= chunk:
+                flush()
+    except Exception:
+        # A bad line (undecodable bytes) stops the run: the lines before it are still answered,
+        # so the output is every result up to the line the error names.
+        if buf:
             flush()
+        raise
     if buf:
         flush()
     if empty:
@@ -856,6 +863,8 @@ def export(
                           exporter=exporter, mask_dtype=mask_dtype, opset=opset,
                           log=log)  # fmt: skip
     except (*_user_errors(), ImportError, ExportError, OSError) as e:
+        if isinstance(e, OSError) and not e.filename and e.strerror:  # e.g. a full disk
+            e = OSError(e.errno, f"{e.strerror}, exporting {model_dir} to {out or model_dir}")
         _fail(e)
 
 

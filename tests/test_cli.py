@@ -122,6 +122,10 @@ def test_predict_reads_lines_as_the_loaders_do_and_keeps_output_aligned(tmp_path
     f.write_bytes(b"goal\ncaf\xe9 bank\n")
     r = runner.invoke(app, ["predict", str(out), "--file", str(f)])
     assert r.exit_code == 2 and "in.txt:2: not valid UTF-8" in r.output
+    # the lines before the bad one are still answered, so the output stops where the error says
+    assert [json.loads(x)["label"] for x in r.stdout.splitlines()] == [
+        labels_and_probs(["goal"])[0]["label"]
+    ]
     r = runner.invoke(app, ["predict", str(out), "goal", "--file", str(f)])
     assert r.exit_code == 2 and "not both" in r.output
 

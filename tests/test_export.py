@@ -281,3 +281,22 @@ def test_export_out_never_overwrites_what_is_not_an_export(tiny_model_dir, tmp_p
     assert (tmp_path / "foo.onnx").read_text() == "precious"
     assert (other / "model.onnx").read_text() == "another tool's model"
     assert (tmp_path / "bar.onnx.json").read_text() == '{"mine": 1}'
+
+
+def test_cli_export_names_the_target_of_an_os_error_that_has_none(tiny_model_dir, tmp_path,
+                                                                monkeypatch):  # fmt: skip
+    import errno
+
+    from typer.testing import CliRunner
+
+    from slimtext import export
+    from slimtext.cli import app
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "export_onnx", full_disk)
+    target = tmp_path / "m.onnx"
+    r = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(target)])
+    assert r.exit_code == 2 and "No space left on device" in r.output
+    assert str(target) in r.output.replace("\n", "") and "Traceback" not in r.output
