@@ -16,6 +16,7 @@ import importlib.util
 import json
 import os
 import re
+import threading
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -260,6 +261,24 @@ def _decode_error_message(raw: bytes, e: UnicodeDecodeError) -> str:
     )
 
 
+_noted = threading.local()  # the offsets the "slimtext.note" error handler collects
+
+
+def _note_undecodable(e: UnicodeError) -> tuple[str, int]:
+    _noted.starts.append(e.start)
+    return "\ufffd", e.end
+
+
+codecs.register_error("slimtext.note", _note_undecodable)
+
+
+def _undecodable_starts(data: bytes, encoding: str) -> list[int]:
+    """Byte offsets of every undecodable sequence in `data` (decoded whole: UTF-16/32)."""
+    _noted.starts = []
+    data.decode(encoding, "slimtext.note")
+    return _noted.starts
+
+
 class _Lines:
     """Physical lines of a (possibly gzipped) text file, decoded one at a time.
 
@@ -308,13 +327,22 @@ class _Lines:
             text = data.decode(self.opts.encoding)
         except UnicodeDecodeError as e:
             if self.opts.errors == "strict":
-                lineno = data[: e.start].decode(e.encoding, "replace").count("\n") + 1
-                raise DataError(
-                    f"{self.path}:{lineno}: bytes are not valid {e.encoding} ({e.reason}); "
-                    "pass --encoding-errors replace (encoding_errors='replace')"
-                ) from None
-            text = data.decode(self.opts.encoding, self.opts.errors)
-            self.replaced = sum("\ufffd" in line for line in text.split("\n"))
+                starts = [e.start]
+                if self.opts.on_bad == "skip":  # every bad spot, to skip the records holding them
+                    starts = _undecodable_starts(data, self.opts.encoding)
+                for start in starts:
+                    lineno = data[:start].decode(e.encoding, "replace").count("\n") + 1
+                    message = (
+                        f"{self.path}:{lineno}: bytes are not valid {e.encoding} ({e.reason}); "
+                        "pass --encoding-errors replace (encoding_errors='replace')"
+                    )
+                    if self.opts.on_bad == "raise":
+                        raise DataError(message) from None
+                    self.bad_lines.setdefault(lineno, message)
+                text = data.decode(self.opts.encoding, "replace")
+            else:
+                text = data.decode(self.opts.encoding, self.opts.errors)
+                self.replaced = sum("\ufffd" in line for line in text.split("\n"))
         # Break at "\n" only, keeping it (and the "\r" of "\r\n"), as the byte-wise path does:
         # str.splitlines would also break inside a text at U+2028, \x85, \x0c, \x1c-\x1e, ...
         lines = text.split("\n")

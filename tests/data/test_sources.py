@@ -529,6 +529,19 @@ def test_utf16_lines_break_at_newline_only(write):
     assert ds.texts == ["one\x0cpage\u2029", "two"]
 
 
+def test_utf16_on_bad_skip_skips_each_undecodable_row_and_names_it(write):
+    lone = b"\x00\xd8"  # a lone UTF-16 surrogate: undecodable
+    data = "text,label\nfine,a\n".encode("utf-16") + "bad,".encode("utf-16-le") + lone
+    data += "x,b\nok,b\nalso ".encode("utf-16-le") + lone + ",c\nend,c\n".encode("utf-16-le")
+    path = write("d.csv", data)
+    with pytest.raises(DataError, match=r"d\.csv:3: bytes are not valid utf-16"):
+        load_data(path, encoding="utf-16")
+    ds = load_data(path, encoding="utf-16", on_bad="skip")
+    assert ds.texts == ["fine", "ok", "end"] and ds.labels == ["a", "b", "c"]
+    assert ds.skipped == {"undecodable bytes": 2}
+    assert any(f"{path}:3" in n and f"{path}:5" in n for n in ds.notes), ds.notes
+
+
 def test_parquet_duplicated_column_is_named(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
