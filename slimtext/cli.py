@@ -31,30 +31,67 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
         return value
     import yaml
 
-    try:
-        data = yaml.safe_load(Path(value).read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+    try:  # bytes: YAML reads UTF-8 and, by their byte-order mark, UTF-16/32 files
+        data = yaml.safe_load(Path(value).read_bytes()) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise typer.BadParameter(f"{value}: cannot read YAML ({e})") from None
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{value}: expected a mapping of option names to values")
     # A key is an option's name as typed (`json` for --json, `max-steps` or `max_steps`) or
-    # the parameter behind it (`json_out`).
+    # the parameter behind it (`json_out`); an argument's by its name (`model_dir`). Not
+    # `config`: a file naming another one would be ignored.
+    params = {p.name: p for p in ctx.command.params if p.name != "config"}
     alias = {}
-    for p in ctx.command.params:
+    for p in params.values():
         for name in [p.name, *(o.lstrip("-") for o in p.opts if o.startswith("--"))]:
             alias[name.replace("-", "_")] = p.name
     keys = {str(k): str(k).replace("-", "_") for k in data}
     unknown = sorted(k for k, a in keys.items() if a not in alias)
     if unknown:
-        valid = sorted(o.lstrip("-") for p in ctx.command.params for o in p.opts
-                       if o.startswith("--") and o != "--config")  # fmt: skip
+        valid = sorted(
+            o.lstrip("-") if o.startswith("--") else p.name
+            for p in params.values()
+            for o in p.opts
+            if o.startswith("--") or p.param_type_name == "argument"
+        )
         raise typer.BadParameter(f"{value}: unknown keys {unknown}; valid: {valid}")
-    data = {alias[keys[str(k)]]: _home(v) for k, v in data.items()}
-    for p in ctx.command.params:  # `text_col: review` for a repeatable option: a list of one
-        if p.multiple and p.name in data and not isinstance(data[p.name], list):
-            data[p.name] = [data[p.name]]
-    ctx.default_map = {**(ctx.default_map or {}), **data}
+    seen: dict[str, str] = {}
+    for k, a in keys.items():
+        if alias[a] in seen:  # `batch-size: 5` and `batch_size: 7`: which one was meant?
+            raise typer.BadParameter(f"{value}: keys {seen[alias[a]]!r} and {k!r} are one option")
+        seen[alias[a]] = k
+    out = {}
+    for k, v in data.items():
+        p = params[alias[keys[str(k)]]]
+        many = p.multiple or p.nargs == -1
+        if many and not isinstance(v, list):  # `text_col: review`: a list of one
+            v = [v]
+        values = v if many else [v]
+        if not many and isinstance(v, (list, dict)):
+            raise typer.BadParameter(f"{value}: key {k!r} takes one value, got {v!r}")
+        # Checked here, so that a bad value names this file and key (click would check it later
+        # as the default of a flag the user never typed).
+        if any(isinstance(x, bool) for x in values) and not getattr(p, "is_bool_flag", False):
+            raise typer.BadParameter(f"{value}: key {k!r}: {v!r} is a yes/no value")
+        try:
+            _coerce(p, ctx, _home(v))
+        except Exception as e:  # click's, or typer's own BadParameter (typer >= 0.29)
+            raise typer.BadParameter(f"{value}: key {k!r}: {getattr(e, 'message', e)}") from None
+        out[p.name] = _home(v)
+    ctx.default_map = {**(ctx.default_map or {}), **out}
     return value
+
+
+def _coerce(p, ctx: typer.Context, value):
+    """`value` read as parameter `p` reads its flag: typer >= 0.29 has its own coercion, older
+    versions click's types."""
+    if value is None:
+        return None
+    if hasattr(p, "get_runtime_param"):
+        return p.get_runtime_param().coerce(value, param=p, ctx=ctx)
+    if p.multiple or p.nargs == -1:
+        return [p.type.convert(x, p, ctx) for x in value]
+    return p.type.convert(value, p, ctx)
 
 
 def _home(value):

@@ -223,6 +223,35 @@ def test_yaml_config_fills_options_and_flags_override_it(tmp_path, data_files):
     assert json.loads(r.stdout)["n"] > 0
 
 
+def test_yaml_config_errors_name_the_file_and_key(tmp_path, tiny_model_dir, data_files):
+    _, test = data_files
+    cfg = tmp_path / "c.yaml"
+
+    def run(*extra):
+        args = ["eval", str(tiny_model_dir), "--data", str(test), "--config", str(cfg), *extra]
+        return runner.invoke(app, args)
+
+    cfg.write_text("json: true\n", encoding="utf-16")  # Notepad's "Unicode": read by its BOM
+    r = run()
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
+    cfg.write_bytes(b"label_col: caf\xe9\n")  # cp1252, not UTF-8
+    r = run()
+    assert r.exit_code == 2 and "cannot read YAML" in r.output and "Traceback" not in r.output
+    for body, why in (("json: true\nconfig: other.yaml\n", "unknown keys ['config']"),
+                      ("batch_size: abc\n", "key 'batch_size'"),
+                      ("batch_size: true\n", "key 'batch_size': True is a yes/no value"),
+                      ("data: [a, b]\n", "key 'data' takes one value"),
+                      ("batch-size: 5\nbatch_size: 7\n", "are one option")):  # fmt: skip
+        cfg.write_text(body)
+        r = run()
+        out = " ".join(r.output.replace("│", " ").split())  # rich boxes its lines
+        assert r.exit_code == 2 and why in out and "c.yaml" in out, (body, r.output)
+        assert "Traceback" not in r.output
+    cfg.write_text("batch_size: 4\njson: true\n")
+    r = run("--batch-size", "8")
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
+
+
 def test_bad_input_is_one_clear_error_line_not_a_traceback(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("text,label\nhello,a\n,b\n")
