@@ -301,12 +301,22 @@ class TextClassifier:
         )  # fmt: skip
         self.result_: TrainResult = result
         self.metrics_: dict = {"training": result.summary()}
-        if result.best:
-            self.metrics_["valid"] = result.best
         self.run_dir_ = Path(run_dir) if run_dir is not None else None
         self._train_config = cfg  # here, with the rest: a fit that fails leaves the last one
         # Predict where training ran: a model trained on the GPU also scores its test set there.
         self._predictor = Predictor(self.model_dir_, device=str(ctx.device))
+        if result.best:
+            self.metrics_["valid"] = result.best
+            if result.precision != "fp32":
+                # Validation ran under the training autocast (bf16/fp16), which may flip a few
+                # predictions against what the saved model predicts (fp32, as the test report
+                # is made): the reported figures are the saved model's, beside the one that
+                # picked the epoch.
+                during = {k: result.best[k] for k in ("accuracy", "macro_f1", "loss")}
+                self.metrics_["valid"] = {
+                    **self.evaluate(valid_ds),
+                    "during_training": {**during, "precision": result.precision},
+                }
         # the weights the metrics describe (save drops them once the model is changed)
         self.model_dir_.read_state = weights_state(self.model_dir_.model)
         return self

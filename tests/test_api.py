@@ -270,6 +270,24 @@ def test_the_held_out_validation_split_is_reported(toy_data, capsys):
     assert "training on the other 72" in err and clf.result_.history
 
 
+def test_valid_figures_are_the_saved_models_even_when_training_ran_in_bf16(toy_data):
+    from slimtext.train.precision import cpu_has_bf16
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no bf16 instructions")
+    texts, labels = toy_data
+    valid = (texts[:30], labels[:30])
+    clf = TextClassifier(model="transformer", vocab_size=400, max_length=32, hidden_size=32,
+                         num_layers=1, num_heads=2, ffn_size=64, epochs=2, precision="bf16",
+                         verbose=False).fit((texts[30:], labels[30:]), valid)  # fmt: skip
+    v, again = clf.metrics_["valid"], clf.evaluate(valid)
+    assert {k: v[k] for k in ("accuracy", "macro_f1", "loss", "confusion_matrix")} == {
+        k: again[k] for k in ("accuracy", "macro_f1", "loss", "confusion_matrix")
+    }
+    assert v["during_training"]["precision"] == "bf16"
+    assert v["during_training"]["accuracy"] == clf.result_.best["accuracy"]
+
+
 def test_the_saved_recipe_records_the_vocabulary_actually_used(fitted, toy_data, tmp_path):
     fitted.save(tmp_path / "m")
     clf = TextClassifier(model="attention", tokenizer=str(tmp_path / "m" / "tokenizer.json"),
