@@ -349,6 +349,25 @@ def _model_card(name: str, model: nn.Module, config: ModelConfig, labels, metric
     n = count_params(model)
     size = f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n:,}"
     layers = f"{config.num_layers} layer" + ("s" if config.num_layers != 1 else "")
+    pre = (metrics or {}).get("pretrain")
+    if isinstance(pre, dict):  # `slimtext pretrain`'s encoder: its head is a placeholder
+        loss = pre.get("final_loss")
+        return "\n".join([
+            f"# {name}",
+            "",
+            f"A slimtext `{config.arch}` encoder pretrained by masked-language modelling "
+            f"({size} parameters, hidden {config.hidden_size}, {layers}): {pre.get('steps')} "
+            f"steps on {pre.get('texts')} texts"
+            + (f", final MLM loss {loss:.3f}" if isinstance(loss, numbers.Real) else "") + ".",
+            "",
+            "It is not a classifier yet: its classification head is an untrained placeholder. "
+            "Fine-tune it on labelled data:",
+            "",
+            f"    slimtext train --init {name} --data train.csv --out my-classifier",
+            "",
+            f'In Python: `slimtext.TextClassifier(init="{name}").fit(train)`.',
+            "",
+        ])  # fmt: skip
     lines = [
         f"# {name}",
         "",

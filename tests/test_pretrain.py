@@ -92,6 +92,9 @@ def test_pretrained_dir_has_encoder_and_tied_mlm_head(pretrained):
     # Tied decoder: only its bias is stored; the weight is the token embedding matrix.
     assert set(head) == {"dense.weight", "dense.bias", "norm.weight", "norm.bias", "bias"}
     assert head["bias"].shape == (md.config.vocab_size,)
+    card = (enc / "README.md").read_text()  # says what it is, and how to fine-tune it
+    assert "pretrained by masked-language modelling" in card and "classifier (" not in card
+    assert f"slimtext train --init {enc.name}" in card and "pretrain-0" not in card
 
 
 def test_init_loads_every_encoder_weight_and_only_the_head_is_new(pretrained, toy_data):
