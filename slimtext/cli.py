@@ -404,6 +404,23 @@ def _checkpoints_of(out: Path) -> Path:
     return out.parent / f"{out.name}.checkpoints"
 
 
+def _run_checkpoints(out: Path, checkpoint_every: int, resume: bool, say) -> Path | None:
+    """The run's checkpoint folder (None: it writes none), checked before anything is read."""
+    from .train.checkpoint import FINISHED, check_fresh_start, list_checkpoints
+
+    folder = _checkpoints_of(out)
+    finished = (folder / FINISHED).is_file()  # its checkpoints are cleared when the run starts
+    if not (checkpoint_every or resume):
+        # An unfinished run's checkpoints stay beside a model written without any: a later
+        # --resume would continue that run over this model. Refused, as with checkpoints.
+        if not finished:
+            check_fresh_start(folder, resume=False)
+        return None
+    if resume and not finished and not list_checkpoints(folder):
+        say(f"note: no checkpoints in {folder}; starting fresh")
+    return folder
+
+
 def _one_of(value: str, choices: tuple[str, ...]) -> str:
     """An option's value, lower-cased, if it is one of `choices`; a usage error otherwise."""
     if value.lower() not in choices:
@@ -503,6 +520,7 @@ def _train(
 
     # an --out that would be refused must fail now, not after training
     check_save_target(out, reads=(params.get("init"),))
+    ckpt = _run_checkpoints(out, checkpoint_every, resume, say)
     # All data is read (and its report shown) before training: a missing or broken test file
     # must not surface only after an hour of training.
     # Every rank reads and checks them, so that a bad file stops all ranks alike.
@@ -521,9 +539,6 @@ def _train(
         say(f"init: {params['init']} (its tokenizer and shape; --tokenizer/--vocab-size ignored)")
     clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
                          valid_fraction=valid_fraction, verbose=progress, **params)  # fmt: skip
-    ckpt = _checkpoints_of(out) if (checkpoint_every or resume) else None
-    if resume and (ckpt is None or not ckpt.is_dir()):
-        say(f"note: no checkpoints in {ckpt}; starting fresh")
     from .train.checkpoint import clear_finished, exclusive, mark_finished
     from .train.distributed import barrier
 
@@ -660,7 +675,8 @@ def pretrain(
         from .pretrain import pretrain as run_pretrain
 
         check_save_target(out)  # fail now rather than after pretraining
-        ckpt = _checkpoints_of(out) if (checkpoint_every or resume) else None
+        say = (lambda msg: typer.echo(msg, err=True)) if ctx.is_main else (lambda msg: None)
+        ckpt = _run_checkpoints(out, checkpoint_every, resume, say)
         t0 = time.perf_counter()
         kw = _load_kw(text_col, None, encoding, encoding_errors, on_bad)
         ds = load_data(data, require_labels=False, **kw)

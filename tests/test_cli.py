@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -250,6 +251,25 @@ def test_yaml_config_errors_name_the_file_and_key(tmp_path, tiny_model_dir, data
     cfg.write_text("batch_size: 4\njson: true\n")
     r = run("--batch-size", "8")
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
+
+
+def test_an_unfinished_runs_checkpoints_are_never_left_behind_a_new_model(tmp_path, data_files):
+    train, _ = data_files
+    out = tmp_path / "m"
+    steps = ["--max-steps", "2", *SMALL]
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--resume", *steps])
+    assert r.exit_code == 0 and "no checkpoints in" in r.output and "starting fresh" in r.output
+    # an earlier run killed after a checkpoint: a run without checkpoints is refused too
+    unfinished = tmp_path / "m.checkpoints" / "step-000000004"
+    unfinished.mkdir(parents=True)
+    (tmp_path / "m.checkpoints" / "FINISHED").unlink()  # the first run's mark
+    shutil.rmtree(out)
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), *steps])
+    assert r.exit_code == 2 and "checkpoints of an earlier run" in r.output, r.output
+    assert not out.exists() and unfinished.is_dir()
+    (tmp_path / "m.checkpoints" / "FINISHED").write_text(str(out))  # that run wrote its model
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), *steps])
+    assert r.exit_code == 0, r.output
 
 
 def test_bad_input_is_one_clear_error_line_not_a_traceback(tmp_path):

@@ -681,6 +681,11 @@ def fit(
                 window = [sum(w[0] for w in windows), sum(w[1] for w in windows)]
                 window = window if ctx.is_main else [0.0, 0]
         best_score, bad_epochs = st["best_score"], st["bad_epochs"]
+        # Killed after early stopping fired (its last checkpoint is written after): stopped.
+        # Checkpoints from before the flag existed say it by their count of bad epochs.
+        result.stopped_early = bool(st.get("stopped_early", False)) or (
+            cfg.patience is not None and bad_epochs >= cfg.patience
+        )
         result.history = json.loads(st["history_json"])
         result.best_epoch = st["best_epoch"]
         result.best = json.loads(st["best_json"]) if st["best_json"] else None
@@ -715,6 +720,7 @@ def fit(
             "step": step,
             "best_score": best_score,
             "bad_epochs": bad_epochs,
+            "stopped_early": result.stopped_early,
             "best_epoch": result.best_epoch,
             "history_json": json.dumps(result.history),
             "best_json": json.dumps(result.best) if result.best else "",
@@ -737,7 +743,7 @@ def fit(
     bar = tqdm(
         total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True
     )
-    done = step >= total_steps
+    done = step >= total_steps or result.stopped_early
     try:
         while epoch < epochs and not done:
             batches = epoch_batches(epoch)

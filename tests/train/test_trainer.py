@@ -143,6 +143,16 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(encoded)
     assert len(res.history) == 3
 
 
+def test_a_run_killed_after_early_stopping_resumes_to_the_same_stop(encoded, tmp_path):
+    kw = dict(epochs=10, lr=1e-9, patience=2, metric="accuracy")
+    ref, first = run(encoded, {"checkpoint_dir": tmp_path}, **kw)
+    assert first.stopped_early and len(first.history) == 3
+    # killed before its model directory was written: resuming trains nothing more
+    again, res = run(encoded, {"checkpoint_dir": tmp_path, "resume": True}, **kw)
+    assert res.stopped_early and res.steps == first.steps and res.history == first.history
+    assert_same_weights(ref, again)
+
+
 @pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 instructions")
 def test_bf16_autocast_trains_on_cpu(encoded):
     _, res = run(encoded, {}, precision="bf16", epochs=10)
