@@ -437,7 +437,7 @@ def _score(report: dict, metric: str) -> float:
 class _Log:
     """metrics.jsonl (+ TensorBoard when installed) in the run directory."""
 
-    def __init__(self, run_dir: Path | None, resume_at: int | None):
+    def __init__(self, run_dir: Path | None, resume_at: int | None, evaluations: int = 0):
         self.f = None
         self.tb = None
         if run_dir is None:
@@ -447,8 +447,19 @@ class _Log:
         if resume_at is not None and path.is_file():
             # The killed run logged past its last checkpoint; the resumed run logs those steps
             # again, so drop them: the curve must not double back.
-            keep = [ln for ln in path.read_text(encoding="utf-8").splitlines()
-                    if ln.strip() and json.loads(ln).get("step", 0) <= resume_at]  # fmt: skip
+            # A validation at the checkpoint's own step may be logged and not in the checkpoint
+            # (killed between a step's checkpoint and its epoch end): only the `evaluations` the
+            # checkpoint holds are kept, as the resumed run evaluates the rest again.
+            keep, seen = [], 0
+            for ln in path.read_text(encoding="utf-8").splitlines():
+                rec = json.loads(ln) if ln.strip() else {}
+                if not rec or rec.get("step", 0) > resume_at:
+                    continue
+                if "valid_loss" in rec:
+                    seen += 1
+                    if seen > evaluations:
+                        continue
+                keep.append(ln)
             atomic_write_text(path, "".join(ln + "\n" for ln in keep))
         # Held open for the whole run (closed in close()), so no context manager.
         mode = "a" if resume_at is not None else "w"
@@ -739,7 +750,8 @@ def fit(
         save_checkpoint(ckpt_dir, step, model=wrapped, optimizer=opt, state=st,
                         best_state=best_state, keep=cfg.keep_checkpoints, ctx=ctx)  # fmt: skip
 
-    log = _Log(run_dir, resume_at=step if resume and step > 0 else None)
+    log = _Log(run_dir, resume_at=step if resume and step > 0 else None,
+               evaluations=len(result.history))  # fmt: skip
     bar = tqdm(
         total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True
     )

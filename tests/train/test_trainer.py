@@ -143,6 +143,19 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(encoded)
     assert len(res.history) == 3
 
 
+@pytest.mark.parametrize("evaluations", [0, 1])
+def test_resumed_log_keeps_only_the_validations_the_checkpoint_holds(tmp_path, evaluations):
+    from slimtext.train.trainer import _Log
+
+    recs = [{"step": 10, "loss": 1.0}, {"step": 20, "loss": 0.9},
+            {"step": 20, "epoch": 1, "valid_loss": 0.8}, {"step": 30, "loss": 0.7}]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    # killed after step 20's checkpoint, with or without its epoch-end validation in it
+    _Log(tmp_path, resume_at=20, evaluations=evaluations).close()
+    kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert kept == recs[: 2 + evaluations]
+
+
 def test_a_run_killed_after_early_stopping_resumes_to_the_same_stop(encoded, tmp_path):
     kw = dict(epochs=10, lr=1e-9, patience=2, metric="accuracy")
     ref, first = run(encoded, {"checkpoint_dir": tmp_path}, **kw)
