@@ -531,7 +531,7 @@ def _versus_peers(mine: list[dict], peers: list[dict]) -> dict:
         rates = {e["backend"]: docs_per_s(e, key) for e in mine if docs_per_s(e, key)}
         if not rates:
             continue
-        best = max(rates, key=rates.get)
+        best = _fastest(rates)[0]
         theirs = {p["peer"]: docs_per_s(p, key) for p in peers if docs_per_s(p, key)}
         out[key] = {
             "backend": best,
@@ -540,6 +540,21 @@ def _versus_peers(mine: list[dict], peers: list[dict]) -> dict:
             "ratios": {p: rates[best] / r for p, r in theirs.items()},
         }
     return out
+
+
+def _fastest(rate: dict[str, float]) -> tuple[str | None, str | None, bool]:
+    """(fastest backend, fastest other than int8, whether int8 is the one): int8 only when
+    it beats every other backend by `auto`'s margin for low-precision backends, so that every
+    part of the report names the backend `slimtext.load(..., backend="auto")` would pick."""
+    from ..infer import LOW_PRECISION_MARGIN
+
+    floats = {b: r for b, r in rate.items() if b != "onnxruntime-int8"}
+    best_float = max(floats, key=floats.get) if floats else None
+    int8 = rate.get("onnxruntime-int8")
+    chosen = bool(
+        int8 and (best_float is None or int8 > floats[best_float] / (1 - LOW_PRECISION_MARGIN))
+    )
+    return ("onnxruntime-int8" if chosen else best_float), best_float, chosen
 
 
 def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
@@ -555,15 +570,9 @@ def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
         parts = []
         for bs in ("1", "64"):
             rate = {e["backend"]: e["docs_per_s"].get(bs) or 0.0 for e in mine}
+            fastest, best_float, chosen = _fastest(rate)
             floats = {b: r for b, r in rate.items() if b != "onnxruntime-int8"}
-            best_float = max(floats, key=floats.get) if floats else None
             int8 = rate.get("onnxruntime-int8")
-            # int8 only when clearly faster than every other backend, by `auto`'s margin.
-            chosen = bool(
-                int8
-                and (best_float is None or int8 > floats[best_float] / (1 - LOW_PRECISION_MARGIN))
-            )
-            fastest = "onnxruntime-int8" if chosen else best_float
             m[f"fastest_b{bs}"] = fastest
             m[f"int8_chosen_b{bs}"] = chosen
             if int8 and best_float:
