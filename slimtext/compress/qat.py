@@ -136,6 +136,7 @@ def convert_qat_(model: nn.Module, config: QAT, **extra) -> dict:
 
     model.cpu().eval()
     done: dict[str, str] = {}
+    after: list[str] = []  # rounded after training, not trained fake-quantized
     for name, m in list(model.named_modules()):
         if isinstance(m, FakeQuantizedLinear):
             new = Int8Linear(m.in_features, m.out_features, m.bias is not None,
@@ -146,6 +147,13 @@ def convert_qat_(model: nn.Module, config: QAT, **extra) -> dict:
         elif isinstance(m, FakeQuantizedEmbedding):
             new = Int8Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx)
             q, s = _int8_from_fake(m.weight_fake_quantizer, m.weight)
+        elif type(m) is nn.Embedding and name.endswith("ngram") and name in _targets(model, config):
+            # Trained in float (see prepare_qat_), rounded to int8 rows after training as
+            # post-training quantization would: like the token table, it is most of the bytes.
+            set_module(model, name, Int8Embedding.from_embedding(m))
+            done[name] = "Int8Embedding"
+            after.append(name)
+            continue
         else:
             continue
         new.qweight.copy_(q)
@@ -154,6 +162,7 @@ def convert_qat_(model: nn.Module, config: QAT, **extra) -> dict:
         done[name] = type(new).__name__
     if not done:
         raise ValueError("convert_qat_: no fake-quantized layers (call prepare_qat_ first)")
+    extra = {**extra, "post_training": after} if after else extra
     return recorded(model, record("quantize", config, modules=done, qat=True, **extra))
 
 

@@ -109,3 +109,25 @@ def test_qat_config_validates_and_convert_needs_prepare(teacher):
         QAT("int4-weight")
     with pytest.raises(ValueError, match="prepare_qat_"):
         convert_qat_(teacher.model, QAT())
+
+
+def test_qat_takes_the_word_pair_table_to_int8_after_training(h, tmp_path):
+    from slimtext.api import TextClassifier
+
+    clf = TextClassifier(model="attention", vocab_size=400, max_length=32, ngram_buckets=512,
+                         epochs=1, verbose=False, threads=1).fit(h.toy(40, seed=1))  # fmt: skip
+    clf.save(tmp_path / "a")
+    md = slimtext.load(tmp_path / "a").model_dir
+    cfg = QAT("int8-dynamic")
+    prepare_qat_(md.model, cfg)
+    assert type(md.model.embeddings.ngram) is torch.nn.Embedding  # trained in float (sparse)
+    rec = convert_qat_(md.model, cfg)
+    assert type(md.model.embeddings.ngram) is Int8Embedding and type(md.model.embeddings.tok) is (
+        Int8Embedding
+    )
+    assert rec["post_training"] == ["embeddings.ngram"]
+    batches = h.batches_of(md, h.toy(10, seed=7), 2)
+    out = h.logits(md.model, batches)
+    save_model_dir(tmp_path / "q", md.model, md.model.config, md.tokenizer, md.labels,
+                   max_length=md.max_length, compression=[rec])  # fmt: skip
+    torch.testing.assert_close(h.logits(slimtext.load(tmp_path / "q").model, batches), out)
