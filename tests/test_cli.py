@@ -404,7 +404,8 @@ def test_sigterm_stops_a_run_like_ctrl_c_with_one_line(tmp_path, data_files):
     assert not list(tmp_path.glob(".m.tmp-*"))
 
 
-def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path, data_files, monkeypatch):
+def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path, data_files, monkeypatch,
+                                                            tiny_model_dir):  # fmt: skip
     # --init hf: without transformers and a QAT recipe without torchao were tracebacks (the
     # second one after measuring the teacher).
     import importlib.util
@@ -426,6 +427,11 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path, data_files
                             str(tmp_path / "q"), *qat])  # fmt: skip
     assert r.exit_code == 2 and "pip install 'slimtext[quant]'" in r.output, r.output
     assert "Traceback" not in r.output and "teacher" not in r.output  # nothing measured first
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')  # a teacher too
+    r = runner.invoke(app, ["compress", str(tiny_model_dir), "--data", str(train), "--out",
+                            str(tmp_path / "d"), "--teacher", f"hf:{tmp_path / 'bert'}",
+                            "--recipe", "distill:layers=1"])  # fmt: skip
+    assert r.exit_code == 2 and "pip install 'slimtext[hf]'" in r.output, r.output
 
 
 def test_out_dot_with_checkpoints_and_a_linked_out(tmp_path, data_files, monkeypatch):

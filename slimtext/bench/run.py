@@ -68,6 +68,17 @@ def available_backends() -> list[str]:
     return out
 
 
+def _missing_backend(name: str) -> str:
+    """Why `available_backends` leaves `name` out, and what would bring it in."""
+    if name.startswith("onnxruntime"):
+        return "onnxruntime and onnx are not installed: pip install 'slimtext[onnx]'"
+    if name.endswith("bf16"):
+        return "this CPU has no native bf16 (AVX512-BF16 or AMX): emulated bf16 is slow"
+    if name.startswith("compile"):
+        return "torch.compile needs a C compiler (cc, gcc or clang) on PATH"
+    return "not available on this machine"
+
+
 def run(
     model_dirs: Sequence[str | os.PathLike],
     data: str,
@@ -92,8 +103,9 @@ def run(
 
     `data` / `train`: anything `slimtext.data.load_data` reads (train is needed by the
     fastText and TF-IDF peers, and by the HF peer when the weights have no exact mapping).
-    `backends`: default all available here. `isolate`: measure each contender in a fresh
-    process (meaningful peak memory; see measure.py). `max_test`: cap on test texts.
+    `backends`: default all (any this machine cannot run is listed as skipped, with why).
+    `isolate`: measure each contender in a fresh process (meaningful peak memory; see
+    measure.py). `max_test`: cap on test texts.
     `peer_options`: {"fasttext": {...}} extra `train_supervised` arguments (e.g. a smaller
     `bucket`), {"tfidf": {"cs": [...]}} the C values searched. `repeat`: measure every
     contender this many times, in turns, and report the median of each figure (each run's
@@ -118,8 +130,8 @@ def run(
     if unknown:
         raise ValueError(f"unknown peers {unknown}; choose from {list(PEERS)}")
     have = available_backends()
-    if backends is None:
-        backends = have
+    if backends is None:  # every one: those this machine lacks are listed as skipped, with why
+        backends = list(SLIMTEXT_BACKENDS)
     bad = [b for b in backends if b not in SLIMTEXT_BACKENDS]
     if bad:
         raise ValueError(f"unknown backends {bad}; choose from {list(SLIMTEXT_BACKENDS)}")
@@ -162,7 +174,7 @@ def run(
     run_backends = [b for b in backends if b in have]
     for b in backends:
         if b not in have:
-            skipped.append({"name": f"backend {b}", "reason": "not available on this machine"})
+            skipped.append({"name": f"backend {b}", "reason": _missing_backend(b)})
     slow = n_models * (len(run_backends) + sum(p in peers for p in ("hf", "ort", "ort-opt")))
     fast = sum(p in peers for p in ("fasttext", "tfidf"))
     n_acc = len(texts)

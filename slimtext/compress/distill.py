@@ -128,6 +128,9 @@ def hf_teacher_logits(
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p}: not a local Hugging Face model folder (no config.json)")
     texts = list(texts)
+    from ..models.hf import _require_transformers
+
+    _require_transformers()  # the extra to install, before any cache lookup
 
     def compute() -> np.ndarray:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer

@@ -39,6 +39,9 @@ STRATEGIES = ("auto", "single", "ddp", "fsdp", "tp", "pp")
 # grad, which fails on the integer attention mask ("only Tensors of floating point dtype can
 # require gradients"; pytorch/pytorch#183024). Seen failing on 2.11, working on 2.13.
 PP_MIN_TORCH = "2.13"
+# FSDP2 (`fully_shard`, `CPUOffloadPolicy`) and DTensor tensor parallelism are public
+# `torch.distributed.fsdp` / `torch.distributed.tensor` APIs from 2.6 (the package's floor is 2.4).
+SHARDED_MIN_TORCH = "2.6"
 
 
 class DistributedError(RuntimeError):
@@ -139,10 +142,16 @@ def dist_timeout() -> float:
 
 
 def check_torch_for(strategy: str) -> None:
-    if strategy == "pp" and torch.torch_version.TorchVersion(torch.__version__) < PP_MIN_TORCH:
+    version = torch.torch_version.TorchVersion(torch.__version__)
+    if strategy == "pp" and version < PP_MIN_TORCH:
         raise DistributedError(
             f"--strategy pp needs torch >= {PP_MIN_TORCH} (this is {torch.__version__}): older "
             "pipelining cannot pass the attention mask between stages; use fsdp or tp"
+        )
+    if strategy in ("fsdp", "tp") and version < SHARDED_MIN_TORCH:
+        raise DistributedError(
+            f"--strategy {strategy} needs torch >= {SHARDED_MIN_TORCH} (this is "
+            f"{torch.__version__}): its FSDP2/DTensor APIs; use ddp, or upgrade torch"
         )
 
 

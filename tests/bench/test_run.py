@@ -3,6 +3,7 @@ missing peer library or a missing --train is reported and skipped; the time budg
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import sys
@@ -108,6 +109,13 @@ def test_missing_peer_library_and_missing_train_are_skipped_not_fatal(
     md = (tmp_path / "report.md").read_text()
     assert "## Skipped" in md and "fasttext-wheel" in md
     assert "fastText and TF-IDF were not measured" in md
+    # A backend this machine lacks (here: onnxruntime "not installed") names the extra
+    run_mod = importlib.import_module("slimtext.bench.run")  # the module: `run` is its function
+    monkeypatch.setattr(run_mod, "available_backends", lambda: ["torch"])
+    result = run([cls_model_dir], str(test), tmp_path, peers=[], backends=["onnxruntime"],
+                 threads=1, isolate=False, progress=False)  # fmt: skip
+    reasons = {s["name"]: s["reason"] for s in result["skipped"]}
+    assert "pip install 'slimtext[onnx]'" in reasons["backend onnxruntime"]
 
 
 def test_time_budget_is_kept_and_what_did_not_fit_is_recorded(cls_model_dir, bench_data,

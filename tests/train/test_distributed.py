@@ -595,3 +595,17 @@ def test_a_checkpoint_not_written_by_tp_is_named_so_when_a_tp_run_resumes_it(tmp
             load_checkpoint(ck, model=model, optimizer=opt, ctx=DistContext(strategy="tp"))
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize(("strategy", "version", "refused"),
+                         [("fsdp", "2.5.1", True), ("tp", "2.4.0", True), ("ddp", "2.4.0", False),
+                          ("fsdp", "2.6.0", False), ("pp", "2.12.0", True)])  # fmt: skip
+def test_strategies_name_the_torch_they_need(monkeypatch, strategy, version, refused):
+    from slimtext.train.distributed import DistributedError, check_torch_for
+
+    monkeypatch.setattr(torch, "__version__", version)
+    if refused:
+        with pytest.raises(DistributedError, match=rf"--strategy {strategy} needs torch >= "):
+            check_torch_for(strategy)
+    else:
+        check_torch_for(strategy)
