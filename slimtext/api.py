@@ -22,6 +22,7 @@ from typing import Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from .artifact import ModelDir, read_model_dir, save_model_dir, weights_state
@@ -51,6 +52,9 @@ Data = Union[TextDataset, str, os.PathLike, tuple]  # noqa: UP007 (readable in h
 _MODEL_KEYS = {f.name for f in fields(ModelConfig)} - {"vocab_size", "num_labels", "arch", "pad_id"}
 _TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 # Smaller defaults for the attention-pooling family: it is the fast, fastText-like option.
+# Texts scored at a time by `evaluate`: its memory is a chunk's windows and logits, whatever
+# the size of the data (a 1M-row evaluation held ~10 GB at once).
+_EVAL_CHUNK = 8192
 _ATTENTION_DEFAULTS = {"num_layers": 0, "hidden_size": 128, "lr": 3e-3, "dropout": 0.1}
 
 
@@ -160,6 +164,9 @@ class TextClassifier:
         if resume and saved is not None and saved.is_file():
             return load_tokenizer(saved)
         if self.tokenizer in ("wordpiece", "bpe"):
+            if self.verbose:  # a minute or more on a million texts: say what the wait is
+                print(f"tokenizer: learning a {self.vocab_size:,}-token {self.tokenizer} "
+                      f"vocabulary from {len(texts):,} texts", file=sys.stderr)  # fmt: skip
             tok = train_tokenizer(texts, vocab_size=self.vocab_size, kind=self.tokenizer)
         else:
             tok = load_tokenizer(self.tokenizer).with_pad()
@@ -268,8 +275,10 @@ class TextClassifier:
             model = build_model(config)
         result = fit(
             model,
-            self._encode(tok, train_ds, labels, cfg),
-            self._encode(tok, valid_ds, labels, cfg) if len(valid_ds) else None,
+            self._encode(tok, train_ds, labels, cfg, self.verbose and ctx.is_main),
+            self._encode(tok, valid_ds, labels, cfg, self.verbose and ctx.is_main)
+            if len(valid_ds)
+            else None,
             cfg,
             label_names=labels,
             pad_id=tok.pad_id,
@@ -314,7 +323,7 @@ class TextClassifier:
                 # picked the epoch.
                 during = {k: result.best[k] for k in ("accuracy", "macro_f1", "loss")}
                 self.metrics_["valid"] = {
-                    **self.evaluate(valid_ds),
+                    **self.evaluate(valid_ds, progress=self.verbose),
                     "during_training": {**during, "precision": result.precision},
                 }
         # the weights the metrics describe (save drops them once the model is changed)
@@ -323,9 +332,10 @@ class TextClassifier:
 
     @staticmethod
     def _encode(
-        tok: TextTokenizer, ds: TextDataset, labels: list[str], cfg: TrainConfig
-    ) -> Encoded:
-        ids, owner = tok.encode_windows(ds.texts, cfg.max_length, cfg.long_text)
+        tok: TextTokenizer, ds: TextDataset, labels: list[str], cfg: TrainConfig,
+        progress: bool = False,
+    ) -> Encoded:  # fmt: skip
+        ids, owner = tok.encode_windows(ds.texts, cfg.max_length, cfg.long_text, progress)
         index = {lab: i for i, lab in enumerate(labels)}
         y = None if ds.labels is None else [index[ds.labels[i]] for i in owner]
         return Encoded(ids, y, owner if len(owner) != len(ds) else None)
@@ -351,8 +361,9 @@ class TextClassifier:
         """(N, C) probabilities, columns in the order of `classes_`."""
         return self._check_fitted().predict_proba(texts)
 
-    def evaluate(self, data: Data) -> dict:
-        """Full report: accuracy, macro_f1, n, per_class, confusion_matrix, loss."""
+    def evaluate(self, data: Data, progress: bool = False) -> dict:
+        """Full report: accuracy, macro_f1, n, per_class, confusion_matrix, loss. Read in
+        chunks (memory bounded by a chunk, not the data); `progress`: a bar on stderr."""
         p = self._check_fitted()
         ds = as_dataset(data)
         if ds.labels is None:
@@ -366,9 +377,26 @@ class TextClassifier:
         # Through the predictor, so the report measures the backend that will serve the model.
         index = {lab: i for i, lab in enumerate(md.labels)}
         y = torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)
-        logits = p.logits(ds.texts)
-        report = classification_report(y.tolist(), logits.argmax(-1).tolist(), md.labels)
-        report["loss"] = float(torch.nn.functional.cross_entropy(logits, y))
+        pred: list[int] = []
+        loss = 0.0
+        bar = None
+        if progress and len(ds) > _EVAL_CHUNK:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(ds), unit="text", desc="evaluating", dynamic_ncols=True)
+        try:
+            for start in range(0, len(ds), _EVAL_CHUNK):
+                stop = min(start + _EVAL_CHUNK, len(ds))
+                logits = p.logits(ds.texts[start:stop])
+                pred += logits.argmax(-1).tolist()
+                loss += float(F.cross_entropy(logits, y[start:stop], reduction="sum"))
+                if bar is not None:
+                    bar.update(stop - start)
+        finally:
+            if bar is not None:
+                bar.close()
+        report = classification_report(y.tolist(), pred, md.labels)
+        report["loss"] = loss / len(ds)
         return report
 
     def score(self, data: Data, y: Sequence | None = None) -> float:

@@ -565,9 +565,9 @@ def _train(
             + (f", {ctx.strategy} x{ctx.world_size})" if ctx.distributed else ")")
             + "; peak memory "
             + (
-                " / ".join(f"{m:.0f}" for m in r.peak_rss_mb) + " MB per rank"
+                " / ".join(f"{m:.0f}" for m in r.peak_rss_mb) + " MiB per rank"
                 if len(r.peak_rss_mb) > 1
-                else f"{sum(r.peak_rss_mb):.0f} MB"
+                else f"{sum(r.peak_rss_mb):.0f} MiB"
             )  # fmt: skip
         )
         if not ctx.is_main:  # rank 0 evaluates and writes the model directory
@@ -736,6 +736,7 @@ def eval_(
     ] = "torch",
     batch_size: int = 64,
     device: DeviceOpt = "cpu",
+    progress: Annotated[bool, typer.Option(help="A progress bar on stderr (long data).")] = True,
     config: ConfigOpt = None,
 ) -> None:
     """Evaluate a model directory on labelled data."""
@@ -746,7 +747,7 @@ def eval_(
         clf = TextClassifier.load(model_dir, backend=backend, batch_size=batch_size, device=device)
         ds = as_dataset(data, **_load_kw(text_col, label_col, encoding, encoding_errors, on_bad))
         typer.echo(f"data: {ds.report()}", err=True)  # rows skipped or repaired, if any
-        rep = clf.evaluate(ds)
+        rep = clf.evaluate(ds, progress=progress)
     except (*_user_errors(), ImportError) as e:
         _fail(e)
     if json_out:

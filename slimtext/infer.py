@@ -57,7 +57,7 @@ import torch
 from .artifact import ModelDir, read_model_dir, weights_state
 from .data.batching import length_sorted_batches, pad_rows
 from .data.dataset import check_texts
-from .tokenizer import check_long_text, pool_windows
+from .tokenizer import check_long_text, pool_windows, row_lengths
 
 BACKENDS = ("torch", "torch-bf16", "compile", "compile-bf16", "onnxruntime", "onnxruntime-int8",
             "auto")  # fmt: skip
@@ -171,7 +171,7 @@ class Predictor:
         # numpy between the runners: ONNX Runtime takes and returns it, torch wraps it without a
         # copy, and at batch 1 the tensor bookkeeping was a fifth of an int8 call's time.
         out = np.empty((len(ids), len(self.model_dir.labels)), dtype=np.float32)
-        for rows in length_sorted_batches([len(r) for r in ids], self.batch_size):
+        for rows in length_sorted_batches(row_lengths(ids), self.batch_size):
             longest = max(len(ids[i]) for i in rows)
             input_ids, mask = pad_rows(ids, rows, pad_id, self._pad_multiple(longest))
             out[rows] = self._runner(input_ids, mask)

@@ -28,6 +28,7 @@ import json
 import os
 import tempfile
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from torch import nn
 
 from .data.batching import Batch
 from .models import ModelConfig, TransformerClassifier, build_model
-from .tokenizer import CLS, MASK, PAD, SEP, TextTokenizer
+from .tokenizer import CLS, MASK, PAD, SEP, TextTokenizer, TokenRows
 from .train import Encoded, TrainResult, fit
 from .train.checkpoint import check_fresh_start
 from .train.distributed import DistContext, init_distributed
@@ -150,15 +151,20 @@ class MLMHead(nn.Module):
         return F.linear(self.norm(F.gelu(self.dense(h))), tok_embedding, self.bias)  # (N, V)
 
 
-def pack_documents(ids: list[list[int]], max_length: int) -> list[list[int]]:
+def pack_documents(ids: Sequence[Sequence[int]], max_length: int) -> TokenRows:
     """Greedy, order-preserving packing of token id lists into rows of <= `max_length`."""
-    rows: list[list[int]] = []
-    for doc in ids:
-        if rows and len(rows[-1]) + len(doc) <= max_length:
-            rows[-1].extend(doc)
-        else:
-            rows.append(list(doc))
-    return rows
+
+    def rows():
+        row: list[int] = []
+        for doc in ids:
+            if row and len(row) + len(doc) > max_length:
+                yield row
+                row = []
+            row.extend(doc)
+        if row:
+            yield row
+
+    return TokenRows.from_lists(rows())
 
 
 class MLMModel(nn.Module):
@@ -325,7 +331,8 @@ def pretrain(
     torch.manual_seed(cfg.seed)
     model = build_model(config)
     mlm = MLMModel(model, tok, mask_prob, packed=pack, whole_word=whole_word)
-    ids, owner = tok.encode_windows(texts, cfg.max_length, cfg.long_text)
+    ids, owner = tok.encode_windows(texts, cfg.max_length, cfg.long_text,
+                                    progress and ctx.is_main)  # fmt: skip
     split = sum(1 for n in Counter(owner).values() if n > 1)  # texts read as several windows
     if pack:
         ids = pack_documents(ids, cfg.max_length)

@@ -288,6 +288,18 @@ def test_valid_figures_are_the_saved_models_even_when_training_ran_in_bf16(toy_d
     assert v["during_training"]["accuracy"] == clf.result_.best["accuracy"]
 
 
+def test_evaluating_in_chunks_gives_the_whole_report(fitted, toy_data, monkeypatch, capsys):
+    import slimtext.api as api
+
+    whole = fitted.evaluate(toy_data)
+    monkeypatch.setattr(api, "_EVAL_CHUNK", 7)  # 90 texts: 13 chunks, the last one short
+    chunked = fitted.evaluate(toy_data, progress=True)
+    assert "evaluating" in capsys.readouterr().err
+    assert chunked["confusion_matrix"] == whole["confusion_matrix"] and chunked["n"] == 90
+    assert chunked["accuracy"] == whole["accuracy"]
+    assert chunked["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+
+
 def test_the_saved_recipe_records_the_vocabulary_actually_used(fitted, toy_data, tmp_path):
     fitted.save(tmp_path / "m")
     clf = TextClassifier(model="attention", tokenizer=str(tmp_path / "m" / "tokenizer.json"),

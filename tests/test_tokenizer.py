@@ -109,3 +109,42 @@ def test_a_given_tokenizer_without_pad_gets_one_and_is_saved_as_given(tmp_path, 
     assert saved["truncation"] is None and saved["padding"] is None  # as given
     emb = load_file(str(tmp_path / "m" / "model.safetensors"))["embeddings.tok.weight"]
     assert emb[0].abs().sum() > 0 and emb.shape[0] == 301  # "!" learns; [PAD] has a row
+
+
+@pytest.mark.parametrize("long_text", ["truncate", "head-tail", "chunks"])
+def test_encoding_in_chunks_gives_what_one_call_gives(toy_data, monkeypatch, long_text):
+    import slimtext.tokenizer as T
+
+    texts = [" ".join(t for _ in range(k % 5 + 1)) for k, t in enumerate(toy_data[0])]
+    tok = train_tokenizer(texts, vocab_size=300)
+    whole, owner = tok.encode_windows(texts, 16, long_text)
+    monkeypatch.setattr(T, "_CHUNK", 7)  # chunk and block boundaries inside the data
+    chunked, chunked_owner = tok.encode_windows(texts, 16, long_text, progress=True)
+    backend = tok.backend
+    backend.no_truncation()
+    assert chunked == whole and chunked_owner == owner and len(whole) >= len(texts)
+    if long_text == "truncate":  # the reference: the tokenizer's own lists
+        backend.enable_truncation(16)
+        assert [list(r) for r in chunked] == [e.ids for e in backend.encode_batch(texts)]
+    assert chunked.lengths().tolist() == [len(r) for r in chunked] == T.row_lengths(chunked)
+
+
+def test_token_rows_read_back_as_lists():
+    from slimtext.tokenizer import TokenRows
+
+    lists = [[2, 5, 3], [2, 3], [], [2, 70000, 9, 3]]
+    rows = TokenRows.from_lists(lists)
+    assert len(rows) == 4 and rows[1] == [2, 3] and rows[-1] == lists[-1] and list(rows) == lists
+    assert rows == lists and lists == rows and rows != lists[:3]
+    assert (
+        rows[1:3] == lists[1:3]
+        and (rows + [[1]]) == [*lists, [1]]
+        and [[1]] + rows
+        == [
+            [1],
+            *lists,
+        ]
+    )
+    with pytest.raises(IndexError):
+        rows[4]
+    assert rows.flat.dtype.itemsize == 4  # 4 bytes a token

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..data.batching import Batch, length_sorted_batches, pad_batch
+from ..tokenizer import row_lengths
 from ..train.trainer import Encoded
 
 
@@ -40,7 +41,7 @@ def calibration_batches(
 
 
 def iter_batches(data: Encoded, pad_id: int, batch_size: int = 64) -> Iterator[Batch]:
-    for idx in length_sorted_batches([len(r) for r in data.ids], batch_size):
+    for idx in length_sorted_batches(row_lengths(data.ids), batch_size):
         yield pad_batch(data.ids, idx, pad_id, data.labels)
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from ..data.batching import length_sorted_batches, pad_batch
 from ..metrics import classification_report
-from ..tokenizer import pool_windows
+from ..tokenizer import pool_windows, row_lengths
 from .distributed import DistContext, all_gather_object
 from .precision import autocast
 
@@ -40,7 +40,7 @@ def predict_logits(
     model.eval()
     out: torch.Tensor | None = None
     try:
-        for rows in length_sorted_batches([len(r) for r in ids], batch_size):
+        for rows in length_sorted_batches(row_lengths(ids), batch_size):
             b = pad_batch(ids, rows, pad_id).to(device)
             with autocast(device, precision):
                 logits = model(b.input_ids, b.attention_mask)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data.batching import Batch, bucketed_batches, pad_batch
 from ..fileio import atomic_write_text
-from ..tokenizer import check_long_text
+from ..tokenizer import check_long_text, row_lengths
 from .checkpoint import (
     check_fresh_start,
     latest_checkpoint,
@@ -346,7 +346,7 @@ _RESUME_FIELDS = ("epochs", "max_steps", "lr", "weight_decay", "warmup", "schedu
 def _fingerprint(data: Encoded) -> str:
     """Rows, and a CRC of their token counts and labels (not of the texts: the ids are all a
     run keeps, and a changed file almost surely changes them)."""
-    lengths = [len(x) for x in data.ids]
+    lengths = row_lengths(data.ids)
     raw = json.dumps([lengths, list(data.labels) if data.labels is not None else None]).encode()
     return f"{len(lengths)} rows, crc32 {zlib.crc32(raw):08x}"
 
@@ -570,7 +570,7 @@ def fit(
     run_dir = Path(run_dir) if run_dir is not None and ctx.is_main else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
-    lengths = [len(x) for x in train.ids]
+    lengths = row_lengths(train.ids)
     # the precision as resolved ("auto" is bf16 or fp32 depending on the machine)
     key = _resume_key(cfg, ctx, model, label_names, train, valid,
                       {"precision": precision, **(resume_key or {})})  # fmt: skip
@@ -872,7 +872,7 @@ def fit(
                 log.write(rec)
                 if progress:
                     tqdm.write(
-                        f"epoch {seen:g}: valid accuracy {report['accuracy']:.4f} "
+                        f"epoch {seen:.4g}: valid accuracy {report['accuracy']:.4f} "
                         f"macro-F1 {report['macro_f1']:.4f} loss {report['loss']:.4f}",
                         file=sys.stderr,  # logs, not results: `train > report.txt` stays clean
                     )
