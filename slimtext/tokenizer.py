@@ -89,12 +89,12 @@ class TextTokenizer:
         rows = _RowsBuilder()
         for chunk in _chunks(texts, progress):
             rows.extend(e.ids for e in _encode_batch(tok, chunk))
-        return rows.build()
+        return rows.result()
 
     def encode_windows(
         self, texts: Sequence[str], max_length: int, long_text: str = "truncate",
         progress: bool = False,
-    ) -> tuple[TokenRows, list[int]]:  # fmt: skip
+    ) -> tuple[Sequence[list[int]], list[int]]:  # fmt: skip
         """Token ids of one or more windows per text, and the index of the text of each window.
 
         Texts that fit in `max_length` give one window, themselves, in every mode. Longer ones:
@@ -147,7 +147,7 @@ class TextTokenizer:
                     start = round(j * gap)
                     windows.append(prefix + body[start : start + budget] + suffix)
                     owner.append(i)
-        return windows.build(), owner
+        return windows.result(), owner
 
     def to_str(self) -> str:
         """tokenizer.json's text, with the truncation and padding the tokenizer came with."""
@@ -257,6 +257,11 @@ class _RowsBuilder:
             self.blocks.append(flat)
             self.lengths.append(lengths)
             self._rows = []
+
+    def result(self) -> Sequence[list[int]]:
+        """What `encode` returns: `TokenRows`, or for one chunk's worth the lists as they are
+        (a prediction's batch: no packing cost on the hot path, nothing big to save)."""
+        return self._rows if not self.blocks else self.build()
 
     def build(self) -> TokenRows:
         self._flush()
