@@ -43,12 +43,13 @@ def make_data(path: Path, rows: int, data_root: str) -> None:
             f.write(json.dumps({"text": " ".join(w), "label": r["label"]}) + "\n")
 
 
-def run_child(cmd: list[str], code: Path) -> dict:
+def run_child(cmd: list[str], code: Path, cwd: Path) -> dict:
     """Wall time and peak RSS of one child, read with wait4 (communicate() would reap it)."""
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "2"}
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        # cwd outside any checkout: `python -m` puts the working directory before PYTHONPATH
+        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True, cwd=cwd)
         _, status, usage = os.wait4(p.pid, 0)
         p.returncode = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - t0
@@ -57,7 +58,7 @@ def run_child(cmd: list[str], code: Path) -> dict:
         if p.returncode:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{err.read()[-2000:]}")
         return {"wall_s": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-                "stdout": out.read()[-300:]}  # fmt: skip
+                "stdout": out.read()}  # fmt: skip
 
 
 def main() -> None:
@@ -73,9 +74,11 @@ def main() -> None:
         make_data(data, args.rows, args.data_root)
         size_mb = round(data.stat().st_size / 2**20, 1)
         py = [sys.executable, "-m", "slimtext"]
-        train = run_child([*py, "train", "--data", str(data), "--out", str(model), *TINY], code)
-        evaluate = run_child([*py, "eval", str(model), "--data", str(data), "--json",
-                              "--no-progress"], code)  # fmt: skip
+        train = run_child([*py, "train", "--data", str(data), "--out", str(model), *TINY], code,
+                          Path(tmp))  # fmt: skip
+        train["stdout"] = train["stdout"][-300:]
+        evaluate = run_child([*py, "eval", str(model), "--data", str(data), "--json"], code,
+                             Path(tmp))  # fmt: skip
         evaluate["accuracy"] = json.loads(evaluate.pop("stdout"))["accuracy"]
     result = {"machine": machine_info(), "rows": args.rows, "file_mb": size_mb, "code": str(code),
               "train": train, "eval": evaluate}  # fmt: skip
