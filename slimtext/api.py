@@ -33,7 +33,7 @@ from .fileio import atomic_write_text
 from .infer import Predictor
 from .metrics import classification_report
 from .models import ModelConfig, build_model
-from .tokenizer import TextTokenizer, load_tokenizer, train_tokenizer
+from .tokenizer import TextTokenizer, in_chunks, load_tokenizer, train_tokenizer
 from .train import Encoded, TrainConfig, TrainResult, fit
 from .train.checkpoint import check_fresh_start
 from .train.distributed import (
@@ -379,22 +379,10 @@ class TextClassifier:
         y = torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)
         pred: list[int] = []
         loss = 0.0
-        bar = None
-        if progress and len(ds) > _EVAL_CHUNK:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(ds), unit="text", desc="evaluating", dynamic_ncols=True)
-        try:
-            for start in range(0, len(ds), _EVAL_CHUNK):
-                stop = min(start + _EVAL_CHUNK, len(ds))
-                logits = p.logits(ds.texts[start:stop])
-                pred += logits.argmax(-1).tolist()
-                loss += float(F.cross_entropy(logits, y[start:stop], reduction="sum"))
-                if bar is not None:
-                    bar.update(stop - start)
-        finally:
-            if bar is not None:
-                bar.close()
+        for start, texts in in_chunks(ds.texts, _EVAL_CHUNK, progress, "evaluating"):
+            logits = p.logits(texts)
+            pred += logits.argmax(-1).tolist()
+            loss += float(F.cross_entropy(logits, y[start : start + len(texts)], reduction="sum"))
         report = classification_report(y.tolist(), pred, md.labels)
         report["loss"] = loss / len(ds)
         return report

@@ -63,6 +63,7 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
     out = {}
     for k, v in data.items():
         p = params[alias[keys[str(k)]]]
+        v = _home(v)
         many = p.multiple or p.nargs == -1
         if many and not isinstance(v, list):  # `text_col: review`: a list of one
             v = [v]
@@ -74,10 +75,10 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
         if any(isinstance(x, bool) for x in values) and not getattr(p, "is_bool_flag", False):
             raise typer.BadParameter(f"{value}: key {k!r}: {v!r} is a yes/no value")
         try:
-            _coerce(p, ctx, _home(v))
+            _coerce(p, ctx, v)
         except Exception as e:  # click's, or typer's own BadParameter (typer >= 0.29)
             raise typer.BadParameter(f"{value}: key {k!r}: {getattr(e, 'message', e)}") from None
-        out[p.name] = _home(v)
+        out[p.name] = v
     ctx.default_map = {**(ctx.default_map or {}), **out}
     return value
 

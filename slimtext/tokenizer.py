@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +87,7 @@ class TextTokenizer:
         tok.no_padding()  # we pad per batch (dynamic padding), never here
         tok.enable_truncation(max_length)
         rows = _RowsBuilder()
-        for chunk in _chunks(texts, progress):
+        for _, chunk in in_chunks(texts, _CHUNK, progress, "encoding"):
             rows.extend(e.ids for e in _encode_batch(tok, chunk))
         return rows.result()
 
@@ -117,7 +117,7 @@ class TextTokenizer:
         windows = _RowsBuilder()
         owner: list[int] = []
         i = -1
-        for chunk in _chunks(texts, progress):
+        for _, chunk in in_chunks(texts, _CHUNK, progress, "encoding"):
             for enc in _encode_batch(tok, chunk):
                 i += 1
                 ids = enc.ids
@@ -170,16 +170,20 @@ class TextTokenizer:
 _CHUNK = 4096
 
 
-def _chunks(texts: Sequence[str], progress: bool) -> Iterable[Sequence[str]]:
+def in_chunks(
+    items: Sequence, size: int, progress: bool = False, desc: str = ""
+) -> Iterator[tuple[int, Sequence]]:
+    """(start, items[start:start + size]) over `items`, with a progress bar on stderr when asked
+    and there is more than one chunk (a wait to see)."""
     bar = None
-    if progress and len(texts) > _CHUNK:  # a bar only where there is a wait to see
+    if progress and len(items) > size:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(texts), unit="text", desc="encoding", dynamic_ncols=True)
+        bar = tqdm(total=len(items), unit="text", desc=desc, dynamic_ncols=True)
     try:
-        for start in range(0, len(texts), _CHUNK):
-            chunk = texts[start : start + _CHUNK]
-            yield chunk
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            yield start, chunk
             if bar is not None:
                 bar.update(len(chunk))
     finally:

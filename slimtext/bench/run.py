@@ -583,17 +583,16 @@ def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
         for bs in ("1", "64"):
             rate = {e["backend"]: e["docs_per_s"].get(bs) or 0.0 for e in mine}
             fastest, best_float, chosen = _fastest(rate)
-            floats = {b: r for b, r in rate.items() if b != "onnxruntime-int8"}
             int8 = rate.get("onnxruntime-int8")
             m[f"fastest_b{bs}"] = fastest
             m[f"int8_chosen_b{bs}"] = chosen
             if int8 and best_float:
-                m[f"int8_vs_best_float_b{bs}"] = int8 / floats[best_float]
+                m[f"int8_vs_best_float_b{bs}"] = int8 / rate[best_float]
             note = (
                 "int8 not measured"
                 if int8 is None
                 else f"int8 {'chosen' if chosen else 'not chosen'}"
-                + (f" ({int8 / floats[best_float]:.2f}x {best_float})" if best_float else "")
+                + (f" ({int8 / rate[best_float]:.2f}x {best_float})" if best_float else "")
             )
             parts.append(f"fastest at b={bs}: {fastest} ({rate.get(fastest, 0):.0f} docs/s); "
                          f"{note}")  # fmt: skip

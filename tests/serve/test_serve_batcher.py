@@ -53,15 +53,23 @@ def test_large_request_is_split_into_batches_and_reassembled_in_order():
     assert max(stub.calls) <= 5 and sum(stub.calls) == 23
 
 
+async def with_a_held_batch(stub, texts, **kw):
+    """A started batcher whose first batch (`texts`) is inside the stub model, held there until
+    `stub.gate` is set; returns (batcher, that request's task)."""
+    b = DynamicBatcher(stub.predict_proba, max_wait_ms=0, **kw)
+    await b.start()
+    stub.gate.clear()
+    task = asyncio.create_task(b.submit(texts))
+    await async_wait_until(lambda: stub.calls, what="first batch to start")
+    return b, task
+
+
 def test_full_queue_refuses_instead_of_growing():
     stub = StubPredictor()
 
     async def main():
-        b = DynamicBatcher(stub.predict_proba, max_batch_size=1, max_wait_ms=0, max_queue=2)
-        await b.start()
-        stub.gate.clear()
-        first = asyncio.create_task(b.submit(["held in the model"]))
-        await async_wait_until(lambda: stub.calls, what="first batch to start")
+        b, first = await with_a_held_batch(stub, ["held in the model"], max_batch_size=1,
+                                           max_queue=2)  # fmt: skip
         queued = [asyncio.create_task(b.submit([f"q{i}"])) for i in range(2)]
         await async_wait_until(lambda: b.depth == 2, what="queue to fill")
         with pytest.raises(QueueFullError):
@@ -79,11 +87,8 @@ def test_a_cancelled_callers_texts_leave_the_queue_at_once():
     stub = StubPredictor()
 
     async def main():
-        b = DynamicBatcher(stub.predict_proba, max_batch_size=4, max_wait_ms=0, max_queue=6)
-        await b.start()
-        stub.gate.clear()
-        running = asyncio.create_task(b.submit(["r1", "r2", "r3", "r4"]))
-        await async_wait_until(lambda: stub.calls, what="first batch to start")
+        b, running = await with_a_held_batch(stub, ["r1", "r2", "r3", "r4"], max_batch_size=4,
+                                             max_queue=6)  # fmt: skip
         gone = asyncio.create_task(b.submit(["g1", "g2", "g3", "g4"]))
         await async_wait_until(lambda: b.depth == 4, what="the second request to queue")
         gone.cancel()
