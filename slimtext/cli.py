@@ -25,10 +25,20 @@ app = typer.Typer(
 )
 
 
-def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
-    """Eager callback: YAML keys become the command's defaults, so explicit flags still win."""
-    if value is None:
-        return value
+def _load_config(ctx: typer.Context, files: list[Path] | None) -> list[Path] | None:
+    """Eager callback: YAML keys become the command's defaults, so explicit flags still win.
+    Several files are layers (`--config base.yaml --config run.yaml`): a later file's key wins,
+    as a flag wins over them all."""
+    merged: dict = {}
+    for value in files or ():
+        merged.update(_read_config(ctx, value))
+    if merged:
+        ctx.default_map = {**(ctx.default_map or {}), **merged}
+    return files
+
+
+def _read_config(ctx: typer.Context, value: Path) -> dict:
+    """One YAML file's values by parameter name, each checked as its option checks a flag."""
     import yaml
 
     try:  # bytes: YAML reads UTF-8 and, by their byte-order mark, UTF-16/32 files
@@ -79,8 +89,7 @@ def _load_config(ctx: typer.Context, value: Path | None) -> Path | None:
         except Exception as e:  # click's, or typer's own BadParameter (typer >= 0.29)
             raise typer.BadParameter(f"{value}: key {k!r}: {getattr(e, 'message', e)}") from None
         out[p.name] = v
-    ctx.default_map = {**(ctx.default_map or {}), **out}
-    return value
+    return out
 
 
 def _coerce(p, ctx: typer.Context, value):
@@ -106,10 +115,10 @@ def _home(value):
 
 
 ConfigOpt = Annotated[
-    Path | None,
+    list[Path] | None,
     typer.Option(
         "--config",
-        help="YAML file of option values; command-line flags override it.",
+        help="YAML file of option values; flags override it. Repeatable: later files win.",
         callback=_load_config,
         is_eager=True,
         exists=True,

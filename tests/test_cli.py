@@ -253,6 +253,24 @@ def test_yaml_config_errors_name_the_file_and_key(tmp_path, tiny_model_dir, data
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
 
 
+def test_several_yaml_configs_are_layers_later_files_win(tmp_path, data_files):
+    train, _ = data_files
+    base, run = tmp_path / "base.yaml", tmp_path / "run.yaml"
+    base.write_text("max_steps: 3\nlr: 0.01\nseed: 5\n")
+    run.write_text("lr: 0.02\n")
+    out = tmp_path / "m"
+    r = runner.invoke(app, ["train", "--config", str(base), "--config", str(run), "--data",
+                            str(train), "--out", str(out), "--seed", "6", *SMALL])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    saved = json.loads((out / "config.json").read_text())["train"]
+    # base's max_steps, run's lr over base's, the flag's seed over both
+    assert (saved["max_steps"], saved["lr"], saved["seed"]) == (3, 0.02, 6)
+    run.write_text("lr: fast\n")  # a bad value in the second file names that file
+    r = runner.invoke(app, ["train", "--config", str(base), "--config", str(run), "--data",
+                            str(train), "--out", str(out), *SMALL])  # fmt: skip
+    assert r.exit_code == 2 and "run.yaml" in r.output and "lr" in r.output
+
+
 def test_an_unfinished_runs_checkpoints_are_never_left_behind_a_new_model(tmp_path, data_files):
     train, _ = data_files
     out = tmp_path / "m"
