@@ -282,6 +282,10 @@ def row_lengths(ids: Sequence[Sequence[int]]) -> list[int]:
 
 
 def _encode_batch(tok: Tokenizer, texts: Sequence[str]) -> list:
+    # A literal "[SEP]" or "<pad>" in a user's text is text, not a control token (Hugging Face's
+    # default reads it as one: a pasted "[PAD]" got the padding id). Not saved in
+    # tokenizer.json, nor kept by pickling, so set here, on every call.
+    tok.encode_special_tokens = True
     # encode_batch_fast (tokenizers >= 0.21) skips the character offsets, which we never read:
     # ~20% less time for a batch of 64 news texts.
     return getattr(tok, "encode_batch_fast", tok.encode_batch)(list(texts))

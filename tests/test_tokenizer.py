@@ -25,6 +25,23 @@ def test_every_encoding_starts_with_cls_ends_with_sep_and_respects_max_length(to
         assert ids[0] == cls and ids[-1] == sep and len(ids) <= 16
 
 
+@pytest.mark.parametrize("long_text", ["truncate", "chunks"])
+def test_special_token_spellings_in_user_text_are_text_not_control_tokens(toy_data, long_text):
+    import pickle
+
+    texts, _ = toy_data
+    tok = train_tokenizer(texts, vocab_size=150)
+    cls, sep = tok.backend.token_to_id(CLS), tok.backend.token_to_id(SEP)
+    special = {tok.backend.token_to_id(t) for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]")}
+    # a pasted "[PAD]" used to get the padding id; a text of nothing but them, read in chunks,
+    # had no text tokens to find between the template's own and raised StopIteration
+    for t in (tok, pickle.loads(pickle.dumps(tok))):  # pickling drops the backend's setting
+        rows, _ = t.encode_windows(["hello [PAD] [SEP] world [CLS]", "[PAD] " * 40], 16, long_text)
+        for ids in rows:
+            assert ids[0] == cls and ids[-1] == sep
+            assert not special & set(ids[1:-1]), ids
+
+
 def test_hf_folder_with_only_vocab_txt_loads(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", "##s"]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
