@@ -6,6 +6,7 @@ dashes); flags given on the command line override the file.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import signal
@@ -771,6 +772,9 @@ def predict(
     model_dir: Annotated[Path, typer.Argument(help="A slimtext model directory.")],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
     file: Annotated[Path | None, typer.Option(help="One text per line ('-' = stdin).")] = None,
+    encoding: Annotated[
+        str, typer.Option(help="Text encoding of --file or stdin (e.g. cp1252, utf-16).")
+    ] = "utf-8",
     batch_size: int = 64,
     backend: Annotated[
         str, typer.Option(help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto")
@@ -779,11 +783,15 @@ def predict(
     config: ConfigOpt = None,
 ) -> None:
     """Print one JSON line per text: {"label": ..., "probs": {label: p}}. Reads stdin when no
-    text and no file is given; from a file or stdin, one line per text (UTF-8), and an empty
-    line gives {"label": null, "probs": null, "error": ...} so that output lines stay aligned
-    with input lines."""
+    text and no file is given; from a file or stdin, one line per text (UTF-8 unless
+    --encoding), and an empty line gives {"label": null, "probs": null, "error": ...} so that
+    output lines stay aligned with input lines."""
     if texts and file is not None:
         _fail(ValueError("give texts or --file, not both"))
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        _fail(ValueError(f"--encoding {encoding!r}: unknown encoding"))
     try:
         from .infer import load
 
@@ -795,9 +803,9 @@ def predict(
             _predict_lines(pred, enumerate(texts, start=1), "argument")
         elif file is not None and str(file) != "-":
             with open(file, "rb") as f:
-                _predict_lines(pred, _text_lines(f, str(file)), "line")
+                _predict_lines(pred, _text_lines(f, str(file), encoding), "line")
         else:
-            _predict_lines(pred, _text_lines(sys.stdin.buffer, "<stdin>"), "line")
+            _predict_lines(pred, _text_lines(sys.stdin.buffer, "<stdin>", encoding), "line")
     except BrokenPipeError:  # `| head`: the reader has all it wants; say nothing, as Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         raise typer.Exit(128 + signal.SIGPIPE) from None
@@ -805,14 +813,32 @@ def predict(
         _fail(e if isinstance(e, ValueError) else ValueError(f"{file}: {e}"))
 
 
-def _text_lines(f, name: str):
-    """(line number, text) of a binary stream of UTF-8 lines: a BOM and the line ending (LF or
-    CRLF) removed, as the data loaders do; undecodable bytes are an error naming the line."""
+def _text_lines(f, name: str, encoding: str = "utf-8"):
+    """(line number, text) of a binary stream of lines: a BOM and the line ending (LF or CRLF)
+    removed, as the data loaders do; undecodable bytes are an error naming the line."""
+    codec = codecs.lookup(encoding)
+    hint = "; pass --encoding (e.g. cp1252, utf-16)"
+    if codec.name.startswith(("utf-16", "utf-32")):
+        # "\n" is not one byte here: the stream is decoded whole, then cut at "\n" only
+        data = f.read()
+        try:
+            text = data.decode(encoding)
+        except UnicodeDecodeError as e:
+            n = data[: e.start].decode(encoding, "replace").count("\n") + 1
+            raise ValueError(f"{name}:{n}: not valid {encoding} ({e.reason}){hint}") from None
+        lines = text.removeprefix("\ufeff").split("\n")
+        if lines[-1] == "":
+            lines.pop()
+        for n, line in enumerate(lines, start=1):
+            yield n, line.rstrip("\r")
+        return
+    first = "utf-8-sig" if codec.name == "utf-8" else encoding
     for n, raw in enumerate(f, start=1):
         try:
-            line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            line = raw.decode(first if n == 1 else encoding)
         except UnicodeDecodeError as e:
-            msg = f"{name}:{n}: not valid UTF-8 ({e.reason} at byte {e.start})"
+            shown = "UTF-8" if codec.name == "utf-8" else encoding
+            msg = f"{name}:{n}: not valid {shown} ({e.reason} at byte {e.start}){hint}"
             raise ValueError(msg) from None
         yield n, line.rstrip("\r\n")
 

@@ -317,11 +317,17 @@ def train_tokenizer(
     (huggingface/tokenizers#1794). Both are saved, so a trained model is always reproducible.
     """
     if kind == "wordpiece":
-        tok = Tokenizer(models.WordPiece(unk_token=UNK))
-        norm = [normalizers.NFD(), normalizers.StripAccents()]
-        if lowercase:
-            norm.insert(0, normalizers.Lowercase())
-        tok.normalizer = normalizers.Sequence(norm)
+        # Words of up to 200 characters (the default 100 made a run of Japanese or Thai without
+        # spaces one [UNK]).
+        tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=200))
+        # BERT's normalizer with its CJK step: each Chinese character is a word, as BERT reads
+        # them (without it a line of Chinese was one word, one [UNK]). Accents are kept:
+        # stripping them deleted Hindi vowel signs and Japanese voicing marks (が -> か).
+        tok.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.BertNormalizer(
+                clean_text=True, handle_chinese_chars=True, strip_accents=False,
+                lowercase=lowercase)]
+        )  # fmt: skip
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece()
         trainer = trainers.WordPieceTrainer(
@@ -332,7 +338,9 @@ def train_tokenizer(
         )
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=UNK))
-        tok.normalizer = normalizers.Lowercase() if lowercase else None
+        # NFC: one word however it is encoded (macOS and some keyboards give decomposed forms)
+        norm = [normalizers.NFC(), *([normalizers.Lowercase()] if lowercase else [])]
+        tok.normalizer = normalizers.Sequence(norm)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(

@@ -130,6 +130,22 @@ def test_predict_reads_lines_as_the_loaders_do_and_keeps_output_aligned(tmp_path
     r = runner.invoke(app, ["predict", str(out), "goal", "--file", str(f)])
     assert r.exit_code == 2 and "not both" in r.output
 
+    # --encoding: a cp1252 file (Excel) and UTF-16 with its BOM, file and stdin alike
+    cafe = labels_and_probs(["goal", "caf\u00e9 bank"])
+    f.write_bytes("goal\r\ncaf\u00e9 bank\r\n".encode("cp1252"))
+    r = runner.invoke(app, ["predict", str(out), "--file", str(f)])
+    assert r.exit_code == 2 and "pass --encoding" in r.output
+    assert labels_and_probs(["--file", str(f), "--encoding", "cp1252"]) == cafe
+    f.write_bytes("goal\r\ncaf\u00e9 bank\n".encode("utf-16"))
+    assert labels_and_probs(["--file", str(f), "--encoding", "utf-16"]) == cafe
+    utf16 = f.read_bytes()
+    assert labels_and_probs(["--encoding", "utf-16"], input=utf16) == cafe
+    f.write_bytes(utf16 + b"\x00\xd8")  # line 3: a lone surrogate
+    r = runner.invoke(app, ["predict", str(out), "--file", str(f), "--encoding", "utf-16"])
+    assert r.exit_code == 2 and "in.txt:3: not valid utf-16" in r.output
+    r = runner.invoke(app, ["predict", str(out), "--file", str(f), "--encoding", "klingon"])
+    assert r.exit_code == 2 and "unknown encoding" in r.output
+
 
 def test_eval_and_predict_run_on_the_device_asked_for(tiny_model_dir, data_files):
     _, test = data_files

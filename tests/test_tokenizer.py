@@ -165,3 +165,21 @@ def test_token_rows_read_back_as_lists():
     with pytest.raises(IndexError):
         rows[4]
     assert rows.flat.dtype.itemsize == 4  # 4 bytes a token
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+def test_learned_tokenizers_read_scripts_without_spaces_or_with_marks(kind):
+    import unicodedata
+
+    texts = ["应用程序崩溃了请帮忙", "发票金额错误需要更正", "नी ने नया बिल", "Café crème"] * 10
+    tok = train_tokenizer(texts, vocab_size=300, kind=kind, min_frequency=1)
+    unk = tok.backend.token_to_id("[UNK]")
+    # a long line of Chinese was one word over WordPiece's 100-character limit: one [UNK]
+    ids = tok.encode(["应用程序崩溃了" * 20], 512)[0]
+    assert unk not in ids and len(ids) > 100
+    # accents kept: stripping them deleted Hindi vowel signs (नी and ने were both न)
+    a, b = tok.encode(["नी", "ने"], 16)
+    assert a != b
+    # one word however it is encoded: NFD (macOS) and NFC give the same ids
+    nfc = tok.encode(["café crème"], 16)
+    assert tok.encode([unicodedata.normalize("NFD", "café crème")], 16) == nfc

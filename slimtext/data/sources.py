@@ -17,6 +17,7 @@ import json
 import os
 import re
 import threading
+import unicodedata
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -178,8 +179,10 @@ def label_to_str(value: Any) -> tuple[str | None, str | None]:
     if value is None:
         return None, None
     if isinstance(value, str):
-        # "Sports " from a padded CSV cell is the class "Sports", not a sixth class
-        value = value.strip()
+        # "Sports " from a padded CSV cell is the class "Sports", not a sixth class; and
+        # "Ärger" is one class however it is encoded: NFC, as most files have it, since macOS
+        # folder names and zips made on a Mac decompose it (NFD) and the two look the same
+        value = unicodedata.normalize("NFC", value.strip())
         # "1.0" is how pandas writes 1 of an integer column with gaps: the label 1, as the
         # typed formats (Parquet, JSON) read it
         if _WHOLE_FLOAT.fullmatch(value):
@@ -343,6 +346,9 @@ class _Lines:
             else:
                 text = data.decode(self.opts.encoding, self.opts.errors)
                 self.replaced = sum("\ufffd" in line for line in text.split("\n"))
+        # utf-16-le/-be (unlike utf-16) keep a byte-order mark as a character: it was read
+        # into the first column's name, which then was "not found"
+        text = text.removeprefix("\ufeff")
         # Break at "\n" only, keeping it (and the "\r" of "\r\n"), as the byte-wise path does:
         # str.splitlines would also break inside a text at U+2028, \x85, \x0c, \x1c-\x1e, ...
         lines = text.split("\n")
@@ -481,7 +487,7 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
                 _note_joined_lines(collector, where, start, prev_line)
                 continue
             start, prev_line = prev_line + 1, reader.line_num
-            if not row:
+            if not row or (len(row) == 1 and not row[0].strip()):  # "   " is a blank line too
                 blank += 1
                 continue
             if collector is None:
@@ -804,8 +810,21 @@ def _read_class_folder(
     collector = _Collector(source, opts, labelled=True)
     class_dirs = []
     for entry in sorted(root.iterdir()):
-        if entry.name.startswith("."):
-            collector.skip("hidden folder" if entry.is_dir() else "hidden file")
+        if entry.name.startswith(".") and entry.is_dir():
+            # .git, .ipynb_checkpoints: not classes. A class named ".NET" would be one, so the
+            # note says what it held and how to have it read.
+            try:
+                n = sum(1 for f in entry.iterdir() if not f.name.startswith(".") and f.is_file())
+            except OSError:
+                n = 0
+            collector.skip("hidden folder")
+            if n:
+                collector.notes.append(
+                    f"hidden folder {entry} skipped with its {n} file(s): a folder whose name "
+                    "starts with '.' is not read as a class; rename it to have it read"
+                )
+        elif entry.name.startswith("."):
+            collector.skip("hidden file")
         elif entry.is_dir():
             class_dirs.append(entry)
         else:

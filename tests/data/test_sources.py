@@ -175,6 +175,11 @@ def test_class_folders_label_by_subfolder_sorted_and_count_hidden(write, tmp_pat
     assert ds.labels == ["neg", "neg", "pos"]
     assert ds.origins[0] == str(tmp_path / "corpus/neg/a.txt")
     assert ds.skipped == {"hidden file": 1, "hidden folder": 1}
+    # a hidden folder's files are named in a note: ".NET" may be a class someone meant
+    assert [n for n in ds.notes if "hidden folder" in n] == [
+        f"hidden folder {tmp_path / 'corpus/.git'} skipped with its 1 file(s): a folder whose "
+        "name starts with '.' is not read as a class; rename it to have it read"
+    ]
 
 
 def test_txt_is_one_unlabelled_document_per_line_blank_lines_counted(write):
@@ -396,6 +401,11 @@ def test_on_bad_skip_counts_every_reason_and_notes_locations(write):
     assert "skipped 6" in ds.report()
 
 
+def test_a_csv_line_of_spaces_is_a_blank_line_not_a_short_row(write):
+    ds = load_data(write("d.csv", "text,label\nhi,a\n   \n\t\nyo,b\n  \n"))  # strict: no error
+    assert ds.texts == ["hi", "yo"] and ds.skipped == {"blank line": 3}
+
+
 def test_on_bad_skip_drops_undecodable_csv_record_only(write):
     path = write("d.csv", b"text,label\ncaf\xe9,a\nok,b\n")
     ds = load_data(path, on_bad="skip")
@@ -527,6 +537,10 @@ def test_utf16_lines_break_at_newline_only(write):
     assert ds.origins == [f"{path}:2", f"{path}:3", f"{path}:4"]
     ds = load_data(write("d.txt", "one\x0cpage\u2029\r\ntwo".encode("utf-32")), encoding="utf-32")
     assert ds.texts == ["one\x0cpage\u2029", "two"]
+    # utf-16-le/-be decode a byte-order mark as a character: not part of the header
+    for codec in ("utf-16-le", "utf-16-be"):
+        ds = load_data(write("e.csv", "\ufefftext,label\nhi,a\n".encode(codec)), encoding=codec)
+        assert ds.texts == ["hi"] and ds.labels == ["a"]
 
 
 def test_utf16_on_bad_skip_skips_each_undecodable_row_and_names_it(write):
@@ -721,3 +735,14 @@ def test_messy_containers_get_a_clear_reading_or_error(write, tmp_path):
                 f.write("some text")
         with pytest.raises(DataError, match="not valid UTF-8; rename it"):
             load_data(tmp_path / "classes")
+
+
+def test_labels_are_one_class_however_their_unicode_is_composed(write, tmp_path):
+    import unicodedata
+
+    nfd = unicodedata.normalize("NFD", "Ärger")  # as macOS names folders
+    write(f"corpus/{nfd}/a.txt", "schlecht")
+    write("corpus/Lob/a.txt", "gut")
+    folder = load_data(tmp_path / "corpus")
+    table = load_data(write("t.csv", "text,label\nmies,Ärger\nprima,Lob\n"))  # composed (NFC)
+    assert sorted(folder.labels) == sorted(table.labels) == ["Lob", "Ärger"]
