@@ -44,6 +44,7 @@ from .train.distributed import (
     full_state_dict,
     init_distributed,
 )
+from .train.trainer import keeps_caller_rng
 
 Data = Union[TextDataset, str, os.PathLike, tuple]  # noqa: UP007 (readable in help text)
 
@@ -176,6 +177,7 @@ class TextClassifier:
         return tok
 
     # ---- learning ------------------------------------------------------------------------
+    @keeps_caller_rng
     def fit(
         self,
         train: Data,
@@ -521,9 +523,11 @@ def _xy(train, valid):
     plain = (str, os.PathLike, TextDataset, tuple)
     if valid is None or isinstance(train, plain) or isinstance(valid, plain):
         return train, valid
-    if not hasattr(train, "__len__") or not hasattr(valid, "__len__"):
+    if not hasattr(train, "__iter__") or not hasattr(valid, "__iter__"):
         return train, valid
-    return (train, valid), None
+    # generators too, as predict takes them (they were refused with a message suggesting
+    # exactly the call that had been made)
+    return (train if hasattr(train, "__len__") else list(train), valid), None
 
 
 def _given_labels(data: Data) -> tuple[Data, dict | None]:

@@ -42,6 +42,7 @@ from .tokenizer import CLS, MASK, PAD, SEP, TextTokenizer, TokenRows
 from .train import Encoded, TrainResult, fit
 from .train.checkpoint import check_fresh_start
 from .train.distributed import DistContext, init_distributed
+from .train.trainer import keeps_caller_rng
 
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
 PRETRAIN_LABELS = ["pretrain-0", "pretrain-1"]  # the placeholder head of a pretrained model dir
@@ -247,6 +248,7 @@ def mlm_loss(mlm: MLMModel):
     return loss_fn
 
 
+@keeps_caller_rng
 def pretrain(
     data,
     out: str | os.PathLike,

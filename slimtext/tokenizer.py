@@ -83,12 +83,9 @@ class TextTokenizer:
 
     def encode(self, texts: Sequence[str], max_length: int, progress: bool = False) -> TokenRows:
         """Token ids for each text, truncated to `max_length` (special tokens included)."""
-        tok = self.backend
-        tok.no_padding()  # we pad per batch (dynamic padding), never here
-        tok.enable_truncation(max_length)
         rows = _RowsBuilder()
         for _, chunk in in_chunks(texts, _CHUNK, progress, "encoding"):
-            rows.extend(e.ids for e in _encode_batch(tok, chunk))
+            rows.extend(_head(e, max_length) for e in _encode_batch(self.backend, chunk))
         return rows.result()
 
     def encode_windows(
@@ -112,8 +109,6 @@ class TextTokenizer:
             ids = self.encode(texts, max_length, progress)
             return ids, list(range(len(ids)))
         tok = self.backend
-        tok.no_padding()
-        tok.no_truncation()
         windows = _RowsBuilder()
         owner: list[int] = []
         i = -1
@@ -125,15 +120,7 @@ class TextTokenizer:
                     windows.append(ids)
                     owner.append(i)
                     continue
-                # The template's special tokens sit at both ends; the body between them is cut.
-                special = enc.special_tokens_mask
-                lead = next(j for j, m in enumerate(special) if not m)
-                trail = next(j for j, m in enumerate(reversed(special)) if not m)
-                prefix, body = ids[:lead], ids[lead : len(ids) - trail]
-                suffix = ids[len(ids) - trail :]
-                budget = max_length - lead - trail
-                if budget < 1:
-                    raise TokenizerError(f"max_length {max_length} leaves no room for text tokens")
+                prefix, body, suffix, budget = _split_template(enc, max_length)
                 if long_text == "head-tail":
                     head = budget // 4
                     windows.append(
@@ -281,7 +268,38 @@ def row_lengths(ids: Sequence[Sequence[int]]) -> list[int]:
     return ids.lengths().tolist() if isinstance(ids, TokenRows) else [len(r) for r in ids]
 
 
+def _split_template(enc, max_length: int) -> tuple[list[int], list[int], list[int], int]:
+    """(prefix, body, suffix, budget) of an encoding: the template's special tokens sit at both
+    ends ([CLS] ... [SEP], <s> ... </s>) and stay; the body between them is what is cut, to
+    `budget` tokens a window."""
+    ids, special = enc.ids, enc.special_tokens_mask
+    lead = next((j for j, m in enumerate(special) if not m), len(ids))
+    trail = next((j for j, m in enumerate(reversed(special)) if not m), 0)
+    budget = max_length - lead - trail
+    if budget < 1:
+        raise TokenizerError(f"max_length {max_length} leaves no room for text tokens")
+    return ids[:lead], ids[lead : len(ids) - trail], ids[len(ids) - trail :], budget
+
+
+def _head(enc, max_length: int) -> list[int]:
+    """The encoding's ids cut to `max_length` as the tokenizer's own truncation cuts them: the
+    body's first tokens between the template's special ones. Cut here rather than by setting
+    the shared tokenizer's truncation before each call, which raced: two predictors of one
+    model with other `long_text` (or max lengths) changed it under each other in threads."""
+    ids = enc.ids
+    if len(ids) <= max_length:
+        return ids
+    prefix, body, suffix, budget = _split_template(enc, max_length)
+    return prefix + body[:budget] + suffix
+
+
 def _encode_batch(tok: Tokenizer, texts: Sequence[str]) -> list:
+    # We cut and pad ourselves (per batch: dynamic padding); a tokenizer.json given with its
+    # own truncation or padding has it switched off here, once: saving restores it (to_str).
+    if tok.truncation is not None:
+        tok.no_truncation()
+    if tok.padding is not None:
+        tok.no_padding()
     # A literal "[SEP]" or "<pad>" in a user's text is text, not a control token (Hugging Face's
     # default reads it as one: a pasted "[PAD]" got the padding id). Not saved in
     # tokenizer.json, nor kept by pickling, so set here, on every call.

@@ -332,6 +332,9 @@ def test_integer_labels_come_back_as_integers_in_numeric_order(toy_data, tmp_pat
     # a generator of the same integers: integers too (it gave strings)
     gen = TextClassifier(model="attention", vocab_size=400, max_steps=1, verbose=False)
     assert list(gen.fit((texts, (int(v) for v in y))).classes_) == [1, 2, 10]
+    # fit(X, y) with X and y generators, as predict takes a generator
+    gen = TextClassifier(model="attention", vocab_size=400, max_steps=1, verbose=False)
+    assert list(gen.fit(iter(texts), (int(v) for v in y)).classes_) == [1, 2, 10]
 
 
 def test_labels_come_back_as_given_floats_and_spaced_text_too(toy_data, tmp_path):
@@ -459,3 +462,20 @@ def test_a_pickled_classifier_predicts_as_the_original(tiny_model_dir, tmp_path)
     again = pickle.loads(pickle.dumps(clf))
     assert again._predictor.made_with["onnx_path"] == onnx
     np.testing.assert_allclose(again.predict_proba(long), clf.predict_proba(long), atol=1e-6)
+
+
+def test_fit_gives_the_caller_its_random_stream_back(toy_data):
+    import torch
+
+    def after_fit(seed):
+        torch.manual_seed(seed)
+        TextClassifier(model="transformer", vocab_size=200, max_length=16, max_steps=2,
+                       hidden_size=16, num_layers=1, num_heads=2, ffn_size=16,
+                       verbose=False).fit(toy_data)  # fmt: skip
+        return torch.rand(3)
+
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    # fit seeds torch's global streams for its own run (same seed, same weights) ...
+    torch.testing.assert_close(after_fit(1), expected)  # ... and restores the caller's
+    assert not torch.equal(after_fit(2), expected)

@@ -183,3 +183,21 @@ def test_learned_tokenizers_read_scripts_without_spaces_or_with_marks(kind):
     # one word however it is encoded: NFD (macOS) and NFC give the same ids
     nfc = tok.encode(["café crème"], 16)
     assert tok.encode([unicodedata.normalize("NFD", "café crème")], 16) == nfc
+
+
+def test_encoding_changes_no_shared_state_so_threads_with_other_settings_agree(toy_data):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [" ".join([t] * (k % 6 + 1)) for k, t in enumerate(toy_data[0])]
+    tok = train_tokenizer(texts, vocab_size=300)
+    calls = [(12, "truncate"), (16, "chunks"), (20, "head-tail"), (16, "truncate")] * 6
+    serial = [tok.encode_windows(texts, n, mode) for n, mode in calls]
+    # each call used to set its truncation on the one backend every call shares, so another
+    # thread's call could encode with it (two predictors of one model, other long_text)
+    assert tok.backend.truncation is None and tok.backend.padding is None
+    with ThreadPoolExecutor(8) as ex:
+        threaded = list(ex.map(lambda c: tok.encode_windows(texts, *c), calls))
+    assert threaded == serial
+    # the cut is the tokenizer's own truncation's: the body's head between [CLS] and [SEP]
+    tok.backend.enable_truncation(12)
+    assert [e.ids for e in tok.backend.encode_batch(texts)] == [list(r) for r in serial[0][0]]

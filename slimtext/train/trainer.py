@@ -487,11 +487,26 @@ class _Log:
             self.tb.close()
 
 
-def _leaves_no_trace(f):
-    """`fit` changes the thread count and makes embedding tables sparse for its run; restore
-    both however it ends, errors before the first step included."""
+def keeps_caller_rng(f):
+    """Run `f` on torch's global random streams (it seeds them: same seed, same weights and
+    dropout masks) and give the caller back its own afterwards: a user's `torch.manual_seed`
+    before a `fit` in their app was silently replaced by ours."""
 
     @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        cuda = [torch.cuda.current_device()] if torch.cuda.is_initialized() else []
+        with torch.random.fork_rng(devices=cuda):
+            return f(*args, **kwargs)
+
+    return wrapper
+
+
+def _leaves_no_trace(f):
+    """`fit` changes the thread count, the random streams and makes embedding tables sparse
+    for its run; restore them however it ends, errors before the first step included."""
+
+    @functools.wraps(f)
+    @keeps_caller_rng
     def wrapper(model: nn.Module, *args, **kwargs):
         threads = torch.get_num_threads()
         sparse = [(m, m.sparse) for m in model.modules() if isinstance(m, nn.Embedding)]
