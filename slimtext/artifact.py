@@ -223,7 +223,7 @@ def _check_writable(folder: Path) -> None:
 
 def _read_model_dir(path: Path) -> ModelDir:
     try:
-        verify_manifest(path, required=REQUIRED)
+        listed = verify_manifest(path, required=REQUIRED)
     except IntegrityError as e:
         raise ModelDirError(str(e)) from None
     cfg = _read_json(path / "config.json")
@@ -251,22 +251,25 @@ def _read_model_dir(path: Path) -> ModelDir:
         raise ModelDirError(
             f"{path / 'labels.json'}: expected a list of {config.num_labels} labels"
         )
+    if not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+        # a duplicate lost one class's probability in every answer (a dict keyed by label)
+        raise ModelDirError(f"{path / 'labels.json'}: expected distinct, non-empty text labels")
+    for key, kind in (("train", dict), ("compression", list)):
+        if not isinstance(cfg.get(key, kind()), kind):
+            raise ModelDirError(f"{path / 'config.json'}: {key} must be a JSON {kind.__name__}")
     try:
         tokenizer = load_tokenizer(path / "tokenizer.json")
     except TokenizerError as e:
         raise ModelDirError(str(e)) from None
-    model = build_model(config)
-    if cfg.get("compression"):
-        # Pruned, factorised or quantized layers have other shapes and tensors than the config
-        # alone builds: replay the recorded steps' structure first (slimtext.compress).
-        from .compress import rebuild_
-
-        try:
-            rebuild_(model, cfg["compression"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ModelDirError(
-                f"{path / 'config.json'}: cannot rebuild compressed model ({e})"
-            ) from None
+    if tokenizer.vocab_size > config.vocab_size:  # its ids would index past the table
+        raise ModelDirError(
+            f"{path / 'tokenizer.json'}: {tokenizer.vocab_size} tokens, but the model's table "
+            f"has {config.vocab_size} rows: the tokenizer of another model"
+        )
+    # The sizes config.json claims, checked against the weights file's header before anything
+    # that large is allocated (a doctored 10**9 was a terabyte allocation, or a hang)
+    _check_shapes(path, config, cfg.get("compression") or [])
+    model = _build(path, config, cfg.get("compression") or [])
     try:
         state = load_file(str(path / "model.safetensors"))
     except (SafetensorError, OSError) as e:
@@ -279,10 +282,15 @@ def _read_model_dir(path: Path) -> ModelDir:
         ) from None
     model.eval()
     model.slimtext_compression = list(cfg.get("compression") or [])  # what later steps extend
+    # metrics.json only as the manifest lists it: an unlisted file (a link to any JSON on the
+    # machine) vouches for nothing, and /v1/model shows the metrics to every client
+    metrics = _read_json(path / "metrics.json") if "metrics.json" in listed else {}
+    if not isinstance(metrics, dict):
+        raise ModelDirError(f"{path / 'metrics.json'}: expected a JSON object")
     meta = {
         "train": cfg.get("train", {}),
         "compression": cfg.get("compression", []),
-        "metrics": _read_json(path / "metrics.json") if (path / "metrics.json").is_file() else {},
+        "metrics": metrics,
         "slimtext_version": cfg.get("slimtext_version"),
         "path": str(path),
     }
@@ -293,6 +301,53 @@ def _read_model_dir(path: Path) -> ModelDir:
     max_length = int(cfg.get("max_length", config.max_length))
     values = _label_values(meta["train"], labels, path / "config.json")
     return ModelDir(model, config, tokenizer, labels, max_length, meta, long_text, values)
+
+
+MAX_LAYERS = 1024  # building a doctored 10**7 blocks, even without memory, never ended
+
+
+def _build(path: Path, config: ModelConfig, compression: list) -> nn.Module:
+    """The model config.json describes, with its recorded compression steps' structure
+    (pruned, factorised or quantized layers have other shapes than the config alone builds)."""
+    if config.num_layers > MAX_LAYERS:
+        raise ModelDirError(f"{path / 'config.json'}: {config.num_layers} layers is not a model")
+    model = build_model(config)
+    if compression:
+        from .compress import rebuild_
+
+        try:
+            rebuild_(model, compression)
+        except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as e:
+            raise ModelDirError(
+                f"{path / 'config.json'}: cannot rebuild compressed model ({e})"
+            ) from None
+    return model
+
+
+def _check_shapes(path: Path, config: ModelConfig, compression: list) -> None:
+    """ModelDirError unless the model config.json describes (built on the meta device: no
+    memory) has exactly the tensors and shapes of model.safetensors' header."""
+    from safetensors import safe_open
+
+    weights = path / "model.safetensors"
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise ModelDirError(f"{weights}: unreadable weights ({e})") from None
+    try:
+        with torch.device("meta"):
+            probe = _build(path, config, compression)
+    except (RuntimeError, ValueError, OverflowError) as e:  # sizes past what torch can index
+        raise ModelDirError(f"{path / 'config.json'}: sizes no model has ({e})") from None
+    want = {k: tuple(v.shape) for k, v in probe.state_dict().items()}
+    if have != want:
+        diff = sorted(set(have) ^ set(want)) or sorted(k for k in want if have[k] != want[k])
+        k = diff[0]
+        raise ModelDirError(
+            f"{weights}: weights do not match config.json ({len(diff)} tensor(s) differ; "
+            f"{k}: {have.get(k, 'missing')} in the file, {want.get(k, 'none')} in the config)"
+        )
 
 
 def _label_values(train: dict, labels: list[str], where: Path) -> list | None:
@@ -333,7 +388,7 @@ def _json_scalar(o):
 def _read_json(p: Path):
     try:
         return json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: "[[[[..." nested deep
         raise ModelDirError(f"{p}: unreadable JSON ({e})") from None
 
 

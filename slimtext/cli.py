@@ -156,13 +156,14 @@ def _fail(e: Exception) -> None:
 def _user_errors() -> tuple[type[Exception], ...]:
     from .artifact import ModelDirError
     from .data import DataError
+    from .export import ExportError
     from .fileio import IntegrityError
     from .infer import CacheError
     from .tokenizer import TokenizerError
 
     # ImportError: an optional extra that is not installed (our messages name the pip command)
     return (DataError, ModelDirError, TokenizerError, IntegrityError, FileNotFoundError,
-            ValueError, ImportError, CacheError)  # fmt: skip
+            ValueError, ImportError, CacheError, ExportError)  # fmt: skip
 
 
 @app.command()

@@ -77,7 +77,7 @@ def read_manifest(folder: Path) -> dict[str, dict]:
         raise IntegrityError(f"{folder}: no {MANIFEST}; not a complete slimtext directory")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+    except (OSError, ValueError, RecursionError) as e:  # bad JSON, not UTF-8, nested too deep
         raise IntegrityError(f"{mpath}: unreadable manifest ({e})") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict):
@@ -98,8 +98,9 @@ def read_manifest(folder: Path) -> dict[str, dict]:
     return files
 
 
-def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> None:
-    """Raise IntegrityError naming the first missing, truncated or altered file."""
+def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> dict[str, dict]:
+    """Raise IntegrityError naming the first missing, truncated or altered file; returns the
+    manifest's listing (what may be read: a file it does not list vouches for nothing)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise IntegrityError(f"{folder}: not a directory")
@@ -122,6 +123,7 @@ def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> None:
             )
         if digest != meta["sha256"]:
             raise IntegrityError(f"{p}: checksum mismatch; the file changed after it was written")
+    return files
 
 
 def file_mode(directory: bool = False) -> int:

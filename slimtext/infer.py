@@ -272,7 +272,7 @@ class Predictor:
         return run
 
     def _ort_runner(self, int8: bool = False) -> Runner:
-        from .export import SLOW_FUSIONS, _read_sidecar, require_onnxruntime
+        from .export import SLOW_FUSIONS, ExportError, require_onnxruntime
 
         ort = require_onnxruntime()
         if self._onnx_path:  # the caller's file, for either backend
@@ -288,10 +288,29 @@ class Predictor:
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        sess = ort.InferenceSession(
-            str(path), so, providers=providers, disabled_optimizers=SLOW_FUSIONS
-        )
-        int_mask = _read_sidecar(path).get("mask_dtype") == "int64"
+        try:
+            sess = ort.InferenceSession(
+                str(path), so, providers=providers, disabled_optimizers=SLOW_FUSIONS
+            )
+        except Exception as e:  # ORT's Fail, InvalidProtobuf, ...: a graph it cannot run
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            msg = f"{path}: ONNX Runtime {ort.__version__} cannot load it ({why})"
+            raise ExportError(msg) from None
+        # What the graph itself declares, not a side file: the file could be another model's
+        inputs = {i.name: i.type for i in sess.get_inputs()}
+        outputs = {o.name: o.shape for o in sess.get_outputs()}
+        if set(inputs) != {"input_ids", "attention_mask"} or "logits" not in outputs:
+            raise ExportError(
+                f"{path}: not a slimtext classifier graph (inputs {sorted(inputs)}, outputs "
+                f"{sorted(outputs)})"
+            )
+        n, labels = outputs["logits"][-1], len(self.model_dir.labels)
+        if isinstance(n, int) and n != labels:
+            raise ExportError(
+                f"{path}: gives {n} class scores, this model has {labels} labels: the export of "
+                "another model; export this one again (slimtext export)"
+            )
+        int_mask = inputs["attention_mask"] == "tensor(int64)"
         self.onnx_path = path
 
         def run(input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

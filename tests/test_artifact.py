@@ -195,6 +195,27 @@ def _rewrite_config(fn):
     return damage
 
 
+def _rewrite_json(name, fn):
+    def damage(d):
+        from slimtext.fileio import write_manifest
+
+        new = fn(json.loads((d / name).read_text()))
+        (d / name).write_text(new if isinstance(new, str) else json.dumps(new))
+        write_manifest(d)
+
+    return damage
+
+
+def _model(cfg, **sizes):
+    return {**cfg, "model": {**cfg["model"], **sizes}}
+
+
+def _grow_vocab(tok):
+    vocab = tok["model"]["vocab"]
+    vocab.update({f"extra{i}": len(vocab) + i for i in range(5000)})
+    return tok
+
+
 def _manifest_entries(fn):
     def damage(d):
         files = json.loads((d / "manifest.json").read_text())["files"]
@@ -222,6 +243,20 @@ def _manifest_entries(fn):
         (_rewrite_config(lambda c: [c]), "expected a JSON object"),
         (_rewrite_config(lambda c: {**c, "format_version": "2"}), "format_version must be"),
         (_rewrite_config(lambda c: {**c, "max_length": "abc"}), "max_length must be"),
+        # doctored and re-signed: each a traceback, an allocation of terabytes or a hang before
+        (_rewrite_config(lambda c: {**c, "train": [1]}), "train must be a JSON dict"),
+        (_rewrite_config(lambda c: _model(c, hidden_size=10**9)), "sizes no model has"),
+        (_rewrite_config(lambda c: _model(c, ffn_size=10**6)), "do not match config.json"),
+        (_rewrite_config(lambda c: _model(c, vocab_size=10**12)), "do not match config.json"),
+        (_rewrite_config(lambda c: _model(c, num_layers=10**7)), "layers is not a model"),
+        (_rewrite_config(lambda c: _model(c, num_layers=2)), r"encoder\.blocks\.1.*missing in"),
+        (_rewrite_json("config.json", lambda c: "[" * 100_000), "unreadable JSON"),
+        (lambda d: (d / "manifest.json").write_text("[" * 100_000), "unreadable manifest"),
+        (_rewrite_json("labels.json", lambda c: [c[0], c[0], *c[2:]]), "distinct, non-empty"),
+        (_rewrite_json("labels.json", lambda c: [{"a": 1}, *c[1:]]), "distinct, non-empty"),
+        (_rewrite_json("labels.json", lambda c: list(range(len(c)))), "distinct, non-empty"),
+        (_rewrite_json("metrics.json", lambda c: [1, 2]), "expected a JSON object"),
+        (_rewrite_json("tokenizer.json", _grow_vocab), "the tokenizer of another model"),
     ],
 )
 def test_malformed_manifest_or_config_gives_a_clear_error(tiny_model_dir, tmp_path, damage,
@@ -422,3 +457,22 @@ def test_a_killed_saves_temporary_copy_is_swept_but_a_live_one_is_left(tiny_mode
         os.close(fd)
     assert not dead.exists() and live.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".m.tmp-live", "m"]
+
+
+def test_a_file_the_manifest_does_not_list_is_not_read(tiny_model_dir, tmp_path):
+    from slimtext.fileio import write_manifest
+
+    secret = tmp_path / "secret.json"
+    secret.write_text('{"aws_secret_access_key": "AKIA"}')
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    (d / "metrics.json").unlink()
+    (d / "metrics.json").symlink_to(secret)  # served by /v1/model to any client, before
+    files = json.loads((d / "manifest.json").read_text())["files"]
+    del files["metrics.json"]
+    (d / "manifest.json").write_text(json.dumps({"files": files}))
+    assert slimtext.load(d).model_dir.meta["metrics"] == {}
+    (d / "metrics.json").unlink()
+    shutil.copy(tiny_model_dir / "metrics.json", d / "metrics.json")
+    write_manifest(d)  # listed again: read again
+    assert slimtext.load(d).model_dir.meta["metrics"]

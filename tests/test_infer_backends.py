@@ -370,6 +370,23 @@ def test_missing_onnxruntime_is_a_clear_error(tiny_model_dir, monkeypatch):
     assert pred.backend in raced and set(pred.backend_timings) == raced
 
 
+def test_an_onnx_file_onnxruntime_cannot_load_is_named_and_auto_races_the_rest(onnx_dir, tmp_path):
+    from slimtext.export import ExportError
+    from slimtext.fileio import write_manifest
+    from slimtext.infer import native_bf16
+
+    d = tmp_path / "m"
+    shutil.copytree(onnx_dir, d)
+    (d / "model.onnx").write_bytes(b"\x08\x07 not protobuf")  # e.g. a newer ORT's opset
+    (d / "manifest.json").unlink()
+    write_manifest(d)  # listed and checksummed: only ONNX Runtime can tell
+    with pytest.raises(ExportError, match=r"model\.onnx: ONNX Runtime .* cannot load it"):
+        load(d, backend="onnxruntime")
+    pred = load(d, backend="auto", batch_size=8)  # the serving default: it crashed too
+    raced = {"torch"} | ({"torch-bf16"} if native_bf16() else set())
+    assert pred.backend in raced and "cannot load it" in pred.backend_errors["onnxruntime"]
+
+
 def test_unknown_backend_is_rejected(tiny_model_dir):
     with pytest.raises(ValueError, match="backend must be one of"):
         load(tiny_model_dir, backend="tensorrt")

@@ -7,10 +7,11 @@ A checkpoint is a directory `step-000000123/` holding
 plus `state.pt` (scheduler, scaler, data position, every rank's RNG state, history) and
 `best.safetensors` when keep-best has a candidate. `state.pt` holds only tensors and plain
 containers and is read with `torch.load(weights_only=True)`, which refuses arbitrary pickled
-objects. The directory is written under a temporary name with a manifest of checksums and renamed
-when complete; `latest_checkpoint` skips any that fail verification, so a checkpoint being
-written when the process died is never the one loaded. (DCP shards of a multi-node run must be on
-a filesystem every node sees.)
+objects; the `dcp/` metadata, which DCP pickles, is read by an unpickler that admits only
+DCP's own metadata classes (`_dcp_read`). The directory is written under a temporary name with
+a manifest of checksums and renamed when complete; `latest_checkpoint` skips any that fail
+verification, so a checkpoint being written when the process died is never the one loaded.
+(DCP shards of a multi-node run must be on a filesystem every node sees.)
 """
 
 from __future__ import annotations
@@ -55,6 +56,93 @@ def _dcp_options(flatten: bool = True):
     # a checkpoint resumes under any of them or in one process. Checkpoints from before
     # (`dcp_flat` absent) were flattened under pp only.
     return StateDictOptions(flatten_optimizer_state_dict=flatten)
+
+
+def _dcp_read(sd: dict, folder: Path) -> None:
+    """`dcp.load(sd)` from `folder` without running what a doctored checkpoint could put there:
+    torch's reader unpickles the `.metadata` file and `torch.load(weights_only=False)`s every
+    non-tensor entry, so a checkpoint folder from someone else ran their code on --resume.
+    Here the metadata may name only DCP's own metadata classes, torch sizes, dtypes and paths,
+    and the entries load with `weights_only=True`."""
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import metadata as dcp_meta
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+
+    def allowed(module: str, name: str):
+        if module == dcp_meta.__name__ and isinstance(getattr(dcp_meta, name, None), type):
+            return getattr(dcp_meta, name)
+        if (module, name) == ("torch.distributed.checkpoint.filesystem", "_StorageInfo"):
+            from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+            return _StorageInfo
+        value = getattr(torch, name, None) if module == "torch" else None
+        if value is torch.Size or isinstance(
+            value, (torch.dtype, torch.layout, torch.memory_format)
+        ):
+            return value
+        if (module, name) == ("torch.serialization", "_get_layout"):
+            return torch.serialization._get_layout
+        if module == "pathlib" and name in ("PosixPath", "WindowsPath", "PurePosixPath",
+                                            "PureWindowsPath"):  # fmt: skip
+            import pathlib
+
+            return getattr(pathlib, name)
+        if (module, name) in (("collections", "OrderedDict"), ("builtins", "set"),
+                              ("builtins", "frozenset")):  # fmt: skip
+            import builtins
+            import collections
+
+            return getattr(collections if module == "collections" else builtins, name)
+        raise IntegrityError(
+            f"{folder}: its DCP metadata names {module}.{name}, which a checkpoint has no use "
+            "for: not loaded (a doctored checkpoint?)"
+        )
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            return allowed(module, name)
+
+    def read(path: Path):
+        try:
+            with open(path, "rb") as f:
+                metadata = Unpickler(f).load()
+        except IntegrityError:
+            raise
+        except Exception as e:
+            raise IntegrityError(f"{path}: unreadable DCP metadata ({e})") from None
+        if not isinstance(metadata, dcp_meta.Metadata):
+            raise IntegrityError(f"{path}: not DCP metadata")
+        return metadata
+
+    class Reader(dcp.FileSystemReader):
+        def read_metadata(self):  # no per-rank fallback: one .metadata, checked below first
+            metadata = read(Path(self._get_metadata_path()))
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = dcp_meta.StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class Planner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value) -> None:
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                from torch.distributed.checkpoint._traverse import set_element
+
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    read(folder / ".metadata")  # here, as dcp.load turns a reader's error into another one
+    try:
+        dcp.load(sd, storage_reader=Reader(str(folder)), planner=Planner())
+    except dcp.api.CheckpointException as e:  # {rank: (error, traceback)}
+        why = next(iter(getattr(e, "failures", {}).values()), e)
+        lines = str(why[0] if isinstance(why, tuple) else why).strip().splitlines() or [str(e)]
+        # weights_only's refusal names the global on one of its many lines
+        line = next((x for x in lines if "GLOBAL" in x), lines[0])
+        raise IntegrityError(f"{folder}: cannot load: {line} (a doctored checkpoint?)") from None
 
 
 def _dcp_module(model: nn.Module, ctx: DistContext) -> nn.Module:
@@ -175,7 +263,12 @@ def load_checkpoint(
         verify_manifest(path, required=("state.pt",))
     except IntegrityError as e:
         raise DistributedError(f"cannot resume: {e}") from None
-    state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    try:  # weights_only: plain values and tensors, but not necessarily ours
+        state = torch.load(path / "state.pt", weights_only=True, map_location="cpu")
+    except Exception as e:
+        raise IntegrityError(f"{path}/state.pt: unreadable ({_first_line(e)})") from None
+    if not isinstance(state, dict) or not ("optimizer" in state or (path / "dcp").is_dir()):
+        raise IntegrityError(f"{path}/state.pt: not a checkpoint's state (no optimizer state)")
     saved_tp = int(state.get("tp_size", 1))
     layout = getattr(_raw(model), "_slimtext_layout", None)
     tp_now = layout.tp_size if (layout is not None and ctx.distributed) else 1
@@ -191,14 +284,13 @@ def load_checkpoint(
             f"{tp_now}: resume with the same tp size"
         )
     if (path / "dcp").is_dir():
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
         target = _dcp_module(model, ctx)
         opts = _dcp_options(bool(state.get("dcp_flat", ctx.strategy == "pp")))
         msd, osd = get_state_dict(target, optimizer, options=opts)
         sd = {"model": msd, "optim": osd}
-        dcp.load(sd, checkpoint_id=str(path / "dcp"))
+        _dcp_read(sd, path / "dcp")
         set_state_dict(target, optimizer, model_state_dict=sd["model"],
                        optim_state_dict=sd["optim"], options=opts)  # fmt: skip
     elif _uses_dcp(ctx):
@@ -207,10 +299,21 @@ def load_checkpoint(
             f"(single or ddp), or start this run afresh"
         )
     else:
-        _raw(model).load_state_dict(load_file(str(path / "model.safetensors")))
+        _raw(model).load_state_dict(_weights(path / "model.safetensors"))
         optimizer.load_state_dict(state["optimizer"])
     best = path / "best.safetensors"
-    return state, (load_file(str(best)) if best.is_file() else None)
+    return state, (_weights(best) if best.is_file() else None)
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as e:  # SafetensorError: truncated or not safetensors at all
+        raise IntegrityError(f"{path}: unreadable weights ({_first_line(e)})") from None
 
 
 @contextlib.contextmanager

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batching import Batch, bucketed_batches, pad_batch
-from ..fileio import atomic_write_text
+from ..fileio import IntegrityError, atomic_write_text
 from ..tokenizer import check_long_text, row_lengths
 from .checkpoint import (
     check_fresh_start,
@@ -378,7 +378,12 @@ def _saved_resume_key(ck: Path) -> str | None:
 def _check_resume_key(ck: Path, saved: str | None, key: dict) -> None:
     if not saved:  # written before checkpoints recorded it
         return
-    old = json.loads(saved)
+    try:
+        old = json.loads(saved)
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, TypeError) as e:
+        raise IntegrityError(f"{ck}/state.pt: its resume key is unreadable ({e})") from None
     diffs = []
     for k in sorted(set(old) & set(key)):  # what an older version did not record, it can't
         a, b = old.get(k), key.get(k)
@@ -670,6 +675,8 @@ def fit(
         )
         try:
             st, best_state = load_checkpoint(ck, model=wrapped, optimizer=opt, ctx=ctx)
+        except IntegrityError:  # damaged or not ours: says so itself
+            raise
         except ValueError as e:  # optimizer.load_state_dict: parameter groups differ in size
             _check_resume_key(ck, _saved_resume_key(ck), key)  # names the option, if recorded
             raise ValueError(f"{mixed} ({e})") from e
@@ -681,44 +688,57 @@ def fit(
                 f"{ck}: its weights do not fit this model; resume with the model options that "
                 f"wrote it ({str(e).splitlines()[-1].strip()})"
             ) from None
-        _check_resume_key(ck, st.get("resume_key"), key)
-        sched.load_state_dict(st["scheduler"])
-        if bool(tables) != ("sparse_optimizer" in st):
-            raise ValueError(mixed)
-        if tables:
-            try:
-                opts[1].load_state_dict(st["sparse_optimizer"])
-            except ValueError as e:  # another set of sparse tables (--sparse-embeddings)
-                raise ValueError(f"{mixed} ({e})") from e
-            scheds[1].load_state_dict(st["sparse_scheduler"])
-        scaler.load_state_dict(st["scaler"])
-        # Each rank continues its own dropout stream (rank 0's if the world size changed).
-        rngs = st["rng_cpu"]
-        torch.set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0])
-        if device.type == "cuda" and "rng_cuda" in st:
-            cuda = st["rng_cuda"]
-            own = cuda[ctx.rank] if len(cuda) == ctx.world_size else cuda[0]
-            torch.cuda.set_rng_state(own, device)
-        epoch, batch_pos, step = st["epoch"], st["batch_pos"], st["step"]
-        if "loss_window" in st:  # the steps since the last log line, so that line is whole
-            windows = json.loads(st["loss_window"])
-            window = windows[ctx.rank] if len(windows) == ctx.world_size else None
-            if window is None:  # another world size: the sum is what the log line shows
-                window = [sum(w[0] for w in windows), sum(w[1] for w in windows)]
-                window = window if ctx.is_main else [0.0, 0]
-        best_score, bad_epochs = st["best_score"], st["bad_epochs"]
-        # Killed after early stopping fired (its last checkpoint is written after): stopped.
-        # Checkpoints from before the flag existed say it by their count of bad epochs.
-        result.stopped_early = bool(st.get("stopped_early", False)) or (
-            cfg.patience is not None and bad_epochs >= cfg.patience
-        )
-        result.history = json.loads(st["history_json"])
-        result.best_epoch = st["best_epoch"]
-        result.best = json.loads(st["best_json"]) if st["best_json"] else None
-        for k in ("samples", "tokens"):
-            setattr(result, k, st[k])
-        result.train_seconds = st["train_seconds"]
-        result.resumed_at = step
+        try:
+            _check_resume_key(ck, st.get("resume_key"), key)
+            sched.load_state_dict(st["scheduler"])
+            if bool(tables) != ("sparse_optimizer" in st):
+                raise ValueError(mixed)
+            if tables:
+                try:
+                    opts[1].load_state_dict(st["sparse_optimizer"])
+                except ValueError as e:  # another set of sparse tables (--sparse-embeddings)
+                    raise ValueError(f"{mixed} ({e})") from e
+                scheds[1].load_state_dict(st["sparse_scheduler"])
+            scaler.load_state_dict(st["scaler"])
+            # Each rank continues its own dropout stream (rank 0's if the world size changed).
+            rngs = st["rng_cpu"]
+            torch.set_rng_state(rngs[ctx.rank] if len(rngs) == ctx.world_size else rngs[0])
+            if device.type == "cuda" and "rng_cuda" in st:
+                cuda = st["rng_cuda"]
+                own = cuda[ctx.rank] if len(cuda) == ctx.world_size else cuda[0]
+                torch.cuda.set_rng_state(own, device)
+            epoch, batch_pos, step = st["epoch"], st["batch_pos"], st["step"]
+            if "loss_window" in st:  # the steps since the last log line, so that line is whole
+                windows = json.loads(st["loss_window"])
+                window = windows[ctx.rank] if len(windows) == ctx.world_size else None
+                if window is None:  # another world size: the sum is what the log line shows
+                    window = [sum(w[0] for w in windows), sum(w[1] for w in windows)]
+                    window = window if ctx.is_main else [0.0, 0]
+            best_score, bad_epochs = st["best_score"], st["bad_epochs"]
+            # Killed after early stopping fired (its last checkpoint is written after): stopped.
+            # Checkpoints from before the flag existed say it by their count of bad epochs.
+            result.stopped_early = bool(st.get("stopped_early", False)) or (
+                cfg.patience is not None and bad_epochs >= cfg.patience
+            )
+            result.history = json.loads(st["history_json"])
+            result.best_epoch = st["best_epoch"]
+            result.best = json.loads(st["best_json"]) if st["best_json"] else None
+            for k in ("samples", "tokens"):
+                setattr(result, k, st[k])
+            result.train_seconds = st["train_seconds"]
+            result.resumed_at = step
+            if not (0 <= step <= total_steps and 0 <= epoch <= epochs and batch_pos >= 0):
+                raise IntegrityError(
+                    f"{ck}/state.pt: step {step}, epoch {epoch} do not fit this run of "
+                    f"{total_steps} steps in {epochs} epoch(s); remove that checkpoint or start "
+                    "afresh"
+                )
+        except (KeyError, TypeError, AttributeError, IndexError, json.JSONDecodeError) as e:
+            # state.pt holds only plain values (weights_only), but not necessarily ours
+            raise IntegrityError(
+                f"{ck}/state.pt: not a checkpoint state this version can resume "
+                f"({type(e).__name__}: {e}); remove that checkpoint or start afresh"
+            ) from None
         if progress:
             tqdm.write(f"resuming from {ck} (epoch {epoch}, step {step})", file=sys.stderr)
 

@@ -463,3 +463,68 @@ def test_a_step_budget_ending_mid_epoch_is_logged_as_a_fractional_epoch(encoded,
     assert [h["epoch"] for h in res.history] == pytest.approx([1, 1 + 3 / 9])
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in recs if "valid_loss" in r] == pytest.approx([1, 1 + 3 / 9])
+
+
+def test_a_doctored_dcp_checkpoint_runs_nothing_on_resume(tmp_path):
+    import os
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from slimtext.fileio import IntegrityError
+    from slimtext.train.checkpoint import _dcp_read
+
+    state = {"w": torch.arange(6.0).reshape(2, 3), "meta": {"lr": 0.1, "betas": (0.9, 0.99)}}
+    dcp.save(state, checkpoint_id=str(tmp_path / "ok"), no_dist=True)
+    into = {"w": torch.zeros(2, 3), "meta": {"lr": 0.0, "betas": (0.0, 0.0)}}
+    _dcp_read(into, tmp_path / "ok")  # an honest checkpoint loads, non-tensor entries too
+    torch.testing.assert_close(into["w"], state["w"])
+    assert into["meta"] == state["meta"]
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    # torch's own reader unpickled .metadata: this ran the command
+    (tmp_path / "ok" / ".metadata").write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(IntegrityError, match=r"names posix\.system|names os\.system"):
+        _dcp_read(into, tmp_path / "ok")
+    assert not marker.exists()
+
+    # and it torch.load(weights_only=False)-ed each non-tensor entry
+    dcp.save({"w": state["w"], "meta": Payload()}, checkpoint_id=str(tmp_path / "p"),
+             no_dist=True)  # fmt: skip
+    with pytest.raises(IntegrityError, match="posix.system"):
+        _dcp_read({"w": torch.zeros(2, 3), "meta": None}, tmp_path / "p")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    "doctor, message",
+    [
+        (lambda st: b"garbage", "unreadable"),
+        (lambda st: [1, 2], "not a checkpoint's state"),
+        (lambda st: {k: v for k, v in st.items() if k != "optimizer"}, "not a checkpoint's state"),
+        (lambda st: {**st, "rng_cpu": [1, 2]}, "not a checkpoint state this version can resume"),
+        (lambda st: {**st, "history_json": "{bad"}, "can resume"),
+        (lambda st: {**st, "resume_key": "{bad"}, "resume key is unreadable"),
+        (lambda st: {**st, "step": 10**12}, "do not fit this run"),
+    ],
+)
+def test_a_doctored_checkpoint_state_is_named_not_a_traceback(encoded, tmp_path, doctor, message):
+    from slimtext.fileio import IntegrityError, write_manifest
+
+    run(encoded, {"checkpoint_dir": tmp_path}, checkpoint_every=4, keep_checkpoints=1)
+    (ck,) = list_checkpoints(tmp_path)
+    new = doctor(torch.load(ck / "state.pt", weights_only=True))
+    if isinstance(new, bytes):
+        (ck / "state.pt").write_bytes(new)
+    else:
+        torch.save(new, ck / "state.pt")
+    (ck / "manifest.json").unlink()
+    write_manifest(ck)  # re-signed, as whoever doctored it would
+    with pytest.raises(IntegrityError, match=message) as e:
+        run(encoded, {"checkpoint_dir": tmp_path, "resume": True}, checkpoint_every=4)
+    assert str(ck) in str(e.value)
