@@ -175,6 +175,13 @@ class Predictor:
             longest = max(len(ids[i]) for i in rows)
             input_ids, mask = pad_rows(ids, rows, pad_id, self._pad_multiple(longest))
             out[rows] = self._runner(input_ids, mask)
+        if not np.isfinite(out).all():  # printed as NaN: not JSON, and no answer at all
+            bad = int((~np.isfinite(out)).any(axis=1).sum())
+            where = self.model_dir.meta.get("path", "the model")
+            raise ValueError(
+                f"{where}: non-finite scores (NaN or inf) for {bad} of {len(ids)} inputs: its "
+                f"weights hold NaN/inf, or the {self._runner_name} backend overflowed"
+            )
         return torch.from_numpy(out)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:

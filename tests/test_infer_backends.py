@@ -456,3 +456,11 @@ def test_a_model_changed_in_memory_never_runs_its_directorys_old_onnx(
     with pytest.raises(ExportError, match="no longer the one saved there"):
         export_onnx(md)
     export_onnx(md, out=tmp_path / "edited.onnx")  # elsewhere: fine
+
+
+def test_non_finite_scores_are_an_error_not_nan_in_json(tiny_model_dir, texts):
+    pred = load(tiny_model_dir)
+    with torch.no_grad():
+        next(pred.model.parameters()).fill_(float("nan"))  # damaged weights
+    with pytest.raises(ValueError, match="non-finite scores"):
+        pred.predict_proba(texts)

@@ -328,6 +328,10 @@ class Guard:
     """Pure ASGI middleware, so it sees every request (also 404s and errors raised before
     routing) and can refuse a large body while reading it instead of after buffering it."""
 
+    # A client that sends its headers and then the body slowly, or never, held a connection
+    # (and its memory) open for as long as it liked: one deadline for the whole body.
+    body_timeout_s = 30.0
+
     def __init__(self, app, *, api_key: str | None, max_body_bytes: int, metrics: Metrics):
         self.app = app
         self.api_key = api_key.encode() if api_key else None
@@ -399,8 +403,13 @@ class Guard:
             return await refuse(413, "body_too_large", too_big)
         # Read the body here (chunked uploads have no Content-Length) and stop at the cap.
         chunks, size = [], 0
+        deadline = time.monotonic() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+            except asyncio.TimeoutError:
+                slow = f"request body not received within {self.body_timeout_s:g} s"
+                return await refuse(408, "request_timeout", slow, {"Connection": "close"})
             if message["type"] == "http.disconnect":
                 return  # nobody to answer; __call__ records CLIENT_CLOSED
             chunks.append(message.get("body", b""))

@@ -455,6 +455,35 @@ def test_client_that_disconnects_mid_body_is_499_not_500(stub):
     assert stub.calls == [1]  # only the warm-up reached the model
 
 
+def test_a_body_that_never_finishes_arriving_is_408_within_the_deadline(stub, monkeypatch):
+    from slimtext.serve.app import Guard
+
+    monkeypatch.setattr(Guard, "body_timeout_s", 0.3)
+    app = create_app(stub)
+    sent = []
+
+    async def main():
+        async with serving(app) as client:
+            first = [{"type": "http.request", "body": b'{"texts": ["sl', "more_body": True}]
+
+            async def receive():  # a slow client: part of the body, then nothing
+                if first:
+                    return first.pop()
+                await asyncio.sleep(3600)
+
+            async def send(message):
+                sent.append(message)
+
+            await asyncio.wait_for(app(CLASSIFY_SCOPE, receive, send), 5)
+            return (await client.get("/metrics")).text
+
+    text = run_async(main())
+    assert sent[0]["status"] == 408 and (b"connection", b"close") in sent[0]["headers"]
+    assert json.loads(sent[1]["body"])["error"]["type"] == "request_timeout"
+    assert 'endpoint="/v1/classify",method="POST",status="408"} 1.0' in text
+    assert stub.calls == [1]  # only the warm-up reached the model
+
+
 def test_a_client_that_hangs_up_while_queued_is_499_and_its_texts_are_skipped(stub):
     # FastAPI does not cancel a handler whose client left: its texts still ran and /metrics
     # counted a 200 that nobody received (a load balancer's timeout under load).
