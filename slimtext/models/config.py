@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 ARCHS = ("transformer", "attention")
@@ -62,6 +63,17 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a whole number, got {v!r}")
             if v < low:
                 raise ValueError(f"{name} must be >= {low}, got {v}")
+        for name in ("share_layers", "gradient_checkpointing"):  # "yes" was taken as true
+            v = getattr(self, name)
+            if isinstance(v, str) or v not in (True, False):  # numpy's bools and 0/1 too
+                raise ValueError(f"{name} must be true or false, got {v!r}")
+            setattr(self, name, bool(v))
+        for name in ("dropout", "layer_norm_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+        if self.version != 1:  # the only shape of this record so far
+            raise ValueError(f"version {self.version!r}: written by a newer slimtext; upgrade")
         if self.max_length > MAX_POSITIONS:  # 1e9 ended in a 128 GB allocation traceback
             raise ValueError(
                 f"max_length must be <= {MAX_POSITIONS:,} tokens, got {self.max_length:,}"

@@ -227,7 +227,11 @@ def test_gradient_checkpointing_gives_the_same_gradients(pooling):
      (dict(hidden_size=30, num_heads=4), "divisible"), (dict(num_labels=1), "2 labels"),
      (dict(dropout=1.5), "dropout"), (dict(ngram_buckets=1), "ngram_buckets"),
      (dict(arch="transformer", ngram_buckets=64), "attention"),
-     (dict(embeddings="sum"), "embeddings"), (dict(embeddings="bag"), "attention")],
+     (dict(embeddings="sum"), "embeddings"), (dict(embeddings="bag"), "attention"),
+     (dict(share_layers="yes"), "share_layers must be true or false"),
+     (dict(dropout="0.1"), "dropout must be a number"),
+     (dict(layer_norm_eps=None), "layer_norm_eps must be a number"),
+     (dict(version=2), "newer slimtext")],
 )  # fmt: skip
 def test_invalid_config_is_rejected_with_a_clear_message(bad, message):
     base = dict(vocab_size=10, num_labels=2)
