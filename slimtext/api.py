@@ -187,15 +187,19 @@ class TextClassifier:
         checkpoint_dir: str | os.PathLike | None = None,
         resume: bool = False,
         dist: DistContext | None = None,
+        progress: bool | None = None,
     ) -> TextClassifier:
         """Learn tokenizer, labels and weights. Without `valid`, a stratified `valid_fraction`
         of `train` is held out (deterministic in `seed`) for early stopping and keep-best.
         `fit(texts, labels)` (scikit-learn's `fit(X, y)`) is `fit((texts, labels))`.
+        `progress=False` hides the progress bars but, with `verbose`, keeps the messages
+        (held-out size, each validation, early stopping); default: as `verbose`.
 
         `dist` (see `slimtext.train.distributed.init_distributed`) trains data-parallel; every
         rank calls `fit` with the same data, and rank 0 holds the result afterwards."""
         train, valid = _xy(train, valid)
         cfg = self.train_config()
+        bars = self.verbose if progress is None else (progress and self.verbose)
         # Labels given in memory come back as given (`predict`, `classes_`: ints stay ints, as
         # in scikit-learn); the model directory stores their text, and these beside it.
         train, given = _given_labels(train)
@@ -203,6 +207,9 @@ class TextClassifier:
         if train_ds.labels is None:
             raise DataError(f"{train_ds.source}: training data has no labels")
         if valid is None and self.valid_fraction == 0:  # train on everything, keep the last
+            if cfg.patience is not None:  # it would never stop, without a word
+                raise ValueError("patience (early stopping) needs validation data: give valid "
+                                 "data or a valid_fraction > 0")  # fmt: skip
             valid_ds = TextDataset([], [], source="<no validation split>")
         elif valid is None:
             train_ds, valid_ds = stratified_split(train_ds, self.valid_fraction, seed=cfg.seed)
@@ -277,8 +284,8 @@ class TextClassifier:
             model = build_model(config)
         result = fit(
             model,
-            self._encode(tok, train_ds, labels, cfg, self.verbose and ctx.is_main),
-            self._encode(tok, valid_ds, labels, cfg, self.verbose and ctx.is_main)
+            self._encode(tok, train_ds, labels, cfg, bars and ctx.is_main),
+            self._encode(tok, valid_ds, labels, cfg, bars and ctx.is_main)
             if len(valid_ds)
             else None,
             cfg,
@@ -287,7 +294,8 @@ class TextClassifier:
             run_dir=run_dir,
             checkpoint_dir=checkpoint_dir,
             resume=resume,
-            progress=self.verbose,
+            progress=bars,
+            messages=self.verbose,
             dist=ctx,
             # a resumed run reuses the checkpoint's tokenizer: other tokenizer options would be
             # ignored without a word
@@ -325,7 +333,7 @@ class TextClassifier:
                 # picked the epoch.
                 during = {k: result.best[k] for k in ("accuracy", "macro_f1", "loss")}
                 self.metrics_["valid"] = {
-                    **self.evaluate(valid_ds, progress=self.verbose),
+                    **self.evaluate(valid_ds, progress=bars),
                     "during_training": {**during, "precision": result.precision},
                 }
         # the weights the metrics describe (save drops them once the model is changed)

@@ -550,7 +550,7 @@ def _train(
     if params.get("init"):
         say(f"init: {params['init']} (its tokenizer and shape; --tokenizer/--vocab-size ignored)")
     clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
-                         valid_fraction=valid_fraction, verbose=progress, **params)  # fmt: skip
+                         valid_fraction=valid_fraction, verbose=True, **params)  # fmt: skip
     from .train.checkpoint import clear_finished, exclusive, mark_finished
     from .train.distributed import barrier
 
@@ -560,7 +560,8 @@ def _train(
         barrier(ctx)  # the other ranks look for checkpoints only once they are cleared
         run_dir = ckpt / "run" if ckpt is not None else Path(tmp)
         t0 = time.perf_counter()
-        clf.fit(train_ds, valid_ds, run_dir=run_dir, checkpoint_dir=ckpt, resume=resume, dist=ctx)
+        clf.fit(train_ds, valid_ds, run_dir=run_dir, checkpoint_dir=ckpt, resume=resume,
+                dist=ctx, progress=progress)  # fmt: skip
         r = clf.result_
         say(
             f"trained {r.steps} steps"
@@ -705,7 +706,8 @@ def pretrain(
                              mask_prob=mask_prob, pack=pack, whole_word=whole_word,
                              run_dir=ckpt / "run" if ckpt is not None else None,
                              checkpoint_dir=ckpt, resume=resume, progress=progress and ctx.is_main,
-                             checkpoint_every=checkpoint_every, dist=ctx, **params)  # fmt: skip
+                             messages=ctx.is_main, checkpoint_every=checkpoint_every, dist=ctx,
+                             **params)  # fmt: skip
             if ctx.is_main:
                 mark_finished(ckpt, out)
     except (*_user_errors(), DistributedError) as e:

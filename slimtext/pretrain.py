@@ -264,6 +264,7 @@ def pretrain(
     resume: bool = False,
     progress: bool = True,
     dist: DistContext | None = None,
+    messages: bool | None = None,
     **params,
 ) -> TrainResult:
     """Masked-LM pretraining of a transformer encoder on unlabelled text; writes a model dir.
@@ -277,7 +278,8 @@ def pretrain(
     whole, as several windows, where "truncate" keeps its first max_length tokens only). The
     model dir at `out` holds the encoder with a placeholder 2-label head (use it with
     `TextClassifier(init=out)` / `slimtext train --init`), `mlm_head.safetensors`, and the
-    training log and curve.
+    training log and curve. `progress`: the bars; `messages` (default: as `progress`): the lines
+    a log keeps (resuming, the tokenizer being learned).
 
     `dist` (from `init_distributed`, strategy ddp or fsdp) runs the same loop on every rank:
     each rank corrupts its own share of the global batch with its own RNG stream, and rank 0
@@ -311,7 +313,8 @@ def pretrain(
     params.setdefault("long_text", "chunks")
     # TextClassifier owns the parameter split, validation and the resumable tokenizer.
     clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
-                         verbose=progress, **params)  # fmt: skip
+                         verbose=progress if messages is None else messages,
+                         **params)  # fmt: skip
     cfg = clf.train_config()
     check_fresh_start(checkpoint_dir, resume)  # on every rank, before a process group exists
     # The device and strategy asked for (CUDA, or a clear error), or torchrun's process group.
@@ -342,7 +345,8 @@ def pretrain(
         run = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
         result = fit(mlm, Encoded(ids, [0] * len(ids)), None, cfg, label_names=PRETRAIN_LABELS,
                      pad_id=tok.pad_id, run_dir=run, checkpoint_dir=checkpoint_dir,
-                     resume=resume, progress=progress, loss_fn=mlm_loss(mlm), dist=ctx,
+                     resume=resume, progress=progress, messages=messages,
+                     loss_fn=mlm_loss(mlm), dist=ctx,
                      resume_key={"model": config.to_dict(), "mask_prob": mask_prob, "pack": pack,
                                  "whole_word": whole_word})  # fmt: skip
         head_state = mlm.head.state_dict()

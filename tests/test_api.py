@@ -479,3 +479,10 @@ def test_fit_gives_the_caller_its_random_stream_back(toy_data):
     # fit seeds torch's global streams for its own run (same seed, same weights) ...
     torch.testing.assert_close(after_fit(1), expected)  # ... and restores the caller's
     assert not torch.equal(after_fit(2), expected)
+
+
+def test_early_stopping_without_validation_data_is_refused(toy_data):
+    clf = TextClassifier(model="attention", vocab_size=200, max_steps=1, valid_fraction=0,
+                         patience=2, verbose=False)  # fmt: skip
+    with pytest.raises(ValueError, match="patience .* needs validation data"):
+        clf.fit(toy_data)

@@ -545,3 +545,14 @@ def test_attention_size_is_an_option_of_train(tmp_path, data_files):
     assert r.exit_code == 0, r.output
     cfg = json.loads((tmp_path / "m" / "config.json").read_text())["model"]
     assert cfg["attention_size"] == 8
+
+
+def test_no_progress_hides_the_bars_not_the_messages_a_log_keeps(tmp_path, data_files):
+    train, _ = data_files
+    args = ["--epochs", "6", "--patience", "1", "--lr", "1e-9", *SMALL]
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"), *args])
+    assert r.exit_code == 0, r.output
+    # --no-progress is what a CI job sets: it hid these with the bars
+    assert "rows held out" in r.stderr and "epoch 1: valid accuracy" in r.stderr
+    assert "early stop" in r.stderr
+    assert "%|" not in r.stderr and "step/s" not in r.stderr  # no bar drawn

@@ -456,8 +456,14 @@ class _Log:
             # (killed between a step's checkpoint and its epoch end): only the `evaluations` the
             # checkpoint holds are kept, as the resumed run evaluates the rest again.
             keep, seen = [], 0
-            for ln in path.read_text(encoding="utf-8").splitlines():
-                rec = json.loads(ln) if ln.strip() else {}
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            for n, ln in enumerate(lines, start=1):
+                try:
+                    rec = json.loads(ln) if ln.strip() else {}
+                except ValueError:
+                    if n == len(lines):  # torn by the kill: the resumed run logs it again
+                        continue
+                    raise IntegrityError(f"{path}:{n}: not a JSON line; remove it") from None
                 if not rec or rec.get("step", 0) > resume_at:
                     continue
                 if "valid_loss" in rec:
@@ -471,10 +477,17 @@ class _Log:
         self.f = open(path, mode, encoding="utf-8")  # noqa: SIM115
         try:
             from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
         except Exception:  # tensorboard not installed: the JSONL log is enough
-            self.tb = None
+            return
+        # The same scalars as metrics.jsonl: a fresh run starts a fresh log (an earlier run's
+        # event files stayed, and went into the model directory), and a resumed one hides
+        # the steps the killed run logged after its checkpoint (TensorBoard's purge_step).
+        tb = run_dir / "tensorboard"
+        if resume_at is None and tb.is_dir():
+            for f in tb.glob("events.out.tfevents.*"):  # what SummaryWriter writes, no more
+                f.unlink(missing_ok=True)
+        purge = resume_at + 1 if resume_at is not None else None
+        self.tb = SummaryWriter(str(tb), purge_step=purge)
 
     def write(self, record: dict) -> None:
         if self.f is not None:
@@ -541,6 +554,7 @@ def fit(
     loss_fn: Callable[[torch.Tensor, Batch], torch.Tensor] | None = None,
     dist: DistContext | None = None,
     resume_key: dict | None = None,
+    messages: bool | None = None,
 ) -> TrainResult:
     """Train `model` in place; with keep-best, the best validation weights are loaded at the end.
 
@@ -586,6 +600,9 @@ def fit(
                          microbatches=cfg.microbatches, pp_schedule=cfg.pp_schedule)  # fmt: skip
     if pp and precision == "fp16":
         raise ValueError("--strategy pp does not support fp16 loss scaling; use bf16 or fp32")
+    # `progress`: the bar; `messages` (default: as `progress`): the lines a log keeps (each
+    # validation, early stopping, resuming), which a CI job without bars still wants.
+    say = (progress if messages is None else messages) and ctx.is_main
     progress = progress and ctx.is_main
     run_dir = Path(run_dir) if run_dir is not None and ctx.is_main else None
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
@@ -739,7 +756,7 @@ def fit(
                 f"{ck}/state.pt: not a checkpoint state this version can resume "
                 f"({type(e).__name__}: {e}); remove that checkpoint or start afresh"
             ) from None
-        if progress:
+        if say:
             tqdm.write(f"resuming from {ck} (epoch {epoch}, step {step})", file=sys.stderr)
 
     pending_tokens = 0  # real tokens this rank has trained on since the last flush_tokens()
@@ -905,7 +922,7 @@ def fit(
                 }
                 result.history.append(rec)
                 log.write(rec)
-                if progress:
+                if say:
                     tqdm.write(
                         f"epoch {seen:.4g}: valid accuracy {report['accuracy']:.4f} "
                         f"macro-F1 {report['macro_f1']:.4f} loss {report['loss']:.4f}",
@@ -922,7 +939,7 @@ def fit(
                     if cfg.patience is not None and bad_epochs >= cfg.patience:
                         result.stopped_early = True
                         done = True
-                        if progress:
+                        if say:
                             tqdm.write(
                                 f"early stop: no improvement for {bad_epochs} epochs",
                                 file=sys.stderr,

@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,6 +155,41 @@ def test_resumed_log_keeps_only_the_validations_the_checkpoint_holds(tmp_path, e
     _Log(tmp_path, resume_at=20, evaluations=evaluations).close()
     kept = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert kept == recs[: 2 + evaluations]
+
+
+def test_a_torn_last_log_line_is_dropped_and_tensorboard_follows_the_jsonl(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from slimtext.train.trainer import _Log
+
+    made = []
+
+    class Writer:  # tensorboard is an optional install: what _Log asks of it
+        def __init__(self, log_dir, purge_step=None):
+            made.append(purge_step)
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            (Path(log_dir) / f"events.out.tfevents.{len(made)}").write_text("")
+
+        def close(self):
+            pass
+
+    fake = types.ModuleType("torch.utils.tensorboard")
+    fake.SummaryWriter = Writer
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", fake)
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 10, "loss": 1.0}\n{"step": 20, "lo')  # killed mid-line
+    _Log(tmp_path, resume_at=10).close()  # it stopped --resume with a bare JSON error
+    assert log.read_text() == '{"step": 10, "loss": 1.0}\n'
+    assert made == [11]  # TensorBoard hides what the killed run logged after step 10
+    (tmp_path / "tensorboard" / "mine.txt").write_text("a user's file")
+    _Log(tmp_path, resume_at=None).close()  # a fresh run: a fresh TensorBoard log
+    assert made == [11, None]
+    left = sorted(p.name for p in (tmp_path / "tensorboard").iterdir())
+    assert left == ["events.out.tfevents.2", "mine.txt"]  # the earlier run's events are gone
+    log.write_text('{"step": 10}\nnot json\n{"step": 20}\n')
+    with pytest.raises(ValueError, match=r"metrics\.jsonl:2: not a JSON line"):
+        _Log(tmp_path, resume_at=20)
 
 
 def test_a_run_killed_after_early_stopping_resumes_to_the_same_stop(encoded, tmp_path):
