@@ -361,7 +361,7 @@ def test_tensorboard_logs_end_up_in_the_model_directory(tmp_path, data_files, mo
     import types
 
     class Writer:  # stands in for torch.utils.tensorboard.SummaryWriter (not a dependency)
-        def __init__(self, logdir):
+        def __init__(self, logdir, purge_step=None):
             from pathlib import Path
 
             Path(logdir).mkdir(parents=True)
