@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,7 +252,12 @@ def _read_model_dir(path: Path) -> ModelDir:
         raise ModelDirError(
             f"{path / 'labels.json'}: expected a list of {config.num_labels} labels"
         )
-    if not all(isinstance(x, str) and x for x in labels) or len(set(labels)) != len(labels):
+    if not all(isinstance(x, str) and x for x in labels):
+        raise ModelDirError(f"{path / 'labels.json'}: expected distinct, non-empty text labels")
+    # NFC, as data files' labels are read (slimtext.data): a model saved before that, from
+    # labels in decomposed form (macOS), must still meet its own data
+    labels = [unicodedata.normalize("NFC", x) for x in labels]
+    if len(set(labels)) != len(labels):
         # a duplicate lost one class's probability in every answer (a dict keyed by label)
         raise ModelDirError(f"{path / 'labels.json'}: expected distinct, non-empty text labels")
     for key, kind in (("train", dict), ("compression", list)):

@@ -476,3 +476,19 @@ def test_a_file_the_manifest_does_not_list_is_not_read(tiny_model_dir, tmp_path)
     shutil.copy(tiny_model_dir / "metrics.json", d / "metrics.json")
     write_manifest(d)  # listed again: read again
     assert slimtext.load(d).model_dir.meta["metrics"]
+
+
+def test_a_model_saved_with_decomposed_labels_meets_its_own_data(tiny_model_dir, tmp_path):
+    import unicodedata
+
+    from slimtext.fileio import write_manifest
+
+    # labels.json as a version before NFC labels wrote it from a Mac's class folders
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    labels = json.loads((d / "labels.json").read_text())
+    nfd = [unicodedata.normalize("NFD", "Ärger"), *labels[1:]]
+    (d / "labels.json").write_text(json.dumps(nfd))
+    write_manifest(d)
+    md = slimtext.load(d).model_dir
+    assert md.labels[0] == "Ärger"  # NFC, as the data loaders now read "Ärger"

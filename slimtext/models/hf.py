@@ -267,7 +267,10 @@ def hf_fast_tokenizer(tokenizer, max_length: int):
         found = [t for t in spellings if backend.token_to_id(t) is not None]
         if found:
             present[role] = found[0]
-    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length, **present)
+    # split_special_tokens: a "[SEP]" in the text is text, as slimtext reads it (saved in
+    # tokenizer_config.json, so the Hugging Face copy of a model reads texts as slimtext does)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length,
+                                   split_special_tokens=True, **present)  # fmt: skip
 
 
 def save_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:

@@ -97,6 +97,11 @@ def test_save_hf_folder_loads_back(tmp_path):
     assert tok2.encode(texts[:4], 24) == ids.tolist()
     with torch.no_grad():
         torch.testing.assert_close(back(ids, mask), model(ids, mask), atol=1e-5, rtol=1e-4)
+    # Hugging Face's own tokenizer of the copy reads a literal "[SEP]" as slimtext does: text
+    from transformers import AutoTokenizer
+
+    odd = ["word1 [SEP] thing2 [PAD] more"]
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf")(odd)["input_ids"] == tok.encode(odd, 24)
 
 
 def test_save_hf_never_replaces_what_it_did_not_write(tmp_path):
