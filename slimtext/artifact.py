@@ -129,7 +129,9 @@ def save_model_dir(
                 },
             )
             _write_json(tmp / "metrics.json", metrics or {})
-            (tmp / "README.md").write_text(_model_card(path.name, model, config, labels, metrics))
+            card = _model_card(path.name, model, config, labels, metrics)
+            # UTF-8, not the locale's; a path the C locale decoded keeps its own bytes
+            (tmp / "README.md").write_text(card, encoding="utf-8", errors="surrogateescape")
             for name, src in (extra_files or {}).items():
                 if Path(src).is_file():
                     shutil.copyfile(src, tmp / name)

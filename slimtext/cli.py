@@ -7,6 +7,7 @@ dashes); flags given on the command line override the file.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import json
 import os
 import signal
@@ -146,6 +147,22 @@ def _load_kw(text_col, label_col, encoding, encoding_errors, on_bad) -> dict:
     """Those options as `slimtext.data.load_data` takes them."""
     return dict(text_cols=text_col, label_col=label_col, encoding=encoding,
                 encoding_errors=encoding_errors, on_bad=on_bad)  # fmt: skip
+
+
+def _pipe_closed() -> typer.Exit:
+    """`| head`: the reader has all it wants. Say nothing, as Unix tools, and exit 141 (click
+    makes a closed pipe exit 1, which the README keeps for bugs)."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    return typer.Exit(128 + signal.SIGPIPE)
+
+
+def _emit(text: str) -> None:
+    """A result on stdout (a report, JSON)."""
+    try:
+        typer.echo(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise _pipe_closed() from None
 
 
 def _fail(e: Exception) -> None:
@@ -483,7 +500,7 @@ def _relaunch_with_torchrun(nproc: int) -> None:
             rank, failure = _culprit(e.failures)
             if rank != 0:  # its output went to its log file
                 for f in sorted(Path(logs).glob(f"*/attempt_*/{rank}/std*.log")):
-                    lines = f.read_text(errors="replace").splitlines()[-40:]
+                    lines = f.read_text(encoding="utf-8", errors="replace").splitlines()[-40:]
                     if lines:
                         typer.echo("\n".join(lines), err=True)
             code = failure.exitcode
@@ -587,12 +604,12 @@ def _train(
             return
         metrics = {}
         if test_ds is not None:
-            rep = clf.evaluate(test_ds)
-            metrics["test"] = rep
-            typer.echo(format_report(rep))
-        clf.save(out, metrics=metrics)
+            metrics["test"] = clf.evaluate(test_ds)
+        clf.save(out, metrics=metrics)  # before the report: a closed stdout must not lose it
         mark_finished(ckpt, out)
     typer.echo(f"model directory: {out}", err=True)
+    if "test" in metrics:
+        _emit(format_report(metrics["test"]))
 
 
 @app.command()
@@ -719,14 +736,18 @@ def pretrain(
         shutdown(ctx)
     if not ctx.is_main:  # rank 0 wrote the model directory
         return
-    info = json.loads((out / "config.json").read_text())["train"]["pretrain"]
+    info = json.loads((out / "config.json").read_text(encoding="utf-8"))["train"]["pretrain"]
     loss = info["final_loss"] if info["final_loss"] is not None else float("nan")
     windows = ""
     if info.get("long_texts"):  # said, since a long document costs several rows
         windows = (f"{info['long_texts']} longer than --max-length, read as {info['windows']} "
                    "windows in all; ")  # fmt: skip
+    resumed = (
+        f" ({r.steps - r.resumed_at} after resuming at {r.resumed_at})" if r.resumed_at else ""
+    )
     typer.echo(
-        f"pretrained {r.steps} steps in {time.perf_counter() - t0:.1f}s on {info['texts']} texts "
+        f"pretrained {r.steps} steps{resumed} in {time.perf_counter() - t0:.1f}s on "
+        f"{info['texts']} texts "
         f"({windows}final MLM loss {loss:.4f}, {r.precision} on {r.device})",
         err=True,
     )
@@ -765,9 +786,9 @@ def eval_(
     except (*_user_errors(), ImportError) as e:
         _fail(e)
     if json_out:
-        typer.echo(json.dumps(rep))
+        _emit(json.dumps(rep))
     else:
-        typer.echo(format_report(rep))
+        _emit(format_report(rep))
 
 
 @app.command()
@@ -809,9 +830,8 @@ def predict(
                 _predict_lines(pred, _text_lines(f, str(file), encoding), "line")
         else:
             _predict_lines(pred, _text_lines(sys.stdin.buffer, "<stdin>", encoding), "line")
-    except BrokenPipeError:  # `| head`: the reader has all it wants; say nothing, as Unix tools
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        raise typer.Exit(128 + signal.SIGPIPE) from None
+    except BrokenPipeError:
+        raise _pipe_closed() from None
     except (OSError, ValueError) as e:
         _fail(e if isinstance(e, ValueError) else ValueError(f"{file}: {e}"))
 
@@ -1028,7 +1048,7 @@ def compress_(
                  log=lambda s: typer.echo(s, err=True), load_kw=load_kw)  # fmt: skip
     except _user_errors() as e:
         _fail(e)
-    typer.echo((out / "compression_report.md").read_text(encoding="utf-8"))
+    _emit((out / "compression_report.md").read_text(encoding="utf-8"))
 
 
 @app.command()
@@ -1163,7 +1183,7 @@ def bench(
         )  # fmt: skip
     except (*_user_errors(), ImportError) as e:
         _fail(e)
-    typer.echo((out / "report.md").read_text(encoding="utf-8"))
+    _emit((out / "report.md").read_text(encoding="utf-8"))
 
 
 def main() -> None:
@@ -1177,6 +1197,13 @@ def main() -> None:
     def stop(*_) -> None:
         typer.echo("error: stopped by SIGTERM", err=True)
         sys.exit(128 + signal.SIGTERM)
+
+    # JSON and reports are UTF-8 whatever the locale: under LANG=C `predict` died on the first
+    # non-ASCII label, printing nothing.
+    for stream in (sys.stdout, sys.stderr):
+        if (getattr(stream, "encoding", None) or "").lower() not in ("utf-8", "utf8"):
+            with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper
+                stream.reconfigure(encoding="utf-8", errors="backslashreplace")
 
     # (torchrun's variables, read here: importing train.distributed would import torch, a
     # second of every `slimtext --help`)

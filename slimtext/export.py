@@ -523,7 +523,7 @@ def _sidecar(target: Path) -> Path:
 
 def _read_sidecar(target: Path) -> dict:
     try:
-        info = json.loads(_sidecar(target).read_text())
+        info = json.loads(_sidecar(target).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}

@@ -364,8 +364,8 @@ def pretrain(
                                                    if not k.startswith("head.")}})  # fmt: skip
             model = plain
             head_state = {k[5:]: v for k, v in full.items() if k.startswith("head.")}
-        losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()
-                  if '"loss"' in x]  # fmt: skip
+        log = (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+        losses = [json.loads(x)["loss"] for x in log if '"loss"' in x]
         head_file = Path(tmp) / "mlm_head.safetensors"
         save_file({k: v.detach().cpu().contiguous() for k, v in head_state.items()},
                   str(head_file))  # fmt: skip

@@ -393,8 +393,8 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
             raise TokenizerError(f"{p}: no tokenizer.json or vocab.txt in this folder")
     if not p.is_file():
         raise TokenizerError(f"{p}: tokenizer file not found")
-    try:
-        return TextTokenizer(Tokenizer.from_file(str(p)))
+    try:  # read here: from_file cannot open a non-ASCII path under a C locale
+        return TextTokenizer(Tokenizer.from_str(p.read_text(encoding="utf-8")))
     except Exception as e:  # the Rust error text is terse; say which file
         raise TokenizerError(f"{p}: not a valid tokenizer.json ({e})") from e
 

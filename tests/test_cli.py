@@ -538,6 +538,43 @@ def test_predict_into_a_closed_pipe_stops_quietly(tiny_model_dir, tmp_path):
     assert "error" not in r.stderr.lower(), r.stderr
 
 
+def test_a_report_into_a_closed_pipe_exits_141_and_keeps_the_model(tiny_model_dir, tmp_path,
+                                                                   data_files):  # fmt: skip
+    train, test = data_files
+    slim = f"{sys.executable} -m slimtext"
+    out = tmp_path / "m"
+    # the reader gone before the report: train lost its trained model, and both exited 1
+    for cmd in (f"{slim} eval {tiny_model_dir} --data {test} --json",
+                f"{slim} train --data {train} --test {test} --out {out} --max-steps 2 "
+                + " ".join(SMALL)):  # fmt: skip
+        r = subprocess.run(["bash", "-c", f"{cmd} | true; echo ${{PIPESTATUS[0]}} >&2"],
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert r.stderr.strip().splitlines()[-1] == "141", r.stderr
+        assert "error" not in r.stderr.lower(), r.stderr
+    assert (out / "model.safetensors").is_file()
+
+
+def test_a_c_locale_trains_and_predicts_non_ascii_labels_and_paths(tmp_path):
+    import os
+
+    texts = [f"{w} {i}" for i in range(30) for w in ("goal match team", "bank profit rate")]
+    labels = ["équipe", "ñandú"] * 30
+    data = tmp_path / "d.jsonl"
+    rows = [json.dumps({"text": t, "label": y}) for t, y in zip(texts, labels, strict=True)]
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    out = tmp_path / "modèle"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0",
+           "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": ""}  # fmt: skip
+    slim = [sys.executable, "-m", "slimtext"]
+    r = subprocess.run([*slim, "train", "--data", str(data), "--out", str(out), "--max-steps",
+                        "2", *SMALL], capture_output=True, env=env, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode(errors="replace")  # the model card's "é" failed
+    r = subprocess.run([*slim, "predict", str(out), "goal match"], capture_output=True, env=env,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode(errors="replace")  # the path, then the JSON
+    assert set(json.loads(r.stdout.decode("utf-8"))["probs"]) == {"équipe", "ñandú"}
+
+
 def test_attention_size_is_an_option_of_train(tmp_path, data_files):
     train, _ = data_files
     r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),

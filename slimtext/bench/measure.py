@@ -307,7 +307,7 @@ def run_isolated(spec: Spec, workdir: Path, timeout: float | None) -> dict:
     if p.returncode != 0 or not result_file.is_file():
         tail = (p.stderr or p.stdout or "").strip().splitlines()[-5:]
         raise RuntimeError(f"worker exited with {p.returncode}: " + " | ".join(tail))
-    return json.loads(result_file.read_text())
+    return json.loads(result_file.read_text(encoding="utf-8"))
 
 
 def machine_info() -> dict:
@@ -347,7 +347,7 @@ def machine_info() -> dict:
 
 def _worker_main(argv: list[str]) -> int:
     spec_file, result_file = argv
-    spec = Spec(**json.loads(Path(spec_file).read_text()))
+    spec = Spec(**json.loads(Path(spec_file).read_text(encoding="utf-8")))
     res = measure_spec(spec, isolated=True)
     atomic_write_text(result_file, json.dumps(res))
     return 0

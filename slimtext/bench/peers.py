@@ -128,7 +128,7 @@ class FastTextPeer:
         fasttext = require("fasttext")
         self = cls()
         self.model_ = fasttext.load_model(str(Path(folder) / "model.bin"))
-        self.labels_ = json.loads((Path(folder) / "labels.json").read_text())
+        self.labels_ = json.loads((Path(folder) / "labels.json").read_text(encoding="utf-8"))
         return self
 
 
@@ -195,7 +195,7 @@ class TfidfPeer:
         text = require("sklearn.feature_extraction.text")
         lm = require("sklearn.linear_model")
         folder = Path(folder)
-        params = json.loads((folder / "params.json").read_text())
+        params = json.loads((folder / "params.json").read_text(encoding="utf-8"))
         self = cls(cs=[params["C"]])
         self.c_ = params["C"]
         vec = text.TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
@@ -436,7 +436,7 @@ def open_ort(path: str | os.PathLike, tokenizer_dir: str | os.PathLike, max_leng
     from ..data.batching import length_sorted_batches, pad_rows
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    cfg = _json.loads((Path(tokenizer_dir) / "config.json").read_text())
+    cfg = _json.loads((Path(tokenizer_dir) / "config.json").read_text(encoding="utf-8"))
     id2label = {int(k): v for k, v in cfg["id2label"].items()}
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

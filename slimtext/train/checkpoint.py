@@ -351,7 +351,7 @@ def mark_finished(folder: Path | None, model_dir: Path) -> None:
     blocked a nightly retrain, with --resume or without). They stay until then (inspection,
     resharding a DCP checkpoint)."""
     if folder is not None and Path(folder).is_dir():
-        (Path(folder) / FINISHED).write_text(f"{model_dir}\n")
+        (Path(folder) / FINISHED).write_text(f"{model_dir}\n", "utf-8", "surrogateescape")
 
 
 def clear_finished(folder: Path | None, say) -> None:

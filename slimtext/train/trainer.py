@@ -967,7 +967,8 @@ def plot_training_curve(metrics_path: Path, out_png: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    lines = metrics_path.read_text(encoding="utf-8").splitlines()
+    recs = [json.loads(line) for line in lines if line.strip()]
     train = [r for r in recs if "loss" in r]
     val = [r for r in recs if "valid_accuracy" in r]
     if not train:
