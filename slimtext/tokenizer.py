@@ -164,9 +164,9 @@ def in_chunks(
     and there is more than one chunk (a wait to see)."""
     bar = None
     if progress and len(items) > size:
-        from tqdm.auto import tqdm
+        from .progress import progress_bar
 
-        bar = tqdm(total=len(items), unit="text", desc=desc, dynamic_ncols=True)
+        bar = progress_bar(total=len(items), unit="text", desc=desc)
     try:
         for start in range(0, len(items), size):
             chunk = items[start : start + size]

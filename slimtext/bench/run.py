@@ -417,9 +417,9 @@ def _save_partial(out, entries: list[dict], skipped: list[dict]) -> None:
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
-    return tqdm(total=total, desc="bench", unit="job", disable=not enabled)
+    return progress_bar(total=total, desc="bench", unit="job", disable=not enabled)
 
 
 def _probe_docs_per_s(md, texts: list[str]) -> float:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from ..data.batching import Batch, bucketed_batches, pad_batch
 from ..fileio import IntegrityError, atomic_write_text
+from ..progress import progress_bar
 from ..tokenizer import check_long_text, row_lengths
 from .checkpoint import (
     check_fresh_start,
@@ -804,9 +805,7 @@ def fit(
 
     log = _Log(run_dir, resume_at=step if resume and step > 0 else None,
                evaluations=len(result.history))  # fmt: skip
-    bar = tqdm(
-        total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True
-    )
+    bar = progress_bar(total=total_steps, initial=step, disable=not progress, unit="step")
     done = step >= total_steps or result.stopped_early
     try:
         while epoch < epochs and not done:
