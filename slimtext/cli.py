@@ -1195,7 +1195,8 @@ def main() -> None:
     # clean-up: the default ended the process at once, leaving a save's temporary copy of the
     # model behind. (Not in torchrun's ranks: their agent stops them with it.)
     def stop(*_) -> None:
-        typer.echo("error: stopped by SIGTERM", err=True)
+        # on a line of its own: a progress bar's line has no newline yet (grep '^error:')
+        typer.echo("\nerror: stopped by SIGTERM", err=True)
         sys.exit(128 + signal.SIGTERM)
 
     # JSON and reports are UTF-8 whatever the locale: under LANG=C `predict` died on the first

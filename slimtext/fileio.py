@@ -17,6 +17,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from glob import escape as glob_escape
 from pathlib import Path, PurePosixPath
@@ -137,7 +138,7 @@ def file_mode(directory: bool = False) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def _set_default_modes(root: Path) -> None:
+def set_default_modes(root: Path) -> None:
     dmode, fmode = file_mode(directory=True), file_mode()
     for dirpath, _dirs, filenames in os.walk(root):
         os.chmod(dirpath, dmode)
@@ -215,6 +216,14 @@ def check_replaceable(
                 f"({', '.join(extra[:3])}{', ...' if len(extra) > 3 else ''}); replacing it "
                 "would delete them: move them out, or choose another path"
             )
+        # Replacing deletes the old copy: one this user cannot delete (another user's) stayed
+        # beside it as a hidden full copy of that model, for ever.
+        for d in [target, *(p for p in target.rglob("*") if p.is_dir() and not p.is_symlink())]:
+            if not os.access(d, os.W_OK | os.X_OK):
+                raise TargetExistsError(
+                    f"{target}: cannot replace it, as its old copy could not be deleted ({d} is "
+                    "not writable by this user): choose another path, or ask its owner"
+                )
         return
     raise TargetExistsError(
         f"{target} exists and is neither empty nor a directory slimtext wrote; refusing to "
@@ -248,7 +257,7 @@ def atomic_dir(
     try:
         yield tmp
         write_manifest(tmp)
-        _set_default_modes(tmp)
+        set_default_modes(tmp)
         _fsync_dir(tmp)
         check_replaceable(target, is_ours, overwrite)  # something may have appeared meanwhile
         if not os.path.lexists(target):
@@ -276,6 +285,8 @@ def atomic_dir(
             old.unlink()
         else:
             shutil.rmtree(old, ignore_errors=True)
+            if old.exists():  # checked writable before; something changed meanwhile
+                warnings.warn(f"could not remove the replaced copy {old}; delete it", stacklevel=2)
 
 
 def flock(fd: int, wait: bool = True) -> bool | None:

@@ -492,3 +492,19 @@ def test_a_model_saved_with_decomposed_labels_meets_its_own_data(tiny_model_dir,
     write_manifest(d)
     md = slimtext.load(d).model_dir
     assert md.labels[0] == "Ärger"  # NFC, as the data loaders now read "Ärger"
+
+
+def test_a_model_dir_this_user_cannot_delete_is_refused_before_training(tiny_model_dir, tmp_path,
+                                                                         monkeypatch):  # fmt: skip
+    import os
+
+    from slimtext.fileio import TargetExistsError, check_replaceable
+
+    d = tmp_path / "theirs"
+    shutil.copytree(tiny_model_dir, d)
+    check_replaceable(d)  # ours to replace
+    real = os.access
+    # another user's directory (root passes every access check, so it is simulated)
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != d and real(p, mode))
+    with pytest.raises(TargetExistsError, match="not writable by this user"):
+        check_replaceable(d)  # it stayed as a hidden full copy beside the new model

@@ -593,3 +593,16 @@ def test_no_progress_hides_the_bars_not_the_messages_a_log_keeps(tmp_path, data_
     assert "rows held out" in r.stderr and "epoch 1: valid accuracy" in r.stderr
     assert "early stop" in r.stderr
     assert "%|" not in r.stderr and "step/s" not in r.stderr  # no bar drawn
+
+
+def test_serve_on_a_port_in_use_is_one_error_line(tiny_model_dir):
+    import socket
+
+    pytest.importorskip("uvicorn")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = runner.invoke(app, ["serve", str(tiny_model_dir), "--port", str(port)])
+    # uvicorn said it after loading the model, and exited 3
+    assert r.exit_code == 2 and "cannot listen on 127.0.0.1" in r.output, r.output

@@ -14,6 +14,7 @@ anything is parsed, then by pydantic, then against the per-app limits.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import json
 import logging
@@ -772,6 +773,26 @@ def _predictions(probs: np.ndarray, labels: list[str], top_k: int | None) -> lis
     return out
 
 
+def _check_port(host: str, port: int) -> None:
+    """ValueError now if `host:port` cannot be listened on (another server holds it)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise ValueError(f"--host {host!r}: {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise ValueError(
+                f"cannot listen on {host}:{port} ({e.strerror}): is another server there? "
+                "choose another --port"
+            ) from None
+
+
 def _stop_quietly_after_shutdown() -> None:
     """SIGTERM is how a server is stopped: uvicorn answers the requests in flight, then raises
     the signal again for the handler it found, which for `slimtext` printed "error: stopped by
@@ -820,7 +841,12 @@ def run(
     )  # fmt: skip
     # Here, before either path, so one worker and N workers reject the same settings alike.
     cfg.validate()
-    common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)
+    _check_port(host, port)  # before the model loads: uvicorn said it after, and exited 3
+    # The access log on stderr with the rest: stdout is for results (README)
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
+                  log_config=log_config)  # fmt: skip
     _stop_quietly_after_shutdown()
     if workers == 1:
         uvicorn.run(cfg.create_app(), **common)

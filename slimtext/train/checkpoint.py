@@ -28,7 +28,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..fileio import IntegrityError, flock, verify_manifest, write_manifest
+from ..fileio import (
+    IntegrityError,
+    flock,
+    set_default_modes,
+    verify_manifest,
+    write_manifest,
+)
 from .distributed import DistContext, DistributedError, barrier, broadcast_object
 
 PREFIX = "step-"
@@ -188,6 +194,9 @@ def save_checkpoint(
                 save_file(_cpu(best_state), str(tmp / "best.safetensors"))
             torch.save(state, tmp / "state.pt")
             write_manifest(tmp)
+            # the umask's modes, as a model directory gets (mkdtemp and safetensors give 0700
+            # and 0600): a group-shared run folder stays resumable by the group
+            set_default_modes(tmp)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -327,7 +336,10 @@ def exclusive(folder: Path | None, ctx: DistContext | None = None) -> Iterator[N
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # 0o666 less the umask, as any new file
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError as e:
+        raise ValueError(f"{folder}: cannot use this run's checkpoints ({e.strerror})") from None
     try:
         if flock(fd, wait=False) is False:
             other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"

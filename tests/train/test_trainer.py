@@ -564,3 +564,21 @@ def test_a_doctored_checkpoint_state_is_named_not_a_traceback(encoded, tmp_path,
     with pytest.raises(IntegrityError, match=message) as e:
         run(encoded, {"checkpoint_dir": tmp_path, "resume": True}, checkpoint_every=4)
     assert str(ck) in str(e.value)
+
+
+def test_checkpoints_get_the_umasks_modes_so_a_group_can_resume(encoded, tmp_path):
+    import os
+
+    from slimtext.train.checkpoint import exclusive
+
+    old = os.umask(0o002)  # a group-shared run folder
+    try:
+        with exclusive(tmp_path):  # held by the CLI's runs
+            run(encoded, {"checkpoint_dir": tmp_path}, checkpoint_every=4, keep_checkpoints=1)
+    finally:
+        os.umask(old)
+    (ck,) = list_checkpoints(tmp_path)
+    assert ck.stat().st_mode & 0o777 == 0o775  # mkdtemp alone gives 0700
+    for f in ck.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o664, f.name  # safetensors alone: 0600
+    assert (tmp_path / ".lock").stat().st_mode & 0o777 == 0o664  # was 0644 whatever the umask
