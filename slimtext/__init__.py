@@ -5,19 +5,25 @@ Lean on import: torch and the model code load only when a function that needs th
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import TextClassifier
+    from .data import TextDataset
     from .infer import Predictor
 
 __all__ = ["Predictor", "TextClassifier", "__version__", "load", "load_data"]
 
 
 def load(
-    path, backend: str = "torch", device: str = "cpu", batch_size: int = 64, **options
+    path: str | os.PathLike,
+    backend: str = "torch",
+    device: str = "cpu",
+    batch_size: int = 64,
+    **options,
 ) -> Predictor:
     """Load a model directory; returns a Predictor with `predict` and `predict_proba`.
 
@@ -28,8 +34,9 @@ def load(
     return _load(path, backend=backend, device=device, batch_size=batch_size, **options)
 
 
-def load_data(spec, **kwargs):
-    """Read labelled text (CSV/TSV/JSONL/Parquet/class folders/`bbc`/`hf:NAME`)."""
+def load_data(spec: str | os.PathLike, **kwargs) -> TextDataset:
+    """Read labelled text (CSV/TSV/JSONL/Parquet/class folders/`bbc`/`hf:NAME`); the keywords
+    are `slimtext.data.load_data`'s (text_cols, label_col, encoding, encoding_errors, on_bad)."""
     from .data.sources import load_data as _load_data
 
     return _load_data(spec, **kwargs)

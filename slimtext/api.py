@@ -147,6 +147,7 @@ class TextClassifier:
         return merged
 
     def train_config(self) -> TrainConfig:
+        """The `TrainConfig` these parameters make (checked: a bad value raises here)."""
         return TrainConfig(**{k: v for k, v in self._params().items() if k in _TRAIN_KEYS})
 
     def _model_config(self, tok: TextTokenizer, num_labels: int, max_length: int) -> ModelConfig:
@@ -208,8 +209,9 @@ class TextClassifier:
             raise DataError(f"{train_ds.source}: training data has no labels")
         if valid is None and self.valid_fraction == 0:  # train on everything, keep the last
             if cfg.patience is not None:  # it would never stop, without a word
-                raise ValueError("patience (early stopping) needs validation data: give valid "
-                                 "data or a valid_fraction > 0")  # fmt: skip
+                raise ValueError("patience (early stopping) needs validation data: give "
+                                 "--valid (valid=) or --valid-fraction above 0 "
+                                 "(valid_fraction=)")  # fmt: skip
             valid_ds = TextDataset([], [], source="<no validation split>")
         elif valid is None:
             train_ds, valid_ds = stratified_split(train_ds, self.valid_fraction, seed=cfg.seed)
@@ -405,6 +407,7 @@ class TextClassifier:
     _estimator_type = "classifier"  # scikit-learn < 1.6
 
     def get_params(self, deep: bool = True) -> dict:
+        """Every constructor argument, as scikit-learn's `clone` and `GridSearchCV` read them."""
         return {"model": self.model, "tokenizer": self.tokenizer, "vocab_size": self.vocab_size,
                 "valid_fraction": self.valid_fraction, "verbose": self.verbose,
                 "init": self.init, **self.params}  # fmt: skip

@@ -840,20 +840,12 @@ def _text_lines(f, name: str, encoding: str = "utf-8"):
     """(line number, text) of a binary stream of lines: a BOM and the line ending (LF or CRLF)
     removed, as the data loaders do; undecodable bytes are an error naming the line."""
     codec = codecs.lookup(encoding)
-    hint = "; pass --encoding (e.g. cp1252, utf-16)"
+    # the way out, where the user has not already taken it
+    hint = "; pass --encoding (e.g. cp1252, utf-16)" if codec.name == "utf-8" else ""
     if codec.name.startswith(("utf-16", "utf-32")):
-        # "\n" is not one byte here: the stream is decoded whole, then cut at "\n" only
-        data = f.read()
-        try:
-            text = data.decode(encoding)
-        except UnicodeDecodeError as e:
-            n = data[: e.start].decode(encoding, "replace").count("\n") + 1
-            raise ValueError(f"{name}:{n}: not valid {encoding} ({e.reason}){hint}") from None
-        lines = text.removeprefix("\ufeff").split("\n")
-        if lines[-1] == "":
-            lines.pop()
-        for n, line in enumerate(lines, start=1):
-            yield n, line.rstrip("\r")
+        # "\n" is not one byte here: decoded as it arrives (a pipe's texts are answered as
+        # they come), an undecodable spot marked so that the lines before it are answered
+        yield from _wide_text_lines(f, name, encoding)
         return
     first = "utf-8-sig" if codec.name == "utf-8" else encoding
     for n, raw in enumerate(f, start=1):
@@ -864,6 +856,29 @@ def _text_lines(f, name: str, encoding: str = "utf-8"):
             msg = f"{name}:{n}: not valid {shown} ({e.reason} at byte {e.start}){hint}"
             raise ValueError(msg) from None
         yield n, line.rstrip("\r\n")
+
+
+_BAD = "\U0010fffe"  # a noncharacter: where a wide text_lines decoder met undecodable bytes
+codecs.register_error("slimtext.mark", lambda e: (_BAD, e.end))
+
+
+def _wide_text_lines(f, name: str, encoding: str):
+    decoder = codecs.getincrementaldecoder(encoding)("slimtext.mark")
+    read = getattr(f, "read1", f.read)
+    pending, n = "", 0
+    while True:
+        chunk = read(1 << 16)
+        pending += decoder.decode(chunk, final=not chunk)
+        *lines, pending = pending.split("\n")
+        if not chunk and pending:
+            lines.append(pending)
+        for line in lines:
+            n += 1
+            if _BAD in line:
+                raise ValueError(f"{name}:{n}: not valid {encoding}")
+            yield n, (line.removeprefix("\ufeff") if n == 1 else line).rstrip("\r")
+        if not chunk:
+            return
 
 
 def _predict_lines(pred, numbered, unit: str, chunk: int = 1024) -> None:
@@ -1165,6 +1180,9 @@ def bench(
     ] = 1,
     text_col: list[str] | None = None,
     label_col: str = "label",
+    encoding: EncodingOpt = "utf-8",
+    encoding_errors: EncodingErrorsOpt = "strict",
+    on_bad: OnBadOpt = "raise",
     progress: bool = True,
     config: ConfigOpt = None,
 ) -> None:
@@ -1179,7 +1197,8 @@ def bench(
             backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
             time_budget=time_budget, threads=threads, isolate=isolate, max_test=max_test,
             progress=progress, log=lambda s: typer.echo(s, err=True),
-            load_kw={"text_cols": text_col, "label_col": label_col}, repeat=repeat,
+            load_kw=_load_kw(text_col, label_col, encoding, encoding_errors, on_bad),
+            repeat=repeat,
         )  # fmt: skip
     except (*_user_errors(), ImportError) as e:
         _fail(e)

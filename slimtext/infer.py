@@ -139,6 +139,7 @@ class Predictor:
 
     @property
     def labels(self) -> list[str]:
+        """The labels as stored (text), in the order of the probability columns."""
         return list(self.model_dir.labels)
 
     @property
@@ -159,14 +160,19 @@ class Predictor:
         return md.tokenizer.encode_windows(texts, md.max_length, self.long_text)
 
     def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        """(N, C) float32 scores before the softmax, rows in input order (a long text's windows
+        averaged, see `long_text`)."""
         texts = check_texts(texts)  # a list from here on: `texts` may be a one-shot iterator
         ids, owner = self._encode(texts)
         if not ids:
             return torch.empty(0, len(self.labels))
         return pool_windows(self.logits_from_ids(ids), owner, len(texts))
 
-    def logits_from_ids(self, ids: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Logits (N, C) float32 for token ids, rows in input order (longest batches first)."""
+    def logits_from_ids(
+        self, ids: Sequence[Sequence[int]], synthetic: bool = False
+    ) -> torch.Tensor:
+        """Logits (N, C) float32 for token ids, rows in input order (longest batches first).
+        `synthetic`: the load's own warm-up and timing batches (for error messages)."""
         pad_id = self.model_dir.tokenizer.pad_id
         # numpy between the runners: ONNX Runtime takes and returns it, torch wraps it without a
         # copy, and at batch 1 the tensor bookkeeping was a fifth of an int8 call's time.
@@ -178,13 +184,15 @@ class Predictor:
         if not np.isfinite(out).all():  # printed as NaN: not JSON, and no answer at all
             bad = int((~np.isfinite(out)).any(axis=1).sum())
             where = self.model_dir.meta.get("path", "the model")
+            what = "its warm-up batch at load" if synthetic else f"{bad} of {len(ids)} inputs"
             raise ValueError(
-                f"{where}: non-finite scores (NaN or inf) for {bad} of {len(ids)} inputs: its "
-                f"weights hold NaN/inf, or the {self._runner_name} backend overflowed"
+                f"{where}: non-finite scores (NaN or inf) for {what}: its weights hold NaN/inf, "
+                f"or the {self._runner_name} backend overflowed"
             )
         return torch.from_numpy(out)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """(N, C) probabilities, rows in input order, columns in `classes_` order."""
         return torch.softmax(self.logits(texts), dim=-1).numpy()
 
     def predict(self, texts: Sequence[str]) -> list:
@@ -399,10 +407,12 @@ class Predictor:
                 # n texts of 1 to max tokens: half padding, so packed; length-grouped from
                 # GROUP_MIN texts on
                 sizes = np.linspace(1, lengths[-1], n).round().astype(int).tolist()
-                self.logits_from_ids([[min(j + 1, vocab - 1) for j in range(t)] for t in sizes])
+                rows = [[min(j + 1, vocab - 1) for j in range(t)] for t in sizes]
+                self.logits_from_ids(rows, synthetic=True)
         for t in lengths:
             for n in (1, 2):
-                self.logits_from_ids([[min(j + 1, vocab - 1) for j in range(t)]] * n)
+                row = [min(j + 1, vocab - 1) for j in range(t)]
+                self.logits_from_ids([row] * n, synthetic=True)
 
     def _synthetic_ids(self, n: int) -> list[list[int]]:
         """n texts of mixed length around a mid-length t (t/4 to 2t, in shuffled order): the
@@ -420,15 +430,15 @@ class Predictor:
         return [torch.randint(1, vocab, (int(lengths[i]),), generator=g).tolist() for i in order]
 
     def _run_synthetic(self, n: int) -> None:
-        self.logits_from_ids(self._synthetic_ids(n))
+        self.logits_from_ids(self._synthetic_ids(n), synthetic=True)
 
     def _time_synthetic(self, n: int, repeats: int = 3) -> float:
         ids = self._synthetic_ids(n)
-        self.logits_from_ids(ids)  # warm-up (and compile); not timed
+        self.logits_from_ids(ids, synthetic=True)  # warm-up (and compile); not timed
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            self.logits_from_ids(ids)
+            self.logits_from_ids(ids, synthetic=True)
             times.append((time.perf_counter() - t0) * 1e3)
         return statistics.median(times)
 
@@ -623,8 +633,8 @@ def load(
     batch_size: int = 64,
     **options,
 ) -> Predictor:
-    """Load a model directory for prediction on `backend` (torch | compile | onnxruntime |
-    onnxruntime-int8 | auto).
+    """Load a model directory for prediction on `backend` (torch | torch-bf16 | compile |
+    compile-bf16 | onnxruntime | onnxruntime-int8 | auto).
 
     `options` go to `Predictor`: `onnx_path` (e.g. the directory's `model.int8.onnx`),
     `compile_backend`, `candidates` (backends `auto` races), `warmup`.

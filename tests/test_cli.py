@@ -143,6 +143,8 @@ def test_predict_reads_lines_as_the_loaders_do_and_keeps_output_aligned(tmp_path
     f.write_bytes(utf16 + b"\x00\xd8")  # line 3: a lone surrogate
     r = runner.invoke(app, ["predict", str(out), "--file", str(f), "--encoding", "utf-16"])
     assert r.exit_code == 2 and "in.txt:3: not valid utf-16" in r.output
+    assert [json.loads(x) for x in r.stdout.splitlines()] == cafe  # the lines before: answered
+    assert "pass --encoding" not in r.output  # it was passed
     r = runner.invoke(app, ["predict", str(out), "--file", str(f), "--encoding", "klingon"])
     assert r.exit_code == 2 and "unknown encoding" in r.output
 

@@ -839,6 +839,15 @@ def _read_class_folder(
                 f"{os.fsencode(d)!r}: a class folder's name is its label, and this one is not "
                 "valid UTF-8; rename it"
             ) from None
+    seen: dict[str, Path] = {}
+    for d in class_dirs:  # "Ärger" composed and decomposed: one label (NFC), two folders
+        label, _ = label_to_str(d.name)
+        if label in seen:
+            raise DataError(
+                f"{seen[label]} and {d}: two class folders of one label {label!r} (their names "
+                "differ only in Unicode form or surrounding spaces); merge them"
+            )
+        seen[label] = d
     decoded: Counter[str] = Counter()
     first: dict[str, list[str]] = defaultdict(list)
     for class_dir in class_dirs:

@@ -33,6 +33,21 @@ def test_bench_verb_names_the_bad_file(cls_model_dir, tmp_path):
     assert r.exit_code == 2 and "nope.jsonl" in r.output
 
 
+def test_bench_reads_a_cp1252_file_as_its_error_suggests(cls_model_dir, bench_data, tmp_path):
+    rows = [json.loads(x) for x in bench_data[1].read_text(encoding="utf-8").splitlines()][:40]
+    rows[3]["text"] += " café"
+    data = tmp_path / "cp.jsonl"
+    data.write_bytes(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("cp1252")
+    )
+    args = ["bench", str(cls_model_dir), "--data", str(data), "--peers", "", "--backends",
+            "torch", "--threads", "1", "--no-isolate", "--no-progress"]  # fmt: skip
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "--encoding" in r.output  # what it suggests...
+    r = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--encoding", "cp1252"])
+    assert r.exit_code == 0, r.output  # ...bench had no such option
+
+
 def test_bench_help():
     r = runner.invoke(app, ["bench", "--help"])
     assert r.exit_code == 0 and "--time-budget" in r.output

@@ -746,3 +746,6 @@ def test_labels_are_one_class_however_their_unicode_is_composed(write, tmp_path)
     folder = load_data(tmp_path / "corpus")
     table = load_data(write("t.csv", "text,label\nmies,Ärger\nprima,Lob\n"))  # composed (NFC)
     assert sorted(folder.labels) == sorted(table.labels) == ["Lob", "Ärger"]
+    write("corpus/Ärger/b.txt", "mies")  # the composed spelling beside the decomposed one
+    with pytest.raises(DataError, match="two class folders of one label 'Ärger'"):
+        load_data(tmp_path / "corpus")  # merged silently, where in memory it was an error
