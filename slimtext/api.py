@@ -35,7 +35,7 @@ from .metrics import classification_report
 from .models import ModelConfig, build_model
 from .tokenizer import TextTokenizer, in_chunks, load_tokenizer, train_tokenizer
 from .train import Encoded, TrainConfig, TrainResult, fit
-from .train.checkpoint import check_fresh_start
+from .train.checkpoint import check_fresh_start, list_checkpoints
 from .train.distributed import (
     DistContext,
     DistributedError,
@@ -68,6 +68,16 @@ def _check_family(model: str, params: dict) -> None:
         raise ValueError(
             f"{', '.join(given)} does not apply to model={model!r} (pooling is the transformer's, "
             "[CLS] or mean; attention_size the attention model's scorer)"
+        )
+    layers = params.get("num_layers", _ATTENTION_DEFAULTS["num_layers"] if model == "attention"
+                        else default["num_layers"])  # fmt: skip
+    blocks_only = ("num_heads", "ffn_size", "gradient_checkpointing", "share_layers")
+    given = [k for k in blocks_only if params.get(k) not in (None, default[k])]
+    if layers == 0 and given:
+        raise ValueError(
+            f"{', '.join(given)} shape(s) encoder blocks, and this model has none (num_layers=0"
+            f"{', the attention model default' if model == 'attention' else ''}): give "
+            "num_layers too, or leave them out"
         )
 
 
@@ -163,7 +173,9 @@ class TextClassifier:
         # processes: huggingface/tokenizers#1794).
         # (its callers have already refused a folder of an earlier run's checkpoints)
         saved = Path(checkpoint_dir) / "tokenizer.json" if checkpoint_dir is not None else None
-        if resume and saved is not None and saved.is_file():
+        # Only with a checkpoint to continue: a run killed before its first one left only the
+        # tokenizer, and reusing it ignored a changed --tokenizer/--vocab-size (or data)
+        if resume and saved is not None and saved.is_file() and list_checkpoints(checkpoint_dir):
             return load_tokenizer(saved)
         if self.tokenizer in ("wordpiece", "bpe"):
             if self.verbose:  # a minute or more on a million texts: say what the wait is
@@ -326,7 +338,16 @@ class TextClassifier:
         self._train_config = cfg  # here, with the rest: a fit that fails leaves the last one
         # Predict where training ran: a model trained on the GPU also scores its test set there.
         self._predictor = Predictor(self.model_dir_, device=str(ctx.device))
-        if result.best:
+        if result.best and not cfg.keep_best:
+            # the last weights are the ones kept: their figures, not the best epoch's
+            last = result.history[-1]
+            self.metrics_["valid"] = {
+                **self.evaluate(valid_ds, progress=bars),
+                "during_training": {"accuracy": last["valid_accuracy"], "epoch": last["epoch"],
+                                    "macro_f1": last["valid_macro_f1"],
+                                    "loss": last["valid_loss"], "precision": result.precision},
+            }  # fmt: skip
+        elif result.best:
             self.metrics_["valid"] = result.best
             if result.precision != "fp32":
                 # Validation ran under the training autocast (bf16/fp16), which may flip a few

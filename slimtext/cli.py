@@ -261,7 +261,8 @@ def train(
     tokenizer: Annotated[
         str,
         typer.Option(
-            help="bpe | wordpiece (trained on --data), or a tokenizer.json / HF tokenizer folder."
+            help="bpe | wordpiece (trained on --data; wordpiece's vocabulary may differ from run "
+            "to run), or a tokenizer.json / HF tokenizer folder."
         ),
     ] = "bpe",
     text_col: TextColOpt = None,

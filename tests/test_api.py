@@ -486,3 +486,36 @@ def test_early_stopping_without_validation_data_is_refused(toy_data):
                          patience=2, verbose=False)  # fmt: skip
     with pytest.raises(ValueError, match="patience .* needs validation data"):
         clf.fit(toy_data)
+
+
+def test_resume_without_a_checkpoint_learns_the_tokenizer_asked_for(toy_data, tmp_path):
+    from slimtext.tokenizer import train_tokenizer
+
+    texts, _ = toy_data
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    # a run killed before its first checkpoint left only its tokenizer (a wordpiece one)
+    train_tokenizer(texts, vocab_size=120, kind="wordpiece").save(ck / "tokenizer.json")
+    clf = TextClassifier(model="attention", tokenizer="bpe", vocab_size=300, max_steps=1,
+                         verbose=False)  # fmt: skip
+    clf.fit(toy_data, checkpoint_dir=ck, resume=True)
+    # it reused the killed run's, ignoring the options this run asked for
+    assert type(clf.model_dir_.tokenizer.backend.model).__name__ == "BPE"
+
+
+def test_without_keep_best_the_figures_are_the_kept_last_weights(toy_data):
+    clf = TextClassifier(model="attention", vocab_size=300, epochs=4, lr=0.05, keep_best=False,
+                         precision="fp32", verbose=False).fit(toy_data)  # fmt: skip
+    last = clf.result_.history[-1]
+    valid = clf.metrics_["valid"]
+    # they were the best epoch's, of weights that were not kept
+    assert valid["accuracy"] == pytest.approx(last["valid_accuracy"])
+    assert valid["during_training"]["epoch"] == last["epoch"]
+
+
+def test_encoder_block_options_on_a_model_without_blocks_are_refused():
+    with pytest.raises(ValueError, match="num_heads shape.*num_layers=0, the attention model"):
+        TextClassifier(model="attention", num_heads=5)
+    TextClassifier(model="attention", num_layers=1, num_heads=2)  # with blocks: fine
+    with pytest.raises(ValueError, match="ffn_size"):
+        TextClassifier(model="transformer", num_layers=0, ffn_size=64)
