@@ -44,7 +44,7 @@ from .train.distributed import (
     full_state_dict,
     init_distributed,
 )
-from .train.trainer import keeps_caller_rng
+from .train.trainer import frozen_blocks, keeps_caller_rng
 
 Data = Union[TextDataset, str, os.PathLike, tuple]  # noqa: UP007 (readable in help text)
 
@@ -160,12 +160,16 @@ class TextClassifier:
         """The `TrainConfig` these parameters make (checked: a bad value raises here)."""
         return TrainConfig(**{k: v for k, v in self._params().items() if k in _TRAIN_KEYS})
 
-    def _model_config(self, tok: TextTokenizer, num_labels: int, max_length: int) -> ModelConfig:
+    def _model_config(
+        self, tok: TextTokenizer | None, num_labels: int, max_length: int
+    ) -> ModelConfig:
+        """The ModelConfig of these parameters (`tok` None: the vocabulary asked for)."""
         kw = {k: v for k, v in self._params().items() if k in _MODEL_KEYS}
         _check_family(self.model, self.params)  # set_params may have changed them
         kw["max_length"] = max_length
-        return ModelConfig(vocab_size=tok.vocab_size, num_labels=num_labels, arch=self.model,
-                           pad_id=tok.pad_id, **kw)  # fmt: skip
+        vocab, pad = (tok.vocab_size, tok.pad_id) if tok is not None else (self.vocab_size, 0)
+        return ModelConfig(vocab_size=vocab, num_labels=num_labels, arch=self.model, pad_id=pad,
+                           **kw)  # fmt: skip
 
     def _fit_tokenizer(self, texts: Sequence[str], checkpoint_dir, resume: bool) -> TextTokenizer:
         # A resumed run must reuse the exact tokenizer of the run it continues: the checkpoint's
@@ -212,6 +216,10 @@ class TextClassifier:
         rank calls `fit` with the same data, and rank 0 holds the result afterwards."""
         train, valid = _xy(train, valid)
         cfg = self.train_config()
+        if self.init is None:  # the shape checked now, not after minutes of tokenizer learning
+            probe = self._model_config(None, 2, cfg.max_length)
+            if (n := frozen_blocks(cfg.freeze)) is not None and n > probe.num_layers:
+                raise ValueError(f"freeze={cfg.freeze!r}: the model has {probe.num_layers} blocks")
         bars = self.verbose if progress is None else (progress and self.verbose)
         # Labels given in memory come back as given (`predict`, `classes_`: ints stay ints, as
         # in scikit-learn); the model directory stores their text, and these beside it.

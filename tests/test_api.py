@@ -519,3 +519,20 @@ def test_encoder_block_options_on_a_model_without_blocks_are_refused():
     TextClassifier(model="attention", num_layers=1, num_heads=2)  # with blocks: fine
     with pytest.raises(ValueError, match="ffn_size"):
         TextClassifier(model="transformer", num_layers=0, ffn_size=64)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [(dict(embeddings="bag"), "bag"), (dict(precision="fp8"), "precision"),
+     (dict(dropout=1.0), "dropout"), (dict(freeze="embeddings+5", num_layers=2), "has 2 blocks")],
+)  # fmt: skip
+def test_bad_shapes_are_refused_before_the_tokenizer_is_learned(toy_data, monkeypatch, params,
+                                                                message):  # fmt: skip
+    import slimtext.api
+
+    def learned(*a, **k):  # a minute or more on large data, before the refusal came
+        raise AssertionError("the tokenizer was learned first")
+
+    monkeypatch.setattr(slimtext.api, "train_tokenizer", learned)
+    with pytest.raises(ValueError, match=message):
+        TextClassifier(model="transformer", verbose=False, **params).fit(toy_data)

@@ -47,7 +47,14 @@ from .distributed import (
     wrap_model,
 )
 from .evaluate import evaluate
-from .precision import autocast, check_device, grad_scaler, resolve_device, resolve_precision
+from .precision import (
+    PRECISIONS,
+    autocast,
+    check_device,
+    grad_scaler,
+    resolve_device,
+    resolve_precision,
+)
 
 
 @dataclass
@@ -92,6 +99,8 @@ class TrainConfig:
     sparse_embeddings: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:  # here, not after minutes of tokenizer learning
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"schedule must be linear, cosine or constant, not {self.schedule!r}")
         check_long_text(self.long_text)
