@@ -749,7 +749,8 @@ def pretrain(
     typer.echo(
         f"pretrained {r.steps} steps{resumed} in {time.perf_counter() - t0:.1f}s on "
         f"{info['texts']} texts "
-        f"({windows}final MLM loss {loss:.4f}, {r.precision} on {r.device})",
+        f"({windows}final MLM loss {loss:.4f}, {r.precision} on {r.device}"
+        + (f", {ctx.strategy} x{ctx.world_size})" if ctx.distributed else ")"),
         err=True,
     )
     typer.echo(f"model directory: {out}", err=True)

@@ -64,7 +64,7 @@ def _dcp_options(flatten: bool = True):
     return StateDictOptions(flatten_optimizer_state_dict=flatten)
 
 
-def _dcp_read(sd: dict, folder: Path) -> None:
+def _dcp_read(sd: dict, folder: Path, no_dist: bool = False) -> None:
     """`dcp.load(sd)` from `folder` without running what a doctored checkpoint could put there:
     torch's reader unpickles the `.metadata` file and `torch.load(weights_only=False)`s every
     non-tensor entry, so a checkpoint folder from someone else ran their code on --resume.
@@ -142,7 +142,8 @@ def _dcp_read(sd: dict, folder: Path) -> None:
 
     read(folder / ".metadata")  # here, as dcp.load turns a reader's error into another one
     try:
-        dcp.load(sd, storage_reader=Reader(str(folder)), planner=Planner())
+        # no_dist in one process: a resharded resume there is by design, not torch's warning
+        dcp.load(sd, storage_reader=Reader(str(folder)), planner=Planner(), no_dist=no_dist)
     except dcp.api.CheckpointException as e:  # {rank: (error, traceback)}
         why = next(iter(getattr(e, "failures", {}).values()), e)
         lines = str(why[0] if isinstance(why, tuple) else why).strip().splitlines() or [str(e)]
@@ -299,7 +300,7 @@ def load_checkpoint(
         opts = _dcp_options(bool(state.get("dcp_flat", ctx.strategy == "pp")))
         msd, osd = get_state_dict(target, optimizer, options=opts)
         sd = {"model": msd, "optim": osd}
-        _dcp_read(sd, path / "dcp")
+        _dcp_read(sd, path / "dcp", no_dist=not ctx.distributed)
         set_state_dict(target, optimizer, model_state_dict=sd["model"],
                        optim_state_dict=sd["optim"], options=opts)  # fmt: skip
     elif _uses_dcp(ctx):

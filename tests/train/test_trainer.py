@@ -513,7 +513,8 @@ def test_a_doctored_dcp_checkpoint_runs_nothing_on_resume(tmp_path):
     state = {"w": torch.arange(6.0).reshape(2, 3), "meta": {"lr": 0.1, "betas": (0.9, 0.99)}}
     dcp.save(state, checkpoint_id=str(tmp_path / "ok"), no_dist=True)
     into = {"w": torch.zeros(2, 3), "meta": {"lr": 0.0, "betas": (0.0, 0.0)}}
-    _dcp_read(into, tmp_path / "ok")  # an honest checkpoint loads, non-tensor entries too
+    _dcp_read(into, tmp_path / "ok", no_dist=True)  # an honest checkpoint loads, and its
+    # non-tensor entries too
     torch.testing.assert_close(into["w"], state["w"])
     assert into["meta"] == state["meta"]
 
