@@ -59,7 +59,7 @@ _EVAL_CHUNK = 8192
 _ATTENTION_DEFAULTS = {"num_layers": 0, "hidden_size": 128, "lr": 3e-3, "dropout": 0.1}
 
 
-def _check_family(model: str, params: dict) -> None:
+def _check_family(model: str, params: dict, warn: bool = True) -> None:
     """Options of the other model family would be saved in config.json and change nothing.
     Checked for new models here, not in ModelConfig: directories trained with them still load."""
     other = {"attention": ("pooling",), "transformer": ("attention_size",)}[model]
@@ -73,11 +73,11 @@ def _check_family(model: str, params: dict) -> None:
                         else default["num_layers"])  # fmt: skip
     blocks_only = ("num_heads", "ffn_size", "gradient_checkpointing", "share_layers")
     given = [k for k in blocks_only if params.get(k) not in (None, default[k])]
-    if layers == 0 and given:
-        raise ValueError(
+    if warn and layers == 0 and given:  # said, not refused: shared flags of a script carry them
+        warnings.warn(
             f"{', '.join(given)} shape(s) encoder blocks, and this model has none (num_layers=0"
-            f"{', the attention model default' if model == 'attention' else ''}): give "
-            "num_layers too, or leave them out"
+            f"{', the attention model default' if model == 'attention' else ''}): no effect",
+            stacklevel=3,
         )
 
 
@@ -165,7 +165,7 @@ class TextClassifier:
     ) -> ModelConfig:
         """The ModelConfig of these parameters (`tok` None: the vocabulary asked for)."""
         kw = {k: v for k, v in self._params().items() if k in _MODEL_KEYS}
-        _check_family(self.model, self.params)  # set_params may have changed them
+        _check_family(self.model, self.params, warn=False)  # set_params may have changed them
         kw["max_length"] = max_length
         vocab, pad = (tok.vocab_size, tok.pad_id) if tok is not None else (self.vocab_size, 0)
         return ModelConfig(vocab_size=vocab, num_labels=num_labels, arch=self.model, pad_id=pad,

@@ -513,11 +513,15 @@ def test_without_keep_best_the_figures_are_the_kept_last_weights(toy_data):
     assert valid["during_training"]["epoch"] == last["epoch"]
 
 
-def test_encoder_block_options_on_a_model_without_blocks_are_refused():
-    with pytest.raises(ValueError, match="num_heads shape.*num_layers=0, the attention model"):
+def test_encoder_block_options_on_a_model_without_blocks_are_said_to_do_nothing():
+    import warnings
+
+    with pytest.warns(UserWarning, match="num_heads shape.*num_layers=0, the attention model"):
         TextClassifier(model="attention", num_heads=5)
-    TextClassifier(model="attention", num_layers=1, num_heads=2)  # with blocks: fine
-    with pytest.raises(ValueError, match="ffn_size"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        TextClassifier(model="attention", num_layers=1, num_heads=2)  # with blocks: fine
+    with pytest.warns(UserWarning, match="ffn_size.*no effect"):
         TextClassifier(model="transformer", num_layers=0, ffn_size=64)
 
 

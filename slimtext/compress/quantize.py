@@ -309,6 +309,17 @@ def quantize_(model: nn.Module, config: QuantConfig) -> dict:
     if not isinstance(config, (Int8Dynamic, Int8WeightOnly, Int4WeightOnly)):
         raise TypeError(f"quantize_ does not handle {type(config).__name__}")
     model.cpu().eval()
+    if isinstance(config, Int4WeightOnly):
+        # The widths at this step (a prune or distil before it changes them): a group that
+        # divides none left every layer int8 under an "int4-weight" record, without a word
+        linears = [model.get_submodule(n) for n in _targets(model, config)]
+        widths = sorted({m.in_features for m in linears if isinstance(m, nn.Linear)})
+        if widths and not any(w % config.group_size == 0 for w in widths):
+            raise ValueError(
+                f"int4-weight group={config.group_size} divides none of the layers' input widths "
+                f"at this step ({', '.join(map(str, widths))}): every layer would be int8; "
+                "choose a group that divides them"
+            )
     done = {}
     for name in _targets(model, config):
         new = _quantized(model.get_submodule(name), config)

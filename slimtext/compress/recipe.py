@@ -250,6 +250,20 @@ def check_recipe(
     layers = config.num_layers  # the model's layers as each step meets them
     for i, (name, opts) in enumerate(steps):
         label = _label(name, opts)
+        if name == "prune" and not {"heads", "ffn"} & set(opts):  # it pruned nothing
+            raise ValueError(
+                f"step {label!r} needs heads= and/or ffn=, the shares to remove (e.g. "
+                "prune:heads=0.5,ffn=0.5)"
+            )
+        sparse = next((_label(n, o) for n, o in steps[:i] if n == "sparsity"), None)
+        if sparse and not (name == "quantize" and not float(opts.get("qat", 0))):
+            # trained without the mask, the zeroed weights grow back: the saved model kept
+            # none of the sparsity its record claimed
+            raise ValueError(
+                f"step {label!r} cannot follow {sparse!r}: it trains the weights and the zeroed "
+                "ones grow back; put the sparsity step last (a post-training 'quantize' may "
+                "follow it)"
+            )
         if name == "prune" and factorized and ({"heads", "ffn"} & set(opts) or not opts):
             raise ValueError(
                 f"step {label!r}: structured pruning needs plain Linear layers, and the model is "

@@ -147,6 +147,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (v >= 0 and math.isfinite(v)):  # also catches NaN
                 raise ValueError(f"{name} must be a number >= 0, got {v}")
+        if self.warmup >= 1 and self.warmup != int(self.warmup):  # 2.5 became 2 steps
+            raise ValueError(
+                f"warmup is a fraction of the steps (< 1) or a number of steps, got {self.warmup}"
+            )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -645,6 +649,12 @@ def fit(
     epochs = math.ceil(total_steps / steps_per_epoch)
     warmup_steps = int(cfg.warmup if cfg.warmup >= 1 else round(cfg.warmup * total_steps))
     warmup_steps = max(1, warmup_steps)
+    if warmup_steps > total_steps and ctx.is_main:
+        warnings.warn(
+            f"warm-up of {warmup_steps} steps is longer than the run ({total_steps} steps): the "
+            "learning rate never reaches its peak",
+            stacklevel=2,
+        )
 
     # Fused AdamW is fastest on plain tensors; sharded (DTensor) params take the foreach path.
     fused = device.type in ("cuda", "cpu") and not (

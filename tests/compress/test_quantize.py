@@ -119,3 +119,13 @@ def test_ngram_table_goes_to_int8_rows_and_round_trips(teacher, tmp_path):
     loaded = slimtext.load(tmp_path / "q")
     assert isinstance(loaded.model.embeddings.ngram, Int8Embedding)
     torch.testing.assert_close(loaded.model(ids, mask), out)
+
+
+def test_int4_whose_group_divides_no_width_at_this_step_is_refused_not_int8():
+    model = torch.nn.Sequential(torch.nn.Linear(32, 48), torch.nn.Linear(48, 2))
+    # widths 32 and 48 (after a prune, say): every layer fell back to int8 under an int4 record
+    with pytest.raises(ValueError, match="group=64 divides none.*32, 48"):
+        quantize_(model, Int4WeightOnly(group_size=64))
+    assert type(model[0]) is torch.nn.Linear  # untouched
+    done = quantize_(model, Int4WeightOnly(group_size=16))
+    assert set(done["modules"].values()) == {"Int4Linear"}

@@ -583,3 +583,10 @@ def test_checkpoints_get_the_umasks_modes_so_a_group_can_resume(encoded, tmp_pat
     for f in ck.iterdir():
         assert f.stat().st_mode & 0o777 == 0o664, f.name  # safetensors alone: 0600
     assert (tmp_path / ".lock").stat().st_mode & 0o777 == 0o664  # was 0644 whatever the umask
+
+
+def test_a_warm_up_past_the_run_is_said_and_half_steps_refused(encoded):
+    with pytest.warns(UserWarning, match="never reaches its peak"):
+        run(encoded, {}, max_steps=3, warmup=10)
+    with pytest.raises(ValueError, match="warmup is a fraction"):
+        TrainConfig(warmup=2.5)  # it became 2 steps
