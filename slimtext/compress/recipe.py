@@ -256,13 +256,12 @@ def check_recipe(
                 "prune:heads=0.5,ffn=0.5)"
             )
         sparse = next((_label(n, o) for n, o in steps[:i] if n == "sparsity"), None)
-        if sparse and not (name == "quantize" and not float(opts.get("qat", 0))):
+        if sparse and name != "quantize":  # QAT holds the zeros (qat.py); other steps do not
             # trained without the mask, the zeroed weights grow back: the saved model kept
             # none of the sparsity its record claimed
             raise ValueError(
                 f"step {label!r} cannot follow {sparse!r}: it trains the weights and the zeroed "
-                "ones grow back; put the sparsity step last (a post-training 'quantize' may "
-                "follow it)"
+                "ones grow back; put the sparsity step last ('quantize', QAT too, may follow it)"
             )
         if name == "prune" and factorized and ({"heads", "ffn"} & set(opts) or not opts):
             raise ValueError(

@@ -205,7 +205,6 @@ def test_bad_last_step_fails_before_the_teacher_is_measured(
         ("prune", "step 'prune' needs heads= and/or ffn="),
         ("sparsity:0.5,finetune", "'finetune' cannot follow 'sparsity:amount=0.5'.*grow back"),
         ("sparsity:0.5,prune:ffn=0.5", "cannot follow 'sparsity:amount=0.5'"),
-        ("sparsity:0.5,quantize:int8-dynamic,qat=1", "cannot follow 'sparsity:amount=0.5'"),
     ],
 )
 def test_impossible_recipes_are_refused_before_anything_runs(
