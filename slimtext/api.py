@@ -186,6 +186,10 @@ class TextClassifier:
                 print(f"tokenizer: learning a {self.vocab_size:,}-token {self.tokenizer} "
                       f"vocabulary from {len(texts):,} texts", file=sys.stderr)  # fmt: skip
             tok = train_tokenizer(texts, vocab_size=self.vocab_size, kind=self.tokenizer)
+            if self.verbose and tok.vocab_size != self.vocab_size:  # config.json shows both
+                print(f"tokenizer: {tok.vocab_size:,} tokens learned (the texts hold fewer "
+                      "subwords than asked for, or BPE's 256 byte tokens come on top)",
+                      file=sys.stderr)  # fmt: skip
         else:
             tok = load_tokenizer(self.tokenizer).with_pad()
         if saved is not None:

@@ -971,6 +971,11 @@ def fit(
     result.peak_rss_mb = [round(x, 1) for x in all_gather_object(ctx, _peak_rss_mb())]
     if cfg.keep_best and result.best is not None:
         load_full_state_dict(wrapped, best_state, ctx)
+        last = result.history[-1]["epoch"] if result.history else None
+        if say and result.best_epoch != last:  # the log's last line is not the model kept
+            best = result.best["loss" if cfg.metric == "loss" else cfg.metric]
+            tqdm.write(f"keep-best: the weights of epoch {result.best_epoch:.4g} are kept (best "
+                       f"valid {cfg.metric} {best:.4f})", file=sys.stderr)  # fmt: skip
     if run_dir is not None:
         plot_training_curve(run_dir / "metrics.jsonl", run_dir / "training_curve.png")
     return result
