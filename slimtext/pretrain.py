@@ -340,6 +340,13 @@ def pretrain(
                                     progress and ctx.is_main)  # fmt: skip
     split = sum(1 for n in Counter(owner).values() if n > 1)  # texts read as several windows
     if pack:
+        # Packing finds each document by its leading [CLS]: rows from a tokenizer whose template
+        # adds none were one document, attention crossing them all, without a word
+        if any(len(row) and row[0] != mlm.cls_id for row in ids):
+            raise ValueError(
+                "--pack needs each document to start with [CLS], and this tokenizer's template "
+                "adds none: give a tokenizer that wraps texts in [CLS] ... [SEP], or drop --pack"
+            )
         ids = pack_documents(ids, cfg.max_length)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
@@ -348,7 +355,8 @@ def pretrain(
                      resume=resume, progress=progress, messages=messages,
                      loss_fn=mlm_loss(mlm), dist=ctx,
                      resume_key={"model": config.to_dict(), "mask_prob": mask_prob, "pack": pack,
-                                 "whole_word": whole_word})  # fmt: skip
+                                 "whole_word": whole_word, "tokenizer": str(tokenizer),
+                                 "vocab_size": vocab_size})  # fmt: skip
         head_state = mlm.head.state_dict()
         if ctx.distributed:
             # Gather the (possibly fsdp-sharded) encoder and MLM head into plain modules on

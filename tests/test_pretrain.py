@@ -363,10 +363,29 @@ def test_pretrain_resume_refuses_other_masking_options(tmp_path):
     with pytest.raises(ValueError, match=r"mask_prob 0\.15 -> 0\.3"):
         pretrain(corpus(48), tmp_path / "b", checkpoint_dir=tmp_path / "ck", resume=True,
                  mask_prob=0.3, **kw)  # fmt: skip
+    # the tokenizer asked for, too (the checkpoint's was reused without a word)
+    with pytest.raises(ValueError, match=r"tokenizer 'wordpiece' -> 'bpe'"):
+        pretrain(corpus(48), tmp_path / "b", checkpoint_dir=tmp_path / "ck", resume=True,
+                 **{**kw, "tokenizer": "bpe"})  # fmt: skip
     with pytest.raises(TypeError, match="no init="):
         pretrain(corpus(48), tmp_path / "c", init=str(tmp_path / "a"), **kw)
     with pytest.raises(TypeError, match="no model="):  # was a "multiple values" TypeError
         pretrain(corpus(48), tmp_path / "c", model="attention", **kw)
+
+
+def test_packing_refuses_a_tokenizer_that_adds_no_cls(tmp_path):
+    from tokenizers import Tokenizer
+
+    from slimtext.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(corpus(48), vocab_size=120, kind="wordpiece").backend
+    bare = Tokenizer.from_str(tok.to_str())
+    bare.post_processor = None  # [CLS] in the vocabulary, never added to a text
+    bare.save(str(tmp_path / "bare.json"))
+    # documents were found by their [CLS]: a row of several was one, attention crossing them
+    with pytest.raises(ValueError, match="--pack needs each document to start with"):
+        pretrain(corpus(48), tmp_path / "p", tokenizer=str(tmp_path / "bare.json"), pack=True,
+                 max_steps=2, progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
 
 
 def test_init_warns_when_it_caps_max_length(pretrained, toy_data):
