@@ -841,10 +841,12 @@ def predict(
 def _text_lines(f, name: str, encoding: str = "utf-8"):
     """(line number, text) of a binary stream of lines: a BOM and the line ending (LF or CRLF)
     removed, as the data loaders do; undecodable bytes are an error naming the line."""
+    from .data.sources import _is_wide
+
     codec = codecs.lookup(encoding)
     # the way out, where the user has not already taken it
     hint = "; pass --encoding (e.g. cp1252, utf-16)" if codec.name == "utf-8" else ""
-    if codec.name.startswith(("utf-16", "utf-32")):
+    if _is_wide(codec):
         # "\n" is not one byte here: decoded as it arrives (a pipe's texts are answered as
         # they come), an undecodable spot marked so that the lines before it are answered
         yield from _wide_text_lines(f, name, encoding)

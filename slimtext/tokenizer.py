@@ -50,8 +50,8 @@ class TextTokenizer:
     backend: Tokenizer
 
     def __post_init__(self) -> None:
-        # encode() sets its own truncation on the shared backend; what is saved is the
-        # tokenizer with the settings it came with (see to_str)
+        # Encoding switches the backend's own truncation and padding off (we cut and pad
+        # ourselves); what is saved is the tokenizer with the settings it came with (to_str)
         self._as_given = (self.backend.truncation, self.backend.padding)
 
     @property

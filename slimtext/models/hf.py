@@ -251,8 +251,8 @@ def load_hf_bert(path: str | os.PathLike, num_labels: int | None = None):
 
 def hf_fast_tokenizer(tokenizer, max_length: int):
     """A slimtext `TextTokenizer` as a `PreTrainedTokenizerFast`: same ids, same [CLS] ... [SEP].
-    On a copy of the `tokenizers` object: slimtext's `encode` sets truncation on its own, and
-    Hugging Face sets its own per call."""
+    On a copy of the `tokenizers` object: Hugging Face sets truncation and padding on it per
+    call, which slimtext's encoding of the same model would then have to undo."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
