@@ -248,6 +248,15 @@ class TextClassifier:
         check_fresh_start(checkpoint_dir, resume)
         # The device and strategy asked for (CUDA, or a clear error), or torchrun's process group.
         ctx = dist or init_distributed(cfg.strategy, cfg.device)
+        if self.init is not None and self.verbose and ctx.is_main:
+            # a tokenizer choice that is not used must not pass unseen
+            unused = self.tokenizer != "bpe" or self.vocab_size != 16000
+            print(
+                f"init: {self.init} (its tokenizer and shape"
+                + (f"; tokenizer {self.tokenizer!r}, vocab size {self.vocab_size} ignored)"
+                   if unused else ")"),
+                file=sys.stderr,
+            )  # fmt: skip
         if valid is None and self.valid_fraction and self.verbose and ctx.is_main:
             print(
                 f"valid: {len(valid_ds):,} rows held out of the training data (stratified "

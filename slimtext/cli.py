@@ -565,8 +565,6 @@ def _train(
         check_labels_seen(train_ds, test_ds)
     params = {k: v for k, v in params.items() if v is not None}
     params["checkpoint_every"] = checkpoint_every
-    if params.get("init"):
-        say(f"init: {params['init']} (its tokenizer and shape; --tokenizer/--vocab-size ignored)")
     clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
                          valid_fraction=valid_fraction, verbose=True, **params)  # fmt: skip
     from .train.checkpoint import clear_finished, exclusive, mark_finished

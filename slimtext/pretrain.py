@@ -269,7 +269,8 @@ def pretrain(
 ) -> TrainResult:
     """Masked-LM pretraining of a transformer encoder on unlabelled text; writes a model dir.
 
-    `data`: a list of texts, a `TextDataset` (`load_data(path, encoding=..., on_bad=...)`), or
+    `data`: texts (a list, array, pandas Series or generator), a `TextDataset`
+    (`load_data(path, encoding=..., on_bad=...)`), or
     any source `load_data` reads (a .txt file is one document per line; labels, if any, are
     ignored). `whole_word` masks whole words instead of single sub-word tokens (`mask_tokens`).
     `pack` concatenates short documents into rows of `max_length` with block-diagonal attention.
@@ -297,10 +298,15 @@ def pretrain(
         raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
     if isinstance(data, TextDataset):  # e.g. load_data(path, encoding=..., on_bad="skip")
         texts = list(data.texts)
-    elif isinstance(data, (list, tuple)):
+    elif isinstance(data, (str, os.PathLike)):
+        texts = load_data(data, text_cols=text_cols, label_col=None, require_labels=False).texts
+    elif hasattr(data, "__iter__"):  # a list, array, pandas Series or generator, as predict()
         texts = check_texts(data)  # a blank or non-string item is an error, as in fit()
     else:
-        texts = load_data(data, text_cols=text_cols, label_col=None, require_labels=False).texts
+        raise TypeError(
+            f"data must be a path or source name, a TextDataset or a list of texts, not "
+            f"{type(data).__name__}"
+        )
     if not texts:
         raise DataError(f"{data}: no texts to pretrain on")
     if "init" in params:  # TextClassifier would take it and fine-tuning code would ignore it

@@ -166,9 +166,10 @@ def test_frozen_params_do_not_change_after_a_step():
     assert not torch.equal(after["head.weight"], before["head.weight"])
 
 
-def test_bad_freeze_spec_is_refused():
+@pytest.mark.parametrize("spec", ["blocks", "embeddings+", "embeddings+x", "embeddings+\u00b2"])
+def test_bad_freeze_spec_is_refused(spec):
     with pytest.raises(ValueError, match="freeze"):
-        TrainConfig(freeze="blocks")
+        TrainConfig(freeze=spec)
 
 
 def test_resumed_pretraining_draws_the_same_masks(tmp_path):
@@ -441,3 +442,33 @@ def test_predicting_with_a_pretrained_encoder_warns_that_its_head_is_a_placehold
     enc, _, _ = pretrained
     with pytest.warns(UserWarning, match="untrained placeholder.*train --init"):
         slimtext.load(enc)
+
+
+def test_init_says_its_tokenizer_replaces_the_one_asked_for(pretrained, toy_data, capsys):
+    enc, _, _ = pretrained
+    rest = {k: v for k, v in TINY.items() if k not in ("hidden_size", "num_layers")}
+    clf = TextClassifier(init=enc, max_steps=1, tokenizer="wordpiece", vocab_size=500, **rest)
+    clf.fit(toy_data, progress=False)
+    err = capsys.readouterr().err
+    assert f"init: {enc} (its tokenizer and shape; tokenizer 'wordpiece', vocab size 500" in err
+    TextClassifier(init=enc, max_steps=1, **rest).fit(toy_data, progress=False)
+    err = capsys.readouterr().err
+    assert f"init: {enc} (its tokenizer and shape)\n" in err and "ignored" not in err
+
+
+def test_pretrain_takes_texts_as_a_series_or_generator_like_a_list(tmp_path):
+    pd = pytest.importorskip("pandas")
+    # BPE: WordPiece's ids differ from run to run (huggingface/tokenizers#1794)
+    kw = dict(tokenizer="bpe", vocab_size=300, max_steps=2, progress=False,
+              **{**TINY, "num_layers": 1})  # fmt: skip
+    texts = corpus(48)
+    pretrain(texts, tmp_path / "list", **kw)
+    pretrain(pd.Series(texts), tmp_path / "series", **kw)  # was a TypeError from pathlib
+    pretrain((t for t in texts), tmp_path / "gen", **kw)
+    want = load_file(str(tmp_path / "list" / "model.safetensors"))
+    for other in ("series", "gen"):
+        got = load_file(str(tmp_path / other / "model.safetensors"))
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=f"{other}: {k}")
+    with pytest.raises(TypeError, match="not int"):
+        pretrain(3, tmp_path / "x", **kw)

@@ -227,6 +227,13 @@ def check_recipe(
             f"the model is already quantized ({method}): its quantized layers cannot be trained, "
             "pruned, factorized or quantized again; compress the float model it came from"
         )
+    if not own_teacher and not any(n == "distill" for n, _ in steps):
+        # Only a distill step learns from an external teacher: without one it would be loaded,
+        # scored and reported, and the student trained on labels alone.
+        raise ValueError(
+            "teacher= (--teacher) is used by a 'distill' step, and the recipe has none: add "
+            "'distill' first, or drop the teacher"
+        )
     if config.arch != "transformer":
         # Those steps work on encoder blocks; an attention model has none, or one narrow one
         # (they crashed, did nothing, or recorded work they had not done).

@@ -150,10 +150,12 @@ def markdown(rows: list[dict]) -> str:
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
+    # With an external teacher the first row is the model being compressed, not the teacher.
+    first = "the teacher" if not rows or rows[0]["step"] == "teacher" else "the input model"
     lines.append(
-        "Ratios in brackets are against the first row (the teacher): accuracy and params as "
-        "row/teacher; size and p50 latency as teacher/row (÷ = times smaller/faster); "
-        "throughput as row/teacher. Unstructured sparsity gives no dense-CPU speed-up and no "
+        f"Ratios in brackets are against the first row ({first}): accuracy and params as "
+        "row/first; size and p50 latency as first/row (÷ = times smaller/faster); "
+        "throughput as row/first. Unstructured sparsity gives no dense-CPU speed-up and no "
         "size saving in safetensors (zeros are stored)."
     )
     for i, r in enumerate(rows):

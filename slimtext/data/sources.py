@@ -1038,6 +1038,7 @@ def load_data(
         hint = " ('@SPLIT' is only for bbc and hf:)" if "@" in str(spec) else ""
         raise DataError(f"{path}: file not found{hint}")
     if path.is_dir():
+        _no_columns(path, "a folder of class folders", opts)
         return _read_class_folder(path, str(path), opts)
     suffixes = [s.lower() for s in path.suffixes]
     ext = (
@@ -1048,6 +1049,7 @@ def load_data(
     if ext in _JSONL_EXTS:
         return _read_jsonl(path, opts)
     if ext == ".txt":
+        _no_columns(path, "a .txt file (one document a line)", opts)
         return _read_txt(path, opts)
     if ext == ".parquet" and suffixes[-1] != ".gz":
         return _read_parquet(path, opts)
@@ -1059,6 +1061,16 @@ def load_data(
         ".jsonl, .ndjson, .json, .parquet or .txt (csv/tsv/jsonl/txt may end in .gz), "
         "or a folder with one sub-folder per class"
     )
+
+
+def _no_columns(path: Path, what: str, opts: _Options) -> None:
+    # Ignoring the option would train on whatever the file holds while the user believes a
+    # column was picked.
+    if opts.text_cols is not None:
+        raise DataError(
+            f"{path}: {what} has no columns, so text_cols={opts.text_cols!r} (--text-col) "
+            "cannot apply; drop it, or use a CSV/TSV/JSONL/Parquet file"
+        )
 
 
 def check_labels_seen(train: TextDataset, other: TextDataset, known_as: str | None = None) -> None:

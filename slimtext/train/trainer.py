@@ -234,8 +234,10 @@ def frozen_blocks(freeze: str | None) -> int | None:
     """None (nothing frozen) or the number of encoder blocks frozen along with the embeddings."""
     if freeze is None or freeze == "":
         return None
-    head, _, n = freeze.partition("+")
-    if head != "embeddings" or (n and not n.isdigit()):
+    head, plus, n = freeze.partition("+")
+    # "embeddings+" (a count forgotten) must not pass as "embeddings"; isascii keeps out "²",
+    # which isdigit accepts and int() does not.
+    if head != "embeddings" or (plus and not (n.isascii() and n.isdigit())):
         raise ValueError(f"freeze must be 'embeddings' or 'embeddings+N', not {freeze!r}")
     return int(n or 0)
 

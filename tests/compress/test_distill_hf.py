@@ -143,6 +143,9 @@ def test_compress_with_an_hf_teacher_end_to_end(hf_dir, teacher_dir, make_toy, t
     ]
     rec = json.loads((out / "config.json").read_text())["compression"][0]
     assert rec["step"] == "distill" and rec["teacher"] == f"hf:{hf_dir}"
+    # the ratios' base is the first row, here the model compressed, not the hf teacher
+    report = (out / "compression_report.md").read_text(encoding="utf-8")
+    assert "against the first row (the input model)" in report
     assert 0.0 <= rec["teacher_accuracy"] <= 1.0
     assert slimtext.load(out).predict_proba(["goal match team"]).shape == (1, 3)
 

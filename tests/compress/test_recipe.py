@@ -42,7 +42,8 @@ def test_recipe_chains_steps_reports_each_and_the_result_round_trips(
     assert rows[-1]["accuracy"] >= 0.8
     report = json.loads((out / "compression_report.json").read_text())
     assert [r["step"] for r in report] == [r["step"] for r in rows]
-    assert "| teacher |" in (out / "compression_report.md").read_text()
+    md_text = (out / "compression_report.md").read_text()
+    assert "| teacher |" in md_text and "against the first row (the teacher)" in md_text
     steps = [c["step"] for c in json.loads((out / "config.json").read_text())["compression"]]
     assert steps == ["distill", "prune", "prune", "prune", "quantize"]
     texts, _ = make_toy(5, seed=43)
@@ -214,6 +215,17 @@ def test_impossible_recipes_are_refused_before_anything_runs(
     with pytest.raises(ValueError, match=message):
         compress(teacher_dir, make_toy(5, seed=61), tmp_path / "x", recipe=recipe,
                  log=lambda s: None)  # fmt: skip
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_external_teacher_without_a_distill_step_is_refused(
+    teacher_dir, make_toy, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(recipe_mod, "measure", _no_training)
+    # it was loaded, scored and reported while the student trained on labels alone
+    with pytest.raises(ValueError, match="used by a 'distill' step, and the recipe has none"):
+        compress(teacher_dir, make_toy(5, seed=63), tmp_path / "x", teacher=teacher_dir,
+                 recipe="prune:heads=0.5,finetune", log=lambda s: None)  # fmt: skip
     assert not (tmp_path / "x").exists()
 
 

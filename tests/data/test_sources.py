@@ -191,6 +191,15 @@ def test_txt_is_one_unlabelled_document_per_line_blank_lines_counted(write):
     assert ds.where(1) == f"{path}:4"
 
 
+def test_text_cols_on_a_format_without_columns_is_refused_not_ignored(write, tmp_path):
+    txt = write("corpus.txt", "first doc\n")
+    write("corpus/neg/a.txt", "bad")
+    for path in (txt, tmp_path / "corpus"):
+        with pytest.raises(DataError, match=r"has no columns, so text_cols=\['body'\]"):
+            load_data(path, text_cols=["body"])
+        assert load_data(path).texts  # and without the option it reads
+
+
 def test_several_text_columns_are_joined(write):
     path = write("d.csv", "title,body,label\nHeadline,The body.,a\n,Only body,b\n")
     ds = load_data(path, text_cols=["title", "body"], text_joiner=" | ")
