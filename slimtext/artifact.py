@@ -72,6 +72,23 @@ class ModelDir:
         exports, its checksums) and its metrics no longer describe it."""
         return self.read_state is not None and self.read_state == weights_state(self.model)
 
+    # A copy (pickle, joblib, deepcopy) holds the same weights in new storage: the fingerprint
+    # is taken again, else every copy counted as edited (its metrics set aside on save, export
+    # into its directory refused).
+    # An edited model stays edited in the copy: its fingerprint becomes one that matches none.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        if self.read_state is not None:
+            state["read_state"] = "as read" if self.weights_as_read() else "edited"
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.read_state == "as read":
+            self.read_state = weights_state(self.model)
+        elif self.read_state is not None:
+            self.read_state = ("edited",)
+
 
 def weights_state(model: nn.Module) -> tuple:
     """A cheap fingerprint of the tensors `model` holds now: each one's storage and count of

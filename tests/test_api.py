@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -462,6 +464,28 @@ def test_a_pickled_classifier_predicts_as_the_original(tiny_model_dir, tmp_path)
     again = pickle.loads(pickle.dumps(clf))
     assert again._predictor.made_with["onnx_path"] == onnx
     np.testing.assert_allclose(again.predict_proba(long), clf.predict_proba(long), atol=1e-6)
+
+
+def test_a_copied_classifier_is_not_taken_for_an_edited_one(tiny_model_dir, tmp_path):
+    # The weights' fingerprint holds storage addresses, new in every copy: a pickled, joblib'd or
+    # deep-copied classifier counted as edited (its figures set aside on save, export refused).
+    import copy
+    import pickle
+
+    import torch
+
+    clf = TextClassifier.load(tiny_model_dir)
+    assert "valid" in clf.metrics_
+    for i, again in enumerate([pickle.loads(pickle.dumps(clf)), copy.deepcopy(clf)]):
+        assert again.model_dir_.weights_as_read()
+        saved = json.loads((again.save(tmp_path / f"c{i}") / "metrics.json").read_text())
+        assert "valid" in saved and "before_changes_in_memory" not in saved
+    with torch.no_grad():
+        clf.model_dir_.model.head.weight.mul_(2)  # edited: and still edited in a copy
+    for i, again in enumerate([pickle.loads(pickle.dumps(clf)), copy.deepcopy(clf)]):
+        assert not again.model_dir_.weights_as_read()
+        saved = json.loads((again.save(tmp_path / f"e{i}") / "metrics.json").read_text())
+        assert "valid" not in saved and "valid" in saved["before_changes_in_memory"]
 
 
 def test_fit_gives_the_caller_its_random_stream_back(toy_data):
