@@ -357,6 +357,7 @@ class TextClassifier:
         self.metrics_: dict = {"training": result.summary()}
         self.run_dir_ = Path(run_dir) if run_dir is not None else None
         self._train_config = cfg  # here, with the rest: a fit that fails leaves the last one
+        self._fitted_params = self.get_params()  # the recipe saved, whatever set_params does next
         # Predict where training ran: a model trained on the GPU also scores its test set there.
         self._predictor = Predictor(self.model_dir_, device=str(ctx.device))
         if result.best and not cfg.keep_best:
@@ -523,16 +524,20 @@ class TextClassifier:
         )
 
     def _saved_train_config(self) -> dict:
-        cfg = getattr(self, "_train_config", None) or self.train_config()
+        # The recipe the model was fitted (or loaded) with: set_params since then changes the
+        # next fit, not what this model's config.json says it was trained with.
+        fitted = getattr(self, "_fitted_params", None) or self.get_params()
+        cfg = getattr(self, "_train_config", None) or type(self)(**fitted).train_config()
         d = cfg.to_dict()
         # the rest of the recipe, so that TextClassifier.load(...).fit(...) trains it again
         # the vocabulary size asked for when one was learnt, else the one it came with
-        learnt = self.init is None and self.tokenizer in ("wordpiece", "bpe")
-        vocab = self.vocab_size if learnt else self._check_fitted().model_dir.config.vocab_size
-        d.update(tokenizer=str(self.tokenizer), vocab_size=vocab,
-                 valid_fraction=self.valid_fraction)  # fmt: skip
-        if self.init is not None:
-            d["init"] = str(self.init)
+        init, tokenizer = fitted["init"], fitted["tokenizer"]
+        learnt = init is None and tokenizer in ("wordpiece", "bpe")
+        vocab = fitted["vocab_size"] if learnt else self._check_fitted().model_dir.config.vocab_size
+        d.update(tokenizer=str(tokenizer), vocab_size=vocab,
+                 valid_fraction=fitted["valid_fraction"])  # fmt: skip
+        if init is not None:
+            d["init"] = str(init)
         values = self._check_fitted().model_dir.label_values
         if values is not None:
             d["label_values"] = values
@@ -559,6 +564,7 @@ class TextClassifier:
             **{**shape, **_known(train)},
         )
         clf.model_dir_ = md
+        clf._fitted_params = clf.get_params()
         clf.metrics_ = md.meta.get("metrics", {})
         clf._predictor = Predictor(md, backend=backend, **options)
         return clf
@@ -570,14 +576,24 @@ def _valid_params() -> set[str]:
     return (own | _MODEL_KEYS | _TRAIN_KEYS) - {"version"}
 
 
+def _are_texts(x) -> bool:
+    """Whether `x` is texts (scikit-learn's X) rather than a data source. A tuple of strings
+    is texts (`X, y = zip(*rows)`); a (texts, labels) pair holds a list, not a string, first."""
+    if isinstance(x, (str, os.PathLike, TextDataset)):
+        return False
+    if isinstance(x, tuple):
+        return bool(x) and all(isinstance(t, str) for t in x)
+    return hasattr(x, "__iter__")
+
+
 def _xy(train, valid):
-    """scikit-learn's `fit(X, y)`: texts (a list, array or Series: not a tuple, path or
-    dataset) and their labels become `((X, y), None)`; anything else is left as it is."""
-    plain = (str, os.PathLike, TextDataset, tuple)
-    if valid is None or isinstance(train, plain) or isinstance(valid, plain):
+    """scikit-learn's `fit(X, y)`: texts (a list, tuple of strings, array, Series or
+    generator) and their labels become `((X, y), None)`; anything else is left as it is."""
+    if valid is None or not _are_texts(train) or not hasattr(valid, "__iter__"):
         return train, valid
-    if not hasattr(train, "__iter__") or not hasattr(valid, "__iter__"):
-        return train, valid
+    pair = isinstance(valid, tuple) and len(valid) == 2 and _are_texts(valid[0])
+    if pair or isinstance(valid, (str, os.PathLike, TextDataset)):
+        return train, valid  # texts with validation data, no labels: as_dataset says so
     # generators too, as predict takes them (they were refused with a message suggesting
     # exactly the call that had been made)
     return (train if hasattr(train, "__len__") else list(train), valid), None

@@ -433,6 +433,37 @@ def test_scikit_learn_can_clone_search_cross_validate_and_pickle_it(toy_data):
     assert list(again.classes_) == list(fitted.classes_)
 
 
+def test_fit_takes_texts_and_labels_as_tuples_like_lists(toy_data):
+    # `X, y = zip(*rows)` gives tuples: they were read as (train, valid) sources and refused with
+    # a message asking for the very call made (GridSearchCV failed at its final refit).
+    import torch
+
+    texts, names = toy_data
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=2, verbose=False)
+    want = TextClassifier(**kw).fit(texts, names).model_dir_.model.state_dict()
+    for x, y in [(tuple(texts), tuple(names)), (list(texts), tuple(names)),
+                 (tuple(texts), list(names))]:  # fmt: skip
+        got = TextClassifier(**kw).fit(x, y).model_dir_.model.state_dict()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=k)
+    with pytest.raises(TypeError, match="data must be"):  # texts without labels, valid data
+        TextClassifier(**kw).fit(list(texts), (texts, names))
+
+
+def test_set_params_after_fit_does_not_change_the_recipe_saved(toy_data, tmp_path):
+    # config.json described the next fit's recipe (wordpiece/3000) beside a BPE tokenizer.json
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=2, verbose=False)
+    new = dict(vocab_size=3000, tokenizer="wordpiece", valid_fraction=0.3, max_steps=5)
+    clf = TextClassifier(**kw).fit(toy_data).set_params(**new)
+    train = json.loads((clf.save(tmp_path / "a") / "config.json").read_text())["train"]
+    want = {"tokenizer": "bpe", "vocab_size": 400, "valid_fraction": 0.1, "max_steps": 2}
+    assert {k: train[k] for k in want} == want
+    loaded = TextClassifier.load(tmp_path / "a").set_params(**new)
+    train = json.loads((loaded.save(tmp_path / "b") / "config.json").read_text())["train"]
+    assert {k: train[k] for k in want} == want
+    assert clf.get_params()["vocab_size"] == 3000  # and the next fit takes the new ones
+
+
 def test_classes_are_in_numpy_unique_order_and_mixed_kinds_are_refused(toy_data):
     # scikit-learn's probability scorers read predict_proba's columns in np.unique(y) order:
     # ordered by the stored text (" s" -> "s") the columns were scored as the wrong classes.
