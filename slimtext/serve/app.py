@@ -325,6 +325,24 @@ def render_metrics(metrics: Metrics) -> bytes:
 # -- the guard: auth, content type, body size, request metrics -----------------------------------
 
 
+def _with_page_headers(path: str, headers) -> list:
+    """`headers` plus nosniff on every response, and on HTML (the page at / and the same file
+    under /static/, which went out without them) a policy that forbids everything but the
+    page's own origin (it has no inline script) and framing (its API-key field must not be
+    clickjacked). FastAPI's /docs and /redoc load their scripts from a CDN and keep theirs."""
+    out = list(headers)
+    names = {k.lower() for k, _ in out}
+    if b"x-content-type-options" not in names:
+        out.append((b"x-content-type-options", b"nosniff"))
+    ctype = next((v for k, v in out if k.lower() == b"content-type"), b"")
+    if ctype.startswith(b"text/html") and not path.startswith(("/docs", "/redoc")):
+        if b"content-security-policy" not in names:
+            out.append((b"content-security-policy", b"default-src 'self'"))
+        if b"x-frame-options" not in names:
+            out.append((b"x-frame-options", b"DENY"))
+    return out
+
+
 class Guard:
     """Pure ASGI middleware, so it sees every request (also 404s and errors raised before
     routing) and can refuse a large body while reading it instead of after buffering it."""
@@ -353,6 +371,7 @@ class Guard:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": _with_page_headers(path, message["headers"])}
             await send(message)
 
         async def receive_watch():
@@ -387,7 +406,7 @@ class Guard:
                 )  # fmt: skip
         if method not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
-        if path in JSON_BODY_PATHS:
+        if path in JSON_BODY_PATHS and method == "POST":  # other methods: the router's 405
             ctype = headers.get("content-type", b"").decode("latin-1").split(";")[0].strip()
             if ctype.lower() != "application/json":
                 return await refuse(
@@ -707,7 +726,13 @@ def create_app(
         # on the event loop for every request, the one thread every request goes through.
         # `response_model` still documents the shape; a test checks the two agree.
         body = {"model": info["name"], "results": _predictions(probs, labels, req.top_k)}
-        return Response(json.dumps(body), media_type="application/json")
+        try:  # NaN would go out as a bare `NaN`, which strict JSON parsers refuse
+            text = json.dumps(body, allow_nan=False)
+        except ValueError:
+            raise ApiError(
+                500, "inference_error", "the model gave a probability that is not a number"
+            ) from None
+        return Response(text, media_type="application/json")
 
     @app.get("/v1/model", response_model=ModelInfo, dependencies=security, summary="Model info")
     async def model_info() -> ModelInfo:
@@ -738,11 +763,7 @@ def create_app(
     @app.get("/", include_in_schema=False)
     @app.head("/", include_in_schema=False)  # uptime checkers probe the page with HEAD
     async def index() -> FileResponse:
-        # The page has no inline script, so it can forbid everything but its own origin.
-        return FileResponse(
-            STATIC / "index.html",
-            headers={"Content-Security-Policy": "default-src 'self'", "X-Frame-Options": "DENY"},
-        )
+        return FileResponse(STATIC / "index.html")  # its headers: `_with_page_headers`
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon() -> Response:

@@ -110,8 +110,15 @@ def test_health_ready_docs_and_page(client):
     page = client.get("/")
     assert page.status_code == 200 and "Classify" in page.text
     assert "http" not in page.text.split("<body>")[0]  # no external assets in <head>
-    assert page.headers["content-security-policy"] == "default-src 'self'"
-    assert client.get("/static/app.js").status_code == 200
+    # the same file under /static/ went out without the page's headers (frameable)
+    for r in (page, client.get("/static/index.html"), client.head("/")):
+        assert r.headers["content-security-policy"] == "default-src 'self'"
+        assert r.headers["x-frame-options"] == "DENY"
+    script = client.get("/static/app.js")
+    assert script.status_code == 200 and "content-security-policy" not in script.headers
+    for r in (script, client.get("/v1/model"), client.get("/nope")):
+        assert r.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in client.get("/docs").headers  # Swagger UI's CDN
     head = client.head("/")  # as uptime checkers probe the page
     assert head.status_code == 200 and head.content == b""
     assert client.get("/favicon.ico").status_code == 204  # every browser asks for it
@@ -247,6 +254,18 @@ def test_oversized_body_is_413_before_parsing(stub, client_for):
 def test_unknown_path_and_method_are_json_errors(client):
     assert_error(client.get("/nope"), 404, "not_found")
     assert_error(client.get("/v1/classify"), 405, "method_not_allowed")
+    # the wrong method, whatever its body's type, is 405 (it was a 415 about the Content-Type)
+    for method in ("PUT", "PATCH"):
+        for headers in ({"content-type": "text/plain"}, {}):
+            resp = client.request(method, "/v1/classify", content=b"x", headers=headers)
+            assert_error(resp, 405, "method_not_allowed")
+
+
+def test_a_non_finite_probability_is_a_500_not_invalid_json(stub, client_for, monkeypatch):
+    client = client_for(create_app(stub))
+    monkeypatch.setattr(stub, "expected", lambda text: np.array([np.nan, 0.5, 0.5]))
+    resp = client.post("/v1/classify", json={"texts": ["a"]})
+    assert_error(resp, 500, "inference_error", "not a number")  # was 200 with a bare NaN
 
 
 # -- batching, overload and failures through the app ---------------------------------------------
