@@ -824,7 +824,7 @@ def predict(
         _fail(e)
     try:
         if texts:
-            _predict_lines(pred, enumerate(texts, start=1), "argument")
+            _predict_lines(pred, _argument_texts(texts), "argument")
         elif file is not None and str(file) != "-":
             with open(file, "rb") as f:
                 _predict_lines(pred, _text_lines(f, str(file), encoding), "line")
@@ -881,6 +881,24 @@ def _wide_text_lines(f, name: str, encoding: str):
             yield n, (line.removeprefix("\ufeff") if n == 1 else line).rstrip("\r")
         if not chunk:
             return
+
+
+def _argument_texts(texts: list[str]):
+    """(n, text) per argument; one whose bytes were not UTF-8 (Python keeps them as lone
+    surrogates) stops the run there, named by its argument number: the model's own check
+    counted only the non-blank texts of the current chunk, so it named the wrong one."""
+    from .data import DataError
+
+    for n, t in enumerate(texts, start=1):
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise DataError(
+                    f"argument {n} is not valid UTF-8 (at character {e.start}); pass UTF-8 "
+                    "text, or the texts in a file with --file and --encoding"
+                ) from None
+        yield n, t
 
 
 def _predict_lines(pred, numbered, unit: str, chunk: int = 1024) -> None:

@@ -127,6 +127,13 @@ def test_predict_reads_lines_as_the_loaders_do_and_keeps_output_aligned(tmp_path
     assert [json.loads(x)["label"] for x in r.stdout.splitlines()] == [
         labels_and_probs(["goal"])[0]["label"]
     ]
+    # an argument that was not UTF-8 (argv keeps such bytes as lone surrogates) is named by
+    # its number, not by its place among the non-blank ones; the ones before it are answered
+    r = runner.invoke(app, ["predict", str(out), "", "goal", "bank", "bad\udcff"])
+    assert r.exit_code == 2 and "argument 4 is not valid UTF-8" in r.output, r.output
+    assert [json.loads(x)["label"] for x in r.stdout.splitlines()][1:] == [
+        x["label"] for x in labels_and_probs(["goal", "bank"])
+    ]
     r = runner.invoke(app, ["predict", str(out), "goal", "--file", str(f)])
     assert r.exit_code == 2 and "not both" in r.output
 
