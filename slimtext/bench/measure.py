@@ -127,12 +127,19 @@ def predict_all(
 def accuracy_report(gold: Sequence[str], pred: Sequence[str], labels: Sequence[str]) -> dict:
     from ..metrics import classification_report
 
-    index = {lab: i for i, lab in enumerate(labels)}
-    # A label the model does not have (a peer trained on other data) is its own, always-wrong
-    # class; predicted, it enters the macro-F1 average with F1 0, as scikit-learn counts it.
+    # Each predicted label the test data lacks (a class of the model, or of a peer trained on
+    # other data) is a class of its own, always wrong: it enters the macro-F1 average with F1 0,
+    # as scikit-learn counts it. Lumped into one "<unknown>" class, several such classes
+    # counted as one and macro-F1 came out too high.
+    names = list(labels)
+    index = {lab: i for i, lab in enumerate(names)}
+    for p in pred:
+        if p not in index:
+            index[p] = len(names)
+            names.append(p)
     y_true = [index[g] for g in gold]
-    y_pred = [index.get(p, len(labels)) for p in pred]
-    r = classification_report(y_true, y_pred, [*labels, "<unknown>"])
+    y_pred = [index[p] for p in pred]
+    r = classification_report(y_true, y_pred, names)
     return {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"], "n": r["n"]}
 
 

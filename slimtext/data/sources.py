@@ -924,6 +924,10 @@ def _load_bbc(spec: str, opts: _Options) -> TextDataset:
     train, test = stratified_split(ds, _BBC_SPLIT_FRACTION, seed=0)
     part = train if split == "train" else test
     part.source = spec
+    # The skips and notes are the whole corpus's, read before the split: said so, rather than
+    # reported under each part as if each had them.
+    part.skipped = {f"{k}, in all of bbc": v for k, v in part.skipped.items()}
+    part.notes = [f"{n} (all of bbc, before the split)" for n in part.notes]
     return part
 
 

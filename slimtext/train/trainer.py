@@ -999,7 +999,9 @@ def plot_training_curve(metrics_path: Path, out_png: Path) -> Path | None:
     if not train:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", color="C0")
+    # a marker when there are few points: one logged step drew an empty plot
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], "o-" if len(train) < 5 else "-",
+            label="train loss", color="C0")  # fmt: skip
     if val:
         ax.plot([r["step"] for r in val], [r["valid_loss"] for r in val], "o--", color="C1",
                 label="valid loss")  # fmt: skip
@@ -1014,7 +1016,9 @@ def plot_training_curve(metrics_path: Path, out_png: Path) -> Path | None:
         ax2.set_ylim(0, 1)
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, loc="center right")
+        # below the axes: inside, it hid the last validation points
+        ax.legend(h1 + h2, l1 + l2, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3,
+                  frameon=False)  # fmt: skip
     else:
         ax.legend()
     ax.set_title("slimtext training")

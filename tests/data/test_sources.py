@@ -659,6 +659,12 @@ def test_bbc_has_2127_distinct_documents_in_the_five_classes(bbc):
     assert all(t.strip() for t in bbc.texts)
 
 
+def test_bbc_splits_say_their_skips_are_the_whole_corpus(bbc):
+    test = load_data("bbc@test")  # 98 duplicates were reported under each part as its own
+    assert test.skipped == {"duplicate article (same text as an earlier one), in all of bbc": 98}
+    assert all(n.endswith("(all of bbc, before the split)") for n in test.notes) and test.notes
+
+
 def test_bbc_cp1252_file_is_decoded_and_noted(bbc):
     assert any("1 file decoded as cp1252" in n and "sports/199.txt" in n for n in bbc.notes)
     i = next(i for i, o in enumerate(bbc.origins) if o.endswith("sports/199.txt"))
