@@ -81,16 +81,23 @@ class TextTokenizer:
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, texts: Sequence[str], max_length: int, progress: bool = False) -> TokenRows:
-        """Token ids for each text, truncated to `max_length` (special tokens included)."""
+    def encode(
+        self, texts: Sequence[str], max_length: int, progress: bool = False,
+        lengths: list[int] | None = None,
+    ) -> TokenRows:  # fmt: skip
+        """Token ids for each text, truncated to `max_length` (special tokens included).
+        `lengths`, when given, receives each text's whole length in tokens (before the cut)."""
         rows = _RowsBuilder()
         for _, chunk in in_chunks(texts, _CHUNK, progress, "encoding"):
-            rows.extend(_head(e, max_length) for e in _encode_batch(self.backend, chunk))
+            encs = _encode_batch(self.backend, chunk)
+            if lengths is not None:
+                lengths.extend(len(e.ids) for e in encs)
+            rows.extend(_head(e, max_length) for e in encs)
         return rows.result()
 
     def encode_windows(
         self, texts: Sequence[str], max_length: int, long_text: str = "truncate",
-        progress: bool = False,
+        progress: bool = False, lengths: list[int] | None = None,
     ) -> tuple[Sequence[list[int]], list[int]]:  # fmt: skip
         """Token ids of one or more windows per text, and the index of the text of each window.
 
@@ -103,10 +110,11 @@ class TextTokenizer:
                      the last (neighbours overlap by what the division leaves over), so nothing
                      of the text is dropped; `pool_windows` averages their logits.
         Each window keeps the tokenizer's own special tokens ([CLS] ... [SEP], <s> ... </s>).
-        `progress`: a progress bar (on stderr) over the texts.
+        `progress`: a progress bar (on stderr) over the texts. `lengths`, when given, receives
+        each text's whole length in tokens.
         """
         if check_long_text(long_text) == "truncate":
-            ids = self.encode(texts, max_length, progress)
+            ids = self.encode(texts, max_length, progress, lengths)
             return ids, list(range(len(ids)))
         tok = self.backend
         windows = _RowsBuilder()
@@ -116,6 +124,8 @@ class TextTokenizer:
             for enc in _encode_batch(tok, chunk):
                 i += 1
                 ids = enc.ids
+                if lengths is not None:
+                    lengths.append(len(ids))
                 if len(ids) <= max_length:
                     windows.append(ids)
                     owner.append(i)

@@ -55,6 +55,32 @@ def test_head_tail_keeps_a_quarter_from_the_start_and_the_rest_from_the_end(tok)
     assert w[1:-1] == body[:4] + body[-12:]
 
 
+@pytest.mark.parametrize("mode", ["truncate", "head-tail", "chunks"])
+def test_lengths_are_the_whole_texts_token_counts_in_every_mode(tok, mode):
+    texts = [" ".join(WORDS[:k]) for k in (1, 14, 50, 119)]
+    lengths: list[int] = []
+    tok.encode_windows(texts, 16, mode, lengths=lengths)
+    assert lengths == [len(_body(tok, t)) + 2 for t in texts]
+
+
+def test_fit_says_how_long_texts_are_read(toy_data, capsys):
+    from slimtext.api import long_text_note
+
+    texts, labels = toy_data
+    long = [t + " " + " ".join(WORDS) for t in texts[:12]]  # 12 of the texts far too long
+    kw = dict(vocab_size=400, hidden_size=16, num_layers=1, num_heads=2, ffn_size=32,
+              max_length=32, max_steps=1, threads=1, valid_fraction=0)  # fmt: skip
+    for mode, says in [("truncate", "only their first 32 tokens are read"),
+                       ("chunks", "each is read whole, as several windows")]:  # fmt: skip
+        TextClassifier(long_text=mode, **kw).fit(long + texts[12:], labels, progress=False)
+        err = capsys.readouterr().err
+        assert f"note: {12 / len(texts):.0%} of the {len(texts)} training texts" in err
+        assert says in err
+    TextClassifier(**kw).fit(texts, labels, progress=False)  # none too long: no note
+    assert "longer than max_length" not in capsys.readouterr().err
+    assert long_text_note([40] * 4 + [10] * 96, 32, "truncate", 100) == ""  # under 5%: quiet
+
+
 def test_short_texts_give_the_same_single_window_in_every_mode(tok):
     texts = [" ".join(WORDS[:k]) for k in (1, 5, 14)]
     ref = tok.encode(texts, 16)
