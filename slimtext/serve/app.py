@@ -625,7 +625,11 @@ def create_app(
             state["ready"], state["status"] = True, "ready"
         except Exception as e:  # stay alive but not ready: /readyz says why
             log.exception("warm-up prediction failed")
-            state["status"] = f"warm-up failed: {type(e).__name__}"
+            # the underlying error's kind, not only the batcher's InferenceError wrapping it
+            cause = e.__cause__ or e.__context__
+            state["status"] = f"warm-up failed: {type(e).__name__}" + (
+                f" ({type(cause).__name__})" if cause is not None else ""
+            )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -647,7 +651,10 @@ def create_app(
     app = FastAPI(
         title="slimtext",
         version=slimtext.__version__,
-        summary=f"Text classifier `{info['name']}`: {', '.join(labels[:10])}"
+        # /openapi.json and /docs answer without the API key: the labels only when there is none
+        summary="Text classifier"
+        if api_key
+        else f"Text classifier `{info['name']}`: {', '.join(labels[:10])}"
         + (" ..." if len(labels) > 10 else ""),
         lifespan=lifespan,
     )

@@ -140,6 +140,24 @@ def test_readyz_is_503_until_warm_up_is_done(stub):
     run_async(main())
 
 
+def test_readyz_names_the_error_under_a_failed_warm_up(stub, monkeypatch):
+    def broken(texts):
+        raise MemoryError("no room")
+
+    monkeypatch.setattr(stub, "predict_proba", broken)
+
+    async def main():
+        app = create_app(stub)
+        async with serving(app, ready=False) as c:
+            state = app.state.serve_state
+            await async_wait_until(lambda: "failed" in state["status"], what="warm-up failure")
+            r = await c.get("/readyz")
+            # it said only "InferenceError", the batcher's wrapper
+            assert r.status_code == 503 and "(MemoryError)" in r.json()["status"]
+
+    run_async(main())
+
+
 @pytest.mark.parametrize(("backend", "compiles"), [("compile-bf16", True), ("torch", False)])
 def test_a_compiled_backend_builds_every_graph_before_ready(backend, compiles):
     """warm_up_all runs once, on the inference thread, before /readyz turns 200; only for the
@@ -382,6 +400,10 @@ def test_api_key_required_on_api_but_not_on_health(stub, client_for):
         assert c.get(path).status_code == 200
     # 401 comes before any parsing: a bad body without a key says nothing about the body
     assert c.post("/v1/classify", content=b"{", headers=JSON).status_code == 401
+    # the schema answers without a key: it must not list the labels /v1/model keeps behind it
+    assert c.get("/openapi.json").json()["info"]["summary"] == "Text classifier"
+    open_ = client_for(create_app(stub)).get("/openapi.json").json()["info"]["summary"]
+    assert open_.endswith(": a, b, c")
 
 
 def test_no_api_key_means_open(stub, client_for):
