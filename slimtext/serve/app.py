@@ -517,7 +517,10 @@ def format_validation_error(exc: RequestValidationError) -> tuple[int, str, str]
     elif first.get("type") == "extra_forbidden":
         message = f"unknown field {where!r}; allowed: texts, top_k"
     else:
-        message = f"{where}: {first['msg']}" if where else first["msg"]
+        msg = first["msg"]
+        if first.get("type") == "value_error":  # our own validators' text, without pydantic's
+            msg = msg.removeprefix("Value error, ")
+        message = f"{where}: {msg}" if where else msg
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problems)"
     return 422, "validation_error", message

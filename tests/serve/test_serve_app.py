@@ -239,6 +239,13 @@ def test_bad_input_is_a_4xx_with_a_json_error(client, body, status, type_, messa
     assert_error(client.post("/v1/classify", content=body, headers=JSON), status, type_, message)
 
 
+def test_our_validators_messages_come_without_pydantics_prefix(client):
+    body = b'{"texts": ["ok", ""]}'
+    err = assert_error(client.post("/v1/classify", content=body, headers=JSON), 422,
+                       "validation_error", "texts [1] are empty")  # fmt: skip
+    assert "Value error" not in err["message"], err["message"]
+
+
 @pytest.mark.parametrize("ctype", [None, "text/plain", "application/x-www-form-urlencoded"])
 def test_wrong_content_type_is_415(client, ctype):
     headers = {"content-type": ctype} if ctype else {}
