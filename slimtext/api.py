@@ -111,6 +111,11 @@ def _label(i: int, y) -> str:
     return label
 
 
+class NotFittedError(RuntimeError, AttributeError):
+    """Predicting, scoring or saving before `fit`. An AttributeError too, as scikit-learn's
+    NotFittedError is, so that its checks and `hasattr` probes read it as "not fitted"."""
+
+
 class TextClassifier:
     """Train and use a text classifier. `model` is "transformer" or "attention"."""
 
@@ -404,7 +409,7 @@ class TextClassifier:
     # ---- using ---------------------------------------------------------------------------
     def _check_fitted(self) -> Predictor:
         if not hasattr(self, "_predictor"):
-            raise RuntimeError("this TextClassifier is not fitted yet: call fit() or load()")
+            raise NotFittedError("this TextClassifier is not fitted yet: call fit() or load()")
         return self._predictor
 
     @property

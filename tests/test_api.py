@@ -62,6 +62,10 @@ def test_an_option_of_the_other_model_family_is_refused_not_ignored():
 def test_using_an_unfitted_classifier_says_so():
     with pytest.raises(RuntimeError, match="not fitted"):
         TextClassifier().predict(["x"])
+    # scikit-learn's own check: an unfitted estimator raises AttributeError or ValueError
+    for use in ("predict", "predict_proba", "score", "save"):
+        with pytest.raises(AttributeError, match="not fitted"):
+            getattr(TextClassifier(), use)(["x"])
 
 
 def test_save_then_load_predicts_the_same(fitted, tmp_path):
