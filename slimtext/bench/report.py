@@ -62,6 +62,26 @@ def docs_per_s(entry: dict, key: str) -> float | None:
     return entry.get("docs_per_s", {}).get(key)
 
 
+def _rounds_line(entries: list[dict], repeat: int) -> str:
+    """How many rounds each figure is the median of: the time budget may have cut the last
+    rounds of some entries, and "every figure is the median of 3" must not claim them."""
+    if repeat <= 1:
+        return ""
+    got = {e["name"]: len(e.get("runs") or [None]) for e in entries}
+    line = (
+        f" Every figure is the median of {repeat} rounds, measured in turns (each round's "
+        "rates: `runs` in report.json)."
+    )
+    short = {n: k for n, k in got.items() if k < repeat}
+    if short:
+        fewer = ", ".join(f"{n} {k}" for n, k in short.items())
+        line = (
+            f" Figures are medians of up to {repeat} rounds, measured in turns (each round's "
+            f"rates: `runs` in report.json); the time budget left fewer to: {fewer}."
+        )
+    return line
+
+
 def markdown(result: dict) -> str:
     entries = result["entries"]
     peers_of = {
@@ -78,12 +98,12 @@ def markdown(result: dict) -> str:
         f"train: `{s['train']}`; torch threads {result['machine'].get('torch_threads')}; "
         f"CPU: {result['machine'].get('cpu_model')}; budget: "
         f"{_fmt(s['time_budget'], 0) if s['time_budget'] else 'none'} s, "
-        f"took {result['elapsed_s']:.0f} s."
-        + (
-            f" Every figure is the median of {s['repeat']} rounds, measured in turns (each "
-            "round's rates: `runs` in report.json)."
-            if s.get("repeat", 1) > 1
-            else ""
+        f"took {result['elapsed_s']:.0f} s." + _rounds_line(entries, s.get("repeat", 1)),
+        "",
+        *(
+            f"{what} as read: {s[key]}."
+            for what, key in (("Test data", "data_read"), ("Train data", "train_read"))
+            if s.get(key)
         ),
         "",
         "Throughput (docs/s b=1/8/64) scores the texts b at a time in batches of similar "
@@ -125,7 +145,7 @@ def markdown(result: dict) -> str:
         lines += ["", f"Long texts: {', '.join(chunked)} use long_text='chunks': slimtext reads "
                   "every max_length window of a longer text (its docs/s pays for them all), "
                   "while the hf and ort peers truncate it at max_length."]  # fmt: skip
-    lines += ["", "## Fastest backend and int8", ""]
+    lines += ["", "## The backend `auto` picks, and int8", ""]
     for model, m in result["summary"]["models"].items():
         lines.append(f"- **{model}**: {m['verdict']}")
     lines += ["", "## Best slimtext backend against the peers", ""]

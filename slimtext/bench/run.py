@@ -156,6 +156,11 @@ def run(
                 break
         raise
     labels = test.label_set()
+    # As eval says it: rows skipped (--on-bad skip) or decoded with a fallback are in the
+    # evidence, not only in the input file.
+    log(f"data: {test.report()}")
+    if train_ds is not None:
+        log(f"train: {train_ds.report()}")
 
     # One fixed random order, so every contender sees the same texts in the same order.
     import random
@@ -340,6 +345,8 @@ def run(
             "data": str(data),
             "train": str(train) if train else None,
             "n_test": len(texts),
+            "data_read": test.report(),
+            "train_read": train_ds.report() if train_ds is not None else None,
             "n_accuracy": n_acc,
             "batch_sizes": list(BATCH_SIZES),
             "time_budget": time_budget,
@@ -399,6 +406,13 @@ def _start_fresh(out: Path) -> None:
     Deleted rather than renamed: a finished run overwrites them anyway, and renamed copies
     would sit next to this run's files (the mix this avoids). Done once the arguments are
     checked, so a run refused for a bad argument leaves the old report alone."""
+    for name in (*REPORT_FILES, PARTIAL):
+        path = Path(out, name)
+        if path.is_file() and not _written_by_bench(path):
+            raise ValueError(
+                f"{path} was not written by slimtext bench and would be replaced; choose "
+                "another --out, or move the file"
+            )
     try:
         for name in (*REPORT_FILES, PARTIAL):
             Path(out, name).unlink(missing_ok=True)
@@ -406,6 +420,26 @@ def _start_fresh(out: Path) -> None:
         _save_partial(out, [], [])
     except OSError as e:
         raise ValueError(f"cannot write the report into {out}: {e.strerror or e}") from None
+
+
+def _written_by_bench(path: Path) -> bool:
+    """Whether a report file in --out is an earlier bench run's (replaced) rather than the
+    user's own file of the same name (refused: it was overwritten without a word)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+        if path.suffix == ".png":  # matplotlib names itself in the PNG's text chunks
+            return head.startswith(b"\x89PNG") and b"Matplotlib" in head
+        if path.suffix == ".md":
+            return head.startswith(b"# slimtext bench")
+        body = json.loads(path.read_text(encoding="utf-8"))
+        return (
+            isinstance(body, dict)
+            and "entries" in body
+            and ("settings" in body or body.get("partial") is True)
+        )
+    except (OSError, ValueError):
+        return False
 
 
 def _save_partial(out, entries: list[dict], skipped: list[dict]) -> None:
@@ -555,18 +589,21 @@ def _versus_peers(mine: list[dict], peers: list[dict]) -> dict:
 
 
 def _fastest(rate: dict[str, float]) -> tuple[str | None, str | None, bool]:
-    """(fastest backend, fastest other than int8, whether int8 is the one): int8 only when
-    it beats every other backend by `auto`'s margin for low-precision backends, so that every
-    part of the report names the backend `slimtext.load(..., backend="auto")` would pick."""
-    from ..infer import LOW_PRECISION_MARGIN
+    """(the backend `auto` would pick, the fastest full-precision one, whether int8 is the
+    pick), by `auto`'s own rule (`Predictor._race`): the fastest fp32 backend, unless the
+    fastest low-precision one (bf16 or int8) beats it by LOW_PRECISION_MARGIN. Every part of
+    the report so names the backend `slimtext.load(..., backend="auto")` would use."""
+    from ..infer import LOW_PRECISION, LOW_PRECISION_MARGIN
 
-    floats = {b: r for b, r in rate.items() if b != "onnxruntime-int8"}
-    best_float = max(floats, key=floats.get) if floats else None
-    int8 = rate.get("onnxruntime-int8")
-    chosen = bool(
-        int8 and (best_float is None or int8 > floats[best_float] / (1 - LOW_PRECISION_MARGIN))
-    )
-    return ("onnxruntime-int8" if chosen else best_float), best_float, chosen
+    def best(group: dict[str, float]) -> str | None:
+        return max(group, key=group.get) if group else None
+
+    full = best({b: r for b, r in rate.items() if b not in LOW_PRECISION})
+    low = best({b: r for b, r in rate.items() if b in LOW_PRECISION})
+    pick = full or low
+    if full and low and rate[low] > rate[full] / (1 - LOW_PRECISION_MARGIN):
+        pick = low
+    return pick, full, pick == "onnxruntime-int8"
 
 
 def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
@@ -594,13 +631,14 @@ def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
                 else f"int8 {'chosen' if chosen else 'not chosen'}"
                 + (f" ({int8 / rate[best_float]:.2f}x {best_float})" if best_float else "")
             )
-            parts.append(f"fastest at b={bs}: {fastest} ({rate.get(fastest, 0):.0f} docs/s); "
+            parts.append(f"auto's pick at b={bs}: {fastest} ({rate.get(fastest, 0):.0f} docs/s); "
                          f"{note}")  # fmt: skip
         m["vs_peers"] = _versus_peers(mine, [e for e in entries if e["group"] == "peer"
                                              and e.get("model") == name])  # fmt: skip
         m["verdict"] = "; ".join(parts) + (
-            f". int8 must beat the best other backend by {LOW_PRECISION_MARGIN:.0%} to be chosen "
-            "(the margin `slimtext.load(..., backend='auto')` asks of low-precision backends)."
+            f". A low-precision backend (bf16, int8) must beat the fastest fp32 one by "
+            f"{LOW_PRECISION_MARGIN:.0%} to be chosen, as `slimtext.load(..., backend='auto')` "
+            "chooses."
         )
         models[name] = m
 

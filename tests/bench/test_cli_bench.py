@@ -127,6 +127,16 @@ def test_report_verdict_uses_the_same_int8_rule():
     # 2% faster at batch 64 is within noise: float torch stays the choice.
     assert m["fastest_b64"] == "torch" and not m["int8_chosen_b64"]
     assert "int8 chosen" in m["verdict"] and "int8 not chosen" in m["verdict"]
+    # bf16 is low precision too (auto's rule): 1% faster than fp32 is not enough, 6% is
+    entries = [entry("torch", 1000.0, 1000.0), entry("torch-bf16", 1010.0, 1060.0),
+               entry("onnxruntime-int8", 1040.0, 1030.0)]  # fmt: skip
+    m = _summarise(entries, ["m"], pareto_front)["models"]["m"]
+    assert m["fastest_b1"] == "torch" and not m["int8_chosen_b1"]
+    assert m["fastest_b64"] == "torch-bf16" and not m["int8_chosen_b64"]
+    entries[2] = entry("onnxruntime-int8", 1060.0, 1000.0)  # the fastest low one, 6% ahead
+    assert _summarise(entries, ["m"], pareto_front)["models"]["m"]["fastest_b1"] == (
+        "onnxruntime-int8"
+    )
 
 
 def test_arrival_rate_leaves_out_the_first_call_and_keeps_the_order(monkeypatch):

@@ -77,7 +77,7 @@ def test_report_files_have_every_section(full_report):
     for part in ("| model / backend | accuracy | macro-F1 | p50 ms | p99 ms", "vs hf b=1",
                  "vs ort-int8 b=64", "vs hf arrival", "docs/s arrival",
                  "## Best slimtext backend against the peers", "batch 64, arrival order",
-                 "## Fastest backend and int8", "## Pareto front",
+                 "## The backend `auto` picks, and int8", "## Pareto front",
                  "## Peers", "tiny-cls/onnxruntime-int8", "fastText", "TF-IDF + LR"):  # fmt: skip
         assert part in md, part
     assert ("on the Pareto front and beats" in md) or ("No slimtext entry" in md)
@@ -325,8 +325,9 @@ def test_a_new_run_removes_the_previous_report_first(cls_model_dir, bench_data, 
     monkeypatch.setattr(bench_run, "measure_spec", _fake_measure)
     out = tmp_path / "report"
     out.mkdir()
-    for name in ("report.json", "report.md", "pareto.png"):
-        (out / name).write_text("an earlier run")
+    (out / "report.json").write_text('{"settings": {}, "entries": []}')  # an earlier run's
+    (out / "report.md").write_text("# slimtext bench\n\nan earlier run")
+    (out / "pareto.png").write_bytes(b"\x89PNG\r\n\x1a\n...tEXtSoftware\x00Matplotlib 3")
 
     def boom(result, out):
         raise KeyboardInterrupt
@@ -348,3 +349,45 @@ def test_report_md_says_when_a_model_reads_every_window(full_report):
         if e["group"] == "slimtext":
             e["long_text"] = "chunks"
     assert "tiny-cls use long_text='chunks'" in markdown(chunked)
+
+
+@pytest.mark.parametrize("name", ["report.md", "report.json", "pareto.png"])
+def test_a_file_bench_did_not_write_is_not_replaced(cls_model_dir, bench_data, tmp_path,
+                                                    monkeypatch, name):  # fmt: skip
+    bench_run = sys.modules["slimtext.bench.run"]
+    monkeypatch.setattr(bench_run, "measure_spec", _fake_measure)
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / name).write_text("# My quarterly report")  # was replaced without a word
+    with pytest.raises(ValueError, match=f"{name} was not written by slimtext bench"):
+        run([cls_model_dir], str(bench_data[1]), out, peers=[], backends=["torch"],
+            isolate=False, progress=False)  # fmt: skip
+    assert [p.name for p in out.iterdir()] == [name]
+    assert (out / name).read_text() == "# My quarterly report"
+
+
+def test_rows_skipped_on_reading_are_in_the_report(cls_model_dir, bench_data, tmp_path,
+                                                   monkeypatch):  # fmt: skip
+    from slimtext.bench.report import markdown
+
+    bench_run = sys.modules["slimtext.bench.run"]
+    monkeypatch.setattr(bench_run, "measure_spec", _fake_measure)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(bench_data[1].read_text() + "{not json\n")
+    logs: list[str] = []
+    result = run([cls_model_dir], str(bad), tmp_path / "out", peers=[], backends=["torch"],
+                 isolate=False, progress=False, load_kw={"on_bad": "skip"},
+                 log=logs.append)  # fmt: skip
+    read = result["settings"]["data_read"]
+    assert "skipped 1 (1 invalid JSON)" in read
+    assert f"data: {read}" in logs and f"Test data as read: {read}." in markdown(result)
+
+
+def test_the_rounds_line_names_entries_the_budget_cut_short():
+    from slimtext.bench.report import _rounds_line
+
+    full = {"name": "m/torch", "runs": [{}, {}, {}]}
+    assert "Every figure is the median of 3 rounds" in _rounds_line([full], 3)
+    line = _rounds_line([full, {"name": "m/ort", "runs": [{}, {}]}, {"name": "m/int8"}], 3)
+    assert "medians of up to 3 rounds" in line and "fewer to: m/ort 2, m/int8 1." in line
+    assert _rounds_line([full], 1) == ""
