@@ -88,9 +88,9 @@ def markdown(result: dict) -> str:
         (e["model"], e["peer"]): e for e in entries if e["group"] == "peer" and e.get("model")
     }
     s = result["settings"]
-    # Ratio columns against the same model's peers: hf and ort always, ort-opt when it ran.
+    # Ratio columns against the same model's peers, those that ran (columns of "-" otherwise).
     ran = {e.get("peer") for e in entries}
-    ratio_peers = ["hf", "ort"] + (["ort-opt"] if "ort-opt" in ran else [])
+    ratio_peers = [p for p in ("hf", "ort", "ort-opt") if p in ran]
     lines = [
         "# slimtext bench",
         "",
@@ -111,7 +111,12 @@ def markdown(result: dict) -> str:
         "them 64 a call in the test set's own shuffled order, as `pipeline(texts, "
         "batch_size=64)` or a server's batches see them: each entry handles the mixed lengths "
         "of a call its own way. Latency is one text per call. Peak MB: peak resident memory of "
-        "the process that loaded and measured that entry alone. Ratios: slimtext docs/s / peer "
+        + (
+            "the process that loaded and measured that entry alone. "
+            if s.get("isolate", True)
+            else "the whole bench process up to that entry (--no-isolate: an upper bound). "
+        )
+        + "Ratios: slimtext docs/s / peer "
         "docs/s (same model's peer).",
         "",
         "| model / backend | accuracy | macro-F1 | p50 ms | p99 ms | docs/s b=1 | docs/s b=8 "

@@ -380,7 +380,10 @@ def test_rows_skipped_on_reading_are_in_the_report(cls_model_dir, bench_data, tm
                  log=logs.append)  # fmt: skip
     read = result["settings"]["data_read"]
     assert "skipped 1 (1 invalid JSON)" in read
-    assert f"data: {read}" in logs and f"Test data as read: {read}." in markdown(result)
+    md = markdown(result)
+    assert f"data: {read}" in logs and f"Test data as read: {read}." in md
+    assert "vs ort-int8" not in md and "vs hf" not in md  # no peers ran: no columns of "-"
+    assert "(--no-isolate: an upper bound)" in md  # not "that entry alone"
 
 
 def test_the_rounds_line_names_entries_the_budget_cut_short():
