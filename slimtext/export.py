@@ -20,6 +20,7 @@ A `<name>.json` sidecar records how it was made and the measured parity.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import tempfile
@@ -60,15 +61,21 @@ class ExportError(RuntimeError):
     """The export failed, or its output disagrees with PyTorch beyond tolerance."""
 
 
-def require_onnxruntime():
-    """Import onnxruntime or raise an ImportError that says how to install it."""
-    try:
-        import onnxruntime
-    except ImportError as e:
-        raise ImportError(
-            f"onnxruntime is not installed ({e}); install the ONNX extra: "
-            "pip install 'slimtext[onnx]'"
-        ) from None
+def require_onnxruntime(onnx: bool = False):
+    """Import onnxruntime (and with `onnx`, the onnx package that exporting and int8
+    quantisation need) or raise an ImportError that says how to install them: a plain
+    `pip install onnxruntime` brings no onnx, which failed as a bare "No module named 'onnx'"
+    after the output folder was made."""
+    for name in ("onnxruntime", "onnx") if onnx else ("onnxruntime",):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ImportError(
+                f"{name} is not installed ({e}); install the ONNX extra: "
+                "pip install 'slimtext[onnx]'"
+            ) from None
+    import onnxruntime
+
     return onnxruntime
 
 
@@ -141,7 +148,7 @@ def export_onnx(
     absolute logit difference on the parity batches exceeds `atol`.
     """
     _check_export_args(exporter, mask_dtype, opset)
-    require_onnxruntime()
+    require_onnxruntime(onnx=True)
     log = log or (lambda _msg: None)
     md = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
     return _write_export(md, out, ONNX_FILE, log, lambda target, guard: _export_file(
@@ -259,7 +266,7 @@ def quantize_onnx(
             raise ValueError(
                 f"{source} takes a {made.get('mask_dtype', 'bool')} mask, not {mask_dtype}"
             )
-    require_onnxruntime()
+    require_onnxruntime(onnx=True)
     log = log or (lambda _msg: None)
     md = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)
     home = Path(md.meta["path"]) if "path" in md.meta else None

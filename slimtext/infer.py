@@ -289,7 +289,8 @@ class Predictor:
     def _ort_runner(self, int8: bool = False) -> Runner:
         from .export import SLOW_FUSIONS, ExportError, require_onnxruntime
 
-        ort = require_onnxruntime()
+        # exporting or quantising a graph needs the onnx package too; running one does not
+        ort = require_onnxruntime(onnx=int8 or not self._onnx_path)
         if self._onnx_path:  # the caller's file, for either backend
             path = Path(self._onnx_path)
         else:

@@ -300,3 +300,22 @@ def test_cli_export_names_the_target_of_an_os_error_that_has_none(tiny_model_dir
     r = CliRunner().invoke(app, ["export", str(tiny_model_dir), "--out", str(target)])
     assert r.exit_code == 2 and "No space left on device" in r.output
     assert str(target) in r.output.replace("\n", "") and "Traceback" not in r.output
+
+
+def test_onnxruntime_without_onnx_is_the_extras_hint_and_makes_no_folder(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    # `pip install onnxruntime` brings no onnx: a bare "No module named 'onnx'" after
+    # `--out newdir/` had been created, and the same from the onnxruntime backend
+    import sys
+
+    import slimtext
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"onnx is not installed .*slimtext\[onnx\]"):
+        export_onnx(tiny_model_dir, out=f"{tmp_path / 'newdir'}/")
+    assert not (tmp_path / "newdir").exists()
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ImportError, match=r"slimtext\[onnx\]"):
+        slimtext.load(tiny_model_dir, backend="onnxruntime").predict(["a text"])
+    assert not (tmp_path / "cache" / "onnx").exists()

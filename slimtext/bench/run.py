@@ -365,6 +365,9 @@ def run(
     write_report(result, out)
     Path(out, PARTIAL).unlink(missing_ok=True)
     log(f"wrote {out / 'report.md'}, report.json, pareto.png")
+    if not entries:  # an empty report must not pass for a result with a script or a CI job
+        why = "; ".join(f"{s['name']}: {s['reason']}" for s in skipped) or "no contender ran"
+        raise ValueError(f"nothing was measured ({why}); {out / 'report.md'} lists why")
     return result
 
 

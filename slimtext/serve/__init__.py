@@ -14,6 +14,9 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'slimtext.serve' has no attribute {name!r}")
     try:
         from . import app, batcher
+
+        if name == "run":  # `run` needs uvicorn too, which `pip install fastapi` does not bring
+            import uvicorn  # noqa: F401
     except ImportError as e:
         raise ImportError(
             f"slimtext.serve needs the serve extra ({e.name} is missing): "

@@ -112,8 +112,9 @@ def test_missing_peer_library_and_missing_train_are_skipped_not_fatal(
     # A backend this machine lacks (here: onnxruntime "not installed") names the extra
     run_mod = importlib.import_module("slimtext.bench.run")  # the module: `run` is its function
     monkeypatch.setattr(run_mod, "available_backends", lambda: ["torch"])
-    result = run([cls_model_dir], str(test), tmp_path, peers=[], backends=["onnxruntime"],
-                 threads=1, isolate=False, progress=False)  # fmt: skip
+    result = run([cls_model_dir], str(test), tmp_path, peers=[],
+                 backends=["torch", "onnxruntime"], threads=1, isolate=False,
+                 progress=False)  # fmt: skip
     reasons = {s["name"]: s["reason"] for s in result["skipped"]}
     assert "pip install 'slimtext[onnx]'" in reasons["backend onnxruntime"]
 
@@ -394,3 +395,15 @@ def test_the_rounds_line_names_entries_the_budget_cut_short():
     line = _rounds_line([full, {"name": "m/ort", "runs": [{}, {}]}, {"name": "m/int8"}], 3)
     assert "medians of up to 3 rounds" in line and "fewer to: m/ort 2, m/int8 1." in line
     assert _rounds_line([full], 1) == ""
+
+
+def test_a_run_that_measures_nothing_is_an_error(cls_model_dir, bench_data, tmp_path,
+                                                 monkeypatch):  # fmt: skip
+    # asked for backends this machine lacks and no peers: an empty report, exit 0
+    bench_run = sys.modules["slimtext.bench.run"]
+    monkeypatch.setattr(bench_run, "available_backends", lambda: set())
+    # (alone it is an error, and says why)
+    with pytest.raises(ValueError, match=r"nothing was measured .backend onnxruntime: .*onnx\]"):
+        run([cls_model_dir], str(bench_data[1]), tmp_path / "out", peers=[],
+            backends=["onnxruntime"], isolate=False, progress=False)  # fmt: skip
+    assert (tmp_path / "out" / "report.md").is_file()  # the why, kept

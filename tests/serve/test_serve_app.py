@@ -567,3 +567,15 @@ def test_a_client_that_hangs_up_while_queued_is_499_and_its_texts_are_skipped(st
     assert 'endpoint="/v1/classify",method="POST",status="499"} 1.0' in text
     assert 'endpoint="/v1/classify",method="POST",status="200"} 1.0' in text
     assert stub.calls == [1, 1]  # the warm-up and A: B's text never reached the model
+
+
+def test_serving_without_uvicorn_names_the_extra(monkeypatch):
+    # `pip install fastapi` brings no uvicorn: `serve` said only "No module named 'uvicorn'"
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uvicorn", None)
+    with pytest.raises(ImportError, match=r"uvicorn is missing.*slimtext\[serve\]"):
+        from slimtext.serve import run  # noqa: F401
+    from slimtext.serve import create_app as make  # the app itself needs no uvicorn
+
+    assert make is create_app
