@@ -225,6 +225,10 @@ class TextClassifier:
         rank calls `fit` with the same data, and rank 0 holds the result afterwards."""
         train, valid = _xy(train, valid)
         cfg = self.train_config()
+        if self.init is not None:  # a missing folder or transformers: before the data is read
+            from .pretrain import check_init
+
+            check_init(self.init)
         if self.init is None:  # the shape checked now, not after minutes of tokenizer learning
             probe = self._model_config(None, 2, cfg.max_length)
             if (n := frozen_blocks(cfg.freeze)) is not None and n > probe.num_layers:

@@ -550,6 +550,10 @@ def _train(
 
     # an --out that would be refused must fail now, not after training
     check_save_target(out, reads=(params.get("init"),))
+    if params.get("init"):
+        from .pretrain import check_init
+
+        check_init(params["init"])
     ckpt = _run_checkpoints(out, checkpoint_every, resume, say)
     # All data is read (and its report shown) before training: a missing or broken test file
     # must not surface only after an hour of training.

@@ -402,6 +402,21 @@ def pretrain(
 # ---------------------------------------------------------------- starting from an encoder
 
 
+def check_init(spec: str | os.PathLike) -> None:
+    """The cheap part of `load_init`, before any data is read: that the folder is there and,
+    for `hf:`, that transformers is installed (found only after the data had been read and
+    split, which can take minutes)."""
+    s = str(spec)
+    if s.startswith("hf:"):
+        from .models.hf import _require_transformers
+
+        _require_transformers()
+        if not Path(s[3:]).is_dir():
+            raise FileNotFoundError(f"{s[3:]}: not a local Hugging Face model folder")
+    elif not Path(s).is_dir():
+        raise FileNotFoundError(f"{s}: --init needs a model directory (slimtext pretrain's)")
+
+
 def load_init(spec: str | os.PathLike) -> tuple[TransformerClassifier, TextTokenizer]:
     """The model and tokenizer to start fine-tuning from: a slimtext model directory
     (pretrained or fine-tuned), or `hf:PATH`, a local Hugging Face BERT folder."""

@@ -472,3 +472,14 @@ def test_pretrain_takes_texts_as_a_series_or_generator_like_a_list(tmp_path):
             torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=f"{other}: {k}")
     with pytest.raises(TypeError, match="not int"):
         pretrain(3, tmp_path / "x", **kw)
+
+
+def test_a_missing_init_is_refused_before_the_data_is_read(tmp_path, monkeypatch):
+    import sys
+
+    never = tmp_path / "never-read.jsonl"  # does not exist either: the init is checked first
+    with pytest.raises(FileNotFoundError, match="nope: --init needs a model directory"):
+        TextClassifier(init=tmp_path / "nope", verbose=False).fit(never)
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"slimtext\[hf\]"):
+        TextClassifier(init=f"hf:{tmp_path}", verbose=False).fit(never)
