@@ -483,3 +483,13 @@ def test_a_missing_init_is_refused_before_the_data_is_read(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match=r"slimtext\[hf\]"):
         TextClassifier(init=f"hf:{tmp_path}", verbose=False).fit(never)
+
+
+def test_a_diverged_pretraining_saves_nothing(tmp_path):
+    # it saved a NaN encoder, exit 0, with "final_loss": NaN (not JSON) in metrics.json
+    from slimtext.train.trainer import DivergedError
+
+    with pytest.raises(DivergedError, match="training diverged"):
+        pretrain(corpus(48), tmp_path / "enc", tokenizer="wordpiece", vocab_size=120,
+                 max_steps=20, lr=1e6, progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
+    assert not (tmp_path / "enc").exists()

@@ -791,9 +791,36 @@ def fit(
         result.tokens += sum(all_gather_object(ctx, pending_tokens)) // ctx.replicas
         pending_tokens = 0
 
+    warned_skip = False
+
+    def check_finite(loss: float | None) -> None:
+        """Stop a run whose weights went NaN/inf (a collective: every rank calls it at the
+        same steps). It trained on to the end, kept a NaN epoch as "best" (argmax of NaN
+        scores is class 0) and failed only when the model was loaded; pretraining saved it."""
+        nonlocal warned_skip
+        if loss is not None and math.isfinite(loss):
+            return
+        ok = all(all_gather_object(ctx, _weights_finite(wrapped)))
+        if not ok:
+            kept = (
+                f"; the checkpoints in {ckpt_dir} are of this run: delete them to start again"
+                if ckpt_dir is not None
+                else ""
+            )
+            raise DivergedError(
+                f"training diverged by step {step}: the weights hold NaN or inf (loss {loss}); "
+                f"lower the learning rate (lr {cfg.lr:g}), keep --grad-clip on, or train in "
+                f"fp32{kept}"
+            )
+        if loss is not None and not warned_skip:  # fp16 loss scaling skipped the step
+            warned_skip = True
+            warnings.warn(f"a non-finite loss ({loss}) by step {step}; the weights are finite "
+                          "(the step was skipped by fp16 loss scaling)", stacklevel=2)  # fmt: skip
+
     def checkpoint() -> None:
         if ckpt_dir is None:
             return
+        check_finite(None)  # never a checkpoint of NaN weights: resuming it is pointless
         flush_tokens()  # a resumed run starts from the saved count
         st = {
             "scheduler": sched.state_dict(),
@@ -910,8 +937,12 @@ def fit(
                         "lr": lr_used,
                         "samples_per_s": rate,
                     }
+                    check_finite(rec["loss"])  # the last step of an epoch logs: before its eval
+                    if not math.isfinite(rec["loss"]):
+                        rec["loss"] = None  # a skipped fp16 step: NaN is not JSON
                     log.write(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", samples_s=f"{rate:.0f}")
+                    shown = "skipped" if rec["loss"] is None else f"{rec['loss']:.4f}"
+                    bar.set_postfix(loss=shown, samples_s=f"{rate:.0f}")
                     t_last, samples_last, loss_sum, loss_n = now, 0, 0.0, 0
                 if step >= total_steps:
                     done = True
@@ -983,6 +1014,19 @@ def fit(
     return result
 
 
+class DivergedError(ValueError):
+    """Training made the weights NaN or inf (a learning rate far too high, fp16 overflow)."""
+
+
+def _weights_finite(model: nn.Module) -> bool:
+    """Whether this rank's parameters (its shards, under FSDP/TP) are all finite."""
+    for p in model.parameters():
+        t = p.to_local() if hasattr(p, "to_local") else p
+        if not bool(torch.isfinite(t.detach()).all()):
+            return False
+    return True
+
+
 def plot_training_curve(metrics_path: Path, out_png: Path) -> Path | None:
     """Loss per logged step and validation accuracy per epoch, one PNG."""
     if not metrics_path.is_file():
@@ -994,7 +1038,7 @@ def plot_training_curve(metrics_path: Path, out_png: Path) -> Path | None:
 
     lines = metrics_path.read_text(encoding="utf-8").splitlines()
     recs = [json.loads(line) for line in lines if line.strip()]
-    train = [r for r in recs if "loss" in r]
+    train = [r for r in recs if r.get("loss") is not None]  # None: a skipped fp16 step
     val = [r for r in recs if "valid_accuracy" in r]
     if not train:
         return None

@@ -590,3 +590,22 @@ def test_a_warm_up_past_the_run_is_said_and_half_steps_refused(encoded):
         run(encoded, {}, max_steps=3, warmup=10)
     with pytest.raises(ValueError, match="warmup is a fraction"):
         TrainConfig(warmup=2.5)  # it became 2 steps
+
+
+def test_a_diverged_run_stops_with_a_clear_error_and_saves_no_nan_checkpoint(encoded, tmp_path):
+    # It trained on to the end, kept a NaN epoch as "best" and failed only at load.
+    import re
+
+    from slimtext.train.trainer import DivergedError
+
+    ck = tmp_path / "ck"
+    with pytest.raises(DivergedError, match=r"diverged by step \d+: the weights hold NaN") as e:
+        run(encoded, {"run_dir": tmp_path / "run", "checkpoint_dir": ck}, lr=1e6,
+            checkpoint_every=1, log_every=50)  # fmt: skip
+    bad = int(re.search(r"step (\d+)", str(e.value)).group(1))
+    assert f"the checkpoints in {ck} are of this run" in str(e.value)
+    # a checkpoint a step, but none of the NaN weights (found there, long before a log line)
+    steps = [int(c.name.rsplit("-", 1)[1]) for c in list_checkpoints(ck)]
+    assert steps == list(range(1, bad)) and bad < 50
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert all("NaN" not in x for x in lines)  # the log stays JSON
