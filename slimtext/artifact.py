@@ -44,6 +44,11 @@ from .tokenizer import TextTokenizer, TokenizerError, check_long_text, load_toke
 FORMAT = "slimtext-model"
 FORMAT_VERSION = 1
 REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "labels.json")
+# Exports written into a model directory (slimtext.export), each with a ".json" side file: made
+# from the weights, so one that does not verify is set aside (made again), never fatal.
+ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+DERIVED = tuple(f"{name}{end}" for name in (ONNX_FILE, INT8_FILE) for end in ("", ".json"))
 
 
 class ModelDirError(ValueError):
@@ -243,7 +248,7 @@ def _check_writable(folder: Path) -> None:
 
 def _read_model_dir(path: Path) -> ModelDir:
     try:
-        listed = verify_manifest(path, required=REQUIRED)
+        listed = verify_manifest(path, required=REQUIRED, derived=DERIVED)
     except IntegrityError as e:
         raise ModelDirError(str(e)) from None
     cfg = _read_json(path / "config.json")

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifact import ModelDir, read_model_dir
+from .artifact import INT8_FILE, ONNX_FILE, ModelDir, read_model_dir
 from .fileio import (
     IntegrityError,
     TargetExistsError,
@@ -41,8 +41,6 @@ from .fileio import (
     update_manifest,
 )
 
-ONNX_FILE = "model.onnx"
-INT8_FILE = "model.int8.onnx"
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAMES = ("logits",)
 EXPORTERS = ("auto", "fused", "dynamo", "torchscript")

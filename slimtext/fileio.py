@@ -99,9 +99,15 @@ def read_manifest(folder: Path) -> dict[str, dict]:
     return files
 
 
-def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> dict[str, dict]:
+def verify_manifest(
+    folder: Path, required: tuple[str, ...] = (), derived: tuple[str, ...] = ()
+) -> dict[str, dict]:
     """Raise IntegrityError naming the first missing, truncated or altered file; returns the
-    manifest's listing (what may be read: a file it does not list vouches for nothing)."""
+    manifest's listing (what may be read: a file it does not list vouches for nothing).
+
+    `derived` files (exports made from the others, made again at need) do not fail the check:
+    one that does not verify is left out of the listing, so it is never used. An export killed
+    between replacing its file and listing it made the whole directory unloadable."""
     folder = Path(folder)
     if not folder.is_dir():
         raise IntegrityError(f"{folder}: not a directory")
@@ -109,22 +115,33 @@ def verify_manifest(folder: Path, required: tuple[str, ...] = ()) -> dict[str, d
     for name in required:
         if name not in files:
             raise IntegrityError(f"{folder}: {name} is not listed in {MANIFEST}")
-    for rel, meta in files.items():
-        p = folder / rel
-        if not p.is_file():
-            raise IntegrityError(f"{folder}: {rel} is missing (truncated copy?)")
+    for rel in [r for r in files if r in derived]:
         try:
-            size = p.stat().st_size
-            digest = sha256_file(p) if size == meta["size"] else None
-        except OSError as e:  # removed or made unreadable after the check above
-            raise IntegrityError(f"{p}: unreadable ({e})") from None
-        if size != meta["size"]:
-            raise IntegrityError(
-                f"{p}: size {size} bytes, expected {meta['size']} (truncated or altered)"
-            )
-        if digest != meta["sha256"]:
-            raise IntegrityError(f"{p}: checksum mismatch; the file changed after it was written")
+            _verify_entry(folder, rel, files[rel])
+        except IntegrityError:
+            del files[rel]
+    for rel, meta in files.items():
+        if rel not in derived:
+            _verify_entry(folder, rel, meta)
     return files
+
+
+def _verify_entry(folder: Path, rel: str, meta: dict) -> None:
+    """IntegrityError unless `folder / rel` is the file of `meta` (size and sha256)."""
+    p = folder / rel
+    if not p.is_file():
+        raise IntegrityError(f"{folder}: {rel} is missing (truncated copy?)")
+    try:
+        size = p.stat().st_size
+        digest = sha256_file(p) if size == meta["size"] else None
+    except OSError as e:  # removed or made unreadable after the check above
+        raise IntegrityError(f"{p}: unreadable ({e})") from None
+    if size != meta["size"]:
+        raise IntegrityError(
+            f"{p}: size {size} bytes, expected {meta['size']} (truncated or altered)"
+        )
+    if digest != meta["sha256"]:
+        raise IntegrityError(f"{p}: checksum mismatch; the file changed after it was written")
 
 
 def file_mode(directory: bool = False) -> int:

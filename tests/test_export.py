@@ -319,3 +319,28 @@ def test_onnxruntime_without_onnx_is_the_extras_hint_and_makes_no_folder(
     with pytest.raises(ImportError, match=r"slimtext\[onnx\]"):
         slimtext.load(tiny_model_dir, backend="onnxruntime").predict(["a text"])
     assert not (tmp_path / "cache" / "onnx").exists()
+
+
+def test_an_export_killed_before_its_listing_leaves_the_directory_loadable(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    # killed between replacing model.onnx and updating the manifest: every load, torch's too,
+    # failed on the export's checksum
+    import slimtext
+    from slimtext.fileio import read_manifest
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    export_onnx(d)
+    listed = read_manifest(d)["model.onnx"]
+    (d / "model.onnx").write_bytes((d / "model.onnx").read_bytes() + b"\0")  # another graph
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(tmp_path / "cache"))
+    texts = ["goal match team", "bank profit shares"]
+    want = slimtext.load(tiny_model_dir).predict_proba(texts)
+    np.testing.assert_allclose(slimtext.load(d).predict_proba(texts), want, atol=1e-6)
+    ort_pred = slimtext.load(d, backend="onnxruntime")
+    assert ort_pred.onnx_path != d / "model.onnx"  # the unlisted file is not run: made again
+    np.testing.assert_allclose(ort_pred.predict_proba(texts), want, atol=1e-4)
+    export_onnx(d)  # and exporting again puts it right
+    assert read_manifest(d)["model.onnx"]["size"] == listed["size"]
+    assert slimtext.load(d, backend="onnxruntime").onnx_path == d / "model.onnx"
