@@ -407,3 +407,24 @@ def test_a_run_that_measures_nothing_is_an_error(cls_model_dir, bench_data, tmp_
         run([cls_model_dir], str(bench_data[1]), tmp_path / "out", peers=[],
             backends=["onnxruntime"], isolate=False, progress=False)  # fmt: skip
     assert (tmp_path / "out" / "report.md").is_file()  # the why, kept
+
+
+def test_a_run_stopped_while_plotting_leaves_no_finished_report(
+    cls_model_dir, bench_data, tmp_path, monkeypatch
+):
+    # the plot (~1 s of matplotlib) came last: a SIGTERM there left report.json and report.md
+    # beside the partial file, neither a finished run nor a partial one
+    import slimtext.bench.report as report
+
+    bench_run = sys.modules["slimtext.bench.run"]
+    monkeypatch.setattr(bench_run, "measure_spec", _fake_measure)
+
+    def stopped(result, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "plot", stopped)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run([cls_model_dir], str(bench_data[1]), out, peers=[], backends=["torch"],
+            isolate=False, progress=False)  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == ["report.partial.json"]
