@@ -65,7 +65,13 @@ def bert_config(cfg: ModelConfig, labels: list[str] | None = None):
     """The `transformers.BertConfig` of a slimtext transformer config."""
     from transformers import BertConfig
 
-    labels = labels or [str(i) for i in range(cfg.num_labels)]
+    # any sequence (clf.classes_ is a numpy array, whose truth value is ambiguous) of names;
+    # numpy ints as text, as JSON (save_pretrained) cannot hold them
+    labels = (
+        [str(x) for x in labels]
+        if labels is not None and len(labels)
+        else [str(i) for i in range(cfg.num_labels)]
+    )
     if len(labels) != cfg.num_labels:  # transformers would only log it and use LABEL_i
         raise HFConversionError(
             f"{len(labels)} label names for a model of {cfg.num_labels} classes"
@@ -287,8 +293,9 @@ def save_hf(model_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     # folder but an earlier export (it overwrote a project's config.json, or the model)
     check_save_target(out, reads=(model_dir,), is_ours=earlier_export)
     md = read_model_dir(model_dir)
-    if md.meta.get("compression"):
-        raise HFConversionError(f"{model_dir}: compressed models do not map onto BERT")
+    # A compressed model converts when its layers are still BERT's (a distilled student, one
+    # with layers dropped or unstructured zeros); `to_hf_bert` refuses pruned, factorised or
+    # quantized layers by what they are, not by the record that the model was compressed.
     hf = to_hf_bert(md.model, list(md.labels))
     tok = hf_fast_tokenizer(md.tokenizer, md.max_length)
     if md.long_text != "truncate":

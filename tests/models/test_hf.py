@@ -104,6 +104,32 @@ def test_save_hf_folder_loads_back(tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path / "hf")(odd)["input_ids"] == tok.encode(odd, 24)
 
 
+def test_a_compressed_model_converts_when_its_layers_are_still_berts(tmp_path):
+    # a distilled student (or one with zeros) was refused for its compression record alone
+    from slimtext.artifact import save_model_dir
+    from slimtext.compress import HeadPruning, prune_
+    from slimtext.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([f"word{i % 7} thing{i % 5}" for i in range(50)], vocab_size=200)
+    torch.manual_seed(0)
+    model = TransformerClassifier(ModelConfig(**{**TINY, "vocab_size": tok.vocab_size})).eval()
+    randomise_(model)
+    record = [{"step": "distill", "config": {"layers": 2}}]
+    save_model_dir(tmp_path / "m", model, model.config, tok, ["a", "b", "c"], max_length=24,
+                   compression=record)  # fmt: skip
+    save_hf(tmp_path / "m", tmp_path / "hf")
+    back, _ = load_hf_bert(tmp_path / "hf")
+    ids, mask = padded_batch(tok.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids, mask.bool()), model(ids, mask.bool()), atol=1e-5,
+                                   rtol=1e-4)  # fmt: skip
+    pruned = prune_(model, HeadPruning(0.5))  # pruned heads are not BERT's: refused as such
+    save_model_dir(tmp_path / "p", model, model.config, tok, ["a", "b", "c"], max_length=24,
+                   compression=[pruned])  # fmt: skip
+    with pytest.raises(HFConversionError, match="pruned attention heads"):
+        save_hf(tmp_path / "p", tmp_path / "hf2")
+
+
 def test_save_hf_never_replaces_what_it_did_not_write(tmp_path):
     from slimtext.artifact import save_model_dir
     from slimtext.fileio import TargetExistsError
@@ -161,6 +187,11 @@ def test_label_names_and_compressed_layers_are_checked_before_converting():
     model = TransformerClassifier(ModelConfig(**TINY))
     with pytest.raises(HFConversionError, match="1 label names for a model of 3"):
         to_hf_bert(model, ["a"])  # transformers only logged it and named them LABEL_i
+    import numpy as np
+
+    # clf.classes_ (a numpy array of numpy ints): "truth value ambiguous", then not JSON
+    hf = to_hf_bert(model, np.array([10, 20, 30]))
+    assert hf.config.id2label == {0: "10", 1: "20", 2: "30"}
     # only the second FFN layers quantized: a KeyError on their weight
     keep = tuple(n for n, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear) and "ffn_out" not in n)  # fmt: skip
