@@ -146,7 +146,7 @@ def hf_teacher_logits(
         model.eval()
         limit = max_length or min(
             int(getattr(tok, "model_max_length", 512) or 512),
-            int(getattr(cfg, "max_position_embeddings", 512) or 512) - _position_offset(cfg),
+            int(getattr(cfg, "max_position_embeddings", 512) or 512) - _position_offset(cfg, model),
         )
         out = np.zeros((len(texts), cfg.num_labels), np.float32)
         by_len = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding
@@ -397,10 +397,16 @@ def distill(
     return result, record("distill", config, student=student.config.to_dict())
 
 
-def _position_offset(cfg) -> int:
+def _position_offset(cfg, model=None) -> int:
     """Position ids a model never gives a token: RoBERTa's family counts positions from
     pad_token_id + 1, so roberta-base takes 514 - 2 = 512 tokens. A tokenizer folder without
-    model_max_length left the limit at max_position_embeddings, and a long text crashed."""
+    model_max_length left the limit at max_position_embeddings, and a long text crashed.
+    Read from the model where it can be: those families give their position table a
+    padding_idx (data2vec-text, xmod, luke and others a list of names missed)."""
+    if model is not None:
+        for name, mod in model.named_modules():
+            if name.endswith("position_embeddings") and isinstance(mod, torch.nn.Embedding):
+                return 0 if mod.padding_idx is None else int(mod.padding_idx) + 1
     family = ("roberta", "xlm-roberta", "camembert", "longformer", "xlm-roberta-xl", "mpnet")
     if getattr(cfg, "model_type", "") in family:
         return int(getattr(cfg, "pad_token_id", 1) or 0) + 1

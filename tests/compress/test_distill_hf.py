@@ -178,19 +178,23 @@ def test_cli_compress_takes_an_hf_teacher_and_names_a_label_mismatch(
     assert r.exit_code != 0 and "id2label" in r.output and not (tmp_path / "o2").exists()
 
 
-def test_a_roberta_teacher_reads_long_texts_within_its_positions(make_toy, tmp_path):
+@pytest.mark.parametrize("family", ["Roberta", "Data2VecText"])
+def test_a_roberta_teacher_reads_long_texts_within_its_positions(make_toy, tmp_path, family):
     # RoBERTa counts positions from pad_token_id + 1: with a tokenizer folder that sets no
     # model_max_length, texts as long as max_position_embeddings crashed inside the model.
-    from transformers import RobertaConfig, RobertaForSequenceClassification
+    # (data2vec-text too, which a list of family names missed: read from the position table)
+    import transformers
 
+    config_cls = getattr(transformers, f"{family}Config")
+    model_cls = getattr(transformers, f"{family}ForSequenceClassification")
     texts, _ = make_toy(4, seed=52)
     tok = _tokenizer(texts)
-    cfg = RobertaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=24,
-                        pad_token_id=tok.pad_token_id, num_labels=3,
-                        id2label=dict(enumerate(HF_LABELS)))  # fmt: skip
-    path = tmp_path / "roberta"
-    RobertaForSequenceClassification(cfg).save_pretrained(path)
+    cfg = config_cls(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=24,
+                     pad_token_id=tok.pad_token_id, num_labels=3,
+                     id2label=dict(enumerate(HF_LABELS)))  # fmt: skip
+    path = tmp_path / family
+    model_cls(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     long = [" ".join([t] * 10) for t in texts]  # ~60 tokens: far past 24 positions
     got = hf_teacher_logits(path, long, ["sport", "tech", "money"])
