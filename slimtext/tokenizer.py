@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tokenizers import (
+    AddedToken,
     Tokenizer,
     decoders,
     models,
@@ -409,17 +410,37 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
         raise TokenizerError(f"{p}: not a valid tokenizer.json ({e})") from e
 
 
-def _from_bert_vocab(folder: Path) -> TextTokenizer:
-    lowercase = True
-    cfg = folder / "tokenizer_config.json"
-    if cfg.is_file():
+def _read_json_object(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _bert_added_tokens(folder: Path, config: dict) -> dict[int, dict]:
+    """{id: {"content", "special", ...}} of the tokens a BERT folder adds to its vocab.txt:
+    tokenizer_config.json's added_tokens_decoder, else the older added_tokens.json."""
+    decoder = config.get("added_tokens_decoder")
+    if isinstance(decoder, dict):
         try:
-            config = json.loads(cfg.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise TokenizerError(f"{cfg}: not valid JSON ({e})") from None
-        if not isinstance(config, dict):
-            raise TokenizerError(f"{cfg}: expected a JSON object, got {type(config).__name__}")
-        lowercase = bool(config.get("do_lower_case", True))
+            return {int(i): dict(t) for i, t in decoder.items() if isinstance(t, dict)}
+        except ValueError:
+            raise TokenizerError(f"{folder}: added_tokens_decoder has a non-integer id") from None
+    path = folder / "added_tokens.json"
+    if not path.is_file():
+        return {}
+    added = _read_json_object(path)
+    if not all(isinstance(i, int) for i in added.values()):
+        raise TokenizerError(f"{path}: expected {{token: integer id}}")
+    return {i: {"content": t, "special": False} for t, i in added.items()}
+
+
+def _from_bert_vocab(folder: Path) -> TextTokenizer:
+    cfg = folder / "tokenizer_config.json"
+    config = _read_json_object(cfg) if cfg.is_file() else {}
     vocab_file = folder / "vocab.txt"
     try:
         text = vocab_file.read_text(encoding="utf-8")
@@ -439,10 +460,35 @@ def _from_bert_vocab(folder: Path) -> TextTokenizer:
             f"{UNK}, {CLS} and {SEP}"
         )
     tok = Tokenizer(models.WordPiece(vocab, unk_token=UNK))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+    # The options transformers' BertTokenizer reads (and its converter to the fast tokenizer
+    # passes on): lower-casing alone gave "café" -> "cafe" where the checkpoint's own
+    # tokenizer kept it, so the encoder was fine-tuned on ids it was not trained on.
+    strip = config.get("strip_accents")
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+        strip_accents=None if strip is None else bool(strip),  # None: as lowercase
+        lowercase=bool(config.get("do_lower_case", True)),
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece()
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", special_tokens=[(CLS, vocab[CLS]), (SEP, vocab[SEP])]
     )
+    for i, t in sorted(_bert_added_tokens(folder, config).items()):
+        content, special = t.get("content"), bool(t.get("special", False))
+        if not isinstance(content, str) or not content:
+            raise TokenizerError(f"{folder}: added token {i} has no text")
+        if i < len(vocab) and vocab.get(content) == i:
+            continue  # a vocab.txt token listed again ([PAD], [MASK], ...)
+        added = AddedToken(content, single_word=bool(t.get("single_word", False)),
+                           lstrip=bool(t.get("lstrip", False)), rstrip=bool(t.get("rstrip", False)),
+                           normalized=bool(t.get("normalized", not special)),
+                           special=special)  # fmt: skip
+        (tok.add_special_tokens if special else tok.add_tokens)([added])
+        if tok.token_to_id(content) != i:  # ids of a checkpoint's embedding rows: must match
+            raise TokenizerError(
+                f"{folder}: added token {content!r} has id {i} there, but would get "
+                f"{tok.token_to_id(content)} on top of vocab.txt's {len(vocab)} tokens"
+            )
     return TextTokenizer(tok)

@@ -49,6 +49,36 @@ def test_hf_folder_with_only_vocab_txt_loads(tmp_path):
     assert tok.encode(["Hello worlds"], 10) == [[2, 5, 6, 7, 3]]
 
 
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"do_lower_case": True, "strip_accents": False}, {"do_lower_case": False},
+     {"tokenize_chinese_chars": False}, {"do_lower_case": True, "strip_accents": True}],
+)  # fmt: skip
+@pytest.mark.parametrize("added", [False, True])
+def test_a_vocab_txt_folder_gives_the_ids_of_its_own_hf_tokenizer(tmp_path, config, added):
+    # only do_lower_case was read: "café" became "cafe" where the checkpoint's tokenizer kept
+    # it, CJK was split when tokenize_chinese_chars was off, and added tokens were dropped
+    transformers = pytest.importorskip("transformers")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "café", "cafe", "über", "uber",
+             "good", "Good", "東", "京", "東京", "##s", "co", "##vid", "##19", "test"]  # fmt: skip
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    if added:
+        (tmp_path / "added_tokens.json").write_text(json.dumps({"covid19": len(vocab)}))
+    texts = ["café über Good", "東京 goods", "covid19 test", "Café good"]  # ("[SEP]": text here)
+    theirs = transformers.BertTokenizerFast.from_pretrained(tmp_path)
+    want = [theirs(t)["input_ids"] for t in texts]
+    assert load_tokenizer(tmp_path).encode(texts, 64) == want
+
+
+def test_an_added_token_whose_id_cannot_be_kept_is_refused(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp_path / "added_tokens.json").write_text(json.dumps({"covid19": 9}))  # a gap: id 5-8?
+    with pytest.raises(TokenizerError, match="'covid19' has id 9 there, but would get 5"):
+        load_tokenizer(tmp_path)
+
+
 def test_bad_tokenizer_paths_give_clear_errors(tmp_path):
     with pytest.raises(TokenizerError, match="not found"):
         load_tokenizer(tmp_path / "nope.json")
