@@ -571,6 +571,8 @@ def compress(
             if name == "sparsity" and records[-1].get("kind") == "semi-structured":
                 rows[-1]["pattern"] = records[-1]["pattern"]  # the report's speed note
         rows = with_ratios(rows)
+        if external is not None:  # not a row (another model, other tokenizer): said in a line
+            rows[0]["external_teacher"] = external
         report_dir = Path(work.name) / "report"
         md_path, js_path = write_report(rows, report_dir)
         final = rows[-1]

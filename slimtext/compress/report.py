@@ -150,6 +150,12 @@ def markdown(rows: list[dict]) -> str:
         ]  # fmt: skip
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
+    if ext := (rows[0].get("external_teacher") if rows else None):
+        lines += [
+            f"Distilled from the teacher `{ext['teacher']}` (accuracy "
+            f"{ext['teacher_accuracy']:.4f} on the same data), which is not a row.",
+            "",
+        ]
     # With an external teacher the first row is the model being compressed, not the teacher.
     first = "the teacher" if not rows or rows[0]["step"] == "teacher" else "the input model"
     lines.append(

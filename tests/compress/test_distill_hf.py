@@ -146,6 +146,7 @@ def test_compress_with_an_hf_teacher_end_to_end(hf_dir, teacher_dir, make_toy, t
     # the ratios' base is the first row, here the model compressed, not the hf teacher
     report = (out / "compression_report.md").read_text(encoding="utf-8")
     assert "against the first row (the input model)" in report
+    assert f"Distilled from the teacher `hf:{hf_dir}` (accuracy 0." in report
     assert 0.0 <= rec["teacher_accuracy"] <= 1.0
     assert slimtext.load(out).predict_proba(["goal match team"]).shape == (1, 3)
 
