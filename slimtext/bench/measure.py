@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, die_with_parent
 
 PredictFn = Callable[[list[str]], Sequence[str]]
 BATCH_SIZES = (1, 8, 64)
@@ -353,6 +353,8 @@ def machine_info() -> dict:
 
 
 def _worker_main(argv: list[str]) -> int:
+    # a bench killed with -9 left its measurement running on, an orphan holding the CPU
+    die_with_parent()
     spec_file, result_file = argv
     spec = Spec(**json.loads(Path(spec_file).read_text(encoding="utf-8")))
     res = measure_spec(spec, isolated=True)

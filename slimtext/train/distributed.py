@@ -18,13 +18,10 @@ Without torchrun (WORLD_SIZE unset or 1) this is the single-process path, unchan
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import hashlib
 import json
 import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
 
@@ -177,19 +174,9 @@ def _stop_with_launcher() -> None:
     """Have the kernel end this rank when its parent, torchrun's agent, dies. torchrun starts
     ranks in sessions of their own, so killing the command (even its whole process group) left
     them training as orphans, writing checkpoints beside a `--resume` started after the kill."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return
-    parent = os.getppid()
-    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != parent:  # it died before the call: nobody will signal us
-        os.kill(os.getpid(), signal.SIGTERM)
+    from ..fileio import die_with_parent
 
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+    die_with_parent()
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -428,3 +428,40 @@ def test_a_run_stopped_while_plotting_leaves_no_finished_report(
         run([cls_model_dir], str(bench_data[1]), out, peers=[], backends=["torch"],
             isolate=False, progress=False)  # fmt: skip
     assert sorted(p.name for p in out.iterdir()) == ["report.partial.json"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_measurement_process_ends_with_the_bench_that_started_it(tmp_path):
+    # `kill -9` of bench left its measurement process running on, an orphan holding the CPU
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = (
+        "import os, time, pathlib; from slimtext.bench import measure; "
+        "measure.die_with_parent(); "
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(60)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", (
+        f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {child!r}]); "
+        "time.sleep(60)")])  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the child never started"
+        time.sleep(0.05)
+    pid = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break  # gone with its parent
+        stat = Path(f"/proc/{pid}/stat")
+        if stat.exists() and stat.read_text().split()[2] == "Z":
+            break  # dead, waiting for init to reap it
+        assert time.monotonic() < deadline, "the measurement process outlived its bench"
+        time.sleep(0.05)
