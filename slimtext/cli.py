@@ -14,6 +14,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -554,6 +555,15 @@ def _train(
         from .pretrain import check_init
 
         check_init(params["init"])
+    params = {k: v for k, v in params.items() if v is not None}
+    params["checkpoint_every"] = checkpoint_every
+    clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
+                         valid_fraction=valid_fraction, verbose=True, **params)  # fmt: skip
+    from .train.precision import resolve_precision
+
+    with warnings.catch_warnings():  # (fit says them) fp16 on a CPU: before the data is read
+        warnings.simplefilter("ignore")
+        resolve_precision(clf.train_config().precision, ctx.device)
     ckpt = _run_checkpoints(out, checkpoint_every, resume, say)
     # All data is read (and its report shown) before training: a missing or broken test file
     # must not surface only after an hour of training.
@@ -567,10 +577,6 @@ def _train(
         if test_ds.labels is None:
             raise DataError(f"{test_ds.source}: --test data has no labels")
         check_labels_seen(train_ds, test_ds)
-    params = {k: v for k, v in params.items() if v is not None}
-    params["checkpoint_every"] = checkpoint_every
-    clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
-                         valid_fraction=valid_fraction, verbose=True, **params)  # fmt: skip
     from .train.checkpoint import clear_finished, exclusive, mark_finished
     from .train.distributed import barrier
 

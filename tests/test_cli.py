@@ -616,3 +616,11 @@ def test_serve_on_a_port_in_use_is_one_error_line(tiny_model_dir):
         r = runner.invoke(app, ["serve", str(tiny_model_dir), "--port", str(port)])
     # uvicorn said it after loading the model, and exited 3
     assert r.exit_code == 2 and "cannot listen on 127.0.0.1" in r.output, r.output
+
+
+def test_fp16_on_a_cpu_is_refused_before_the_data_is_read(tmp_path):
+    # it was refused only after the data had been read and the tokenizer learnt
+    never = tmp_path / "never-read.csv"  # missing too: the precision is checked first
+    r = runner.invoke(app, ["train", "--data", str(never), "--out", str(tmp_path / "m"),
+                            "--precision", "fp16", "--device", "cpu"])  # fmt: skip
+    assert r.exit_code == 2 and "fp16 training needs a CUDA GPU" in r.output, r.output
