@@ -88,6 +88,8 @@ class _Collector:
         self.bad_at: dict[str, list[str]] = defaultdict(list)
         self.missing_labels: list[str] = []  # only when labels are optional
         self.notes: list[str] = []
+        # {label: (its spelling as written, where)} for labels that "1.0" -> "1" could merge
+        self.spelled: dict[str, tuple[str, str]] = {}
 
     def skip(self, reason: str, n: int = 1) -> None:
         """Count something that is not a row (a blank line, a hidden file)."""
@@ -123,6 +125,8 @@ class _Collector:
         label_str = None
         if self.labelled:
             label_str, problem = label_to_str(label)
+            if label_str is not None and isinstance(label, (str, int)):
+                self._check_spelling(label, label_str, origin)
             if label_str is None:
                 col = self.opts.label_col
                 if problem is not None:
@@ -135,6 +139,19 @@ class _Collector:
         self.texts.append(text)
         self.labels.append(label_str)
         self.origins.append(origin)
+
+    def _check_spelling(self, raw: str | int, label: str, origin: str) -> None:
+        """ "7.0" is read as the class 7 (pandas writes an integer column with gaps so), but a
+        file that also has "7" would have two classes merged without a word: refused."""
+        if not (label[-1:].isdigit() and label.lstrip("-").isdigit()):
+            return  # only whole numbers are merged across spellings
+        written = unicodedata.normalize("NFC", raw.strip()) if isinstance(raw, str) else str(raw)
+        first = self.spelled.setdefault(label, (written, origin))
+        if first[0] != written:
+            raise DataError(
+                f"{origin}: label {written!r} and label {first[0]!r} (at {first[1]}) would be "
+                f"one class {label!r}: give each class one spelling"
+            )
 
     def finish(self) -> TextDataset:
         if not self.texts:

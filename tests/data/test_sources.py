@@ -764,3 +764,18 @@ def test_labels_are_one_class_however_their_unicode_is_composed(write, tmp_path)
     write("corpus/Ärger/b.txt", "mies")  # the composed spelling beside the decomposed one
     with pytest.raises(DataError, match="two class folders of one label 'Ärger'"):
         load_data(tmp_path / "corpus")  # merged silently, where in memory it was an error
+
+
+def test_two_spellings_of_one_whole_number_label_are_refused_not_merged(write):
+    # "7" and "7.0" became one class without a word; "4.0" alone is still the class 4
+    path = write("d.jsonl", "".join(
+        json.dumps({"text": f"t{i}", "label": lab}) + "\n"
+        for i, lab in enumerate(["7", "x", "7.0", "007"])))  # fmt: skip
+    why = r"d\.jsonl:3: label '7\.0' and label '7' \(at .*d\.jsonl:1\)"
+    with pytest.raises(DataError, match=why):
+        load_data(path)
+    ok = write("r.csv", "text,label\na,3.5\nb,4.0\nc,4.5\nd,4.0\ne,007\n")
+    assert load_data(ok).labels == ["3.5", "4", "4.5", "4", "007"]
+    mixed = write("m.jsonl", '{"text": "a", "label": 7}\n{"text": "b", "label": "7.0"}\n')
+    with pytest.raises(DataError, match="would be one class '7'"):
+        load_data(mixed)
