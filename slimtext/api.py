@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import fields, replace
 from pathlib import Path
@@ -266,6 +267,8 @@ class TextClassifier:
                    if unused else ")"),
                 file=sys.stderr,
             )  # fmt: skip
+        if valid is None and self.valid_fraction and ctx.is_main:
+            _warn_if_split_is_lopsided(train_ds, valid_ds, self.valid_fraction)
         if valid is None and self.valid_fraction and self.verbose and ctx.is_main:
             print(
                 f"valid: {len(valid_ds):,} rows held out of the training data (stratified "
@@ -589,6 +592,24 @@ def _valid_params() -> set[str]:
     # `version` is config.json's format number, not a choice
     own = {"model", "tokenizer", "vocab_size", "valid_fraction", "verbose", "init"}
     return (own | _MODEL_KEYS | _TRAIN_KEYS) - {"version"}
+
+
+def _warn_if_split_is_lopsided(train: TextDataset, valid: TextDataset, fraction: float) -> None:
+    """The stratified split holds out at least one row of every class with two or more, so
+    with many small classes far more than `fraction` goes (a third of 2,000 classes of 1-3
+    rows, leaving 667 classes one training row each): said, not silently done."""
+    share = len(valid) / max(1, len(train) + len(valid))
+    if share <= 1.5 * fraction:
+        return
+    counts = Counter(train.labels or [])
+    single = sum(1 for n in counts.values() if n == 1)
+    warnings.warn(
+        f"the validation split holds out {share:.0%} of the rows, not {fraction:g}: each class "
+        f"with two or more rows gives at least one, and many classes are small ({single:,} are "
+        "left with one training row). Give validation data (--valid), or valid_fraction=0 "
+        "(--valid-fraction 0) to train on everything",
+        stacklevel=3,
+    )
 
 
 def long_text_note(lengths: list[int], max_length: int, long_text: str, windows: int) -> str:

@@ -150,7 +150,7 @@ def save_model_dir(
                     "compression": compression or [],
                 },
             )
-            _write_json(tmp / "metrics.json", metrics or {})
+            _write_json(tmp / "metrics.json", _compact_metrics(metrics or {}))
             card = _model_card(path.name, model, config, labels, metrics)
             # UTF-8, not the locale's; a path the C locale decoded keeps its own bytes
             (tmp / "README.md").write_text(card, encoding="utf-8", errors="surrogateescape")
@@ -428,6 +428,22 @@ def _version() -> str:
     return __version__
 
 
+def _compact_metrics(metrics: dict) -> dict:
+    """Each evaluation report in `metrics` (nested ones too) with many classes' N x N
+    confusion matrix replaced by its most frequent confusions (`compact_report`)."""
+    from .metrics import compact_report
+
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict) and "confusion_matrix" in v:
+            out[k] = compact_report(v)
+        elif isinstance(v, dict):
+            out[k] = _compact_metrics(v)
+        else:
+            out[k] = v
+    return out
+
+
 def _model_card(name: str, model: nn.Module, config: ModelConfig, labels, metrics) -> str:
     from .compress._util import count_params  # int8/int4 weights are buffers, still weights
 
@@ -459,7 +475,10 @@ def _model_card(name: str, model: nn.Module, config: ModelConfig, labels, metric
         f"A slimtext `{config.arch}` text classifier ({size} parameters, "
         f"hidden {config.hidden_size}, {layers}).",
         "",
-        f"Labels ({len(labels)}): " + ", ".join(f"`{lab}`" for lab in labels),
+        # the first 50 (2,000 made a 74 KB line); a backtick in a label gets `` fences
+        f"Labels ({len(labels)}): "
+        + ", ".join(f"`` {lab} ``" if "`" in lab else f"`{lab}`" for lab in labels[:50])
+        + (f", ... ({len(labels) - 50} more in labels.json)" if len(labels) > 50 else ""),
         "",
     ]
     for split, rep in (metrics or {}).items():

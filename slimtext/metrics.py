@@ -50,6 +50,38 @@ def classification_report(
     }
 
 
+# Above this many classes the text report and metrics.json leave out the N x N confusion matrix
+# (a list of the most frequent confusions instead); `eval --json` still prints all of it.
+MAX_MATRIX_CLASSES = 50
+
+
+def top_confusions(cm, labels: Sequence[str], k: int = 20) -> list[dict]:
+    """The `k` largest off-diagonal cells of a confusion matrix, largest first."""
+    if cm is None:
+        return []
+    m = np.asarray(cm)
+    off = m.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(off, axis=None, kind="stable")[::-1][:k]
+    out = []
+    for f in flat:
+        i, j = divmod(int(f), m.shape[1])
+        if off[i, j] > 0:
+            out.append({"true": labels[i], "predicted": labels[j], "count": int(off[i, j])})
+    return out
+
+
+def compact_report(report: dict) -> dict:
+    """`report` as metrics.json keeps it: with many classes, the most frequent confusions in
+    place of the N x N matrix (88 MB of JSON for 2,000 classes, parsed by every load)."""
+    labels = report.get("labels") or []
+    if "confusion_matrix" not in report or len(labels) <= MAX_MATRIX_CLASSES:
+        return report
+    out = {k: v for k, v in report.items() if k != "confusion_matrix"}
+    out["top_confusions"] = top_confusions(report["confusion_matrix"], labels)
+    return out
+
+
 def format_report(report: dict) -> str:
     """Plain-text table of a `classification_report` result."""
     labels = report["labels"]
@@ -64,7 +96,17 @@ def format_report(report: dict) -> str:
     lines.append(
         f"accuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   n={report['n']}"
     )
-    cm = report["confusion_matrix"]
+    cm = report.get("confusion_matrix")
+    if cm is None or len(labels) > MAX_MATRIX_CLASSES:
+        # N x N cells, each as wide as its label: 122 MB of text for 2,000 classes
+        lines.append(
+            f"confusion matrix: not shown for {len(labels):,} classes (it is in --json and "
+            "metrics.json up to "
+            f"{MAX_MATRIX_CLASSES}); the most frequent confusions (true -> predicted: count):"
+        )
+        for c in report.get("top_confusions") or top_confusions(cm, labels):
+            lines.append(f"  {c['true']} -> {c['predicted']}: {c['count']}")
+        return "\n".join(lines)
     lines.append("confusion matrix (rows = true, columns = predicted):")
     # Each column as wide as its whole label: cut to a fixed width, labels sharing a prefix
     # ("sentiment_negative", "sentiment_positive") could not be told apart.

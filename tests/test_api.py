@@ -599,3 +599,17 @@ def test_bad_shapes_are_refused_before_the_tokenizer_is_learned(toy_data, monkey
     monkeypatch.setattr(slimtext.api, "train_tokenizer", learned)
     with pytest.raises(ValueError, match=message):
         TextClassifier(model="transformer", verbose=False, **params).fit(toy_data)
+
+
+def test_a_split_that_holds_out_far_more_than_asked_says_so(toy_data):
+    # 2,000 classes of 1-3 rows: "stratified 0.1" held out a third, without a word
+    texts, _ = toy_data
+    labels = [f"c{i // 2}" for i in range(len(texts))]  # classes of two rows: half held out
+    kw = dict(model="attention", vocab_size=300, max_length=32, max_steps=1, verbose=False)
+    with pytest.warns(UserWarning, match=r"holds out 50% of the rows, not 0\.1"):
+        TextClassifier(**kw).fit(texts, labels)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a usual split: no warning
+        TextClassifier(**kw).fit(toy_data)

@@ -508,3 +508,34 @@ def test_a_model_dir_this_user_cannot_delete_is_refused_before_training(tiny_mod
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != d and real(p, mode))
     with pytest.raises(TargetExistsError, match="not writable by this user"):
         check_replaceable(d)  # it stayed as a hidden full copy beside the new model
+
+
+def test_many_classes_keep_metrics_json_card_and_model_info_small(tmp_path):
+    # 2,000 classes: an 88 MB metrics.json parsed by every load, returned by /v1/model on every
+    # call, and a 74 KB line of labels in the model card
+    from slimtext.metrics import classification_report
+    from slimtext.models import ModelConfig, build_model
+    from slimtext.tokenizer import train_tokenizer
+
+    n = 120
+    labels = ["odd `tick`"] + [f"c{i}" for i in range(n - 1)]
+    tok = train_tokenizer(TEXTS * 5, vocab_size=100)
+    cfg = ModelConfig(arch="attention", vocab_size=tok.vocab_size, num_labels=n, hidden_size=8,
+                      max_length=16)  # fmt: skip
+    report = classification_report(list(range(n)) + [1], list(range(n)) + [2], labels)
+    metrics = {"valid": report, "before_changes_in_memory": {"test": report}}
+    save_model_dir(tmp_path / "m", build_model(cfg), cfg, tok, labels, max_length=16,
+                   metrics=metrics)  # fmt: skip
+    saved = json.loads((tmp_path / "m" / "metrics.json").read_text())
+    for rep in (saved["valid"], saved["before_changes_in_memory"]["test"]):
+        assert "confusion_matrix" not in rep and rep["top_confusions"][0]["count"] == 1
+        assert rep["accuracy"] == report["accuracy"] and len(rep["per_class"]) == n
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "`` odd `tick` ``, `c0`" in card  # a backtick does not break the card's code span
+    assert "`c48`, ... (70 more in labels.json)" in card and "c49" not in card
+    pytest.importorskip("fastapi")
+    from slimtext.serve.app import _metrics_summary
+
+    info = _metrics_summary(read_model_dir(tmp_path / "m").meta["metrics"])
+    assert info["valid"] == {k: report[k] for k in ("accuracy", "macro_f1", "n")}
+    assert set(info["before_changes_in_memory"]["test"]) == {"accuracy", "macro_f1", "n"}

@@ -50,3 +50,23 @@ def test_accuracy_is_the_trace_of_the_confusion_matrix(pairs):
     assert cm.sum() == len(pairs) == r["n"]
     assert r["accuracy"] == pytest.approx(np.trace(cm) / len(pairs))
     assert 0.0 <= r["macro_f1"] <= 1.0
+
+
+def test_many_classes_give_the_top_confusions_not_an_n_by_n_matrix():
+    # 2,000 classes: a 122 MB text report and an 88 MB metrics.json, parsed by every load
+    from slimtext.metrics import MAX_MATRIX_CLASSES, compact_report
+
+    n = MAX_MATRIX_CLASSES + 1
+    labels = [f"class {i}" for i in range(n)]
+    y_true = list(range(n)) * 2 + [3, 3, 3, 7]
+    y_pred = list(range(n)) * 2 + [5, 5, 5, 2]
+    r = classification_report(y_true, y_pred, labels)
+    text = format_report(r)
+    assert "confusion matrix: not shown" in text and len(text.splitlines()) < n + 40
+    assert "  class 3 -> class 5: 3\n  class 7 -> class 2: 1" in text
+    small = compact_report(r)
+    assert "confusion_matrix" not in small and small["accuracy"] == r["accuracy"]
+    assert small["top_confusions"][0] == {"true": "class 3", "predicted": "class 5", "count": 3}
+    assert format_report(small) == text  # the same text from what metrics.json keeps
+    few = classification_report([0, 1], [1, 1], ["a", "b"])
+    assert compact_report(few) is few and "rows = true" in format_report(few)

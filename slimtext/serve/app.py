@@ -495,10 +495,25 @@ def describe(predictor, *, backend: str, device: str) -> dict:
         max_length=getattr(md, "max_length", None),
         long_text=getattr(predictor, "long_text", None),
         config=config.to_dict() if hasattr(config, "to_dict") else {},
-        metrics=meta.get("metrics") or {},
+        metrics=_metrics_summary(meta.get("metrics") or {}),
         model_slimtext_version=meta.get("slimtext_version"),
         slimtext_version=slimtext.__version__,
     )
+
+
+def _metrics_summary(metrics: dict) -> dict:
+    """metrics.json for /v1/model: each evaluation's figures without its per-class table and
+    confusion matrix (16 MB an answer for 2,000 classes; they stay in metrics.json)."""
+    out: dict = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict) and "per_class" in v:
+            out[k] = {f: v[f] for f in ("accuracy", "macro_f1", "n", "loss") if f in v}
+        elif isinstance(v, dict) and any(isinstance(x, dict) and "per_class" in x
+                                         for x in v.values()):  # fmt: skip
+            out[k] = _metrics_summary(v)  # before_changes_in_memory: {valid, test}
+        else:
+            out[k] = v
+    return out
 
 
 def format_validation_error(exc: RequestValidationError) -> tuple[int, str, str]:
