@@ -624,3 +624,17 @@ def test_fp16_on_a_cpu_is_refused_before_the_data_is_read(tmp_path):
     r = runner.invoke(app, ["train", "--data", str(never), "--out", str(tmp_path / "m"),
                             "--precision", "fp16", "--device", "cpu"])  # fmt: skip
     assert r.exit_code == 2 and "fp16 training needs a CUDA GPU" in r.output, r.output
+
+
+def test_predict_top_k_gives_the_most_likely_labels_best_first(tiny_model_dir):
+    def lines(*args):
+        r = runner.invoke(app, ["predict", str(tiny_model_dir), "goal match team", *args])
+        assert r.exit_code == 0, r.output
+        return [json.loads(x) for x in r.stdout.splitlines()]
+
+    (full,) = lines()
+    (top,) = lines("--top-k", "2")
+    best = sorted(full["probs"].items(), key=lambda kv: -kv[1])[:2]
+    assert list(top["probs"].items()) == best and top["label"] == full["label"]
+    r = runner.invoke(app, ["predict", str(tiny_model_dir), "x", "--top-k", "0"])
+    assert r.exit_code == 2 and "--top-k must be >= 1" in r.output
