@@ -807,8 +807,9 @@ def fit(
                 if ckpt_dir is not None
                 else ""
             )
+            shown = f" (loss {loss})" if loss is not None else ""
             raise DivergedError(
-                f"training diverged by step {step}: the weights hold NaN or inf (loss {loss}); "
+                f"training diverged by step {step}: the weights hold NaN or inf{shown}; "
                 f"lower the learning rate (lr {cfg.lr:g}), keep --grad-clip on, or train in "
                 f"fp32{kept}"
             )
@@ -954,6 +955,8 @@ def fit(
             seen = epoch + 1 if batch_pos >= len(batches) else epoch + batch_pos / len(batches)
             epoch += 1
             batch_pos = 0
+            # the weights themselves: the logged loss was computed before the epoch's last update
+            check_finite(None)
             if valid is not None and valid.labels is not None and len(valid):
                 if pp:  # gather the stages: every rank then evaluates the whole model locally
                     from .parallel import sync_full_model

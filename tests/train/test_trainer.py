@@ -609,3 +609,13 @@ def test_a_diverged_run_stops_with_a_clear_error_and_saves_no_nan_checkpoint(enc
     assert steps == list(range(1, bad)) and bad < 50
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert all("NaN" not in x for x in lines)  # the log stays JSON
+
+
+def test_nan_from_the_last_step_is_caught_before_evaluation(encoded, tmp_path):
+    # the logged loss is the step's before its update: one step at an absurd lr went on to
+    # evaluate (NaN valid loss in metrics.jsonl) and to be saved
+    from slimtext.train.trainer import DivergedError
+
+    with pytest.raises(DivergedError, match="diverged by step 1: the weights hold NaN or inf;"):
+        run(encoded, {"run_dir": tmp_path / "run"}, lr=1e39, warmup=0, max_steps=1)
+    assert "NaN" not in (tmp_path / "run" / "metrics.jsonl").read_text()
