@@ -568,8 +568,14 @@ def _train(
     # All data is read (and its report shown) before training: a missing or broken test file
     # must not surface only after an hour of training.
     # Every rank reads and checks them, so that a bad file stops all ranks alike.
+    from .data.sources import load_kw_per_source
+
     datasets = {"train": data, "valid": valid, "test": test}
-    loaded = {k: as_dataset(v, **load_kw) for k, v in datasets.items() if v}
+    for k, v in datasets.items():  # an unset $DATA: "" was dropped, and fit(None) crashed
+        if v is not None and not str(v).strip():
+            raise DataError(f"--{k if k != 'train' else 'data'}: empty path")
+    kws = load_kw_per_source(datasets, load_kw)
+    loaded = {k: as_dataset(v, **kws[k]) for k, v in datasets.items() if v}
     for k, ds in loaded.items():
         say(f"{k}: {ds.report()}")
     train_ds, valid_ds, test_ds = (loaded.get(k) for k in ("train", "valid", "test"))

@@ -638,3 +638,23 @@ def test_predict_top_k_gives_the_most_likely_labels_best_first(tiny_model_dir):
     assert list(top["probs"].items()) == best and top["label"] == full["label"]
     r = runner.invoke(app, ["predict", str(tiny_model_dir), "x", "--top-k", "0"])
     assert r.exit_code == 2 and "--top-k must be >= 1" in r.output
+
+
+def test_text_col_for_a_csv_beside_a_test_folder_and_empty_paths(tmp_path, toy_data):
+    # --text-col (for the CSV) failed a --test folder of class folders beside it
+    texts, labels = toy_data
+    with open(tmp_path / "tr.csv", "w", newline="") as f:
+        csv.writer(f).writerows([("body", "topic"), *zip(texts[:75], labels[:75], strict=True)])
+    for t, lab in zip(texts[75:], labels[75:], strict=True):
+        (tmp_path / "fold" / lab).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "fold" / lab / f"{abs(hash(t))}.txt").write_text(t)
+    args = ["train", "--data", str(tmp_path / "tr.csv"), "--text-col", "body", "--label-col",
+            "topic", "--out", str(tmp_path / "m"), "--max-steps", "2", *SMALL]  # fmt: skip
+    r = runner.invoke(app, [*args, "--test", str(tmp_path / "fold")])
+    assert r.exit_code == 0, r.output
+    assert "test" in json.loads((tmp_path / "m" / "metrics.json").read_text())
+    # an unset $DATA or $TEST: "" was dropped (fit(None): a traceback; no test, no word)
+    for flag in ("--data", "--test"):
+        bad = [*args[:1], *args[3:]] if flag == "--data" else args
+        r = runner.invoke(app, [*bad, flag, ""])
+        assert r.exit_code == 2 and f"{flag}: empty path" in r.output, r.output

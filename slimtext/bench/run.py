@@ -380,11 +380,13 @@ def _read_inputs(model_dirs, data, train, load_kw: dict):
     DataError on anything unusable."""
     from ..artifact import read_model_dir
     from ..data import load_data
+    from ..data.sources import load_kw_per_source
 
-    test = load_data(data, **load_kw)
+    kws = load_kw_per_source({"data": data, "train": train}, load_kw)
+    test = load_data(data, **kws["data"])
     if not test.labels:
         raise ValueError(f"{data}: the test data needs labels")
-    train_ds = load_data(train, **load_kw) if train else None
+    train_ds = load_data(train, **kws["train"]) if train else None
     mds, names = {}, []
     for p in model_dirs:
         md = read_model_dir(p)

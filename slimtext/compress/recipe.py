@@ -396,12 +396,15 @@ def compress(
     done = list(md.meta.get("compression", []))
     check_recipe(steps, source.config, own_teacher=teacher is None, done=done)
     base_cfg = _train_config(train_config, md)
-    train_ds = as_dataset(data, **load_kw)
+    from ..data.sources import load_kw_per_source
+
+    kws = load_kw_per_source({"data": data, "valid": valid, "test": test}, load_kw)
+    train_ds = as_dataset(data, **kws["data"])
     if valid is None:
         train_ds, valid_ds = stratified_split(train_ds, valid_fraction, seed=base_cfg.seed)
     else:
-        valid_ds = as_dataset(valid, **load_kw)
-    eval_ds = as_dataset(test, **load_kw) if test is not None else valid_ds
+        valid_ds = as_dataset(valid, **kws["valid"])
+    eval_ds = as_dataset(test, **kws["test"]) if test is not None else valid_ds
     # The model's label list is fixed: a label it has no output for cannot be trained or scored.
     known = TextDataset(list(labels), list(labels), source=f"of the model {teacher_dir}")
     for ds in (train_ds, valid_ds, eval_ds):

@@ -1049,6 +1049,8 @@ def load_data(
     opts = _Options(
         text_cols, label_col, encoding, encoding_errors, on_bad, text_joiner, require_labels
     )
+    if not os.fspath(spec).strip():  # an unset $DATA: Path("") is ".", read as class folders
+        raise DataError("empty data path (an unset variable?)")
     if isinstance(spec, str):
         if spec == "bbc" or spec.startswith("bbc@"):
             return _load_bbc(spec, opts)
@@ -1082,6 +1084,32 @@ def load_data(
         ".jsonl, .ndjson, .json, .parquet or .txt (csv/tsv/jsonl/txt may end in .gz), "
         "or a folder with one sub-folder per class"
     )
+
+
+def has_columns(spec: str | os.PathLike) -> bool:
+    """Whether a source has columns for `text_cols` to pick: not a .txt file, a folder of
+    class folders or the built-in bbc."""
+    if isinstance(spec, str) and (spec == "bbc" or spec.startswith("bbc@")):
+        return False
+    if isinstance(spec, str) and spec.startswith("hf:"):
+        return True
+    path = Path(spec)
+    suffixes = [x.lower() for x in path.suffixes]
+    return not (path.is_dir() or ".txt" in suffixes[-2:])
+
+
+def load_kw_per_source(sources: dict, load_kw: dict) -> dict:
+    """`load_kw` for each of several sources read with the same options (train, valid, test):
+    `text_cols` is for those with columns, so a CSV's --text-col does not fail a --test
+    folder of class folders beside it. Only when none of them has columns is it refused (by
+    `load_data`, for the first)."""
+    if load_kw.get("text_cols") is None:
+        return {k: load_kw for k in sources}
+    given = {k: v for k, v in sources.items() if isinstance(v, (str, os.PathLike)) and v}
+    if not any(has_columns(v) for v in given.values()):
+        return {k: load_kw for k in sources}
+    plain = {**load_kw, "text_cols": None}
+    return {k: plain if k in given and not has_columns(given[k]) else load_kw for k in sources}
 
 
 def _no_columns(path: Path, what: str, opts: _Options) -> None:

@@ -779,3 +779,8 @@ def test_two_spellings_of_one_whole_number_label_are_refused_not_merged(write):
     mixed = write("m.jsonl", '{"text": "a", "label": 7}\n{"text": "b", "label": "7.0"}\n')
     with pytest.raises(DataError, match="would be one class '7'"):
         load_data(mixed)
+
+
+def test_an_empty_path_is_refused_not_read_as_the_working_folder():
+    with pytest.raises(DataError, match="empty data path"):
+        load_data("")
