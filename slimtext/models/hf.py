@@ -53,6 +53,20 @@ def _check_exportable(model: TransformerClassifier) -> ModelConfig:
         ):
             # another class (int8, low-rank) or a tensor subclass (torchao's quantized weights)
             raise HFConversionError(f"{name} is compressed (pruned/factorised/quantized)")
+    # The layers BERT has, each a plain one: a LowRankLinear keeps its weights in child
+    # Linears, so the check above passed it and the conversion failed on a missing key.
+    lin, emb = torch.nn.Linear, torch.nn.Embedding
+    wanted = {"pooler": lin, "head": lin, "embeddings.tok": emb, "embeddings.pos": emb}
+    for i in range(len(model.encoder.blocks)):
+        for part in ("attn.qkv", "attn.out", "ffn_in", "ffn_out"):
+            wanted[f"encoder.blocks.{i}.{part}"] = lin
+    for name, kind in wanted.items():
+        try:
+            mod = model.get_submodule(name)
+        except AttributeError:
+            raise HFConversionError(f"{name} is missing: not a BERT layout") from None
+        if type(mod) is not kind:
+            raise HFConversionError(f"{name} is compressed (pruned/factorised/quantized)")
     for i, block in enumerate(model.encoder.blocks):
         if block.attn.qkv.out_features != 3 * cfg.hidden_size:
             raise HFConversionError(f"block {i} has pruned attention heads")

@@ -198,6 +198,13 @@ def test_label_names_and_compressed_layers_are_checked_before_converting():
     quantize_(model, Int8Dynamic(embeddings=False, skip=keep))
     with pytest.raises(HFConversionError, match="ffn_out is compressed"):
         to_hf_bert(model)
+    # a LowRankLinear holds its weights in child Linears: it passed, then a KeyError
+    from slimtext.compress import LowRank, factorize_
+
+    model = TransformerClassifier(ModelConfig(**TINY))
+    factorize_(model, LowRank(energy=0.5))
+    with pytest.raises(HFConversionError, match="is compressed"):
+        to_hf_bert(model)
 
 
 def test_fine_tune_from_a_local_hf_bert_folder(tmp_path, toy_data):
