@@ -289,8 +289,7 @@ class Predictor:
     def _ort_runner(self, int8: bool = False) -> Runner:
         from .export import SLOW_FUSIONS, ExportError, require_onnxruntime
 
-        # exporting or quantising a graph needs the onnx package too; running one does not
-        ort = require_onnxruntime(onnx=int8 or not self._onnx_path)
+        ort = require_onnxruntime()  # (onnx too only if a graph must be made: `_in_cache`)
         if self._onnx_path:  # the caller's file, for either backend
             path = Path(self._onnx_path)
         else:
@@ -609,6 +608,9 @@ class CacheError(OSError):
 def _in_cache(cached: Path, make: Callable[[], object]) -> Path:
     if cached.is_file():
         return cached
+    from .export import require_onnxruntime
+
+    require_onnxruntime(onnx=True)  # making a graph needs onnx: said before any folder is made
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
         make()

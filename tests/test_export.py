@@ -319,6 +319,13 @@ def test_onnxruntime_without_onnx_is_the_extras_hint_and_makes_no_folder(
     with pytest.raises(ImportError, match=r"slimtext\[onnx\]"):
         slimtext.load(tiny_model_dir, backend="onnxruntime").predict(["a text"])
     assert not (tmp_path / "cache" / "onnx").exists()
+    # but a directory that ships its graph runs it without onnx (only making one needs it)
+    monkeypatch.delitem(sys.modules, "onnx")
+    d = tmp_path / "shipped"
+    shutil.copytree(tiny_model_dir, d)
+    export_onnx(d)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert slimtext.load(d, backend="onnxruntime").predict(["a text"])
 
 
 def test_an_export_killed_before_its_listing_leaves_the_directory_loadable(

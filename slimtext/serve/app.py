@@ -223,9 +223,9 @@ class ServeConfig:
         if self.backend.startswith("onnxruntime"):  # a missing extra, said once, not per worker
             from ..export import require_onnxruntime
 
-            # onnx too when a graph must be made (no export beside the model, or int8)
-            exported = Path(self.model_dir, "model.onnx").is_file()
-            require_onnxruntime(onnx=self.backend.endswith("int8") or not exported)
+            # onnx too when a graph must be made: no export of this kind beside the model
+            name = "model.int8.onnx" if self.backend.endswith("int8") else "model.onnx"
+            require_onnxruntime(onnx=not Path(self.model_dir, name).is_file())
 
     def create_app(self) -> FastAPI:
         self.validate()
