@@ -151,7 +151,7 @@ def markdown(result: dict) -> str:
         lines += ["", f"Long texts: {', '.join(chunked)} use long_text='chunks': slimtext reads "
                   "every max_length window of a longer text (its docs/s pays for them all), "
                   "while the hf and ort peers truncate it at max_length."]  # fmt: skip
-    lines += ["", "## The backend `auto` picks, and int8", ""]
+    lines += ["", "## The backend to use, and int8", ""]
     for model, m in result["summary"]["models"].items():
         lines.append(f"- **{model}**: {m['verdict']}")
     lines += ["", "## Best slimtext backend against the peers", ""]

@@ -594,10 +594,11 @@ def _versus_peers(mine: list[dict], peers: list[dict]) -> dict:
 
 
 def _fastest(rate: dict[str, float]) -> tuple[str | None, str | None, bool]:
-    """(the backend `auto` would pick, the fastest full-precision one, whether int8 is the
-    pick), by `auto`'s own rule (`Predictor._race`): the fastest fp32 backend, unless the
-    fastest low-precision one (bf16 or int8) beats it by LOW_PRECISION_MARGIN. Every part of
-    the report so names the backend `slimtext.load(..., backend="auto")` would use."""
+    """(the backend to use, the fastest full-precision one, whether int8 is the one to use),
+    by the margin `auto` asks (`Predictor._race`): the fastest fp32 backend, unless the fastest
+    low-precision one (bf16 or int8) beats it by LOW_PRECISION_MARGIN. Among every backend
+    measured: `auto` itself races fewer (AUTO_CANDIDATES: no compile, int8 only when the
+    directory ships model.int8.onnx), so this is what to pass as --backend, not its pick."""
     from ..infer import LOW_PRECISION, LOW_PRECISION_MARGIN
 
     def best(group: dict[str, float]) -> str | None:
@@ -636,14 +637,15 @@ def _summarise(entries: list[dict], names: list[str], pareto_front) -> dict:
                 else f"int8 {'chosen' if chosen else 'not chosen'}"
                 + (f" ({int8 / rate[best_float]:.2f}x {best_float})" if best_float else "")
             )
-            parts.append(f"auto's pick at b={bs}: {fastest} ({rate.get(fastest, 0):.0f} docs/s); "
+            parts.append(f"use at b={bs}: {fastest} ({rate.get(fastest, 0):.0f} docs/s); "
                          f"{note}")  # fmt: skip
         m["vs_peers"] = _versus_peers(mine, [e for e in entries if e["group"] == "peer"
                                              and e.get("model") == name])  # fmt: skip
         m["verdict"] = "; ".join(parts) + (
             f". A low-precision backend (bf16, int8) must beat the fastest fp32 one by "
-            f"{LOW_PRECISION_MARGIN:.0%} to be chosen, as `slimtext.load(..., backend='auto')` "
-            "chooses."
+            f"{LOW_PRECISION_MARGIN:.0%} to be chosen, the margin `backend='auto'` asks (auto "
+            "races only torch, torch-bf16 where bf16 is native, onnxruntime, and "
+            "onnxruntime-int8 when the directory ships model.int8.onnx)."
         )
         models[name] = m
 

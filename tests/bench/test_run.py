@@ -77,7 +77,7 @@ def test_report_files_have_every_section(full_report):
     for part in ("| model / backend | accuracy | macro-F1 | p50 ms | p99 ms", "vs hf b=1",
                  "vs ort-int8 b=64", "vs hf arrival", "docs/s arrival",
                  "## Best slimtext backend against the peers", "batch 64, arrival order",
-                 "## The backend `auto` picks, and int8", "## Pareto front",
+                 "## The backend to use, and int8", "## Pareto front",
                  "## Peers", "tiny-cls/onnxruntime-int8", "fastText", "TF-IDF + LR"):  # fmt: skip
         assert part in md, part
     assert ("on the Pareto front and beats" in md) or ("No slimtext entry" in md)
