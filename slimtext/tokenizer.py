@@ -481,11 +481,14 @@ def _from_bert_vocab(folder: Path) -> TextTokenizer:
             raise TokenizerError(f"{folder}: added token {i} has no text")
         if i < len(vocab) and vocab.get(content) == i:
             continue  # a vocab.txt token listed again ([PAD], [MASK], ...)
+        # Added as ordinary tokens, the special ones unnormalised as transformers keeps them:
+        # slimtext reads special-token spellings in a text as text (`_encode_batch`), which is
+        # for the control tokens, and would never match an entity marker such as "[E1]".
         added = AddedToken(content, single_word=bool(t.get("single_word", False)),
                            lstrip=bool(t.get("lstrip", False)), rstrip=bool(t.get("rstrip", False)),
-                           normalized=bool(t.get("normalized", not special)),
-                           special=special)  # fmt: skip
-        (tok.add_special_tokens if special else tok.add_tokens)([added])
+                           normalized=False if special else bool(t.get("normalized", True)),
+                           special=False)  # fmt: skip
+        tok.add_tokens([added])
         if tok.token_to_id(content) != i:  # ids of a checkpoint's embedding rows: must match
             raise TokenizerError(
                 f"{folder}: added token {content!r} has id {i} there, but would get "

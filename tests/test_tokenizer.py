@@ -65,7 +65,13 @@ def test_a_vocab_txt_folder_gives_the_ids_of_its_own_hf_tokenizer(tmp_path, conf
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     if added:
         (tmp_path / "added_tokens.json").write_text(json.dumps({"covid19": len(vocab)}))
-    texts = ["café über Good", "東京 goods", "covid19 test", "Café good"]  # ("[SEP]": text here)
+        # an entity marker added as a special token (tokenizer_config's newer form)
+        decoder = {str(len(vocab) + 1): {"content": "[E1]", "special": True},
+                   str(len(vocab)): {"content": "covid19", "special": False}}  # fmt: skip
+        (tmp_path / "tokenizer_config.json").write_text(
+            json.dumps({**config, "added_tokens_decoder": decoder})
+        )
+    texts = ["café über Good", "東京 goods", "covid19 test", "Café good", "Title [E1] good"]
     theirs = transformers.BertTokenizerFast.from_pretrained(tmp_path)
     want = [theirs(t)["input_ids"] for t in texts]
     assert load_tokenizer(tmp_path).encode(texts, 64) == want
