@@ -821,6 +821,16 @@ def _decode_file(raw: bytes, opts: _Options, fallback: str | None) -> tuple[str,
         return _decode_error_message(line, shifted), "bad", raw.count(b"\n", 0, e.start) + 1
 
 
+def _slimtext_output(folder: Path) -> bool:
+    """A model directory (manifest + config.json) or a run's `OUT.checkpoints` folder."""
+    if (folder / "manifest.json").is_file() and (folder / "config.json").is_file():
+        return True
+    return folder.name.endswith(".checkpoints") and any(
+        p.name.startswith("step-") or p.name in ("FINISHED", "run", ".lock")
+        for p in folder.iterdir()
+    )
+
+
 def _read_class_folder(
     root: Path, source: str, opts: _Options, fallback: str | None = None
 ) -> TextDataset:
@@ -842,6 +852,13 @@ def _read_class_folder(
                 )
         elif entry.name.startswith("."):
             collector.skip("hidden file")
+        elif entry.is_dir() and _slimtext_output(entry):
+            # `--out data/model` inside the data: the next run read the model's files (bytes
+            # of safetensors, JSON, PNG) as a class "model"
+            collector.skip("slimtext output folder")
+            collector.notes.append(
+                f"{entry} skipped: a slimtext model directory or checkpoint folder, not a class"
+            )
         elif entry.is_dir():
             class_dirs.append(entry)
         else:

@@ -784,3 +784,16 @@ def test_two_spellings_of_one_whole_number_label_are_refused_not_merged(write):
 def test_an_empty_path_is_refused_not_read_as_the_working_folder():
     with pytest.raises(DataError, match="empty data path"):
         load_data("")
+
+
+def test_a_model_saved_inside_class_folders_is_not_read_as_a_class(write, tmp_path):
+    # `train --data cls --out cls/model` twice: the second run read the model's files as texts
+    write("cls/pos/a.txt", "great")
+    write("cls/neg/a.txt", "awful")
+    write("cls/model/manifest.json", "{}")
+    write("cls/model/config.json", "{}")
+    write("cls/model.checkpoints/step-000002/state.pt", "x")
+    ds = load_data(tmp_path / "cls")
+    assert ds.label_set() == ["neg", "pos"]
+    assert ds.skipped == {"slimtext output folder": 2}
+    assert any("cls/model skipped: a slimtext model directory" in n for n in ds.notes)
