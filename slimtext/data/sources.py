@@ -1070,6 +1070,11 @@ def load_data(
         raise DataError("empty data path (an unset variable?)")
     if isinstance(spec, str):
         if spec == "bbc" or spec.startswith("bbc@"):
+            if os.path.exists(spec):  # a user's own folder named bbc was silently replaced
+                raise DataError(
+                    f"{spec!r} names the built-in BBC News data, and there is also a local "
+                    f"{spec}: write ./{spec} for yours"
+                )
             return _load_bbc(spec, opts)
         if spec.startswith("hf:"):
             return _load_hf(spec, opts)

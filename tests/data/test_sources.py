@@ -797,3 +797,12 @@ def test_a_model_saved_inside_class_folders_is_not_read_as_a_class(write, tmp_pa
     assert ds.label_set() == ["neg", "pos"]
     assert ds.skipped == {"slimtext output folder": 2}
     assert any("cls/model skipped: a slimtext model directory" in n for n in ds.notes)
+
+
+def test_a_local_folder_named_bbc_is_not_silently_replaced(write, tmp_path, monkeypatch):
+    write("bbc/pos/a.txt", "great")
+    write("bbc/neg/a.txt", "awful")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="there is also a local bbc: write ./bbc for yours"):
+        load_data("bbc")
+    assert load_data("./bbc").label_set() == ["neg", "pos"]
