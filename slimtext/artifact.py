@@ -187,6 +187,7 @@ def check_save_target(
     from (the model being compressed, an `--init` encoder); writing over one of them, or over a
     folder holding one, would delete it when the run ends. `is_ours`: which existing non-empty
     directories may be replaced (model directories)."""
+    _check_name_length(path)
     check_replaceable(path, is_ours)
     _check_writable(Path(os.path.abspath(path)).parent)
     target = Path(path).resolve()
@@ -200,6 +201,34 @@ def check_save_target(
                 f"{path}: the run reads {src} from there, and writing its result there would "
                 "delete it; choose another output path"
             )
+
+
+# What a run puts beside and below its output's name: the temporary ".NAME.tmp-XXXXXXXX" of
+# an atomic save, "NAME.checkpoints/step-000000001/dcp/__0_0.distcp" of a checkpointed one.
+_NAME_EXTRA, _PATH_EXTRA = 14, 64
+
+
+def _check_name_length(path: str | os.PathLike) -> None:
+    """A name the file system takes but whose temporary or checkpoint siblings it does not:
+    found before training, not by a traceback (or after the whole run, at save)."""
+    full = os.path.abspath(path)
+    name = os.path.basename(full)
+    parent = os.path.dirname(full)
+    try:
+        name_max = os.pathconf(parent if os.path.isdir(parent) else "/", "PC_NAME_MAX")
+        path_max = os.pathconf(parent if os.path.isdir(parent) else "/", "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    if len(os.fsencode(name)) + _NAME_EXTRA > name_max:
+        raise ValueError(
+            f"{path}: the name is too long ({len(os.fsencode(name))} bytes): a save needs "
+            f"{_NAME_EXTRA} more for its temporary copy, and this file system allows {name_max}"
+        )
+    if len(os.fsencode(full)) + _PATH_EXTRA > path_max:
+        raise ValueError(
+            f"{path}: the path is too long ({len(os.fsencode(full))} bytes; the files of a "
+            f"run below it need up to {_PATH_EXTRA} more, and the limit is {path_max})"
+        )
 
 
 def read_model_dir(path: str | os.PathLike) -> ModelDir:

@@ -658,3 +658,14 @@ def test_text_col_for_a_csv_beside_a_test_folder_and_empty_paths(tmp_path, toy_d
         bad = [*args[:1], *args[3:]] if flag == "--data" else args
         r = runner.invoke(app, [*bad, flag, ""])
         assert r.exit_code == 2 and f"{flag}: empty path" in r.output, r.output
+
+
+def test_an_out_name_too_long_for_its_siblings_is_refused_up_front(tmp_path, data_files):
+    # 244-255 bytes: a traceback from the checkpoint sibling's name; 240-243: the whole run,
+    # then a failed save of its temporary copy
+    train, _ = data_files
+    for n in (242, 250):
+        out = tmp_path / ("k" * n)
+        r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), *SMALL])
+        assert r.exit_code == 2 and "the name is too long" in r.output, r.output
+        assert "trained" not in r.output
