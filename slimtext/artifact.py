@@ -36,6 +36,7 @@ from .fileio import (
     TargetExistsError,
     atomic_dir,
     check_replaceable,
+    readable_path,
     verify_manifest,
 )
 from .models import ModelConfig, build_model
@@ -330,7 +331,8 @@ def _read_model_dir(path: Path) -> ModelDir:
     _check_shapes(path, config, cfg.get("compression") or [])
     model = _build(path, config, cfg.get("compression") or [])
     try:
-        state = load_file(str(path / "model.safetensors"))
+        with readable_path(path / "model.safetensors") as weights:
+            state = load_file(weights)
     except (SafetensorError, OSError) as e:
         raise ModelDirError(f"{path / 'model.safetensors'}: unreadable weights ({e})") from None
     try:
@@ -390,7 +392,7 @@ def _check_shapes(path: Path, config: ModelConfig, compression: list) -> None:
 
     weights = path / "model.safetensors"
     try:
-        with safe_open(str(weights), framework="pt") as f:
+        with readable_path(weights) as name, safe_open(name, framework="pt") as f:
             have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as e:
         raise ModelDirError(f"{weights}: unreadable weights ({e})") from None

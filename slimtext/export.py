@@ -38,6 +38,7 @@ from .fileio import (
     atomic_write_text,
     file_mode,
     read_manifest,
+    readable_path,
     update_manifest,
 )
 
@@ -104,6 +105,10 @@ def _target(model_dir: Path | None, out: str | os.PathLike | None, name: str) ->
             raise ValueError("pass `out=`: this ModelDir was not read from a directory")
         return model_dir / name, True
     target = _file_in(out, name)
+    try:
+        os.fspath(target.resolve()).encode("utf-8")
+    except UnicodeEncodeError:  # ONNX Runtime's optimiser writes by path, and takes UTF-8 only
+        raise ValueError(f"{target}: the path is not UTF-8; export to a UTF-8 path") from None
     if model_dir is not None and target.parent.resolve() == model_dir.resolve():
         if target.name == name:  # the default place, spelled out
             return model_dir / name, True
@@ -379,9 +384,10 @@ def _int8_check(path, model, vocab_size, max_t, mask_dtype) -> tuple[float, floa
 def _paired_outputs(path, model, vocab_size, max_t, mask_dtype, shapes):
     ort = require_onnxruntime()
     # the graph as slimtext's sessions run it (without the fusions they leave out)
-    sess = ort.InferenceSession(
-        str(path), providers=["CPUExecutionProvider"], disabled_optimizers=SLOW_FUSIONS
-    )
+    with readable_path(path) as name:
+        sess = ort.InferenceSession(
+            name, providers=["CPUExecutionProvider"], disabled_optimizers=SLOW_FUSIONS
+        )
     g = torch.Generator().manual_seed(0)
     for b, t in shapes:
         t = min(t, max_t)

@@ -420,3 +420,25 @@ def die_with_parent() -> None:
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@contextlib.contextmanager
+def readable_path(path: str | os.PathLike) -> Iterator[str]:
+    """`path` as a str that libraries taking UTF-8 paths (safetensors, ONNX Runtime) accept:
+    itself, or for a name that is not UTF-8 (a Latin-1 "mod\\xe8le" Python holds as a lone
+    surrogate) the /proc/self/fd entry of the file opened here. Such a model directory could
+    be written but never read back."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        fd = os.open(text, os.O_RDONLY)
+        try:
+            proc = f"/proc/self/fd/{fd}"
+            if not os.path.exists(proc):
+                raise OSError(f"{os.fsencode(text)!r}: the path is not UTF-8; rename it")
+            yield proc
+        finally:
+            os.close(fd)
+        return
+    yield text

@@ -288,6 +288,7 @@ class Predictor:
 
     def _ort_runner(self, int8: bool = False) -> Runner:
         from .export import SLOW_FUSIONS, ExportError, require_onnxruntime
+        from .fileio import readable_path
 
         ort = require_onnxruntime()  # (onnx too only if a graph must be made: `_in_cache`)
         if self._onnx_path:  # the caller's file, for either backend
@@ -304,9 +305,10 @@ class Predictor:
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            sess = ort.InferenceSession(
-                str(path), so, providers=providers, disabled_optimizers=SLOW_FUSIONS
-            )
+            with readable_path(path) as name:
+                sess = ort.InferenceSession(
+                    name, so, providers=providers, disabled_optimizers=SLOW_FUSIONS
+                )
         except Exception as e:  # ORT's Fail, InvalidProtobuf, ...: a graph it cannot run
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]
             msg = f"{path}: ONNX Runtime {ort.__version__} cannot load it ({why})"

@@ -539,3 +539,12 @@ def test_many_classes_keep_metrics_json_card_and_model_info_small(tmp_path):
     info = _metrics_summary(read_model_dir(tmp_path / "m").meta["metrics"])
     assert info["valid"] == {k: report[k] for k in ("accuracy", "macro_f1", "n")}
     assert set(info["before_changes_in_memory"]["test"]) == {"accuracy", "macro_f1", "n"}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/fd is Linux's")
+def test_a_model_directory_whose_path_is_not_utf8_loads_back(tiny_model_dir, tmp_path):
+    # a Latin-1 "mod\xe8le" was written, then refused as "unreadable weights" by safetensors
+    odd = tmp_path / os.fsdecode(b"mod\xe8le")
+    shutil.copytree(tiny_model_dir, odd)
+    want = slimtext.load(tiny_model_dir).predict_proba(TEXTS)
+    np.testing.assert_allclose(slimtext.load(odd).predict_proba(TEXTS), want, atol=1e-6)

@@ -31,6 +31,7 @@ from torch import nn
 from ..fileio import (
     IntegrityError,
     flock,
+    readable_path,
     set_default_modes,
     verify_manifest,
     write_manifest,
@@ -321,7 +322,8 @@ def _first_line(e: Exception) -> str:
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     try:
-        return load_file(str(path))
+        with readable_path(path) as name:
+            return load_file(name)
     except Exception as e:  # SafetensorError: truncated or not safetensors at all
         raise IntegrityError(f"{path}: unreadable weights ({_first_line(e)})") from None
 
