@@ -188,6 +188,8 @@ def check_save_target(
     from (the model being compressed, an `--init` encoder); writing over one of them, or over a
     folder holding one, would delete it when the run ends. `is_ours`: which existing non-empty
     directories may be replaced (model directories)."""
+    if not os.fspath(path).strip():  # an unset $OUT: "" is the working folder
+        raise ValueError("empty output path (an unset variable?)")
     _check_name_length(path)
     check_replaceable(path, is_ours)
     _check_writable(Path(os.path.abspath(path)).parent)

@@ -304,11 +304,24 @@ class Predictor:
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        try:
+
+        def session(path: Path):
             with readable_path(path) as name:
-                sess = ort.InferenceSession(
+                return ort.InferenceSession(
                     name, so, providers=providers, disabled_optimizers=SLOW_FUSIONS
                 )
+
+        try:
+            try:
+                sess = session(path)
+            except Exception:
+                if _cache_dir() not in path.parents:
+                    raise
+                # our own cached export, damaged (a full disk, a copy cut short): it was
+                # never made again, and the backend failed until someone deleted it by hand
+                path.unlink(missing_ok=True)
+                path = self._int8_file() if int8 else self._onnx_file()
+                sess = session(path)
         except Exception as e:  # ORT's Fail, InvalidProtobuf, ...: a graph it cannot run
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]
             msg = f"{path}: ONNX Runtime {ort.__version__} cannot load it ({why})"

@@ -548,3 +548,10 @@ def test_a_model_directory_whose_path_is_not_utf8_loads_back(tiny_model_dir, tmp
     shutil.copytree(tiny_model_dir, odd)
     want = slimtext.load(tiny_model_dir).predict_proba(TEXTS)
     np.testing.assert_allclose(slimtext.load(odd).predict_proba(TEXTS), want, atol=1e-6)
+
+
+def test_an_empty_output_path_is_refused():
+    from slimtext.artifact import check_save_target
+
+    with pytest.raises(ValueError, match="empty output path"):  # "" was the working folder
+        check_save_target("")

@@ -351,3 +351,17 @@ def test_an_export_killed_before_its_listing_leaves_the_directory_loadable(
     export_onnx(d)  # and exporting again puts it right
     assert read_manifest(d)["model.onnx"]["size"] == listed["size"]
     assert slimtext.load(d, backend="onnxruntime").onnx_path == d / "model.onnx"
+
+
+def test_a_damaged_cached_export_is_made_again(tiny_model_dir, tmp_path, monkeypatch):
+    # a truncated file in SLIMTEXT_CACHE was never rebuilt: the backend failed until deleted
+    import slimtext
+
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(tmp_path / "cache"))
+    first = slimtext.load(tiny_model_dir, backend="onnxruntime")
+    cached = first.onnx_path
+    assert (tmp_path / "cache") in cached.parents
+    cached.write_bytes(cached.read_bytes()[:100])
+    again = slimtext.load(tiny_model_dir, backend="onnxruntime")
+    assert again.onnx_path == cached and cached.stat().st_size > 100
+    np.testing.assert_allclose(again.predict_proba(["a text"]), first.predict_proba(["a text"]))
