@@ -912,16 +912,14 @@ def _argument_texts(texts: list[str]):
     surrogates) stops the run there, named by its argument number: the model's own check
     counted only the non-blank texts of the current chunk, so it named the wrong one."""
     from .data import DataError
+    from .data.dataset import surrogate_at
 
     for n, t in enumerate(texts, start=1):
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise DataError(
-                    f"argument {n} is not valid UTF-8 (at character {e.start}); pass UTF-8 "
-                    "text, or the texts in a file with --file and --encoding"
-                ) from None
+        if (at := surrogate_at(t)) is not None:
+            raise DataError(
+                f"argument {n} is not valid UTF-8 (at character {at}); pass UTF-8 "
+                "text, or the texts in a file with --file and --encoding"
+            )
         yield n, t
 
 

@@ -103,14 +103,22 @@ def check_texts(texts: Sequence[str]) -> list[str]:
             raise TypeError(f"text {i} is {type(t).__name__}, expected str")
         if not t.strip():
             raise DataError(f"text {i} is empty or only whitespace: there is nothing to classify")
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as e:
-                # A lone surrogate (e.g. from decoding with errors="surrogateescape") is not
-                # text; the tokenizer would fail on it with an unrelated TypeError.
-                raise ValueError(
-                    f"text {i} has a lone surrogate {t[e.start]!r} at position {e.start}: "
-                    "not valid Unicode (decode the input as UTF-8 or with errors='replace')"
-                ) from None
+        if (at := surrogate_at(t)) is not None:
+            # A lone surrogate (e.g. from decoding with errors="surrogateescape") is not
+            # text; the tokenizer would fail on it with an unrelated TypeError.
+            raise ValueError(
+                f"text {i} has a lone surrogate {t[at]!r} at position {at}: "
+                "not valid Unicode (decode the input as UTF-8 or with errors='replace')"
+            )
     return texts
+
+
+def surrogate_at(text: str) -> int | None:
+    """The position of the first lone surrogate in `text` (not valid Unicode), else None."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
