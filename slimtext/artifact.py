@@ -128,6 +128,8 @@ def save_model_dir(
 ) -> Path:
     """Write a complete model directory at `path` (replacing a previous model directory
     atomically). Anything else already at `path` is left alone: `TargetExistsError`."""
+    if not os.fspath(path).strip():  # "" is the working folder, which the save replaced
+        raise ValueError("empty output path (an unset variable?)")
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     try:

@@ -166,6 +166,14 @@ def _emit(text: str) -> None:
         raise _pipe_closed() from None
 
 
+def _out_path(text: str) -> Path:
+    """--out as typer would give it, but an empty one (an unset $OUT) refused: Path("") is
+    ".", and a run in an empty folder replaced the working folder with its model."""
+    if not str(text).strip():
+        raise typer.BadParameter("empty output path (an unset variable?)")
+    return Path(text)
+
+
 def _fail(e: Exception) -> None:
     typer.echo(f"error: {e}", err=True)
     raise typer.Exit(2)
@@ -192,7 +200,7 @@ def train(
             help="Training data: a file path, a class folder, `bbc`, or `hf:NAME[:CONFIG][@SPLIT]`."
         ),
     ],
-    out: Annotated[Path, typer.Option(help="Model directory to write.")],
+    out: Annotated[Path, typer.Option(help="Model directory to write.", parser=_out_path)],
     valid: Annotated[
         str | None, typer.Option(help="Validation data; default: a stratified share of --data.")
     ] = None,
@@ -636,7 +644,10 @@ def pretrain(
             "column, or any labelled source (labels are ignored)."
         ),
     ],
-    out: Annotated[Path, typer.Option(help="Model directory to write (use with train --init).")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Model directory to write (use with train --init).", parser=_out_path),
+    ],
     max_steps: Annotated[
         int | None, typer.Option(help="Optimizer steps; overrides --epochs.")
     ] = None,
@@ -970,9 +981,9 @@ def _predict_lines(pred, numbered, unit: str, chunk: int = 1024, top_k: int | No
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Where to write the demo model directory.")] = Path(
-        "slimtext-demo"
-    ),
+    out: Annotated[
+        Path, typer.Option(help="Where to write the demo model directory.", parser=_out_path)
+    ] = Path("slimtext-demo"),
     model: Annotated[str, typer.Option(help="transformer | attention")] = "transformer",
     progress: bool = True,
     config: ConfigOpt = None,
@@ -1013,6 +1024,8 @@ def export(
     config: ConfigOpt = None,
 ) -> None:
     """Export a model directory to ONNX, checked against PyTorch on padded batches."""
+    if out is not None and not out.strip():  # an unset $OUT: the working folder
+        _fail(ValueError("--out: empty output path (an unset variable?)"))
     if format != "onnx":
         _fail(ValueError(f"--format {format!r}: only 'onnx' is supported"))
 
@@ -1052,7 +1065,7 @@ def compress_(
         Path, typer.Argument(help="Model directory to compress (the teacher unless --teacher).")
     ],
     data: Annotated[str, typer.Option(help="Training data for distillation and fine-tuning.")],
-    out: Annotated[Path, typer.Option(help="Model directory to write.")],
+    out: Annotated[Path, typer.Option(help="Model directory to write.", parser=_out_path)],
     recipe: Annotated[
         str,
         typer.Option(
@@ -1188,7 +1201,10 @@ def serve(
 def bench(
     model_dirs: Annotated[list[Path], typer.Argument(help="One or more model directories.")],
     data: Annotated[str, typer.Option(help="Labelled test data: path, `bbc@test`, `hf:...`.")],
-    out: Annotated[Path, typer.Option(help="Folder for report.json, report.md, pareto.png.")],
+    out: Annotated[
+        Path,
+        typer.Option(help="Folder for report.json, report.md, pareto.png.", parser=_out_path),
+    ],
     train: Annotated[
         str | None,
         typer.Option(help="Training data for the fastText / TF-IDF peers (and HF Trainer)."),

@@ -550,8 +550,12 @@ def test_a_model_directory_whose_path_is_not_utf8_loads_back(tiny_model_dir, tmp
     np.testing.assert_allclose(slimtext.load(odd).predict_proba(TEXTS), want, atol=1e-6)
 
 
-def test_an_empty_output_path_is_refused():
+def test_an_empty_output_path_is_refused(tiny_model_dir, tmp_path, monkeypatch):
     from slimtext.artifact import check_save_target
 
     with pytest.raises(ValueError, match="empty output path"):  # "" was the working folder
         check_save_target("")
+    monkeypatch.chdir(tmp_path)  # an empty folder: save("") replaced it with the model
+    with pytest.raises(ValueError, match="empty output path"):
+        slimtext.TextClassifier.load(tiny_model_dir).save("")
+    assert list(tmp_path.iterdir()) == []

@@ -669,3 +669,16 @@ def test_an_out_name_too_long_for_its_siblings_is_refused_up_front(tmp_path, dat
         r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), *SMALL])
         assert r.exit_code == 2 and "the name is too long" in r.output, r.output
         assert "trained" not in r.output
+
+
+@pytest.mark.parametrize("cmd", ["train", "pretrain", "compress", "bench", "export", "demo"])
+def test_an_empty_out_is_refused_not_the_working_folder(tmp_path, tiny_model_dir, cmd, monkeypatch):
+    # typer made "" Path("."): in an empty folder `train --out ''` replaced the working folder
+    monkeypatch.chdir(tmp_path)
+    args = {"train": ["train", "--data", "x.csv"], "pretrain": ["pretrain", "--data", "x.txt"],
+            "compress": ["compress", str(tiny_model_dir), "--data", "x.csv"],
+            "bench": ["bench", str(tiny_model_dir), "--data", "x.csv"],
+            "export": ["export", str(tiny_model_dir)], "demo": ["demo"]}[cmd]  # fmt: skip
+    r = runner.invoke(app, [*args, "--out", ""])
+    assert r.exit_code == 2 and "empty output path" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
