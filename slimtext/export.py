@@ -105,10 +105,6 @@ def _target(model_dir: Path | None, out: str | os.PathLike | None, name: str) ->
             raise ValueError("pass `out=`: this ModelDir was not read from a directory")
         return model_dir / name, True
     target = _file_in(out, name)
-    try:
-        os.fspath(target.resolve()).encode("utf-8")
-    except UnicodeEncodeError:  # ONNX Runtime's optimiser writes by path, and takes UTF-8 only
-        raise ValueError(f"{target}: the path is not UTF-8; export to a UTF-8 path") from None
     if model_dir is not None and target.parent.resolve() == model_dir.resolve():
         if target.name == name:  # the default place, spelled out
             return model_dir / name, True
@@ -163,6 +159,12 @@ def _write_export(md: ModelDir, out, name: str, log, work) -> Path:
     model directory's manifest when it went there."""
     home = Path(md.meta["path"]) if "path" in md.meta else None
     target, in_model_dir = _target(home, out, name)
+    try:  # the model directory's own path too (the default target)
+        os.fspath(target.resolve()).encode("utf-8")
+    except UnicodeEncodeError:  # ONNX Runtime's optimiser writes by path, and takes UTF-8 only
+        raise ValueError(
+            f"{target}: the path is not UTF-8; export with --out to a UTF-8 path"
+        ) from None
     if in_model_dir and not md.weights_as_read():
         # its manifest would vouch for a graph of other weights than its model.safetensors
         raise ExportError(

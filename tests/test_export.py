@@ -365,3 +365,28 @@ def test_a_damaged_cached_export_is_made_again(tiny_model_dir, tmp_path, monkeyp
     again = slimtext.load(tiny_model_dir, backend="onnxruntime")
     assert again.onnx_path == cached and cached.stat().st_size > 100
     np.testing.assert_allclose(again.predict_proba(["a text"]), first.predict_proba(["a text"]))
+
+
+def test_a_callers_onnx_file_in_the_cache_folder_is_never_replaced(tiny_model_dir, tmp_path,
+                                                                    monkeypatch):  # fmt: skip
+    # the rebuild of a damaged cached export deleted a file the caller had passed
+    import slimtext
+
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(tmp_path / "cache"))
+    mine = tmp_path / "cache" / "onnx" / "my_custom.onnx"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("junk")
+    with pytest.raises(ExportError, match="my_custom.onnx: ONNX Runtime .* cannot load it"):
+        slimtext.load(tiny_model_dir, backend="onnxruntime", onnx_path=mine)
+    assert mine.read_text() == "junk"
+
+
+def test_exporting_into_a_model_directory_whose_path_is_not_utf8_is_refused(
+    tiny_model_dir, tmp_path
+):
+    import os
+
+    odd = tmp_path / os.fsdecode(b"mod\xe8le")
+    shutil.copytree(tiny_model_dir, odd)
+    with pytest.raises(ValueError, match="the path is not UTF-8; export with --out"):
+        export_onnx(odd)

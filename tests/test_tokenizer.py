@@ -60,18 +60,24 @@ def test_a_vocab_txt_folder_gives_the_ids_of_its_own_hf_tokenizer(tmp_path, conf
     # it, CJK was split when tokenize_chinese_chars was off, and added tokens were dropped
     transformers = pytest.importorskip("transformers")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "café", "cafe", "über", "uber",
-             "good", "Good", "東", "京", "東京", "##s", "co", "##vid", "##19", "test"]  # fmt: skip
+             "good", "Good", "東", "京", "東京", "##s", "co", "##vid", "##19", "test",
+             "[E2]"]  # fmt: skip
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
     if added:
         (tmp_path / "added_tokens.json").write_text(json.dumps({"covid19": len(vocab)}))
         # an entity marker added as a special token (tokenizer_config's newer form)
-        decoder = {str(len(vocab) + 1): {"content": "[E1]", "special": True},
-                   str(len(vocab)): {"content": "covid19", "special": False}}  # fmt: skip
+        decoder = {
+            str(len(vocab) + 1): {"content": "[E1]", "special": True},
+            str(len(vocab)): {"content": "covid19", "special": False},
+            "4": {"content": "[MASK]", "special": True},  # a control token: text in a text
+            str(len(vocab) - 1): {"content": "[E2]", "special": True},  # one in vocab.txt
+        }
         (tmp_path / "tokenizer_config.json").write_text(
             json.dumps({**config, "added_tokens_decoder": decoder})
         )
-    texts = ["café über Good", "東京 goods", "covid19 test", "Café good", "Title [E1] good"]
+    texts = ["café über Good", "東京 goods", "covid19 test", "Café good", "Title [E1] good",
+             "Hello [E2] said"]  # fmt: skip
     theirs = transformers.BertTokenizerFast.from_pretrained(tmp_path)
     want = [theirs(t)["input_ids"] for t in texts]
     assert load_tokenizer(tmp_path).encode(texts, 64) == want

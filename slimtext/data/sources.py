@@ -125,7 +125,7 @@ class _Collector:
         label_str = None
         if self.labelled:
             label_str, problem = label_to_str(label)
-            if label_str is not None and isinstance(label, (str, int)):
+            if label_str is not None and isinstance(label, (str, int, float)):
                 self._check_spelling(label, label_str, origin)
             if label_str is None:
                 col = self.opts.label_col
@@ -140,12 +140,16 @@ class _Collector:
         self.labels.append(label_str)
         self.origins.append(origin)
 
-    def _check_spelling(self, raw: str | int, label: str, origin: str) -> None:
+    def _check_spelling(self, raw: str | int | float, label: str, origin: str) -> None:
         """ "7.0" is read as the class 7 (pandas writes an integer column with gaps so), but a
         file that also has "7" would have two classes merged without a word: refused."""
         if not (label[-1:].isdigit() and label.lstrip("-").isdigit()):
             return  # only whole numbers are merged across spellings
-        written = unicodedata.normalize("NFC", raw.strip()) if isinstance(raw, str) else str(raw)
+        # a float as JSON wrote it (7.0), an int as itself (7)
+        if isinstance(raw, str):
+            written = unicodedata.normalize("NFC", raw.strip())
+        else:
+            written = repr(float(raw)) if isinstance(raw, float) else str(int(raw))
         first = self.spelled.setdefault(label, (written, origin))
         if first[0] != written:
             raise DataError(

@@ -776,9 +776,12 @@ def test_two_spellings_of_one_whole_number_label_are_refused_not_merged(write):
         load_data(path)
     ok = write("r.csv", "text,label\na,3.5\nb,4.0\nc,4.5\nd,4.0\ne,007\n")
     assert load_data(ok).labels == ["3.5", "4", "4.5", "4", "007"]
-    mixed = write("m.jsonl", '{"text": "a", "label": 7}\n{"text": "b", "label": "7.0"}\n')
-    with pytest.raises(DataError, match="would be one class '7'"):
-        load_data(mixed)
+    for a, b in (("7", '"7.0"'), ('"7"', "7.0"), ("7", "7.0")):  # typed and text, either way
+        mixed = write("m.jsonl", f'{{"text": "a", "label": {a}}}\n{{"text": "b", "label": {b}}}\n')
+        with pytest.raises(DataError, match="would be one class '7'"):
+            load_data(mixed)
+    floats = write("f.jsonl", '{"text": "a", "label": 7.0}\n{"text": "b", "label": 8.0}\n')
+    assert load_data(floats).labels == ["7", "8"]  # a float column of whole numbers
 
 
 def test_an_empty_path_is_refused_not_read_as_the_working_folder():
