@@ -952,7 +952,10 @@ def _predict_lines(pred, numbered, unit: str, chunk: int = 1024, top_k: int | No
                 i = int(row.argmax())
                 # all labels in model order, or (--top-k: 2,000 labels made 94 KB a line) the
                 # K most likely, best first
-                keep = range(len(labels)) if top_k is None else row.argsort()[::-1][:top_k]
+                # (stable: of tied labels the first, as argmax takes it, comes first)
+                keep = (
+                    range(len(labels)) if top_k is None else (-row).argsort(kind="stable")[:top_k]
+                )
                 out = {
                     "label": labels[i],
                     "probs": {labels[j]: round(float(row[j]), 6) for j in keep},

@@ -606,7 +606,7 @@ def test_a_split_that_holds_out_far_more_than_asked_says_so(toy_data):
     texts, _ = toy_data
     labels = [f"c{i // 2}" for i in range(len(texts))]  # classes of two rows: half held out
     kw = dict(model="attention", vocab_size=300, max_length=32, max_steps=1, verbose=False)
-    with pytest.warns(UserWarning, match=r"holds out 50% of the rows, not 0\.1"):
+    with pytest.warns(UserWarning, match=r"holds out 50% of the rows, not 10%"):
         TextClassifier(**kw).fit(texts, labels)
     import warnings
 

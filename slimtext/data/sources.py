@@ -1121,7 +1121,10 @@ def has_columns(spec: str | os.PathLike) -> bool:
         return True
     path = Path(spec)
     suffixes = [x.lower() for x in path.suffixes]
-    return not (path.is_dir() or ".txt" in suffixes[-2:])
+    ext = (
+        suffixes[-2] if suffixes[-1:] == [".gz"] and len(suffixes) >= 2 else "".join(suffixes[-1:])
+    )
+    return not (path.is_dir() or ext == ".txt")
 
 
 def load_kw_per_source(sources: dict, load_kw: dict) -> dict:
