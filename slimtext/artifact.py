@@ -128,8 +128,7 @@ def save_model_dir(
 ) -> Path:
     """Write a complete model directory at `path` (replacing a previous model directory
     atomically). Anything else already at `path` is left alone: `TargetExistsError`."""
-    if not os.fspath(path).strip():  # "" is the working folder, which the save replaced
-        raise ValueError("empty output path (an unset variable?)")
+    _check_not_cwd(path)
     path = Path(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     try:
@@ -190,8 +189,7 @@ def check_save_target(
     from (the model being compressed, an `--init` encoder); writing over one of them, or over a
     folder holding one, would delete it when the run ends. `is_ours`: which existing non-empty
     directories may be replaced (model directories)."""
-    if not os.fspath(path).strip():  # an unset $OUT: "" is the working folder
-        raise ValueError("empty output path (an unset variable?)")
+    _check_not_cwd(path)
     _check_name_length(path)
     check_replaceable(path, is_ours)
     _check_writable(Path(os.path.abspath(path)).parent)
@@ -206,6 +204,22 @@ def check_save_target(
                 f"{path}: the run reads {src} from there, and writing its result there would "
                 "delete it; choose another output path"
             )
+
+
+def _check_not_cwd(path: str | os.PathLike) -> None:
+    """Refuse "" (an unset $OUT), "." and any folder holding the working folder: the atomic
+    save swaps the target out, and the process (and its shell) was left in a deleted folder."""
+    if not os.fspath(path).strip():
+        raise ValueError("empty output path (an unset variable?)")
+    try:
+        target, cwd = Path(path).resolve(), Path.cwd().resolve()
+    except OSError:  # no working folder left (deleted): nothing to protect
+        return
+    if target == cwd or target in cwd.parents:
+        raise ValueError(
+            f"{path}: the output would replace the working folder (or a folder holding it); "
+            "choose another path"
+        )
 
 
 # What a run puts beside and below its output's name: the temporary ".NAME.tmp-XXXXXXXX" of

@@ -320,6 +320,7 @@ class Predictor:
                 # our own cached export, damaged (a full disk, a copy cut short): it was
                 # never made again, and the backend failed until someone deleted it by hand
                 path.unlink(missing_ok=True)
+                path.with_name(path.name + ".json").unlink(missing_ok=True)  # its side file
                 path = self._int8_file() if int8 else self._onnx_file()
                 sess = session(path)
         except Exception as e:  # ORT's Fail, InvalidProtobuf, ...: a graph it cannot run

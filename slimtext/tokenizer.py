@@ -420,22 +420,42 @@ def _read_json_object(path: Path) -> dict:
     return obj
 
 
-def _bert_added_tokens(folder: Path, config: dict) -> dict[int, dict]:
+def _bert_added_tokens(folder: Path, config: dict, vocab: dict[str, int]) -> dict[int, dict]:
     """{id: {"content", "special", ...}} of the tokens a BERT folder adds to its vocab.txt:
-    tokenizer_config.json's added_tokens_decoder, else the older added_tokens.json."""
+    tokenizer_config.json's added_tokens_decoder, else the older added_tokens.json with the
+    `additional_special_tokens` of tokenizer_config.json and special_tokens_map.json (entity
+    markers such as "[E1]", often put in an [unused] row of vocab.txt)."""
     decoder = config.get("added_tokens_decoder")
     if isinstance(decoder, dict):
         try:
             return {int(i): dict(t) for i, t in decoder.items() if isinstance(t, dict)}
         except ValueError:
             raise TokenizerError(f"{folder}: added_tokens_decoder has a non-integer id") from None
+    # transformers' order: tokenizer_config.json's list when it has one, else the map's
+    smap = folder / "special_tokens_map.json"
+    listed = config.get("additional_special_tokens")
+    if listed is None and smap.is_file():
+        listed = _read_json_object(smap).get("additional_special_tokens")
+    specials: list[str] = []
+    for t in listed or []:
+        content = t.get("content") if isinstance(t, dict) else t
+        if isinstance(content, str) and content and content not in specials:
+            specials.append(content)
+    out = {vocab[t]: {"content": t, "special": True} for t in specials if t in vocab}
     path = folder / "added_tokens.json"
-    if not path.is_file():
-        return {}
-    added = _read_json_object(path)
-    if not all(isinstance(i, int) for i in added.values()):
-        raise TokenizerError(f"{path}: expected {{token: integer id}}")
-    return {i: {"content": t, "special": False} for t, i in added.items()}
+    added: dict = {}
+    if path.is_file():
+        added = _read_json_object(path)
+        if not all(isinstance(i, int) for i in added.values()):
+            raise TokenizerError(f"{path}: expected {{token: integer id}}")
+        out.update({i: {"content": t, "special": t in specials} for t, i in added.items()})
+    # a special token in neither file gets the next id, as transformers adds it
+    after = max([len(vocab) - 1, *out]) + 1
+    for t in specials:
+        if t not in vocab and t not in added:
+            out[after] = {"content": t, "special": True}
+            after += 1
+    return out
 
 
 def _from_bert_vocab(folder: Path) -> TextTokenizer:
@@ -475,7 +495,7 @@ def _from_bert_vocab(folder: Path) -> TextTokenizer:
     tok.post_processor = processors.TemplateProcessing(
         single=f"{CLS} $A {SEP}", special_tokens=[(CLS, vocab[CLS]), (SEP, vocab[SEP])]
     )
-    for i, t in sorted(_bert_added_tokens(folder, config).items()):
+    for i, t in sorted(_bert_added_tokens(folder, config, vocab).items()):
         content, special = t.get("content"), bool(t.get("special", False))
         if not isinstance(content, str) or not content:
             raise TokenizerError(f"{folder}: added token {i} has no text")

@@ -608,6 +608,8 @@ def test_a_split_that_holds_out_far_more_than_asked_says_so(toy_data):
     kw = dict(model="attention", vocab_size=300, max_length=32, max_steps=1, verbose=False)
     with pytest.warns(UserWarning, match=r"holds out 50% of the rows, not 10%"):
         TextClassifier(**kw).fit(texts, labels)
+    with pytest.warns(UserWarning, match=r"not 0\.5%"):  # not "0%"
+        TextClassifier(valid_fraction=0.005, **kw).fit(texts, labels)
     import warnings
 
     with warnings.catch_warnings():

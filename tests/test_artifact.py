@@ -555,7 +555,12 @@ def test_an_empty_output_path_is_refused(tiny_model_dir, tmp_path, monkeypatch):
 
     with pytest.raises(ValueError, match="empty output path"):  # "" was the working folder
         check_save_target("")
-    monkeypatch.chdir(tmp_path)  # an empty folder: save("") replaced it with the model
+    (tmp_path / "in").mkdir()
+    monkeypatch.chdir(tmp_path / "in")  # an empty folder: save("") replaced it with the model
+    clf = slimtext.TextClassifier.load(tiny_model_dir)
     with pytest.raises(ValueError, match="empty output path"):
-        slimtext.TextClassifier.load(tiny_model_dir).save("")
-    assert list(tmp_path.iterdir()) == []
+        clf.save("")
+    for same in (Path(""), ".", tmp_path / "in", tmp_path):  # Path("") is "."; or a parent
+        with pytest.raises(ValueError, match="would replace the working folder"):
+            clf.save(same)
+    assert list((tmp_path / "in").iterdir()) == []

@@ -243,3 +243,28 @@ def test_encoding_changes_no_shared_state_so_threads_with_other_settings_agree(t
     # the cut is the tokenizer's own truncation's: the body's head between [CLS] and [SEP]
     tok.backend.enable_truncation(12)
     assert [e.ids for e in tok.backend.encode_batch(texts)] == [list(r) for r in serial[0][0]]
+
+
+@pytest.mark.parametrize("in_config", [None, ["[E1]"], ["[E2]"]])
+@pytest.mark.parametrize("in_map", [None, ["[E1]"], ["[E2]"]])
+@pytest.mark.parametrize("added", [False, True])
+def test_entity_markers_of_the_older_folder_format_match_transformers(tmp_path, in_config,
+                                                                      in_map, added):  # fmt: skip
+    # additional_special_tokens (tokenizer_config.json, else special_tokens_map.json) were
+    # ignored: "[E1]" in an [unused] row of vocab.txt was read as "[", "e", "##1", "]"
+    transformers = pytest.importorskip("transformers")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "[E1]", "[", "]", "e", "##1",
+             "said", "x"]  # fmt: skip
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    config = {"do_lower_case": True}
+    if in_config:
+        config["additional_special_tokens"] = in_config
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    if in_map:
+        smap = {"additional_special_tokens": in_map}
+        (tmp_path / "special_tokens_map.json").write_text(json.dumps(smap))
+    if added:
+        (tmp_path / "added_tokens.json").write_text(json.dumps({"[E2]": len(vocab)}))
+    texts = ["good [E1] said", "good [e1] said", "x [E2] good", "[E2]x said", "good said [E1]"]
+    theirs = transformers.BertTokenizerFast.from_pretrained(tmp_path)
+    assert load_tokenizer(tmp_path).encode(texts, 64) == [theirs(t)["input_ids"] for t in texts]
