@@ -604,11 +604,12 @@ def _warn_if_split_is_lopsided(train: TextDataset, valid: TextDataset, fraction:
     counts = Counter(train.labels or [])
     held = set(valid.labels or [])
     single = sum(1 for lab, n in counts.items() if n == 1 and lab in held)
+    left = f" ({single:,} are left with one training row)" if single else ""
     warnings.warn(
         f"the validation split holds out {share:.0%} of the rows, not {fraction * 100:g}%: each "
-        f"class with two or more rows gives at least one, and many classes are small ({single:,} "
-        "are left with one training row). Give validation data (--valid), or valid_fraction=0 "
-        "(--valid-fraction 0) to train on everything",
+        f"class with two or more rows gives at least one, and many classes are small{left}. "
+        "Give validation data (--valid), or valid_fraction=0 (--valid-fraction 0) to train on "
+        "everything",
         stacklevel=3,
     )
 

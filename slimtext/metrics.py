@@ -62,7 +62,7 @@ def top_confusions(cm, labels: Sequence[str], k: int = 20) -> list[dict]:
     m = np.asarray(cm)
     off = m.copy()
     np.fill_diagonal(off, 0)
-    flat = np.argsort(off, axis=None, kind="stable")[::-1][:k]
+    flat = np.argsort(-off, axis=None, kind="stable")[:k]  # ties in label order
     out = []
     for f in flat:
         i, j = divmod(int(f), m.shape[1])

@@ -117,15 +117,34 @@ def markdown(result: dict) -> str:
             if s.get("isolate", True)
             else "the whole bench process up to that entry (--no-isolate: an upper bound). "
         )
-        + "Ratios: slimtext docs/s / peer "
-        "docs/s (same model's peer).",
+        + (
+            "Ratios: slimtext docs/s / peer docs/s (same model's peer)."
+            if ratio_peers
+            else "No same-weights peer (hf, ort) ran: no ratio columns."
+        ),
         "",
-        "| model / backend | accuracy | macro-F1 | p50 ms | p99 ms | docs/s b=1 | docs/s b=8 "
-        "| docs/s b=64 | docs/s arrival | peak MB | size MB | "
+        # one cell per column: an empty trailing cell (no ratio columns) broke the table
+        "| "
         + " | ".join(
-            f"vs {c} b=1 | vs {c} b=64 | vs {c} arrival"
-            for c in (_PEER_COL[p] for p in ratio_peers)
-        )
+            [
+                "model / backend",
+                "accuracy",
+                "macro-F1",
+                "p50 ms",
+                "p99 ms",
+                "docs/s b=1",
+                "docs/s b=8",
+                "docs/s b=64",
+                "docs/s arrival",
+                "peak MB",
+                "size MB",
+            ]
+            + [
+                f"vs {c} {k}"
+                for c in (_PEER_COL[p] for p in ratio_peers)
+                for k in ("b=1", "b=64", "arrival")
+            ]
+        )  # fmt: skip
         + " |",
         "|" + "---|" * (11 + 3 * len(ratio_peers)),
     ]

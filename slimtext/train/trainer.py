@@ -34,6 +34,7 @@ from ..tokenizer import check_long_text, row_lengths
 from .checkpoint import (
     check_fresh_start,
     latest_checkpoint,
+    list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
@@ -804,7 +805,7 @@ def fit(
         if not ok:
             kept = (
                 f"; the checkpoints in {ckpt_dir} are of this run: delete them to start again"
-                if ckpt_dir is not None
+                if ckpt_dir is not None and list_checkpoints(ckpt_dir)
                 else ""
             )
             shown = f" (loss {loss})" if loss is not None else ""

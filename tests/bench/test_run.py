@@ -384,6 +384,9 @@ def test_rows_skipped_on_reading_are_in_the_report(cls_model_dir, bench_data, tm
     md = markdown(result)
     assert f"data: {read}" in logs and f"Test data as read: {read}." in md
     assert "vs ort-int8" not in md and "vs hf" not in md  # no peers ran: no columns of "-"
+    head, rule = next(md.splitlines()[i : i + 2] for i, x in enumerate(md.splitlines())
+                      if x.startswith("| model / backend"))  # fmt: skip
+    assert head.count("|") == rule.count("|") == 12  # 11 cells, as many as the rule row
     assert "(--no-isolate: an upper bound)" in md  # not "that entry alone"
 
 
