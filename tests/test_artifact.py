@@ -400,16 +400,21 @@ def test_a_directory_swapped_in_mid_read_is_read_whole_not_mixed(
     assert all(torch.equal(v, want[k]) for k, v in md.model.state_dict().items())
 
 
-def test_saving_into_the_current_directory_works(tiny_model_dir, tmp_path, monkeypatch):
-    # The temporary directory was made inside "." (its own parent): refused after training as
-    # "neither empty nor a directory slimtext wrote", or EBUSY renaming ".".
+def test_saving_into_the_current_directory_is_refused_before_anything_is_written(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    # It was saved by swapping the folder out: the process (and the shell that started it) was
+    # left in a deleted folder, where `ls` showed nothing and writes failed. Earlier still, it
+    # was refused only after training, or failed with EBUSY renaming ".".
     md = read_model_dir(tiny_model_dir)
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
-    _save(md, ".")
-    monkeypatch.chdir(tmp_path / "here")  # the new directory: the old one, our cwd, is gone
-    _save(md, Path("."))  # and again, over itself
-    assert read_model_dir(tmp_path / "here").labels == md.labels
+    for out in (".", Path("."), Path("")):
+        with pytest.raises(ValueError, match="would replace the working folder"):
+            _save(md, out)
+    assert list((tmp_path / "here").iterdir()) == []
+    _save(md, tmp_path / "here" / "m")  # a folder inside the working one is fine
+    assert read_model_dir(tmp_path / "here" / "m").labels == md.labels
 
 
 def test_an_unwritable_or_full_disk_is_one_clear_error_and_leaves_nothing(

@@ -477,18 +477,18 @@ def test_a_missing_extra_is_one_line_naming_the_pip_command(tmp_path, data_files
     assert r.exit_code == 2 and "pip install 'slimtext[hf]'" in r.output, r.output
 
 
-def test_out_dot_with_checkpoints_and_a_linked_out(tmp_path, data_files, monkeypatch):
-    # --out . put its checkpoints in ./.checkpoints, inside the folder it then refused to
-    # replace (after training, and on every rerun); a linked --out was swapped for a directory.
+def test_out_dot_and_a_linked_out_are_refused_before_training(tmp_path, data_files, monkeypatch):
+    # --out . replaced the working folder, leaving the shell in a deleted one (earlier: its
+    # checkpoints went inside the folder it then refused to replace, after training); a linked
+    # --out was swapped for a directory.
     train, _ = data_files
     work = tmp_path / "here"
     work.mkdir()
     monkeypatch.chdir(work)
     r = runner.invoke(app, ["train", "--data", str(train), "--out", ".", "--max-steps", "2",
                             "--checkpoint-every", "1", *SMALL])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    assert (work / "model.safetensors").is_file() and (tmp_path / "here.checkpoints").is_dir()
-    assert not (work / ".checkpoints").exists()
+    assert r.exit_code == 2 and "would replace the working folder" in r.output, r.output
+    assert list(work.iterdir()) == [] and not (tmp_path / "here.checkpoints").exists()
     (tmp_path / "real").mkdir()
     (tmp_path / "link").symlink_to(tmp_path / "real")
     r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "link"),
