@@ -883,7 +883,8 @@ def _read_class_folder(
         if label in seen:
             raise DataError(
                 f"{seen[label]} and {d}: two class folders of one label {label!r} (their names "
-                "differ only in Unicode form or surrounding spaces); merge them"
+                "differ only in Unicode form, surrounding spaces, or as a whole number written "
+                "7 and 7.0); merge them"
             )
         seen[label] = d
     decoded: Counter[str] = Counter()

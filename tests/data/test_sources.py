@@ -809,3 +809,10 @@ def test_a_local_folder_named_bbc_is_not_silently_replaced(write, tmp_path, monk
     with pytest.raises(DataError, match="there is also a local bbc: write ./bbc for yours"):
         load_data("bbc")
     assert load_data("./bbc").label_set() == ["neg", "pos"]
+
+
+def test_class_folders_7_and_7_0_are_named_as_one_number(write, tmp_path):
+    write("c/7/a.txt", "seven")
+    write("c/7.0/a.txt", "seven again")
+    with pytest.raises(DataError, match="as a whole number written 7 and 7.0"):
+        load_data(tmp_path / "c")
