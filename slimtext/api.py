@@ -598,16 +598,19 @@ def _warn_if_split_is_lopsided(train: TextDataset, valid: TextDataset, fraction:
     """The stratified split holds out at least one row of every class with two or more, so
     with many small classes far more than `fraction` goes (a third of 2,000 classes of 1-3
     rows, leaving 667 classes one training row each): said, not silently done."""
-    share = len(valid) / max(1, len(train) + len(valid))
-    if share <= 1.5 * fraction:
+    total = len(train) + len(valid)
+    share = len(valid) / max(1, total)
+    # a few rows over (4 large classes at 0.1%: 4 rows, 0.2%) is no news
+    if share <= 1.5 * fraction or len(valid) - fraction * total <= 5:
         return
     counts = Counter(train.labels or [])
     held = set(valid.labels or [])
     single = sum(1 for lab, n in counts.items() if n == 1 and lab in held)
     left = f" ({single:,} are left with one training row)" if single else ""
     warnings.warn(
-        f"the validation split holds out {share:.0%} of the rows, not {fraction * 100:g}%: each "
-        f"class with two or more rows gives at least one, and many classes are small{left}. "
+        f"the validation split holds out {share * 100:.3g}% of the rows, not "
+        f"{fraction * 100:g}%: each class with two or more rows gives at least one, and many "
+        f"classes are small{left}. "
         "Give validation data (--valid), or valid_fraction=0 (--valid-fraction 0) to train on "
         "everything",
         stacklevel=3,

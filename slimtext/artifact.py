@@ -213,7 +213,7 @@ def _check_not_cwd(path: str | os.PathLike) -> None:
         raise ValueError("empty output path (an unset variable?)")
     try:
         target, cwd = Path(path).resolve(), Path.cwd().resolve()
-    except OSError:  # no working folder left (deleted): nothing to protect
+    except (OSError, RuntimeError):  # no working folder left; a symlink loop (said next)
         return
     if target == cwd or target in cwd.parents:
         raise ValueError(

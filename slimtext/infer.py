@@ -315,8 +315,8 @@ class Predictor:
             try:
                 sess = session(path)
             except Exception:
-                if self._onnx_path or _cache_dir() not in path.parents:
-                    raise  # not our own cached export (a caller's file is never replaced)
+                if self._onnx_path or path.parent != _cache_dir():
+                    raise  # not our own cached export: a caller's or a directory's file stays
                 # our own cached export, damaged (a full disk, a copy cut short): it was
                 # never made again, and the backend failed until someone deleted it by hand
                 path.unlink(missing_ok=True)

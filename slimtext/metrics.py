@@ -59,7 +59,7 @@ def top_confusions(cm, labels: Sequence[str], k: int = 20) -> list[dict]:
     """The `k` largest off-diagonal cells of a confusion matrix, largest first."""
     if cm is None:
         return []
-    m = np.asarray(cm)
+    m = np.asarray(cm, dtype=np.int64)  # (unsigned counts would wrap when negated)
     off = m.copy()
     np.fill_diagonal(off, 0)
     flat = np.argsort(-off, axis=None, kind="stable")[:k]  # ties in label order

@@ -436,6 +436,11 @@ def _bert_added_tokens(folder: Path, config: dict, vocab: dict[str, int]) -> dic
     listed = config.get("additional_special_tokens")
     if listed is None and smap.is_file():
         listed = _read_json_object(smap).get("additional_special_tokens")
+    if listed is not None and not isinstance(listed, list):  # a string: one per character
+        raise TokenizerError(
+            f"{folder}: additional_special_tokens must be a list of tokens, got "
+            f"{type(listed).__name__}"
+        )
     specials: list[str] = []
     for t in listed or []:
         content = t.get("content") if isinstance(t, dict) else t

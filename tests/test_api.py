@@ -602,6 +602,8 @@ def test_bad_shapes_are_refused_before_the_tokenizer_is_learned(toy_data, monkey
 
 
 def test_a_split_that_holds_out_far_more_than_asked_says_so(toy_data):
+    import warnings
+
     # 2,000 classes of 1-3 rows: "stratified 0.1" held out a third, without a word
     texts, _ = toy_data
     labels = [f"c{i // 2}" for i in range(len(texts))]  # classes of two rows: half held out
@@ -610,8 +612,13 @@ def test_a_split_that_holds_out_far_more_than_asked_says_so(toy_data):
         TextClassifier(**kw).fit(texts, labels)
     with pytest.warns(UserWarning, match=r"not 0\.5%"):  # not "0%"
         TextClassifier(valid_fraction=0.005, **kw).fit(texts, labels)
-    import warnings
+    from slimtext.api import _warn_if_split_is_lopsided
+    from slimtext.data import TextDataset, stratified_split
 
+    big = TextDataset([f"t{i}" for i in range(2000)], [str(i % 4) for i in range(2000)], "m")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 4 rows of 2,000 at 0.1%: a few over, no news
+        _warn_if_split_is_lopsided(*stratified_split(big, 0.001), 0.001)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a usual split: no warning
         TextClassifier(**kw).fit(toy_data)

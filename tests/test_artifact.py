@@ -569,3 +569,12 @@ def test_an_empty_output_path_is_refused(tiny_model_dir, tmp_path, monkeypatch):
         with pytest.raises(ValueError, match="would replace the working folder"):
             clf.save(same)
     assert list((tmp_path / "in").iterdir()) == []
+
+
+def test_an_output_that_is_a_symlink_loop_is_one_clear_error(tiny_model_dir, tmp_path):
+    from slimtext.artifact import check_save_target
+
+    (tmp_path / "loopA").symlink_to(tmp_path / "loopB")
+    (tmp_path / "loopB").symlink_to(tmp_path / "loopA")
+    with pytest.raises(ValueError, match="symbolic link"):  # was a RuntimeError traceback
+        check_save_target(tmp_path / "loopA")

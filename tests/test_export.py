@@ -391,3 +391,20 @@ def test_exporting_into_a_model_directory_whose_path_is_not_utf8_is_refused(
     shutil.copytree(tiny_model_dir, odd)
     with pytest.raises(ValueError, match="the path is not UTF-8; export with --out"):
         export_onnx(odd)
+
+
+def test_a_model_directorys_own_export_under_the_cache_folder_is_never_deleted(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import slimtext
+    from slimtext.fileio import update_manifest
+
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(tmp_path / "cache"))
+    mm = tmp_path / "cache" / "onnx" / "mm"
+    shutil.copytree(tiny_model_dir, mm)
+    export_onnx(mm)
+    (mm / "model.onnx").write_bytes(b"a graph this ONNX Runtime cannot load")
+    update_manifest(mm, ["model.onnx"])  # listed: as a newer opset's graph would be
+    with pytest.raises(ExportError, match="cannot load it"):
+        slimtext.load(mm, backend="onnxruntime")
+    assert (mm / "model.onnx").is_file() and (mm / "model.onnx.json").is_file()

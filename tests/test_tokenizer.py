@@ -268,3 +268,13 @@ def test_entity_markers_of_the_older_folder_format_match_transformers(tmp_path, 
     texts = ["good [E1] said", "good [e1] said", "x [E2] good", "[E2]x said", "good said [E1]"]
     theirs = transformers.BertTokenizerFast.from_pretrained(tmp_path)
     assert load_tokenizer(tmp_path).encode(texts, 64) == [theirs(t)["input_ids"] for t in texts]
+
+
+def test_additional_special_tokens_as_a_string_is_refused(tmp_path):
+    # a string was read one character a token: "E" and "1" became new ids past the vocabulary
+    (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\ngood\n")
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"additional_special_tokens": "[E1]"})
+    )
+    with pytest.raises(TokenizerError, match="additional_special_tokens must be a list"):
+        load_tokenizer(tmp_path)
