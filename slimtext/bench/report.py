@@ -151,7 +151,8 @@ def markdown(result: dict) -> str:
     for e in entries:
         d = {k: docs_per_s(e, k) for k in ("1", "8", "64", "arrival")}
         row = [
-            e["name"], _fmt(e.get("accuracy"), 4), _fmt(e.get("macro_f1"), 4),
+            e["name"].replace("|", "\\|"),  # a "|" in a folder's name split its row
+            _fmt(e.get("accuracy"), 4), _fmt(e.get("macro_f1"), 4),
             _fmt(e.get("latency_ms_p50"), 2), _fmt(e.get("latency_ms_p99"), 2),
             _fmt(d.get("1"), 0), _fmt(d.get("8"), 0), _fmt(d.get("64"), 0),
             _fmt(d["arrival"], 0), _fmt(e.get("peak_rss_mb"), 0), _fmt(e.get("size_mb"), 2),
