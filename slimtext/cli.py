@@ -627,6 +627,10 @@ def _train(
             return
         metrics = {}
         if test_ds is not None:
+            if params.get("threads"):  # --threads holds for the whole command, not only fit
+                import torch
+
+                torch.set_num_threads(params["threads"])
             metrics["test"] = clf.evaluate(test_ds)
         clf.save(out, metrics=metrics)  # before the report: a closed stdout must not lose it
         mark_finished(ckpt, out)
@@ -996,6 +1000,8 @@ def demo(
 
     try:
         run_demo(out, model=model, progress=progress)
+    except BrokenPipeError:  # `slimtext demo | head`: 141, as every other command
+        raise _pipe_closed() from None
     except _user_errors() as e:
         _fail(e)
 
@@ -1118,6 +1124,10 @@ def compress_(
 
         train_cfg = {k: v for k, v in {"epochs": epochs, "batch_size": batch_size, "lr": lr,
                                        "threads": threads}.items() if v is not None}  # fmt: skip
+        if threads:  # every step's evaluation and teacher pass too, not only its training
+            import torch
+
+            torch.set_num_threads(threads)
         load_kw = _load_kw(text_col, label_col, encoding, encoding_errors, on_bad)
         compress(teacher_dir, data, out, recipe, valid=valid, test=test, transfer=transfer,
                  teacher=teacher, train_config=train_cfg, speed=speed, progress=progress,

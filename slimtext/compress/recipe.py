@@ -400,11 +400,15 @@ def compress(
 
     kws = load_kw_per_source({"data": data, "valid": valid, "test": test}, load_kw)
     train_ds = as_dataset(data, **kws["data"])
+    log(f"data: {train_ds.report()}")  # rows skipped (--on-bad skip) or repaired, as eval says
     if valid is None:
         train_ds, valid_ds = stratified_split(train_ds, valid_fraction, seed=base_cfg.seed)
     else:
         valid_ds = as_dataset(valid, **kws["valid"])
+        log(f"valid: {valid_ds.report()}")
     eval_ds = as_dataset(test, **kws["test"]) if test is not None else valid_ds
+    if test is not None:
+        log(f"test: {eval_ds.report()}")
     # The model's label list is fixed: a label it has no output for cannot be trained or scored.
     known = TextDataset(list(labels), list(labels), source=f"of the model {teacher_dir}")
     for ds in (train_ds, valid_ds, eval_ds):

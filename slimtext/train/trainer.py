@@ -944,7 +944,8 @@ def fit(
                         rec["loss"] = None  # a skipped fp16 step: NaN is not JSON
                     log.write(rec)
                     shown = "skipped" if rec["loss"] is None else f"{rec['loss']:.4f}"
-                    bar.set_postfix(loss=shown, samples_s=f"{rate:.0f}")
+                    # refresh=False: an immediate redraw skipped the bar's 30 s interval in logs
+                    bar.set_postfix(loss=shown, samples_s=f"{rate:.0f}", refresh=False)
                     t_last, samples_last, loss_sum, loss_n = now, 0, 0.0, 0
                 if step >= total_steps:
                     done = True

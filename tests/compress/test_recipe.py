@@ -144,7 +144,8 @@ def test_external_teacher_and_transfer_texts_read_long_texts_as_the_teacher_does
         test=test, teacher=long_dir, transfer=_long(make_toy(3, seed=6))[0], speed=False,
         train_config={"batch_size": 16, "threads": 1}, log=logs.append,
     )  # fmt: skip
-    assert logs[0] == f"teacher {long_dir}: accuracy {want:.4f}"
+    assert f"teacher {long_dir}: accuracy {want:.4f}" in logs
+    assert logs[0].startswith("data: <memory>: ")  # what was read is said first, as eval does
 
 
 # ---- recipe and data errors: clear, and before anything runs ------------------------------------
@@ -346,3 +347,16 @@ def test_steps_a_model_kind_cannot_take_are_refused_before_anything_runs(
     with pytest.raises(ValueError, match=message):
         compress(tmp_path / "m", make_toy(5, seed=61), tmp_path / "x", recipe=recipe,
                  log=lambda s: None)  # fmt: skip
+
+
+def test_rows_skipped_on_reading_are_said(teacher_dir, make_toy, tmp_path):
+    # compress --on-bad skip dropped them without a word (eval and bench say it)
+    texts, labels = make_toy(5, seed=64)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": t, "label": y}) + "\n"
+                           for t, y in zip(texts, labels, strict=True)) + "{broken\n")  # fmt: skip
+    logs: list[str] = []
+    compress(teacher_dir, str(bad), tmp_path / "o", recipe="quantize:int8-dynamic", test=str(bad),
+             speed=False, log=logs.append, load_kw={"on_bad": "skip"})  # fmt: skip
+    said = [x for x in logs if "skipped 1 (1 invalid JSON)" in x]
+    assert [x.split(":")[0] for x in said] == ["data", "test"], logs
