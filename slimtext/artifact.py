@@ -233,9 +233,9 @@ def _check_name_length(path: str | os.PathLike) -> None:
     full = os.path.abspath(path)
     name = os.path.basename(full)
     parent = os.path.dirname(full)
+    on = parent if os.path.isdir(parent) else "/"  # (a parent the save will create)
     try:
-        name_max = os.pathconf(parent if os.path.isdir(parent) else "/", "PC_NAME_MAX")
-        path_max = os.pathconf(parent if os.path.isdir(parent) else "/", "PC_PATH_MAX")
+        name_max, path_max = os.pathconf(on, "PC_NAME_MAX"), os.pathconf(on, "PC_PATH_MAX")
     except (OSError, ValueError):
         name_max, path_max = 255, 4096
     if len(os.fsencode(name)) + _NAME_EXTRA > name_max:

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifact import ModelDir, read_model_dir, weights_state
+from .artifact import INT8_FILE, ModelDir, read_model_dir, weights_state
 from .data.batching import length_sorted_batches, pad_rows
 from .data.dataset import check_texts
 from .tokenizer import check_long_text, pool_windows, row_lengths
@@ -287,7 +287,7 @@ class Predictor:
         return run
 
     def _ort_runner(self, int8: bool = False) -> Runner:
-        from .export import SLOW_FUSIONS, ExportError, require_onnxruntime
+        from .export import SLOW_FUSIONS, ExportError, _sidecar, require_onnxruntime
         from .fileio import readable_path
 
         ort = require_onnxruntime()  # (onnx too only if a graph must be made: `_in_cache`)
@@ -320,7 +320,7 @@ class Predictor:
                 # our own cached export, damaged (a full disk, a copy cut short): it was
                 # never made again, and the backend failed until someone deleted it by hand
                 path.unlink(missing_ok=True)
-                path.with_name(path.name + ".json").unlink(missing_ok=True)  # its side file
+                _sidecar(path).unlink(missing_ok=True)
                 path = self._int8_file() if int8 else self._onnx_file()
                 sess = session(path)
         except Exception as e:  # ORT's Fail, InvalidProtobuf, ...: a graph it cannot run
@@ -380,8 +380,7 @@ class Predictor:
             if name not in BACKENDS or name == "auto":
                 raise ValueError(f"auto candidates must be backends, got {name!r}")
             if name == "onnxruntime-int8" and not (
-                self._onnx_path is None
-                and "model.int8.onnx" in self.model_dir.meta.get("manifest", {})
+                self._onnx_path is None and INT8_FILE in self.model_dir.meta.get("manifest", {})
             ):
                 continue  # see AUTO_CANDIDATES: no int8 file, no int8 in the race
             if name.endswith("bf16") and not native_bf16(self.device):

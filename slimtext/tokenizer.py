@@ -504,7 +504,7 @@ def _from_bert_vocab(folder: Path) -> TextTokenizer:
         content, special = t.get("content"), bool(t.get("special", False))
         if not isinstance(content, str) or not content:
             raise TokenizerError(f"{folder}: added token {i} has no text")
-        if content in (PAD, UNK, CLS, SEP, MASK) and vocab.get(content) == i:
+        if content in SPECIAL_TOKENS and vocab.get(content) == i:
             continue  # the control tokens: the template adds them, and in text they are text
         # Added as ordinary tokens, the special ones unnormalised as transformers keeps them:
         # slimtext reads special-token spellings in a text as text (`_encode_batch`), which is

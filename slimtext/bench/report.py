@@ -144,7 +144,7 @@ def markdown(result: dict) -> str:
                 for c in (_PEER_COL[p] for p in ratio_peers)
                 for k in ("b=1", "b=64", "arrival")
             ]
-        )  # fmt: skip
+        )
         + " |",
         "|" + "---|" * (11 + 3 * len(ratio_peers)),
     ]

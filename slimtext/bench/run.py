@@ -158,9 +158,11 @@ def run(
     labels = test.label_set()
     # As eval says it: rows skipped (--on-bad skip) or decoded with a fallback are in the
     # evidence, not only in the input file.
-    log(f"data: {test.report()}")
-    if train_ds is not None:
-        log(f"train: {train_ds.report()}")
+    data_read = test.report()
+    train_read = train_ds.report() if train_ds is not None else None
+    log(f"data: {data_read}")
+    if train_read is not None:
+        log(f"train: {train_read}")
 
     # One fixed random order, so every contender sees the same texts in the same order.
     import random
@@ -345,8 +347,8 @@ def run(
             "data": str(data),
             "train": str(train) if train else None,
             "n_test": len(texts),
-            "data_read": test.report(),
-            "train_read": train_ds.report() if train_ds is not None else None,
+            "data_read": data_read,
+            "train_read": train_read,
             "n_accuracy": n_acc,
             "batch_sizes": list(BATCH_SIZES),
             "time_budget": time_budget,

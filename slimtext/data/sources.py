@@ -1090,10 +1090,7 @@ def load_data(
     if path.is_dir():
         _no_columns(path, "a folder of class folders", opts)
         return _read_class_folder(path, str(path), opts)
-    suffixes = [s.lower() for s in path.suffixes]
-    ext = (
-        suffixes[-2] if suffixes[-1:] == [".gz"] and len(suffixes) >= 2 else (suffixes or [""])[-1]
-    )
+    ext = _extension(path)
     if ext in _CSV_EXTS:
         return _read_csv(path, _CSV_EXTS[ext], opts)
     if ext in _JSONL_EXTS:
@@ -1101,7 +1098,7 @@ def load_data(
     if ext == ".txt":
         _no_columns(path, "a .txt file (one document a line)", opts)
         return _read_txt(path, opts)
-    if ext == ".parquet" and suffixes[-1] != ".gz":
+    if ext == ".parquet" and path.suffix.lower() != ".gz":
         return _read_parquet(path, opts)
     if ext == ".parquet":
         raise DataError(f"{path}: a gzipped Parquet file is not read (Parquet compresses "
@@ -1121,11 +1118,15 @@ def has_columns(spec: str | os.PathLike) -> bool:
     if isinstance(spec, str) and spec.startswith("hf:"):
         return True
     path = Path(spec)
-    suffixes = [x.lower() for x in path.suffixes]
-    ext = (
+    return not (path.is_dir() or _extension(path) == ".txt")
+
+
+def _extension(path: Path) -> str:
+    """The format's extension, lower-cased: ".csv" of data.CSV and of data.csv.gz ("" none)."""
+    suffixes = [s.lower() for s in path.suffixes]
+    return (
         suffixes[-2] if suffixes[-1:] == [".gz"] and len(suffixes) >= 2 else "".join(suffixes[-1:])
     )
-    return not (path.is_dir() or ext == ".txt")
 
 
 def load_kw_per_source(sources: dict, load_kw: dict) -> dict:

@@ -221,10 +221,11 @@ class ServeConfig:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         resolve_device(self.device)  # the trainer's check: cpu, cuda or cuda:N that exists
         if self.backend.startswith("onnxruntime"):  # a missing extra, said once, not per worker
+            # onnx too when a graph must be made: no export of this kind beside the model
+            from ..artifact import INT8_FILE, ONNX_FILE
             from ..export import require_onnxruntime
 
-            # onnx too when a graph must be made: no export of this kind beside the model
-            name = "model.int8.onnx" if self.backend.endswith("int8") else "model.onnx"
+            name = INT8_FILE if self.backend.endswith("int8") else ONNX_FILE
             require_onnxruntime(onnx=not Path(self.model_dir, name).is_file())
 
     def create_app(self) -> FastAPI:
