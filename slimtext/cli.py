@@ -10,9 +10,12 @@ import codecs
 import contextlib
 import json
 import os
+import queue
 import signal
+import stat
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -859,16 +862,19 @@ def predict(
         pred = load(model_dir, backend=backend, batch_size=batch_size, device=device)
     except (*_user_errors(), ImportError) as e:
         _fail(e)
+    if top_k is not None and top_k > len(pred.labels):  # as serve refuses it
+        _fail(ValueError(f"--top-k is {top_k} but the model has {len(pred.labels)} labels"))
     try:
         if texts:
             _predict_lines(pred, _argument_texts(texts), "argument", top_k=top_k)
         elif file is not None and str(file) != "-":
             with open(file, "rb") as f:
-                _predict_lines(pred, _text_lines(f, str(file), encoding), "line", top_k=top_k)
+                lines = _text_lines(f, str(file), encoding)
+                _predict_lines(pred, lines, "line", top_k=top_k, live=_is_live(f))
         else:
-            _predict_lines(
-                pred, _text_lines(sys.stdin.buffer, "<stdin>", encoding), "line", top_k=top_k
-            )
+            f = sys.stdin.buffer
+            lines = _text_lines(f, "<stdin>", encoding)
+            _predict_lines(pred, lines, "line", top_k=top_k, live=_is_live(f))
     except BrokenPipeError:
         raise _pipe_closed() from None
     except (OSError, ValueError) as e:
@@ -896,7 +902,8 @@ def _text_lines(f, name: str, encoding: str = "utf-8"):
             shown = "UTF-8" if codec.name == "utf-8" else encoding
             msg = f"{name}:{n}: not valid {shown} ({e.reason} at byte {e.start}){hint}"
             raise ValueError(msg) from None
-        yield n, line.rstrip("\r\n")
+        # a BOM on a later line too: `cat a.txt b.txt` puts b's BOM at the start of a line
+        yield n, line.rstrip("\r\n").removeprefix("\ufeff")
 
 
 _BAD = "\U0010fffe"  # a noncharacter: where a wide text_lines decoder met undecodable bytes
@@ -917,7 +924,7 @@ def _wide_text_lines(f, name: str, encoding: str):
             n += 1
             if _BAD in line:
                 raise ValueError(f"{name}:{n}: not valid {encoding}")
-            yield n, (line.removeprefix("\ufeff") if n == 1 else line).rstrip("\r")
+            yield n, line.removeprefix("\ufeff").rstrip("\r")
         if not chunk:
             return
 
@@ -938,17 +945,83 @@ def _argument_texts(texts: list[str]):
         yield n, t
 
 
-def _predict_lines(pred, numbered, unit: str, chunk: int = 1024, top_k: int | None = None) -> None:
-    # Stream in chunks: constant memory on big files, output order = input order.
-    buf: list[tuple[int, str]] = []
-    empty: list[int] = []
+def _is_live(f) -> bool:
+    """True for a pipe, a terminal or a socket: lines may come one at a time, and each should
+    be answered as it comes rather than when 1,024 have gathered or the input ends."""
+    try:
+        return not stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # no descriptor (a test's BytesIO)
+        return False
 
-    def flush() -> None:
-        real = [t for _, t in buf if t.strip()]
+
+def _arrivals(numbered, chunk: int):
+    """Lists of the lines of a live input as they arrive: waits for one, then takes what else
+    is already there (at most `chunk`). A thread reads, so a slow writer (a person typing, a
+    `tail -f`) gets each answer at once, and a fast one still fills whole batches."""
+    q: queue.Queue = queue.Queue(maxsize=2 * chunk)  # bounded: a flood waits for the model
+    end = object()
+
+    def read() -> None:
+        try:
+            for item in numbered:
+                q.put(item)
+            q.put(end)
+        except BaseException as e:  # handed over in order: the lines before it are answered
+            q.put(e)
+
+    threading.Thread(target=read, name="slimtext-predict-reader", daemon=True).start()
+    while True:
+        items = [q.get()]
+        while len(items) < chunk and items[-1] is not end:
+            if isinstance(items[-1], BaseException):
+                break
+            try:
+                items.append(q.get_nowait())
+            except queue.Empty:
+                break
+        last = items[-1]
+        done = last is end or isinstance(last, BaseException)
+        if done:
+            items.pop()
+        if items:
+            yield items
+        if isinstance(last, BaseException):
+            raise last
+        if done:
+            return
+
+
+def _batches(numbered, chunk: int):
+    batch: list = []
+    try:
+        for item in numbered:
+            batch.append(item)
+            if len(batch) >= chunk:
+                yield batch
+                batch = []
+    except Exception:
+        if batch:  # the lines before a bad one are answered, then the error
+            yield batch
+        raise
+    if batch:
+        yield batch
+
+
+def _predict_lines(
+    pred, numbered, unit: str, chunk: int = 1024, top_k: int | None = None, live: bool = False
+) -> None:
+    """One JSON line per (n, text) of `numbered`, in input order, in batches of up to `chunk`
+    (constant memory on big files); a `live` input is answered as its lines arrive."""
+    from .data.dataset import is_blank
+
+    empty: list[int] = []
+    labels = pred.labels
+
+    def answer(batch: list[tuple[int, str]]) -> None:
+        real = [t for _, t in batch if not is_blank(t)]
         rows = iter(pred.predict_proba(real)) if real else iter(())
-        labels = pred.labels
-        for n, t in buf:
-            if not t.strip():
+        for n, t in batch:
+            if is_blank(t):
                 empty.append(n)
                 out = {"label": None, "probs": None, "error": f"empty text ({unit} {n})"}
             else:
@@ -966,21 +1039,11 @@ def _predict_lines(pred, numbered, unit: str, chunk: int = 1024, top_k: int | No
                 }
             sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
         sys.stdout.flush()
-        buf.clear()
 
-    try:
-        for item in numbered:
-            buf.append(item)
-            if len(buf) >= chunk:
-                flush()
-    except Exception:
-        # A bad line (undecodable bytes) stops the run: the lines before it are still answered,
-        # so the output is every result up to the line the error names.
-        if buf:
-            flush()
-        raise
-    if buf:
-        flush()
+    # A bad line (undecodable bytes) stops the run where it is met: the lines before it are
+    # still answered, so the output is every result up to the line the error names.
+    for batch in (_arrivals if live else _batches)(numbered, chunk):
+        answer(batch)
     if empty:
         shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
         typer.echo(f"note: {len(empty)} empty text(s) not classified ({unit} {shown})", err=True)

@@ -161,6 +161,12 @@ def test_prediction_refuses_a_blank_text_as_the_cli_and_server_do(fitted):
     # It used to answer for [CLS] [SEP] alone: a confident label for nothing.
     with pytest.raises(ValueError, match="text 2 is empty or only whitespace"):
         fitted.predict(["a fine text", "another", "  "])
+    # invisible characters alone (a zero-width space, a BOM, NUL) are as empty: the tokenizer
+    # drops them, so the model would answer for its special tokens alone
+    for nothing in ("\u200b", "\ufeff \u200d", "\x00", " \u2060\t"):
+        with pytest.raises(ValueError, match="text 1 is empty or only whitespace or invisible"):
+            fitted.predict(["a fine text", nothing])
+    fitted.predict(["\u200bgoal", "caf\u00e9\x00"])  # a visible character is enough
 
 
 def test_save_takes_the_metrics_a_caller_has(fitted, tmp_path):

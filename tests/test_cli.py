@@ -1,6 +1,7 @@
 import csv
 import json
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -639,6 +640,37 @@ def test_predict_top_k_gives_the_most_likely_labels_best_first(tiny_model_dir):
     assert list(top["probs"].items()) == best and top["label"] == full["label"]
     r = runner.invoke(app, ["predict", str(tiny_model_dir), "x", "--top-k", "0"])
     assert r.exit_code == 2 and "--top-k must be >= 1" in r.output
+    # more than the model has: refused, as the server refuses it (it was silently cut)
+    n = len(full["probs"])
+    assert len(lines("--top-k", str(n))[0]["probs"]) == n
+    r = runner.invoke(app, ["predict", str(tiny_model_dir), "x", "--top-k", str(n + 1)])
+    assert r.exit_code == 2 and f"--top-k is {n + 1} but the model has {n} labels" in r.output
+
+
+def test_predict_from_a_pipe_answers_each_line_as_it_arrives(tiny_model_dir, tmp_path):
+    # A person typing, or `tail -f log | slimtext predict`: each line's answer must come before
+    # the next line is written (it used to wait for 1,024 lines or the end of the input).
+    ref = runner.invoke(app, ["predict", str(tiny_model_dir), "goal match team", "bank profit"])
+    want = [json.loads(x) for x in ref.stdout.splitlines()]
+    cmd = [sys.executable, "-m", "slimtext", "predict", str(tiny_model_dir)]
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        got = []
+        # the second line carries a BOM, as `cat a.txt b.txt` leaves one mid-stream
+        for line in (b"goal match team\n", "\ufeffbank profit\n".encode()):
+            p.stdin.write(line)
+            p.stdin.flush()
+            ready, _, _ = select.select([p.stdout], [], [], 120)
+            assert ready, "no answer while the input stays open"
+            got.append(json.loads(p.stdout.readline()))
+        p.stdin.write("\u200b\n".encode())
+        p.stdin.close()  # an invisible-only line is an empty text, answered in line
+        got.append(json.loads(p.stdout.readline()))
+        assert p.wait(timeout=60) == 0
+    finally:
+        p.kill()
+    assert got[:2] == want
+    assert got[2]["label"] is None and "line 3" in got[2]["error"]
 
 
 def test_text_col_for_a_csv_beside_a_test_folder_and_empty_paths(tmp_path, toy_data):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -101,8 +102,11 @@ def check_texts(texts: Sequence[str]) -> list[str]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise TypeError(f"text {i} is {type(t).__name__}, expected str")
-        if not t.strip():
-            raise DataError(f"text {i} is empty or only whitespace: there is nothing to classify")
+        if is_blank(t):
+            raise DataError(
+                f"text {i} is empty or only whitespace or invisible characters: there is "
+                "nothing to classify"
+            )
         if (at := surrogate_at(t)) is not None:
             # A lone surrogate (e.g. from decoding with errors="surrogateescape") is not
             # text; the tokenizer would fail on it with an unrelated TypeError.
@@ -111,6 +115,17 @@ def check_texts(texts: Sequence[str]) -> list[str]:
                 "not valid Unicode (decode the input as UTF-8 or with errors='replace')"
             )
     return texts
+
+
+def is_blank(text: str) -> bool:
+    """True for a text with nothing to read: empty, whitespace, or only invisible format and
+    control characters (a zero-width space, a BOM, NUL). The tokenizer drops those, so the model
+    would answer for its special tokens alone: a confident label for nothing."""
+    # all() stops at the first visible character: one or two look-ups for a real text
+    return all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in text)
+
+
+_INVISIBLE = frozenset({"Cc", "Cf"})
 
 
 def surrogate_at(text: str) -> int | None:

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from slimtext.data.dataset import DataError, TextDataset
+from slimtext.data.dataset import DataError, TextDataset, is_blank
 from slimtext.data.split import stratified_split
 
 # Tried in this order when `text_cols` is not given.
@@ -117,10 +117,13 @@ class _Collector:
                 )
         # With several columns one may legitimately be empty (a title-less article); join
         # only the non-blank parts so the text does not start with a stray joiner.
-        text = self.opts.joiner.join(v for _, v in parts if v.strip())
+        text = self.opts.joiner.join(v for _, v in parts if not is_blank(v))
         if not text:
             cols = ", ".join(repr(c) for c, _ in parts)
-            return self.bad("empty text", origin, f"empty or whitespace-only text in {cols}")
+            why = "empty or whitespace-only text"
+            if any(v.strip() for _, v in parts):  # said: such a cell does not look empty
+                why += " (or only invisible characters)"
+            return self.bad("empty text", origin, f"{why} in {cols}")
 
         label_str = None
         if self.labelled:
@@ -739,7 +742,7 @@ def _read_txt(path: Path, opts: _Options) -> TextDataset:
     blank = 0
     for lineno, line in enumerate(lines, start=1):
         text = line.rstrip("\r\n")
-        if not text.strip():
+        if is_blank(text):
             blank += 1
         elif lineno in lines.bad_lines:
             collector.bad("undecodable bytes", f"{path}:{lineno}", lines.bad_lines[lineno])

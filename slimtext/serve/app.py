@@ -49,6 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import slimtext
 
+from ..data.dataset import is_blank
 from .batcher import BatcherClosedError, DynamicBatcher, InferenceError, QueueFullError
 
 log = logging.getLogger("slimtext.serve")
@@ -89,9 +90,11 @@ class ClassifyRequest(BaseModel):
     @classmethod
     def _not_blank(cls, texts: list[str]) -> list[str]:
         # As the Python API and `slimtext predict`: a blank text has nothing to classify.
-        blank = [i for i, t in enumerate(texts) if not t.strip()]
+        blank = [i for i, t in enumerate(texts) if is_blank(t)]
         if blank:
-            raise ValueError(f"texts {blank[:10]} are empty or only whitespace")
+            raise ValueError(
+                f"texts {blank[:10]} are empty or only whitespace or invisible characters"
+            )
         return texts
 
 

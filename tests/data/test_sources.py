@@ -28,6 +28,11 @@ def test_csv_error_names_the_line_where_the_record_starts(write):
     path = write("train.csv", 'text,label\n"two\nlines",pos\n   ,neg\n')
     with pytest.raises(DataError, match=r"train\.csv:4: empty or whitespace-only text in 'text'"):
         load_data(path)
+    # a cell of invisible characters only does not look empty in an editor: said so
+    path = write("zw.csv", "text,label\nfine,pos\n\u200b\u200b,neg\n")
+    with pytest.raises(DataError, match=r"zw\.csv:3: .*\(or only invisible characters\)"):
+        load_data(path)
+    assert load_data(path, on_bad="skip").texts == ["fine"]
 
 
 def test_tsv_reads_tabs_and_keeps_quotes_literally(write):
