@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import io
 import json
 import os
 import queue
@@ -819,8 +820,8 @@ def eval_(
         rep = clf.evaluate(ds, progress=progress)
     except (*_user_errors(), ImportError) as e:
         _fail(e)
-    if json_out:
-        _emit(json.dumps(rep))
+    if json_out:  # with the rows the data's reading skipped (--on-bad skip), for scripts
+        _emit(json.dumps({**rep, "skipped": dict(ds.skipped)}))
     else:
         _emit(format_report(rep))
 
@@ -884,9 +885,13 @@ def predict(
 def _text_lines(f, name: str, encoding: str = "utf-8"):
     """(line number, text) of a binary stream of lines: a BOM and the line ending (LF or CRLF)
     removed, as the data loaders do; undecodable bytes are an error naming the line."""
-    from .data.sources import _is_wide
+    from .data.sources import _is_wide, _wide_bom
 
     codec = codecs.lookup(encoding)
+    if not hasattr(f, "peek"):  # (a test runner's BytesIO stdin)
+        f = io.BufferedReader(f)
+    if codec.name == "utf-8" and (wide := _wide_bom(f.peek(4)[:4])):
+        codec, encoding = codecs.lookup(wide), wide  # its byte-order mark says UTF-16 (or 32)
     # the way out, where the user has not already taken it
     hint = "; pass --encoding (e.g. cp1252, utf-16)" if codec.name == "utf-8" else ""
     if _is_wide(codec):

@@ -211,6 +211,8 @@ def test_evaluating_no_examples_says_so(fitted):
      (dict(warmup=float("inf")), "warmup must be a number >= 0"),
      (dict(vocab_size=0), "vocab_size must be a whole number >= 16"),
      (dict(max_length=2), "max_length must be >= 3"),
+     (dict(seed=2**63), r"seed must be a whole number below 2\*\*63"),
+     (dict(seed=1.5), "seed must be a whole number"),
      (dict(cpu_offload=True, strategy="ddp"), "cpu_offload applies to strategy fsdp only"),
      (dict(tp_size=2), "tp_size applies to strategy tp only"),
      (dict(microbatches=8, strategy="fsdp"), "microbatches applies to strategy pp only"),

@@ -148,6 +148,9 @@ def test_predict_reads_lines_as_the_loaders_do_and_keeps_output_aligned(tmp_path
     assert labels_and_probs(["--file", str(f), "--encoding", "utf-16"]) == cafe
     utf16 = f.read_bytes()
     assert labels_and_probs(["--encoding", "utf-16"], input=utf16) == cafe
+    # its byte-order mark says UTF-16 (Notepad's "Unicode"), so no --encoding is needed
+    assert labels_and_probs(["--file", str(f)]) == cafe
+    assert labels_and_probs([], input="x\n".encode("utf-32")) == labels_and_probs(["x"])
     f.write_bytes(utf16 + b"\x00\xd8")  # line 3: a lone surrogate
     r = runner.invoke(app, ["predict", str(out), "--file", str(f), "--encoding", "utf-16"])
     assert r.exit_code == 2 and "in.txt:3: not valid utf-16" in r.output
@@ -192,8 +195,9 @@ def test_eval_reads_other_encodings_and_reports_skipped_rows(tmp_path, data_file
     r = runner.invoke(app, ["eval", str(out), "--data", str(f), "--json", "--encoding", "cp1252",
                             "--on-bad", "skip"])  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout)["n"] == len(rows) - 2  # header and the empty text
-    assert "skipped 1" in r.stderr
+    got = json.loads(r.stdout)
+    assert got["n"] == len(rows) - 2  # header and the empty text
+    assert "skipped 1" in r.stderr and got["skipped"] == {"empty text": 1}  # for scripts too
 
 
 def test_ngram_bag_model_trains_saves_and_reloads_through_the_cli(tmp_path, data_files):

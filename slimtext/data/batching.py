@@ -90,7 +90,10 @@ def bucketed_batches(
     and every rank runs the same number of steps. (A final global batch with fewer rows than
     ranks repeats rows so that no rank is left without data.)
     """
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    mixed = seed * 1_000_003 + epoch
+    if not -(2**63) <= mixed < 2**64:  # torch's seed range; the usual seeds never leave it
+        mixed %= 2**64
+    g = torch.Generator().manual_seed(mixed)
     perm = torch.randperm(len(lengths), generator=g).tolist()
     size = batch_size * world_size
     chunk = size * bucket_batches

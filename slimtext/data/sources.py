@@ -89,7 +89,7 @@ class _Collector:
         self.missing_labels: list[str] = []  # only when labels are optional
         self.notes: list[str] = []
         # {label: (its spelling as written, where)} for labels that "1.0" -> "1" could merge
-        self.spelled: dict[str, tuple[str, str]] = {}
+        self.spelled: dict[str, tuple[str, str, str]] = {}
 
     def skip(self, reason: str, n: int = 1) -> None:
         """Count something that is not a row (a blank line, a hidden file)."""
@@ -145,19 +145,25 @@ class _Collector:
 
     def _check_spelling(self, raw: str | int | float, label: str, origin: str) -> None:
         """ "7.0" is read as the class 7 (pandas writes an integer column with gaps so), but a
-        file that also has "7" would have two classes merged without a word: refused."""
-        if not (label[-1:].isdigit() and label.lstrip("-").isdigit()):
+        file that also has "7" would have two classes merged without a word: refused. So is
+        "07" beside "7": two classes, where pandas or a spreadsheet would read one number."""
+        if not (label.isascii() and label[-1:].isdigit() and label.lstrip("-").isdigit()):
             return  # only whole numbers are merged across spellings
         # a float as JSON wrote it (7.0), an int as itself (7)
         if isinstance(raw, str):
             written = unicodedata.normalize("NFC", raw.strip())
         else:
             written = repr(float(raw)) if isinstance(raw, float) else str(int(raw))
-        first = self.spelled.setdefault(label, (written, origin))
+        first = self.spelled.setdefault(str(int(label)), (written, origin, label))
         if first[0] != written:
+            what = (
+                f"would be one class {label!r}"
+                if first[2] == label
+                else "are one number, read as two classes"
+            )
             raise DataError(
-                f"{origin}: label {written!r} and label {first[0]!r} (at {first[1]}) would be "
-                f"one class {label!r}: give each class one spelling"
+                f"{origin}: label {written!r} and label {first[0]!r} (at {first[1]}) {what}: "
+                "give each class one spelling"
             )
 
     def finish(self) -> TextDataset:
@@ -284,7 +290,7 @@ def _decode_error_message(raw: bytes, e: UnicodeDecodeError) -> str:
         f"bytes {raw[e.start : e.end]!r} at column {col} are not valid "
         f"{e.encoding} ({e.reason}); pass --encoding-errors replace "
         "(encoding_errors='replace') to substitute U+FFFD, or --encoding with the file's "
-        "real encoding (e.g. cp1252)"
+        "real encoding (e.g. cp1252, utf-16)"
     )
 
 
@@ -318,6 +324,7 @@ class _Lines:
     def __init__(self, path: Path, opts: _Options) -> None:
         self.path = path
         self.opts = opts
+        self.encoding = opts.encoding  # or what a UTF-16/32 byte-order mark says
         self.bad_lines: dict[int, str] = {}
         self.replaced = 0  # lines that needed replacement characters
 
@@ -326,7 +333,10 @@ class _Lines:
         try:
             opener = gzip.open if path.suffix.lower() == ".gz" else open
             with opener(path, "rb") as f:
-                if _is_wide(opts.codec):
+                wide = _wide_bom(f.peek(4)[:4]) if opts.codec.name == "utf-8" else None
+                if wide:  # Excel's "Unicode text": its BOM says UTF-16, unmistakably
+                    self.encoding = wide
+                if wide or _is_wide(opts.codec):
                     yield from self._wide(f.read())
                     return
                 for lineno, raw in enumerate(f, start=1):
@@ -338,25 +348,25 @@ class _Lines:
 
     def _decode(self, lineno: int, raw: bytes) -> str:
         try:
-            return raw.decode(self.opts.encoding)
+            return raw.decode(self.encoding)
         except UnicodeDecodeError as e:
             if self.opts.errors == "strict":
                 message = f"{self.path}:{lineno}: {_decode_error_message(raw, e)}"
                 if self.opts.on_bad == "raise":
                     raise DataError(message) from None
                 self.bad_lines[lineno] = message
-                return raw.decode(self.opts.encoding, "replace")
+                return raw.decode(self.encoding, "replace")
             self.replaced += 1
-            return raw.decode(self.opts.encoding, self.opts.errors)
+            return raw.decode(self.encoding, self.opts.errors)
 
     def _wide(self, data: bytes) -> Iterator[str]:
         try:
-            text = data.decode(self.opts.encoding)
+            text = data.decode(self.encoding)
         except UnicodeDecodeError as e:
             if self.opts.errors == "strict":
                 starts = [e.start]
                 if self.opts.on_bad == "skip":  # every bad spot, to skip the records holding them
-                    starts = _undecodable_starts(data, self.opts.encoding)
+                    starts = _undecodable_starts(data, self.encoding)
                 for start in starts:
                     lineno = data[:start].decode(e.encoding, "replace").count("\n") + 1
                     message = (
@@ -366,9 +376,9 @@ class _Lines:
                     if self.opts.on_bad == "raise":
                         raise DataError(message) from None
                     self.bad_lines.setdefault(lineno, message)
-                text = data.decode(self.opts.encoding, "replace")
+                text = data.decode(self.encoding, "replace")
             else:
-                text = data.decode(self.opts.encoding, self.opts.errors)
+                text = data.decode(self.encoding, self.opts.errors)
                 self.replaced = sum("\ufffd" in line for line in text.split("\n"))
         # utf-16-le/-be (unlike utf-16) keep a byte-order mark as a character: it was read
         # into the first column's name, which then was "not found"
@@ -382,12 +392,25 @@ class _Lines:
             yield lines[-1]
 
     def note(self) -> list[str]:
-        if not self.replaced:
-            return []
-        return [
-            f"{self.replaced} line(s) of {self.path} had bytes that are not valid "
-            f"{self.opts.encoding} (encoding_errors={self.opts.errors!r})"
-        ]
+        notes = []
+        if self.encoding != self.opts.encoding:
+            notes.append(f"{self.path}: read as {self.encoding.upper()} (its byte-order mark)")
+        if self.replaced:
+            notes.append(
+                f"{self.replaced} line(s) of {self.path} had bytes that are not valid "
+                f"{self.encoding} (encoding_errors={self.opts.errors!r})"
+            )
+        return notes
+
+
+def _wide_bom(head: bytes) -> str | None:
+    """ "utf-32" or "utf-16" when `head`, a file's first bytes, is that byte-order mark (never
+    valid UTF-8, so reading such a file as UTF-8 could only fail), else None."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE 00 00
+        return "utf-32"
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return "utf-16"
+    return None
 
 
 # ---------------------------------------------------------------- file formats
@@ -468,13 +491,31 @@ def _note_joined_lines(collector: _Collector, where: str, start: int, end: int) 
         )
 
 
+def _header_delimiter(path: Path, opts: _Options) -> str | None:
+    """ ";" or tab when a .csv file's header row has no comma but those: Excel writes ";" where
+    the comma is the decimal mark, and a header "text;label" read with commas is one column."""
+    sniff = copy.copy(opts)
+    sniff.errors, sniff.on_bad = "replace", "skip"
+    for line in _Lines(path, sniff):
+        if line.strip():
+            if "," in line:
+                return None
+            counts = {d: line.count(d) for d in (";", "\t") if d in line}
+            return max(counts, key=counts.get) if counts else None
+    return None
+
+
 def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
     lines = _Lines(path, opts)
+    sniffed = _header_delimiter(path, opts) if delimiter == "," else None
+    delimiter = sniffed or delimiter
     # TSV follows the IANA definition (no quoting) unless the file shows CSV quoting: a text
     # starting with a quote ('"Great" film') must not swallow the following lines as one
     # quoted field, and pandas' quotes must not stay in the texts ('"He said ""hi"""').
-    quoted_tsv = delimiter == "\t" and _tsv_is_quoted(path, opts)
-    quoting = csv.QUOTE_NONE if delimiter == "\t" and not quoted_tsv else csv.QUOTE_MINIMAL
+    # (a .csv file's tabs: CSV quoting, as the file's name says)
+    quoted_tsv = delimiter == "\t" and not sniffed and _tsv_is_quoted(path, opts)
+    plain_tsv = delimiter == "\t" and not quoted_tsv and not sniffed
+    quoting = csv.QUOTE_NONE if plain_tsv else csv.QUOTE_MINIMAL
     # strict: the lenient default reads an unclosed quote as a field that runs to the next
     # quote or to the end of the file, silently merging the rows in between into one.
     reader = csv.reader(iter(lines), delimiter=delimiter, quoting=quoting, strict=True)
@@ -511,7 +552,8 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
                 _note_joined_lines(collector, where, start, prev_line)
                 continue
             start, prev_line = prev_line + 1, reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):  # "   " is a blank line too
+            # "   " is a blank line too, and so is ",,": a spreadsheet's empty row
+            if all(not f.strip() for f in row):
                 blank += 1
                 continue
             if collector is None:
@@ -554,6 +596,9 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
     if blank:
         collector.skip("blank line", blank)
     collector.notes.extend(lines.note())
+    if sniffed:
+        name = "semicolon" if sniffed == ";" else "tab"
+        collector.notes.append(f"{path}: read as {name}-separated (its header has no comma)")
     if quoted_tsv:
         collector.notes.append(
             f"{path}: read with CSV quoting (fields in double quotes, as pandas and Python's csv "
@@ -805,10 +850,12 @@ def _decode_file(raw: bytes, opts: _Options, fallback: str | None) -> tuple[str,
 
     For "bad" the text is the error detail instead.
     """
+    # Notepad's "Unicode" is UTF-16 with its byte-order mark: read as such, as the line readers
+    encoding = (_wide_bom(raw[:4]) if opts.codec.name == "utf-8" else None) or opts.encoding
     try:
         # A byte-order mark (Notepad writes one) is not part of the text; the line readers
         # drop it too.
-        return raw.decode(opts.encoding).removeprefix("\ufeff"), "ok", None
+        return raw.decode(encoding).removeprefix("\ufeff"), "ok", None
     except UnicodeDecodeError as e:
         if fallback is not None:
             try:
@@ -816,7 +863,7 @@ def _decode_file(raw: bytes, opts: _Options, fallback: str | None) -> tuple[str,
             except UnicodeDecodeError:
                 pass
         if opts.errors != "strict":
-            text = raw.decode(opts.encoding, opts.errors).removeprefix("\ufeff")
+            text = raw.decode(encoding, opts.errors).removeprefix("\ufeff")
             return text, "replaced", None
         # Re-base the error on its line, so the message gives a line and column, not a
         # byte offset into the file.

@@ -125,6 +125,10 @@ class TrainConfig:
             raise ValueError(
                 f"max_length must be >= 3 ([CLS], [SEP] and a text token), got {self.max_length}"
             )
+        # torch seeds are 64-bit: a larger one failed after the tokenizer was learned, with an
+        # "Overflow when unpacking long long" that did not name the seed
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or abs(self.seed) >= 2**63:
+            raise ValueError(f"seed must be a whole number below 2**63, got {self.seed!r}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if not 0.0 < self.layer_lr_decay <= 1.0:
@@ -441,8 +445,8 @@ def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
-        # The peak is warm-up's last step; decay starts on the next (it ran two steps at the
-        # peak) and, like warm-up's (step + 1), never spends a step at lr 0.
+        # The peak is warm-up's last step; decay starts on the next (one step at the peak, where
+        # it once ran two) and, like warm-up's (step + 1), never spends a step at lr 0.
         progress = (step - warmup_steps + 1) / max(1, total_steps - warmup_steps + 1)
         progress = min(1.0, progress)
         if schedule == "cosine":

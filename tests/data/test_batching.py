@@ -56,3 +56,13 @@ def test_length_sorted_batches_cover_all_rows_longest_first():
     lengths = [3, 9, 1, 7, 5]
     batches = length_sorted_batches(lengths, 2)
     assert batches == [[1, 3], [4, 0], [2]]
+
+
+def test_a_large_seed_orders_batches_without_overflowing_torchs_seed():
+    # seed * 1_000_003 left torch's 64-bit range: "Overflow when unpacking long long"
+    lengths = list(range(1, 41))
+    for seed in (2**62, -(2**62), 20_000_000_000_000):
+        a = bucketed_batches(lengths, 4, seed, 0)
+        assert sorted(i for b in a for i in b) == list(range(40))
+        assert a == bucketed_batches(lengths, 4, seed, 0)  # still a function of (seed, epoch)
+    assert bucketed_batches(lengths, 4, 7, 0) != bucketed_batches(lengths, 4, 7, 1)

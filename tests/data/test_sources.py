@@ -380,6 +380,43 @@ def test_encoding_errors_is_strict_or_replace_only(write, handler):
         load_data(path, encoding_errors=handler)
 
 
+def test_a_utf16_or_utf32_byte_order_mark_is_read_as_that_encoding(write):
+    # Excel's "Unicode text" and Notepad's "Unicode" are UTF-16 with a BOM, never valid UTF-8:
+    # read as what the mark says (the error used to suggest cp1252, then "old Mac line ends")
+    rows = "text,label\r\ncaf\u00e9 ok,a\r\nbye now,b\r\n"
+    for enc in ("utf-16", "utf-16-be", "utf-32"):
+        bom = "\ufeff" if enc.endswith("-be") else ""  # utf-16 and utf-32 write their own
+        path = write(f"d-{enc}.csv", (bom + rows).encode(enc))
+        ds = load_data(path)
+        assert (ds.texts, ds.labels) == (["caf\u00e9 ok", "bye now"], ["a", "b"])
+        assert any("its byte-order mark" in n for n in ds.notes), ds.notes
+    path = write("d.jsonl", '{"text": "hi", "label": "a"}\n'.encode("utf-16"))
+    assert load_data(path).texts == ["hi"]
+    write("cls/a/1.txt", "caf\u00e9 ok".encode("utf-16"))
+    write("cls/b/1.txt", "plain")
+    assert sorted(load_data(path.parent / "cls").texts) == [
+        "caf\u00e9 ok",
+        "plain",
+    ]
+    # an encoding the user named is used as named
+    with pytest.raises(DataError, match="not valid"):
+        load_data(write("e.csv", rows.encode("utf-16")), encoding="ascii")
+
+
+def test_a_semicolon_csv_and_spreadsheet_blank_rows(write):
+    # Excel where the comma is the decimal mark writes ";"; its empty rows are ",," or ";;"
+    path = write("s.csv", 'text;label\r\n"hello; there";a\r\nbye, now;b\r\n;\r\n;;\r\n')
+    ds = load_data(path)
+    assert (ds.texts, ds.labels) == (["hello; there", "bye, now"], ["a", "b"])
+    assert ds.skipped == {"blank line": 2} and any("semicolon-separated" in n for n in ds.notes)
+    path = write("c.csv", "text,label\nhello,a\n,,\n , \nbye,b\n")
+    ds = load_data(path)
+    assert ds.texts == ["hello", "bye"] and ds.skipped == {"blank line": 2}
+    # a header with a comma keeps the comma, whatever else the rows hold
+    ds = load_data(write("k.csv", "text,label\nfine;ok,a\n"))
+    assert ds.texts == ["fine;ok"] and not any("separated" in n for n in ds.notes)
+
+
 def test_explicit_encoding_decodes_cp1252(write):
     ds = load_data(write("d.csv", b"text,label\n\xa3100,a\n"), encoding="cp1252")
     assert ds.texts == ["\u00a3100"]
@@ -785,6 +822,10 @@ def test_two_spellings_of_one_whole_number_label_are_refused_not_merged(write):
         mixed = write("m.jsonl", f'{{"text": "a", "label": {a}}}\n{{"text": "b", "label": {b}}}\n')
         with pytest.raises(DataError, match="would be one class '7'"):
             load_data(mixed)
+    # "07" beside "7": one number to pandas or a spreadsheet, two classes here; refused
+    lead = write("z.csv", "text,label\na,7\nb,x\nc,07\n")
+    with pytest.raises(DataError, match=r"z\.csv:4: label '07' and label '7' .*are one number"):
+        load_data(lead)
     floats = write("f.jsonl", '{"text": "a", "label": 7.0}\n{"text": "b", "label": 8.0}\n')
     assert load_data(floats).labels == ["7", "8"]  # a float column of whole numbers
 
