@@ -464,6 +464,27 @@ def _run_checkpoints(out: Path, checkpoint_every: int, resume: bool, say) -> Pat
     return folder
 
 
+@contextlib.contextmanager
+def _resume_hint(ckpt: Path | None, say):
+    """On Ctrl-C or SIGTERM, one line on what the stopped run left: the checkpoint --resume
+    continues from, or that nothing was kept."""
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as e:
+        if isinstance(e, KeyboardInterrupt) or e.code == 128 + signal.SIGTERM:
+            from .train.checkpoint import list_checkpoints
+
+            kept = list_checkpoints(ckpt) if ckpt is not None else []
+            say(
+                f"note: checkpoints kept in {ckpt} (newest {kept[-1].name}): the same command "
+                "with --resume continues from there"
+                if kept
+                else "note: nothing of this run was kept (--checkpoint-every N keeps one "
+                "every N steps, for --resume)"
+            )
+        raise
+
+
 def _one_of(value: str, choices: tuple[str, ...]) -> str:
     """An option's value, lower-cased, if it is one of `choices`; a usage error otherwise."""
     if value.lower() not in choices:
@@ -598,7 +619,7 @@ def _train(
     from .train.checkpoint import clear_finished, exclusive, mark_finished
     from .train.distributed import barrier
 
-    with exclusive(ckpt, ctx), tempfile.TemporaryDirectory() as tmp:
+    with _resume_hint(ckpt, say), exclusive(ckpt, ctx), tempfile.TemporaryDirectory() as tmp:
         if ctx.is_main:
             clear_finished(ckpt, say)
         barrier(ctx)  # the other ranks look for checkpoints only once they are cleared
@@ -749,7 +770,7 @@ def pretrain(
         from .train.checkpoint import clear_finished, exclusive, mark_finished
         from .train.distributed import barrier
 
-        with exclusive(ckpt, ctx):
+        with _resume_hint(ckpt, say), exclusive(ckpt, ctx):
             if ctx.is_main:
                 clear_finished(ckpt, lambda msg: typer.echo(msg, err=True))
             barrier(ctx)
@@ -1369,8 +1390,15 @@ def main() -> None:
 
     # (torchrun's variables, read here: importing train.distributed would import torch, a
     # second of every `slimtext --help`)
+    def interrupted(*_) -> None:
+        # said, where it only exited 130 (after a blank line) with nothing on what was kept
+        typer.echo("\nerror: interrupted (Ctrl-C)", err=True)
+        raise KeyboardInterrupt
+
     if not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
         signal.signal(signal.SIGTERM, stop)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored (&)
+            signal.signal(signal.SIGINT, interrupted)
 
     # One line per warning, as the errors are: the Python source line a warning names means
     # nothing to someone at the command line.

@@ -436,8 +436,13 @@ def test_a_finished_runs_checkpoints_give_way_and_a_second_run_on_them_is_refuse
     assert r.exit_code != 0 and "in use by another run" in r.output, r.output
 
 
-def test_sigterm_stops_a_run_like_ctrl_c_with_one_line(tmp_path, data_files):
-    # SIGTERM (a scheduler's stop) killed the process at once, skipping every clean-up.
+@pytest.mark.parametrize(
+    ("sig", "code", "said"),
+    [(signal.SIGTERM, 143, "stopped by SIGTERM"), (signal.SIGINT, 130, "interrupted (Ctrl-C)")],
+)
+def test_sigterm_stops_a_run_like_ctrl_c_with_one_line(tmp_path, data_files, sig, code, said):
+    # SIGTERM (a scheduler's stop) killed the process at once, skipping every clean-up; Ctrl-C
+    # exited 130 with a blank line. Both now say so, and what --resume would continue from.
     train, _ = data_files
     out = tmp_path / "m"
     cmd = [sys.executable, "-m", "slimtext", "train", "--out", str(out), "--data", str(train),
@@ -446,9 +451,10 @@ def test_sigterm_stops_a_run_like_ctrl_c_with_one_line(tmp_path, data_files):
     ckpts, deadline = tmp_path / "m.checkpoints", time.time() + 120
     while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("step-*")):
         time.sleep(0.01)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     err = proc.communicate(timeout=60)[1]
-    assert proc.returncode == 143 and "stopped by SIGTERM" in err and "Traceback" not in err, err
+    assert proc.returncode == code and said in err and "Traceback" not in err, err
+    assert re.search(r"checkpoints kept in .*m\.checkpoints \(newest step-\d+\).*--resume", err)
     assert not (out / "model.safetensors").exists()
     assert not list(tmp_path.glob(".m.tmp-*"))
 
