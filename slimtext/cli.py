@@ -136,6 +136,11 @@ ConfigOpt = Annotated[
 
 # Where a saved model predicts (eval, predict, serve); training's default is auto instead.
 DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:N")]
+# eval and predict: torch's intra-op threads, which ONNX Runtime's session takes too
+InferThreadsOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="CPU threads for the model (default: torch's, all cores)."),
+]
 
 # The data-reading options, the same on every command that reads labelled or unlabelled text.
 TextColOpt = Annotated[list[str] | None, typer.Option(help="Text column; repeat to join several.")]
@@ -827,10 +832,12 @@ def eval_(
     ] = "torch",
     batch_size: int = 64,
     device: DeviceOpt = "cpu",
+    threads: InferThreadsOpt = None,
     progress: Annotated[bool, typer.Option(help="A progress bar on stderr (long data).")] = True,
     config: ConfigOpt = None,
 ) -> None:
     """Evaluate a model directory on labelled data."""
+    _set_threads(threads)
     try:
         from .api import TextClassifier, as_dataset
         from .metrics import format_report
@@ -864,6 +871,7 @@ def predict(
         int | None,
         typer.Option(help="Only the K most likely labels in probs, best first (all by default)."),
     ] = None,
+    threads: InferThreadsOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """Print one JSON line per text: {"label": ..., "probs": {label: p}}. Reads stdin when no
@@ -878,6 +886,7 @@ def predict(
         codecs.lookup(encoding)
     except LookupError:
         _fail(ValueError(f"--encoding {encoding!r}: unknown encoding"))
+    _set_threads(threads)
     try:
         from .infer import load
 
@@ -901,6 +910,13 @@ def predict(
         raise _pipe_closed() from None
     except (OSError, ValueError) as e:
         _fail(e if isinstance(e, ValueError) else ValueError(f"{file}: {e}"))
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is not None:  # before the model loads: an ONNX Runtime session takes the count
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _text_lines(f, name: str, encoding: str = "utf-8"):

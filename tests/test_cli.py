@@ -160,6 +160,18 @@ def test_predict_reads_lines_as_the_loaders_do_and_keeps_output_aligned(tmp_path
     assert r.exit_code == 2 and "unknown encoding" in r.output
 
 
+def test_eval_and_predict_take_threads_as_train_does(tiny_model_dir, data_files, monkeypatch):
+    _, test = data_files
+    seen = []
+    monkeypatch.setattr(torch, "set_num_threads", seen.append)  # process-wide: not really set
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", str(test), "--threads", "1"])
+    p = runner.invoke(app, ["predict", str(tiny_model_dir), "goal", "--threads", "3"])
+    assert r.exit_code == 0 and p.exit_code == 0, r.output + p.output
+    assert seen == [1, 3]
+    r = runner.invoke(app, ["predict", str(tiny_model_dir), "goal", "--threads", "0"])
+    assert r.exit_code == 2 and "--threads" in r.output
+
+
 def test_eval_and_predict_run_on_the_device_asked_for(tiny_model_dir, data_files):
     _, test = data_files
     cpu = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", str(test), "--json"])
