@@ -762,9 +762,12 @@ def pretrain(
     try:
         from .artifact import check_save_target
         from .data import load_data
+        from .pretrain import check_options
         from .pretrain import pretrain as run_pretrain
 
         check_save_target(out)  # fail now rather than after pretraining
+        # and bad options (--threads 0, --batch-size 0) before the corpus is read
+        check_options(tokenizer=tokenizer, vocab_size=vocab_size, mask_prob=mask_prob, **params)
         say = (lambda msg: typer.echo(msg, err=True)) if ctx.is_main else (lambda msg: None)
         ckpt = _run_checkpoints(out, checkpoint_every, resume, say)
         t0 = time.perf_counter()

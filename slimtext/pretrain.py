@@ -288,14 +288,15 @@ def pretrain(
     from safetensors.torch import save_file
     from tokenizers import Tokenizer
 
-    from .api import TextClassifier
     from .artifact import save_model_dir
     from .data import DataError, TextDataset, load_data
     from .data.dataset import check_texts
     from .train.distributed import broadcast_object, check_same_config, full_state_dict
 
-    if not 0.0 < mask_prob < 1.0:
-        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+    # options first: a bad --threads or --batch-size must not wait for a corpus to be read
+    clf = _classifier(tokenizer, vocab_size, mask_prob, progress if messages is None else messages,
+                      params)  # fmt: skip
+    cfg = clf.train_config()
     if isinstance(data, TextDataset):  # e.g. load_data(path, encoding=..., on_bad="skip")
         texts = list(data.texts)
     elif isinstance(data, (str, os.PathLike)):
@@ -309,19 +310,6 @@ def pretrain(
         )
     if not texts:
         raise DataError(f"{data}: no texts to pretrain on")
-    if "init" in params:  # TextClassifier would take it and fine-tuning code would ignore it
-        raise TypeError("pretrain() has no init=: it pretrains a new encoder from random weights")
-    if "model" in params:  # was "got multiple values for argument 'model'"
-        raise TypeError("pretrain() has no model=: masked-LM pretraining is for the transformer")
-    params.setdefault("pooling", "cls")
-    # A long document is read whole, in max_length windows: truncating it would never show the
-    # encoder most of a corpus of long texts (58% of the tokens of IMDB reviews at 128).
-    params.setdefault("long_text", "chunks")
-    # TextClassifier owns the parameter split, validation and the resumable tokenizer.
-    clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
-                         verbose=progress if messages is None else messages,
-                         **params)  # fmt: skip
-    cfg = clf.train_config()
     check_fresh_start(checkpoint_dir, resume)  # on every rank, before a process group exists
     # The device and strategy asked for (CUDA, or a clear error), or torchrun's process group.
     ctx = dist or init_distributed(cfg.strategy, cfg.device)
@@ -400,6 +388,34 @@ def pretrain(
 
 
 # ---------------------------------------------------------------- starting from an encoder
+
+
+def _classifier(tokenizer: str, vocab_size: int, mask_prob: float, verbose: bool, params: dict):
+    """The `TextClassifier` whose parameter split, validation and resumable tokenizer pretrain
+    uses; bad options fail here, before any text is read."""
+    from .api import TextClassifier
+
+    if not 0.0 < mask_prob < 1.0:
+        raise ValueError(f"mask_prob must be in (0, 1), got {mask_prob}")
+    if "init" in params:  # TextClassifier would take it and fine-tuning code would ignore it
+        raise TypeError("pretrain() has no init=: it pretrains a new encoder from random weights")
+    if "model" in params:  # was "got multiple values for argument 'model'"
+        raise TypeError("pretrain() has no model=: masked-LM pretraining is for the transformer")
+    params = dict(params)
+    params.setdefault("pooling", "cls")
+    # A long document is read whole, in max_length windows: truncating it would never show the
+    # encoder most of a corpus of long texts (58% of the tokens of IMDB reviews at 128).
+    params.setdefault("long_text", "chunks")
+    clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
+                         verbose=verbose, **params)  # fmt: skip
+    clf.train_config()  # validates
+    return clf
+
+
+def check_options(*, tokenizer: str = "bpe", vocab_size: int = 16000, mask_prob: float = 0.15,
+                  **params) -> None:  # fmt: skip
+    """What `pretrain` would refuse in its options, refused without reading any data."""
+    _classifier(tokenizer, vocab_size, mask_prob, False, params)
 
 
 def check_init(spec: str | os.PathLike) -> None:

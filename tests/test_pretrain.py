@@ -493,3 +493,17 @@ def test_a_diverged_pretraining_saves_nothing(tmp_path):
         pretrain(corpus(48), tmp_path / "enc", tokenizer="wordpiece", vocab_size=120,
                  max_steps=20, lr=1e6, progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
     assert not (tmp_path / "enc").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "why"),
+    [("--threads", "threads must be >= 1"), ("--batch-size", "batch_size must be >= 1")],
+)
+def test_bad_pretrain_options_are_refused_before_the_corpus_is_read(tmp_path, flag, why):
+    # they were checked only after the whole corpus had been read (a minute of a large one)
+    never = tmp_path / "never-read.jsonl"  # does not exist: the options must fail first
+    r = CliRunner().invoke(app, ["pretrain", "--data", str(never), "--out", str(tmp_path / "e"),
+                                 flag, "0"])  # fmt: skip
+    assert r.exit_code == 2 and why in r.output and "not found" not in r.output, r.output
+    with pytest.raises(ValueError, match=why):
+        pretrain(never, tmp_path / "e", **{flag[2:].replace("-", "_"): 0})
