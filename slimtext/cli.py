@@ -121,6 +121,16 @@ def _home(value):
     return value
 
 
+def _lower(value: str | None) -> str | None:
+    """A fixed-choice option's value in lower case: `--precision BF16` as `bf16`."""
+    return value.lower() if isinstance(value, str) else value
+
+
+def _tokenizer_kind(value: str) -> str:
+    """`--tokenizer`: BPE / WordPiece in any case; a path as it is."""
+    return value.lower() if value.lower() in ("bpe", "wordpiece") else value
+
+
 ConfigOpt = Annotated[
     list[Path] | None,
     typer.Option(
@@ -135,7 +145,7 @@ ConfigOpt = Annotated[
 
 
 # Where a saved model predicts (eval, predict, serve); training's default is auto instead.
-DeviceOpt = Annotated[str, typer.Option(help="cpu | cuda | cuda:N")]
+DeviceOpt = Annotated[str, typer.Option(callback=_lower, help="cpu | cuda | cuda:N")]
 # eval and predict: torch's intra-op threads, which ONNX Runtime's session takes too
 InferThreadsOpt = Annotated[
     int | None,
@@ -147,9 +157,9 @@ TextColOpt = Annotated[list[str] | None, typer.Option(help="Text column; repeat 
 EncodingOpt = Annotated[
     str, typer.Option(help="Text encoding of the data files (e.g. cp1252, utf-16).")
 ]
-EncodingErrorsOpt = Annotated[str, typer.Option(help="strict | replace")]
+EncodingErrorsOpt = Annotated[str, typer.Option(callback=_lower, help="strict | replace")]
 OnBadOpt = Annotated[
-    str, typer.Option(help="raise | skip (skipped rows are counted and reported).")
+    str, typer.Option(callback=_lower, help="raise | skip (skipped rows are counted and reported).")
 ]
 
 
@@ -214,7 +224,9 @@ def train(
         str | None, typer.Option(help="Validation data; default: a stratified share of --data.")
     ] = None,
     test: Annotated[str | None, typer.Option(help="Test data, evaluated once at the end.")] = None,
-    model: Annotated[str, typer.Option(help="transformer | attention")] = "transformer",
+    model: Annotated[
+        str, typer.Option(callback=_lower, help="transformer | attention")
+    ] = "transformer",
     epochs: int = 3,
     max_steps: Annotated[
         int | None, typer.Option(help="Optimizer steps; overrides --epochs.")
@@ -230,12 +242,13 @@ def train(
     long_text: Annotated[
         str,
         typer.Option(
+            callback=_lower,
             help="Texts longer than --max-length: truncate (keep the start) | head-tail (start "
-            "and end) | chunks (every part, as overlapping windows whose logits are averaged)."
+            "and end) | chunks (every part, as overlapping windows whose logits are averaged).",
         ),
     ] = "truncate",
     precision: Annotated[
-        str, typer.Option(help="auto | fp32 | bf16 | fp16 (fp16: CUDA only).")
+        str, typer.Option(callback=_lower, help="auto | fp32 | bf16 | fp16 (fp16: CUDA only).")
     ] = "auto",
     seed: int = 0,
     resume: Annotated[
@@ -245,7 +258,7 @@ def train(
         float | None, typer.Option(help="Peak learning rate (default depends on --model).")
     ] = None,
     schedule: Annotated[
-        str, typer.Option(help="linear | cosine | constant decay after warm-up.")
+        str, typer.Option(callback=_lower, help="linear | cosine | constant decay after warm-up.")
     ] = "linear",
     warmup: Annotated[
         float, typer.Option(help="Warm-up: fraction of steps if < 1, else steps.")
@@ -258,7 +271,9 @@ def train(
     num_heads: int | None = None,
     ffn_size: int | None = None,
     dropout: float | None = None,
-    pooling: Annotated[str | None, typer.Option(help="cls | mean (transformer).")] = None,
+    pooling: Annotated[
+        str | None, typer.Option(callback=_lower, help="cls | mean (transformer).")
+    ] = None,
     ngram_buckets: Annotated[
         int | None,
         typer.Option(
@@ -271,16 +286,18 @@ def train(
     embeddings: Annotated[
         str | None,
         typer.Option(
+            callback=_lower,
             help="bert (token + position, LayerNorm) | bag (attention: summed token and n-gram "
-            "embeddings, fastText-style)."
+            "embeddings, fastText-style).",
         ),
     ] = None,
     vocab_size: int = 16000,
     tokenizer: Annotated[
         str,
         typer.Option(
+            callback=_tokenizer_kind,
             help="bpe | wordpiece (trained on --data; wordpiece's vocabulary may differ from run "
-            "to run), or a tokenizer.json / HF tokenizer folder."
+            "to run), or a tokenizer.json / HF tokenizer folder.",
         ),
     ] = "bpe",
     text_col: TextColOpt = None,
@@ -307,7 +324,9 @@ def train(
     gradient_checkpointing: Annotated[
         bool, typer.Option(help="Recompute activations in backward to save memory.")
     ] = False,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: Annotated[
+        str, typer.Option(callback=_lower, help="auto | cpu | cuda | cuda:N")
+    ] = "auto",
     threads: int | None = None,
     strategy: Annotated[
         str,
@@ -325,7 +344,7 @@ def train(
         typer.Option(help="tp: ranks per tensor-parallel group (default: all); the rest is dp."),
     ] = None,
     microbatches: Annotated[int, typer.Option(help="pp: micro-batches per batch.")] = 4,
-    pp_schedule: Annotated[str, typer.Option(help="pp: gpipe | 1f1b")] = "1f1b",
+    pp_schedule: Annotated[str, typer.Option(callback=_lower, help="pp: gpipe | 1f1b")] = "1f1b",
     init: Annotated[
         str | None,
         typer.Option(
@@ -337,7 +356,8 @@ def train(
         float, typer.Option(help="Layer-wise LR decay: lr x D^(depth from the top); 1 = off.")
     ] = 1.0,
     freeze: Annotated[
-        str | None, typer.Option(help="embeddings | embeddings+N (and the first N blocks).")
+        str | None,
+        typer.Option(callback=_lower, help="embeddings | embeddings+N (and the first N blocks)."),
     ] = None,
     sparse_embeddings: Annotated[
         bool,
@@ -703,23 +723,32 @@ def pretrain(
     long_text: Annotated[
         str,
         typer.Option(
+            callback=_lower,
             help="Documents longer than --max-length: chunks (read whole, as several windows) | "
-            "truncate (their start only) | head-tail."
+            "truncate (their start only) | head-tail.",
         ),
     ] = "chunks",
     batch_size: int = 32,
     lr: float = 5e-4,
-    schedule: Annotated[str, typer.Option(help="linear | cosine | constant")] = "linear",
+    schedule: Annotated[
+        str, typer.Option(callback=_lower, help="linear | cosine | constant")
+    ] = "linear",
     warmup: Annotated[
         float, typer.Option(help="Warm-up: fraction of steps if < 1, else steps.")
     ] = 0.06,
     weight_decay: float = 0.01,
     grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    precision: Annotated[str, typer.Option(help="auto | fp32 | bf16 | fp16")] = "auto",
+    precision: Annotated[
+        str, typer.Option(callback=_lower, help="auto | fp32 | bf16 | fp16")
+    ] = "auto",
     seed: int = 0,
     vocab_size: int = 16000,
     tokenizer: Annotated[
-        str, typer.Option(help="bpe | wordpiece (trained on --data), or a tokenizer file/folder.")
+        str,
+        typer.Option(
+            callback=_tokenizer_kind,
+            help="bpe | wordpiece (trained on --data), or a tokenizer file/folder.",
+        ),
     ] = "bpe",
     hidden_size: int | None = None,
     num_layers: int | None = None,
@@ -736,7 +765,9 @@ def pretrain(
     checkpoint_every: Annotated[
         int, typer.Option(help="Checkpoint every N steps (and each epoch); 0 = off.")
     ] = 0,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    device: Annotated[
+        str, typer.Option(callback=_lower, help="auto | cpu | cuda | cuda:N")
+    ] = "auto",
     threads: int | None = None,
     strategy: Annotated[
         str, typer.Option(help="auto | single | ddp | fsdp (several processes: torchrun/--nproc).")
@@ -831,7 +862,10 @@ def eval_(
     encoding_errors: EncodingErrorsOpt = "strict",
     on_bad: OnBadOpt = "raise",
     backend: Annotated[
-        str, typer.Option(help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto")
+        str,
+        typer.Option(
+            callback=_lower, help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto"
+        ),
     ] = "torch",
     batch_size: int = 64,
     device: DeviceOpt = "cpu",
@@ -867,7 +901,10 @@ def predict(
     ] = "utf-8",
     batch_size: int = 64,
     backend: Annotated[
-        str, typer.Option(help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto")
+        str,
+        typer.Option(
+            callback=_lower, help="torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8] | auto"
+        ),
     ] = "torch",
     device: DeviceOpt = "cpu",
     top_k: Annotated[
@@ -1099,7 +1136,9 @@ def demo(
     out: Annotated[
         Path, typer.Option(help="Where to write the demo model directory.", parser=_out_path)
     ] = Path("slimtext-demo"),
-    model: Annotated[str, typer.Option(help="transformer | attention")] = "transformer",
+    model: Annotated[
+        str, typer.Option(callback=_lower, help="transformer | attention")
+    ] = "transformer",
     progress: bool = True,
     config: ConfigOpt = None,
 ) -> None:
@@ -1124,15 +1163,20 @@ def export(
             "ending in /) instead of MODEL_DIR/model.onnx; --int8 writes NAME.int8.onnx beside it."
         ),
     ] = None,
-    format: Annotated[str, typer.Option(help="onnx (the only format so far).")] = "onnx",
+    format: Annotated[
+        str, typer.Option(callback=_lower, help="onnx (the only format so far).")
+    ] = "onnx",
     opset: Annotated[int, typer.Option(help="ONNX opset (17 or newer).")] = 18,
     optimize: Annotated[bool, typer.Option(help="Save the ONNX Runtime-optimised graph.")] = True,
     exporter: Annotated[
         str,
-        typer.Option(help="auto | fused (transformer in ORT's fused ops) | dynamo | torchscript"),
+        typer.Option(
+            callback=_lower,
+            help="auto | fused (transformer in ORT's fused ops) | dynamo | torchscript",
+        ),
     ] = "auto",
     mask_dtype: Annotated[
-        str, typer.Option(help="attention_mask input type: bool | int64")
+        str, typer.Option(callback=_lower, help="attention_mask input type: bool | int64")
     ] = "bool",
     atol: Annotated[float, typer.Option(help="Largest allowed |logits - PyTorch|.")] = 1e-4,
     int8: Annotated[
@@ -1253,7 +1297,10 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
     backend: Annotated[
-        str, typer.Option(help="auto | torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8]")
+        str,
+        typer.Option(
+            callback=_lower, help="auto | torch | torch-bf16 | compile[-bf16] | onnxruntime[-int8]"
+        ),
     ] = "auto",
     device: DeviceOpt = "cpu",
     max_batch_size: Annotated[int, typer.Option(help="Most texts per model call.")] = 64,

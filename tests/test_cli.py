@@ -737,3 +737,20 @@ def test_an_empty_out_is_refused_not_the_working_folder(tmp_path, tiny_model_dir
     r = runner.invoke(app, [*args, "--out", ""])
     assert r.exit_code == 2 and "empty output path" in r.output, r.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fixed_choice_options_take_any_case(tmp_path, data_files):
+    # `--precision FP32` was "precision must be one of ...": only --strategy and --log-level
+    # took any case
+    train, _ = data_files
+    out = tmp_path / "m"
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--max-steps", "2",
+                            "--model", "Attention", "--vocab-size", "400", "--max-length", "32",
+                            "--precision", "FP32", "--schedule", "Cosine", "--long-text", "Chunks",
+                            "--tokenizer", "WordPiece", "--on-bad", "Skip", "--device", "CPU",
+                            "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert json.dumps(cfg).count('"chunks"') >= 1 and cfg["train"]["precision"] == "fp32"
+    r = runner.invoke(app, ["predict", str(out), "goal", "--backend", "Torch", "--device", "Cpu"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["label"], r.output
