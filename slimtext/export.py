@@ -24,8 +24,10 @@ import importlib
 import json
 import os
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
+from glob import escape as glob_escape
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,7 @@ from .fileio import (
     TargetExistsError,
     atomic_write_text,
     file_mode,
+    flock,
     read_manifest,
     readable_path,
     update_manifest,
@@ -497,19 +500,48 @@ def _quiet_torch_logs():
 
 @contextlib.contextmanager
 def _temp_files(target: Path, n: int):
-    """`n` temporary paths next to `target` (same filesystem, so os.replace is atomic)."""
-    paths = []
-    for _ in range(n):
-        fd, p = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        os.close(fd)
-        paths.append(Path(p))
+    """`n` temporary paths next to `target` (same filesystem, so os.replace is atomic), each
+    locked while this export runs, so that a later export can tell them from a killed one's."""
+    _sweep_temp_files(target)
+    paths, fds = [], []
     try:
+        for _ in range(n):
+            fd, p = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            fds.append(fd)
+            flock(fd, wait=False)
+            paths.append(Path(p))
         yield paths
     finally:
         for p in paths:  # and any sidecar an intermediate export wrote next to one
             for q in (p, p.with_name(p.name + ".json")):
                 with contextlib.suppress(FileNotFoundError):
                     q.unlink()
+        for fd in fds:
+            os.close(fd)
+
+
+_ABANDONED_AFTER_S = 600  # and unlocked: a killed export's, not one still being written
+
+
+def _sweep_temp_files(target: Path) -> None:
+    """Remove what exports of `target` killed mid-way (SIGKILL, out of memory) left beside it:
+    a model-sized `.model.onnx.XXXX.tmp` each, which nothing else ever removed."""
+    now = time.time()
+    for p in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            old = now - os.fstat(fd).st_mtime > _ABANDONED_AFTER_S
+            if old and flock(fd, wait=False):  # nobody holds it: its writer is gone
+                for q in (p, p.with_name(p.name + ".json")):
+                    with contextlib.suppress(FileNotFoundError):
+                        q.unlink()
+        except OSError:  # a filesystem without locks, or one we may not write: leave it
+            pass
+        finally:
+            os.close(fd)
 
 
 def _publish(tmp: Path, target: Path) -> None:

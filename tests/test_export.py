@@ -218,6 +218,38 @@ def test_export_lists_only_the_files_it_wrote(tiny_model_dir, tmp_path):
     read_model_dir(d)
 
 
+def test_a_killed_exports_temporary_files_are_removed_by_the_next_export(tiny_model_dir, tmp_path):
+    # kill -9 mid-export left a model-sized .model.onnx.XXXX.tmp for good
+    import fcntl
+    import os
+    import time
+
+    d = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, d)
+    hour_ago = time.time() - 3600
+
+    def stray(name: str, age: float | None = hour_ago):
+        p = d / name
+        p.write_bytes(b"partial")
+        if age is not None:
+            os.utime(p, (age, age))
+        return p
+
+    killed, side = stray(".model.onnx.k1ll3d.tmp"), stray(".model.onnx.k1ll3d.tmp.json")
+    fresh = stray(".model.onnx.fr3sh.tmp", None)  # may be another export's, still running
+    held = stray(".model.onnx.h3ld.tmp")  # locked: its writer is alive
+    other = stray(".notes.k1ll3d.tmp")  # not an export of this target
+    fd = os.open(held, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        export_onnx(d)
+    finally:
+        os.close(fd)
+    assert not killed.exists() and not side.exists()
+    assert fresh.exists() and held.exists() and other.exists()
+    read_model_dir(d)
+
+
 def test_cli_export_out_as_a_file_or_a_folder_keeps_the_int8_beside_it(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
