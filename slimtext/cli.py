@@ -644,7 +644,11 @@ def _train(
     from .train.checkpoint import clear_finished, exclusive, mark_finished
     from .train.distributed import barrier
 
-    with _resume_hint(ckpt, say), exclusive(ckpt, ctx), tempfile.TemporaryDirectory() as tmp:
+    with (
+        _resume_hint(ckpt, say),
+        exclusive(ckpt, ctx, out=out),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         if ctx.is_main:
             clear_finished(ckpt, say)
         barrier(ctx)  # the other ranks look for checkpoints only once they are cleared
@@ -809,7 +813,7 @@ def pretrain(
         from .train.checkpoint import clear_finished, exclusive, mark_finished
         from .train.distributed import barrier
 
-        with _resume_hint(ckpt, say), exclusive(ckpt, ctx):
+        with _resume_hint(ckpt, say), exclusive(ckpt, ctx, out=out):
             if ctx.is_main:
                 clear_finished(ckpt, lambda msg: typer.echo(msg, err=True))
             barrier(ctx)

@@ -446,6 +446,16 @@ def test_a_finished_runs_checkpoints_give_way_and_a_second_run_on_them_is_refuse
     with exclusive(tmp_path / "m.checkpoints"):  # another run holds them
         r = runner.invoke(app, args)
     assert r.exit_code != 0 and "in use by another run" in r.output, r.output
+    # without checkpoints: two runs into one --out both trained, the last to finish won
+    plain = ["train", "--data", str(train), "--out", str(tmp_path / "p"), *SMALL, "--max-steps",
+             "2"]  # fmt: skip
+    for out in (tmp_path / "p", tmp_path / "x" / ".." / "p"):  # the same folder, spelled apart
+        with exclusive(None, out=out):
+            r = runner.invoke(app, plain)
+        assert r.exit_code == 2 and "is being written by another run (pid" in r.output, r.output
+        assert "trained" not in r.output and not (tmp_path / "p").exists()
+    (tmp_path / "x").mkdir()
+    assert runner.invoke(app, plain).exit_code == 0  # once the other run is done
 
 
 @pytest.mark.parametrize(

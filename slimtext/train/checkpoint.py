@@ -17,6 +17,7 @@ verification, so a checkpoint being written when the process died is never the o
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -329,27 +330,37 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @contextlib.contextmanager
-def exclusive(folder: Path | None, ctx: DistContext | None = None) -> Iterator[None]:
+def exclusive(
+    folder: Path | None, ctx: DistContext | None = None, out: Path | None = None
+) -> Iterator[None]:
     """Hold a run's checkpoint folder for this run alone (rank 0 holds it for all ranks): two
     runs on one folder deleted each other's checkpoints in progress and overwrote each other's
-    tokenizer, leaving checkpoints that could not be resumed. The second one is refused."""
+    tokenizer, leaving checkpoints that could not be resumed. The second one is refused. A run
+    without checkpoints holds its output `out` so (by a lock file in the temporary folder): two
+    such runs into one --out both trained, and the one that finished last was the model."""
     ctx = ctx or DistContext()
-    if folder is None or not ctx.is_main:
+    if not ctx.is_main or (folder is None and out is None):
         yield
         return
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder is not None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        lock, busy = folder / LOCK, f"{folder} is in use by another run"
+    else:
+        key = hashlib.sha256(os.fsencode(os.path.abspath(out))).hexdigest()[:24]
+        lock = Path(tempfile.gettempdir()) / f"slimtext-out-{key}.lock"
+        busy = f"{out} is being written by another run"
     try:  # 0o666 less the umask, as any new file
-        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError as e:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        if folder is None:  # another user's lock file, a read-only /tmp: run unguarded, as before
+            yield
+            return
         raise ValueError(f"{folder}: cannot use this run's checkpoints ({e.strerror})") from None
     try:
         if flock(fd, wait=False) is False:
             other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ValueError(
-                f"{folder} is in use by another run (pid {other}): wait for it to end, or "
-                "write to another --out"
-            )
+            raise ValueError(f"{busy} (pid {other}): wait for it to end, or write to another --out")
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
