@@ -36,10 +36,16 @@ from .metrics import classification_report
 from .models import ModelConfig, build_model
 from .tokenizer import TextTokenizer, in_chunks, load_tokenizer, train_tokenizer
 from .train import Encoded, TrainConfig, TrainResult, fit
-from .train.checkpoint import check_fresh_start, list_checkpoints
+from .train.checkpoint import (
+    check_fresh_start,
+    clear_finished,
+    list_checkpoints,
+    mark_finished,
+)
 from .train.distributed import (
     DistContext,
     DistributedError,
+    barrier,
     broadcast_object,
     check_same_config,
     full_state_dict,
@@ -208,6 +214,7 @@ class TextClassifier:
     def fit(
         self,
         train: Data,
+        y: Data | Sequence | None = None,
         valid: Data | None = None,
         *,
         run_dir: str | os.PathLike | None = None,
@@ -218,13 +225,20 @@ class TextClassifier:
     ) -> TextClassifier:
         """Learn tokenizer, labels and weights. Without `valid`, a stratified `valid_fraction`
         of `train` is held out (deterministic in `seed`) for early stopping and keep-best.
-        `fit(texts, labels)` (scikit-learn's `fit(X, y)`) is `fit((texts, labels))`.
+        `fit(texts, labels)` (scikit-learn's `fit(X, y)`) is `fit((texts, labels))`, and
+        `fit(texts, labels, valid=...)` takes validation data beside them; with a data source
+        (a path, a `(texts, labels)` pair), the second argument is `valid`: `fit(train, valid)`.
         `progress=False` hides the progress bars but, with `verbose`, keeps the messages
         (held-out size, each validation, early stopping); default: as `verbose`.
 
         `dist` (see `slimtext.train.distributed.init_distributed`) trains data-parallel; every
         rank calls `fit` with the same data, and rank 0 holds the result afterwards."""
-        train, valid = _xy(train, valid)
+        if valid is None:
+            train, valid = _xy(train, y)
+        elif y is not None:
+            train, rest = _xy(train, y)
+            if rest is not None:  # y was not the labels of texts: a second validation set
+                raise TypeError("fit(train, valid, valid=...): validation data given twice")
         cfg = self.train_config()
         if self.init is not None:  # a missing folder or transformers: before the data is read
             from .pretrain import check_init
@@ -258,6 +272,9 @@ class TextClassifier:
         check_fresh_start(checkpoint_dir, resume)
         # The device and strategy asked for (CUDA, or a clear error), or torchrun's process group.
         ctx = dist or init_distributed(cfg.strategy, cfg.device)
+        if ctx.is_main:  # a finished run's checkpoints give way to this one, as in the CLI
+            clear_finished(checkpoint_dir, lambda msg: self.verbose and print(msg, file=sys.stderr))
+        barrier(ctx)  # the other ranks look for checkpoints only once they are cleared
         if self.init is not None and self.verbose and ctx.is_main:
             # a tokenizer choice that is not used must not pass unseen
             unused = self.tokenizer != "bpe" or self.vocab_size != 16000
@@ -363,40 +380,46 @@ class TextClassifier:
         values = [given[lab] for lab in labels] if given else None
         if values == labels:  # text as stored: nothing to keep beside it
             values = None
-        self.model_dir_ = ModelDir(
+        model_dir = ModelDir(
             model.cpu().eval(), config, tok, labels, cfg.max_length, long_text=cfg.long_text,
             label_values=values,
         )  # fmt: skip
-        self.result_: TrainResult = result
-        self.metrics_: dict = {"training": result.summary()}
-        self.run_dir_ = Path(run_dir) if run_dir is not None else None
-        self._train_config = cfg  # here, with the rest: a fit that fails leaves the last one
-        self._fitted_params = self.get_params()  # the recipe saved, whatever set_params does next
         # Predict where training ran: a model trained on the GPU also scores its test set there.
-        self._predictor = Predictor(self.model_dir_, device=str(ctx.device))
+        predictor = Predictor(model_dir, device=str(ctx.device))
+        metrics: dict = {"training": result.summary()}
         if result.best and not cfg.keep_best:
             # the last weights are the ones kept: their figures, not the best epoch's
             last = result.history[-1]
-            self.metrics_["valid"] = {
-                **self.evaluate(valid_ds, progress=bars),
+            metrics["valid"] = {
+                **_evaluate(predictor, valid_ds, progress=bars),
                 "during_training": {"accuracy": last["valid_accuracy"], "epoch": last["epoch"],
                                     "macro_f1": last["valid_macro_f1"],
                                     "loss": last["valid_loss"], "precision": result.precision},
             }  # fmt: skip
         elif result.best:
-            self.metrics_["valid"] = result.best
+            metrics["valid"] = result.best
             if result.precision != "fp32":
                 # Validation ran under the training autocast (bf16/fp16), which may flip a few
                 # predictions against what the saved model predicts (fp32, as the test report
                 # is made): the reported figures are the saved model's, beside the one that
                 # picked the epoch.
                 during = {k: result.best[k] for k in ("accuracy", "macro_f1", "loss")}
-                self.metrics_["valid"] = {
-                    **self.evaluate(valid_ds, progress=bars),
+                metrics["valid"] = {
+                    **_evaluate(predictor, valid_ds, progress=bars),
                     "during_training": {**during, "precision": result.precision},
                 }
         # the weights the metrics describe (save drops them once the model is changed)
-        self.model_dir_.read_state = weights_state(self.model_dir_.model)
+        model_dir.read_state = weights_state(model_dir.model)
+        # Only now, all at once: a fit that fails or is interrupted (Ctrl-C in that last
+        # evaluation too) leaves the last model, its metrics and recipe as they were.
+        self.model_dir_ = model_dir
+        self.result_: TrainResult = result
+        self.metrics_: dict = metrics
+        self.run_dir_ = Path(run_dir) if run_dir is not None else None
+        self._train_config = cfg
+        self._fitted_params = self.get_params()  # the recipe saved, whatever set_params does next
+        self._predictor = predictor
+        mark_finished(checkpoint_dir, "TextClassifier.fit")  # the next fit there starts afresh
         return self
 
     @staticmethod
@@ -437,28 +460,7 @@ class TextClassifier:
     def evaluate(self, data: Data, progress: bool = False) -> dict:
         """Full report: accuracy, macro_f1, n, per_class, confusion_matrix, loss. Read in
         chunks (memory bounded by a chunk, not the data); `progress`: a bar on stderr."""
-        p = self._check_fitted()
-        ds = as_dataset(data)
-        if ds.labels is None:
-            raise DataError(f"{ds.source}: evaluation data has no labels")
-        if not len(ds):
-            raise DataError(f"{ds.source}: no examples to evaluate")
-        md = p.model_dir
-        # The model's label list stands in for its training data: any other label is an error.
-        known = TextDataset(list(md.labels), list(md.labels), source="labels.json")
-        check_labels_seen(known, ds, known_as="the labels this model was trained on")
-        # Through the predictor, so the report measures the backend that will serve the model.
-        index = {lab: i for i, lab in enumerate(md.labels)}
-        y = torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)
-        pred: list[int] = []
-        loss = 0.0
-        for start, texts in in_chunks(ds.texts, _EVAL_CHUNK, progress, "evaluating"):
-            logits = p.logits(texts)
-            pred += logits.argmax(-1).tolist()
-            loss += float(F.cross_entropy(logits, y[start : start + len(texts)], reduction="sum"))
-        report = classification_report(y.tolist(), pred, md.labels)
-        report["loss"] = loss / len(ds)
-        return report
+        return _evaluate(self._check_fitted(), data, progress)
 
     def score(self, data: Data, y: Sequence | None = None) -> float:
         """Accuracy on labelled data; `score(texts, labels)` as scikit-learn's `score(X, y)`."""
@@ -586,6 +588,31 @@ class TextClassifier:
         clf.metrics_ = md.meta.get("metrics", {})
         clf._predictor = Predictor(md, backend=backend, **options)
         return clf
+
+
+def _evaluate(p: Predictor, data: Data, progress: bool = False) -> dict:
+    """`TextClassifier.evaluate` through predictor `p`: the report of its model on `data`."""
+    ds = as_dataset(data)
+    if ds.labels is None:
+        raise DataError(f"{ds.source}: evaluation data has no labels")
+    if not len(ds):
+        raise DataError(f"{ds.source}: no examples to evaluate")
+    md = p.model_dir
+    # The model's label list stands in for its training data: any other label is an error.
+    known = TextDataset(list(md.labels), list(md.labels), source="labels.json")
+    check_labels_seen(known, ds, known_as="the labels this model was trained on")
+    # Through the predictor, so the report measures the backend that will serve the model.
+    index = {lab: i for i, lab in enumerate(md.labels)}
+    y = torch.tensor([index[lab] for lab in ds.labels], dtype=torch.long)
+    pred: list[int] = []
+    loss = 0.0
+    for start, texts in in_chunks(ds.texts, _EVAL_CHUNK, progress, "evaluating"):
+        logits = p.logits(texts)
+        pred += logits.argmax(-1).tolist()
+        loss += float(F.cross_entropy(logits, y[start : start + len(texts)], reduction="sum"))
+    report = classification_report(y.tolist(), pred, md.labels)
+    report["loss"] = loss / len(ds)
+    return report
 
 
 def _valid_params() -> set[str]:

@@ -641,7 +641,7 @@ def _train(
         if test_ds.labels is None:
             raise DataError(f"{test_ds.source}: --test data has no labels")
         check_labels_seen(train_ds, test_ds)
-    from .train.checkpoint import clear_finished, exclusive, mark_finished
+    from .train.checkpoint import clear_finished, exclusive, mark_finished, unmark_finished
     from .train.distributed import barrier
 
     with (
@@ -656,6 +656,8 @@ def _train(
         t0 = time.perf_counter()
         clf.fit(train_ds, valid_ds, run_dir=run_dir, checkpoint_dir=ckpt, resume=resume,
                 dist=ctx, progress=progress)  # fmt: skip
+        if ctx.is_main:
+            unmark_finished(ckpt)  # until the model is saved: --resume must still find them
         r = clf.result_
         say(
             f"trained {r.steps} steps"

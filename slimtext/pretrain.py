@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
@@ -40,8 +41,8 @@ from .data.batching import Batch
 from .models import ModelConfig, TransformerClassifier, build_model
 from .tokenizer import CLS, MASK, PAD, SEP, TextTokenizer, TokenRows
 from .train import Encoded, TrainResult, fit
-from .train.checkpoint import check_fresh_start
-from .train.distributed import DistContext, init_distributed
+from .train.checkpoint import check_fresh_start, clear_finished, mark_finished
+from .train.distributed import DistContext, barrier, init_distributed
 from .train.trainer import keeps_caller_rng
 
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
@@ -315,6 +316,9 @@ def pretrain(
     ctx = dist or init_distributed(cfg.strategy, cfg.device)
     if ctx.distributed and ctx.strategy not in ("ddp", "fsdp"):
         raise ValueError(f"pretrain runs single, ddp or fsdp, not --strategy {ctx.strategy}")
+    if ctx.is_main:  # a finished run's checkpoints give way to this one
+        clear_finished(checkpoint_dir, lambda msg: clf.verbose and print(msg, file=sys.stderr))
+    barrier(ctx)
     # Rank 0 learns (or reloads) the tokenizer; the others receive it, as in TextClassifier.fit.
     if ctx.distributed:
         tok_json = None
@@ -383,6 +387,7 @@ def pretrain(
                                     "metrics.jsonl": run / "metrics.jsonl",
                                     "training_curve.png": run / "training_curve.png",
                                     "tensorboard": run / "tensorboard"})  # fmt: skip
+        mark_finished(checkpoint_dir, out)  # the next pretraining there starts afresh
     result.best = None
     return result
 

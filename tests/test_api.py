@@ -119,7 +119,8 @@ def test_a_refused_fresh_run_leaves_the_earlier_run_resumable(toy_data, tmp_path
               checkpoint_every=3, verbose=False)  # fmt: skip
     ck = tmp_path / "ck"
     TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck)
-    shutil.rmtree(sorted(ck.glob("step-*"))[-1])  # as if killed after step 3
+    shutil.rmtree(sorted(ck.glob("step-*"))[-1])  # as if killed after step 3 (so unfinished)
+    (ck / "FINISHED").unlink()
     tokenizer = (ck / "tokenizer.json").read_bytes()
     threads = torch.get_num_threads()
     other = ([t.upper() + " extra words" for t in texts], labels)
@@ -231,6 +232,7 @@ def test_resume_refuses_other_tokenizer_options_and_precision(toy_data, tmp_path
               checkpoint_every=3, precision="fp32", verbose=False)  # fmt: skip
     ck = tmp_path / "ck"
     TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck)
+    (ck / "FINISHED").unlink()  # as if killed at its last checkpoint: resumable
     changes = [dict(vocab_size=300), dict(tokenizer="wordpiece")]
     if cpu_has_bf16():  # elsewhere bf16 falls back to fp32: nothing would differ
         changes.append(dict(precision="bf16"))
@@ -630,3 +632,58 @@ def test_a_split_that_holds_out_far_more_than_asked_says_so(toy_data):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a usual split: no warning
         TextClassifier(**kw).fit(toy_data)
+
+
+def test_a_fit_interrupted_in_its_last_evaluation_leaves_the_last_model(toy_data, monkeypatch):
+    # The new model, its metrics and recipe were in place before the closing evaluation: a
+    # Ctrl-C there left the classifier holding a model the user saw fail to fit.
+    import slimtext.api as api
+
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=4, batch_size=8,
+              keep_best=False, verbose=False)  # fmt: skip
+    clf = TextClassifier(**kw).fit(toy_data)
+    texts = toy_data[0][:5]
+    before = (clf.model_dir_, dict(clf.metrics_), clf.get_params(), clf.predict_proba(texts))
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "_evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        clf.set_params(seed=5, max_steps=6).fit(toy_data)
+    assert clf.model_dir_ is before[0] and clf.metrics_ == before[1]
+    np.testing.assert_array_equal(clf.predict_proba(texts), before[3])
+    assert clf._fitted_params == before[2]  # the recipe save() writes is the fitted one's
+
+
+def test_refitting_into_a_finished_fits_checkpoints_starts_afresh(toy_data, tmp_path):
+    # A re-run notebook cell was refused: "holds checkpoints of an earlier run: resume it"
+    ck = tmp_path / "ck"
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=4, batch_size=8,
+              checkpoint_every=2, verbose=False)  # fmt: skip
+    first = TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck)
+    assert (ck / "FINISHED").is_file()
+    for resume in (False, True):
+        again = TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck, resume=resume)
+        assert not again.result_.resumed_at and again.result_.steps == 4
+        np.testing.assert_allclose(
+            again.predict_proba(toy_data[0][:5]), first.predict_proba(toy_data[0][:5]), atol=1e-6
+        )
+    # an unfinished run's checkpoints are still refused without resume
+    (ck / "FINISHED").unlink()
+    with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):
+        TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck)
+
+
+def test_fit_takes_texts_labels_and_validation_data_together(toy_data):
+    texts, labels = toy_data
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=2, batch_size=8,
+              verbose=False)  # fmt: skip
+    valid = (texts[:20], labels[:20])
+    a = TextClassifier(**kw).fit(texts[20:], labels[20:], valid=valid)  # was a TypeError
+    b = TextClassifier(**kw).fit((texts[20:], labels[20:]), valid)
+    c = TextClassifier(**kw).fit(texts[20:], labels[20:], valid)
+    assert a.metrics_["valid"]["n"] == b.metrics_["valid"]["n"] == c.metrics_["valid"]["n"] == 20
+    np.testing.assert_array_equal(a.predict_proba(texts[:5]), b.predict_proba(texts[:5]))
+    with pytest.raises(TypeError, match="validation data given twice"):
+        TextClassifier(**kw).fit((texts, labels), valid, valid=valid)

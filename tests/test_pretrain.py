@@ -177,6 +177,7 @@ def test_resumed_pretraining_draws_the_same_masks(tmp_path):
               progress=False, **{**TINY, "num_layers": 1, "dropout": 0.1})  # fmt: skip
     pretrain(corpus(48), tmp_path / "a", checkpoint_dir=tmp_path / "ck", **kw)
     shutil.rmtree(tmp_path / "ck" / "step-000000006")  # as if killed after step 3
+    (tmp_path / "ck" / "FINISHED").unlink()  # (so not finished)
     pretrain(corpus(48), tmp_path / "b", checkpoint_dir=tmp_path / "ck", resume=True, **kw)
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
@@ -361,6 +362,7 @@ def test_pretrain_resume_refuses_other_masking_options(tmp_path):
               progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
     pretrain(corpus(48), tmp_path / "a", checkpoint_dir=tmp_path / "ck", **kw)
     shutil.rmtree(tmp_path / "ck" / "step-000000004")
+    (tmp_path / "ck" / "FINISHED").unlink()  # as if killed after step 2
     with pytest.raises(ValueError, match=r"mask_prob 0\.15 -> 0\.3"):
         pretrain(corpus(48), tmp_path / "b", checkpoint_dir=tmp_path / "ck", resume=True,
                  mask_prob=0.3, **kw)  # fmt: skip

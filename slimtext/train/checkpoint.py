@@ -229,7 +229,9 @@ def check_fresh_start(folder: str | Path | None, resume: bool) -> None:
     would prune its own new checkpoints before the old, higher-numbered ones, a later --resume
     would continue the earlier run, and the folder's tokenizer.json is that run's. Called
     before anything is written there."""
-    if folder is not None and not resume and (old := list_checkpoints(folder)):
+    if folder is None or (Path(folder) / FINISHED).is_file():  # cleared when the run starts
+        return
+    if not resume and (old := list_checkpoints(folder)):
         raise ValueError(
             f"{folder} holds checkpoints of an earlier run (newest {old[-1].name}): resume it "
             "(--resume), or remove the folder to start afresh"
@@ -371,13 +373,21 @@ def exclusive(
 FINISHED = "FINISHED"  # written once the run's model directory is saved
 
 
-def mark_finished(folder: Path | None, model_dir: Path) -> None:
-    """Note in a run's checkpoint folder that the run wrote its model directory: the next run
-    into the same --out then starts afresh over these checkpoints instead of refusing (they
-    blocked a nightly retrain, with --resume or without). They stay until then (inspection,
-    resharding a DCP checkpoint)."""
+def mark_finished(folder: Path | None, model_dir: Path | str) -> None:
+    """Note in a run's checkpoint folder that the run is done (its model directory written, or
+    its `fit()` returned): the next run into the same folder then starts afresh over these
+    checkpoints instead of refusing (they blocked a nightly retrain, with --resume or without).
+    They stay until then (inspection, resharding a DCP checkpoint)."""
     if folder is not None and Path(folder).is_dir():
         (Path(folder) / FINISHED).write_text(f"{model_dir}\n", "utf-8", "surrogateescape")
+
+
+def unmark_finished(folder: Path | None) -> None:
+    """Take back `mark_finished`: the command that called `fit()` has yet to save its model, and
+    if that fails, --resume must still find these checkpoints."""
+    if folder is not None:
+        with contextlib.suppress(FileNotFoundError):
+            (Path(folder) / FINISHED).unlink()
 
 
 def clear_finished(folder: Path | None, say) -> None:
