@@ -886,6 +886,8 @@ def eval_(
         from .metrics import format_report
 
         clf = TextClassifier.load(model_dir, backend=backend, batch_size=batch_size, device=device)
+        for note in clf._predictor.auto_notes():
+            typer.echo(f"note: {note}", err=True)
         ds = as_dataset(data, **_load_kw(text_col, label_col, encoding, encoding_errors, on_bad))
         typer.echo(f"data: {ds.report()}", err=True)  # rows skipped or repaired, if any
         rep = clf.evaluate(ds, progress=progress)
@@ -939,6 +941,8 @@ def predict(
         pred = load(model_dir, backend=backend, batch_size=batch_size, device=device)
     except (*_user_errors(), ImportError) as e:
         _fail(e)
+    for note in pred.auto_notes():
+        typer.echo(f"note: {note}", err=True)
     if top_k is not None and top_k > len(pred.labels):  # as serve refuses it
         _fail(ValueError(f"--top-k is {top_k} but the model has {len(pred.labels)} labels"))
     try:

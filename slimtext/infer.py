@@ -137,6 +137,21 @@ class Predictor:
                 self._run_synthetic(min(batch_size, 8))
         self.backend = backend
 
+    def auto_notes(self) -> list[str]:
+        """What `auto` picked, and each candidate it had to leave out and why (an ONNX cache it
+        cannot write, a failed export), for a command to say: [] for a backend asked by name.
+        One left out because its extra is not installed is the user's choice, not said."""
+        if not self.backend_timings:
+            return []
+        timed = ", ".join(f"{n} {ms:.1f} ms" for n, ms in self.backend_timings.items())
+        notes = [f"backend auto: {self.backend} ({timed} a batch)"]
+        notes += [
+            f"backend auto: {name} left out: {why}"
+            for name, why in self.backend_errors.items()
+            if not why.startswith(("ImportError", "ModuleNotFoundError"))
+        ]
+        return notes
+
     @property
     def labels(self) -> list[str]:
         """The labels as stored (text), in the order of the probability columns."""
@@ -623,6 +638,11 @@ class CacheError(OSError):
 def _in_cache(cached: Path, make: Callable[[], object]) -> Path:
     if cached.is_file():
         return cached
+    if str(cached).startswith("~"):  # no HOME and no passwd entry (an arbitrary container uid)
+        raise CacheError(
+            "no home folder to keep the ONNX cache in: set SLIMTEXT_CACHE to a writable folder, "
+            "or export into the model directory (slimtext export DIR)"
+        )
     from .export import require_onnxruntime
 
     require_onnxruntime(onnx=True)  # making a graph needs onnx: said before any folder is made

@@ -405,6 +405,32 @@ def test_auto_races_the_rest_when_the_onnx_cache_cannot_be_written(
     raced = {"torch"} | ({"torch-bf16"} if native_bf16() else set())
     assert pred.backend in raced and set(pred.backend_timings) == raced
     assert str(blocker) in pred.backend_errors["onnxruntime"]  # why it sat the race out
+    # ... and said, by every command (it was kept in backend_errors, which nothing read)
+    notes = pred.auto_notes()
+    assert notes[0].startswith(f"backend auto: {pred.backend} (")
+    assert any("onnxruntime left out: CacheError" in n and "SLIMTEXT_CACHE" in n for n in notes)
+    from typer.testing import CliRunner
+
+    from slimtext.cli import app
+
+    r = CliRunner().invoke(app, ["predict", str(tiny_model_dir), "goal", "--backend", "auto"])
+    assert r.exit_code == 0 and "note: backend auto: onnxruntime left out" in r.stderr, r.output
+    assert load(tiny_model_dir, backend="torch").auto_notes() == []  # asked by name: nothing
+
+
+def test_no_home_folder_is_a_cache_error_not_a_folder_named_tilde(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    # an arbitrary container uid with no HOME and no passwd entry: expanduser keeps "~", and the
+    # cache went into a folder literally named "~" in the working directory
+    pytest.importorskip("onnxruntime")
+    monkeypatch.delenv("SLIMTEXT_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr("os.path.expanduser", lambda p: p)
+    monkeypatch.chdir(tmp_path)
+    pred = load(tiny_model_dir, backend="auto", batch_size=8)
+    assert "no home folder" in pred.backend_errors["onnxruntime"]
+    assert not (tmp_path / "~").exists()
 
 
 def test_predict_takes_any_iterable_and_rejects_lone_surrogates(tiny_model_dir, texts):

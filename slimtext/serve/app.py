@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import errno
 import hmac
 import json
 import logging
@@ -604,6 +605,8 @@ def create_app(
         predictor = slimtext.load(model, backend=backend, device=device, batch_size=max_batch_size)
     else:
         predictor = model
+    # what `auto` chose and left out, said at start-up: the operator's only way to know
+    notes = getattr(predictor, "auto_notes", list)()
     labels = list(predictor.labels)
     info = describe(predictor, backend=backend, device=device)
     limits = Limits(
@@ -647,6 +650,8 @@ def create_app(
                 await batcher.run_in_worker(warm_all)
             await batcher.submit(["warm-up"])
             state["ready"], state["status"] = True, "ready"
+        except BatcherClosedError:  # stopped (SIGTERM) while warming up: a shutdown, not a crash
+            pass  # (the status already says shutting_down)
         except Exception as e:  # stay alive but not ready: /readyz says why
             log.exception("warm-up prediction failed")
             # the underlying error's kind, not only the batcher's InferenceError wrapping it
@@ -657,6 +662,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        for note in notes:  # here, where uvicorn's logging is set up
+            (log.warning if " left out: " in note else log.info)(note)
         await batcher.start()
         state["status"] = "warming_up"
         warming = asyncio.create_task(warm_up())
@@ -825,6 +832,15 @@ def _predictions(probs: np.ndarray, labels: list[str], top_k: int | None) -> lis
     return out
 
 
+def _check_metrics_dir(folder: str) -> None:
+    """ValueError now if the workers could not write their metrics files into `folder`: each
+    died at start-up with a traceback, uvicorn kept starting new ones, and nothing answered."""
+    if not os.path.isdir(folder):
+        raise ValueError(f"{PROM_DIR_ENV}={folder}: no such folder (make it, or unset it)")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{PROM_DIR_ENV}={folder}: not writable by this user")
+
+
 def _check_port(host: str, port: int) -> None:
     """ValueError now if `host:port` cannot be listened on (another server holds it)."""
     import socket
@@ -839,10 +855,12 @@ def _check_port(host: str, port: int) -> None:
         try:
             s.bind(addr)
         except OSError as e:
-            raise ValueError(
-                f"cannot listen on {host}:{port} ({e.strerror}): is another server there? "
-                "choose another --port"
-            ) from None
+            why = (
+                "ports below 1024 need privileges: choose --port 1024 or above"
+                if e.errno in (errno.EACCES, errno.EPERM)
+                else "is another server there? choose another --port"
+            )
+            raise ValueError(f"cannot listen on {host}:{port} ({e.strerror}): {why}") from None
 
 
 def _stop_quietly_after_shutdown() -> None:
@@ -897,6 +915,9 @@ def run(
     # The access log on stderr with the rest: stdout is for results (README)
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    # slimtext's own lines (the backend auto picked) in uvicorn's format, on stderr
+    log_config["loggers"]["slimtext"] = {"handlers": ["default"], "level": "INFO",
+                                         "propagate": False}  # fmt: skip
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
                   log_config=log_config)  # fmt: skip
     _stop_quietly_after_shutdown()
@@ -910,7 +931,9 @@ def run(
     read_model_dir(model_dir)
     os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
     own_dir = None
-    if not multiprocess_metrics():
+    if multiprocess_metrics():  # the user's folder: each worker writes its files there
+        _check_metrics_dir(os.environ[PROM_DIR_ENV])
+    else:
         # Set before the workers start: each imports prometheus-client afresh and sees it.
         own_dir = tempfile.mkdtemp(prefix="slimtext-metrics-")
         os.environ[PROM_DIR_ENV] = own_dir

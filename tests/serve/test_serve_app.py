@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pytest
@@ -156,6 +157,32 @@ def test_readyz_names_the_error_under_a_failed_warm_up(stub, monkeypatch):
             assert r.status_code == 503 and "(MemoryError)" in r.json()["status"]
 
     run_async(main())
+
+
+def test_a_stop_during_warm_up_is_a_shutdown_not_a_failure(caplog):
+    # SIGTERM while a compiled backend warmed up logged "warm-up prediction failed" and a
+    # traceback (BatcherClosedError), which log alerting reads as a crash
+    import threading
+
+    building = threading.Event()
+
+    class Slow(StubPredictor):
+        backend = "compile"
+
+        def warm_up_all(self):
+            building.set()
+            time.sleep(0.5)  # the graphs being built when the stop comes
+
+    async def main():
+        app = create_app(Slow())
+        async with serving(app, ready=False):
+            await async_wait_until(building.is_set, what="the warm-up to start")
+        return app.state.serve_state
+
+    with caplog.at_level("INFO", logger="slimtext"):
+        state = run_async(main())
+    assert not state["ready"] and state["status"] == "shutting_down"
+    assert "failed" not in caplog.text and "Traceback" not in caplog.text, caplog.text
 
 
 @pytest.mark.parametrize(("backend", "compiles"), [("compile-bf16", True), ("torch", False)])

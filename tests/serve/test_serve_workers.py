@@ -184,3 +184,33 @@ def test_the_cli_server_stopped_by_sigterm_exits_0_quietly(model_dir):
             proc.kill()
             proc.wait()
     assert proc.returncode == 0 and "error" not in err, (proc.returncode, err)
+
+
+def test_an_unusable_metrics_folder_fails_before_the_workers_start(
+    no_uvicorn, model_dir, tmp_path, monkeypatch
+):
+    # each worker died writing its metrics file there, uvicorn restarted them for ever, and
+    # SIGTERM then exited 0: a deployment that never served reported success
+    from slimtext.serve import run
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="PROMETHEUS_MULTIPROC_DIR=.*missing: no such folder"):
+        run(model_dir, workers=2, port=0)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(afile))
+    with pytest.raises(ValueError, match="no such folder"):
+        run(model_dir, workers=2, port=0)
+
+
+def test_a_port_that_needs_privileges_says_so(monkeypatch):
+    import errno
+
+    from slimtext.serve.app import _check_port
+
+    def refused(self, addr):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(socket.socket, "bind", refused)
+    with pytest.raises(ValueError, match="ports below 1024 need privileges"):
+        _check_port("127.0.0.1", 80)
