@@ -177,6 +177,18 @@ def error_response(status: int, type: str, message: str, headers: dict | None = 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+class _CORS(CORSMiddleware):
+    """Starlette's CORS, with its refused preflight (a plain-text 400) in our JSON error shape."""
+
+    def preflight_response(self, request_headers) -> Response:
+        resp = super().preflight_response(request_headers)
+        if resp.status_code != 400:
+            return resp
+        # "Disallowed CORS origin, method, headers": what it refused, in its own words
+        why = bytes(resp.body).decode("utf-8", "replace")
+        return error_response(400, "cors_refused", f"{why} (see serve --cors-origin)")
+
+
 # -- settings -------------------------------------------------------------------------------------
 
 
@@ -813,7 +825,7 @@ def create_app(
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics)
     if cors_origins:  # off by default; added last so it is outermost and answers preflights
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+            _CORS, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )  # fmt: skip
     return app

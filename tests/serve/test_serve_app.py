@@ -452,6 +452,13 @@ def test_cors_is_off_by_default_and_can_be_enabled(stub, client_for):
     c = client_for(create_app(stub, cors_origins=["http://example.com"]))
     resp = c.get("/v1/model", headers=origin)
     assert resp.headers["access-control-allow-origin"] == "http://example.com"
+    # a refused preflight: JSON of the one error shape (it was Starlette's plain text)
+    pre = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    resp = c.options("/v1/classify", headers=pre)
+    err = assert_error(resp, 400, "cors_refused", "Disallowed CORS origin", "--cors-origin")
+    assert resp.headers["content-type"] == "application/json" and err
+    ok = {**pre, "Origin": "http://example.com"}
+    assert c.options("/v1/classify", headers=ok).status_code == 200
 
 
 # -- construction ---------------------------------------------------------------------------------
