@@ -420,6 +420,9 @@ def _read_json_object(path: Path) -> dict:
     return obj
 
 
+_ADDED_FLAGS = ("lstrip", "rstrip", "single_word", "normalized")
+
+
 def _bert_added_tokens(folder: Path, config: dict, vocab: dict[str, int]) -> dict[int, dict]:
     """{id: {"content", "special", ...}} of the tokens a BERT folder adds to its vocab.txt:
     tokenizer_config.json's added_tokens_decoder, else the older added_tokens.json with the
@@ -431,9 +434,14 @@ def _bert_added_tokens(folder: Path, config: dict, vocab: dict[str, int]) -> dic
             return {int(i): dict(t) for i, t in decoder.items() if isinstance(t, dict)}
         except ValueError:
             raise TokenizerError(f"{folder}: added_tokens_decoder has a non-integer id") from None
-    # transformers' order: tokenizer_config.json's list when it has one, else the map's
+    # transformers' order: tokenizer_config.json's list when it has one (transformers 5 calls
+    # it extra_special_tokens, a list or a {name: token} map), else the map file's
     smap = folder / "special_tokens_map.json"
     listed = config.get("additional_special_tokens")
+    if listed is None:
+        listed = config.get("extra_special_tokens")
+        if isinstance(listed, dict):
+            listed = list(listed.values())
     if listed is None and smap.is_file():
         listed = _read_json_object(smap).get("additional_special_tokens")
     if listed is not None and not isinstance(listed, list):  # a string: one per character
@@ -441,24 +449,27 @@ def _bert_added_tokens(folder: Path, config: dict, vocab: dict[str, int]) -> dic
             f"{folder}: additional_special_tokens must be a list of tokens, got "
             f"{type(listed).__name__}"
         )
-    specials: list[str] = []
+    # each with its flags (lstrip, rstrip, single_word) when written as an AddedToken's dict
+    specials: dict[str, dict] = {}
     for t in listed or []:
         content = t.get("content") if isinstance(t, dict) else t
         if isinstance(content, str) and content and content not in specials:
-            specials.append(content)
-    out = {vocab[t]: {"content": t, "special": True} for t in specials if t in vocab}
+            flags = {k: t[k] for k in _ADDED_FLAGS if k in t} if isinstance(t, dict) else {}
+            specials[content] = {**flags, "content": content, "special": True}
+    out = {vocab[t]: dict(specials[t]) for t in specials if t in vocab}
     path = folder / "added_tokens.json"
     added: dict = {}
     if path.is_file():
         added = _read_json_object(path)
         if not all(isinstance(i, int) for i in added.values()):
             raise TokenizerError(f"{path}: expected {{token: integer id}}")
-        out.update({i: {"content": t, "special": t in specials} for t, i in added.items()})
+        out.update({i: dict(specials.get(t, {"content": t, "special": False}))
+                    for t, i in added.items()})  # fmt: skip
     # a special token in neither file gets the next id, as transformers adds it
     after = max([len(vocab) - 1, *out]) + 1
     for t in specials:
         if t not in vocab and t not in added:
-            out[after] = {"content": t, "special": True}
+            out[after] = dict(specials[t])
             after += 1
     return out
 

@@ -83,6 +83,32 @@ def test_a_vocab_txt_folder_gives_the_ids_of_its_own_hf_tokenizer(tmp_path, conf
     assert load_tokenizer(tmp_path).encode(texts, 64) == want
 
 
+@pytest.mark.parametrize("extra", [["[E1]", "[E2]"], {"e1": "[E1]", "e2": "[E2]"}])
+def test_transformers_5_extra_special_tokens_are_read(tmp_path, extra):
+    # transformers 5 writes extra_special_tokens (a list or a map) where 4 wrote
+    # additional_special_tokens: the entity markers were split into [UNK]s
+    transformers = pytest.importorskip("transformers")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "test", "[E2]", "said"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"extra_special_tokens": extra}))
+    texts = ["said [E1] good", "said[E1]good", "said [E2]test"]
+    theirs = transformers.BertTokenizerFast.from_pretrained(tmp_path)
+    assert load_tokenizer(tmp_path).encode(texts, 64) == [theirs(t)["input_ids"] for t in texts]
+
+
+def test_an_added_tokens_own_flags_are_kept(tmp_path):
+    # {"content": "[E1]", "single_word": true}: the flags were dropped, only the text kept
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good", "said", "[", "]", "e", "##1", "##]"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    marker = {"content": "[E1]", "single_word": True, "normalized": False}
+    cfg = {"additional_special_tokens": [marker]}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = load_tokenizer(tmp_path)
+    e1 = len(vocab)
+    alone, glued = tok.encode(["said [E1] good", "said[E1]good"], 64)
+    assert e1 in alone and e1 not in glued  # a single word only where it stands alone
+
+
 def test_an_added_token_whose_id_cannot_be_kept_is_refused(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "good"]
     (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
