@@ -1482,7 +1482,31 @@ def main() -> None:
         f"warning: {message}\n" if issubclass(category, UserWarning)
         else f"{category.__name__}: {message}\n"
     )  # fmt: skip
-    app()
+    sys.exit(_run(app))
+
+
+def _run(command) -> int:
+    """Run the app, with an option-parser error (a bad value, a missing or unknown option, a
+    bad YAML key) as one `error:` line, like every other refusal, where click drew a box of
+    usage and help lines (`grep '^error:'` in a job's log found nothing)."""
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click import exceptions as click
+    except ImportError:
+        from click import exceptions as click
+
+    try:
+        rv = command(standalone_mode=False)
+    except click.UsageError as e:
+        if message := e.format_message():  # none: no command given, the help shown instead
+            where = e.ctx.command_path if e.ctx is not None else "slimtext"
+            typer.echo(f"error: {message} (see {where} --help)", err=True)
+        return e.exit_code
+    except click.ClickException as e:
+        typer.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except typer.Abort:  # an EOF at a prompt; Ctrl-C is exit 130 (typer's Exit)
+        return 1
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

@@ -764,3 +764,20 @@ def test_fixed_choice_options_take_any_case(tmp_path, data_files):
     assert json.dumps(cfg).count('"chunks"') >= 1 and cfg["train"]["precision"] == "fp32"
     r = runner.invoke(app, ["predict", str(out), "goal", "--backend", "Torch", "--device", "Cpu"])
     assert r.exit_code == 0 and json.loads(r.stdout)["label"], r.output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["train", "--data", "x.csv", "--out", "m", "--epochs", "abc"], "Invalid value for '--epochs'"),
+     (["train", "--out", "m"], "Missing option '--data'"),
+     (["train", "--data", "x.csv", "--out", "m", "--epoch", "3"], "No such option: --epoch"),
+     (["predict", "m", "x", "--threads", "0"], "Invalid value for '--threads'"),
+     (["nosuch"], "No such command 'nosuch'")],
+)  # fmt: skip
+def test_an_option_parser_error_is_one_error_line_and_exit_2(tmp_path, args, said):
+    # click drew a box of usage and help lines: `grep '^error:'` in a job's log found nothing
+    r = subprocess.run([sys.executable, "-m", "slimtext", *args], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
+    (line,) = r.stderr.splitlines()
+    assert line.startswith("error: ") and said in line and "--help)" in line, line
