@@ -235,6 +235,7 @@ def _export_file(md: ModelDir, target: Path, opset: int, optimize: bool, exporte
         _publish(final, target)
     _write_sidecar(
         target,
+        md,
         exporter=used,
         opset=opset,
         optimized=optimize,
@@ -321,6 +322,7 @@ def _quantize_file(md, target, source, exporter, mask_dtype, opset, min_agreemen
         _publish(tmp, target)
     _write_sidecar(
         target,
+        md,
         quantized="dynamic-int8",
         source=Path(source).name if source else "fresh export",
         mask_dtype=mask_dtype,
@@ -555,11 +557,30 @@ def _max_positions(md: ModelDir) -> int:
     return int(md.config.max_length)
 
 
-def _write_sidecar(target: Path, **info) -> None:
+def _write_sidecar(target: Path, md: ModelDir, **info) -> None:
     import onnxruntime
 
     info.update(torch=torch.__version__, onnxruntime=onnxruntime.__version__)
+    info["inputs"] = _how_to_feed(md, info.get("mask_dtype", "bool"))
     atomic_write_text(_sidecar(target), json.dumps(info, indent=2) + "\n")
+
+
+def _how_to_feed(md: ModelDir, mask_dtype: str) -> dict:
+    """What a program that runs the graph without slimtext must do to get slimtext's answers
+    (README, "Running an export without slimtext"), kept with the graph."""
+    return {
+        "tokenizer": "tokenizer.json, with encode_special_tokens = true (a [SEP] in a text is "
+        "text, as slimtext reads it; the file cannot carry that setting)",
+        "input_ids": "int64 (batch, seq), as the tokenizer gives them, [CLS] ... [SEP] included",
+        "attention_mask": f"{mask_dtype} (batch, seq): true (1) on real tokens",
+        "padding": "right",
+        "pad_id": md.tokenizer.pad_id,
+        "max_length": md.max_length,  # seq longer than this: cut, or read as long_text says
+        "long_text": md.long_text,
+        "empty_texts": "refused (empty, or only whitespace or invisible characters)",
+        "logits": "(batch, labels), columns in labels' order; softmax gives the probabilities",
+        "labels": list(md.labels),
+    }
 
 
 def _sidecar(target: Path) -> Path:

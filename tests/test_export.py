@@ -52,6 +52,34 @@ def test_exported_directory_still_verifies_and_lists_the_onnx(exported_dir):
     assert not list(exported_dir.glob(".*tmp")), "temporary files left behind"
 
 
+def test_the_export_alone_gives_slimtexts_answers_as_its_side_file_says(exported_dir):
+    # A service in another language has model.onnx, tokenizer.json and the side file, not
+    # slimtext: following the side file must give the same probabilities. A literal "[SEP]" in a
+    # text was read as the control token by tokenizer.json alone (encode_special_tokens).
+    from tokenizers import Tokenizer
+
+    from slimtext import load
+
+    info = json.loads((exported_dir / "model.onnx.json").read_text())["inputs"]
+    assert info["padding"] == "right" and info["long_text"] == "truncate"
+    tok = Tokenizer.from_file(str(exported_dir / "tokenizer.json"))
+    tok.encode_special_tokens = "encode_special_tokens = true" in info["tokenizer"]
+    tok.enable_truncation(info["max_length"])
+    texts = ["goal match team", "bank profit [SEP] shares [PAD] fell [CLS]",
+             " ".join(["goal bank weather"] * 30)]  # fmt: skip
+    rows = [e.ids for e in tok.encode_batch(texts)]
+    width = max(map(len, rows))
+    ids = np.array([r + [info["pad_id"]] * (width - len(r)) for r in rows], dtype=np.int64)
+    mask = np.array([[i < len(r) for i in range(width)] for r in rows])
+    sess = ort.InferenceSession(str(exported_dir / "model.onnx"))
+    (logits,) = sess.run(None, {"input_ids": ids, "attention_mask": mask})
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    pred = load(exported_dir)
+    assert info["labels"] == pred.labels
+    np.testing.assert_allclose(probs, pred.predict_proba(texts), atol=1e-5)
+
+
 def test_onnx_has_dynamic_batch_and_sequence_axes(exported_dir):
     sess = ort.InferenceSession(str(exported_dir / "model.onnx"))
     ins = {i.name: i for i in sess.get_inputs()}
