@@ -127,8 +127,9 @@ def _lower(value: str | None) -> str | None:
 
 
 def _tokenizer_kind(value: str) -> str:
-    """`--tokenizer`: BPE / WordPiece in any case; a path as it is."""
-    return value.lower() if value.lower() in ("bpe", "wordpiece") else value
+    """`--tokenizer`: BPE / WordPiece in any case; a path as it is (a folder named BPE too)."""
+    is_kind = value.lower() in ("bpe", "wordpiece") and not os.path.exists(value)
+    return value.lower() if is_kind else value
 
 
 ConfigOpt = Annotated[
