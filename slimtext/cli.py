@@ -651,7 +651,7 @@ def _train(
         tempfile.TemporaryDirectory() as tmp,
     ):
         if ctx.is_main:
-            clear_finished(ckpt, say)
+            clear_finished(ckpt, say, everything=True)  # OUT.checkpoints: ours alone
         barrier(ctx)  # the other ranks look for checkpoints only once they are cleared
         run_dir = ckpt / "run" if ckpt is not None else Path(tmp)
         t0 = time.perf_counter()
@@ -818,7 +818,7 @@ def pretrain(
 
         with _resume_hint(ckpt, say), exclusive(ckpt, ctx, out=out):
             if ctx.is_main:
-                clear_finished(ckpt, lambda msg: typer.echo(msg, err=True))
+                clear_finished(ckpt, lambda msg: typer.echo(msg, err=True), everything=True)
             barrier(ctx)
             r = run_pretrain(ds, out, tokenizer=tokenizer, vocab_size=vocab_size,
                              mask_prob=mask_prob, pack=pack, whole_word=whole_word,
@@ -951,16 +951,24 @@ def predict(
             _predict_lines(pred, _argument_texts(texts), "argument", top_k=top_k)
         elif file is not None and str(file) != "-":
             with open(file, "rb") as f:
-                lines = _text_lines(f, str(file), encoding)
-                _predict_lines(pred, lines, "line", top_k=top_k, live=_is_live(f))
+                _predict_stream(pred, f, str(file), encoding, top_k)
         else:
-            f = sys.stdin.buffer
-            lines = _text_lines(f, "<stdin>", encoding)
-            _predict_lines(pred, lines, "line", top_k=top_k, live=_is_live(f))
+            _predict_stream(pred, sys.stdin.buffer, "<stdin>", encoding, top_k)
     except BrokenPipeError:
         raise _pipe_closed() from None
     except (OSError, ValueError) as e:
         _fail(e if isinstance(e, ValueError) else ValueError(f"{file}: {e}"))
+
+
+def _predict_stream(pred, f, name: str, encoding: str, top_k: int | None) -> None:
+    if not _is_live(f):
+        _predict_lines(pred, _text_lines(f, name, encoding), "line", top_k=top_k)
+        return
+    # A live input is read by a thread (see _arrivals), through its own descriptor: blocked in a
+    # read of stdin's buffer at exit (SIGTERM, a closed output), it held a lock the interpreter's
+    # shutdown needed, and Python aborted (exit 134). This one is never closed: exit does it.
+    own = open(os.dup(f.fileno()), "rb")  # noqa: SIM115
+    _predict_lines(pred, _text_lines(own, name, encoding), "line", top_k=top_k, live=True)
 
 
 def _set_threads(threads: int | None) -> None:

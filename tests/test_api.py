@@ -669,6 +669,12 @@ def test_refitting_into_a_finished_fits_checkpoints_starts_afresh(toy_data, tmp_
         np.testing.assert_allclose(
             again.predict_proba(toy_data[0][:5]), first.predict_proba(toy_data[0][:5]), atol=1e-6
         )
+    # a folder of the caller's own (the working folder, with their data): only slimtext's
+    # files go when it starts afresh (everything else in it was deleted)
+    (ck / "notes.txt").write_text("mine")
+    (ck / "data").mkdir()
+    TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck)
+    assert (ck / "notes.txt").read_text() == "mine" and (ck / "data").is_dir()
     # an unfinished run's checkpoints are still refused without resume
     (ck / "FINISHED").unlink()
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):

@@ -456,6 +456,14 @@ def test_a_finished_runs_checkpoints_give_way_and_a_second_run_on_them_is_refuse
         assert "trained" not in r.output and not (tmp_path / "p").exists()
     (tmp_path / "x").mkdir()
     assert runner.invoke(app, plain).exit_code == 0  # once the other run is done
+    # a run with checkpoints and one without, into one --out: the same lock
+    with exclusive(tmp_path / "p.checkpoints", out=tmp_path / "p"):
+        r = runner.invoke(app, plain)
+    assert r.exit_code == 2 and "is being written by another run" in r.output, r.output
+    (tmp_path / "link").symlink_to(tmp_path)  # the same folder through a link
+    with exclusive(None, out=tmp_path / "link" / "p"):
+        r = runner.invoke(app, args[:4] + [str(tmp_path / "p")] + args[5:])
+    assert r.exit_code == 2 and "is being written by another run" in r.output, r.output
 
 
 @pytest.mark.parametrize(
@@ -781,3 +789,28 @@ def test_an_option_parser_error_is_one_error_line_and_exit_2(tmp_path, args, sai
     assert r.returncode == 2 and r.stdout == "", r.stdout + r.stderr
     (line,) = r.stderr.splitlines()
     assert line.startswith("error: ") and said in line and "--help)" in line, line
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "closed output"])
+def test_predict_on_a_live_pipe_stops_cleanly(tiny_model_dir, stop):
+    # the reader thread, blocked in a read of stdin, made the interpreter's shutdown abort
+    # ("Fatal Python error: _enter_buffered_busy", exit 134) instead of exiting 143 / 141
+    cmd = f"{sys.executable} -m slimtext predict {tiny_model_dir} --threads 1"
+    if stop == "closed output":
+        cmd = f"(echo goal; sleep 4; echo bank; sleep 4) | {cmd} | head -1; "
+        cmd += "echo rc=${PIPESTATUS[1]} >&2"
+        r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+        assert json.loads(r.stdout)["label"] and "rc=141" in r.stderr, r.stderr
+        assert "Fatal" not in r.stderr, r.stderr
+        return
+    p = subprocess.Popen(cmd.split(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        p.stdin.write(b"goal match\n")
+        p.stdin.flush()
+        assert json.loads(p.stdout.readline())["label"]
+        p.send_signal(signal.SIGTERM)  # the input still open: the reader is blocked in a read
+        err = p.communicate(timeout=60)[1].decode()
+    finally:
+        p.kill()
+    assert p.returncode == 143 and "stopped by SIGTERM" in err and "Fatal" not in err, err

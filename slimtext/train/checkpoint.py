@@ -344,21 +344,36 @@ def exclusive(
     if not ctx.is_main or (folder is None and out is None):
         yield
         return
-    if folder is not None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        lock, busy = folder / LOCK, f"{folder} is in use by another run"
-    else:
-        key = hashlib.sha256(os.fsencode(os.path.abspath(out))).hexdigest()[:24]
-        lock = Path(tempfile.gettempdir()) / f"slimtext-out-{key}.lock"
-        busy = f"{out} is being written by another run"
+    with contextlib.ExitStack() as held:
+        if out is not None:  # with checkpoints or without: one lock per output
+            key = hashlib.sha256(os.fsencode(os.path.realpath(out))).hexdigest()[:24]
+            lock = Path(tempfile.gettempdir()) / f"slimtext-out-{key}.lock"
+            # (another user's lock file, a read-only /tmp: unguarded, as before)
+            held.enter_context(_locked(lock, f"{out} is being written by another run", True))
+        if folder is not None:
+            folder = Path(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                held.enter_context(_locked(folder / LOCK, f"{folder} is in use by another run"))
+            except PermissionError as e:
+                raise ValueError(
+                    f"{folder}: cannot use this run's checkpoints ({e.strerror})"
+                ) from None
+        yield
+
+
+@contextlib.contextmanager
+def _locked(lock: Path, busy: str, optional: bool = False) -> Iterator[None]:
+    """An exclusive flock on the file `lock` (made if missing, holding our pid), or ValueError
+    `busy` when another process holds it. `optional`: a lock file that cannot be opened is
+    skipped rather than an error."""
     try:  # 0o666 less the umask, as any new file
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        if folder is None:  # another user's lock file, a read-only /tmp: run unguarded, as before
-            yield
-            return
-        raise ValueError(f"{folder}: cannot use this run's checkpoints ({e.strerror})") from None
+    except OSError:
+        if not optional:
+            raise
+        yield
+        return
     try:
         if flock(fd, wait=False) is False:
             other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
@@ -390,13 +405,17 @@ def unmark_finished(folder: Path | None) -> None:
             (Path(folder) / FINISHED).unlink()
 
 
-def clear_finished(folder: Path | None, say) -> None:
-    """Remove a finished run's checkpoints (see `mark_finished`), saying so."""
+def clear_finished(folder: Path | None, say, everything: bool = False) -> None:
+    """Remove a finished run's checkpoints (see `mark_finished`), saying so: its checkpoints,
+    their temporary copies, its tokenizer and the mark; and with `everything` (the CLI's own
+    OUT.checkpoints, its run log too) all else but the lock. A folder the Python caller named
+    may hold their own files (their data, notes): those stay."""
     folder = Path(folder) if folder is not None else None
     if folder is None or not (folder / FINISHED).is_file():
         return
     for p in folder.iterdir():
-        if p.name == LOCK:
+        ours = p.name.startswith((PREFIX, f".{PREFIX}")) or p.name in ("tokenizer.json", FINISHED)
+        if p.name == LOCK or not (ours or everything):
             continue
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     say(f"note: {folder} held the checkpoints of a run that finished; starting afresh")
