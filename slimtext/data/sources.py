@@ -154,7 +154,10 @@ class _Collector:
             written = unicodedata.normalize("NFC", raw.strip())
         else:
             written = repr(float(raw)) if isinstance(raw, float) else str(int(raw))
-        first = self.spelled.setdefault(str(int(label)), (written, origin, label))
+        # the number as a key, leading zeros and a "-0" aside (not int(): 4,300 digits at most)
+        digits = label.lstrip("-").lstrip("0") or "0"
+        key = digits if digits == "0" or not label.startswith("-") else "-" + digits
+        first = self.spelled.setdefault(key, (written, origin, label))
         if first[0] != written:
             what = (
                 f"would be one class {label!r}"
@@ -492,17 +495,28 @@ def _note_joined_lines(collector: _Collector, where: str, start: int, end: int) 
 
 
 def _header_delimiter(path: Path, opts: _Options) -> str | None:
-    """ ";" or tab when a .csv file's header row has no comma but those: Excel writes ";" where
-    the comma is the decimal mark, and a header "text;label" read with commas is one column."""
+    """ ";" or tab when a .csv file's header row has no comma and, split at those, holds the
+    columns to read (where split at commas it does not): Excel writes ";" where the comma is the
+    decimal mark, and a header "text;label" read with commas is one column. A one-column file
+    whose header holds a ";" keeps its commas."""
     sniff = copy.copy(opts)
     sniff.errors, sniff.on_bad = "replace", "skip"
-    for line in _Lines(path, sniff):
-        if line.strip():
-            if "," in line:
-                return None
-            counts = {d: line.count(d) for d in (";", "\t") if d in line}
-            return max(counts, key=counts.get) if counts else None
-    return None
+    line = next((ln for ln in _Lines(path, sniff) if ln.strip()), None)
+    if line is None or "," in line:
+        return None
+
+    def fits(delimiter: str) -> bool:
+        header = next(csv.reader([line], delimiter=delimiter))
+        try:
+            _resolve_columns(header, "", opts)
+        except DataError:
+            return False
+        return True
+
+    if fits(","):
+        return None
+    return next((d for d in sorted(";\t", key=line.count, reverse=True)
+                 if d in line and fits(d)), None)  # fmt: skip
 
 
 def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:

@@ -884,6 +884,9 @@ def _stop_quietly_after_shutdown() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        # and Ctrl-C, which the `slimtext` command otherwise reports as "error: interrupted"
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, lambda *_: sys.exit(0))
 
 
 def run(
@@ -928,10 +931,12 @@ def run(
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"
     # slimtext's own lines (the backend auto picked) in uvicorn's format, on stderr
-    log_config["loggers"]["slimtext"] = {"handlers": ["default"], "level": "INFO",
+    log_config["loggers"]["slimtext"] = {"handlers": ["default"], "level": log_level.upper(),
                                          "propagate": False}  # fmt: skip
     common = dict(host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30,
                   log_config=log_config)  # fmt: skip
+    if multiprocess_metrics():  # the user's folder: every worker (or the one) writes there
+        _check_metrics_dir(os.environ[PROM_DIR_ENV])
     _stop_quietly_after_shutdown()
     if workers == 1:
         uvicorn.run(cfg.create_app(), **common)
@@ -943,9 +948,7 @@ def run(
     read_model_dir(model_dir)
     os.environ[CONFIG_ENV] = json.dumps(asdict(cfg))
     own_dir = None
-    if multiprocess_metrics():  # the user's folder: each worker writes its files there
-        _check_metrics_dir(os.environ[PROM_DIR_ENV])
-    else:
+    if not multiprocess_metrics():
         # Set before the workers start: each imports prometheus-client afresh and sees it.
         own_dir = tempfile.mkdtemp(prefix="slimtext-metrics-")
         os.environ[PROM_DIR_ENV] = own_dir

@@ -415,6 +415,10 @@ def test_a_semicolon_csv_and_spreadsheet_blank_rows(write):
     # a header with a comma keeps the comma, whatever else the rows hold
     ds = load_data(write("k.csv", "text,label\nfine;ok,a\n"))
     assert ds.texts == ["fine;ok"] and not any("separated" in n for n in ds.notes)
+    # and so does a one-column file whose column name holds a ";" (it has its columns)
+    one = write("o.csv", "review;summary\ngood;fine\n")
+    ds = load_data(one, text_cols=["review;summary"], label_col=None, require_labels=False)
+    assert ds.texts == ["good;fine"]
 
 
 def test_explicit_encoding_decodes_cp1252(write):
@@ -826,6 +830,9 @@ def test_two_spellings_of_one_whole_number_label_are_refused_not_merged(write):
     lead = write("z.csv", "text,label\na,7\nb,x\nc,07\n")
     with pytest.raises(DataError, match=r"z\.csv:4: label '07' and label '7' .*are one number"):
         load_data(lead)
+    huge = "1" * 5000  # past int()'s 4,300 digits: a ValueError of Python's own
+    with pytest.raises(DataError, match="are one number"):
+        load_data(write("h.csv", f"text,label\na,{huge}\nb,0{huge}\nc,2\n"))
     floats = write("f.jsonl", '{"text": "a", "label": 7.0}\n{"text": "b", "label": 8.0}\n')
     assert load_data(floats).labels == ["7", "8"]  # a float column of whole numbers
 

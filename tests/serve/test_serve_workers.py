@@ -158,9 +158,11 @@ def test_a_backend_without_its_extra_fails_before_uvicorn_starts(no_uvicorn, mon
         run(tmp_path / "no-model", workers=workers, backend="onnxruntime-int8")
 
 
-def test_the_cli_server_stopped_by_sigterm_exits_0_quietly(model_dir):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_the_cli_server_stopped_by_sigterm_exits_0_quietly(model_dir, sig):
     # SIGTERM is how servers are stopped; after uvicorn's graceful shutdown it re-raised the
-    # signal, and `slimtext serve` printed "error: stopped by SIGTERM" and exited 143.
+    # signal, and `slimtext serve` printed "error: stopped by SIGTERM" and exited 143 (and
+    # Ctrl-C "error: interrupted"). With --log-level warning, no INFO line either.
     port = free_port()
     cmd = [sys.executable, "-m", "slimtext", "serve", str(model_dir), "--port", str(port),
            "--threads", "1", "--log-level", "warning"]  # fmt: skip
@@ -177,13 +179,14 @@ def test_the_cli_server_stopped_by_sigterm_exits_0_quietly(model_dir):
                 pass
             assert time.monotonic() < deadline, "server not ready after 60 s"
             time.sleep(0.2)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0 and "error" not in err, (proc.returncode, err)
+    assert "backend auto" not in err, err  # an INFO line, under --log-level warning
 
 
 def test_an_unusable_metrics_folder_fails_before_the_workers_start(
@@ -201,6 +204,8 @@ def test_an_unusable_metrics_folder_fails_before_the_workers_start(
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(afile))
     with pytest.raises(ValueError, match="no such folder"):
         run(model_dir, workers=2, port=0)
+    with pytest.raises(ValueError, match="no such folder"):  # one worker writes there too
+        run(model_dir, workers=1, port=0)
 
 
 def test_a_port_that_needs_privileges_says_so(monkeypatch):
