@@ -395,9 +395,11 @@ class Predictor:
             if name not in BACKENDS or name == "auto":
                 raise ValueError(f"auto candidates must be backends, got {name!r}")
             if name == "onnxruntime-int8" and not (
-                self._onnx_path is None and INT8_FILE in self.model_dir.meta.get("manifest", {})
+                self._onnx_path is None and _still_listed(self.model_dir, INT8_FILE) is not None
             ):
-                continue  # see AUTO_CANDIDATES: no int8 file, no int8 in the race
+                # see AUTO_CANDIDATES: no int8 file, no int8 in the race (listed in the manifest
+                # but not there, copied without it: quantising at load is no race entry either)
+                continue
             if name.endswith("bf16") and not native_bf16(self.device):
                 continue  # emulated bf16: slower than fp32, not worth timing
             try:

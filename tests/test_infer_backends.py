@@ -358,6 +358,23 @@ def test_auto_picks_an_available_backend_and_agrees_with_torch(onnx_dir, texts):
     assert (pred.onnx_path is not None) == pred.backend.startswith("onnxruntime")
 
 
+def test_auto_races_int8_only_when_the_int8_file_is_there(tiny_model_dir, tmp_path, monkeypatch):
+    # a directory exported with --int8 and then copied without its .onnx files still had them
+    # in its manifest: auto quantised at load and raced (and could pick) int8
+    pytest.importorskip("onnxruntime")
+    from slimtext.export import quantize_onnx
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, d)
+    quantize_onnx(d)
+    monkeypatch.setenv("SLIMTEXT_CACHE", str(tmp_path / "cache"))
+    assert "onnxruntime-int8" in load(d, backend="auto").backend_timings
+    (d / "model.int8.onnx").unlink()
+    pred = load(d, backend="auto")
+    assert "onnxruntime-int8" not in pred.backend_timings
+    assert not list((tmp_path / "cache").rglob("*.int8.onnx"))  # nor quantised at load
+
+
 def test_missing_onnxruntime_is_a_clear_error(tiny_model_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ImportError, match=r"pip install 'slimtext\[onnx\]'"):
