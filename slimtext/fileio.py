@@ -131,18 +131,50 @@ def _verify_entry(folder: Path, rel: str, meta: dict) -> None:
     """IntegrityError unless `folder / rel` is the file of `meta` (size and sha256)."""
     p = folder / rel
     if not p.is_file():
+        if p.is_symlink():  # git-annex content not fetched, a link into a folder not copied
+            raise IntegrityError(f"{p} is a link to {os.readlink(p)}, which does not exist")
         raise IntegrityError(f"{folder}: {rel} is missing (truncated copy?)")
     try:
         size = p.stat().st_size
         digest = sha256_file(p) if size == meta["size"] else None
     except OSError as e:  # removed or made unreadable after the check above
         raise IntegrityError(f"{p}: unreadable ({e})") from None
+    changed = size != meta["size"] or digest != meta["sha256"]
+    if changed and (why := _why_changed(p, meta)):
+        raise IntegrityError(f"{p}: {why}")
     if size != meta["size"]:
         raise IntegrityError(
             f"{p}: size {size} bytes, expected {meta['size']} (truncated or altered)"
         )
     if digest != meta["sha256"]:
         raise IntegrityError(f"{p}: checksum mismatch; the file changed after it was written")
+
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def _why_changed(p: Path, meta: dict) -> str | None:
+    """What a version control system did to a file that no longer matches its manifest entry,
+    where that can be told: a Git LFS pointer stands in for it, or its line ends became CRLF
+    (git's core.autocrlf, or `text` in .gitattributes, on a Windows checkout)."""
+    try:
+        if p.stat().st_size > 2 * meta["size"] + 1024:
+            return None  # (a CRLF copy is at most twice the size; nothing to read for that)
+        data = p.read_bytes()
+    except OSError:
+        return None
+    if data.startswith(_LFS_POINTER):
+        return "a Git LFS pointer, not the file: fetch it with `git lfs pull`"
+    if (
+        b"\r\n" in data
+        and hashlib.sha256(data.replace(b"\r\n", b"\n")).hexdigest() == meta["sha256"]
+    ):
+        return (
+            "its line ends were changed to CRLF (git's core.autocrlf, or `text` in "
+            ".gitattributes): check the model out again with them off (`* -text` in "
+            ".gitattributes, or git -c core.autocrlf=false clone ...)"
+        )
+    return None
 
 
 def file_mode(directory: bool = False) -> int:

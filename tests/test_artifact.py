@@ -57,6 +57,38 @@ def test_damaged_model_dir_gives_a_clear_error(tiny_model_dir, tmp_path, damage,
         slimtext.load(d)
 
 
+def _crlf(d):
+    for name in ("config.json", "README.md", "labels.json"):
+        p = d / name
+        p.write_bytes(p.read_bytes().replace(b"\n", b"\r\n"))
+
+
+def _lfs(d):
+    (d / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 606976\n"
+    )
+
+
+def _dangling(d):
+    (d / "model.safetensors").unlink()
+    (d / "model.safetensors").symlink_to("../.git/annex/objects/xx/model")
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(_crlf, "line ends were changed to CRLF .*core.autocrlf"),
+     (_lfs, "a Git LFS pointer, not the file: fetch it with `git lfs pull`"),
+     (_dangling, "is a link to .*annex.*, which does not exist")],
+)  # fmt: skip
+def test_what_version_control_did_to_a_model_dir_is_named(tiny_model_dir, tmp_path, damage,
+                                                           message):  # fmt: skip
+    # a git checkout with autocrlf, an LFS pointer, git-annex content not fetched: each was
+    # "truncated or altered" / "missing (truncated copy?)", with no word on the fix
+    d = corrupt_copy(tiny_model_dir, tmp_path / "bad", damage)
+    with pytest.raises(ModelDirError, match=message):
+        slimtext.load(d)
+
+
 def test_tampered_bytes_of_same_size_are_detected(tiny_model_dir, tmp_path):
     def flip(d):
         p = d / "model.safetensors"
