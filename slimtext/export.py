@@ -20,6 +20,7 @@ A `<name>.json` sidecar records how it was made and the measured parity.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import json
 import os
@@ -508,7 +509,18 @@ def _temp_files(target: Path, n: int):
     paths, fds = [], []
     try:
         for _ in range(n):
-            fd, p = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+            try:
+                fd, p = tempfile.mkstemp(
+                    prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
+                )
+            except OSError as e:
+                if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                # it named our temporary file, and not the way out
+                raise ExportError(
+                    f"cannot write {target.name} into {target.parent} ({e.strerror}): export "
+                    "to a writable place with --out (out= in Python)"
+                ) from None
             fds.append(fd)
             flock(fd, wait=False)
             paths.append(Path(p))

@@ -278,6 +278,23 @@ def test_a_killed_exports_temporary_files_are_removed_by_the_next_export(tiny_mo
     read_model_dir(d)
 
 
+def test_exporting_into_a_read_only_directory_says_to_use_out(tiny_model_dir, tmp_path,
+                                                              monkeypatch):  # fmt: skip
+    # it said "[Errno 30] Read-only file system: '.../.model.onnx.XXXX.tmp'"
+    import errno
+
+    import slimtext.export as ex
+
+    def read_only(*a, **k):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    d = tmp_path / "tiny"
+    shutil.copytree(tiny_model_dir, d)
+    monkeypatch.setattr(ex.tempfile, "mkstemp", read_only)
+    with pytest.raises(ExportError, match=r"cannot write model.onnx into .*tiny .*with --out"):
+        export_onnx(d)
+
+
 def test_cli_export_out_as_a_file_or_a_folder_keeps_the_int8_beside_it(tiny_model_dir, tmp_path):
     from typer.testing import CliRunner
 
