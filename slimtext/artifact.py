@@ -50,6 +50,9 @@ REQUIRED = ("config.json", "model.safetensors", "tokenizer.json", "labels.json")
 ONNX_FILE = "model.onnx"
 INT8_FILE = "model.int8.onnx"
 DERIVED = tuple(f"{name}{end}" for name in (ONNX_FILE, INT8_FILE) for end in ("", ".json"))
+# For people, not for predicting: a model card the user edited, a training log or curve left
+# out of a copy is set aside too (it made the whole directory unloadable); "/" ends a folder.
+INFORMATIONAL = ("README.md", "training_curve.png", "metrics.jsonl", "tensorboard/")
 
 
 class ModelDirError(ValueError):
@@ -296,7 +299,7 @@ def _check_writable(folder: Path) -> None:
 
 def _read_model_dir(path: Path) -> ModelDir:
     try:
-        listed = verify_manifest(path, required=REQUIRED, derived=DERIVED)
+        listed = verify_manifest(path, required=REQUIRED, derived=DERIVED + INFORMATIONAL)
     except IntegrityError as e:
         raise ModelDirError(str(e)) from None
     cfg = _read_json(path / "config.json")

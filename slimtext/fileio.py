@@ -106,9 +106,10 @@ def verify_manifest(
     """Raise IntegrityError naming the first missing, truncated or altered file; returns the
     manifest's listing (what may be read: a file it does not list vouches for nothing).
 
-    `derived` files (exports made from the others, made again at need) do not fail the check:
-    one that does not verify is left out of the listing, so it is never used. An export killed
-    between replacing its file and listing it made the whole directory unloadable."""
+    `derived` files (exports made from the others, made again at need; names, or folders
+    ending in "/") do not fail the check: one that does not verify is left out of the listing,
+    so it is never used. An export killed between replacing its file and listing it made the
+    whole directory unloadable."""
     folder = Path(folder)
     if not folder.is_dir():
         raise IntegrityError(f"{folder}: not a directory")
@@ -116,13 +117,17 @@ def verify_manifest(
     for name in required:
         if name not in files:
             raise IntegrityError(f"{folder}: {name} is not listed in {MANIFEST}")
-    for rel in [r for r in files if r in derived]:
+
+    def is_derived(rel: str) -> bool:
+        return rel in derived or any(rel.startswith(d) for d in derived if d.endswith("/"))
+
+    for rel in [r for r in files if is_derived(r)]:
         try:
             _verify_entry(folder, rel, files[rel])
         except IntegrityError:
             del files[rel]
     for rel, meta in files.items():
-        if rel not in derived:
+        if not is_derived(rel):
             _verify_entry(folder, rel, meta)
     return files
 

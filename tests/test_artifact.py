@@ -89,6 +89,27 @@ def test_what_version_control_did_to_a_model_dir_is_named(tiny_model_dir, tmp_pa
         slimtext.load(d)
 
 
+def test_an_edited_model_card_or_a_missing_training_log_still_loads(tiny_model_dir, tmp_path):
+    # a user documenting their model, or a copy without the curve: the directory was refused
+    def edit(d):
+        with open(d / "README.md", "a") as f:
+            f.write("\nOwner: the search team\n")
+        for name in ("training_curve.png", "metrics.jsonl"):
+            (d / name).unlink(missing_ok=True)
+
+    d = corrupt_copy(tiny_model_dir, tmp_path / "edited", edit)
+    got = slimtext.load(d).predict_proba(["goal match team"])
+    np.testing.assert_array_equal(
+        got, slimtext.load(tiny_model_dir).predict_proba(["goal match team"])
+    )
+    # what predicting reads is still checked
+    d = corrupt_copy(
+        tiny_model_dir, tmp_path / "bad", lambda d: (d / "labels.json").write_text("[]")
+    )
+    with pytest.raises(ModelDirError, match="labels.json"):
+        slimtext.load(d)
+
+
 def test_tampered_bytes_of_same_size_are_detected(tiny_model_dir, tmp_path):
     def flip(d):
         p = d / "model.safetensors"
