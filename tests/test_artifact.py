@@ -42,21 +42,6 @@ def corrupt_copy(src, dst, fn):
     return dst
 
 
-@pytest.mark.parametrize(
-    ("damage", "message"),
-    [
-        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
-        (lambda d: os.truncate(d / "model.safetensors", 1000), "truncated"),
-        (lambda d: (d / "labels.json").write_text('["a", "b", "c"]\n'), "size|checksum"),
-        (lambda d: (d / "manifest.json").unlink(), "manifest"),
-    ],
-)
-def test_damaged_model_dir_gives_a_clear_error(tiny_model_dir, tmp_path, damage, message):
-    d = corrupt_copy(tiny_model_dir, tmp_path / "bad", damage)
-    with pytest.raises(ModelDirError, match=message):
-        slimtext.load(d)
-
-
 def _crlf(d):
     for name in ("config.json", "README.md", "labels.json"):
         p = d / name
@@ -76,14 +61,19 @@ def _dangling(d):
 
 @pytest.mark.parametrize(
     ("damage", "message"),
-    [(_crlf, "line ends were changed to CRLF .*core.autocrlf"),
-     (_lfs, "a Git LFS pointer, not the file: fetch it with `git lfs pull`"),
-     (_dangling, "is a link to .*annex.*, which does not exist")],
-)  # fmt: skip
-def test_what_version_control_did_to_a_model_dir_is_named(tiny_model_dir, tmp_path, damage,
-                                                           message):  # fmt: skip
-    # a git checkout with autocrlf, an LFS pointer, git-annex content not fetched: each was
-    # "truncated or altered" / "missing (truncated copy?)", with no word on the fix
+    [
+        (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
+        (lambda d: os.truncate(d / "model.safetensors", 1000), "truncated"),
+        (lambda d: (d / "labels.json").write_text('["a", "b", "c"]\n'), "size|checksum"),
+        (lambda d: (d / "manifest.json").unlink(), "manifest"),
+        # what version control did, named with the fix (it was "truncated or altered" or
+        # "missing (truncated copy?)"): git's autocrlf, an LFS pointer, git-annex not fetched
+        (_crlf, "line ends were changed to CRLF .*core.autocrlf"),
+        (_lfs, "a Git LFS pointer, not the file: fetch it with `git lfs pull`"),
+        (_dangling, "is a link to .*annex.*, which does not exist"),
+    ],
+)
+def test_damaged_model_dir_gives_a_clear_error(tiny_model_dir, tmp_path, damage, message):
     d = corrupt_copy(tiny_model_dir, tmp_path / "bad", damage)
     with pytest.raises(ModelDirError, match=message):
         slimtext.load(d)
