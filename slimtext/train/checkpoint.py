@@ -234,7 +234,7 @@ def check_fresh_start(folder: str | Path | None, resume: bool) -> None:
     if not resume and (old := list_checkpoints(folder)):
         raise ValueError(
             f"{folder} holds checkpoints of an earlier run (newest {old[-1].name}): resume it "
-            "(--resume), or remove the folder to start afresh"
+            "(--resume; resume=True in Python), or remove the folder to start afresh"
         )
 
 
@@ -363,26 +363,52 @@ def exclusive(
 
 
 @contextlib.contextmanager
-def _locked(lock: Path, busy: str, optional: bool = False) -> Iterator[None]:
+def _locked(lock: Path, busy: str, temporary: bool = False) -> Iterator[None]:
     """An exclusive flock on the file `lock` (made if missing, holding our pid), or ValueError
-    `busy` when another process holds it. `optional`: a lock file that cannot be opened is
-    skipped rather than an error."""
-    try:  # 0o666 less the umask, as any new file
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError:
-        if not optional:
+    `busy` when another process holds it. `temporary`: a lock file of the temporary folder,
+    removed when released (hundreds piled up), and skipped rather than an error when it cannot
+    be opened (another user's, a read-only /tmp)."""
+    for _ in range(10):
+        try:  # 0o666 less the umask, as any new file
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            if not temporary:
+                raise
+            yield
+            return
+        try:
+            if flock(fd, wait=False) is False:
+                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise ValueError(
+                    f"{busy} (pid {other}): wait for it to end, or write to another --out"
+                )
+            # the file may have been removed by its last holder after we opened it: a lock on
+            # that one excludes nobody, so take the one now at the path
+            if temporary and not _same_file(fd, lock):
+                os.close(fd)
+                continue
+        except BaseException:
+            os.close(fd)
             raise
-        yield
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            if temporary:  # before the lock goes: a newcomer then finds no file, or a new one
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+            os.close(fd)
         return
+    yield  # (ten races in a row: run unguarded, as without a lock)
+
+
+def _same_file(fd: int, path: Path) -> bool:
     try:
-        if flock(fd, wait=False) is False:
-            other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise ValueError(f"{busy} (pid {other}): wait for it to end, or write to another --out")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 FINISHED = "FINISHED"  # written once the run's model directory is saved

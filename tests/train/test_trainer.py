@@ -619,3 +619,23 @@ def test_nan_from_the_last_step_is_caught_before_evaluation(encoded, tmp_path):
     with pytest.raises(DivergedError, match="diverged by step 1: the weights hold NaN or inf;"):
         run(encoded, {"run_dir": tmp_path / "run"}, lr=1e39, warmup=0, max_steps=1)
     assert "NaN" not in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_the_out_lock_refuses_a_second_run_and_goes_with_the_run(tmp_path, monkeypatch):
+    # hundreds of slimtext-out-*.lock files piled up in /tmp, one per --out ever trained
+    import tempfile
+
+    from slimtext.train.checkpoint import exclusive
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    out = tmp_path / "m"
+    with exclusive(None, out=out):
+        assert len(list(tmp_path.glob("slimtext-out-*.lock"))) == 1
+        with (
+            pytest.raises(ValueError, match="being written by another run"),
+            exclusive(tmp_path / "m.checkpoints", out=tmp_path / "x" / ".." / "m"),
+        ):
+            pass
+    assert not list(tmp_path.glob("slimtext-out-*.lock"))
+    with exclusive(None, out=out):  # free again
+        pass
