@@ -200,6 +200,11 @@ def _fail(e: Exception) -> None:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    # Evaluated by `except` while an exception is being matched: a Ctrl-C that landed inside
+    # `import torch` must not import torch again here (a half-imported torch raised
+    # "duplicate registrations", a traceback and exit 1, instead of exit 130).
+    if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+        return ()
     from .artifact import ModelDirError
     from .data import DataError
     from .export import ExportError

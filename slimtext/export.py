@@ -581,8 +581,8 @@ def _how_to_feed(md: ModelDir, mask_dtype: str) -> dict:
     """What a program that runs the graph without slimtext must do to get slimtext's answers
     (README, "Running an export without slimtext"), kept with the graph."""
     return {
-        "tokenizer": "tokenizer.json, with encode_special_tokens = true (a [SEP] in a text is "
-        "text, as slimtext reads it; the file cannot carry that setting)",
+        "tokenizer": "the model directory's tokenizer.json, with encode_special_tokens = true "
+        "(a [SEP] in a text is text, as slimtext reads it; the file cannot carry that setting)",
         "input_ids": "int64 (batch, seq), as the tokenizer gives them, [CLS] ... [SEP] included",
         "attention_mask": f"{mask_dtype} (batch, seq): true (1) on real tokens",
         "padding": "right",

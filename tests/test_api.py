@@ -671,10 +671,12 @@ def test_refitting_into_a_finished_fits_checkpoints_starts_afresh(toy_data, tmp_
         )
     # a folder of the caller's own (the working folder, with their data): only slimtext's
     # files go when it starts afresh (everything else in it was deleted)
-    (ck / "notes.txt").write_text("mine")
-    (ck / "data").mkdir()
+    mine = ["notes.txt", "step-notes.md", ".step-log", "step-by-step/plan.txt", "data/x"]
+    for name in mine:  # (names like a checkpoint's were taken for one and deleted)
+        (ck / name).parent.mkdir(exist_ok=True)
+        (ck / name).write_text("mine")
     TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck)
-    assert (ck / "notes.txt").read_text() == "mine" and (ck / "data").is_dir()
+    assert all((ck / name).read_text() == "mine" for name in mine)
     # an unfinished run's checkpoints are still refused without resume
     (ck / "FINISHED").unlink()
     with pytest.raises(ValueError, match="holds checkpoints of an earlier run"):

@@ -814,3 +814,15 @@ def test_predict_on_a_live_pipe_stops_cleanly(tiny_model_dir, stop):
     finally:
         p.kill()
     assert p.returncode == 143 and "stopped by SIGTERM" in err and "Fatal" not in err, err
+
+
+def test_a_ctrl_c_inside_an_import_is_not_met_by_a_second_import():
+    # Ctrl-C landing inside `import torch` in eval: matching `except (*_user_errors(), ...)`
+    # imported torch again, half-initialised: "duplicate registrations", traceback, exit 1
+    from slimtext.cli import _user_errors
+
+    try:
+        raise KeyboardInterrupt
+    except BaseException:
+        assert _user_errors() == ()
+    assert ValueError in _user_errors()

@@ -74,6 +74,9 @@ class _Options:
         self.require_labels = require_labels
 
 
+_WHOLE_NUMBER = re.compile(r"-?[0-9]+")  # (ASCII digits: "²" and "--5" are names)
+
+
 class _Collector:
     """Accumulates good rows; raises on, or counts, bad ones."""
 
@@ -147,7 +150,7 @@ class _Collector:
         """ "7.0" is read as the class 7 (pandas writes an integer column with gaps so), but a
         file that also has "7" would have two classes merged without a word: refused. So is
         "07" beside "7": two classes, where pandas or a spreadsheet would read one number."""
-        if not (label.isascii() and label[-1:].isdigit() and label.lstrip("-").isdigit()):
+        if not _WHOLE_NUMBER.fullmatch(label):
             return  # only whole numbers are merged across spellings
         # a float as JSON wrote it (7.0), an int as itself (7)
         if isinstance(raw, str):
@@ -515,8 +518,10 @@ def _header_delimiter(path: Path, opts: _Options) -> str | None:
 
     if fits(","):
         return None
-    return next((d for d in sorted(";\t", key=line.count, reverse=True)
-                 if d in line and fits(d)), None)  # fmt: skip
+    # the one that holds the columns, else the most frequent: its split names the real
+    # columns in the error ("no label column"), where a comma split shows one odd column
+    present = sorted((d for d in ";\t" if d in line), key=line.count, reverse=True)
+    return next((d for d in present if fits(d)), present[0] if present else None)
 
 
 def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -217,11 +218,17 @@ def save_checkpoint(
     return target
 
 
+# A checkpoint's folder name, and that of its temporary copy while written (".step-N.tmp-X"):
+# not any name starting "step-" (a user's "step-by-step/" beside them is theirs).
+_CHECKPOINT_NAME = re.compile(rf"{re.escape(PREFIX)}\d+")
+_OURS = re.compile(rf"\.?{re.escape(PREFIX)}\d+(\.tmp-.*)?")
+
+
 def list_checkpoints(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(PREFIX))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and _CHECKPOINT_NAME.fullmatch(p.name))
 
 
 def check_fresh_start(folder: str | Path | None, resume: bool) -> None:
@@ -232,10 +239,29 @@ def check_fresh_start(folder: str | Path | None, resume: bool) -> None:
     if folder is None or (Path(folder) / FINISHED).is_file():  # cleared when the run starts
         return
     if not resume and (old := list_checkpoints(folder)):
+        if (pid := _holder(Path(folder) / LOCK)) is not None:  # not earlier: still running
+            raise ValueError(
+                f"{folder} is in use by another run (pid {pid}): wait for it to end, or write "
+                "to another --out"
+            )
         raise ValueError(
             f"{folder} holds checkpoints of an earlier run (newest {old[-1].name}): resume it "
             "(--resume; resume=True in Python), or remove the folder to start afresh"
         )
+
+
+def _holder(lock: Path) -> str | None:
+    """The pid written in `lock` while another process holds its flock, else None."""
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        if flock(fd, wait=False) is False:
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        return None
+    finally:
+        os.close(fd)  # (a lock taken here goes with the descriptor)
 
 
 def latest_checkpoint(folder: str | Path, ctx: DistContext | None = None) -> Path | None:
@@ -440,7 +466,7 @@ def clear_finished(folder: Path | None, say, everything: bool = False) -> None:
     if folder is None or not (folder / FINISHED).is_file():
         return
     for p in folder.iterdir():
-        ours = p.name.startswith((PREFIX, f".{PREFIX}")) or p.name in ("tokenizer.json", FINISHED)
+        ours = _OURS.fullmatch(p.name) or p.name in ("tokenizer.json", FINISHED)
         if p.name == LOCK or not (ours or everything):
             continue
         shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

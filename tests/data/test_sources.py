@@ -415,6 +415,9 @@ def test_a_semicolon_csv_and_spreadsheet_blank_rows(write):
     # a header with a comma keeps the comma, whatever else the rows hold
     ds = load_data(write("k.csv", "text,label\nfine;ok,a\n"))
     assert ds.texts == ["fine;ok"] and not any("separated" in n for n in ds.notes)
+    # a ";" header without the label column: the error names its real columns
+    with pytest.raises(DataError, match=r"no label column 'label'; columns are: 'text', 'cat'"):
+        load_data(write("n.csv", "text;cat\nnice, one;pos\n"))
     # and so does a one-column file whose column name holds a ";" (it has its columns)
     one = write("o.csv", "review;summary\ngood;fine\n")
     ds = load_data(one, text_cols=["review;summary"], label_col=None, require_labels=False)

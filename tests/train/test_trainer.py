@@ -639,3 +639,14 @@ def test_the_out_lock_refuses_a_second_run_and_goes_with_the_run(tmp_path, monke
     assert not list(tmp_path.glob("slimtext-out-*.lock"))
     with exclusive(None, out=out):  # free again
         pass
+
+
+def test_a_fresh_run_beside_a_running_one_is_told_it_runs_not_to_resume_it(tmp_path):
+    from slimtext.train.checkpoint import check_fresh_start, exclusive
+
+    ck = tmp_path / "m.checkpoints"
+    (ck / "step-000000004").mkdir(parents=True)
+    with pytest.raises(ValueError, match="earlier run .*resume it"):
+        check_fresh_start(ck, resume=False)
+    with exclusive(ck), pytest.raises(ValueError, match=r"in use by another run \(pid \d+\)"):
+        check_fresh_start(ck, resume=False)
