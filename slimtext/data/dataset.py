@@ -119,8 +119,9 @@ def check_texts(texts: Sequence[str]) -> list[str]:
 
 def is_blank(text: str) -> bool:
     """True for a text with nothing to read: empty, whitespace, or only invisible format and
-    control characters (a zero-width space, a BOM, NUL). The tokenizer drops those, so the model
-    would answer for its special tokens alone: a confident label for nothing."""
+    control characters (a zero-width space, a BOM, NUL). The model would answer for its special
+    tokens alone (a WordPiece tokenizer drops such characters), or for bytes no reader sees (a
+    byte-level BPE keeps them): either way a confident label for nothing."""
     # all() stops at the first visible character: one or two look-ups for a real text
     return all(c.isspace() or unicodedata.category(c) in _INVISIBLE for c in text)
 
