@@ -426,14 +426,16 @@ def _wide_bom(head: bytes) -> str | None:
 _QUOTED_FIELD = re.compile(r'(?:^|\t)"((?:[^"]|"")*)"(?=\t|\r?\n|\Z)', re.M)
 
 
-def _tsv_is_quoted(path: Path, opts: _Options) -> bool:
+def _tsv_is_quoted(path: Path, opts: _Options, doubts: list[str] | None = None) -> bool:
     """Whether a TSV file was written with CSV quoting (pandas' `to_csv(sep="\\t")`, Python's
     csv module, R's `write.table`): some field in quotes holds a doubled quote, a tab or a line
     break, which an unquoted (IANA) TSV field never does; or every field of the header, or of
     each of the first data rows, is in quotes (`QUOTE_ALL`, `QUOTE_NONNUMERIC`, R's default),
     which a plain TSV's column names and labels are not. Reads until it finds a sign (the whole
     file if none: a file whose first quoted field comes late is still read right), a MiB of
-    lines at a time, each block overlapping the last so a field across the cut is seen whole."""
+    lines at a time, each block overlapping the last so a field across the cut is seen whole.
+    `doubts` receives the start of each quoted field taken for stray quotes around rows: it
+    could also be a quoted text holding tabs and line breaks, which the data report says."""
     sniff = copy.copy(opts)
     sniff.errors, sniff.on_bad = "replace", "skip"
     tabs = None  # a header row's tabs: a "field" holding a line with as many is a run of rows
@@ -448,7 +450,9 @@ def _tsv_is_quoted(path: Path, opts: _Options) -> bool:
             if "\n" in inner:
                 if not any(line.count("\t") >= tabs for line in inner.split("\n")):
                     return True
-            elif "\t" in inner:
+                if doubts is not None and len(doubts) < 3:
+                    doubts.append(inner[:40])
+            elif "\t" in inner or "\r" in inner:  # a lone \r: csv.writer quotes it, too
                 return True
         return False
 
@@ -498,10 +502,10 @@ def _note_joined_lines(collector: _Collector, where: str, start: int, end: int) 
 
 
 def _header_delimiter(path: Path, opts: _Options) -> str | None:
-    """ ";" or tab when a .csv file's header row has no comma and, split at those, holds the
-    columns to read (where split at commas it does not): Excel writes ";" where the comma is the
-    decimal mark, and a header "text;label" read with commas is one column. A one-column file
-    whose header holds a ";" keeps its commas."""
+    """ ";" or tab when a .csv file's header row has no comma and split at commas lacks the
+    columns to read: Excel writes ";" where the comma is the decimal mark, and a header
+    "text;label" read with commas is one column. A one-column file whose header holds a ";"
+    (and names the column asked for) keeps its commas."""
     sniff = copy.copy(opts)
     sniff.errors, sniff.on_bad = "replace", "skip"
     line = next((ln for ln in _Lines(path, sniff) if ln.strip()), None)
@@ -532,7 +536,8 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
     # starting with a quote ('"Great" film') must not swallow the following lines as one
     # quoted field, and pandas' quotes must not stay in the texts ('"He said ""hi"""').
     # (a .csv file's tabs: CSV quoting, as the file's name says)
-    quoted_tsv = delimiter == "\t" and not sniffed and _tsv_is_quoted(path, opts)
+    doubts: list[str] = []
+    quoted_tsv = delimiter == "\t" and not sniffed and _tsv_is_quoted(path, opts, doubts)
     plain_tsv = delimiter == "\t" and not quoted_tsv and not sniffed
     quoting = csv.QUOTE_NONE if plain_tsv else csv.QUOTE_MINIMAL
     # strict: the lenient default reads an unclosed quote as a field that runs to the next
@@ -618,6 +623,14 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
     if sniffed:
         name = "semicolon" if sniffed == ";" else "tab"
         collector.notes.append(f"{path}: read as {name}-separated (its header has no comma)")
+    if doubts and not quoted_tsv:  # not silently: it may have split quoted texts into rows
+        shown = "; ".join(repr(d) for d in doubts)
+        collector.notes.append(
+            f"{path}: read as plain TSV, where double quotes around several lines hold whole "
+            f"rows ({shown}...); if the file was written with CSV quoting (pandas' to_csv) and "
+            "its texts hold tabs and line breaks, those texts were split: save it as CSV or "
+            "JSONL instead"
+        )
     if quoted_tsv:
         collector.notes.append(
             f"{path}: read with CSV quoting (fields in double quotes, as pandas and Python's csv "
