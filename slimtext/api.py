@@ -39,6 +39,7 @@ from .train import Encoded, TrainConfig, TrainResult, fit
 from .train.checkpoint import (
     check_fresh_start,
     clear_finished,
+    holds_checkpoints,
     list_checkpoints,
     mark_finished,
 )
@@ -211,6 +212,7 @@ class TextClassifier:
 
     # ---- learning ------------------------------------------------------------------------
     @keeps_caller_rng
+    @holds_checkpoints
     def fit(
         self,
         train: Data,

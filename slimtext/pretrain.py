@@ -41,7 +41,12 @@ from .data.batching import Batch
 from .models import ModelConfig, TransformerClassifier, build_model
 from .tokenizer import CLS, MASK, PAD, SEP, TextTokenizer, TokenRows
 from .train import Encoded, TrainResult, fit
-from .train.checkpoint import check_fresh_start, clear_finished, mark_finished
+from .train.checkpoint import (
+    check_fresh_start,
+    clear_finished,
+    holds_checkpoints,
+    mark_finished,
+)
 from .train.distributed import DistContext, barrier, init_distributed
 from .train.trainer import keeps_caller_rng
 
@@ -250,6 +255,7 @@ def mlm_loss(mlm: MLMModel):
 
 
 @keeps_caller_rng
+@holds_checkpoints
 def pretrain(
     data,
     out: str | os.PathLike,

@@ -695,3 +695,17 @@ def test_fit_takes_texts_labels_and_validation_data_together(toy_data):
     np.testing.assert_array_equal(a.predict_proba(texts[:5]), b.predict_proba(texts[:5]))
     with pytest.raises(TypeError, match="validation data given twice"):
         TextClassifier(**kw).fit((texts, labels), valid, valid=valid)
+
+
+def test_fit_refuses_a_checkpoint_folder_another_run_is_using(toy_data, tmp_path):
+    # only the CLI held the folder: fit(resume=True) from Python ran into a run in progress
+    from conftest import another_run
+
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=2, batch_size=8,
+              checkpoint_every=1, verbose=False)  # fmt: skip
+    ck = tmp_path / "ck"
+    with another_run(ck) as pid:
+        for resume in (True, False):
+            with pytest.raises(ValueError, match=rf"in use by another run \(pid {pid}\)"):
+                TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck, resume=resume)
+    TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck, resume=True)  # once it is done

@@ -10,6 +10,7 @@ import time
 
 import pytest
 import torch
+from conftest import another_run
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -432,8 +433,6 @@ def test_a_finished_runs_checkpoints_give_way_and_a_second_run_on_them_is_refuse
 ):
     # Left behind, a finished run's checkpoints stopped the next (cron) run into the same --out,
     # with --resume or without; two runs at once on one folder broke each other's checkpoints.
-    from slimtext.train.checkpoint import exclusive
-
     train, _ = data_files
     args = ["train", "--data", str(train), "--out", str(tmp_path / "m"), *SMALL, "--max-steps",
             "4", "--checkpoint-every", "2"]  # fmt: skip
@@ -443,27 +442,24 @@ def test_a_finished_runs_checkpoints_give_way_and_a_second_run_on_them_is_refuse
     for extra in ([], ["--resume"]):  # which starts afresh over them, either way
         r = runner.invoke(app, args + extra)
         assert r.exit_code == 0 and "finished; starting afresh" in r.output, r.output
-    with exclusive(tmp_path / "m.checkpoints"):  # another run holds them
+    with another_run(tmp_path / "m.checkpoints") as pid:  # another run holds them
         r = runner.invoke(app, args)
-    assert r.exit_code != 0 and "in use by another run" in r.output, r.output
+    assert r.exit_code != 0 and f"in use by another run (pid {pid})" in r.output, r.output
     # without checkpoints: two runs into one --out both trained, the last to finish won
     plain = ["train", "--data", str(train), "--out", str(tmp_path / "p"), *SMALL, "--max-steps",
              "2"]  # fmt: skip
-    for out in (tmp_path / "p", tmp_path / "x" / ".." / "p"):  # the same folder, spelled apart
-        with exclusive(None, out=out):
+    (tmp_path / "link").symlink_to(tmp_path)  # the same folder through a link
+    # the same folder spelled apart; a run with checkpoints and one without: one lock
+    others = [
+        dict(out=tmp_path / "x" / ".." / "p"),
+        dict(folder=tmp_path / "p.checkpoints", out=tmp_path / "link" / "p"),
+    ]
+    for other in others:
+        with another_run(**other):
             r = runner.invoke(app, plain)
         assert r.exit_code == 2 and "is being written by another run (pid" in r.output, r.output
         assert "trained" not in r.output and not (tmp_path / "p").exists()
-    (tmp_path / "x").mkdir()
     assert runner.invoke(app, plain).exit_code == 0  # once the other run is done
-    # a run with checkpoints and one without, into one --out: the same lock
-    with exclusive(tmp_path / "p.checkpoints", out=tmp_path / "p"):
-        r = runner.invoke(app, plain)
-    assert r.exit_code == 2 and "is being written by another run" in r.output, r.output
-    (tmp_path / "link").symlink_to(tmp_path)  # the same folder through a link
-    with exclusive(None, out=tmp_path / "link" / "p"):
-        r = runner.invoke(app, args[:4] + [str(tmp_path / "p")] + args[5:])
-    assert r.exit_code == 2 and "is being written by another run" in r.output, r.output
 
 
 @pytest.mark.parametrize(

@@ -17,11 +17,13 @@ verification, so a checkpoint being written when the process died is never the o
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
 import shutil
 import tempfile
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,17 +253,29 @@ def check_fresh_start(folder: str | Path | None, resume: bool) -> None:
 
 
 def _holder(lock: Path) -> str | None:
-    """The pid written in `lock` while another process holds its flock, else None."""
+    """The pid written in `lock` while another process holds its flock, else None (this
+    process's own lock too: a fresh CLI run checks its folder after taking it)."""
+    if os.path.realpath(lock) in _HELD:
+        return None
     try:
         fd = os.open(lock, os.O_RDONLY)
     except OSError:
         return None
     try:
         if flock(fd, wait=False) is False:
-            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            return _pid_in(fd)
         return None
     finally:
         os.close(fd)  # (a lock taken here goes with the descriptor)
+
+
+def _pid_in(fd: int) -> str:
+    """The pid a lock's holder writes just after taking it (a moment later, at worst)."""
+    for _ in range(20):
+        if pid := os.pread(fd, 32, 0).decode(errors="replace").strip():
+            return pid
+        time.sleep(0.005)
+    return "?"
 
 
 def latest_checkpoint(folder: str | Path, ctx: DistContext | None = None) -> Path | None:
@@ -388,12 +402,47 @@ def exclusive(
         yield
 
 
+_HELD: set[str] = set()  # lock files this process holds: taking one again is a no-op
+
+
+def holds_checkpoints(f):
+    """Run `f` (a training entry point taking `checkpoint_dir=` and `dist=`) holding its
+    checkpoint folder (`exclusive`): from Python too, a second run on a folder in use is
+    refused before it writes a tokenizer or a checkpoint there. Under torchrun without a `dist`
+    yet, rank 0 holds it for all."""
+
+    @functools.wraps(f)
+    def run(*args, **kwargs):
+        dist = kwargs.get("dist")
+        if dist is None and os.environ.get("RANK", "0") != "0":
+            return f(*args, **kwargs)
+        with exclusive(kwargs.get("checkpoint_dir"), dist):
+            return f(*args, **kwargs)
+
+    return run
+
+
 @contextlib.contextmanager
 def _locked(lock: Path, busy: str, temporary: bool = False) -> Iterator[None]:
     """An exclusive flock on the file `lock` (made if missing, holding our pid), or ValueError
     `busy` when another process holds it. `temporary`: a lock file of the temporary folder,
     removed when released (hundreds piled up), and skipped rather than an error when it cannot
-    be opened (another user's, a read-only /tmp)."""
+    be opened (another user's, a read-only /tmp). Re-entrant: the CLI holds a run's folder,
+    and `fit` inside it takes the same lock (a flock on a second descriptor would refuse it)."""
+    key = os.path.realpath(lock)
+    if key in _HELD:
+        yield
+        return
+    _HELD.add(key)
+    try:
+        with _locked_once(lock, busy, temporary):
+            yield
+    finally:
+        _HELD.discard(key)
+
+
+@contextlib.contextmanager
+def _locked_once(lock: Path, busy: str, temporary: bool) -> Iterator[None]:
     for _ in range(10):
         try:  # 0o666 less the umask, as any new file
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
@@ -404,9 +453,9 @@ def _locked(lock: Path, busy: str, temporary: bool = False) -> Iterator[None]:
             return
         try:
             if flock(fd, wait=False) is False:
-                other = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
                 raise ValueError(
-                    f"{busy} (pid {other}): wait for it to end, or write to another --out"
+                    f"{busy} (pid {_pid_in(fd)}): wait for it to end, or write elsewhere "
+                    "(another --out; checkpoint_dir= in Python)"
                 )
             # the file may have been removed by its last holder after we opened it: a lock on
             # that one excludes nobody, so take the one now at the path

@@ -33,6 +33,7 @@ from ..progress import progress_bar
 from ..tokenizer import check_long_text, row_lengths
 from .checkpoint import (
     check_fresh_start,
+    holds_checkpoints,
     latest_checkpoint,
     list_checkpoints,
     load_checkpoint,
@@ -560,6 +561,7 @@ def _leaves_no_trace(f):
 
 
 @_leaves_no_trace
+@holds_checkpoints  # (re-entrant: the CLI and TextClassifier.fit hold it already)
 def fit(
     model: nn.Module,
     train: Encoded,

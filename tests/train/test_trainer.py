@@ -625,11 +625,13 @@ def test_the_out_lock_refuses_a_second_run_and_goes_with_the_run(tmp_path, monke
     # hundreds of slimtext-out-*.lock files piled up in /tmp, one per --out ever trained
     import tempfile
 
+    from conftest import another_run
+
     from slimtext.train.checkpoint import exclusive
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     out = tmp_path / "m"
-    with exclusive(None, out=out):
+    with another_run(out=out, tmpdir=tmp_path):
         assert len(list(tmp_path.glob("slimtext-out-*.lock"))) == 1
         with (
             pytest.raises(ValueError, match="being written by another run"),
@@ -637,16 +639,24 @@ def test_the_out_lock_refuses_a_second_run_and_goes_with_the_run(tmp_path, monke
         ):
             pass
     assert not list(tmp_path.glob("slimtext-out-*.lock"))
-    with exclusive(None, out=out):  # free again
+    with exclusive(None, out=out), exclusive(None, out=out):  # free again; re-entrant
         pass
 
 
 def test_a_fresh_run_beside_a_running_one_is_told_it_runs_not_to_resume_it(tmp_path):
+    from conftest import another_run
+
     from slimtext.train.checkpoint import check_fresh_start, exclusive
 
     ck = tmp_path / "m.checkpoints"
     (ck / "step-000000004").mkdir(parents=True)
     with pytest.raises(ValueError, match="earlier run .*resume it"):
         check_fresh_start(ck, resume=False)
-    with exclusive(ck), pytest.raises(ValueError, match=r"in use by another run \(pid \d+\)"):
+    with (
+        another_run(ck) as pid,
+        pytest.raises(ValueError, match=f"in use by another run \\(pid {pid}\\)"),
+    ):
+        check_fresh_start(ck, resume=False)
+    # this run's own lock (the CLI takes it before fit checks): an earlier run, not "another"
+    with exclusive(ck), pytest.raises(ValueError, match="earlier run .*resume it"):
         check_fresh_start(ck, resume=False)
