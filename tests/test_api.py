@@ -699,7 +699,7 @@ def test_fit_takes_texts_labels_and_validation_data_together(toy_data):
 
 def test_fit_refuses_a_checkpoint_folder_another_run_is_using(toy_data, tmp_path):
     # only the CLI held the folder: fit(resume=True) from Python ran into a run in progress
-    from conftest import another_run
+    from other_run import another_run
 
     kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=2, batch_size=8,
               checkpoint_every=1, verbose=False)  # fmt: skip

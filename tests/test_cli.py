@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from conftest import another_run
+from other_run import another_run
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 

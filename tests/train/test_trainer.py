@@ -625,7 +625,7 @@ def test_the_out_lock_refuses_a_second_run_and_goes_with_the_run(tmp_path, monke
     # hundreds of slimtext-out-*.lock files piled up in /tmp, one per --out ever trained
     import tempfile
 
-    from conftest import another_run
+    from other_run import another_run
 
     from slimtext.train.checkpoint import exclusive
 
@@ -644,7 +644,7 @@ def test_the_out_lock_refuses_a_second_run_and_goes_with_the_run(tmp_path, monke
 
 
 def test_a_fresh_run_beside_a_running_one_is_told_it_runs_not_to_resume_it(tmp_path):
-    from conftest import another_run
+    from other_run import another_run
 
     from slimtext.train.checkpoint import check_fresh_start, exclusive
 
