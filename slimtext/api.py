@@ -205,6 +205,9 @@ class TextClassifier:
                       file=sys.stderr)  # fmt: skip
         else:
             tok = load_tokenizer(self.tokenizer).with_pad()
+            if self.verbose and self.vocab_size != 16000:  # asked for, and not used: said
+                print(f"tokenizer: {self.tokenizer} ({tok.vocab_size:,} tokens); vocab size "
+                      f"{self.vocab_size:,} ignored", file=sys.stderr)  # fmt: skip
         if saved is not None:
             saved.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(saved, tok.to_str())
@@ -351,7 +354,13 @@ class TextClassifier:
         result = fit(
             model,
             self._encode(
-                tok, train_ds, labels, cfg, bars and ctx.is_main, say=self.verbose and ctx.is_main
+                tok,
+                train_ds,
+                labels,
+                cfg,
+                bars and ctx.is_main,
+                say=self.verbose and ctx.is_main,
+                limit=src.config.max_length if src is not None else None,
             ),  # fmt: skip
             self._encode(tok, valid_ds, labels, cfg, bars and ctx.is_main)
             if len(valid_ds)
@@ -427,12 +436,13 @@ class TextClassifier:
     @staticmethod
     def _encode(
         tok: TextTokenizer, ds: TextDataset, labels: list[str], cfg: TrainConfig,
-        progress: bool = False, say: bool = False,
+        progress: bool = False, say: bool = False, limit: int | None = None,
     ) -> Encoded:  # fmt: skip
         lengths: list[int] = []
         ids, owner = tok.encode_windows(ds.texts, cfg.max_length, cfg.long_text, progress,
                                         lengths)  # fmt: skip
-        if say and (note := long_text_note(lengths, cfg.max_length, cfg.long_text, len(ids))):
+        note = long_text_note(lengths, cfg.max_length, cfg.long_text, len(ids), limit)
+        if say and note:
             print(f"note: {note}", file=sys.stderr)
         index = {lab: i for i, lab in enumerate(labels)}
         y = None if ds.labels is None else [index[ds.labels[i]] for i in owner]
@@ -646,10 +656,13 @@ def _warn_if_split_is_lopsided(train: TextDataset, valid: TextDataset, fraction:
     )
 
 
-def long_text_note(lengths: list[int], max_length: int, long_text: str, windows: int) -> str:
+def long_text_note(
+    lengths: list[int], max_length: int, long_text: str, windows: int, limit: int | None = None
+) -> str:
     """What happens to the training texts longer than `max_length` tokens, when they are 5% or
     more of them: cut silently, a long-document task trains on a fraction of each text (a new
-    user's IMDB run: 0.78 where reading whole reviews gives 0.87)."""
+    user's IMDB run: 0.78 where reading whole reviews gives 0.87). `limit`: the positions of an
+    `init` encoder, beyond which no --max-length reaches."""
     long = sum(n > max_length for n in lengths)
     if not lengths or long < 0.05 * len(lengths):
         return ""
@@ -664,10 +677,12 @@ def long_text_note(lengths: list[int], max_length: int, long_text: str, windows:
         if long_text == "truncate"
         else f"each is read as its start and end, {max_length} tokens in all"
     )
-    return (
-        f"{head}: {read}. --long-text chunks reads them whole (slower to train); a larger "
-        "--max-length reads more of each"
+    larger = (
+        f"the encoder's positions stop at {limit}"
+        if limit is not None and max_length >= limit
+        else "a larger --max-length reads more of each"
     )
+    return f"{head}: {read}. --long-text chunks reads them whole (slower to train); {larger}"
 
 
 def _are_texts(x) -> bool:

@@ -419,7 +419,9 @@ def _classifier(tokenizer: str, vocab_size: int, mask_prob: float, verbose: bool
     params.setdefault("long_text", "chunks")
     clf = TextClassifier("transformer", tokenizer=tokenizer, vocab_size=vocab_size,
                          verbose=verbose, **params)  # fmt: skip
-    clf.train_config()  # validates
+    cfg = clf.train_config()  # validates
+    # and the shape (--num-heads 3 for hidden 32), as train does, before a tokenizer is learned
+    clf._model_config(None, len(PRETRAIN_LABELS), cfg.max_length)
     return clf
 
 

@@ -79,6 +79,10 @@ def test_fit_says_how_long_texts_are_read(toy_data, capsys):
     TextClassifier(**kw).fit(texts, labels, progress=False)  # none too long: no note
     assert "longer than max_length" not in capsys.readouterr().err
     assert long_text_note([40] * 4 + [10] * 96, 32, "truncate", 100) == ""  # under 5%: quiet
+    # an --init encoder's positions bound it: "a larger --max-length" would be no help there
+    assert "a larger --max-length" in long_text_note([40] * 50, 32, "truncate", 50)
+    capped = long_text_note([40] * 50, 32, "truncate", 50, limit=32)
+    assert "the encoder's positions stop at 32" in capped and "larger" not in capped
 
 
 def test_short_texts_give_the_same_single_window_in_every_mode(tok):
