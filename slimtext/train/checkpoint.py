@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -255,8 +256,8 @@ def check_fresh_start(folder: str | Path | None, resume: bool) -> None:
 def _holder(lock: Path) -> str | None:
     """The pid written in `lock` while another process holds its flock, else None (this
     process's own lock too: a fresh CLI run checks its folder after taking it)."""
-    if os.path.realpath(lock) in _HELD:
-        return None
+    if (holder := _HELD.get(os.path.realpath(lock))) is not None:
+        return None if holder == threading.get_ident() else f"{os.getpid()}, another thread"
     try:
         fd = os.open(lock, os.O_RDONLY)
     except OSError:
@@ -402,7 +403,9 @@ def exclusive(
         yield
 
 
-_HELD: set[str] = set()  # lock files this process holds: taking one again is a no-op
+# Lock files this process holds, and the thread holding each: that thread taking one again is
+# a no-op; another thread of the process is refused, as another process would be.
+_HELD: dict[str, int] = {}
 
 
 def holds_checkpoints(f):
@@ -429,16 +432,18 @@ def _locked(lock: Path, busy: str, temporary: bool = False) -> Iterator[None]:
     removed when released (hundreds piled up), and skipped rather than an error when it cannot
     be opened (another user's, a read-only /tmp). Re-entrant: the CLI holds a run's folder,
     and `fit` inside it takes the same lock (a flock on a second descriptor would refuse it)."""
-    key = os.path.realpath(lock)
-    if key in _HELD:
+    key, me = os.path.realpath(lock), threading.get_ident()
+    if _HELD.get(key) == me:
         yield
         return
-    _HELD.add(key)
+    if key in _HELD:  # (a flock is per process: it would not keep the other thread out)
+        raise ValueError(f"{busy} (pid {os.getpid()}, another thread): wait for it to end")
+    _HELD[key] = me
     try:
         with _locked_once(lock, busy, temporary):
             yield
     finally:
-        _HELD.discard(key)
+        del _HELD[key]
 
 
 @contextlib.contextmanager

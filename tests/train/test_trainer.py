@@ -660,3 +660,30 @@ def test_a_fresh_run_beside_a_running_one_is_told_it_runs_not_to_resume_it(tmp_p
     # this run's own lock (the CLI takes it before fit checks): an earlier run, not "another"
     with exclusive(ck), pytest.raises(ValueError, match="earlier run .*resume it"):
         check_fresh_start(ck, resume=False)
+
+
+def test_a_checkpoint_folder_held_by_one_thread_refuses_another(tmp_path):
+    # re-entrant for the thread that holds it (the CLI, then fit inside it), not for the
+    # process: a flock would let a second thread of the same process in
+    import threading
+
+    from slimtext.train.checkpoint import exclusive
+
+    ck, seen = tmp_path / "ck", []
+
+    def second():
+        try:
+            with exclusive(ck):
+                seen.append("in")
+        except ValueError as e:
+            seen.append(str(e))
+
+    with exclusive(ck), exclusive(ck):  # the same thread: let in
+        t = threading.Thread(target=second)
+        t.start()
+        t.join()
+    assert len(seen) == 1 and "in use by another run" in seen[0] and "another thread" in seen[0]
+    t = threading.Thread(target=second)  # released: free for anyone
+    t.start()
+    t.join()
+    assert seen[-1] == "in"
