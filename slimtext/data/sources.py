@@ -450,8 +450,8 @@ def _tsv_is_quoted(path: Path, opts: _Options, doubts: list[str] | None = None) 
             if "\n" in inner:
                 if not any(line.count("\t") >= tabs for line in inner.split("\n")):
                     return True
-                if doubts is not None and len(doubts) < 3:
-                    doubts.append(inner[:40])
+                if doubts is not None and len(doubts) < 3 and inner[:40] not in doubts:
+                    doubts.append(inner[:40])  # (blocks overlap: a field may be seen twice)
             elif "\t" in inner or "\r" in inner:  # a lone \r: csv.writer quotes it, too
                 return True
         return False
@@ -601,6 +601,12 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
                     if prev_line > start
                     else "; a text with an unquoted delimiter?"
                 )
+                if doubts and not quoted_tsv:  # the likelier cause, said where it bites
+                    hint = (
+                        "; read as plain TSV, but quotes around several lines hold whole rows: "
+                        "a quoted text with tabs and line breaks (pandas' to_csv)? Save it as "
+                        "CSV or JSONL"
+                    )
                 collector.bad(
                     "wrong field count",
                     origin,

@@ -41,7 +41,13 @@ from ..fileio import (
     verify_manifest,
     write_manifest,
 )
-from .distributed import DistContext, DistributedError, barrier, broadcast_object
+from .distributed import (
+    DistContext,
+    DistributedError,
+    barrier,
+    broadcast_object,
+    launched_by_torchrun,
+)
 
 PREFIX = "step-"
 LOCK = ".lock"  # held by the run using the folder (see `exclusive`)
@@ -245,7 +251,7 @@ def check_fresh_start(folder: str | Path | None, resume: bool) -> None:
         if (pid := _holder(Path(folder) / LOCK)) is not None:  # not earlier: still running
             raise ValueError(
                 f"{folder} is in use by another run (pid {pid}): wait for it to end, or write "
-                "to another --out"
+                "elsewhere (another --out; checkpoint_dir= in Python)"
             )
         raise ValueError(
             f"{folder} holds checkpoints of an earlier run (newest {old[-1].name}): resume it "
@@ -417,8 +423,8 @@ def holds_checkpoints(f):
     @functools.wraps(f)
     def run(*args, **kwargs):
         dist = kwargs.get("dist")
-        if dist is None and os.environ.get("RANK", "0") != "0":
-            return f(*args, **kwargs)
+        if dist is None and launched_by_torchrun() and os.environ["RANK"] != "0":
+            return f(*args, **kwargs)  # (a RANK alone, set by a job scheduler, is no torchrun)
         with exclusive(kwargs.get("checkpoint_dir"), dist):
             return f(*args, **kwargs)
 

@@ -183,6 +183,10 @@ def test_pandas_tsv_text_with_a_tab_and_a_line_break_is_said_not_silent(write):
         sep="\t", index=False))  # fmt: skip
     ds = load_data(path)
     assert any("read as plain TSV" in n and "'a\\tb\\nc'" in n for n in ds.notes), ds.notes
+    # where the split rows do not line up, the error says so (it blamed an unquoted delimiter)
+    frame = pd.DataFrame({"text": ["one\tpart\ntwo\tpart", "ok"], "label": ["x", "y"]})
+    with pytest.raises(DataError, match="quoted text with tabs and line breaks"):
+        load_data(write("e.tsv", frame.to_csv(sep="\t", index=False)))
 
 
 def test_csv_module_tsv_text_with_a_carriage_return_comes_back(write):

@@ -687,3 +687,25 @@ def test_a_checkpoint_folder_held_by_one_thread_refuses_another(tmp_path):
     t.start()
     t.join()
     assert seen[-1] == "in"
+
+
+def test_a_rank_variable_alone_is_not_torchrun_and_the_folder_is_held(tmp_path, monkeypatch):
+    # a job scheduler's RANK=1, without torchrun's WORLD_SIZE: the run is a single process,
+    # and skipping the lock let it write its tokenizer into a folder another run held
+    from other_run import another_run
+
+    from slimtext.train.checkpoint import holds_checkpoints
+
+    @holds_checkpoints
+    def run(*, checkpoint_dir, dist=None):
+        (checkpoint_dir / "tokenizer.json").write_text("{}")
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ck = tmp_path / "ck"
+    with another_run(ck), pytest.raises(ValueError, match="in use by another run"):
+        run(checkpoint_dir=ck)
+    assert not (ck / "tokenizer.json").exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's rank 1: rank 0 holds it for all
+    with another_run(ck):
+        run(checkpoint_dir=ck)
