@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import gzip
 import io
 import json
 import os
@@ -936,10 +937,12 @@ def predict(
         _fail(ValueError("give texts or --file, not both"))
     if top_k is not None and top_k < 1:
         _fail(ValueError(f"--top-k must be >= 1, got {top_k}"))
+    from .data.sources import text_codec
+
     try:
-        codecs.lookup(encoding)
-    except LookupError:
-        _fail(ValueError(f"--encoding {encoding!r}: unknown encoding"))
+        text_codec(encoding)
+    except ValueError as e:
+        _fail(ValueError(f"--{e}"))
     _set_threads(threads)
     try:
         from .infer import load
@@ -955,14 +958,17 @@ def predict(
         if texts:
             _predict_lines(pred, _argument_texts(texts), "argument", top_k=top_k)
         elif file is not None and str(file) != "-":
-            with open(file, "rb") as f:
+            # a .gz file read through gzip, as the data loaders read one
+            opener = gzip.open if file.suffix.lower() == ".gz" else open
+            with opener(file, "rb") as f:
                 _predict_stream(pred, f, str(file), encoding, top_k)
         else:
             _predict_stream(pred, sys.stdin.buffer, "<stdin>", encoding, top_k)
     except BrokenPipeError:
         raise _pipe_closed() from None
-    except (OSError, ValueError) as e:
-        _fail(e if isinstance(e, ValueError) else ValueError(f"{file}: {e}"))
+    except (OSError, EOFError, ValueError) as e:  # (EOFError, zlib.error: a truncated .gz)
+        source = file if file is not None and str(file) != "-" else "<stdin>"
+        _fail(e if isinstance(e, ValueError) else ValueError(f"{source}: {e}"))
 
 
 def _predict_stream(pred, f, name: str, encoding: str, top_k: int | None) -> None:
@@ -1001,15 +1007,26 @@ def _text_lines(f, name: str, encoding: str = "utf-8"):
         yield from _wide_text_lines(f, name, encoding)
         return
     first = "utf-8-sig" if codec.name == "utf-8" else encoding
-    for n, raw in enumerate(f, start=1):
+    for n, raw in enumerate(_lines_to_eof(f), start=1):
         try:
             line = raw.decode(first if n == 1 else encoding)
         except UnicodeDecodeError as e:
             shown = "UTF-8" if codec.name == "utf-8" else encoding
+            if n == 1 and raw.startswith(b"\x1f\x8b"):  # gzip's magic bytes
+                hint = "; it is gzip-compressed: decompress it first (zcat FILE | ...)"
             msg = f"{name}:{n}: not valid {shown} ({e.reason} at byte {e.start}){hint}"
             raise ValueError(msg) from None
         # a BOM on a later line too: `cat a.txt b.txt` puts b's BOM at the start of a line
         yield n, line.rstrip("\r\n").removeprefix("\ufeff")
+
+
+def _lines_to_eof(f):
+    """The lines of `f`, as iterating it gives them, but ending at a last line without "\n": on
+    a terminal that line is ended by Ctrl-D, and reading on after it waited for a third one."""
+    while raw := f.readline():
+        yield raw
+        if not raw.endswith(b"\n"):
+            return
 
 
 _BAD = "\U0010fffe"  # a noncharacter: where a wide text_lines decoder met undecodable bytes
@@ -1049,6 +1066,17 @@ def _argument_texts(texts: list[str]):
                 "text, or the texts in a file with --file and --encoding"
             )
         yield n, t
+
+
+def _write(line: str | None) -> None:
+    """A line to stdout (None: flush). An error there is the output's, said so: it was blamed on
+    the input file, or on "None" when the texts came from stdin."""
+    try:
+        sys.stdout.write(line) if line is not None else sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as e:
+        raise ValueError(f"cannot write the output (stdout): {e.strerror or e}") from None
 
 
 def _is_live(f) -> bool:
@@ -1143,8 +1171,8 @@ def _predict_lines(
                     "label": labels[i],
                     "probs": {labels[j]: round(float(row[j]), 6) for j in keep},
                 }
-            sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+            _write(json.dumps(out, ensure_ascii=False) + "\n")
+        _write(None)
 
     # A bad line (undecodable bytes) stops the run where it is met: the lines before it are
     # still answered, so the output is every result up to the line the error names.

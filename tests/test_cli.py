@@ -822,3 +822,41 @@ def test_a_ctrl_c_inside_an_import_is_not_met_by_a_second_import():
     except BaseException:
         assert _user_errors() == ()
     assert ValueError in _user_errors()
+
+
+def test_predict_input_and_output_edges_are_one_error_line(tiny_model_dir, tmp_path):
+    import gzip
+
+    from slimtext.cli import _lines_to_eof
+
+    def run(args, **kw):
+        cmd = [sys.executable, "-m", "slimtext", "predict", str(tiny_model_dir), *args]
+        return subprocess.run(cmd, capture_output=True, timeout=120, **kw)
+
+    # a codec that is not a text encoding: a LookupError traceback, exit 1
+    r = run(["--encoding", "rot13"], input=b"goal\n")
+    assert r.returncode == 2 and b"'rot13': not a text encoding" in r.stderr, r.stderr
+    r = runner.invoke(app, ["eval", str(tiny_model_dir), "--data", "x.csv", "--encoding", "hex"])
+    assert r.exit_code == 2 and "not a text encoding" in r.output
+    # the output failing is the output's error (it named the input file, or "None")
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "slimtext", "predict", str(tiny_model_dir),
+                            "goal"], stdout=full, stderr=subprocess.PIPE, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and b"cannot write the output (stdout)" in r.stderr, r.stderr
+    # a .gz file is read through gzip; gzip bytes on stdin are named
+    f = tmp_path / "t.txt.gz"
+    f.write_bytes(gzip.compress(b"goal match\nbank\n"))
+    r = run(["--file", str(f)])
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2, r.stderr
+    r = run([], input=gzip.compress(b"goal\n"))
+    assert r.returncode == 2 and b"gzip-compressed" in r.stderr, r.stderr
+
+    class Terminal:  # Ctrl-D ends a last line without "\n"; reading on would wait for more
+        def __init__(self):
+            self.lines = [b"goal\n", b"partial"]
+
+        def readline(self):
+            assert self.lines, "read past the end of a terminal's input"
+            return self.lines.pop(0)
+
+    assert list(_lines_to_eof(Terminal())) == [b"goal\n", b"partial"]

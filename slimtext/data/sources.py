@@ -37,6 +37,20 @@ _BBC_SPLIT_FRACTION = 0.2  # bbc@test; fixed so that published numbers stay comp
 _HF_DEFAULT_SPLIT = "train"  # hf:NAME without @SPLIT
 
 
+def text_codec(encoding: str) -> codecs.CodecInfo:
+    """The codec of a text encoding; ValueError for an unknown one, and for a codec that is not
+    a text encoding (rot13, base64, zlib: codecs.lookup takes them, decoding then failed with
+    a LookupError and a traceback)."""
+    try:
+        codec = codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"encoding {encoding!r}: unknown encoding") from None
+    # (bytes.decode asks the same: b"".decode("rot13") passes, b"a".decode does not)
+    if not getattr(codec, "_is_text_encoding", True):
+        raise ValueError(f"encoding {encoding!r}: not a text encoding")
+    return codec
+
+
 class _Options:
     """The caller's reading options, validated once."""
 
@@ -52,10 +66,7 @@ class _Options:
     ) -> None:
         if on_bad not in ("raise", "skip"):
             raise ValueError(f"on_bad must be 'raise' or 'skip', got {on_bad!r}")
-        try:
-            self.codec = codecs.lookup(encoding)
-        except LookupError:
-            raise ValueError(f"unknown encoding {encoding!r}") from None
+        self.codec = text_codec(encoding)
         # Not every codec error handler: "ignore" would drop bytes unseen, and "surrogateescape"
         # makes lone surrogates that fail later with no file or line to name.
         if encoding_errors not in ("strict", "replace"):
