@@ -997,7 +997,7 @@ def _text_lines(f, name: str, encoding: str = "utf-8"):
     codec = codecs.lookup(encoding)
     if not hasattr(f, "peek"):  # (a test runner's BytesIO stdin)
         f = io.BufferedReader(f)
-    if codec.name == "utf-8" and (wide := _wide_bom(f.peek(4)[:4])):
+    if wide := _wide_bom(f.peek(4)[:4], codec):
         codec, encoding = codecs.lookup(wide), wide  # its byte-order mark says UTF-16 (or 32)
     # the way out, where the user has not already taken it
     hint = "; pass --encoding (e.g. cp1252, utf-16)" if codec.name == "utf-8" else ""
@@ -1152,10 +1152,11 @@ def _predict_lines(
     labels = pred.labels
 
     def answer(batch: list[tuple[int, str]]) -> None:
-        real = [t for _, t in batch if not is_blank(t)]
+        blank = [is_blank(t) for _, t in batch]
+        real = [t for (_, t), b in zip(batch, blank, strict=True) if not b]
         rows = iter(pred.predict_proba(real)) if real else iter(())
-        for n, t in batch:
-            if is_blank(t):
+        for (n, _), b in zip(batch, blank, strict=True):
+            if b:
                 empty.append(n)
                 out = {"label": None, "probs": None, "error": f"empty text ({unit} {n})"}
             else:

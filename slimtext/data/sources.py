@@ -350,7 +350,7 @@ class _Lines:
         try:
             opener = gzip.open if path.suffix.lower() == ".gz" else open
             with opener(path, "rb") as f:
-                wide = _wide_bom(f.peek(4)[:4]) if opts.codec.name == "utf-8" else None
+                wide = _wide_bom(f.peek(4)[:4], opts.codec)
                 if wide:  # Excel's "Unicode text": its BOM says UTF-16, unmistakably
                     self.encoding = wide
                 if wide or _is_wide(opts.codec):
@@ -420,9 +420,12 @@ class _Lines:
         return notes
 
 
-def _wide_bom(head: bytes) -> str | None:
-    """ "utf-32" or "utf-16" when `head`, a file's first bytes, is that byte-order mark (never
-    valid UTF-8, so reading such a file as UTF-8 could only fail), else None."""
+def _wide_bom(head: bytes, codec: codecs.CodecInfo) -> str | None:
+    """ "utf-32" or "utf-16" when `head`, a file's first bytes, is that byte-order mark and the
+    file would be read as UTF-8 (which such a file never is, so that could only fail), else
+    None: an encoding the user named is used as named."""
+    if codec.name != "utf-8":
+        return None
     if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):  # before UTF-16: FF FE 00 00
         return "utf-32"
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
@@ -437,6 +440,14 @@ def _wide_bom(head: bytes) -> str | None:
 _QUOTED_FIELD = re.compile(r'(?:^|\t)"((?:[^"]|"")*)"(?=\t|\r?\n|\Z)', re.M)
 
 
+def _sniffing(path: Path, opts: _Options) -> _Lines:
+    """The lines of `path` as the format sniffers read them: bad bytes replaced, never fatal
+    (the real read names them)."""
+    sniff = copy.copy(opts)
+    sniff.errors, sniff.on_bad = "replace", "skip"
+    return _Lines(path, sniff)
+
+
 def _tsv_is_quoted(path: Path, opts: _Options, doubts: list[str] | None = None) -> bool:
     """Whether a TSV file was written with CSV quoting (pandas' `to_csv(sep="\\t")`, Python's
     csv module, R's `write.table`): some field in quotes holds a doubled quote, a tab or a line
@@ -447,8 +458,6 @@ def _tsv_is_quoted(path: Path, opts: _Options, doubts: list[str] | None = None) 
     lines at a time, each block overlapping the last so a field across the cut is seen whole.
     `doubts` receives the start of each quoted field taken for stray quotes around rows: it
     could also be a quoted text holding tabs and line breaks, which the data report says."""
-    sniff = copy.copy(opts)
-    sniff.errors, sniff.on_bad = "replace", "skip"
     tabs = None  # a header row's tabs: a "field" holding a line with as many is a run of rows
 
     def quoted(text: str) -> bool:
@@ -470,7 +479,7 @@ def _tsv_is_quoted(path: Path, opts: _Options, doubts: list[str] | None = None) 
     block: list[str] = []
     size, carry = 0, ""
     seen = fully_quoted = 0  # of the leading non-blank data rows
-    for line in _Lines(path, sniff):
+    for line in _sniffing(path, opts):
         if tabs is None:
             tabs = max(1, line.count("\t"))
             if _every_field_quoted(line):  # the header: '"text"\t"label"'
@@ -517,9 +526,7 @@ def _header_delimiter(path: Path, opts: _Options) -> str | None:
     columns to read: Excel writes ";" where the comma is the decimal mark, and a header
     "text;label" read with commas is one column. A one-column file whose header holds a ";"
     (and names the column asked for) keeps its commas."""
-    sniff = copy.copy(opts)
-    sniff.errors, sniff.on_bad = "replace", "skip"
-    line = next((ln for ln in _Lines(path, sniff) if ln.strip()), None)
+    line = next((ln for ln in _sniffing(path, opts) if ln.strip()), None)
     if line is None or "," in line:
         return None
 
@@ -547,9 +554,11 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
     # starting with a quote ('"Great" film') must not swallow the following lines as one
     # quoted field, and pandas' quotes must not stay in the texts ('"He said ""hi"""').
     # (a .csv file's tabs: CSV quoting, as the file's name says)
-    doubts: list[str] = []
+    doubts: list[str] = []  # (only of a file then read as plain TSV)
     quoted_tsv = delimiter == "\t" and not sniffed and _tsv_is_quoted(path, opts, doubts)
     plain_tsv = delimiter == "\t" and not quoted_tsv and not sniffed
+    if not plain_tsv:
+        doubts.clear()
     quoting = csv.QUOTE_NONE if plain_tsv else csv.QUOTE_MINIMAL
     # strict: the lenient default reads an unclosed quote as a field that runs to the next
     # quote or to the end of the file, silently merging the rows in between into one.
@@ -612,7 +621,7 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
                     if prev_line > start
                     else "; a text with an unquoted delimiter?"
                 )
-                if doubts and not quoted_tsv:  # the likelier cause, said where it bites
+                if doubts:  # the likelier cause, said where it bites
                     hint = (
                         "; read as plain TSV, but quotes around several lines hold whole rows: "
                         "a quoted text with tabs and line breaks (pandas' to_csv)? Save it as "
@@ -640,7 +649,7 @@ def _read_csv(path: Path, delimiter: str, opts: _Options) -> TextDataset:
     if sniffed:
         name = "semicolon" if sniffed == ";" else "tab"
         collector.notes.append(f"{path}: read as {name}-separated (its header has no comma)")
-    if doubts and not quoted_tsv:  # not silently: it may have split quoted texts into rows
+    if doubts:  # not silently: it may have split quoted texts into rows
         shown = "; ".join(repr(d) for d in doubts)
         collector.notes.append(
             f"{path}: read as plain TSV, where double quotes around several lines hold whole "
@@ -900,7 +909,7 @@ def _decode_file(raw: bytes, opts: _Options, fallback: str | None) -> tuple[str,
     For "bad" the text is the error detail instead.
     """
     # Notepad's "Unicode" is UTF-16 with its byte-order mark: read as such, as the line readers
-    encoding = (_wide_bom(raw[:4]) if opts.codec.name == "utf-8" else None) or opts.encoding
+    encoding = _wide_bom(raw[:4], opts.codec) or opts.encoding
     try:
         # A byte-order mark (Notepad writes one) is not part of the text; the line readers
         # drop it too.
