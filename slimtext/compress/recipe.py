@@ -86,6 +86,7 @@ _MAIN = {"quantize": "method", "sparsity": "amount", "drop": "keep", "finetune":
          "lowrank": "energy"}  # fmt: skip
 
 
+_SPARSE_KINDS = ("magnitude", "semi-structured")  # prune records of unstructured/N:M zeros
 _SHAPE = {"layers": "num_layers", "hidden": "hidden_size", "heads": "num_heads", "ffn": "ffn_size"}
 
 
@@ -165,7 +166,14 @@ def parse_recipe(recipe: str) -> list[tuple[str, dict]]:
         if not steps:
             raise ValueError(f"option {raw!r} before any step")
         key, _, val = raw.partition("=")
-        steps[-1][1][key.strip().lower()] = _value(val.strip())
+        key = key.strip().lower()
+        if key in steps[-1][1]:
+            # the later value silently won (`quantize:int8-dynamic,method=int4-weight` ran int4)
+            raise ValueError(
+                f"step {steps[-1][0]!r}: option {key} given twice "
+                f"({steps[-1][1][key]} and {val.strip()})"
+            )
+        steps[-1][1][key] = _value(val.strip())
     if not steps:
         raise ValueError("empty recipe")
     for name, opts in steps:
@@ -254,6 +262,17 @@ def check_recipe(
                 "lowrank or quantize"
             )
     factorized = any(r.get("step") == "factorize" for r in done)
+    # A model made sparse by an earlier run is as sparse as one made so by an earlier step of
+    # this recipe: a step that trains it grows the zeros back while config.json keeps the
+    # sparsity record (a finetune after a separate `sparsity:0.5` run saved a dense model).
+    earlier_sparse = next(
+        (
+            f"the model's earlier sparsity ({r.get('pattern') or r.get('sparsity')})"
+            for r in done
+            if r.get("step") == "prune" and r.get("kind") in _SPARSE_KINDS
+        ),
+        None,
+    )
     layers = config.num_layers  # the model's layers as each step meets them
     for i, (name, opts) in enumerate(steps):
         label = _label(name, opts)
@@ -262,13 +281,16 @@ def check_recipe(
                 f"step {label!r} needs heads= and/or ffn=, the shares to remove (e.g. "
                 "prune:heads=0.5,ffn=0.5)"
             )
-        sparse = next((_label(n, o) for n, o in steps[:i] if n == "sparsity"), None)
+        sparse = next((repr(_label(n, o)) for n, o in steps[:i] if n == "sparsity"), None)
+        if name != "distill":  # a student is trained anew; its records drop the sparsity
+            sparse = sparse or earlier_sparse
         if sparse and name != "quantize":  # QAT holds the zeros (qat.py); other steps do not
             # trained without the mask, the zeroed weights grow back: the saved model kept
             # none of the sparsity its record claimed
             raise ValueError(
-                f"step {label!r} cannot follow {sparse!r}: it trains the weights and the zeroed "
+                f"step {label!r} cannot follow {sparse}: it trains the weights and the zeroed "
                 "ones grow back; put the sparsity step last ('quantize', QAT too, may follow it)"
+                + ("; compress the dense model it came from" if sparse == earlier_sparse else "")
             )
         if name == "prune" and factorized and ({"heads", "ffn"} & set(opts) or not opts):
             raise ValueError(
@@ -475,6 +497,8 @@ def compress(
                 # if it was built afresh (another width).
                 keep = student_blocks(source.config, **shape)
                 records = records_after_drop(done, keep) if keep is not None else []
+                # the student is trained without masks: the input's zeros do not survive it
+                records = [r for r in records if r.get("kind") not in _SPARSE_KINDS]
                 cfg = Distillation(
                     alpha=float(o.get("alpha", 0.5)), temperature=float(o.get("t", 2.0)),
                     hidden=float(o.get("hidden_loss", 0.0)),

@@ -166,6 +166,9 @@ def test_external_teacher_and_transfer_texts_read_long_texts_as_the_teacher_does
         ("quantize:int4-weight,qat=1", "qat is for int8-dynamic, int8-weight"),
         ("quantize:int8-dynamic,embeddings=maybe", "embeddings=maybe must be one of"),
         ("finetune,quantize:int8-dynamic,maxdrop=0.01", r"unknown options \['maxdrop'\]"),
+        # the later value silently won: this ran int4-weight
+        ("quantize:int8-dynamic,method=int4-weight", "option method given twice"),
+        ("prune:heads=0.5,ffn=0.5,heads=0.25", "option heads given twice"),
     ],
 )
 def test_recipe_options_are_checked_when_parsed(recipe, message):
@@ -301,6 +304,24 @@ def test_distilling_a_compressed_model_saves_a_student_that_loads(
     compress(mid, make_toy(10, seed=72), out, recipe=student, **FAST)
     texts, _ = make_toy(3, seed=73)
     assert slimtext.load(out).predict_proba(texts).shape == (len(texts), 3)
+
+
+def test_a_model_made_sparse_by_an_earlier_run_keeps_its_zeros_or_its_record_goes(
+    teacher_dir, make_toy, tmp_path, monkeypatch
+):
+    # A finetune of a `sparsity:0.5` output saved a dense model whose config.json still
+    # recorded 50% sparsity (the same recipe in one run was refused).
+    sparse, out = tmp_path / "sparse", tmp_path / "out"
+    compress(teacher_dir, make_toy(10, seed=76), sparse, recipe="sparsity:0.5,finetune=0", **FAST)
+    with monkeypatch.context() as m:
+        m.setattr(recipe_mod, "measure", _no_training)
+        for recipe in ("finetune", "prune:ffn=0.5", "lowrank:0.8", "drop:keep=1"):
+            with pytest.raises(ValueError, match="earlier sparsity .0.5.*dense model"):
+                compress(sparse, make_toy(10, seed=76), tmp_path / "x", recipe=recipe, **FAST)
+    # a distilled student is trained anew: it may be made, but claims none of the zeros
+    compress(sparse, make_toy(10, seed=76), out, recipe="distill:layers=1,epochs=1", **FAST)
+    steps = json.loads((out / "config.json").read_text())["compression"]
+    assert [r["step"] for r in steps] == ["distill"]
 
 
 def test_a_quantized_model_and_its_own_directory_are_refused(teacher_dir, make_toy, tmp_path):
