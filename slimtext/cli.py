@@ -383,7 +383,9 @@ def train(
     machine); `--strategy tp --tp-size T` on N ranks: N/T data-parallel x T tensor-parallel.
     """
     args = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
-    ctx = _dist_context(nproc, strategy, device)
+    ctx = _dist_context(
+        nproc, strategy, device, _launcher_checkpoints(out, checkpoint_every, resume)
+    )
     from .train.distributed import DistributedError, shutdown
 
     try:
@@ -434,9 +436,15 @@ def _fail_if_peer_lost(ctx, e: RuntimeError) -> None:
         raise typer.Exit(1)  # not 2: not a usage error every rank hits (see _culprit)
 
 
-def _dist_context(nproc: int, strategy: str, device: str):
+def _launcher_checkpoints(out: Path, checkpoint_every: int, resume: bool) -> Path | None:
+    """The checkpoint folder the `--nproc` launcher names when it is stopped by SIGTERM."""
+    return _checkpoints_of(out) if (checkpoint_every or resume) else None
+
+
+def _dist_context(nproc: int, strategy: str, device: str, checkpoints: Path | None = None):
     """`--nproc N` re-runs this command under torchrun (no return); otherwise the process
-    group of this rank (or the single-process context)."""
+    group of this rank (or the single-process context). `checkpoints`: the run's checkpoint
+    folder (None: it keeps none), for the line on what a stopped run left."""
     from .train.distributed import (
         DistributedError,
         check_node_devices,
@@ -463,7 +471,7 @@ def _dist_context(nproc: int, strategy: str, device: str):
             dist_timeout()
         except (DistributedError, ValueError) as e:
             _fail(e)
-        _relaunch_with_torchrun(nproc)
+        _relaunch_with_torchrun(nproc, checkpoints)
 
     try:
         return init_distributed(strategy, device)
@@ -504,17 +512,22 @@ def _resume_hint(ckpt: Path | None, say):
         yield
     except (KeyboardInterrupt, SystemExit) as e:
         if isinstance(e, KeyboardInterrupt) or e.code == 128 + signal.SIGTERM:
-            from .train.checkpoint import list_checkpoints
-
-            kept = list_checkpoints(ckpt) if ckpt is not None else []
-            say(
-                f"note: checkpoints kept in {ckpt} (newest {kept[-1].name}): the same command "
-                "with --resume continues from there"
-                if kept
-                else "note: nothing of this run was kept (--checkpoint-every N keeps one "
-                "every N steps, for --resume)"
-            )
+            _say_what_was_kept(ckpt, say)
         raise
+
+
+def _say_what_was_kept(ckpt: Path | None, say) -> None:
+    """The line on the checkpoint --resume continues from, or that nothing was kept."""
+    from .train.checkpoint import list_checkpoints
+
+    kept = list_checkpoints(ckpt) if ckpt is not None else []
+    say(
+        f"note: checkpoints kept in {ckpt} (newest {kept[-1].name}): the same command "
+        "with --resume continues from there"
+        if kept
+        else "note: nothing of this run was kept (--checkpoint-every N keeps one "
+        "every N steps, for --resume)"
+    )
 
 
 def _one_of(value: str, choices: tuple[str, ...]) -> str:
@@ -524,7 +537,7 @@ def _one_of(value: str, choices: tuple[str, ...]) -> str:
     return value.lower()
 
 
-def _relaunch_with_torchrun(nproc: int) -> None:
+def _relaunch_with_torchrun(nproc: int, checkpoints: Path | None = None) -> None:
     """Run this command again under torchrun's launcher (`--standalone --nproc-per-node N`),
     in this process, and exit with the ranks' status. In-process rather than exec'ing the
     torchrun command: a rank's error is then followed by one line, not by the launcher's own
@@ -552,7 +565,11 @@ def _relaunch_with_torchrun(nproc: int) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(_rank_threads(nproc)))
     os.environ[_LAUNCHED] = "1"  # the ranks' output goes through _culprit: see _fail_rank
     # The agent logs each rank's stop as a warning and an error of its own; we say it below.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # torch gives its loggers (created at import, above) a level of their own, WARNING: the
+    # parent's level alone left "Received 15 death signal, shutting down workers" on stop.
+    for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     # torchrun keeps the ranks' logs in a temporary folder it never removes: use ours.
     with tempfile.TemporaryDirectory(prefix="slimtext-ranks-") as logs:
         quiet = ",".join(f"{r}:3" for r in range(1, nproc))  # stdout + stderr to a file
@@ -576,6 +593,11 @@ def _relaunch_with_torchrun(nproc: int) -> None:
             raise typer.Exit(code if code > 0 else 128 - code if code < 0 else 1) from None
         except SignalException as e:  # Ctrl-C or SIGTERM of this launcher: the ranks stop too
             typer.echo(f"error: stopped by signal {int(e.sigval)}", err=True)
+            # Ctrl-C reaches the ranks as KeyboardInterrupt and rank 0 says what was kept;
+            # SIGTERM (a scheduler's stop) kills them at once (torchrun's ranks keep its
+            # default action), so the line the README promises is said here.
+            if int(e.sigval) == signal.SIGTERM:
+                _say_what_was_kept(checkpoints, lambda msg: typer.echo(msg, err=True))
             raise typer.Exit(128 + int(e.sigval)) from None
     raise typer.Exit(0)
 
@@ -800,7 +822,9 @@ def pretrain(
                            "config", "tokenizer", "vocab_size", "mask_prob", "pack", "nproc",
                            "whole_word", "encoding", "encoding_errors", "on_bad")
               and v is not None}  # fmt: skip
-    ctx = _dist_context(nproc, strategy, device)
+    ctx = _dist_context(
+        nproc, strategy, device, _launcher_checkpoints(out, checkpoint_every, resume)
+    )
     from .train.distributed import DistributedError, shutdown
 
     try:

@@ -538,8 +538,13 @@ def test_the_failure_reported_is_the_cause_not_rank_0s_closed_connection():
     assert _culprit({0: F(exitcode=2, timestamp=100), 1: F(exitcode=2, timestamp=99)})[0] == 0
 
 
-def test_interrupting_the_nproc_launcher_is_one_line(tmp_path, train_csv):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupting_the_nproc_launcher_is_one_line_and_names_the_checkpoint(
+    tmp_path, train_csv, sig
+):
     # Ctrl-C / SIGTERM of `--nproc` printed torch's SignalException traceback and exited 1.
+    # Then: SIGTERM (a scheduler's stop) killed the ranks silently, so nothing said which
+    # checkpoint --resume continues from, and torch's agent logged "Received 15 death signal".
     args = ["train", "--data", str(train_csv), "--batch-size", "4", "--checkpoint-every", "2",
             *TINY, "--out", str(tmp_path / "m")]  # fmt: skip
     args[args.index("--epochs") + 1] = "200"
@@ -549,13 +554,14 @@ def test_interrupting_the_nproc_launcher_is_one_line(tmp_path, train_csv):
     while time.time() < deadline and proc.poll() is None and not list(ckpts.glob("step-*")):
         time.sleep(0.05)
     try:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         err = proc.communicate(timeout=60)[1]
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 130 and "stopped by signal 2" in err, err
-    assert "Traceback" not in err, err
+    assert proc.returncode == 128 + sig and f"stopped by signal {int(sig)}" in err, err
+    assert "Traceback" not in err and "death signal" not in err, err
+    assert err.count(f"note: checkpoints kept in {ckpts} (newest step-") == 1, err
 
 
 def test_an_error_on_rank_1_alone_is_shown_and_rank_0_says_why_it_stopped(tmp_path, train_csv):
