@@ -217,7 +217,8 @@ def test_evaluating_no_examples_says_so(fitted):
      (dict(cpu_offload=True, strategy="ddp"), "cpu_offload applies to strategy fsdp only"),
      (dict(tp_size=2), "tp_size applies to strategy tp only"),
      (dict(microbatches=8, strategy="fsdp"), "microbatches applies to strategy pp only"),
-     (dict(pp_schedule="gpipe"), "pp_schedule applies to strategy pp only")],
+     (dict(pp_schedule="gpipe"), "pp_schedule applies to strategy pp only"),
+     (dict(strategy="pp", microbatches=32, batch_size=16), r"microbatches \(32\) must not ex")],
 )  # fmt: skip
 def test_bad_numbers_are_refused_before_training(toy_data, params, message):
     with pytest.raises(ValueError, match=message):

@@ -154,8 +154,11 @@ def _dcp_read(sd: dict, folder: Path, no_dist: bool = False) -> None:
 
     read(folder / ".metadata")  # here, as dcp.load turns a reader's error into another one
     try:
-        # no_dist in one process: a resharded resume there is by design, not torch's warning
-        dcp.load(sd, storage_reader=Reader(str(folder)), planner=Planner(), no_dist=no_dist)
+        # no_dist in one process: a resharded resume there is by design, and torch warns of
+        # it even when told so (`no_dist=True`): that warning reached the user's terminal
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(sd, storage_reader=Reader(str(folder)), planner=Planner(), no_dist=no_dist)
     except dcp.api.CheckpointException as e:  # {rank: (error, traceback)}
         why = next(iter(getattr(e, "failures", {}).values()), e)
         lines = str(why[0] if isinstance(why, tuple) else why).strip().splitlines() or [str(e)]

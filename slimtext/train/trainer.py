@@ -143,6 +143,14 @@ class TrainConfig:
         own = {"cpu_offload": ("fsdp", self.cpu_offload), "tp_size": ("tp", self.tp_size),
                "microbatches": ("pp", self.microbatches != 4),
                "pp_schedule": ("pp", self.pp_schedule != "1f1b")}  # fmt: skip
+        # M micro-batches of a B-row batch, M > B: every step ran M - B micro-batches of
+        # padding rows that carry no loss (a B < M last batch is fine: see PipelineModel)
+        if str(self.strategy).lower() == "pp" and self.microbatches > self.batch_size:
+            raise ValueError(
+                f"microbatches ({self.microbatches}) must not exceed batch_size "
+                f"({self.batch_size}), the rows a pipeline step cuts into micro-batches: "
+                f"give --microbatches {self.batch_size} or fewer"
+            )
         for name, (strategy, given) in own.items():
             if given and str(self.strategy).lower() != strategy:
                 raise ValueError(
