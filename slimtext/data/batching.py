@@ -81,8 +81,15 @@ def bucketed_batches(
     bucket_batches: int = 50,
     rank: int = 0,
     world_size: int = 1,
+    accum: int = 1,
 ) -> list[list[int]]:
     """Training batches for one epoch: shuffled, length-bucketed, this rank's share.
+
+    With `accum` > 1 (gradient accumulation) each optimizer step's rows are formed as one batch
+    of `batch_size * accum` rows and cut into exactly `accum` consecutive micro-batches, so
+    `--grad-accum 2 --batch-size 8` steps through the rows of `--batch-size 16` (two random
+    batches of 8 were not); a short last step's rows are cut as evenly as they go, and with
+    fewer rows than `accum` its leading micro-batches are empty (the trainer skips them).
 
     Global batches of `batch_size * world_size` similar-length rows are formed exactly as one
     process would form them, and rank r takes rows r, r + world_size, ... of each. So a
@@ -95,7 +102,7 @@ def bucketed_batches(
         mixed %= 2**64
     g = torch.Generator().manual_seed(mixed)
     perm = torch.randperm(len(lengths), generator=g).tolist()
-    size = batch_size * world_size
+    size = batch_size * world_size * accum
     chunk = size * bucket_batches
     batches: list[list[int]] = []
     for s in range(0, len(perm), chunk):
@@ -103,6 +110,12 @@ def bucketed_batches(
         batches.extend(part[i : i + size] for i in range(0, len(part), size))
     order = torch.randperm(len(batches), generator=g).tolist()
     batches = [batches[i] for i in order]
+    if accum > 1:  # each step's rows, cut into `accum` micro-batches (empty ones first)
+        batches = [
+            [int(i) for i in part]
+            for b in batches
+            for part in reversed(np.array_split(np.asarray(b, dtype=np.int64), accum))
+        ]
     if world_size > 1:
         batches = [(b * world_size)[: max(len(b), world_size)][rank::world_size] for b in batches]
     return batches

@@ -645,8 +645,9 @@ def fit(
     check_fresh_start(ckpt_dir, resume)
 
     def epoch_batches(epoch: int) -> list[list[int]]:
+        # accum: a step's micro-batches are one batch of batch_size x grad_accum rows, cut up
         return bucketed_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches,
-                                ctx.data_rank, ctx.data_world)  # fmt: skip
+                                ctx.data_rank, ctx.data_world, cfg.grad_accum)  # fmt: skip
 
     def global_rows(epoch: int) -> list[int] | None:
         """Rows of each global batch (all data ranks together), in this epoch's order: a
@@ -657,7 +658,7 @@ def fit(
         if ctx.data_world == 1:
             return None
         whole = bucketed_batches(lengths, cfg.batch_size * ctx.data_world, cfg.seed, epoch,
-                                 cfg.bucket_batches, 0, 1)  # fmt: skip
+                                 cfg.bucket_batches, 0, 1, cfg.grad_accum)  # fmt: skip
         return [len(b) for b in whole]
 
     batches_per_epoch = len(epoch_batches(0))
@@ -888,9 +889,11 @@ def fit(
                 # DDP/FSDP average the ranks, and a rank's loss is its share of the group's
                 # rows, the repeated rows of short global batches included.
                 real = sizes[batch_pos : batch_pos + len(group)] if sizes else [n_group]
-                g_group = sum(max(n, ctx.data_world) for n in real) if sizes else n_group
+                g_group = sum(max(n, ctx.data_world) for n in real if n) if sizes else n_group
                 share = ctx.data_world / g_group if sizes else 1 / n_group
                 for j, rows in enumerate(group):
+                    if not rows:  # a short last step cut into more micro-batches than rows
+                        continue  # (bucketed_batches puts these first: the last one syncs)
                     b = pad_batch(train.ids, rows, pad_id, train.labels).to(device)
                     if pp:  # the schedule runs forward and backward over micro-batches
                         with autocast(device, precision):

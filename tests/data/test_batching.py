@@ -66,3 +66,17 @@ def test_a_large_seed_orders_batches_without_overflowing_torchs_seed():
         assert sorted(i for b in a for i in b) == list(range(40))
         assert a == bucketed_batches(lengths, 4, seed, 0)  # still a function of (seed, epoch)
     assert bucketed_batches(lengths, 4, 7, 0) != bucketed_batches(lengths, 4, 7, 1)
+
+
+def test_grad_accum_micro_batches_are_the_rows_of_one_larger_batch():
+    # A step's `accum` micro-batches hold exactly the rows a batch of batch_size x accum holds.
+    lengths = [(i * 37) % 50 + 1 for i in range(70)]
+    whole = bucketed_batches(lengths, 16, seed=1, epoch=0)
+    micro = bucketed_batches(lengths, 4, seed=1, epoch=0, accum=4)
+    assert len(micro) == 4 * len(whole)
+    steps = [sorted(sum(micro[i : i + 4], [])) for i in range(0, len(micro), 4)]
+    assert steps == [sorted(b) for b in whole]
+    assert all(len(b) <= 4 for b in micro)
+    # the last step's 6 rows in 4 micro-batches; 2 rows in 4: the empty ones come first
+    tiny = bucketed_batches([3, 5], 4, seed=0, epoch=0, accum=4)
+    assert [len(b) for b in tiny] == [0, 0, 1, 1]

@@ -91,6 +91,22 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient(encoded):
             torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("batch_size,accum", [(8, 2), (4, 4), (3, 6)])
+def test_grad_accum_trains_as_the_batch_of_its_micro_batches_together(encoded, batch_size, accum):
+    # --grad-accum 2 --batch-size 8 took two unrelated shuffled batches of 8 per step, so it
+    # trained differently from --batch-size 16. 72 rows: the last step has 8 rows (3 x 6:
+    # some of its micro-batches are empty and skipped).
+    vocab, tr, va = encoded
+    models = []
+    for bs, ga in ((batch_size * accum, 1), (batch_size, accum)):
+        model = new_model(vocab, dropout=0.0)
+        cfg = TrainConfig(epochs=2, batch_size=bs, grad_accum=ga, lr=3e-3, precision="fp32")
+        fit(model, tr, va, cfg, label_names=LABELS, pad_id=0, progress=False)
+        models.append(model)
+    for k, v in models[0].state_dict().items():
+        torch.testing.assert_close(models[1].state_dict()[k], v, atol=1e-5, rtol=1e-4)
+
+
 def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_weights(encoded, tmp_path):
     full_dir = tmp_path / "full"
     ref, _ = run(encoded, {"checkpoint_dir": full_dir}, checkpoint_every=4, keep_checkpoints=0)
