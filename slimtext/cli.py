@@ -1464,7 +1464,8 @@ def bench(
     backends: Annotated[
         str | None,
         typer.Option(
-            help="torch,torch-bf16,compile,compile-bf16,onnxruntime,onnxruntime-int8 (default: all)"
+            help="torch,torch-bf16,compile,compile-bf16,onnxruntime,onnxruntime-int8 "
+            "(default: all; '' for none: peers only)"
         ),
     ] = None,
     time_budget: Annotated[
@@ -1500,7 +1501,10 @@ def bench(
         run_bench(
             model_dirs, data, out, train=train,
             peers=[p.strip() for p in peers.split(",") if p.strip()],
-            backends=[b.strip() for b in backends.split(",") if b.strip()] if backends else None,
+            # '' is none (peers only), as for --peers: read as "not given", it ran every
+            # backend, compile included (minutes), where the user asked for none
+            backends=None if backends is None
+            else [b.strip() for b in backends.split(",") if b.strip()],
             time_budget=time_budget, threads=threads, isolate=isolate, max_test=max_test,
             progress=progress, log=lambda s: typer.echo(s, err=True),
             load_kw=_load_kw(text_col, label_col, encoding, encoding_errors, on_bad),

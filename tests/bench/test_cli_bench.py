@@ -167,3 +167,22 @@ def test_bench_verb_refuses_an_out_that_is_a_file(cls_model_dir, bench_data, tmp
                             "--peers", "", "--backends", "torch", "--no-isolate",
                             "--no-progress", "--out", str(taken)])  # fmt: skip
     assert r.exit_code == 2 and "not a folder" in r.output and "Traceback" not in r.output
+
+
+def test_bench_empty_backends_option_is_none_not_all(cls_model_dir, bench_data, monkeypatch):
+    # `--backends ''` ran every backend (compile included) where `--peers ''` is none
+    import slimtext.bench as bench_pkg
+
+    seen = {}
+
+    def fake_run(model_dirs, data, out, **kw):
+        seen.update(kw)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(bench_pkg, "run", fake_run)
+    r = runner.invoke(app, ["bench", str(cls_model_dir), "--data", str(bench_data[1]),
+                            "--out", "o", "--backends", "", "--peers", "tfidf"])  # fmt: skip
+    assert r.exit_code == 2 and seen["backends"] == [], r.output
+    runner.invoke(app, ["bench", str(cls_model_dir), "--data", str(bench_data[1]),
+                        "--out", "o"])  # fmt: skip
+    assert seen["backends"] is None  # not given: all
