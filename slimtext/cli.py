@@ -45,6 +45,47 @@ def _load_config(ctx: typer.Context, files: list[Path] | None) -> list[Path] | N
     return files
 
 
+def _from_file(e: Exception) -> str:
+    """`e`'s message, and the YAML file and key its value came from when it is about an option
+    that a config file set and no flag overrode: `precision: fp64` in a file was refused later,
+    by the training options, as "precision must be one of ..." without naming the file."""
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+
+    msg, ctx = str(e), get_current_context(silent=True)
+    for name, where in ((ctx.meta.get(_SOURCES) or {}) if ctx else {}).items():
+        spelled = (name, name.replace("_", "-"), f"--{name.replace('_', '-')}")
+        if ctx.get_parameter_source(name) is ParameterSource.DEFAULT_MAP and any(
+            msg.startswith((f"{n} ", f"{n}:", f"{n}=")) for n in spelled
+        ):
+            return f"{msg} ({where})"
+    return msg
+
+
+def _note_epochs_ignored(epochs: int, max_steps: int | None) -> None:
+    """Say that a typed --epochs does nothing beside a --max-steps, most of all one a config
+    file set: the run trained the file's steps without a word, and no flag takes it back."""
+    from typer._click.core import ParameterSource
+    from typer._click.globals import get_current_context
+
+    ctx = get_current_context(silent=True)
+    if max_steps is None or ctx is None or os.environ.get("RANK", "0") != "0":
+        return
+    if ctx.get_parameter_source("epochs") is not ParameterSource.COMMANDLINE:
+        return
+    where = (ctx.meta.get(_SOURCES) or {}).get("max_steps")
+    if ctx.get_parameter_source("max_steps") is not ParameterSource.DEFAULT_MAP:
+        where = None
+    typer.echo(
+        f"note: --epochs {epochs} is ignored: --max-steps {max_steps} sets the run's length"
+        + (f" ({where}; remove it there to train by epochs)" if where else ""),
+        err=True,
+    )
+
+
+_SOURCES = "slimtext.config_sources"  # ctx.meta: option name -> "FILE, key 'k'" (_from_file)
+
+
 def _read_config(ctx: typer.Context, value: Path) -> dict:
     """One YAML file's values by parameter name, each checked as its option checks a flag."""
     import yaml
@@ -97,6 +138,7 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
         except Exception as e:  # click's, or typer's own BadParameter (typer >= 0.29)
             raise typer.BadParameter(f"{value}: key {k!r}: {getattr(e, 'message', e)}") from None
         out[p.name] = v
+        ctx.meta.setdefault(_SOURCES, {})[p.name] = f"{value}, key {k!r}"  # a later file wins
     return out
 
 
@@ -196,7 +238,7 @@ def _out_path(text: str) -> Path:
 
 
 def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
+    typer.echo(f"error: {_from_file(e)}", err=True)
     raise typer.Exit(2)
 
 
@@ -383,6 +425,7 @@ def train(
     machine); `--strategy tp --tp-size T` on N ranks: N/T data-parallel x T tensor-parallel.
     """
     args = {k: v for k, v in locals().items() if k not in ("config", "nproc")}
+    _note_epochs_ignored(epochs, max_steps)
     ctx = _dist_context(
         nproc, strategy, device, _launcher_checkpoints(out, checkpoint_every, resume)
     )
@@ -822,6 +865,7 @@ def pretrain(
                            "config", "tokenizer", "vocab_size", "mask_prob", "pack", "nproc",
                            "whole_word", "encoding", "encoding_errors", "on_bad")
               and v is not None}  # fmt: skip
+    _note_epochs_ignored(epochs, max_steps)
     ctx = _dist_context(
         nproc, strategy, device, _launcher_checkpoints(out, checkpoint_every, resume)
     )

@@ -297,6 +297,44 @@ def test_yaml_config_errors_name_the_file_and_key(tmp_path, tiny_model_dir, data
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
 
 
+def test_a_bad_value_from_a_yaml_file_names_the_file_and_key_when_checked_late(
+    tmp_path, data_files
+):
+    # Checked by the training options, not the option parser: "precision must be one of ..."
+    # named neither the file nor the key that set it.
+    train, _ = data_files
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("precision: fp64\ngrad-accum: 0\n")
+    b.write_text("grad_accum: -1\n")
+
+    def run(*extra):
+        return runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
+                                   "--no-progress", *extra])  # fmt: skip
+
+    r = run("--config", str(a))
+    assert r.exit_code == 2 and f"fp64' ({a}, key 'precision')" in r.output, r.output
+    r = run("--config", str(a), "--precision", "fp32")
+    assert r.exit_code == 2 and f"got 0 ({a}, key 'grad-accum')" in r.output, r.output
+    r = run("--config", str(a), "--config", str(b), "--precision", "fp32")  # the later file's
+    assert r.exit_code == 2 and f"got -1 ({b}, key 'grad_accum')" in r.output, r.output
+    r = run("--config", str(a), "--precision", "fp64")  # the flag's own value: no file to name
+    assert r.exit_code == 2 and "got 'fp64'" in r.output and "yaml" not in r.output, r.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_typed_epochs_beside_max_steps_is_said_to_be_ignored(tmp_path, data_files):
+    # With max-steps in a config file, --epochs 1 trained the file's steps without a word.
+    train, _ = data_files
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max-steps: 2\nmodel: attention\nvocab-size: 300\nmax-length: 16\n")
+    base = ["train", "--data", str(train), "--no-progress", "--config", str(cfg)]
+    r = runner.invoke(app, [*base, "--epochs", "1", "--out", str(tmp_path / "a")])
+    note = f"--epochs 1 is ignored: --max-steps 2 sets the run's length ({cfg}, key 'max-steps';"
+    assert r.exit_code == 0 and note in r.output, r.output
+    r = runner.invoke(app, [*base, "--out", str(tmp_path / "b")])  # --epochs not typed: quiet
+    assert r.exit_code == 0 and "is ignored" not in r.output, r.output
+
+
 def test_several_yaml_configs_are_layers_later_files_win(tmp_path, data_files):
     train, _ = data_files
     base, run = tmp_path / "base.yaml", tmp_path / "run.yaml"
