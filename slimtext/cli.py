@@ -1560,6 +1560,7 @@ def bench(
 
 
 def main() -> None:
+    import logging
     import os
     import signal
     import warnings
@@ -1590,6 +1591,13 @@ def main() -> None:
         signal.signal(signal.SIGTERM, stop)
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored (&)
             signal.signal(signal.SIGINT, interrupted)
+
+    # Import chatter that is not the user's business: torchao 0.18 logs "Failed to load" for
+    # each of its extensions built for CUDA or another Python, and torch a deprecation of its
+    # Enum registrations, whenever it is imported, as transformers does where it is installed
+    # (three lines before every `--init hf:` or bench run). Its real errors still show.
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     # One line per warning, as the errors are: the Python source line a warning names means
     # nothing to someone at the command line.

@@ -898,3 +898,15 @@ def test_predict_input_and_output_edges_are_one_error_line(tiny_model_dir, tmp_p
             return self.lines.pop(0)
 
     assert list(_lines_to_eof(Terminal())) == [b"goal\n", b"partial"]
+
+
+def test_library_import_chatter_stays_off_the_terminal():
+    # torchao 0.18, imported by transformers wherever it is installed, logged "Failed to load"
+    # for its CUDA / other-Python extensions and torch an Enum deprecation: three lines before
+    # every `--init hf:` or bench run
+    pytest.importorskip("torchao")
+    code = ("import slimtext.cli as c; c._run = lambda app: __import__('torchao') and 0; "
+            "c.main()")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Failed to load" not in r.stderr and "register_constant" not in r.stderr, r.stderr

@@ -8,6 +8,7 @@ an equal share of the time left, and what no longer fits is skipped with the rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -200,7 +201,10 @@ def run(
     _start_fresh(out)
     n_jobs = slow + fast
     bar = _progress(n_jobs * repeat, progress)
-    with tempfile.TemporaryDirectory(prefix="slimtext-bench-") as tmp:
+    with (
+        _library_bars(progress, peers),
+        tempfile.TemporaryDirectory(prefix="slimtext-bench-") as tmp,
+    ):
         work = Path(tmp)
         eval_file = work / "eval.jsonl"
         eval_file.write_text(
@@ -455,6 +459,28 @@ def _save_partial(out, entries: list[dict], skipped: list[dict]) -> None:
     Path(out).mkdir(parents=True, exist_ok=True)
     body = {"partial": True, "entries": entries, "skipped": skipped}
     atomic_write_text(Path(out, PARTIAL), json.dumps(body, indent=2, default=str) + "\n")
+
+
+@contextlib.contextmanager
+def _library_bars(enabled: bool, peers: Sequence[str]):
+    """`progress=False` holds for the peers' libraries too: transformers drew its own bars
+    ("Writing model shards", "Loading weights") while the HF peers (hf, ort, ort-opt) were
+    prepared. Its switch is put back afterwards: this runs inside the caller's process."""
+    import importlib.util
+
+    hf_peers = {"hf", "ort", "ort-opt"} & set(peers)
+    if enabled or not hf_peers or importlib.util.find_spec("transformers") is None:
+        yield
+        return
+    import transformers.utils.logging as hf  # 1.5 s: only for a run that prepares HF peers
+
+    on = hf.is_progress_bar_enabled()
+    hf.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if on:
+            hf.enable_progress_bar()
 
 
 def _progress(total: int, enabled: bool):

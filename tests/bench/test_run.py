@@ -468,3 +468,22 @@ def test_a_measurement_process_ends_with_the_bench_that_started_it(tmp_path):
             break  # dead, waiting for init to reap it
         assert time.monotonic() < deadline, "the measurement process outlived its bench"
         time.sleep(0.05)
+
+
+def test_no_progress_silences_the_peers_library_bars_and_puts_them_back():
+    # --no-progress left transformers' "Writing model shards" / "Loading weights" bars on.
+    hf = pytest.importorskip("transformers.utils.logging")
+    from slimtext.bench.run import _library_bars
+
+    hf.enable_progress_bar()
+    with _library_bars(False, ["hf", "tfidf"]):
+        assert not hf.is_progress_bar_enabled()
+    assert hf.is_progress_bar_enabled()
+    for shown, peers in ((True, ["hf"]), (False, ["tfidf"])):
+        with _library_bars(shown, peers):
+            assert hf.is_progress_bar_enabled()
+    hf.disable_progress_bar()  # the caller's own choice stays
+    with _library_bars(False, ["ort"]):
+        pass
+    assert not hf.is_progress_bar_enabled()
+    hf.enable_progress_bar()
