@@ -71,6 +71,10 @@ def _note_epochs_ignored(epochs: int, max_steps: int | None) -> None:
     ctx = get_current_context(silent=True)
     if max_steps is None or ctx is None or os.environ.get("RANK", "0") != "0":
         return
+    if os.environ.get(_LAUNCHED):  # rank 0 of `--nproc`: its launcher said it (it said twice)
+        return
+    if not isinstance(max_steps, int) or max_steps < 1:  # refused next: no run's length to set
+        return
     if ctx.get_parameter_source("epochs") is not ParameterSource.COMMANDLINE:
         return
     where = (ctx.meta.get(_SOURCES) or {}).get("max_steps")

@@ -333,6 +333,12 @@ def test_a_typed_epochs_beside_max_steps_is_said_to_be_ignored(tmp_path, data_fi
     assert r.exit_code == 0 and note in r.output, r.output
     r = runner.invoke(app, [*base, "--out", str(tmp_path / "b")])  # --epochs not typed: quiet
     assert r.exit_code == 0 and "is ignored" not in r.output, r.output
+    # a --max-steps that is refused sets no length: the note said it did, then the error
+    r = runner.invoke(
+        app, [*base, "--epochs", "1", "--max-steps", "0", "--out", str(tmp_path / "c")]
+    )
+    assert r.exit_code == 2 and "max_steps must be >= 1" in r.output, r.output
+    assert "is ignored" not in r.output, r.output
 
 
 def test_several_yaml_configs_are_layers_later_files_win(tmp_path, data_files):

@@ -282,7 +282,9 @@ def check_recipe(
                 "prune:heads=0.5,ffn=0.5)"
             )
         sparse = next((repr(_label(n, o)) for n, o in steps[:i] if n == "sparsity"), None)
-        if name != "distill":  # a student is trained anew; its records drop the sparsity
+        if name == "distill":  # a student is trained anew; its records drop the sparsity,
+            earlier_sparse = None  # so the steps after it train a dense model (were refused)
+        else:
             sparse = sparse or earlier_sparse
         if sparse and name != "quantize":  # QAT holds the zeros (qat.py); other steps do not
             # trained without the mask, the zeroed weights grow back: the saved model kept

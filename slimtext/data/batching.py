@@ -88,8 +88,9 @@ def bucketed_batches(
     With `accum` > 1 (gradient accumulation) each optimizer step's rows are formed as one batch
     of `batch_size * accum` rows and cut into exactly `accum` consecutive micro-batches, so
     `--grad-accum 2 --batch-size 8` steps through the rows of `--batch-size 16` (two random
-    batches of 8 were not); a short last step's rows are cut as evenly as they go, and with
-    fewer rows than `accum` its leading micro-batches are empty (the trainer skips them).
+    batches of 8 were not); a short last step's rows are cut as evenly as they go, into no
+    more micro-batches than it has rows for each data rank; the rest, first, are empty (the
+    trainer skips them).
 
     Global batches of `batch_size * world_size` similar-length rows are formed exactly as one
     process would form them, and rank r takes rows r, r + world_size, ... of each. So a
@@ -97,6 +98,24 @@ def bucketed_batches(
     and every rank runs the same number of steps. (A final global batch with fewer rows than
     ranks repeats rows so that no rank is left without data.)
     """
+    batches = global_batches(lengths, batch_size, seed, epoch, bucket_batches, world_size, accum)
+    if world_size > 1:
+        batches = [(b * world_size)[: max(len(b), world_size)][rank::world_size] for b in batches]
+    return batches
+
+
+def global_batches(
+    lengths: Sequence[int],
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    bucket_batches: int = 50,
+    world_size: int = 1,
+    accum: int = 1,
+) -> list[list[int]]:
+    """`bucketed_batches` before the ranks take their shares: every data rank's rows of each
+    (micro-)batch together. The micro-batches are cut for `world_size` ranks (_micro_batches),
+    so the trainer weighs each rank's loss by the rows the ranks were actually given."""
     mixed = seed * 1_000_003 + epoch
     if not -(2**63) <= mixed < 2**64:  # torch's seed range; the usual seeds never leave it
         mixed %= 2**64
@@ -111,11 +130,16 @@ def bucketed_batches(
     order = torch.randperm(len(batches), generator=g).tolist()
     batches = [batches[i] for i in order]
     if accum > 1:  # each step's rows, cut into `accum` micro-batches (empty ones first)
-        batches = [
-            [int(i) for i in part]
-            for b in batches
-            for part in reversed(np.array_split(np.asarray(b, dtype=np.int64), accum))
-        ]
-    if world_size > 1:
-        batches = [(b * world_size)[: max(len(b), world_size)][rank::world_size] for b in batches]
+        batches = [part for b in batches for part in _micro_batches(b, accum, world_size)]
     return batches
+
+
+def _micro_batches(rows: list[int], accum: int, world_size: int) -> list[list[int]]:
+    """One step's global rows cut into `accum` micro-batches, the empty ones first. A
+    non-empty one holds at least `world_size` rows where the step has them: one of fewer
+    rows repeats rows on the ranks past its end, and the loss counts those repeats, so a
+    5-row last step cut 1+1+1+2 over 2 ranks weighted 3 of its rows double (the single-
+    process gradient is every row once); cut 0+0+2+3 it is that gradient."""
+    k = min(accum, max(1, len(rows) // world_size))
+    parts = reversed(np.array_split(np.asarray(rows, dtype=np.int64), k))
+    return [[] for _ in range(accum - k)] + [[int(i) for i in p] for p in parts]

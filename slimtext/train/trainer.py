@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data.batching import Batch, bucketed_batches, pad_batch
+from ..data.batching import Batch, bucketed_batches, global_batches, pad_batch
 from ..fileio import IntegrityError, atomic_write_text
 from ..progress import progress_bar
 from ..tokenizer import check_long_text, row_lengths
@@ -657,8 +657,9 @@ def fit(
         (bucketed_batches): the loss counts it as a row, the figures (samples, tokens) not."""
         if ctx.data_world == 1:
             return None
-        whole = bucketed_batches(lengths, cfg.batch_size * ctx.data_world, cfg.seed, epoch,
-                                 cfg.bucket_batches, 0, 1, cfg.grad_accum)  # fmt: skip
+        # cut into micro-batches for these ranks, as epoch_batches' shares are
+        whole = global_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.bucket_batches,
+                               ctx.data_world, cfg.grad_accum)  # fmt: skip
         return [len(b) for b in whole]
 
     batches_per_epoch = len(epoch_batches(0))

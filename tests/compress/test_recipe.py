@@ -381,3 +381,21 @@ def test_rows_skipped_on_reading_are_said(teacher_dir, make_toy, tmp_path):
              speed=False, log=logs.append, load_kw={"on_bad": "skip"})  # fmt: skip
     said = [x for x in logs if "skipped 1 (1 invalid JSON)" in x]
     assert [x.split(":")[0] for x in said] == ["data", "test"], logs
+
+
+def test_steps_after_a_distill_step_may_train_a_student_of_an_earlier_sparse_model():
+    # The student of a model made sparse by an earlier run is dense (its records drop the
+    # sparsity), but a 'finetune' after 'distill' was refused for the input's sparsity.
+    from slimtext.compress.recipe import check_recipe
+    from slimtext.models import ModelConfig
+
+    cfg = ModelConfig(vocab_size=100, num_labels=2, hidden_size=32, num_layers=2, num_heads=2,
+                      ffn_size=64, max_length=16)  # fmt: skip
+    done = [{"step": "prune", "kind": "magnitude", "sparsity": 0.5}]
+    for recipe in ("distill:layers=1,finetune", "distill:layers=1,prune:ffn=0.5,sparsity:0.5"):
+        check_recipe(parse_recipe(recipe), cfg, own_teacher=True, done=done)
+    with pytest.raises(ValueError, match="earlier sparsity"):  # before the distill: refused
+        check_recipe(parse_recipe("finetune,distill:layers=1"), cfg, own_teacher=True, done=done)
+    with pytest.raises(ValueError, match="cannot follow 'sparsity:amount=0.5'"):
+        check_recipe(parse_recipe("distill:layers=1,sparsity:0.5,finetune"), cfg,
+                     own_teacher=True, done=done)  # fmt: skip

@@ -80,3 +80,34 @@ def test_grad_accum_micro_batches_are_the_rows_of_one_larger_batch():
     # the last step's 6 rows in 4 micro-batches; 2 rows in 4: the empty ones come first
     tiny = bucketed_batches([3, 5], 4, seed=0, epoch=0, accum=4)
     assert [len(b) for b in tiny] == [0, 0, 1, 1]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 30), min_size=1, max_size=60),
+    batch_size=st.integers(1, 5),
+    accum=st.integers(2, 6),
+    world=st.integers(2, 4),
+)
+def test_grad_accum_under_data_parallel_repeats_no_row_a_step_has_enough_rows_for(
+    lengths, batch_size, accum, world
+):
+    # A 5-row last step was cut 1+1+1+2 over 2 ranks: three micro-batches of one row, each
+    # repeated on rank 1, and the loss counted the repeats, so DDP + --grad-accum weighted
+    # some rows double where one process weights every row once.
+    shares = [bucketed_batches(lengths, batch_size, 3, 0, 2, r, world, accum) for r in range(world)]
+    for first in range(0, len(shares[0]), accum):
+        given = [row for s in shares for b in s[first : first + accum] for row in b]
+        if len(set(given)) >= world:  # rows enough for every rank: none given twice
+            assert len(given) == len(set(given)), (
+                first,
+                [s[first : first + accum] for s in shares],
+            )
+    # the trainer weighs each rank's loss by these rows: the ranks' shares, put together
+    from slimtext.data.batching import global_batches
+
+    whole = global_batches(lengths, batch_size, 3, 0, 2, world, accum)
+    assert len(whole) == len(shares[0])
+    for i, rows in enumerate(whole):
+        assert sorted({row for s in shares for row in s[i]}) == sorted(rows)
+    assert sorted(i for b in whole for i in b) == list(range(len(lengths)))

@@ -111,6 +111,25 @@ def test_ddp_and_fsdp_on_two_ranks_train_the_single_process_model(tmp_path, trai
     assert counted(tmp_path / "ddp") == counted(tmp_path / "fsdp") == counted(tmp_path / "single")
 
 
+def test_ddp_with_grad_accum_and_a_short_last_step_trains_the_single_process_model(
+    tmp_path, train_csv
+):
+    # 81 rows in steps of 2 ranks x 2 rows x 6 micro-batches: the last step has 9 rows. Cut
+    # 2+2+2+1+1+1, rank 1 repeated each 1-row micro-batch and the loss counted the repeats
+    # (those rows weighed double); cut into micro-batches of 2 rows or more, it is the
+    # single-process step. Also: a typed --epochs beside --max-steps is noted once, not by
+    # the launcher and again by rank 0.
+    common = ["train", "--data", train_csv, "--dropout", "0", "--grad-accum", 6, *TINY]
+    slimtext(*common, "--out", tmp_path / "single", "--batch-size", 4)
+    r = slimtext(*common, "--out", tmp_path / "ddp", "--batch-size", 2, "--nproc", 2)
+    assert max_diff(weights(tmp_path / "single"), weights(tmp_path / "ddp")) < 1e-5
+    assert counted(tmp_path / "ddp") == counted(tmp_path / "single")
+    assert "is ignored" not in r.stderr, r.stderr  # --epochs typed, no --max-steps: quiet
+    r = slimtext(*common, "--out", tmp_path / "steps", "--batch-size", 2, "--max-steps", 1,
+                 "--nproc", 2)  # fmt: skip
+    assert r.stderr.count("note: --epochs 2 is ignored: --max-steps 1") == 1, r.stderr
+
+
 @needs_pp
 def test_pp_and_uneven_ddp_batches_train_the_single_process_model(tmp_path, train_csv):
     # 81 training rows in global batches of 6: the last has 3 rows, split 2/1 over two ddp
