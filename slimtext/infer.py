@@ -115,6 +115,16 @@ class Predictor:
         from .train.precision import resolve_device  # "auto", or a clear error for no CUDA
 
         self.device = resolve_device(device)
+        if backend.endswith("bf16") and not native_bf16(self.device):
+            # Asked by name it used to run silently, ~10x slower than `torch` on an AVX2 CPU
+            # (emulated bf16); `auto` leaves it out for that reason, so say it here too.
+            cpu = self.device.type == "cpu"
+            what = "CPU has no AVX512-BF16 or AMX" if cpu else "GPU has no bf16"
+            warnings.warn(
+                f"backend {backend}: this {what}, so bf16 is emulated: several times slower "
+                "than the fp32 backends (torch, onnxruntime)",
+                stacklevel=2,
+            )
         self.batch_size = batch_size
         as_read = model_dir.weights_as_read()
         self.model = model_dir.model.to(self.device).eval()
@@ -558,7 +568,9 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     if device.type != "cpu":
         return False
-    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    from .train.precision import cpu_has_bf16  # the one CPU test, shared with training
+
+    return cpu_has_bf16()
 
 
 def _freezing(on: bool):

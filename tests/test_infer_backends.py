@@ -53,6 +53,24 @@ def test_torch_bf16_runs_under_autocast_and_stays_close_to_fp32(tiny_model_dir, 
     assert probs.shape == (len(texts), len(pred.labels))
 
 
+@pytest.mark.parametrize("backend", ["torch-bf16", "compile-bf16"])
+def test_bf16_backend_asked_by_name_warns_where_bf16_is_emulated(
+    tiny_model_dir, monkeypatch, backend
+):
+    # On an AVX2 CPU torch-bf16 ran ~10x slower than torch, without a word.
+    import warnings
+
+    import slimtext.infer as infer
+
+    monkeypatch.setattr(infer, "native_bf16", lambda device="cpu": False)
+    with pytest.warns(UserWarning, match=rf"backend {backend}: .*no AVX512-BF16 or AMX.*emulated"):
+        load(tiny_model_dir, backend=backend, warmup=False)
+    monkeypatch.setattr(infer, "native_bf16", lambda device="cpu": True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        load(tiny_model_dir, backend=backend, warmup=False)  # native: nothing to say
+
+
 def test_onnxruntime_matches_torch(onnx_dir, texts):
     ref = load(onnx_dir, batch_size=5).logits(texts)
     pred = load(onnx_dir, backend="onnxruntime", batch_size=5)

@@ -338,7 +338,10 @@ def machine_info() -> dict:
             elif key.strip() == "flags":
                 flags = set(val.split())
                 # int8 GEMMs are fast only with VNNI (or AMX); without them int8 often loses.
-                wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+                # avx512_bf16 too: with amx_bf16 it decides whether the bf16 backends are
+                # measured at all (native_bf16), which the report should let a reader see.
+                wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                          "amx_int8", "amx_bf16")  # fmt: skip
                 info["cpu_flags"] = {f: f in flags for f in wanted}
                 break
     for mod in ("transformers", "onnxruntime", "sklearn", "fasttext", "tokenizers", "optimum"):

@@ -45,10 +45,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def cpu_has_bf16() -> bool:
     # AVX512-BF16 or AMX: without them bf16 autocast on CPU is emulated and slower than fp32.
+    # Not `torch.ops.mkldnn._is_mkldnn_bf16_supported()`: that is true on any AVX512BW/VL/DQ
+    # CPU (Skylake-SP, Cascade Lake), where oneDNN only emulates bf16, so `--precision auto`
+    # trained there in slow emulated bf16 while inference (`infer.native_bf16`, which asks
+    # this) left bf16 out as emulated. One test for both.
     try:
-        return bool(
-            torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        )
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -225,6 +225,23 @@ def test_bf16_autocast_trains_on_cpu(encoded):
     assert res.best["accuracy"] >= 0.8
 
 
+def test_auto_precision_is_fp32_on_an_avx512_cpu_without_bf16_instructions(monkeypatch):
+    # Skylake-SP / Cascade Lake: oneDNN "supports" bf16 there (AVX512BW), but only emulated,
+    # slower than fp32; training must agree with inference (native_bf16) and not pick it.
+    import slimtext.infer as infer
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    cpu = torch.device("cpu")
+    assert not cpu_has_bf16() and not infer.native_bf16(cpu)
+    assert resolve_precision("auto", cpu) == "fp32"
+    with pytest.warns(UserWarning, match="no bf16 instructions"):
+        assert resolve_precision("bf16", cpu) == "fp32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert resolve_precision("auto", cpu) == "bf16" and infer.native_bf16(cpu)
+
+
 def test_fp16_on_cpu_is_refused_with_advice():
     with pytest.raises(ValueError, match="bf16 or fp32"):
         resolve_precision("fp16", torch.device("cpu"))
