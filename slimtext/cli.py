@@ -45,14 +45,24 @@ def _load_config(ctx: typer.Context, files: list[Path] | None) -> list[Path] | N
     return files
 
 
+def _click_context():
+    """(click's ParameterSource, the running command's context or None), from the click that
+    typer uses: its own copy from typer 0.20 on, the click package before."""
+    try:
+        from typer._click.core import ParameterSource
+        from typer._click.globals import get_current_context
+    except ImportError:
+        from click.core import ParameterSource
+        from click.globals import get_current_context
+    return ParameterSource, get_current_context(silent=True)
+
+
 def _from_file(e: Exception) -> str:
     """`e`'s message, and the YAML file and key its value came from when it is about an option
     that a config file set and no flag overrode: `precision: fp64` in a file was refused later,
     by the training options, as "precision must be one of ..." without naming the file."""
-    from typer._click.core import ParameterSource
-    from typer._click.globals import get_current_context
-
-    msg, ctx = str(e), get_current_context(silent=True)
+    ParameterSource, ctx = _click_context()
+    msg = str(e)
     for name, where in ((ctx.meta.get(_SOURCES) or {}) if ctx else {}).items():
         spelled = (name, name.replace("_", "-"), f"--{name.replace('_', '-')}")
         if ctx.get_parameter_source(name) is ParameterSource.DEFAULT_MAP and any(
@@ -65,10 +75,7 @@ def _from_file(e: Exception) -> str:
 def _note_epochs_ignored(epochs: int, max_steps: int | None) -> None:
     """Say that a typed --epochs does nothing beside a --max-steps, most of all one a config
     file set: the run trained the file's steps without a word, and no flag takes it back."""
-    from typer._click.core import ParameterSource
-    from typer._click.globals import get_current_context
-
-    ctx = get_current_context(silent=True)
+    ParameterSource, ctx = _click_context()
     if max_steps is None or ctx is None or os.environ.get("RANK", "0") != "0":
         return
     if os.environ.get(_LAUNCHED):  # rank 0 of `--nproc`: its launcher said it (it said twice)
