@@ -231,8 +231,12 @@ class Int4Linear(nn.Module):
         return self.qweight.numel() * 2 + (0 if self.bias is None else self.bias.numel())
 
     def dequantize(self) -> torch.Tensor:
-        lo, hi = self.qweight & 0xF, self.qweight >> 4
-        q = torch.stack([lo, hi], -1).view(self.out_features, -1).float() - 8.0
+        # Unpacked in float arithmetic (exact for 0..255), not with `& 0xF` / `>> 4` on uint8:
+        # the dynamo ONNX exporter turns the uint8 shift into an int16 value that the uint8
+        # `view` after it does not match, and ONNX Runtime then refuses the whole graph.
+        w = self.qweight.float()
+        hi = torch.div(w, 16, rounding_mode="floor")
+        q = torch.stack([w - 16 * hi, hi], -1).view(self.out_features, -1) - 8.0
         g = q.view(self.out_features, -1, self.group_size) * self.scale[..., None]
         return g.view(self.out_features, self.in_features)
 

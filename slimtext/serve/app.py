@@ -1,7 +1,7 @@
 """The HTTP server: FastAPI app over a Predictor and a DynamicBatcher.
 
     POST /v1/classify   {"texts": [...], "top_k": k?} -> labels and probabilities, in input order
-    GET  /v1/model      labels, config, backend, versions, limits
+    GET  /v1/model      labels, config, compression, backend, versions, limits
     GET  /healthz       the process is alive          GET /readyz   model loaded and warmed up
     GET  /metrics       Prometheus text format         GET /docs     OpenAPI page
     GET  /              the web page (static/, no external assets)
@@ -144,6 +144,12 @@ class ModelInfo(BaseModel):
         default=None, description="Longer texts: truncate | head-tail | chunks."
     )
     config: dict[str, Any]
+    compression: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Compression steps applied after training (config.json's records; `config` "
+        "is the shape before them: a pruned model has fewer heads and FFN neurons, a quantized "
+        "one int8/int4 weights).",
+    )
     metrics: dict[str, Any]
     model_slimtext_version: str | None = Field(description="slimtext version that wrote it.")
     slimtext_version: str = Field(description="slimtext version serving it.")
@@ -512,6 +518,9 @@ def describe(predictor, *, backend: str, device: str) -> dict:
         max_length=getattr(md, "max_length", None),
         long_text=getattr(predictor, "long_text", None),
         config=config.to_dict() if hasattr(config, "to_dict") else {},
+        # Without the records a pruned or quantized model read as the uncompressed shape
+        # (num_heads 4 / ffn_size 1024 for 1 + 3 heads and ~500 neurons, no word of int8).
+        compression=list(meta.get("compression") or []),
         metrics=_metrics_summary(meta.get("metrics") or {}),
         model_slimtext_version=meta.get("slimtext_version"),
         slimtext_version=slimtext.__version__,

@@ -95,6 +95,27 @@ def test_model_info(client, predictor):
     assert info["limits"]["max_texts_per_request"] == 20
 
 
+def test_model_info_of_a_compressed_model_lists_its_compression_steps(
+    model_dir, client_for, tmp_path
+):
+    # /v1/model showed a pruned or quantized model's config as the uncompressed shape, with
+    # nothing saying it was compressed.
+    import slimtext
+    from slimtext.artifact import read_model_dir, save_model_dir
+    from slimtext.compress import Int8Dynamic, quantize_
+
+    md = read_model_dir(model_dir)
+    rec = quantize_(md.model, Int8Dynamic())
+    save_model_dir(tmp_path / "q", md.model, md.config, md.tokenizer, md.labels,
+                   max_length=md.max_length, compression=[rec])  # fmt: skip
+    c = client_for(create_app(slimtext.load(tmp_path / "q")))
+    steps = c.get("/v1/model").json()["compression"]
+    assert [s["step"] for s in steps] == ["quantize"]
+    assert steps[0]["config"]["method"] == "int8-dynamic"
+    plain = client_for(create_app(slimtext.load(model_dir))).get("/v1/model").json()
+    assert plain["compression"] == []
+
+
 def test_health_ready_docs_and_page(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
