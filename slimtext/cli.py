@@ -45,16 +45,20 @@ def _load_config(ctx: typer.Context, files: list[Path] | None) -> list[Path] | N
     return files
 
 
-def _click_context():
-    """(click's ParameterSource, the running command's context or None), from the click that
-    typer uses: its own copy from typer 0.20 on, the click package before."""
+def _click():
+    """The click that typer runs on: its own copy from typer 0.20 on, the click package before
+    (typer>=0.12 is allowed)."""
     try:
-        from typer._click.core import ParameterSource
-        from typer._click.globals import get_current_context
+        import typer._click as click
     except ImportError:
-        from click.core import ParameterSource
-        from click.globals import get_current_context
-    return ParameterSource, get_current_context(silent=True)
+        import click
+    return click
+
+
+def _click_context():
+    """(click's ParameterSource, the running command's context or None)."""
+    click = _click()
+    return click.core.ParameterSource, click.globals.get_current_context(silent=True)
 
 
 def _from_file(e: Exception) -> str:
@@ -1623,11 +1627,7 @@ def _run(command) -> int:
     """Run the app, with an option-parser error (a bad value, a missing or unknown option, a
     bad YAML key) as one `error:` line, like every other refusal, where click drew a box of
     usage and help lines (`grep '^error:'` in a job's log found nothing)."""
-    try:  # typer >= 0.20 carries its own copy of click
-        from typer._click import exceptions as click
-    except ImportError:
-        from click import exceptions as click
-
+    click = _click().exceptions
     try:
         rv = command(standalone_mode=False)
     except click.UsageError as e:
