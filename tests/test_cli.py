@@ -832,12 +832,16 @@ def test_an_option_parser_error_is_one_error_line_and_exit_2(tmp_path, args, sai
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "closed output"])
-def test_predict_on_a_live_pipe_stops_cleanly(tiny_model_dir, stop):
+def test_predict_on_a_live_pipe_stops_cleanly(tiny_model_dir, stop, tmp_path):
     # the reader thread, blocked in a read of stdin, made the interpreter's shutdown abort
     # ("Fatal Python error: _enter_buffered_busy", exit 134) instead of exiting 143 / 141
     cmd = f"{sys.executable} -m slimtext predict {tiny_model_dir} --threads 1"
     if stop == "closed output":
-        cmd = f"(echo goal; sleep 4; echo bank; sleep 4) | {cmd} | head -1; "
+        # the second line is written only once `head` has gone, so its answer meets a closed
+        # pipe however slowly predict starts (timed sleeps raced on a loaded CI machine: rc=0)
+        gone = tmp_path / "head-gone"
+        feed = f"echo goal; while [ ! -e {gone} ]; do sleep 0.1; done; echo bank; sleep 4"
+        cmd = f"({feed}) | {cmd} | (head -1; exec 0<&-; touch {gone}); "
         cmd += "echo rc=${PIPESTATUS[1]} >&2"
         r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
         assert json.loads(r.stdout)["label"] and "rc=141" in r.stderr, r.stderr
