@@ -24,6 +24,7 @@ it would be alone.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -48,7 +49,7 @@ from .train.checkpoint import (
     mark_finished,
 )
 from .train.distributed import DistContext, barrier, init_distributed
-from .train.trainer import keeps_caller_rng
+from .train.trainer import TrainConfig, keeps_caller_rng
 
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
 PRETRAIN_LABELS = ["pretrain-0", "pretrain-1"]  # the placeholder head of a pretrained model dir
@@ -412,7 +413,22 @@ def _classifier(tokenizer: str, vocab_size: int, mask_prob: float, verbose: bool
         raise TypeError("pretrain() has no init=: it pretrains a new encoder from random weights")
     if "model" in params:  # was "got multiple values for argument 'model'"
         raise TypeError("pretrain() has no model=: masked-LM pretraining is for the transformer")
-    params = dict(params)
+    if "verbose" in params:  # was "got multiple values for keyword argument 'verbose'"
+        raise TypeError("pretrain() has no verbose=: progress= shows the bars, messages= the lines")
+    # Options of supervised training that pretraining has no use for: it holds out no
+    # validation data (no early stopping, no keep-best, no metric) and its loss is the MLM
+    # cross-entropy (no label smoothing). They were accepted and did nothing, without a word.
+    train_defaults = TrainConfig()
+    unused = {k: getattr(train_defaults, k)
+              for k in ("patience", "keep_best", "metric", "label_smoothing")}  # fmt: skip
+    api_defaults = inspect.signature(TextClassifier).parameters
+    unused["valid_fraction"] = api_defaults["valid_fraction"].default
+    if given := [k for k, default in unused.items() if k in params and params[k] != default]:
+        raise TypeError(
+            f"pretrain() does not use {', '.join(given)}: masked-LM pretraining holds out no "
+            "validation data and has no labels to smooth"
+        )
+    params = {k: v for k, v in params.items() if k not in unused}
     params.setdefault("pooling", "cls")
     # A long document is read whole, in max_length windows: truncating it would never show the
     # encoder most of a corpus of long texts (58% of the tokens of IMDB reviews at 128).

@@ -512,3 +512,18 @@ def test_bad_pretrain_options_are_refused_before_the_corpus_is_read(tmp_path, fl
     assert r.exit_code == 2 and re.search(why, r.output) and "not found" not in r.output, r.output
     with pytest.raises(ValueError, match=why):
         pretrain(never, tmp_path / "e", **{flag[2:].replace("-", "_"): value})
+
+
+@pytest.mark.parametrize(
+    "option",
+    [{"patience": 2}, {"label_smoothing": 0.1}, {"valid_fraction": 0.5}, {"keep_best": False},
+     {"metric": "loss"}, {"verbose": False}],
+)  # fmt: skip
+def test_pretrain_refuses_supervised_options_it_would_ignore(tmp_path, option):
+    # pretraining holds out no validation data and its loss is the MLM cross-entropy: these
+    # were accepted and did nothing (verbose= failed with "got multiple values")
+    never = tmp_path / "never-read.txt"  # refused before any data is read
+    name = next(iter(option))
+    with pytest.raises(TypeError, match=rf"pretrain\(\) (does not use|has no) {name}"):
+        pretrain(never, tmp_path / "e", **option)
+    assert not (tmp_path / "e").exists()
