@@ -1450,11 +1450,19 @@ def serve(
     max_queue: Annotated[
         int, typer.Option(help="Texts waiting at most; more get 503 + Retry-After.")
     ] = 1024,
+    # The three request limits had no help (two of them none at all): what each refuses, and how
     max_texts_per_request: Annotated[
-        int | None, typer.Option(help="Default: min(256, --max-queue).")
+        int | None,
+        typer.Option(
+            help="Most texts in one request; more get 413. Default: min(256, --max-queue)."
+        ),
     ] = None,
-    max_text_chars: int = 10_000,
-    max_body_bytes: int = 4 * 1024 * 1024,
+    max_text_chars: Annotated[
+        int, typer.Option(help="Longest text, in characters; a longer one gets 413.")
+    ] = 10_000,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest request body, in bytes; a larger one gets 413.")
+    ] = 4 * 1024 * 1024,
     workers: Annotated[
         int, typer.Option(help="Worker processes, each with its own copy of the model.")
     ] = 1,

@@ -46,6 +46,12 @@ def test_every_verb_has_help(verb):
     assert r.exit_code == 0 and "--config" in r.output
 
 
+def test_serve_help_says_what_each_request_limit_refuses():
+    r = runner.invoke(app, ["serve", "--help"], env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
+    lines = [line for line in r.output.splitlines() if "--max-text" in line or "--max-body" in line]
+    assert len(lines) == 3 and all("413" in line for line in lines), lines
+
+
 def test_an_impossible_port_is_a_usage_error_before_the_model_loads(tmp_path):
     r = runner.invoke(app, ["serve", str(tmp_path / "no-model"), "--port", "99999"])
     assert r.exit_code == 2 and "65535" in r.output and "Traceback" not in r.output

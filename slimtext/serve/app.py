@@ -219,7 +219,10 @@ class ServeConfig:
     def api_key(self) -> str | None:
         if not self.api_key_env:
             return None
-        key = os.environ.get(self.api_key_env, "")
+        # Stripped as create_app strips it: a key read from a file (a Kubernetes secret made
+        # with --from-file, `KEY=$(cat key)` of a CRLF file) kept its newline, no client could
+        # send it (HTTP drops a header's edge whitespace) and every request was a 401.
+        key = os.environ.get(self.api_key_env, "").strip()
         if not key:
             # Fail closed: a typo in the variable name must not serve the API without a key.
             raise ValueError(f"--api-key-env {self.api_key_env}: that variable is unset or empty")
@@ -234,6 +237,7 @@ class ServeConfig:
             max_queue=self.max_queue, max_texts_per_request=self.max_texts_per_request,
             max_text_chars=self.max_text_chars, max_body_bytes=self.max_body_bytes,
         )  # fmt: skip
+        check_cors_origins(self.cors_origins)
         from ..infer import BACKENDS
         from ..train.precision import resolve_device
 
@@ -594,6 +598,31 @@ def check_limits(
     return max_texts_per_request
 
 
+def check_cors_origins(origins: Sequence[str]) -> list[str]:
+    """ValueError for an origin no browser ever sends. A browser's Origin header is exactly
+    `scheme://host[:port]`, and Starlette compares it as a string: `http://app.example/` (as
+    copied from the address bar) or `app.example` were accepted and then refused every request
+    from that very page, with nothing said at start-up."""
+    from urllib.parse import urlsplit
+
+    for origin in origins:
+        if origin in ("*", "null"):  # "null": what a page opened from a file:// sends
+            continue
+        parts = urlsplit(origin)
+        extra = parts.path or parts.query or parts.fragment or origin.endswith(("?", "#"))
+        if parts.scheme and parts.netloc and not extra:
+            continue
+        hint = (
+            f"; did you mean {parts.scheme}://{parts.netloc}?"
+            if parts.scheme and parts.netloc
+            else " (for example https://app.example.com or http://localhost:3000)"
+        )
+        raise ValueError(
+            f"--cors-origin {origin!r}: an origin is scheme://host[:port] with no path, or *{hint}"
+        )
+    return list(origins)
+
+
 def create_app(
     model,
     *,
@@ -621,9 +650,25 @@ def create_app(
         max_texts_per_request=max_texts_per_request, max_text_chars=max_text_chars,
         max_body_bytes=max_body_bytes,
     )  # fmt: skip
+    cors_origins = check_cors_origins(cors_origins)
+    if api_key:  # as ServeConfig.api_key: HTTP can't carry a key's edge whitespace ("": no key)
+        api_key = api_key.strip()
+        if not api_key:
+            raise ValueError("api_key is empty or only whitespace")
+    from ..api import TextClassifier
+
     backend = resolve_backend(backend)
     if isinstance(model, (str, os.PathLike)):
         predictor = slimtext.load(model, backend=backend, device=device, batch_size=max_batch_size)
+    elif isinstance(model, TextClassifier):
+        # A fitted estimator serves through its predictor (an AttributeError on `.labels`
+        # otherwise); an unfitted one raises NotFittedError here.
+        predictor = model._check_fitted()
+    elif not (hasattr(model, "labels") and hasattr(model, "predict_proba")):
+        raise TypeError(
+            "create_app takes a model directory or a Predictor (slimtext.load(dir)), "
+            f"got {type(model).__name__}"
+        )
     else:
         predictor = model
     # what `auto` chose and left out, said at start-up: the operator's only way to know

@@ -482,6 +482,46 @@ def test_cors_is_off_by_default_and_can_be_enabled(stub, client_for):
     assert c.options("/v1/classify", headers=ok).status_code == 200
 
 
+def test_api_key_read_with_a_trailing_newline_still_authenticates(stub, client_for, monkeypatch):
+    from slimtext.serve.app import ServeConfig
+
+    # `kubectl create secret --from-file`, or a key file with CRLF: the newline came along
+    monkeypatch.setenv("SLIMTEXT_TEST_KEY", "s3cret\r\n")
+    key = ServeConfig(model_dir="m", api_key_env="SLIMTEXT_TEST_KEY").api_key()
+    for app in (create_app(stub, api_key=key), create_app(stub, api_key=" s3cret\n")):
+        c = client_for(app)
+        ok = c.get("/v1/model", headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert c.get("/v1/model", headers={"Authorization": "Bearer s3cre"}).status_code == 401
+    monkeypatch.setenv("SLIMTEXT_TEST_KEY", " \n")  # only whitespace: fail closed, as unset
+    with pytest.raises(ValueError, match="SLIMTEXT_TEST_KEY"):
+        ServeConfig(model_dir="m", api_key_env="SLIMTEXT_TEST_KEY").api_key()
+    with pytest.raises(ValueError, match="api_key"):
+        create_app(stub, api_key="  ")
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://app.example/", "app.example", "http://app.example/page", "https://a.example:8443/"],
+)
+def test_cors_origin_no_browser_sends_is_refused_at_start(stub, origin):
+    from slimtext.serve.app import ServeConfig
+
+    # Starlette compares the Origin header as a string: these were accepted, then every
+    # request from that page was refused
+    with pytest.raises(ValueError, match="--cors-origin"):
+        create_app(stub, cors_origins=[origin])
+    with pytest.raises(ValueError, match="scheme://host"):
+        ServeConfig(model_dir="m", cors_origins=[origin]).validate()
+
+
+def test_cors_origin_with_port_or_wildcard_is_accepted(stub, client_for):
+    c = client_for(
+        create_app(stub, cors_origins=["http://localhost:3000", "chrome-extension://abc", "*"])
+    )
+    assert c.get("/healthz", headers={"Origin": "http://x.example"}).status_code == 200
+
+
 # -- construction ---------------------------------------------------------------------------------
 
 
@@ -509,6 +549,20 @@ def test_model_dir_path_and_factory(model_dir, monkeypatch):
     with TestClient(app) as c:
         resp = c.get("/v1/model", headers={"Authorization": "Bearer k"})
         assert resp.json()["limits"]["max_batch_size"] == 8
+
+
+def test_a_fitted_text_classifier_is_served_and_other_objects_are_refused(model_dir, client_for):
+    from slimtext.api import NotFittedError, TextClassifier
+
+    clf = TextClassifier.load(model_dir)  # what `fit` leaves: an AttributeError on .labels
+    c = client_for(create_app(clf))
+    resp = c.post("/v1/classify", json={"texts": ["hi"], "top_k": 2})
+    assert resp.status_code == 200 and len(resp.json()["results"][0]["top_k"]) == 2
+    assert c.get("/v1/model").json()["labels"] == list(clf._check_fitted().labels)
+    with pytest.raises(NotFittedError):
+        create_app(TextClassifier())
+    with pytest.raises(TypeError, match="model directory or a Predictor"):
+        create_app(object())
 
 
 def test_model_served_as_dot_is_named_after_its_directory(model_dir, monkeypatch):
