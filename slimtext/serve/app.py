@@ -881,6 +881,9 @@ def create_app(
         app.add_middleware(
             _CORS, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
+            # a page of another origin must read how long to wait after a 503 (browsers hide
+            # every response header outside a short safe list unless it is exposed)
+            expose_headers=["Retry-After"],
         )  # fmt: skip
     return app
 

@@ -473,6 +473,8 @@ def test_cors_is_off_by_default_and_can_be_enabled(stub, client_for):
     c = client_for(create_app(stub, cors_origins=["http://example.com"]))
     resp = c.get("/v1/model", headers=origin)
     assert resp.headers["access-control-allow-origin"] == "http://example.com"
+    # a cross-origin page can read how long to wait after a 503
+    assert "retry-after" in resp.headers["access-control-expose-headers"].lower()
     # a refused preflight: JSON of the one error shape (it was Starlette's plain text)
     pre = {"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
     resp = c.options("/v1/classify", headers=pre)
