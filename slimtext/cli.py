@@ -1439,29 +1439,32 @@ def serve(
         ),
     ] = "auto",
     device: DeviceOpt = "cpu",
-    max_batch_size: Annotated[int, typer.Option(help="Most texts per model call.")] = 64,
+    # min= on the limits: click names the option (--max-queue), the server's own check its
+    # Python name (max_queue), which a CLI user never typed
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Most texts per model call.")] = 64,
     max_wait_ms: Annotated[
         float,
         typer.Option(
+            min=0,
             help="How long the first queued text waits for others to join its batch "
-            "(0: batch only what queued while the model was busy)."
+            "(0: batch only what queued while the model was busy).",
         ),
     ] = 5.0,
     max_queue: Annotated[
-        int, typer.Option(help="Texts waiting at most; more get 503 + Retry-After.")
+        int, typer.Option(min=1, help="Texts waiting at most; more get 503 + Retry-After.")
     ] = 1024,
     # The three request limits had no help (two of them none at all): what each refuses, and how
     max_texts_per_request: Annotated[
         int | None,
         typer.Option(
-            help="Most texts in one request; more get 413. Default: min(256, --max-queue)."
+            min=1, help="Most texts in one request; more get 413. Default: min(256, --max-queue)."
         ),
     ] = None,
     max_text_chars: Annotated[
-        int, typer.Option(help="Longest text, in characters; a longer one gets 413.")
+        int, typer.Option(min=1, help="Longest text, in characters; a longer one gets 413.")
     ] = 10_000,
     max_body_bytes: Annotated[
-        int, typer.Option(help="Largest request body, in bytes; a larger one gets 413.")
+        int, typer.Option(min=1, help="Largest request body, in bytes; a larger one gets 413.")
     ] = 4 * 1024 * 1024,
     workers: Annotated[
         int, typer.Option(help="Worker processes, each with its own copy of the model.")

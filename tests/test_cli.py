@@ -52,6 +52,16 @@ def test_serve_help_says_what_each_request_limit_refuses():
     assert len(lines) == 3 and all("413" in line for line in lines), lines
 
 
+@pytest.mark.parametrize(
+    "option", ["--max-batch-size", "--max-queue", "--max-texts-per-request", "--max-text-chars",
+               "--max-body-bytes", "--max-wait-ms"],
+)  # fmt: skip
+def test_a_serve_limit_out_of_range_names_its_option(tmp_path, option):
+    # the server's own check named the Python parameter (max_queue), not the option typed
+    r = runner.invoke(app, ["serve", str(tmp_path / "no-model"), option, "-1"])
+    assert r.exit_code == 2 and f"'{option}'" in r.output and "Traceback" not in r.output, r.output
+
+
 def test_an_impossible_port_is_a_usage_error_before_the_model_loads(tmp_path):
     r = runner.invoke(app, ["serve", str(tmp_path / "no-model"), "--port", "99999"])
     assert r.exit_code == 2 and "65535" in r.output and "Traceback" not in r.output
