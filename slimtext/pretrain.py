@@ -453,11 +453,9 @@ def check_init(spec: str | os.PathLike) -> None:
     split, which can take minutes)."""
     s = str(spec)
     if s.startswith("hf:"):
-        from .models.hf import _require_transformers
+        from .models.hf import check_hf_folder
 
-        _require_transformers()
-        if not Path(s[3:]).is_dir():
-            raise FileNotFoundError(f"{s[3:]}: not a local Hugging Face model folder")
+        check_hf_folder(s[3:])  # also refuses a RoBERTa, DistilBERT... folder now, not later
     elif not Path(s).is_dir():
         raise FileNotFoundError(f"{s}: --init needs a model directory (slimtext pretrain's)")
 

@@ -1115,6 +1115,13 @@ def _load_hf(spec: str, opts: _Options) -> TextDataset:
     saved = path.is_dir() and (
         (path / "dataset_dict.json").exists() or (path / "state.json").exists()
     )
+    if saved and config is not None:
+        # load_from_disk has no configs: "hf:saved:other" read the saved data without a word,
+        # as if the config named were there.
+        raise DataError(
+            f"{spec}: {name} was written by save_to_disk and has no configs; use hf:{name} "
+            "(with @SPLIT for a DatasetDict)"
+        )
     try:
         if saved:
             ds = datasets.load_from_disk(name)  # written by Dataset(Dict).save_to_disk

@@ -240,18 +240,36 @@ def from_hf_bert(hf_model, num_labels: int | None = None) -> TransformerClassifi
     return model.eval()
 
 
-def load_hf_bert(path: str | os.PathLike, num_labels: int | None = None):
-    """(TransformerClassifier, TextTokenizer) from a local Hugging Face BERT folder."""
+def check_hf_folder(path: str | os.PathLike):
+    """The `BertConfig` of a local folder, refused (naming the folder) when it has no exact
+    slimtext counterpart. Cheap: `--init hf:PATH` calls it before any data is read, where a
+    RoBERTa or DistilBERT folder was refused only after the data had been read and split, in
+    an error that did not say which folder."""
     _require_transformers()
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
-
-    from ..tokenizer import load_tokenizer
+    from transformers import AutoConfig
 
     p = Path(path)
     if not p.is_dir():
         raise FileNotFoundError(f"{p}: not a local Hugging Face model folder")
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p}: not a Hugging Face model folder (no config.json)")
     hf_cfg = AutoConfig.from_pretrained(p)
-    _check_importable(hf_cfg)
+    try:
+        _check_importable(hf_cfg)
+    except HFConversionError as e:
+        raise HFConversionError(f"{p}: {e}") from None
+    return hf_cfg
+
+
+def load_hf_bert(path: str | os.PathLike, num_labels: int | None = None):
+    """(TransformerClassifier, TextTokenizer) from a local Hugging Face BERT folder."""
+    _require_transformers()
+    from transformers import AutoModel, AutoModelForSequenceClassification
+
+    from ..tokenizer import load_tokenizer
+
+    p = Path(path)
+    hf_cfg = check_hf_folder(p)
     archs = hf_cfg.architectures or []
     # A classification checkpoint keeps its head; any other (MLM, bare encoder) gets a new one.
     if "BertForSequenceClassification" in archs:

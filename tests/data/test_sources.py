@@ -663,6 +663,14 @@ def test_hf_saved_dataset_dict_unknown_split_lists_the_splits(tmp_path, hf_offli
     assert load_data(f"hf:{tmp_path / 'dd'}@test").texts == ["a"]
 
 
+def test_hf_saved_dataset_refuses_a_config_instead_of_ignoring_it(tmp_path, hf_offline):
+    datasets = hf_offline
+    split = datasets.Dataset.from_dict({"text": ["a"], "label": [0]})
+    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(DataError, match=r"save_to_disk and has no configs"):
+        load_data(f"hf:{tmp_path / 'dd'}:other@test")
+
+
 def test_hf_local_paths_are_never_taken_for_hub_names(tmp_path, hf_offline):
     # "@2024" was read as a split and the rest looked up on the Hub; a file was looked up there
     datasets = hf_offline
