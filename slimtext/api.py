@@ -7,7 +7,8 @@
 `__init__` only stores arguments; `fit` learns the tokenizer, labels and weights (the learned
 state ends in `_`). Every keyword argument is a field of `ModelConfig` or `TrainConfig`.
 `init=` starts from a pretrained encoder (a slimtext model dir, or `hf:PATH` for a local Hugging
-Face BERT folder): its tokenizer and shape are used, every weight but the head is loaded.
+Face BERT, RoBERTa or DistilBERT folder): its tokenizer and shape are used, every weight but the
+head is loaded (DistilBERT's pooler is new too).
 """
 
 from __future__ import annotations

@@ -413,7 +413,8 @@ def train(
         str | None,
         typer.Option(
             help="Start from a pretrained encoder: a slimtext model dir (e.g. from `slimtext "
-            "pretrain`) or hf:PATH (local BERT folder). Its tokenizer and shape are used."
+            "pretrain`) or hf:PATH (a local BERT, RoBERTa or DistilBERT folder). Its tokenizer "
+            "and shape are used."
         ),
     ] = None,
     layer_lr_decay: Annotated[

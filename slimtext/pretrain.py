@@ -455,19 +455,19 @@ def check_init(spec: str | os.PathLike) -> None:
     if s.startswith("hf:"):
         from .models.hf import check_hf_folder
 
-        check_hf_folder(s[3:])  # also refuses a RoBERTa, DistilBERT... folder now, not later
+        check_hf_folder(s[3:])  # an unsupported model type is refused now, not after the data
     elif not Path(s).is_dir():
         raise FileNotFoundError(f"{s}: --init needs a model directory (slimtext pretrain's)")
 
 
 def load_init(spec: str | os.PathLike) -> tuple[TransformerClassifier, TextTokenizer]:
     """The model and tokenizer to start fine-tuning from: a slimtext model directory
-    (pretrained or fine-tuned), or `hf:PATH`, a local Hugging Face BERT folder."""
+    (pretrained or fine-tuned), or `hf:PATH`, a local Hugging Face encoder folder."""
     s = str(spec)
     if s.startswith("hf:"):
-        from .models.hf import load_hf_bert
+        from .models.hf import load_hf
 
-        return load_hf_bert(s[3:])
+        return load_hf(s[3:])
     from .artifact import ModelDirError, read_model_dir
 
     md = read_model_dir(s)

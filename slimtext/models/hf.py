@@ -1,4 +1,4 @@
-"""Hugging Face BERT checkpoints <-> `TransformerClassifier`, weight for weight.
+"""Hugging Face encoder checkpoints <-> `TransformerClassifier`, weight for weight.
 
 `TransformerClassifier` keeps BERT's layout (post-LN blocks, exact GELU, learned absolute
 positions, tanh pooler on [CLS]), so conversion is a renaming plus two small rewrites:
@@ -9,10 +9,18 @@ positions, tanh pooler on [CLS]), so conversion is a renaming plus two small rew
 
 The conversion is exact (same logits, up to float rounding) when the slimtext model has
 `arch="transformer"`, `pooling="cls"` (BERT's pooler), `share_layers=False` and no compression,
-and the BERT config has `hidden_act="gelu"` (exact erf GELU), absolute position embeddings and is
-an encoder (not a decoder). `layer_norm_eps`, dropout, padding id and vocabulary carry over.
-Only the BERT family is supported (`BertModel`, `BertForSequenceClassification`,
-`BertForMaskedLM`...): RoBERTa's position offset and DistilBERT's layout are not mapped.
+and the checkpoint has `gelu` (exact erf GELU), absolute position embeddings and is an encoder
+(not a decoder). `layer_norm_eps`, dropout, padding id and vocabulary carry over.
+
+Import reads three families (`from_hf`, `load_hf`; export writes BERT only):
+- BERT (`BertModel`, `BertForSequenceClassification`, `BertForMaskedLM`...): exact logits.
+- RoBERTa and XLM-RoBERTa: the same blocks. Their positions start at `pad_token_id + 1` (token
+  i of a right-padded row reads row `pad_token_id + 1 + i`), so those rows become slimtext's
+  table and `max_length` is `max_position_embeddings - pad_token_id - 1`; the classification
+  head's dense + tanh on `<s>` is slimtext's pooler, its `out_proj` the head: exact logits.
+- DistilBERT: the same blocks under other names, LayerNorm eps 1e-12, no token types and no
+  pooler. Its classifier reads ReLU(pre_classifier([CLS])), not tanh, so the encoder is exact and
+  the pooler and head start fresh (fine-tuning trains them).
 
 `transformers` is imported lazily: `import slimtext` never loads it.
 """
@@ -163,50 +171,58 @@ def _load_exact(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
         raise HFConversionError(f"{what}: missing {missing}, unexpected {unexpected}")
 
 
-def _check_importable(hf_cfg) -> None:
-    if getattr(hf_cfg, "model_type", "bert") != "bert":
+# model_type -> the layout its weights follow (XLM-RoBERTa is RoBERTa with another vocabulary)
+_FAMILIES = {"bert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
+             "distilbert": "distilbert"}  # fmt: skip
+
+
+def _family(hf_cfg) -> str:
+    model_type = getattr(hf_cfg, "model_type", "bert")
+    if model_type not in _FAMILIES:
         raise HFConversionError(
-            f"only BERT checkpoints are supported, not model_type={hf_cfg.model_type!r}"
+            f"model_type={model_type!r} is not supported: BERT, RoBERTa, XLM-RoBERTa and "
+            "DistilBERT checkpoints are"
         )
-    if hf_cfg.hidden_act != "gelu":
-        raise HFConversionError(
-            f"hidden_act={hf_cfg.hidden_act!r}: slimtext blocks use exact (erf) GELU"
-        )
+    return _FAMILIES[model_type]
+
+
+def _check_importable(hf_cfg) -> str:
+    family = _family(hf_cfg)
+    act = hf_cfg.activation if family == "distilbert" else hf_cfg.hidden_act
+    if act != "gelu":
+        raise HFConversionError(f"activation {act!r}: slimtext blocks use exact (erf) GELU")
     if getattr(hf_cfg, "position_embedding_type", "absolute") not in (None, "absolute"):
         raise HFConversionError("only absolute position embeddings are supported")
     if getattr(hf_cfg, "is_decoder", False):
-        raise HFConversionError("decoder BERT (causal attention) is not an encoder classifier")
+        raise HFConversionError("a decoder (causal attention) is not an encoder classifier")
+    return family
 
 
-def from_hf_bert(hf_model, num_labels: int | None = None) -> TransformerClassifier:
-    """A `TransformerClassifier` (pooling="cls") with the weights of a Hugging Face BERT.
-
-    `hf_model` is a `BertForSequenceClassification` (logits match exactly) or any BERT model with
-    a `.bert` encoder or a bare `BertModel`; then, or when `num_labels` differs from the
-    checkpoint's, the head is freshly initialised. A checkpoint without a pooler gets a fresh
-    pooler too.
-    """
-    hf_cfg = hf_model.config
-    _check_importable(hf_cfg)
-    bert = getattr(hf_model, "bert", hf_model)
-    classifier = getattr(hf_model, "classifier", None)
-    n_labels = num_labels or (classifier.out_features if classifier is not None else 2)
-    cfg = ModelConfig(
-        vocab_size=hf_cfg.vocab_size,
-        num_labels=max(2, n_labels),
-        hidden_size=hf_cfg.hidden_size,
-        num_layers=hf_cfg.num_hidden_layers,
-        num_heads=hf_cfg.num_attention_heads,
-        ffn_size=hf_cfg.intermediate_size,
-        max_length=hf_cfg.max_position_embeddings,
-        dropout=hf_cfg.hidden_dropout_prob,
-        pooling="cls",
-        pad_id=hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0,
+def _model_config(hf_cfg, family: str, num_labels: int) -> ModelConfig:
+    pad_id = hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0
+    if family == "distilbert":  # its own names, and a LayerNorm eps fixed in its code
+        return ModelConfig(
+            vocab_size=hf_cfg.vocab_size, num_labels=num_labels, hidden_size=hf_cfg.dim,
+            num_layers=hf_cfg.n_layers, num_heads=hf_cfg.n_heads, ffn_size=hf_cfg.hidden_dim,
+            max_length=hf_cfg.max_position_embeddings, dropout=hf_cfg.dropout, pooling="cls",
+            pad_id=pad_id, layer_norm_eps=1e-12,
+        )  # fmt: skip
+    offset = pad_id + 1 if family == "roberta" else 0  # RoBERTa's first position row
+    return ModelConfig(
+        vocab_size=hf_cfg.vocab_size, num_labels=num_labels, hidden_size=hf_cfg.hidden_size,
+        num_layers=hf_cfg.num_hidden_layers, num_heads=hf_cfg.num_attention_heads,
+        ffn_size=hf_cfg.intermediate_size, max_length=hf_cfg.max_position_embeddings - offset,
+        dropout=hf_cfg.hidden_dropout_prob, pooling="cls", pad_id=pad_id,
         layer_norm_eps=hf_cfg.layer_norm_eps,
-    )
-    model = TransformerClassifier(cfg)
-    src = {k: v.detach().cpu().float() for k, v in bert.state_dict().items()}
-    pos = src["embeddings.position_embeddings.weight"].clone()
+    )  # fmt: skip
+
+
+def _encoder_weights(src: dict, cfg: ModelConfig, family: str) -> dict[str, torch.Tensor]:
+    """slimtext's embedding and block weights from a base model's state dict."""
+    pos = src["embeddings.position_embeddings.weight"]
+    if family == "roberta":
+        pos = pos[cfg.pad_id + 1 : cfg.pad_id + 1 + cfg.max_length]
+    pos = pos.clone()
     tt = src.get("embeddings.token_type_embeddings.weight")
     if tt is not None:
         pos += tt[0]  # every token has token_type_id 0: fold that row into the positions
@@ -216,23 +232,75 @@ def from_hf_bert(hf_model, num_labels: int | None = None) -> TransformerClassifi
         "embeddings.norm.weight": src["embeddings.LayerNorm.weight"],
         "embeddings.norm.bias": src["embeddings.LayerNorm.bias"],
     }
-    if "pooler.dense.weight" in src:
-        dst["pooler.weight"] = src["pooler.dense.weight"]
-        dst["pooler.bias"] = src["pooler.dense.bias"]
-    if classifier is not None and classifier.out_features == cfg.num_labels:
-        dst["head.weight"] = classifier.weight.detach().cpu().float()
-        dst["head.bias"] = classifier.bias.detach().cpu().float()
+    if family == "distilbert":
+        layer = "transformer.layer.{}."
+        names = {"q": "attention.q_lin", "k": "attention.k_lin", "v": "attention.v_lin",
+                 "attn.out": "attention.out_lin", "norm1": "sa_layer_norm", "ffn_in": "ffn.lin1",
+                 "ffn_out": "ffn.lin2", "norm2": "output_layer_norm"}  # fmt: skip
+    else:
+        layer = "encoder.layer.{}."
+        names = {"q": "attention.self.query", "k": "attention.self.key",
+                 "v": "attention.self.value", "attn.out": "attention.output.dense",
+                 "norm1": "attention.output.LayerNorm", "ffn_in": "intermediate.dense",
+                 "ffn_out": "output.dense", "norm2": "output.LayerNorm"}  # fmt: skip
     for i in range(cfg.num_layers):
-        s, d = f"encoder.layer.{i}.", f"encoder.blocks.{i}."
+        s, d = layer.format(i), f"encoder.blocks.{i}."
         for part in ("weight", "bias"):
-            dst[f"{d}attn.qkv.{part}"] = torch.cat(
-                [src[f"{s}attention.self.{n}.{part}"] for n in ("query", "key", "value")]
-            )
-            dst[f"{d}attn.out.{part}"] = src[f"{s}attention.output.dense.{part}"]
-            dst[f"{d}norm1.{part}"] = src[f"{s}attention.output.LayerNorm.{part}"]
-            dst[f"{d}ffn_in.{part}"] = src[f"{s}intermediate.dense.{part}"]
-            dst[f"{d}ffn_out.{part}"] = src[f"{s}output.dense.{part}"]
-            dst[f"{d}norm2.{part}"] = src[f"{s}output.LayerNorm.{part}"]
+            dst[f"{d}attn.qkv.{part}"] = torch.cat([src[f"{s}{names[n]}.{part}"] for n in "qkv"])
+            for ours in ("attn.out", "norm1", "ffn_in", "ffn_out", "norm2"):
+                dst[f"{d}{ours}.{part}"] = src[f"{s}{names[ours]}.{part}"]
+    return dst
+
+
+def _head_weights(hf_model, src: dict, family: str, num_labels: int) -> dict[str, torch.Tensor]:
+    """The pooler and head that carry over: BERT's pooler and classifier, RoBERTa's
+    classification head; none of DistilBERT's (ReLU, not tanh)."""
+    dst: dict[str, torch.Tensor] = {}
+    classifier = getattr(hf_model, "classifier", None)
+    if family == "bert":
+        if "pooler.dense.weight" in src:
+            dst["pooler.weight"] = src["pooler.dense.weight"]
+            dst["pooler.bias"] = src["pooler.dense.bias"]
+        out = classifier
+    elif family == "roberta" and hasattr(classifier, "out_proj"):
+        dst["pooler.weight"] = classifier.dense.weight.detach().cpu().float()
+        dst["pooler.bias"] = classifier.dense.bias.detach().cpu().float()
+        out = classifier.out_proj
+    else:
+        out = None
+    if out is not None and out.out_features == num_labels:
+        dst["head.weight"] = out.weight.detach().cpu().float()
+        dst["head.bias"] = out.bias.detach().cpu().float()
+    return dst
+
+
+def _labels_of(hf_model) -> int | None:
+    classifier = getattr(hf_model, "classifier", None)
+    out = getattr(classifier, "out_proj", classifier)  # RoBERTa's head ends in out_proj
+    return out.out_features if isinstance(out, torch.nn.Linear) else None
+
+
+def from_hf(hf_model, num_labels: int | None = None, new_pooler: bool = False):
+    """A `TransformerClassifier` (pooling="cls") with the weights of a Hugging Face BERT,
+    RoBERTa, XLM-RoBERTa or DistilBERT model.
+
+    `hf_model` is a `...ForSequenceClassification` (BERT and RoBERTa logits match exactly), a
+    masked-LM or any other model of the family, or its bare base model; the head is freshly
+    initialised when there is none to take or when `num_labels` differs from the checkpoint's.
+    A checkpoint without a pooler (or `new_pooler=True`: the folder had none, and transformers
+    filled it with random values) gets a fresh pooler too; so does every DistilBERT.
+    """
+    hf_cfg = hf_model.config
+    family = _check_importable(hf_cfg)
+    base = hf_model.base_model  # the encoder inside any task model (itself for a bare one)
+    n_labels = num_labels or _labels_of(hf_model) or 2
+    cfg = _model_config(hf_cfg, family, max(2, n_labels))
+    model = TransformerClassifier(cfg)
+    src = {k: v.detach().cpu().float() for k, v in base.state_dict().items()}
+    dst = _encoder_weights(src, cfg, family)
+    for k, v in _head_weights(hf_model, src, family, cfg.num_labels).items():
+        if not (new_pooler and k.startswith("pooler.")):
+            dst[k] = v
     missing, unexpected = model.load_state_dict(dst, strict=False)
     fresh = {"head.weight", "head.bias", "pooler.weight", "pooler.bias"}
     if unexpected or set(missing) - fresh:
@@ -240,11 +308,14 @@ def from_hf_bert(hf_model, num_labels: int | None = None) -> TransformerClassifi
     return model.eval()
 
 
+from_hf_bert = from_hf  # its name before RoBERTa and DistilBERT were read
+
+
 def check_hf_folder(path: str | os.PathLike):
-    """The `BertConfig` of a local folder, refused (naming the folder) when it has no exact
-    slimtext counterpart. Cheap: `--init hf:PATH` calls it before any data is read, where a
-    RoBERTa or DistilBERT folder was refused only after the data had been read and split, in
-    an error that did not say which folder."""
+    """The transformers config of a local folder, refused (naming the folder) when it has no
+    exact slimtext counterpart. Cheap: `--init hf:PATH` calls it before any data is read, where
+    an unsupported folder was refused only after the data had been read and split, in an error
+    that did not say which folder."""
     _require_transformers()
     from transformers import AutoConfig
 
@@ -261,22 +332,26 @@ def check_hf_folder(path: str | os.PathLike):
     return hf_cfg
 
 
-def load_hf_bert(path: str | os.PathLike, num_labels: int | None = None):
-    """(TransformerClassifier, TextTokenizer) from a local Hugging Face BERT folder."""
+def load_hf(path: str | os.PathLike, num_labels: int | None = None):
+    """(TransformerClassifier, TextTokenizer) from a local Hugging Face BERT, RoBERTa,
+    XLM-RoBERTa or DistilBERT folder, with the folder's own tokenizer."""
     _require_transformers()
     from transformers import AutoModel, AutoModelForSequenceClassification
-
-    from ..tokenizer import load_tokenizer
 
     p = Path(path)
     hf_cfg = check_hf_folder(p)
     archs = hf_cfg.architectures or []
     # A classification checkpoint keeps its head; any other (MLM, bare encoder) gets a new one.
-    if "BertForSequenceClassification" in archs:
-        hf = AutoModelForSequenceClassification.from_pretrained(p)
-    else:
-        hf = AutoModel.from_pretrained(p)
-    model, tok = from_hf_bert(hf, num_labels), load_tokenizer(p)
+    auto = (
+        AutoModelForSequenceClassification
+        if any(a.endswith("ForSequenceClassification") for a in archs)
+        else AutoModel
+    )
+    hf, info = auto.from_pretrained(p, output_loading_info=True)
+    # transformers fills a pooler the folder lacks (an MLM checkpoint) with random values:
+    # slimtext's own initialisation, as for a head, is what such a pooler should start from
+    new_pooler = any("pooler" in k for k in info.get("missing_keys", ()))
+    model, tok = from_hf(hf, num_labels, new_pooler=new_pooler), _hf_tokenizer(p)
     # A tokenizer with ids past the embedding table fails only when a text uses one of them.
     largest = max(tok.backend.get_vocab().values())
     if largest >= model.config.vocab_size:
@@ -285,6 +360,30 @@ def load_hf_bert(path: str | os.PathLike, num_labels: int | None = None):
             f"{model.config.vocab_size}: they do not belong together"
         )
     return model, tok
+
+
+load_hf_bert = load_hf  # its name before RoBERTa and DistilBERT were read
+
+
+def _hf_tokenizer(p: Path):
+    """The folder's tokenizer: its tokenizer.json or BERT vocab.txt, else the fast tokenizer
+    transformers converts from the slow one's files (RoBERTa's vocab.json + merges.txt)."""
+    from ..tokenizer import TextTokenizer, TokenizerError, load_tokenizer
+
+    try:
+        return load_tokenizer(p)
+    except TokenizerError:
+        if (p / "tokenizer.json").exists() or (p / "vocab.txt").exists():
+            raise  # a file slimtext reads, and it is broken: say so
+    from transformers import AutoTokenizer
+
+    try:
+        fast = AutoTokenizer.from_pretrained(p, use_fast=True)
+    except Exception as e:  # noqa: BLE001 - transformers raises many kinds here
+        raise TokenizerError(f"{p}: no tokenizer slimtext or transformers can read ({e})") from e
+    if not getattr(fast, "is_fast", False):
+        raise TokenizerError(f"{p}: transformers has no fast tokenizer for this folder")
+    return TextTokenizer(fast.backend_tokenizer)
 
 
 def hf_fast_tokenizer(tokenizer, max_length: int):

@@ -11,7 +11,9 @@ transformers = pytest.importorskip("transformers")
 from slimtext.models import ModelConfig, TransformerClassifier  # noqa: E402
 from slimtext.models.hf import (  # noqa: E402
     HFConversionError,
+    from_hf,
     from_hf_bert,
+    load_hf,
     load_hf_bert,
     save_hf,
     to_hf_bert,
@@ -254,3 +256,127 @@ def test_a_tokenizer_larger_than_the_checkpoints_vocabulary_is_refused(tmp_path)
     BertForMaskedLM(cfg).save_pretrained(tmp_path)
     with pytest.raises(HFConversionError, match="do not belong together"):
         load_hf_bert(tmp_path)
+
+
+def roberta_batch(vocab: int, pad_id: int = 1, seed: int = 0):
+    # right-padded with RoBERTa's pad id: its positions count real tokens from pad_id + 1
+    ids, mask = padded_batch(vocab, seed)
+    ids[mask == 0] = pad_id
+    ids[:, 0] = 0  # <s>
+    return ids, mask
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta"])
+def test_roberta_classifiers_give_the_same_logits(family):
+    from transformers import (
+        RobertaConfig,
+        RobertaForSequenceClassification,
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+    )
+
+    pairs = {"roberta": (RobertaConfig, RobertaForSequenceClassification),
+             "xlm-roberta": (XLMRobertaConfig, XLMRobertaForSequenceClassification)}  # fmt: skip
+    conf, cls = pairs[family]
+    hf_cfg = conf(vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=64, max_position_embeddings=26, pad_token_id=1,
+                  type_vocab_size=1, num_labels=3)  # fmt: skip
+    hf = cls(hf_cfg).eval()
+    randomise_(hf, seed=3)  # the classification head's dense + tanh becomes the pooler
+    model = from_hf(hf)
+    assert model.config.max_length == 24  # 26 rows, the first two never read
+    ids, mask = roberta_batch(60)
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+        ours = model(ids, mask)
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_distilbert_encoder_is_exact_and_its_relu_head_starts_fresh():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    hf_cfg = DistilBertConfig(vocab_size=60, dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+                              max_position_embeddings=24, num_labels=3)  # fmt: skip
+    hf = DistilBertForSequenceClassification(hf_cfg).eval()
+    randomise_(hf, seed=4)
+    model = from_hf(hf)
+    ids, mask = padded_batch(60)
+    with torch.no_grad():
+        theirs = hf.distilbert(input_ids=ids, attention_mask=mask).last_hidden_state
+        ours = model.encode(ids, mask)
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], rtol=1e-4, atol=1e-4)
+    # ReLU(pre_classifier) is not slimtext's tanh pooler: neither it nor the classifier is taken
+    assert model.config.layer_norm_eps == 1e-12 and model.head.out_features == 3
+    assert not torch.equal(model.pooler.weight, hf.pre_classifier.weight)
+    assert not torch.equal(model.head.weight, hf.classifier.weight)
+
+
+def test_an_unsupported_model_type_names_the_supported_ones(tmp_path):
+    from transformers import ElectraConfig
+
+    ElectraConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                  intermediate_size=32).save_pretrained(tmp_path)  # fmt: skip
+    with pytest.raises(HFConversionError, match=r"model_type='electra'.*RoBERTa.*DistilBERT"):
+        load_hf(tmp_path)
+
+
+def _roberta_folder(folder, texts, slow_files: bool):
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+    from transformers import RobertaConfig, RobertaForMaskedLM, RobertaTokenizerFast
+
+    bl = ByteLevelBPETokenizer()
+    bl.train_from_iterator(texts, vocab_size=400, min_frequency=1,
+                           special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])  # fmt: skip
+    bl._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    folder.mkdir()
+    if slow_files:  # vocab.json + merges.txt only: transformers converts them
+        bl.save_model(str(folder))
+    else:
+        RobertaTokenizerFast(tokenizer_object=bl._tokenizer).save_pretrained(folder)
+    cfg = RobertaConfig(vocab_size=bl.get_vocab_size(), hidden_size=32, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=34,
+                        pad_token_id=1, type_vocab_size=1)  # fmt: skip
+    torch.manual_seed(0)
+    mlm = RobertaForMaskedLM(cfg)
+    mlm.save_pretrained(folder)  # no pooler, no classifier
+    return mlm.roberta
+
+
+def _distilbert_folder(folder, texts):
+    from transformers import DistilBertConfig, DistilBertForMaskedLM
+
+    from slimtext.tokenizer import SPECIAL_TOKENS
+
+    folder.mkdir()
+    words = sorted({w for t in texts for w in t.split()})
+    (folder / "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + words) + "\n")
+    cfg = DistilBertConfig(vocab_size=len(SPECIAL_TOKENS) + len(words), dim=32, n_layers=1,
+                           n_heads=2, hidden_dim=64, max_position_embeddings=32)  # fmt: skip
+    torch.manual_seed(0)
+    mlm = DistilBertForMaskedLM(cfg)
+    mlm.save_pretrained(folder)
+    return mlm.distilbert
+
+
+@pytest.mark.parametrize("kind", ["roberta", "roberta-slow-tokenizer-files", "distilbert"])
+def test_fine_tune_from_a_local_roberta_or_distilbert_folder(tmp_path, toy_data, kind):
+    from slimtext.api import TextClassifier
+
+    texts, labels = toy_data
+    folder = tmp_path / "hf"
+    if kind == "distilbert":
+        base = _distilbert_folder(folder, texts)
+        q = base.transformer.layer[0].attention.q_lin.weight
+    else:
+        base = _roberta_folder(folder, texts, slow_files=kind.endswith("files"))
+        q = base.encoder.layer[0].attention.self.query.weight
+    clf = TextClassifier(init=f"hf:{folder}", max_steps=2, batch_size=16, max_length=32,
+                         freeze="embeddings+1", threads=1, device="cpu", verbose=False)  # fmt: skip
+    clf.fit((texts, labels))
+    model = clf.model_dir_.model
+    # frozen, so still the checkpoint's: the query rows of the fused q/k/v weight
+    torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight[:32], q, rtol=0, atol=0)
+    assert model.head.out_features == 3 and clf.score(texts, labels) > 0
+    assert clf.model_dir_.tokenizer.pad_id == model.config.pad_id
