@@ -413,8 +413,8 @@ def train(
         str | None,
         typer.Option(
             help="Start from a pretrained encoder: a slimtext model dir (e.g. from `slimtext "
-            "pretrain`) or hf:PATH (a local BERT, RoBERTa or DistilBERT folder). Its tokenizer "
-            "and shape are used."
+            "pretrain`) or hf:PATH (a BERT, RoBERTa or DistilBERT folder or Hub model id). Its "
+            "tokenizer and shape are used."
         ),
     ] = None,
     layer_lr_decay: Annotated[
@@ -1384,8 +1384,9 @@ def compress_(
     teacher: Annotated[
         str | None,
         typer.Option(
-            help="Teacher for distillation with its own tokenizer: 'hf:PATH' (a local Hugging "
-            "Face sequence-classification folder) or a slimtext model directory; same labels."
+            help="Teacher for distillation with its own tokenizer: 'hf:PATH' (a Hugging Face "
+            "sequence-classification folder or Hub model id) or a slimtext model directory; "
+            "same labels."
         ),
     ] = None,
     epochs: Annotated[

@@ -462,7 +462,7 @@ def check_init(spec: str | os.PathLike) -> None:
 
 def load_init(spec: str | os.PathLike) -> tuple[TransformerClassifier, TextTokenizer]:
     """The model and tokenizer to start fine-tuning from: a slimtext model directory
-    (pretrained or fine-tuned), or `hf:PATH`, a local Hugging Face encoder folder."""
+    (pretrained or fine-tuned), or `hf:PATH`, a Hugging Face encoder folder or Hub model id."""
     s = str(spec)
     if s.startswith("hf:"):
         from .models.hf import load_hf

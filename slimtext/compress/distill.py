@@ -120,17 +120,18 @@ def hf_teacher_logits(
     batch_size: int = 32,
     max_length: int | None = None,
 ) -> np.ndarray:
-    """(N, C) logits of a local Hugging Face `AutoModelForSequenceClassification` folder on
+    """(N, C) logits of a Hugging Face `AutoModelForSequenceClassification` checkpoint on
     `texts`, tokenized by the folder's own tokenizer, columns in the order of `label_names`
     (matched by name through the checkpoint's `config.json` `id2label`). Cached like
-    `teacher_logits`. Nothing is downloaded (`local_files_only`)."""
-    p = Path(path)
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"{p}: not a local Hugging Face model folder (no config.json)")
-    texts = list(texts)
-    from ..models.hf import _require_transformers
+    `teacher_logits`. `path` may be a Hub model id: fetched once into the Hugging Face cache
+    (`hf_model_folder`); the loading itself reads only that folder (`local_files_only`)."""
+    from ..models.hf import _require_transformers, hf_model_folder
 
     _require_transformers()  # the extra to install, before any cache lookup
+    p = hf_model_folder(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p}: not a Hugging Face model folder (no config.json)")
+    texts = list(texts)
 
     def compute() -> np.ndarray:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer

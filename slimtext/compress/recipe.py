@@ -393,10 +393,10 @@ def compress(
     directory with `compression_report.md/.json` inside) and return the report rows.
 
     `teacher`: a teacher other than the model being compressed, with its own tokenizer:
-    `"hf:PATH"` (a local Hugging Face sequence-classification folder) or another slimtext model
-    directory. Its labels must be the model's (matched by name). Distill steps then learn from
-    its logits on the texts (the student keeps its own tokenizer; the student's shape defaults
-    to the model's), and the report's first row is the input model ("input").
+    `"hf:PATH"` (a Hugging Face sequence-classification folder or Hub model id) or another
+    slimtext model directory. Its labels must be the model's (matched by name). Distill steps
+    then learn from its logits on the texts (the student keeps its own tokenizer; the student's
+    shape defaults to the model's), and the report's first row is the input model ("input").
 
     `load_kw` go to `slimtext.data.load_data` for every file given (text_cols, label_col,
     encoding, encoding_errors, on_bad)."""

@@ -311,35 +311,75 @@ def from_hf(hf_model, num_labels: int | None = None, new_pooler: bool = False):
 from_hf_bert = from_hf  # its name before RoBERTa and DistilBERT were read
 
 
+# What a checkpoint needs from the Hub: config, tokenizer files and safetensors weights. Never
+# pytorch_model.bin (a pickle) and none of the TF/Flax/ONNX copies many repositories also hold.
+_HUB_FILES = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer.json",
+              "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+              "vocab.txt", "vocab.json", "merges.txt", "*.model"]  # fmt: skip
+
+
+def hf_model_folder(name: str | os.PathLike) -> Path:
+    """The local folder of checkpoint `name`: a folder as given, or a Hugging Face Hub model id
+    (`prajjwal1/bert-tiny`), whose snapshot is fetched into the Hugging Face cache the first
+    time (safetensors weights only) and read from there after; `HF_HUB_OFFLINE=1` reads the
+    cache only."""
+    p = Path(name)
+    if p.is_dir():
+        return p
+    s = str(name)
+    # a path, not an id: "./bert", "/models/bert", "~/bert", "a/b/c", "bert\\x", "x.json"
+    if p.exists() or s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s:
+        raise FileNotFoundError(f"{s}: not a local Hugging Face model folder")
+    _require_transformers()
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        folder = Path(snapshot_download(s, allow_patterns=_HUB_FILES))
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"{s}: neither a local folder nor a Hugging Face Hub model id"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - offline, not found, gated, network: say which
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise FileNotFoundError(
+            f"{s}: not a local folder, and the Hugging Face Hub model could not be fetched "
+            f"({type(e).__name__}{': ' + why if why else ''})"
+        ) from None
+    if not any(folder.glob("*.safetensors")):
+        raise FileNotFoundError(
+            f"{s}: the Hub model has no safetensors weights, and slimtext does not load pickled "
+            "ones (pytorch_model.bin); download and convert it yourself, then pass the folder"
+        )
+    return folder
+
+
 def check_hf_folder(path: str | os.PathLike):
-    """The transformers config of a local folder, refused (naming the folder) when it has no
-    exact slimtext counterpart. Cheap: `--init hf:PATH` calls it before any data is read, where
-    an unsupported folder was refused only after the data had been read and split, in an error
-    that did not say which folder."""
+    """(folder, transformers config) of a local folder or Hub model id, refused (naming it)
+    when it has no exact slimtext counterpart. Cheap: `--init hf:PATH` calls it before any data
+    is read, where an unsupported folder was refused only after the data had been read and
+    split, in an error that did not say which folder."""
     _require_transformers()
     from transformers import AutoConfig
 
-    p = Path(path)
-    if not p.is_dir():
-        raise FileNotFoundError(f"{p}: not a local Hugging Face model folder")
+    p = hf_model_folder(path)
     if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"{p}: not a Hugging Face model folder (no config.json)")
+        raise FileNotFoundError(f"{path}: not a Hugging Face model folder (no config.json)")
     hf_cfg = AutoConfig.from_pretrained(p)
     try:
         _check_importable(hf_cfg)
     except HFConversionError as e:
-        raise HFConversionError(f"{p}: {e}") from None
-    return hf_cfg
+        raise HFConversionError(f"{path}: {e}") from None
+    return p, hf_cfg
 
 
 def load_hf(path: str | os.PathLike, num_labels: int | None = None):
-    """(TransformerClassifier, TextTokenizer) from a local Hugging Face BERT, RoBERTa,
-    XLM-RoBERTa or DistilBERT folder, with the folder's own tokenizer."""
+    """(TransformerClassifier, TextTokenizer) from a Hugging Face BERT, RoBERTa, XLM-RoBERTa or
+    DistilBERT checkpoint (a local folder or a Hub model id), with its own tokenizer."""
     _require_transformers()
     from transformers import AutoModel, AutoModelForSequenceClassification
 
-    p = Path(path)
-    hf_cfg = check_hf_folder(p)
+    p, hf_cfg = check_hf_folder(path)
     archs = hf_cfg.architectures or []
     # A classification checkpoint keeps its head; any other (MLM, bare encoder) gets a new one.
     auto = (

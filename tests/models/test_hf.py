@@ -330,7 +330,7 @@ def _roberta_folder(folder, texts, slow_files: bool):
     bl.train_from_iterator(texts, vocab_size=400, min_frequency=1,
                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])  # fmt: skip
     bl._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
-    folder.mkdir()
+    folder.mkdir(parents=True)
     if slow_files:  # vocab.json + merges.txt only: transformers converts them
         bl.save_model(str(folder))
     else:
@@ -349,7 +349,7 @@ def _distilbert_folder(folder, texts):
 
     from slimtext.tokenizer import SPECIAL_TOKENS
 
-    folder.mkdir()
+    folder.mkdir(parents=True)
     words = sorted({w for t in texts for w in t.split()})
     (folder / "vocab.txt").write_text("\n".join(SPECIAL_TOKENS + words) + "\n")
     cfg = DistilBertConfig(vocab_size=len(SPECIAL_TOKENS) + len(words), dim=32, n_layers=1,
@@ -380,3 +380,54 @@ def test_fine_tune_from_a_local_roberta_or_distilbert_folder(tmp_path, toy_data,
     torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight[:32], q, rtol=0, atol=0)
     assert model.head.out_features == 3 and clf.score(texts, labels) > 0
     assert clf.model_dir_.tokenizer.pad_id == model.config.pad_id
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """A Hugging Face cache folder, read offline: what a Hub model id resolves to once fetched."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub-cache"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # never the network in a test
+    return cache
+
+
+def test_a_hub_model_id_is_read_from_the_hugging_face_cache(tmp_path, offline_hub, toy_data):
+    from slimtext.pretrain import check_init, load_init
+
+    texts, _ = toy_data
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = offline_hub / "models--someorg--tiny-distil"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    base = _distilbert_folder(repo / "snapshots" / commit, texts)  # as snapshot_download leaves it
+    check_init("hf:someorg/tiny-distil")  # before any data is read, as --init checks it
+    model, tok = load_init("hf:someorg/tiny-distil")
+    torch.testing.assert_close(model.embeddings.tok.weight, base.embeddings.word_embeddings.weight)
+    (ids,) = tok.encode([texts[0]], 16)  # the snapshot's vocab.txt: every word known
+    assert (
+        ids[0] == tok.backend.token_to_id("[CLS]") and tok.backend.token_to_id("[UNK]") not in ids
+    )
+    # an id neither cached nor reachable: the id named, and why
+    with pytest.raises(FileNotFoundError, match=r"someorg/other.*could not be fetched"):
+        load_hf("someorg/other")
+    # a path that does not exist is a path, never sent to the Hub as an id
+    for path in ("./no-such-folder", str(tmp_path / "nothing"), "a/b/c"):
+        with pytest.raises(FileNotFoundError, match="not a local Hugging Face model folder"):
+            check_init(f"hf:{path}")
+
+
+def test_a_hub_snapshot_without_safetensors_weights_is_refused(offline_hub):
+    from transformers import BertConfig
+
+    commit = "1" * 40
+    repo = offline_hub / "models--someorg--pickled"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snap = repo / "snapshots" / commit
+    BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=32).save_pretrained(snap)  # fmt: skip
+    (snap / "pytorch_model.bin").write_bytes(b"a pickle: never loaded")
+    with pytest.raises(FileNotFoundError, match="no safetensors weights"):
+        load_hf("someorg/pickled")
