@@ -399,6 +399,14 @@ class TextClassifier:
         # Predict where training ran: a model trained on the GPU also scores its test set there.
         predictor = Predictor(model_dir, device=str(ctx.device))
         metrics: dict = {"training": result.summary()}
+        # Where the rows came from: the model card and metrics.json named no data at all, so a
+        # directory did not say what it was trained on, nor which data its valid figures are of.
+        held_out = valid is None and bool(self.valid_fraction)
+        metrics["training"]["data"] = {
+            "train": {"source": str(train_ds.source), "rows": len(train_ds)},
+            "valid": {"source": str(valid_ds.source), "rows": len(valid_ds),
+                      **({"held_out_fraction": self.valid_fraction} if held_out else {})},
+        }  # fmt: skip
         if result.best and not cfg.keep_best:
             # the last weights are the ones kept: their figures, not the best epoch's
             last = result.history[-1]

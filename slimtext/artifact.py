@@ -156,7 +156,8 @@ def save_model_dir(
                 },
             )
             _write_json(tmp / "metrics.json", _compact_metrics(metrics or {}))
-            card = _model_card(path.name, model, config, labels, metrics)
+            card = _model_card(path.name, model, config, labels, metrics,
+                               train_config=train_config, compression=compression)  # fmt: skip
             # UTF-8, not the locale's; a path the C locale decoded keeps its own bytes
             (tmp / "README.md").write_text(card, encoding="utf-8", errors="surrogateescape")
             for name, src in (extra_files or {}).items():
@@ -496,7 +497,47 @@ def _compact_metrics(metrics: dict) -> dict:
     return out
 
 
-def _model_card(name: str, model: nn.Module, config: ModelConfig, labels, metrics) -> str:
+def _card_provenance(
+    metrics: dict | None, train_config: dict | None, compression: list[dict] | None
+) -> list[str]:
+    """The model card's lines on where the weights came from: a card of an int8 or distilled
+    model, or of one fine-tuned from a pretrained encoder, read like the plain trained model's,
+    so its figures were taken for those of a model trained from scratch in fp32."""
+    lines = []
+    training = (metrics or {}).get("training") if isinstance(metrics, dict) else None
+    data = training.get("data") if isinstance(training, dict) else None
+
+    def rows(part: dict) -> str:  # save(metrics=...) takes any JSON: no crash on odd values
+        n = part.get("rows")
+        return f"{n:,} rows" if isinstance(n, int) else "? rows"
+
+    if isinstance(data, dict) and isinstance(data.get("train"), dict):
+        tr, va = data["train"], data.get("valid")
+        line = f"Trained on `{tr.get('source')}` ({rows(tr)})"
+        if isinstance(va, dict) and va.get("rows"):
+            frac = va.get("held_out_fraction")
+            held = f", held out of the training data: {frac:g}" if isinstance(frac, float) else ""
+            line += f"; validated on `{va.get('source')}` ({rows(va)}{held})"
+        lines.append(line + ".")
+    init = (train_config or {}).get("init")
+    if init:
+        lines.append(f"Fine-tuned from the pretrained encoder `{init}`.")
+    steps = []
+    for rec in compression or []:
+        if isinstance(rec, dict) and rec.get("step"):
+            opts = {k: v for k, v in (rec.get("config") or {}).items()  # unset ones left out
+                    if k != "version" and v is not None and v not in ([], (), {})}  # fmt: skip
+            shown = ",".join(f"{k}={v}" for k, v in opts.items())
+            steps.append(f"`{rec['step']}" + (f":{shown}`" if shown else "`"))
+    if steps:
+        lines.append(f"Compressed after training: {', '.join(steps)} (see config.json).")
+    return lines + [""] if lines else []
+
+
+def _model_card(
+    name: str, model: nn.Module, config: ModelConfig, labels, metrics, *,
+    train_config: dict | None = None, compression: list[dict] | None = None,
+) -> str:  # fmt: skip
     from .compress._util import count_params  # int8/int4 weights are buffers, still weights
 
     n = count_params(model)
@@ -527,6 +568,7 @@ def _model_card(name: str, model: nn.Module, config: ModelConfig, labels, metric
         f"A slimtext `{config.arch}` text classifier ({size} parameters, "
         f"hidden {config.hidden_size}, {layers}).",
         "",
+        *_card_provenance(metrics, train_config, compression),
         # the first 50 (2,000 made a 74 KB line); a backtick in a label gets `` fences
         f"Labels ({len(labels)}): "
         + ", ".join(f"`` {lab} ``" if "`" in lab else f"`{lab}`" for lab in labels[:50])

@@ -181,6 +181,18 @@ def test_save_takes_the_metrics_a_caller_has(fitted, tmp_path):
     assert slimtext.load(tmp_path / "m").predict(["goal"])  # a whole, loadable directory
 
 
+def test_saved_model_names_its_training_and_validation_data(fitted, toy_data, tmp_path):
+    # metrics.json and the model card named no data at all: a directory did not say what it
+    # was trained on, nor that its valid figures were of rows held out of the training data
+    fitted.save(tmp_path / "m")
+    data = json.loads((tmp_path / "m" / "metrics.json").read_text())["training"]["data"]
+    n = len(toy_data[0])
+    assert data["train"]["rows"] + data["valid"]["rows"] == n
+    assert data["valid"]["held_out_fraction"] == 0.1 and data["train"]["source"] == "<memory>"
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert f"Trained on `<memory>` ({data['train']['rows']:,} rows); validated on" in card
+
+
 def test_a_loaded_classifier_refits_the_saved_recipe(toy_data, tmp_path):
     kw = dict(model="transformer", tokenizer="wordpiece", vocab_size=300, hidden_size=32,
               num_layers=1, num_heads=2, ffn_size=64, max_length=24, max_steps=2,

@@ -621,3 +621,24 @@ def test_an_output_that_is_a_symlink_loop_is_one_clear_error(tiny_model_dir, tmp
     (tmp_path / "loopB").symlink_to(tmp_path / "loopA")
     with pytest.raises(ValueError, match="symbolic link"):  # was a RuntimeError traceback
         check_save_target(tmp_path / "loopA")
+
+
+def test_model_card_says_a_model_was_compressed_or_fine_tuned_from_a_pretrained_encoder(tmp_path):
+    # the card of an int8 model, or of one started from `slimtext pretrain`'s encoder, read
+    # exactly like a plain fp32 model trained from scratch
+    from slimtext.models import ModelConfig, build_model
+    from slimtext.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(TEXTS * 5, vocab_size=100)
+    cfg = ModelConfig(arch="attention", vocab_size=tok.vocab_size, num_labels=2, hidden_size=8,
+                      max_length=16)  # fmt: skip
+    quant = {"step": "quantize", "version": 1,
+             "config": {"method": "int8-dynamic", "skip": [], "version": 1}}  # fmt: skip
+    save_model_dir(tmp_path / "m", build_model(cfg), cfg, tok, ["a", "b"], max_length=16,
+                   train_config={"init": "my-encoder"}, compression=[quant])  # fmt: skip
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "Fine-tuned from the pretrained encoder `my-encoder`." in card
+    assert "Compressed after training: `quantize:method=int8-dynamic`" in card
+    save_model_dir(tmp_path / "plain", build_model(cfg), cfg, tok, ["a", "b"], max_length=16)
+    plain = (tmp_path / "plain" / "README.md").read_text()
+    assert "Fine-tuned" not in plain and "Compressed" not in plain
