@@ -796,7 +796,8 @@ def fit(
                 f"({type(e).__name__}: {e}); remove that checkpoint or start afresh"
             ) from None
         if say:
-            tqdm.write(f"resuming from {ck} (epoch {epoch}, step {step})", file=sys.stderr)
+            # epochs counted from 1, as the validation lines count them ("epoch 1: valid ...")
+            tqdm.write(f"resuming from {ck} (epoch {epoch + 1}, step {step})", file=sys.stderr)
 
     pending_tokens = 0  # real tokens this rank has trained on since the last flush_tokens()
     loss_sum, loss_n = 0.0, 0  # the loss of the steps since the last log line

@@ -107,7 +107,7 @@ def test_grad_accum_trains_as_the_batch_of_its_micro_batches_together(encoded, b
         torch.testing.assert_close(models[1].state_dict()[k], v, atol=1e-5, rtol=1e-4)
 
 
-def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_weights(encoded, tmp_path):
+def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_weights(encoded, tmp_path, capfd):
     full_dir = tmp_path / "full"
     ref, _ = run(encoded, {"checkpoint_dir": full_dir}, checkpoint_every=4, keep_checkpoints=0)
     # step 8 of 9 per epoch: in the middle of the first epoch
@@ -115,11 +115,13 @@ def test_resume_from_a_mid_epoch_checkpoint_ends_with_identical_weights(encoded,
     cut_dir = killed_after(full_dir, 1, tmp_path / "cut")
     stale = cut_dir / ".step-000000008.tmp-abc123"  # killed while writing its next checkpoint
     (stale / "dcp").mkdir(parents=True)
-    resumed, res = run(encoded, {"checkpoint_dir": cut_dir, "resume": True},
+    resumed, res = run(encoded, {"checkpoint_dir": cut_dir, "resume": True, "messages": True},
                        checkpoint_every=4, keep_checkpoints=0)  # fmt: skip
     assert_same_weights(ref, resumed)
     assert res.steps == 27
     assert not stale.exists()  # cleared once a checkpoint is written again
+    # epochs counted from 1, as every other line counts them (it said "epoch 0")
+    assert "(epoch 1, step 8)" in capfd.readouterr().err
 
 
 def test_a_damaged_checkpoint_is_never_the_one_loaded(encoded, tmp_path):
