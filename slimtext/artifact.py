@@ -511,26 +511,46 @@ def _card_provenance(
         n = part.get("rows")
         return f"{n:,} rows" if isinstance(n, int) else "? rows"
 
-    if isinstance(data, dict) and isinstance(data.get("train"), dict):
+    def code(value) -> str:
+        # a path is any text: a backtick ended the code span early and a newline broke the
+        # card's line in two (a label's `` fences, as the Labels line has them)
+        text = str(value).replace("\r", "\\r").replace("\n", "\\n")
+        return f"`` {text} ``" if "`" in text else f"`{text}`"
+
+    def data_line(said: str, data) -> None:
+        if not (isinstance(data, dict) and isinstance(data.get("train"), dict)):
+            return
         tr, va = data["train"], data.get("valid")
-        line = f"Trained on `{tr.get('source')}` ({rows(tr)})"
+        line = f"{said} {code(tr.get('source'))} ({rows(tr)})"
         if isinstance(va, dict) and va.get("rows"):
             frac = va.get("held_out_fraction")
             held = f", held out of the training data: {frac:g}" if isinstance(frac, float) else ""
-            line += f"; validated on `{va.get('source')}` ({rows(va)}{held})"
+            line += f"; validated on {code(va.get('source'))} ({rows(va)}{held})"
         lines.append(line + ".")
+
+    data_line("Trained on", data)
     init = (train_config or {}).get("init")
     if init:
-        lines.append(f"Fine-tuned from the pretrained encoder `{init}`.")
+        lines.append(f"Fine-tuned from the pretrained encoder {code(init)}.")
     steps = []
     for rec in compression or []:
         if isinstance(rec, dict) and rec.get("step"):
-            opts = {k: v for k, v in (rec.get("config") or {}).items()  # unset ones left out
+            # What the config alone does not say: a head and an FFN prune have the same config
+            # (the card listed `prune:ratio=0.5` twice), and a distill step's student depth and
+            # external teacher sit beside it in the record.
+            student, cfg = rec.get("student"), rec.get("config")
+            student = student if isinstance(student, dict) else {}
+            facts = {"kind": rec.get("kind"), "layers": student.get("num_layers"),
+                     "teacher": rec.get("teacher"),
+                     **(cfg if isinstance(cfg, dict) else {})}  # fmt: skip
+            opts = {k: v for k, v in facts.items()  # unset ones left out
                     if k != "version" and v is not None and v not in ([], (), {})}  # fmt: skip
             shown = ",".join(f"{k}={v}" for k, v in opts.items())
-            steps.append(f"`{rec['step']}" + (f":{shown}`" if shown else "`"))
+            steps.append(code(f"{rec['step']}" + (f":{shown}" if shown else "")))
     if steps:
         lines.append(f"Compressed after training: {', '.join(steps)} (see config.json).")
+    if isinstance(metrics, dict):  # slimtext compress: the data its steps trained and chose on
+        data_line("The compression steps trained on", metrics.get("compression_data"))
     return lines + [""] if lines else []
 
 

@@ -642,3 +642,39 @@ def test_model_card_says_a_model_was_compressed_or_fine_tuned_from_a_pretrained_
     save_model_dir(tmp_path / "plain", build_model(cfg), cfg, tok, ["a", "b"], max_length=16)
     plain = (tmp_path / "plain" / "README.md").read_text()
     assert "Fine-tuned" not in plain and "Compressed" not in plain
+
+
+def test_model_card_tells_compression_steps_apart_and_names_a_distill_teacher(tmp_path):
+    # a head prune and an FFN prune have the same config: the card listed `prune:ratio=0.5`
+    # twice; a distilled student's depth and its external teacher were not on it at all
+    from slimtext.models import ModelConfig, build_model
+    from slimtext.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(TEXTS * 5, vocab_size=100)
+    cfg = ModelConfig(arch="attention", vocab_size=tok.vocab_size, num_labels=2, hidden_size=8,
+                      max_length=16)  # fmt: skip
+    prune = {"step": "prune", "version": 1, "config": {"ratio": 0.5, "version": 1}}
+    distill = {"step": "distill", "version": 1, "config": {"alpha": 0.5, "version": 1},
+               "student": {"num_layers": 1}, "teacher": "hf:roberta-teacher"}  # fmt: skip
+    steps = [distill, {**prune, "kind": "heads"}, {**prune, "kind": "ffn"}]
+    save_model_dir(tmp_path / "m", build_model(cfg), cfg, tok, ["a", "b"], max_length=16,
+                   compression=steps)  # fmt: skip
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert (
+        "Compressed after training: `distill:layers=1,teacher=hf:roberta-teacher,alpha=0.5`, "
+        "`prune:kind=heads,ratio=0.5`, `prune:kind=ffn,ratio=0.5`" in card
+    )
+
+
+def test_model_card_keeps_a_data_path_with_a_backtick_or_newline_on_one_code_span(tmp_path):
+    from slimtext.models import ModelConfig, build_model
+    from slimtext.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(TEXTS * 5, vocab_size=100)
+    cfg = ModelConfig(arch="attention", vocab_size=tok.vocab_size, num_labels=2, hidden_size=8,
+                      max_length=16)  # fmt: skip
+    data = {"train": {"source": "we`ird\nname.jsonl", "rows": 9}}
+    save_model_dir(tmp_path / "m", build_model(cfg), cfg, tok, ["a", "b"], max_length=16,
+                   metrics={"training": {"data": data}})  # fmt: skip
+    card = (tmp_path / "m" / "README.md").read_text()
+    assert "Trained on `` we`ird\\nname.jsonl `` (9 rows)." in card.splitlines()

@@ -609,13 +609,24 @@ def compress(
         report_dir = Path(work.name) / "report"
         md_path, js_path = write_report(rows, report_dir)
         final = rows[-1]
+        scored = {"accuracy": final["accuracy"], "macro_f1": final["macro_f1"], "n": len(eval_ds)}
+        metrics: dict = {"test" if test is not None else "valid": scored}
+        # Where the weights came from: the input model's training data (its metrics.json), and
+        # the data the compression steps trained and chose on (the output named neither).
+        before = md.meta.get("metrics", {}).get("training")
+        if isinstance(before, dict) and isinstance(before.get("data"), dict):
+            metrics["training"] = {"data": before["data"]}
+        held_out = valid is None and bool(valid_fraction)
+        metrics["compression_data"] = {
+            "train": {"source": str(train_ds.source), "rows": len(train_ds)},
+            "valid": {"source": str(valid_ds.source), "rows": len(valid_ds),
+                      **({"held_out_fraction": valid_fraction} if held_out else {})},
+        }  # fmt: skip
         save_model_dir(
             out_dir, model, model.config, tok, labels, max_length=md.max_length,
             long_text=md.long_text,  # the student reads long texts as its teacher was trained to
             train_config=md.meta.get("train", {}),
-            metrics={"test" if test is not None else "valid": {
-                "accuracy": final["accuracy"], "macro_f1": final["macro_f1"],
-                "n": len(eval_ds)}},
+            metrics=metrics,
             compression=records,
             extra_files={md_path.name: md_path, js_path.name: js_path},
         )  # fmt: skip

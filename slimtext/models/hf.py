@@ -27,6 +27,7 @@ Import reads three families (`from_hf`, `load_hf`; export writes BERT only):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -288,7 +289,9 @@ def from_hf(hf_model, num_labels: int | None = None, new_pooler: bool = False):
     masked-LM or any other model of the family, or its bare base model; the head is freshly
     initialised when there is none to take or when `num_labels` differs from the checkpoint's.
     A checkpoint without a pooler (or `new_pooler=True`: the folder had none, and transformers
-    filled it with random values) gets a fresh pooler too; so does every DistilBERT.
+    filled it with random values) gets a fresh pooler too; so does every DistilBERT, and a
+    RoBERTa without a classification head (RoBERTa's own pooler is never trained: its
+    pretraining has no next-sentence task, and its classifiers do not use it).
     """
     hf_cfg = hf_model.config
     family = _check_importable(hf_cfg)
@@ -323,11 +326,15 @@ def hf_model_folder(name: str | os.PathLike) -> Path:
     (`prajjwal1/bert-tiny`), whose snapshot is fetched into the Hugging Face cache the first
     time (safetensors weights only) and read from there after; `HF_HUB_OFFLINE=1` reads the
     cache only."""
-    p = Path(name)
+    # "~/bert" is a path (below), so it is read as one: in "hf:~/bert" the shell expands no
+    # "~" (not at the start of the word), and the folder was refused as missing
+    s = str(name)
+    if not s.strip():  # Path("") is ".": "hf:" read the working directory
+        raise FileNotFoundError("hf: names no folder or model id (hf:PATH or hf:ORG/NAME)")
+    p = Path(name).expanduser()
     if p.is_dir():
         return p
-    s = str(name)
-    # a path, not an id: "./bert", "/models/bert", "~/bert", "a/b/c", "bert\\x", "x.json"
+    # a path, not an id: "./bert", "/models/bert", "~/bert", "a/b/c", "bert\\x", an existing file
     if p.exists() or s.startswith((".", "/", "~")) or s.count("/") > 1 or "\\" in s:
         raise FileNotFoundError(f"{s}: not a local Hugging Face model folder")
     _require_transformers()
@@ -335,7 +342,8 @@ def hf_model_folder(name: str | os.PathLike) -> Path:
     from huggingface_hub.errors import HFValidationError
 
     try:
-        folder = Path(snapshot_download(s, allow_patterns=_HUB_FILES))
+        # top-level files only: "*.safetensors" also matched fp16/ or onnx/ copies in folders
+        folder = Path(snapshot_download(s, allow_patterns=_HUB_FILES, ignore_patterns=["*/*"]))
     except HFValidationError:
         raise FileNotFoundError(
             f"{s}: neither a local folder nor a Hugging Face Hub model id"
@@ -387,7 +395,8 @@ def load_hf(path: str | os.PathLike, num_labels: int | None = None):
         if any(a.endswith("ForSequenceClassification") for a in archs)
         else AutoModel
     )
-    hf, info = auto.from_pretrained(p, output_loading_info=True)
+    with _quiet_transformers():
+        hf, info = auto.from_pretrained(p, output_loading_info=True)
     # transformers fills a pooler the folder lacks (an MLM checkpoint) with random values:
     # slimtext's own initialisation, as for a head, is what such a pooler should start from
     new_pooler = any("pooler" in k for k in info.get("missing_keys", ()))
@@ -403,6 +412,24 @@ def load_hf(path: str | os.PathLike, num_labels: int | None = None):
 
 
 load_hf_bert = load_hf  # its name before RoBERTa and DistilBERT were read
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers' load report (a table of an MLM checkpoint's unused `lm_head` keys and the
+    missing pooler, which slimtext handles above) and its "Loading weights" bar, off while a
+    checkpoint is read; its switches are put back after."""
+    import transformers.utils.logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _hf_tokenizer(p: Path):

@@ -46,6 +46,15 @@ def test_recipe_chains_steps_reports_each_and_the_result_round_trips(
     assert "| teacher |" in md_text and "against the first row (the teacher)" in md_text
     steps = [c["step"] for c in json.loads((out / "config.json").read_text())["compression"]]
     assert steps == ["distill", "prune", "prune", "prune", "quantize"]
+    # where the weights came from: the input model's training data and the compression's own
+    # (the output's metrics.json and card named neither)
+    metrics = json.loads((out / "metrics.json").read_text())
+    before = json.loads((teacher_dir / "metrics.json").read_text())["training"]["data"]
+    assert metrics["training"]["data"] == before
+    assert metrics["compression_data"]["train"]["rows"] == 54  # 60 texts, 10% held out
+    assert metrics["compression_data"]["valid"]["held_out_fraction"] == 0.1
+    card = (out / "README.md").read_text()
+    assert card.count("Trained on ") == 1 and "The compression steps trained on " in card
     texts, _ = make_toy(5, seed=43)
     p = slimtext.load(out)
     assert p.predict_proba(texts).shape == (len(texts), 3)

@@ -431,3 +431,30 @@ def test_a_hub_snapshot_without_safetensors_weights_is_refused(offline_hub):
     (snap / "pytorch_model.bin").write_bytes(b"a pickle: never loaded")
     with pytest.raises(FileNotFoundError, match="no safetensors weights"):
         load_hf("someorg/pickled")
+
+
+def test_a_folder_under_the_home_folder_is_read_with_a_tilde(tmp_path, monkeypatch, toy_data):
+    # "hf:~/bert": the shell expands no "~" after "hf:", and the folder was refused as missing
+    from slimtext.pretrain import check_init, load_init
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    base = _distilbert_folder(tmp_path / "models" / "distil", toy_data[0])
+    check_init("hf:~/models/distil")
+    model, _ = load_init("hf:~/models/distil")
+    torch.testing.assert_close(model.embeddings.tok.weight, base.embeddings.word_embeddings.weight)
+
+
+def test_an_mlm_checkpoint_loads_without_transformers_load_report(tmp_path, toy_data, capfd):
+    import transformers.utils.logging as hf_logging
+
+    from slimtext.pretrain import check_init
+
+    _roberta_folder(tmp_path / "rob", toy_data[0], slow_files=False)
+    capfd.readouterr()
+    level = hf_logging.get_verbosity()
+    load_hf(tmp_path / "rob")  # lm_head unused, pooler missing: slimtext's to handle, not to show
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "lm_head" not in err, err
+    assert hf_logging.get_verbosity() == level  # put back
+    with pytest.raises(FileNotFoundError, match="names no folder"):  # "hf:" read "."
+        check_init("hf:")
