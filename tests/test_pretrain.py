@@ -488,13 +488,13 @@ def test_a_missing_init_is_refused_before_the_data_is_read(tmp_path, monkeypatch
         TextClassifier(init=f"hf:{tmp_path}", verbose=False).fit(never)
 
 
-def test_a_non_bert_hf_init_is_refused_before_the_data_is_read_naming_the_folder(tmp_path):
+def test_an_unsupported_hf_init_is_refused_before_the_data_is_read_naming_the_folder(tmp_path):
     transformers = pytest.importorskip("transformers")
-    folder = tmp_path / "roberta"
-    transformers.RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    folder = tmp_path / "electra"
+    transformers.ElectraConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=64).save_pretrained(folder)  # fmt: skip
     never = tmp_path / "never-read.jsonl"  # does not exist: the init is checked first
-    with pytest.raises(ValueError, match=r"roberta: only BERT checkpoints.*'roberta'"):
+    with pytest.raises(ValueError, match=r"electra: model_type='electra' is not supported"):
         TextClassifier(init=f"hf:{folder}", verbose=False).fit(never)
 
 
