@@ -654,19 +654,14 @@ def test_hf_saved_single_dataset_rejects_a_split(tmp_path, hf_offline):
     assert load_data(f"hf:{tmp_path / 'single'}@train").texts == ["a", "b"]
 
 
-def test_hf_saved_dataset_dict_unknown_split_lists_the_splits(tmp_path, hf_offline):
+def test_hf_saved_dataset_dict_unknown_split_or_a_config_is_refused(tmp_path, hf_offline):
     datasets = hf_offline
     split = datasets.Dataset.from_dict({"text": ["a"], "label": [0]})
     datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "dd"))
     with pytest.raises(DataError, match=r"no split 'dev'; its splits are: train, test"):
         load_data(f"hf:{tmp_path / 'dd'}@dev")
     assert load_data(f"hf:{tmp_path / 'dd'}@test").texts == ["a"]
-
-
-def test_hf_saved_dataset_refuses_a_config_instead_of_ignoring_it(tmp_path, hf_offline):
-    datasets = hf_offline
-    split = datasets.Dataset.from_dict({"text": ["a"], "label": [0]})
-    datasets.DatasetDict({"train": split, "test": split}).save_to_disk(str(tmp_path / "dd"))
+    # load_from_disk has no configs: ":other" was ignored without a word
     with pytest.raises(DataError, match=r"save_to_disk and has no configs"):
         load_data(f"hf:{tmp_path / 'dd'}:other@test")
 
