@@ -326,11 +326,11 @@ def hf_model_folder(name: str | os.PathLike) -> Path:
     (`prajjwal1/bert-tiny`), whose snapshot is fetched into the Hugging Face cache the first
     time (safetensors weights only) and read from there after; `HF_HUB_OFFLINE=1` reads the
     cache only."""
-    # "~/bert" is a path (below), so it is read as one: in "hf:~/bert" the shell expands no
-    # "~" (not at the start of the word), and the folder was refused as missing
     s = str(name)
     if not s.strip():  # Path("") is ".": "hf:" read the working directory
         raise FileNotFoundError("hf: names no folder or model id (hf:PATH or hf:ORG/NAME)")
+    # "~/bert" is a path (below), so it is read as one: in "hf:~/bert" the shell expands no
+    # "~" (not at the start of the word), and the folder was refused as missing
     p = Path(name).expanduser()
     if p.is_dir():
         return p
