@@ -3,6 +3,7 @@ the confusion matrix. A few lines of numpy, so the core install does not need sc
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -82,15 +83,34 @@ def compact_report(report: dict) -> dict:
     return out
 
 
+def display_width(text: str) -> int:
+    """Terminal cells `text` takes: a CJK or full-width character two, a combining mark or a
+    zero-width joiner none. len() padding shifted every column after a Chinese label."""
+    return sum(
+        0 if unicodedata.category(c) in ("Mn", "Me", "Cf")
+        else 2 if unicodedata.east_asian_width(c) in ("W", "F")
+        else 1
+        for c in text
+    )  # fmt: skip
+
+
+def _ljust(text: str, width: int) -> str:
+    return text + " " * (width - display_width(text))
+
+
+def _rjust(text: str, width: int) -> str:
+    return " " * (width - display_width(text)) + text
+
+
 def format_report(report: dict) -> str:
     """Plain-text table of a `classification_report` result."""
     labels = report["labels"]
-    w = max(12, *(len(lab) for lab in labels))
+    w = max(12, *(display_width(lab) for lab in labels))
     lines = [f"{'':<{w}}  precision  recall     f1  support"]
     for lab in labels:
         r = report["per_class"][lab]
         lines.append(
-            f"{lab:<{w}}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1']:5.3f}  "
+            f"{_ljust(lab, w)}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1']:5.3f}  "
             f"{r['support']:7d}"
         )
     lines.append(
@@ -110,10 +130,11 @@ def format_report(report: dict) -> str:
     lines.append("confusion matrix (rows = true, columns = predicted):")
     # Each column as wide as its whole label: cut to a fixed width, labels sharing a prefix
     # ("sentiment_negative", "sentiment_positive") could not be told apart.
-    cws = [max(len(lab), *(len(str(row[j])) for row in cm)) for j, lab in enumerate(labels)]
-    head = (f"{lab:>{c}}" for lab, c in zip(labels, cws, strict=True))
+    cws = [max(display_width(lab), *(len(str(row[j])) for row in cm))
+           for j, lab in enumerate(labels)]  # fmt: skip
+    head = (_rjust(lab, c) for lab, c in zip(labels, cws, strict=True))
     lines.append(" " * w + "  " + " ".join(head))
     for lab, row in zip(labels, cm, strict=True):
         cells = (f"{x:>{c}}" for x, c in zip(row, cws, strict=True))
-        lines.append(f"{lab:<{w}}  " + " ".join(cells))
+        lines.append(f"{_ljust(lab, w)}  " + " ".join(cells))
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tokenizers import (
     AddedToken,
+    Regex,
     Tokenizer,
     decoders,
     models,
@@ -28,6 +29,14 @@ from tokenizers import (
 )
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
+
+# GPT-2's word split (what `ByteLevel(use_regex=True)` applies) with combining marks counted as
+# letters: its `\p{L}+` cut a Hindi word at every vowel sign (भुगतान -> भ ु गत ा न), a Thai or
+# Arabic one at its marks, so BPE could never learn such a word whole. Text without combining
+# marks (English, NFC-composed European text) splits exactly as GPT-2's does.
+BPE_WORDS = (
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?[\p{L}\p{M}]+| ?\p{N}+| ?[^\s\p{L}\p{M}\p{N}]+|\s+(?!\S)|\s+"""
+)
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]
 # What happens to a text longer than max_length (see `TextTokenizer.encode_windows`).
 LONG_TEXT = ("truncate", "head-tail", "chunks")
@@ -367,10 +376,16 @@ def train_tokenizer(
         )
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=UNK))
-        # NFC: one word however it is encoded (macOS and some keyboards give decomposed forms)
-        norm = [normalizers.NFC(), *([normalizers.Lowercase()] if lowercase else [])]
+        # NFC: one word however it is encoded (macOS and some keyboards give decomposed forms).
+        # The leading space GPT-2's ByteLevel adds ("hello" read as in "say hello") comes from
+        # the normalizer, as ByteLevel after a Split adds one to every piece.
+        norm = [normalizers.NFC(), *([normalizers.Lowercase()] if lowercase else []),
+                normalizers.Prepend(" ")]  # fmt: skip
         tok.normalizer = normalizers.Sequence(norm)
-        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Split(Regex(BPE_WORDS), behavior="isolated"),
+             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )  # fmt: skip
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size,

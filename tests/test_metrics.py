@@ -70,3 +70,22 @@ def test_many_classes_give_the_top_confusions_not_an_n_by_n_matrix():
     assert format_report(small) == text  # the same text from what metrics.json keeps
     few = classification_report([0, 1], [1, 1], ["a", "b"])
     assert compact_report(few) is few and "rows = true" in format_report(few)
+
+
+def test_format_report_aligns_wide_and_combining_labels():
+    # columns line up on a terminal: a CJK character takes two cells, a combining mark none
+    labels = ["技术故障", "hindi-हिंदी", "ab"]
+    r = classification_report([0, 1, 2, 0], [0, 1, 2, 1], labels)
+    import unicodedata
+
+    def display_width(line):  # terminal cells, independently of slimtext's own helper
+        wide = ("W", "F")
+        return sum(0 if unicodedata.category(c) in ("Mn", "Me", "Cf")
+                   else 2 if unicodedata.east_asian_width(c) in wide else 1
+                   for c in line)  # fmt: skip
+
+    lines = format_report(r).splitlines()
+    table = lines[:4]
+    assert len({display_width(x) for x in table}) == 1
+    matrix = lines[lines.index("confusion matrix (rows = true, columns = predicted):") + 1 :]
+    assert len({display_width(x) for x in matrix}) == 1

@@ -1,9 +1,15 @@
 import json
 import re
+import unicodedata
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from slimtext.tokenizer import CLS, SEP, TokenizerError, load_tokenizer, train_tokenizer
+
+# one learnt BPE tokenizer whose normalizer and pre-tokenizer the split property reads
+_BPE_FOR_SPLIT = train_tokenizer(["a few words to learn from"] * 5, vocab_size=300).backend
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
@@ -304,3 +310,29 @@ def test_additional_special_tokens_as_a_string_is_refused(tmp_path):
     )
     with pytest.raises(TokenizerError, match="additional_special_tokens must be a list"):
         load_tokenizer(tmp_path)
+
+
+def test_bpe_learns_a_hindi_word_whole_across_its_vowel_signs():
+    # GPT-2's split cut भुगतान at every vowel sign (भ ु गत ा न): no merge could join them
+    texts = ["भुगतान नहीं हुआ", "भुगतान वापस करें", "refund my payment"] * 30
+    tok = train_tokenizer(texts, vocab_size=400)
+    assert tok.backend.encode("भुगतान नहीं").tokens[1:-1] == [
+        tok.backend.pre_tokenizer.pre_tokenize_str(" भुगतान")[0][0],
+        tok.backend.pre_tokenizer.pre_tokenize_str(" नहीं")[0][0],
+    ]
+
+
+@given(st.text(st.characters(blacklist_categories=("Mn", "Mc", "Me", "Cs")), max_size=40))
+@settings(max_examples=200, deadline=None)
+def test_bpe_words_split_text_without_combining_marks_as_gpt2_does(text):
+    # English and NFC-composed text keep GPT-2's split: only combining marks join words now
+    from tokenizers import pre_tokenizers
+
+    tok = _BPE_FOR_SPLIT
+    text = text.lstrip()  # a text that starts with whitespace gets one more space (Prepend)
+    normal = tok.normalizer.normalize_str(text)  # " " + NFC, lowercased
+    assume(not any(unicodedata.category(c).startswith("M") for c in normal))  # İ -> i + U+0307
+    ours = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(normal)]
+    gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    theirs = [p for p, _ in gpt2.pre_tokenize_str(normal[1:])]
+    assert ours == theirs

@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from slimtext.data.dataset import DataError, TextDataset, is_blank
+from slimtext.data.dataset import DataError, TextDataset, is_blank, surrogate_at
 from slimtext.data.split import stratified_split
 
 # Tried in this order when `text_cols` is not given.
@@ -138,6 +138,14 @@ class _Collector:
             if any(v.strip() for _, v in parts):  # said: such a cell does not look empty
                 why += " (or only invisible characters)"
             return self.bad("empty text", origin, f"{why} in {cols}")
+        # A JSON "\ud800" escape decodes to a lone surrogate: not Unicode, and the tokenizer
+        # only failed on it later, at training, with no file or line (a UnicodeEncodeError).
+        if (at := surrogate_at(text)) is not None:
+            return self.bad(
+                "lone surrogate",
+                origin,
+                f"text has a lone surrogate {text[at]!r} at position {at} (not valid Unicode)",
+            )
 
         label_str = None
         if self.labelled:
@@ -230,6 +238,9 @@ def label_to_str(value: Any) -> tuple[str | None, str | None]:
         # "Ärger" is one class however it is encoded: NFC, as most files have it, since macOS
         # folder names and zips made on a Mac decompose it (NFD) and the two look the same
         value = unicodedata.normalize("NFC", value.strip())
+        # a JSON "\ud800" escape: labels.json could not be written (UnicodeEncodeError, no line)
+        if (at := surrogate_at(value)) is not None:
+            return None, f"has a lone surrogate {value[at]!r} at position {at} (not valid Unicode)"
         # "1.0" is how pandas writes 1 of an integer column with gaps: the label 1, as the
         # typed formats (Parquet, JSON) read it
         if _WHOLE_FLOAT.fullmatch(value):

@@ -875,3 +875,16 @@ def test_class_folders_7_and_7_0_are_named_as_one_number(write, tmp_path):
     write("c/7.0/a.txt", "seven again")
     with pytest.raises(DataError, match="as a whole number written 7 and 7.0"):
         load_data(tmp_path / "c")
+
+
+def test_lone_surrogate_in_jsonl_text_or_label_is_named_by_line(write):
+    # '\ud800' escapes decode to lone surrogates: refused at the reader with file and line, not
+    # later by the tokenizer (or labels.json) with a bare UnicodeEncodeError
+    good = '{"text": "fine", "label": "a"}\n'
+    path = write("s.jsonl", good + '{"text": "fatura \\ud800 ödeme", "label": "a"}\n')
+    with pytest.raises(DataError, match=r"s\.jsonl:2: .*lone surrogate"):
+        load_data(path)
+    assert load_data(path, on_bad="skip").texts == ["fine"]
+    path = write("l.jsonl", good + '{"text": "ok", "label": "x\\udc80"}\n')
+    with pytest.raises(DataError, match=r"l\.jsonl:2: label .*lone surrogate"):
+        load_data(path)
