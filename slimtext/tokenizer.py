@@ -99,10 +99,10 @@ class TextTokenizer:
         `lengths`, when given, receives each text's whole length in tokens (before the cut)."""
         rows = _RowsBuilder()
         for _, chunk in in_chunks(texts, _CHUNK, progress, "encoding"):
-            encs = _encode_batch(self.backend, chunk)
-            if lengths is not None:
-                lengths.extend(len(e.ids) for e in encs)
-            rows.extend(_head(e, max_length) for e in encs)
+            for e in _encode_chunk(self.backend, chunk):
+                if lengths is not None:
+                    lengths.append(len(e.ids))
+                rows.append(_head(e, max_length))
         return rows.result()
 
     def encode_windows(
@@ -131,7 +131,7 @@ class TextTokenizer:
         owner: list[int] = []
         i = -1
         for _, chunk in in_chunks(texts, _CHUNK, progress, "encoding"):
-            for enc in _encode_batch(tok, chunk):
+            for enc in _encode_chunk(tok, chunk):
                 i += 1
                 ids = enc.ids
                 if lengths is not None:
@@ -175,6 +175,11 @@ class TextTokenizer:
 # Texts are encoded this many at a time: the tokenizer's Encoding objects (ids, type ids, token
 # strings, masks) of a whole 1M-row dataset held ~8 GB at once (session 17).
 _CHUNK = 4096
+# ... and at most this many characters at a time: the Encoding objects cost ~45 bytes a
+# character, so 4096 long documents (IMDB reviews pasted ten times, 13 kB each) held 2.4 GB
+# during `eval` for a 75 MB file, where news headlines hold ~50 MB. A single longer text is
+# still encoded whole.
+_CHUNK_CHARS = 2_000_000
 
 
 def in_chunks(
@@ -327,6 +332,20 @@ def _encode_batch(tok: Tokenizer, texts: Sequence[str]) -> list:
     # encode_batch_fast (tokenizers >= 0.21) skips the character offsets, which we never read:
     # ~20% less time for a batch of 64 news texts.
     return getattr(tok, "encode_batch_fast", tok.encode_batch)(list(texts))
+
+
+def _encode_chunk(tok: Tokenizer, texts: Sequence[str]) -> Iterator:
+    """The Encodings of `texts`, in order, from `_encode_batch` calls of at most
+    `_CHUNK_CHARS` characters each (one text more when a single text is longer): the chunk's
+    Encodings are dropped a call at a time, so memory follows the characters, not the rows."""
+    start, chars = 0, 0
+    for j, t in enumerate(texts):
+        if j > start and chars + len(t) > _CHUNK_CHARS:
+            yield from _encode_batch(tok, texts[start:j])
+            start, chars = j, 0
+        chars += len(t)
+    if start < len(texts):
+        yield from _encode_batch(tok, texts[start:])
 
 
 def pool_windows(logits: torch.Tensor, owner: Sequence[int], n: int) -> torch.Tensor:

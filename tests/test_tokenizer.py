@@ -220,6 +220,35 @@ def test_encoding_in_chunks_gives_what_one_call_gives(toy_data, monkeypatch, lon
     assert chunked.lengths().tolist() == [len(r) for r in chunked] == T.row_lengths(chunked)
 
 
+@pytest.mark.parametrize("long_text", ["truncate", "chunks"])
+def test_encoding_long_documents_holds_a_bounded_number_of_characters_at_once(
+    toy_data, monkeypatch, long_text
+):
+    # 4096 long documents a call kept all their Encodings alive at once (2.4 GB for a 75 MB
+    # eval file): a call gets at most _CHUNK_CHARS characters, or one longer text alone.
+    import slimtext.tokenizer as T
+
+    texts = [" ".join(t for _ in range(k % 5 + 1)) for k, t in enumerate(toy_data[0])]
+    texts.append(" ".join(texts))  # one text over the budget on its own
+    tok = train_tokenizer(texts, vocab_size=300)
+    whole, owner = tok.encode_windows(texts, 16, long_text)
+    budget = 3 * max(len(t) for t in texts[:-1])
+    monkeypatch.setattr(T, "_CHUNK_CHARS", budget, raising=False)
+    calls: list[int] = []
+    real = T._encode_batch
+
+    def spy(backend, batch):
+        calls.append(sum(len(t) for t in batch) if len(batch) > 1 else 0)
+        return real(backend, batch)
+
+    monkeypatch.setattr(T, "_encode_batch", spy)
+    lengths: list[int] = []
+    chunked, chunked_owner = tok.encode_windows(texts, 16, long_text, lengths=lengths)
+    assert len(calls) > 1 and max(calls) <= budget
+    assert list(chunked) == list(whole) and chunked_owner == owner
+    assert len(lengths) == len(texts) and lengths[-1] > 16
+
+
 def test_token_rows_read_back_as_lists():
     from slimtext.tokenizer import TokenRows
 
