@@ -185,7 +185,9 @@ class TextClassifier:
         return ModelConfig(vocab_size=vocab, num_labels=num_labels, arch=self.model, pad_id=pad,
                            **kw)  # fmt: skip
 
-    def _fit_tokenizer(self, texts: Sequence[str], checkpoint_dir, resume: bool) -> TextTokenizer:
+    def _fit_tokenizer(
+        self, texts: Sequence[str], checkpoint_dir, resume: bool, progress: bool = False
+    ) -> TextTokenizer:
         # A resumed run must reuse the exact tokenizer of the run it continues: the checkpoint's
         # weights are indexed by its ids (and WordPiece training is not deterministic across
         # processes: huggingface/tokenizers#1794).
@@ -199,7 +201,8 @@ class TextClassifier:
             if self.verbose:  # a minute or more on a million texts: say what the wait is
                 print(f"tokenizer: learning a {self.vocab_size:,}-token {self.tokenizer} "
                       f"vocabulary from {len(texts):,} texts", file=sys.stderr)  # fmt: skip
-            tok = train_tokenizer(texts, vocab_size=self.vocab_size, kind=self.tokenizer)
+            tok = train_tokenizer(texts, vocab_size=self.vocab_size, kind=self.tokenizer,
+                                  progress=progress)  # fmt: skip
             if self.verbose and tok.vocab_size != self.vocab_size:  # config.json shows both
                 print(f"tokenizer: {tok.vocab_size:,} tokens learned (the texts hold fewer "
                       "subwords than asked for, or BPE's 256 byte tokens come on top)",
@@ -317,7 +320,7 @@ class TextClassifier:
                 cfg = replace(cfg, max_length=src.config.max_length)
         elif ctx.is_main:  # rank 0 learns the tokenizer and writes it; the others receive it
             try:
-                tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume).to_str()
+                tok = self._fit_tokenizer(train_ds.texts, checkpoint_dir, resume, bars).to_str()
             except Exception as e:
                 # The others wait for the tokenizer: send them the error, not a closed socket.
                 broadcast_object(ctx, RuntimeError(f"rank 0 could not make the tokenizer: {e}"))

@@ -330,10 +330,10 @@ def pretrain(
     if ctx.distributed:
         tok_json = None
         if ctx.is_main:
-            tok_json = clf._fit_tokenizer(texts, checkpoint_dir, resume).to_str()
+            tok_json = clf._fit_tokenizer(texts, checkpoint_dir, resume, progress).to_str()
         tok = TextTokenizer(Tokenizer.from_str(broadcast_object(ctx, tok_json)))
     else:
-        tok = clf._fit_tokenizer(texts, checkpoint_dir, resume)
+        tok = clf._fit_tokenizer(texts, checkpoint_dir, resume, progress)
     config = clf._model_config(tok, len(PRETRAIN_LABELS), cfg.max_length)
     check_same_config(ctx, {"model": config.to_dict(), "train": cfg.to_dict(), "texts": len(texts),
                             "mask_prob": mask_prob, "pack": pack,

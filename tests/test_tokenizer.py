@@ -365,3 +365,12 @@ def test_bpe_words_split_text_without_combining_marks_as_gpt2_does(text):
     gpt2 = pre_tokenizers.ByteLevel(add_prefix_space=True)
     theirs = [p for p, _ in gpt2.pre_tokenize_str(normal[1:])]
     assert ours == theirs
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_learning_a_tokenizer_shows_a_bar_only_when_asked(capfd, progress):
+    # 21 s without a sign on 270k texts; tokenizers' own bars print empty lines into a log
+    train_tokenizer([f"word{i} text" for i in range(200)], vocab_size=300, progress=progress)
+    err = capfd.readouterr().err
+    assert ("learning tokenizer" in err and "200/200" in err) == progress, err
+    assert "\n\n" not in err
