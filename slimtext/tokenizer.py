@@ -398,9 +398,11 @@ def train_tokenizer(
         tok = Tokenizer(models.BPE(unk_token=UNK))
         # NFC: one word however it is encoded (macOS and some keyboards give decomposed forms).
         # The leading space GPT-2's ByteLevel adds ("hello" read as in "say hello") comes from
-        # the normalizer, as ByteLevel after a Split adds one to every piece.
+        # the normalizer, as ByteLevel after a Split adds one to every piece. Like ByteLevel's,
+        # only to a text that does not start with a space: Prepend alone gave " hello" one more
+        # token than "hello" (a lone "Ġ"), so a CSV cell after ", " read apart from the same text.
         norm = [normalizers.NFC(), *([normalizers.Lowercase()] if lowercase else []),
-                normalizers.Prepend(" ")]  # fmt: skip
+                normalizers.Prepend(" "), normalizers.Replace(Regex(r"\A  "), " ")]  # fmt: skip
         tok.normalizer = normalizers.Sequence(norm)
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [pre_tokenizers.Split(Regex(BPE_WORDS), behavior="isolated"),

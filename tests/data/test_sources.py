@@ -614,6 +614,63 @@ def test_utf16_on_bad_skip_skips_each_undecodable_row_and_names_it(write):
     assert any(f"{path}:3" in n and f"{path}:5" in n for n in ds.notes), ds.notes
 
 
+def test_parquet_is_read_a_batch_at_a_time_with_the_same_rows(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from slimtext.data import sources
+
+    n = 11
+    table = pa.table(
+        {
+            "label": pa.array([["x", "y", "z"][i % 3] for i in range(n)]).dictionary_encode(),
+            "title": pa.array([f"t{i}" if i % 4 else None for i in range(n)], pa.large_string()),
+            "body": [f"b{i}" for i in range(n)],
+        }
+    )
+    path = tmp_path / "d.parquet"
+    pq.write_table(table, path, row_group_size=4)  # 3 row groups, each with its dictionary
+    assert pq.ParquetFile(path).num_row_groups == 3
+    whole = load_data(path, text_cols=["title", "body"])
+    sizes = []
+    iter_batches = pq.ParquetFile.iter_batches
+
+    def spy(self, *args, **kwargs):
+        for batch in iter_batches(self, *args, **kwargs):
+            sizes.append(batch.num_rows)
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    monkeypatch.setattr(sources, "_PARQUET_BATCH_ROWS", 3, raising=False)
+    ds = load_data(path, text_cols=["title", "body"])
+    assert len(sizes) > 1 and max(sizes) <= 3 and sum(sizes) == n  # never the whole table
+    assert (ds.texts, ds.labels, ds.origins) == (whole.texts, whole.labels, whole.origins)
+    assert ds.texts[:2] == ["b0", "t1\nb1"] and ds.labels[:4] == ["x", "y", "z", "x"]
+    assert ds.where(10) == f"{path} row 10"
+
+
+def test_parquet_bad_row_in_a_later_batch_names_its_row(tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    from slimtext.data import sources
+
+    monkeypatch.setattr(sources, "_PARQUET_BATCH_ROWS", 2)
+    path = tmp_path / "d.parquet"
+    texts = [f"t{i}" for i in range(9)]
+    texts[7] = None
+    labels = [1, 2, 1, 2, 1, None, 1, 2, 1]
+    pq.write_table(pa.table({"text": texts, "label": labels}), path, row_group_size=3)
+    with pytest.raises(DataError, match=r"d\.parquet row 5: label field 'label' is missing"):
+        load_data(path)
+    ds = load_data(path, on_bad="skip")
+    assert ds.skipped == {"missing label": 1, "missing text": 1}
+    assert ds.texts == ["t0", "t1", "t2", "t3", "t4", "t6", "t8"]
+    assert ds.where(6) == f"{path} row 8"
+    assert any("missing text at " + f"{path} row 7" in note for note in ds.notes), ds.notes
+    pq.write_table(pa.table({"text": texts[:7], "label": [False] * 6 + [True]}), path)
+    with pytest.raises(DataError, match=r"d\.parquet row 0: label field 'label' is a boolean"):
+        load_data(path)
+
+
 def test_parquet_duplicated_column_is_named(tmp_path):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
