@@ -351,7 +351,9 @@ def test_bpe_learns_a_hindi_word_whole_across_its_vowel_signs():
     ]
 
 
-@given(st.text(st.characters(blacklist_categories=("Mn", "Mc", "Me", "Cs")), max_size=40))
+# Cn left out: a character Python's Unicode tables do not know yet (U+13447, Unicode 15) may be
+# a combining mark in the newer tables of the tokenizers library's regex engine
+@given(st.text(st.characters(blacklist_categories=("Mn", "Mc", "Me", "Cs", "Cn")), max_size=40))
 @settings(max_examples=200, deadline=None)
 def test_bpe_words_split_text_without_combining_marks_as_gpt2_does(text):
     # English and NFC-composed text keep GPT-2's split: only combining marks join words now
