@@ -85,13 +85,37 @@ def compact_report(report: dict) -> dict:
 
 def display_width(text: str) -> int:
     """Terminal cells `text` takes: a CJK or full-width character two, a combining mark or a
-    zero-width joiner none. len() padding shifted every column after a Chinese label."""
-    return sum(
-        0 if unicodedata.category(c) in ("Mn", "Me", "Cf")
-        else 2 if unicodedata.east_asian_width(c) in ("W", "F")
-        else 1
-        for c in text
-    )  # fmt: skip
+    zero-width joiner none. len() padding shifted every column after a Chinese label. An emoji
+    ZWJ sequence (👨‍👩‍👧) is drawn as one emoji: what follows a joiner adds nothing; a
+    variation selector 16 (❤️) draws the character before it two cells wide."""
+    width, last, joined = 0, 0, False
+    for c in text:
+        if c == "\ufe0f":  # emoji presentation of the character before
+            width += 2 - last if last == 1 else 0
+            last = 2
+            continue
+        cell = (
+            0 if unicodedata.category(c) in ("Mn", "Me", "Cf")
+            else 2 if unicodedata.east_asian_width(c) in ("W", "F")
+            else 1
+        )  # fmt: skip
+        if joined and cell:  # the next emoji of a ZWJ sequence
+            cell = 0
+        joined = c == "\u200d"
+        width += cell
+        last = cell or last
+    return width
+
+
+def _shown(label: str) -> str:
+    """A label as the report prints it: a tab or newline in one (data can hold them) broke the
+    table's row in two; control characters are written as escapes."""
+    if not any(unicodedata.category(c) == "Cc" for c in label):
+        return label
+    return "".join(
+        c.encode("unicode_escape").decode("ascii") if unicodedata.category(c) == "Cc" else c
+        for c in label
+    )
 
 
 def _ljust(text: str, width: int) -> str:
@@ -104,11 +128,12 @@ def _rjust(text: str, width: int) -> str:
 
 def format_report(report: dict) -> str:
     """Plain-text table of a `classification_report` result."""
-    labels = report["labels"]
+    names = report["labels"]
+    labels = [_shown(lab) for lab in names]
     w = max(12, *(display_width(lab) for lab in labels))
     lines = [f"{'':<{w}}  precision  recall     f1  support"]
-    for lab in labels:
-        r = report["per_class"][lab]
+    for lab, name in zip(labels, names, strict=True):
+        r = report["per_class"][name]
         lines.append(
             f"{_ljust(lab, w)}  {r['precision']:9.3f}  {r['recall']:6.3f}  {r['f1']:5.3f}  "
             f"{r['support']:7d}"
@@ -124,8 +149,8 @@ def format_report(report: dict) -> str:
             "metrics.json up to "
             f"{MAX_MATRIX_CLASSES}); the most frequent confusions (true -> predicted: count):"
         )
-        for c in report.get("top_confusions") or top_confusions(cm, labels):
-            lines.append(f"  {c['true']} -> {c['predicted']}: {c['count']}")
+        for c in report.get("top_confusions") or top_confusions(cm, names):
+            lines.append(f"  {_shown(c['true'])} -> {_shown(c['predicted'])}: {c['count']}")
         return "\n".join(lines)
     lines.append("confusion matrix (rows = true, columns = predicted):")
     # Each column as wide as its whole label: cut to a fixed width, labels sharing a prefix

@@ -89,3 +89,18 @@ def test_format_report_aligns_wide_and_combining_labels():
     assert len({display_width(x) for x in table}) == 1
     matrix = lines[lines.index("confusion matrix (rows = true, columns = predicted):") + 1 :]
     assert len({display_width(x) for x in matrix}) == 1
+
+
+def test_format_report_keeps_one_row_per_label_with_emoji_tabs_and_newlines():
+    from slimtext.metrics import display_width
+
+    # a newline in a label (data can hold one) broke its row in two; a ZWJ family counted 6
+    # cells where a terminal draws 2, a heart with VS16 1 where it draws 2
+    assert (display_width("👨‍👩‍👧"), display_width("❤️"), display_width("ab")) == (2, 2, 2)
+    labels = ["a\tb", "x\ny", "👨‍👩‍👧", "❤️"]
+    lines = format_report(classification_report([0, 1, 2, 3], [0, 1, 2, 2], labels)).splitlines()
+    assert lines[1].startswith("a\\tb ") and lines[2].startswith("x\\ny ")
+    table = lines[:5]
+    assert len({display_width(x) for x in table}) == 1, table
+    matrix = lines[lines.index("confusion matrix (rows = true, columns = predicted):") + 1 :]
+    assert len(matrix) == 5 and len({display_width(x) for x in matrix}) == 1, matrix
