@@ -8,6 +8,10 @@ process: `slimtext train` (a tiny model, `--max-steps 5`: the cost measured is r
 tokenizer training and encoding, not the steps) and `slimtext eval` of that model on the same
 file. Peak memory is the child's own maximum resident set (`os.wait4`), wall time its run.
 `--code DIR` runs another checkout (e.g. an older commit) for comparison.
+
+`--kind long` (session 22): `--rows` IMDB training reviews, each pasted ten times (~13 kB a
+row), trained and evaluated with `--long-text chunks`: memory per character, not per row.
+`--kind parquet`: the `news` rows written as one Parquet file (pyarrow).
 """
 
 from __future__ import annotations
@@ -43,6 +47,26 @@ def make_data(path: Path, rows: int, data_root: str) -> None:
             f.write(json.dumps({"text": " ".join(w), "label": r["label"]}) + "\n")
 
 
+def make_long(path: Path, rows: int, data_root: str) -> None:
+    train, _ = dataset_paths(data_root, "imdb")
+    with gzip.open(train, "rt", encoding="utf-8") as f:
+        base = [json.loads(line) for line in f]
+    base = random.Random(0).sample(base, min(rows, len(base)))  # the file is sorted by class
+    with open(path, "w", encoding="utf-8") as f:
+        for k in range(rows):
+            r = base[k % len(base)]
+            f.write(json.dumps({"text": " ".join([r["text"]] * 10), "label": r["label"]}) + "\n")
+
+
+def to_parquet(src: Path, dst: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(line) for line in src.open(encoding="utf-8")]
+    table = pa.table({"text": [r["text"] for r in rows], "label": [r["label"] for r in rows]})
+    pq.write_table(table, dst)
+
+
 def run_child(cmd: list[str], code: Path, cwd: Path) -> dict:
     """Wall time and peak RSS of one child, read with wait4 (communicate() would reap it)."""
     env = {**os.environ, "PYTHONPATH": str(code), "OMP_NUM_THREADS": "2"}
@@ -67,23 +91,33 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "datasets"))
     ap.add_argument("--code", default=str(REPO), help="checkout whose slimtext is measured")
     ap.add_argument("--out", default=str(REPO / "bench-out" / "large_data.json"))
+    ap.add_argument("--kind", choices=("news", "long", "parquet"), default="news")
     args = ap.parse_args()
     code = Path(args.code).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         data, model = Path(tmp) / "big.jsonl", Path(tmp) / "model"
-        make_data(data, args.rows, args.data_root)
+        extra = []
+        if args.kind == "long":
+            make_long(data, args.rows, args.data_root)
+            extra = ["--long-text", "chunks"]
+        else:
+            make_data(data, args.rows, args.data_root)
+        if args.kind == "parquet":
+            to_parquet(data, data.with_suffix(".parquet"))
+            data = data.with_suffix(".parquet")
         size_mb = round(data.stat().st_size / 2**20, 1)
         py = [sys.executable, "-m", "slimtext"]
-        train = run_child([*py, "train", "--data", str(data), "--out", str(model), *TINY], code,
-                          Path(tmp))  # fmt: skip
+        train = run_child([*py, "train", "--data", str(data), "--out", str(model), *TINY, *extra],
+                          code, Path(tmp))  # fmt: skip
         train["stdout"] = train["stdout"][-300:]
         evaluate = run_child([*py, "eval", str(model), "--data", str(data), "--json"], code,
                              Path(tmp))  # fmt: skip
         evaluate["accuracy"] = json.loads(evaluate.pop("stdout"))["accuracy"]
-    result = {"machine": machine_info(), "rows": args.rows, "file_mb": size_mb, "code": str(code),
-              "train": train, "eval": evaluate}  # fmt: skip
+    result = {"machine": machine_info(), "kind": args.kind, "rows": args.rows, "file_mb": size_mb,
+              "code": str(code), "train": train, "eval": evaluate}  # fmt: skip
     write_json(args.out, result)
-    print(json.dumps({k: result[k] for k in ("rows", "train", "eval")}, indent=1))
+    shown = ("kind", "rows", "file_mb", "train", "eval")
+    print(json.dumps({k: result[k] for k in shown}, indent=1))
 
 
 if __name__ == "__main__":
