@@ -470,9 +470,16 @@ def _fail_rank(ctx, e: Exception) -> None:
     _fail(e)
 
 
-def _let_rank_0_say_it(other_rank: bool, seconds: float = 2) -> None:
+def _let_rank_0_say_it(other_rank: bool) -> None:
     """See `_fail_rank`: under `--nproc`, a rank other than 0 waits before failing."""
-    if other_rank and os.environ.get(_LAUNCHED):
+    if other_rank:
+        _wait_under_launcher(2)
+
+
+def _wait_under_launcher(seconds: float) -> None:
+    """Sleep before exiting, under `--nproc` only (its launcher reports the rank that exits
+    first; a rank under a plain torchrun exits at once)."""
+    if os.environ.get(_LAUNCHED):
         time.sleep(seconds)
 
 
@@ -497,7 +504,7 @@ def _fail_if_peer_lost(ctx, e: RuntimeError) -> None:
         # learned of it at once, exited, and was taken for the cause: the launcher stopped the
         # real one in its wait, its error never shown (1 run in 10 on a loaded machine). So wait
         # longer here: the launcher stops this rank as soon as the other has exited.
-        _let_rank_0_say_it(True, seconds=6)
+        _wait_under_launcher(6)
         raise typer.Exit(1)  # not 2: not a usage error every rank hits (see _culprit)
 
 
