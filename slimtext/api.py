@@ -35,7 +35,13 @@ from .fileio import atomic_write_text
 from .infer import Predictor
 from .metrics import classification_report
 from .models import ModelConfig, build_model
-from .tokenizer import TextTokenizer, in_chunks, load_tokenizer, train_tokenizer
+from .tokenizer import (
+    TextTokenizer,
+    in_chunks,
+    is_learnt_kind,
+    load_tokenizer,
+    train_tokenizer,
+)
 from .train import Encoded, TrainConfig, TrainResult, fit
 from .train.checkpoint import (
     check_fresh_start,
@@ -197,7 +203,7 @@ class TextClassifier:
         # tokenizer, and reusing it ignored a changed --tokenizer/--vocab-size (or data)
         if resume and saved is not None and saved.is_file() and list_checkpoints(checkpoint_dir):
             return load_tokenizer(saved)
-        if self.tokenizer in ("wordpiece", "bpe"):
+        if is_learnt_kind(self.tokenizer):
             if self.verbose:  # a minute or more on a million texts: say what the wait is
                 print(f"tokenizer: learning a {self.vocab_size:,}-token {self.tokenizer} "
                       f"vocabulary from {len(texts):,} texts", file=sys.stderr)  # fmt: skip
@@ -576,7 +582,7 @@ class TextClassifier:
         # the rest of the recipe, so that TextClassifier.load(...).fit(...) trains it again
         # the vocabulary size asked for when one was learnt, else the one it came with
         init, tokenizer = fitted["init"], fitted["tokenizer"]
-        learnt = init is None and tokenizer in ("wordpiece", "bpe")
+        learnt = init is None and is_learnt_kind(tokenizer)
         vocab = fitted["vocab_size"] if learnt else self._check_fitted().model_dir.config.vocab_size
         d.update(tokenizer=str(tokenizer), vocab_size=vocab,
                  valid_fraction=fitted["valid_fraction"])  # fmt: skip

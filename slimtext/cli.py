@@ -185,8 +185,11 @@ def _lower(value: str | None) -> str | None:
 
 
 def _tokenizer_kind(value: str) -> str:
-    """`--tokenizer`: BPE / WordPiece in any case; a path as it is (a folder named BPE too)."""
-    is_kind = value.lower() in ("bpe", "wordpiece") and not os.path.exists(value)
+    """`--tokenizer`: BPE / WordPiece (-cased) in any case; a path as it is (a folder named BPE
+    too)."""
+    from .tokenizer import is_learnt_kind
+
+    is_kind = is_learnt_kind(value.lower()) and not os.path.exists(value)
     return value.lower() if is_kind else value
 
 
@@ -360,8 +363,9 @@ def train(
         str,
         typer.Option(
             callback=_tokenizer_kind,
-            help="bpe | wordpiece (trained on --data; wordpiece's vocabulary may differ from run "
-            "to run), or a tokenizer.json / HF tokenizer folder.",
+            help="bpe | wordpiece (trained on --data, lowercased; wordpiece's vocabulary may "
+            "differ from run to run), bpe-cased | wordpiece-cased (case kept), or a "
+            "tokenizer.json / HF tokenizer folder.",
         ),
     ] = "bpe",
     text_col: TextColOpt = None,
@@ -854,7 +858,8 @@ def pretrain(
         str,
         typer.Option(
             callback=_tokenizer_kind,
-            help="bpe | wordpiece (trained on --data), or a tokenizer file/folder.",
+            help="bpe | wordpiece (trained on --data, lowercased), bpe-cased | wordpiece-cased "
+            "(case kept), or a tokenizer file/folder.",
         ),
     ] = "bpe",
     hidden_size: int | None = None,

@@ -360,6 +360,16 @@ def pool_windows(logits: torch.Tensor, owner: Sequence[int], n: int) -> torch.Te
     return out / torch.bincount(index, minlength=n).clamp_min(1).unsqueeze(1).to(logits.dtype)
 
 
+# The tokenizers `train_tokenizer` learns; "-cased" keeps upper case (an error code "ERR-IT" and
+# "it", or "US" and "us", stay apart), the plain names lowercase.
+LEARNT_KINDS = ("bpe", "wordpiece", "bpe-cased", "wordpiece-cased")
+
+
+def is_learnt_kind(value: object) -> bool:
+    """Whether a `tokenizer` option names a kind to learn rather than a file or folder."""
+    return isinstance(value, str) and value in LEARNT_KINDS
+
+
 def train_tokenizer(
     texts: Iterable[str],
     vocab_size: int = 16000,
@@ -368,12 +378,19 @@ def train_tokenizer(
     min_frequency: int = 2,
     progress: bool = False,
 ) -> TextTokenizer:
-    """Learn a byte-level BPE (`kind="bpe"`) or WordPiece (`kind="wordpiece"`) vocabulary.
+    """Learn a byte-level BPE (`kind="bpe"`) or WordPiece (`kind="wordpiece"`) vocabulary;
+    `kind="bpe-cased"` / `"wordpiece-cased"` is the same with `lowercase=False`.
 
     BPE is the default because its training is deterministic; WordPiece training in `tokenizers`
     assigns ids in hash-map order, so two runs on the same text can differ
     (huggingface/tokenizers#1794). Both are saved, so a trained model is always reproducible.
     """
+    if kind not in LEARNT_KINDS:
+        raise TokenizerError(
+            f"unknown tokenizer kind {kind!r}; expected one of {', '.join(LEARNT_KINDS)}"
+        )
+    if kind.endswith("-cased"):
+        kind, lowercase = kind.removesuffix("-cased"), False
     if kind == "wordpiece":
         # Words of up to 200 characters (the default 100 made a run of Japanese or Thai without
         # spaces one [UNK]).
@@ -416,8 +433,8 @@ def train_tokenizer(
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-    else:
-        raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected 'wordpiece' or 'bpe'")
+    else:  # pragma: no cover - LEARNT_KINDS checked above
+        raise AssertionError(kind)
     # A bar over the texts the trainer reads (counting words: most of the wait on large data,
     # 21 s for 270k news texts on 2 cores, silent before); the merges that follow are quick.
     # tokenizers' own bars print empty lines into a log file.

@@ -830,6 +830,20 @@ def test_fixed_choice_options_take_any_case(tmp_path, data_files):
     assert r.exit_code == 0 and json.loads(r.stdout)["label"], r.output
 
 
+def test_a_cased_tokenizer_from_the_command_line_keeps_case_in_the_model(tmp_path, data_files):
+    train, _ = data_files
+    out = tmp_path / "m"
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--max-steps", "1",
+                            "--model", "attention", "--vocab-size", "400", "--max-length", "32",
+                            "--tokenizer", "BPE-Cased", "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["train"]["tokenizer"] == "bpe-cased"
+    from slimtext.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(out / "tokenizer.json")
+    assert tok.encode(["GOAL"], 8) != tok.encode(["goal"], 8)
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [(["train", "--data", "x.csv", "--out", "m", "--epochs", "abc"], "Invalid value for"),

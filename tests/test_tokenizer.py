@@ -386,3 +386,21 @@ def test_learning_a_tokenizer_shows_a_bar_only_when_asked(capfd, progress):
     err = capfd.readouterr().err
     assert ("learning tokenizer" in err and "200/200" in err) == progress, err
     assert "\n\n" not in err
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_cased_kinds_keep_upper_case_and_plain_kinds_fold_it(tmp_path, kind):
+    texts = ["The US office", "tell us more", "US sales rose", "ask us again"] * 5
+    plain = train_tokenizer(texts, vocab_size=300, kind=kind)
+    cased = train_tokenizer(texts, vocab_size=300, kind=f"{kind}-cased")
+    assert plain.encode(["US"], 8) == plain.encode(["us"], 8)
+    assert cased.encode(["US"], 8) != cased.encode(["us"], 8)
+    # kept in tokenizer.json: a saved model reads case as it was trained to
+    cased.save(tmp_path / "tokenizer.json")
+    again = load_tokenizer(tmp_path / "tokenizer.json")
+    assert again.encode(["US", "us"], 8) == cased.encode(["US", "us"], 8)
+
+
+def test_an_unknown_kind_names_the_kinds_there_are():
+    with pytest.raises(TokenizerError, match="bpe-cased"):
+        train_tokenizer(["a b c"] * 3, vocab_size=300, kind="BPE-uncased")
