@@ -587,7 +587,9 @@ class TextClassifier:
         d.update(tokenizer=str(tokenizer), vocab_size=vocab,
                  valid_fraction=fitted["valid_fraction"])  # fmt: skip
         if init is not None:
-            d["init"] = str(init)
+            from .pretrain import init_source
+
+            d["init"] = init_source(init)
         values = self._check_fitted().model_dir.label_values
         if values is not None:
             d["label_values"] = values

@@ -460,6 +460,18 @@ def check_init(spec: str | os.PathLike) -> None:
         raise FileNotFoundError(f"{s}: --init needs a model directory (slimtext pretrain's)")
 
 
+def init_source(spec: str | os.PathLike) -> str:
+    """`spec` as a model directory records it: a local folder as an absolute path (a relative
+    one, "../pre", named another folder, or none, once read from elsewhere: the model card and
+    `TextClassifier.load(dir).fit(...)` went wrong), a Hub model id as it is."""
+    s = str(spec)
+    hf = s.startswith("hf:")
+    p = Path(s[3:] if hf else s).expanduser()
+    if not p.is_dir():
+        return s
+    return ("hf:" if hf else "") + str(p.resolve())
+
+
 def load_init(spec: str | os.PathLike) -> tuple[TransformerClassifier, TextTokenizer]:
     """The model and tokenizer to start fine-tuning from: a slimtext model directory
     (pretrained or fine-tuned), or `hf:PATH`, a Hugging Face encoder folder or Hub model id."""

@@ -186,8 +186,9 @@ def test_resumed_pretraining_draws_the_same_masks(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-def test_cli_pretrain_then_train_init(tmp_path, toy_data):
+def test_cli_pretrain_then_train_init(tmp_path, toy_data, monkeypatch):
     texts, labels = toy_data
+    monkeypatch.chdir(tmp_path)  # --init given relative below
     (tmp_path / "corpus.txt").write_text("\n".join(corpus(60)) + "\n")
     tiny = ["--hidden-size", "32", "--num-layers", "1", "--num-heads", "2", "--ffn-size", "64",
             "--max-length", "32", "--batch-size", "16", "--threads", "1", "--device", "cpu",
@@ -199,13 +200,15 @@ def test_cli_pretrain_then_train_init(tmp_path, toy_data):
     with open(tmp_path / "train.csv", "w") as f:
         f.write("text,label\n" + "".join(f"{t},{y}\n" for t, y in zip(texts, labels, strict=True)))
     r = CliRunner().invoke(app, ["train", "--data", str(tmp_path / "train.csv"),
-                                 "--out", str(tmp_path / "clf"), "--init", str(tmp_path / "enc"),
+                                 "--out", str(tmp_path / "clf"), "--init", "enc",
                                  "--max-steps", "3", "--layer-lr-decay", "0.8",
                                  "--freeze", "embeddings", *tiny])  # fmt: skip
     assert r.exit_code == 0, r.output
     md = read_model_dir(tmp_path / "clf")
     assert md.config.num_labels == 3 and md.config.pooling == "cls"
-    assert md.meta["train"]["init"] == str(tmp_path / "enc")
+    # recorded absolute: read from another folder, "enc" named another encoder or none
+    assert md.meta["train"]["init"] == str((tmp_path / "enc").resolve())
+    assert str((tmp_path / "enc").resolve()) in (tmp_path / "clf" / "README.md").read_text()
     assert md.meta["train"]["layer_lr_decay"] == 0.8
     # --out the encoder it starts from: refused before training, the encoder intact
     before = (tmp_path / "enc" / "model.safetensors").read_bytes()
