@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,9 +178,15 @@ class TextTokenizer:
 _CHUNK = 4096
 # ... and at most this many characters at a time: the Encoding objects cost ~45 bytes a
 # character, so 4096 long documents (IMDB reviews pasted ten times, 13 kB each) held 2.4 GB
-# during `eval` for a 75 MB file, where news headlines hold ~50 MB. A single longer text is
-# still encoded whole.
+# during `eval` for a 75 MB file, where news headlines hold ~50 MB.
 _CHUNK_CHARS = 2_000_000
+# A single text longer than this is encoded in pieces of at most this many characters, cut
+# before a word's space: `tokenizers` holds ~120 bytes a character while encoding one text (a
+# 5 MB cell, a book pasted into a CSV: 599 MiB at its peak; 83 MiB in pieces, BENCHMARKS §9).
+# A learnt BPE or WordPiece reads each piece as it reads it inside the whole text (a test); a
+# run this long without a space is cut where it must be.
+_PIECE_CHARS = 250_000
+_PIECE_CUT = re.compile(r" (?=\S)")
 
 
 def in_chunks(
@@ -336,16 +343,66 @@ def _encode_batch(tok: Tokenizer, texts: Sequence[str]) -> list:
 
 def _encode_chunk(tok: Tokenizer, texts: Sequence[str]) -> Iterator:
     """The Encodings of `texts`, in order, from `_encode_batch` calls of at most
-    `_CHUNK_CHARS` characters each (one text more when a single text is longer): the chunk's
+    `_CHUNK_CHARS` characters each (a text over `_PIECE_CHARS` alone, in pieces): the chunk's
     Encodings are dropped a call at a time, so memory follows the characters, not the rows."""
     start, chars = 0, 0
     for j, t in enumerate(texts):
+        if len(t) > _PIECE_CHARS:
+            if j > start:
+                yield from _encode_batch(tok, texts[start:j])
+            yield _encode_in_pieces(tok, t)
+            start, chars = j + 1, 0
+            continue
         if j > start and chars + len(t) > _CHUNK_CHARS:
             yield from _encode_batch(tok, texts[start:j])
             start, chars = j, 0
         chars += len(t)
     if start < len(texts):
         yield from _encode_batch(tok, texts[start:])
+
+
+@dataclass
+class _Joined:
+    """What slimtext reads of an Encoding, for a text encoded in pieces."""
+
+    ids: list[int]
+    special_tokens_mask: list[int]
+
+
+def _pieces(text: str, size: int) -> Iterator[str]:
+    """`text` in pieces of at most `size` characters, each cut just before a space (U+0020)
+    that starts a word, in the last half of the piece: the word keeps the leading space BPE
+    reads with it (a piece starting with a newline got one more, a space token)."""
+    start = 0
+    while len(text) - start > size:
+        end = start + size
+        cuts = [m.start() for m in _PIECE_CUT.finditer(text, start + size // 2, end)]
+        cut = cuts[-1] if cuts else end
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
+
+
+def _encode_in_pieces(tok: Tokenizer, text: str) -> _Joined:
+    """One long text's ids, encoded a piece at a time: each piece's own template tokens are
+    dropped and the first piece's put around the whole."""
+    prefix: list[int] | None = None
+    suffix: list[int] = []
+    body: list[int] = []
+    enc = None
+    for piece in _pieces(text, _PIECE_CHARS):
+        (enc,) = _encode_batch(tok, [piece])
+        ids, special = enc.ids, enc.special_tokens_mask
+        lead = next((j for j, m in enumerate(special) if not m), None)
+        if lead is None:  # a piece of only spaces: no text token, its template told apart nothing
+            continue
+        trail = next(j for j, m in enumerate(reversed(special)) if not m)
+        if prefix is None:
+            prefix, suffix = ids[:lead], ids[len(ids) - trail :]
+        body += ids[lead : len(ids) - trail]
+    if prefix is None:  # only spaces: what encoding it whole gives
+        return _Joined(list(enc.ids), list(enc.special_tokens_mask))
+    return _Joined(prefix + body + suffix, [1] * len(prefix) + [0] * len(body) + [1] * len(suffix))
 
 
 def pool_windows(logits: torch.Tensor, owner: Sequence[int], n: int) -> torch.Tensor:

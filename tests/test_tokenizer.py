@@ -404,3 +404,74 @@ def test_cased_kinds_keep_upper_case_and_plain_kinds_fold_it(tmp_path, kind):
 def test_an_unknown_kind_names_the_kinds_there_are():
     with pytest.raises(TokenizerError, match="bpe-cased"):
         train_tokenizer(["a b c"] * 3, vocab_size=300, kind="BPE-uncased")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    words=st.lists(
+        st.tuples(
+            st.sampled_from(["goal", "Match", "tax,", "rates", "ünï", "12", "à", "x", "!?"]),
+            st.sampled_from([" ", "  ", "\n", " \t ", ""]),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    size=st.integers(20, 60),
+)
+def test_a_text_over_the_piece_size_is_encoded_in_pieces_to_the_same_ids(words, size):
+    # one 5 MB text took ~1 GB inside tokenizers: it is encoded in pieces cut at spaces, and a
+    # learnt tokenizer must read it exactly as whole (every piece holds a word start: cuts
+    # inside a word or a run of spaces longer than half a piece are the documented exception)
+    import slimtext.tokenizer as T
+
+    text = " " + "".join(w + sep for w, sep in words)
+    for tok in _LEARNT_FOR_PIECES:
+        whole = list(T._encode_batch(tok.backend, [text])[0].ids)
+        real = T._PIECE_CHARS
+        T._PIECE_CHARS = size  # (not monkeypatch: hypothesis runs many examples per fixture)
+        try:
+            (joined,) = T._encode_chunk(tok.backend, [text])
+            lengths: list[int] = []
+            rows = tok.encode(["short", text], 10**6, lengths=lengths)
+        finally:
+            T._PIECE_CHARS = real
+        assert joined.ids == whole
+        assert list(rows[1]) == whole and lengths[1] == len(whole)
+        assert joined.special_tokens_mask.count(0) == len(whole) - 2
+
+
+_LEARNT_FOR_PIECES = [
+    train_tokenizer(["goal match tax rates ünï 12 à x Match"] * 5, vocab_size=300, kind=k)
+    for k in ("bpe", "wordpiece", "bpe-cased")
+]
+
+
+def test_pieces_are_cut_before_a_words_space_and_lose_nothing():
+    import slimtext.tokenizer as T
+
+    text = "alpha beta  gamma\tdelta\nepsilon " * 7 + "x" * 50
+    pieces = list(T._pieces(text, 20))
+    assert "".join(pieces) == text and all(len(p) <= 20 for p in pieces)
+    # every cut but the forced ones (the 50 x's) is just before a space followed by a word
+    for p in pieces[1:-3]:
+        assert p[0] == " " and not p[1].isspace(), pieces
+
+
+def test_no_single_tokenizer_call_gets_more_than_a_piece_of_a_long_text(monkeypatch):
+    import slimtext.tokenizer as T
+
+    tok = _LEARNT_FOR_PIECES[0]
+    text = "the match ended in a draw " * 400  # 10,400 characters
+    whole = tok.encode([text], 10**6)
+    monkeypatch.setattr(T, "_PIECE_CHARS", 1000)
+    seen: list[int] = []
+    real = T._encode_batch
+    monkeypatch.setattr(T, "_encode_batch", lambda b, xs: seen.extend(map(len, xs)) or real(b, xs))
+    for long_text in ("truncate", "chunks"):
+        seen.clear()
+        rows, _ = tok.encode_windows([text], 64, long_text)
+        assert max(seen) <= 1000 and sum(seen) == len(text)
+        if long_text == "truncate":  # [CLS] + the first 62 text tokens + [SEP], as whole
+            assert list(rows[0]) == list(whole[0])[:63] + list(whole[0])[-1:]
+        else:  # every text token is in a window
+            assert sum(len(r) - 2 for r in rows) >= len(whole[0]) - 2
