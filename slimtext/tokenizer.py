@@ -376,7 +376,8 @@ def _pieces(text: str, size: int) -> Iterator[str]:
     start = 0
     while len(text) - start > size:
         end = start + size
-        cuts = [m.start() for m in _PIECE_CUT.finditer(text, start + size // 2, end)]
+        # (to end + 1: the lookahead must see the character after a space at the last place)
+        cuts = [m.start() for m in _PIECE_CUT.finditer(text, start + size // 2, end + 1)]
         cut = cuts[-1] if cuts else end
         yield text[start:cut]
         start = cut
@@ -456,7 +457,7 @@ def train_tokenizer(
         # them (without it a line of Chinese was one word, one [UNK]). Accents are kept:
         # stripping them deleted Hindi vowel signs and Japanese voicing marks (が -> か).
         tok.normalizer = normalizers.Sequence(
-            [normalizers.NFC(), normalizers.BertNormalizer(
+            [normalizers.NFKC(), normalizers.BertNormalizer(
                 clean_text=True, handle_chinese_chars=True, strip_accents=False,
                 lowercase=lowercase)]
         )  # fmt: skip
@@ -470,12 +471,13 @@ def train_tokenizer(
         )
     elif kind == "bpe":
         tok = Tokenizer(models.BPE(unk_token=UNK))
-        # NFC: one word however it is encoded (macOS and some keyboards give decomposed forms).
+        # NFKC: one word however it is encoded (macOS and some keyboards give decomposed forms)
+        # or typed (a Japanese IME's full-width "ｅｒｒｏｒ ４０４" is "error 404", "ﬁle" "file").
         # The leading space GPT-2's ByteLevel adds ("hello" read as in "say hello") comes from
         # the normalizer, as ByteLevel after a Split adds one to every piece. Like ByteLevel's,
         # only to a text that does not start with a space: Prepend alone gave " hello" one more
         # token than "hello" (a lone "Ġ"), so a CSV cell after ", " read apart from the same text.
-        norm = [normalizers.NFC(), *([normalizers.Lowercase()] if lowercase else []),
+        norm = [normalizers.NFKC(), *([normalizers.Lowercase()] if lowercase else []),
                 normalizers.Prepend(" "), normalizers.Replace(Regex(r"\A  "), " ")]  # fmt: skip
         tok.normalizer = normalizers.Sequence(norm)
         tok.pre_tokenizer = pre_tokenizers.Sequence(
