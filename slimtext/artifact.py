@@ -532,6 +532,14 @@ def _card_provenance(
     init = (train_config or {}).get("init")
     if init:
         lines.append(f"Fine-tuned from the pretrained encoder {code(init)}.")
+    # A weighted loss moves the decision boundary: probabilities lean to the weighted classes.
+    weights = (train_config or {}).get("class_weight")
+    if weights == "balanced":
+        lines.append("Class weights: balanced (each class weighs the same in the loss).")
+    elif isinstance(weights, dict) and weights:
+        shown = ", ".join(f"{code(k)} {v:g}" if isinstance(v, (int, float)) else code(k)
+                          for k, v in weights.items())  # fmt: skip
+        lines.append(f"Class weights: {shown} (other classes 1).")
     steps = []
     for rec in compression or []:
         if isinstance(rec, dict) and rec.get("step"):

@@ -142,6 +142,8 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
         if many and not isinstance(v, list):  # `text_col: review`: a list of one
             v = [v]
         values = v if many else [v]
+        if p.name == "class_weight" and isinstance(v, dict):  # the one option a mapping sets
+            v = json.dumps(v)
         if not many and isinstance(v, (list, dict)):
             raise typer.BadParameter(f"{value}: key {k!r} takes one value, got {v!r}")
         # Checked here, so that a bad value names this file and key (click would check it later
@@ -182,6 +184,35 @@ def _home(value):
 def _lower(value: str | None) -> str | None:
     """A fixed-choice option's value in lower case: `--precision BF16` as `bf16`."""
     return value.lower() if isinstance(value, str) else value
+
+
+def _class_weight(value: str | dict | None) -> str | dict | None:
+    """`--class-weight`: balanced | none | LABEL=W,LABEL=W | a JSON object (what a YAML mapping
+    becomes); checked here, so a typo fails before the data is read."""
+    if value is None or isinstance(value, dict):
+        return value
+    text = value.strip()
+    if text.lower() in ("balanced", "none"):
+        return None if text.lower() == "none" else "balanced"
+    try:
+        if text.startswith("{"):
+            parsed = json.loads(text)
+        else:  # the last "=" splits: a label may hold one ("a=b=2")
+            pairs = [item.rpartition("=") for item in text.split(",")]
+            if any(not sep or not k.strip() for k, sep, _ in pairs):
+                raise ValueError
+            parsed = {k.strip(): float(w) for k, _, w in pairs}
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r}: expected balanced, none, LABEL=WEIGHT,... or a JSON object"
+        ) from None
+    from .train.trainer import check_class_weight
+
+    try:
+        check_class_weight(parsed)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    return parsed
 
 
 def _tokenizer_kind(value: str) -> str:
@@ -382,6 +413,25 @@ def train(
     ] = 0.1,
     patience: Annotated[
         int | None, typer.Option(help="Early stopping after N epochs without improvement.")
+    ] = None,
+    metric: Annotated[
+        str,
+        typer.Option(
+            callback=_lower,
+            help="accuracy | macro_f1 | loss: what keep-best and --patience follow on the "
+            "validation data (macro_f1 for imbalanced classes).",
+        ),
+    ] = "accuracy",
+    label_smoothing: Annotated[
+        float, typer.Option(help="Label smoothing of the cross-entropy, in [0, 1).")
+    ] = 0.0,
+    class_weight: Annotated[
+        str | None,
+        typer.Option(
+            callback=_class_weight,
+            help="Imbalanced classes: balanced (each class weighs as much in the loss) or "
+            "LABEL=W,LABEL=W (others 1); in a YAML file a mapping too.",
+        ),
     ] = None,
     checkpoint_every: Annotated[
         int,

@@ -420,13 +420,14 @@ def _classifier(tokenizer: str, vocab_size: int, mask_prob: float, verbose: bool
     # cross-entropy (no label smoothing). They were accepted and did nothing, without a word.
     train_defaults = TrainConfig()
     unused = {k: getattr(train_defaults, k)
-              for k in ("patience", "keep_best", "metric", "label_smoothing")}  # fmt: skip
+              for k in ("patience", "keep_best", "metric", "label_smoothing",
+                        "class_weight")}  # fmt: skip
     api_defaults = inspect.signature(TextClassifier).parameters
     unused["valid_fraction"] = api_defaults["valid_fraction"].default
     if given := [k for k, default in unused.items() if k in params and params[k] != default]:
         raise TypeError(
             f"pretrain() does not use {', '.join(given)}: masked-LM pretraining holds out no "
-            "validation data and has no labels to smooth"
+            "validation data and has no labels to smooth or weigh"
         )
     params = {k: v for k, v in params.items() if k not in unused}
     params.setdefault("pooling", "cls")

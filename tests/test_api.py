@@ -246,7 +246,12 @@ def test_resume_refuses_other_tokenizer_options_and_precision(toy_data, tmp_path
     ck = tmp_path / "ck"
     TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck)
     (ck / "FINISHED").unlink()  # as if killed at its last checkpoint: resumable
-    changes = [dict(vocab_size=300), dict(tokenizer="wordpiece"), dict(tokenizer="bpe-cased")]
+    changes = [
+        dict(vocab_size=300),
+        dict(tokenizer="wordpiece"),
+        dict(tokenizer="bpe-cased"),
+        dict(class_weight="balanced"),
+    ]
     if cpu_has_bf16():  # elsewhere bf16 falls back to fp32: nothing would differ
         changes.append(dict(precision="bf16"))
     for change in changes:

@@ -830,6 +830,67 @@ def test_fixed_choice_options_take_any_case(tmp_path, data_files):
     assert r.exit_code == 0 and json.loads(r.stdout)["label"], r.output
 
 
+@pytest.mark.parametrize(
+    ("given", "recorded"),
+    [(["--class-weight", "Balanced"], "balanced"),
+     (["--class-weight", "money=3, tech=0.5"], {"money": 3.0, "tech": 0.5}),
+     (["--class-weight", '{"sport": 2}'], {"sport": 2.0}),
+     ("yaml", {"money": 4.0, "sport": 1.5}),
+     (["--class-weight", "none"], None)],
+)  # fmt: skip
+def test_class_weights_from_flags_or_a_yaml_mapping_are_recorded(
+    tmp_path, data_files, given, recorded
+):
+    train, _ = data_files
+    out = tmp_path / "m"
+    if given == "yaml":  # a mapping is the natural YAML; a flag takes text
+        (tmp_path / "c.yaml").write_text("class_weight:\n  money: 4\n  sport: 1.5\n")
+        given = ["--config", str(tmp_path / "c.yaml")]
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(out), "--max-steps", "1",
+                            "--model", "attention", "--vocab-size", "400", "--max-length", "32",
+                            "--no-progress", *given])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["train"]["class_weight"] == recorded
+    card = (out / "README.md").read_text()
+    assert ("Class weights:" in card) == (recorded is not None)
+    if isinstance(recorded, dict):
+        assert all(f"`{k}` {v:g}" in card for k, v in recorded.items()), card
+
+
+def test_metric_and_label_smoothing_are_command_line_options(tmp_path, data_files):
+    # keep-best followed accuracy from the command line: imbalanced data wants macro_f1
+    train, _ = data_files
+    out = tmp_path / "m"
+    base = ["train", "--data", str(train), "--out", str(out), "--max-steps", "1", "--model",
+            "attention", "--vocab-size", "400", "--no-progress"]  # fmt: skip
+    r = runner.invoke(app, [*base, "--metric", "Macro_F1", "--label-smoothing", "0.1"])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())["train"]
+    assert cfg["metric"] == "macro_f1" and cfg["label_smoothing"] == 0.1
+    r = runner.invoke(app, [*base, "--metric", "f1"])
+    assert r.exit_code != 0 and "metric must be accuracy, macro_f1 or loss" in r.output
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [("heavy", "expected balanced"), ("money=", "expected balanced"), ("=3", "expected balanced"),
+     ("money=-1", "positive number"), ("money=nan", "positive number")],
+)  # fmt: skip
+def test_bad_class_weights_fail_before_the_data_is_read(tmp_path, value, said):
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "absent.csv"), "--out",
+                            str(tmp_path / "m"), "--class-weight", value])  # fmt: skip
+    assert r.exit_code == 2 and said in r.output and "--class-weight" in r.output, r.output
+
+
+def test_a_class_weight_the_data_lacks_names_the_labels(tmp_path, data_files):
+    train, _ = data_files
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
+                            "--max-steps", "1", "--model", "attention", "--vocab-size", "400",
+                            "--class-weight", "finance=2", "--no-progress"])  # fmt: skip
+    assert r.exit_code != 0 and "'finance'" in r.output and "money" in r.output, r.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_a_cased_tokenizer_from_the_command_line_keeps_case_in_the_model(tmp_path, data_files):
     train, _ = data_files
     out = tmp_path / "m"

@@ -530,7 +530,7 @@ def test_bad_pretrain_options_are_refused_before_the_corpus_is_read(tmp_path, fl
 @pytest.mark.parametrize(
     "option",
     [{"patience": 2}, {"label_smoothing": 0.1}, {"valid_fraction": 0.5}, {"keep_best": False},
-     {"metric": "loss"}, {"verbose": False}],
+     {"metric": "loss"}, {"verbose": False}, {"class_weight": "balanced"}],
 )  # fmt: skip
 def test_pretrain_refuses_supervised_options_it_would_ignore(tmp_path, option):
     # pretraining holds out no validation data and its loss is the MLM cross-entropy: these

@@ -23,7 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -76,6 +78,9 @@ class TrainConfig:
     max_length: int = 128
     long_text: str = "truncate"  # truncate | head-tail | chunks (see TextTokenizer.encode_windows)
     label_smoothing: float = 0.0
+    # Imbalanced classes: "balanced" weighs each row's loss by n_rows / (classes x its class's
+    # rows), scikit-learn's rule; a mapping {label: weight} sets them (unnamed labels 1.0).
+    class_weight: str | dict | None = None
     patience: int | None = None  # early stopping: epochs without improvement on `metric`
     keep_best: bool = True
     metric: str = "accuracy"  # accuracy | macro_f1 | loss
@@ -169,6 +174,9 @@ class TrainConfig:
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        check_class_weight(self.class_weight)
+        if isinstance(self.class_weight, dict):  # as config.json keeps it: a resume compares
+            self.class_weight = {str(k): float(v) for k, v in self.class_weight.items()}
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 (or None), got {self.patience}")
         if self.threads is not None and self.threads < 1:
@@ -184,6 +192,45 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def check_class_weight(value: object) -> None:
+    """`class_weight`: None, "balanced" or a mapping of labels to positive weights."""
+    if value is None or value == "balanced":
+        return
+    if not isinstance(value, dict) or not value:
+        raise ValueError(
+            f"class_weight must be 'balanced' or a mapping of labels to weights, got {value!r}"
+        )
+    for label, w in value.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w > 0 and w < math.inf):
+            raise ValueError(
+                f"class_weight: the weight of label {label!r} must be a positive number, got {w!r}"
+            )
+
+
+def class_weights(value: str | dict | None, labels: Sequence[int],
+                  label_names: Sequence[str]) -> torch.Tensor | None:  # fmt: skip
+    """One weight per label id for `value` (TrainConfig.class_weight), or None: "balanced"
+    counts the training rows (windows of long texts under --long-text chunks, as the loss sees
+    them); a mapping's keys are labels as labels.json spells them."""
+    if value is None:
+        return None
+    k = len(label_names)
+    if value == "balanced":
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k)
+        return torch.tensor(len(labels) / (k * np.maximum(counts, 1)), dtype=torch.float32)
+    index = {str(name): i for i, name in enumerate(label_names)}
+    unknown = [key for key in value if str(key) not in index]
+    if unknown:
+        raise ValueError(
+            f"class_weight names labels the training data does not have: "
+            f"{', '.join(map(repr, unknown))}; its labels: {', '.join(map(str, label_names))}"
+        )
+    w = torch.ones(k)
+    for key, weight in value.items():
+        w[index[str(key)]] = float(weight)
+    return w
 
 
 @dataclass
@@ -369,8 +416,8 @@ def sparse_tables(model: nn.Module, ctx: DistContext, tokens: bool = False) -> l
 # between the two.
 _RESUME_FIELDS = ("epochs", "max_steps", "lr", "weight_decay", "warmup", "schedule", "grad_clip",
                   "grad_accum", "seed", "max_length", "long_text", "label_smoothing",
-                  "bucket_batches", "layer_lr_decay", "freeze", "sparse_embeddings", "patience",
-                  "keep_best", "metric")  # fmt: skip
+                  "class_weight", "bucket_batches", "layer_lr_decay", "freeze",
+                  "sparse_embeddings", "patience", "keep_best", "metric")  # fmt: skip
 
 
 def _fingerprint(data: Encoded) -> str:
@@ -706,10 +753,21 @@ def fit(
     sched = scheds[0]
     scaler = grad_scaler(device, precision)
     if loss_fn is None:
-        ce = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        weight = class_weights(cfg.class_weight, train.labels, label_names)
+        if weight is not None:
+            weight = weight.to(device)
 
         def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-            return ce(logits, batch.labels)
+            if weight is None:
+                return F.cross_entropy(logits, batch.labels, label_smoothing=cfg.label_smoothing)
+            # The mean over rows of each row's weighted loss, not torch's weighted mean (which
+            # divides by the batch's weight sum): a row then counts the same whichever batch,
+            # micro-batch or rank it lands in, so accumulation and DDP still give one process's
+            # gradient; "balanced" weights average 1 over the data, so the lr means the same.
+            ce = F.cross_entropy(
+                logits, batch.labels, reduction="none", label_smoothing=cfg.label_smoothing
+            )
+            return (ce * weight[batch.labels]).mean()
 
     result = TrainResult(precision=precision, device=str(device), threads=torch.get_num_threads())
     window: list | None = None  # [loss sum, rows] of a resumed run's unlogged steps

@@ -117,9 +117,10 @@ def test_ddp_with_grad_accum_and_a_short_last_step_trains_the_single_process_mod
     # 81 rows in steps of 2 ranks x 2 rows x 6 micro-batches: the last step has 9 rows. Cut
     # 2+2+2+1+1+1, rank 1 repeated each 1-row micro-batch and the loss counted the repeats
     # (those rows weighed double); cut into micro-batches of 2 rows or more, it is the
-    # single-process step. Also: a typed --epochs beside --max-steps is noted once, not by
-    # the launcher and again by rank 0.
-    common = ["train", "--data", train_csv, "--dropout", "0", "--grad-accum", 6, *TINY]
+    # single-process step. Class weights weigh rows, wherever they land. Also: a typed
+    # --epochs beside --max-steps is noted once, not by the launcher and again by rank 0.
+    common = ["train", "--data", train_csv, "--dropout", "0", "--grad-accum", 6,
+              "--class-weight", "money=3,tech=0.5", *TINY]  # fmt: skip
     slimtext(*common, "--out", tmp_path / "single", "--batch-size", 4)
     r = slimtext(*common, "--out", tmp_path / "ddp", "--batch-size", 2, "--nproc", 2)
     assert max_diff(weights(tmp_path / "single"), weights(tmp_path / "ddp")) < 1e-5

@@ -91,16 +91,22 @@ def test_accumulated_micro_batches_give_the_full_batch_gradient(encoded):
             torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-4)
 
 
-@pytest.mark.parametrize("batch_size,accum", [(8, 2), (4, 4), (3, 6)])
-def test_grad_accum_trains_as_the_batch_of_its_micro_batches_together(encoded, batch_size, accum):
+@pytest.mark.parametrize(
+    "batch_size,accum,class_weight",
+    [(8, 2, None), (4, 4, None), (3, 6, None), (3, 6, {"money": 4, "tech": 0.5})],
+)
+def test_grad_accum_trains_as_the_batch_of_its_micro_batches_together(
+    encoded, batch_size, accum, class_weight
+):
     # --grad-accum 2 --batch-size 8 took two unrelated shuffled batches of 8 per step, so it
     # trained differently from --batch-size 16. 72 rows: the last step has 8 rows (3 x 6:
-    # some of its micro-batches are empty and skipped).
+    # some of its micro-batches are empty and skipped). Class weights weigh rows, not batches.
     vocab, tr, va = encoded
     models = []
     for bs, ga in ((batch_size * accum, 1), (batch_size, accum)):
         model = new_model(vocab, dropout=0.0)
-        cfg = TrainConfig(epochs=2, batch_size=bs, grad_accum=ga, lr=3e-3, precision="fp32")
+        cfg = TrainConfig(epochs=2, batch_size=bs, grad_accum=ga, lr=3e-3, precision="fp32",
+                          class_weight=class_weight)  # fmt: skip
         fit(model, tr, va, cfg, label_names=LABELS, pad_id=0, progress=False)
         models.append(model)
     for k, v in models[0].state_dict().items():
@@ -744,3 +750,50 @@ def test_a_rank_variable_alone_is_not_torchrun_and_the_folder_is_held(tmp_path, 
     monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's rank 1: rank 0 holds it for all
     with another_run(ck):
         run(checkpoint_dir=ck)
+
+
+def test_balanced_class_weights_give_every_class_the_same_total_and_average_one():
+    from slimtext.train.trainer import class_weights
+
+    labels = [0] * 90 + [1] * 9 + [2] * 1
+    w = class_weights("balanced", labels, ["a", "b", "c"])
+    counts = torch.tensor([90.0, 9.0, 1.0])
+    torch.testing.assert_close(w * counts, torch.full((3,), 100 / 3))
+    assert float(w[labels].mean()) == pytest.approx(1.0)  # the lr means what it meant
+    # a mapping: labels by their labels.json spelling, the unnamed ones 1
+    w = class_weights({"c": 5, 1: 2.5}, labels, ["a", "1", "c"])
+    assert w.tolist() == [1.0, 2.5, 5.0]
+    with pytest.raises(ValueError, match=r"'zz'.*its labels: a, 1, c"):
+        class_weights({"zz": 2}, labels, ["a", "1", "c"])
+
+
+@pytest.mark.parametrize(
+    "value", ["heavy", {}, {"a": 0}, {"a": -1.0}, {"a": float("nan")}, {"a": True}, ["a"]]
+)
+def test_bad_class_weights_are_refused_with_the_option_named(value):
+    with pytest.raises(ValueError, match="class_weight"):
+        TrainConfig(class_weight=value)
+
+
+def test_class_weights_move_the_loss_towards_the_weighted_class(encoded):
+    # the same start, one step: a heavy weight on "money" lowers money rows' loss more
+    from slimtext.data.batching import pad_batch
+
+    vocab, tr, va = encoded
+    money = [i for i, y in enumerate(tr.labels) if y == 0]
+    drops = []
+    for cw in (None, {"money": 20}):
+        model = new_model(vocab, dropout=0.0)
+        b = pad_batch(tr.ids, money, 0, tr.labels)
+
+        def money_loss(m=model, b=b) -> float:
+            with torch.no_grad():
+                return float(torch.nn.functional.cross_entropy(m(b.input_ids, b.attention_mask),
+                                                               b.labels))  # fmt: skip
+
+        before = money_loss()
+        cfg = TrainConfig(max_steps=1, batch_size=72, lr=1e-2, precision="fp32", warmup=1,
+                          class_weight=cw)  # fmt: skip
+        fit(model, tr, None, cfg, label_names=LABELS, pad_id=0, progress=False)
+        drops.append(before - money_loss())
+    assert drops[1] > drops[0] + 0.05, drops
