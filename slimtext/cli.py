@@ -1,7 +1,8 @@
 """`slimtext ...`: a thin shell over the Python API. One verb = one typed function.
 
 Every verb takes `--config FILE.yaml` whose keys are the verb's option names (underscores or
-dashes); flags given on the command line override the file.
+dashes; `no-progress: true` for `--no-progress`); flags given on the command line override the
+file.
 """
 
 from __future__ import annotations
@@ -106,19 +107,28 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
     import yaml
 
     try:  # bytes: YAML reads UTF-8 and, by their byte-order mark, UTF-16/32 files
-        data = yaml.safe_load(Path(value).read_bytes()) or {}
+        data = yaml.safe_load(Path(value).read_bytes())
     except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
         raise typer.BadParameter(f"{value}: cannot read YAML ({e})") from None
+    if data is None:  # an empty file (or only comments): no options. Not `or {}`, which also
+        data = {}  # took a file holding just `false`, `0` or `''` as an empty mapping
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{value}: expected a mapping of option names to values")
     # A key is an option's name as typed (`json` for --json, `max-steps` or `max_steps`) or
     # the parameter behind it (`json_out`); an argument's by its name (`model_dir`). Not
-    # `config`: a file naming another one would be ignored.
+    # `config`: a file naming another one would be ignored. A yes/no flag's `--no-...` form is
+    # a key too, of the opposite value (`no-progress: true` is `progress: false`): it was
+    # refused as unknown, though it is the option as typed.
     params = {p.name: p for p in ctx.command.params if p.name != "config"}
-    alias = {}
+    alias, negated = {}, set()
     for p in params.values():
         for name in [p.name, *(o.lstrip("-") for o in p.opts if o.startswith("--"))]:
             alias[name.replace("-", "_")] = p.name
+        if getattr(p, "is_bool_flag", False):
+            for o in getattr(p, "secondary_opts", ()):
+                name = o.lstrip("-").replace("-", "_")
+                negated.add(name)
+                alias[name] = p.name
     keys = {str(k): str(k).replace("-", "_") for k in data}
     unknown = sorted(k for k, a in keys.items() if a not in alias)
     if unknown:
@@ -139,9 +149,10 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
         p = params[alias[keys[str(k)]]]
         v = _home(v)
         many = p.multiple or p.nargs == -1
-        if many and not isinstance(v, list):  # `text_col: review`: a list of one
+        # `text_col: review`: a list of one; `text_col:` (null), the default, as for any other key
+        if many and v is not None and not isinstance(v, list):
             v = [v]
-        values = v if many else [v]
+        values = v if many and v is not None else [v]
         if p.name == "class_weight" and isinstance(v, dict):  # the one option a mapping sets
             v = json.dumps(v)
         if not many and isinstance(v, (list, dict)):
@@ -154,6 +165,8 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
             _coerce(p, ctx, v)
         except Exception as e:  # click's, or typer's own BadParameter (typer >= 0.29)
             raise typer.BadParameter(f"{value}: key {k!r}: {getattr(e, 'message', e)}") from None
+        if keys[str(k)] in negated and v is not None:  # `no-json: true` is `json: false`
+            v = not _coerce(p, ctx, v)
         out[p.name] = v
         ctx.meta.setdefault(_SOURCES, {})[p.name] = f"{value}, key {k!r}"  # a later file wins
     return out
@@ -280,10 +293,11 @@ def _emit(text: str) -> None:
 
 def _out_path(text: str) -> Path:
     """--out as typer would give it, but an empty one (an unset $OUT) refused: Path("") is
-    ".", and a run in an empty folder replaced the working folder with its model."""
+    ".", and a run in an empty folder replaced the working folder with its model. A YAML
+    `out: 2024` is a number there: the folder "2024", as `--out 2024` is."""
     if not str(text).strip():
         raise typer.BadParameter("empty output path (an unset variable?)")
-    return Path(text)
+    return Path(str(text))
 
 
 def _fail(e: Exception) -> None:
@@ -449,8 +463,9 @@ def train(
     strategy: Annotated[
         str,
         typer.Option(
+            callback=_lower,
             help="auto | single | ddp | fsdp | tp | pp. Several processes: launch with torchrun "
-            "or --nproc; auto = ddp there, single otherwise."
+            "or --nproc; auto = ddp there, single otherwise.",
         ),
     ] = "auto",  # fmt: skip
     nproc: Annotated[
@@ -932,7 +947,11 @@ def pretrain(
     ] = "auto",
     threads: int | None = None,
     strategy: Annotated[
-        str, typer.Option(help="auto | single | ddp | fsdp (several processes: torchrun/--nproc).")
+        str,
+        typer.Option(
+            callback=_lower,
+            help="auto | single | ddp | fsdp (several processes: torchrun/--nproc).",
+        ),
     ] = "auto",
     nproc: Annotated[
         int, typer.Option(help="Launch N processes on this machine through torchrun.")

@@ -151,6 +151,8 @@ def export_onnx(
     absolute logit difference on the parity batches exceeds `atol`.
     """
     _check_export_args(exporter, mask_dtype, opset)
+    if not atol >= 0:  # (NaN too) was refused only after the export, as a logit difference
+        raise ValueError(f"atol must be a number >= 0, got {atol}")
     require_onnxruntime(onnx=True)
     log = log or (lambda _msg: None)
     md = model_dir if isinstance(model_dir, ModelDir) else read_model_dir(model_dir)

@@ -230,12 +230,15 @@ def test_evaluating_no_examples_says_so(fitted):
      (dict(tp_size=2), "tp_size applies to strategy tp only"),
      (dict(microbatches=8, strategy="fsdp"), "microbatches applies to strategy pp only"),
      (dict(pp_schedule="gpipe"), "pp_schedule applies to strategy pp only"),
-     (dict(strategy="pp", microbatches=32, batch_size=16), r"microbatches \(32\) must not ex")],
+     (dict(strategy="pp", microbatches=32, batch_size=16), r"microbatches \(32\) must not ex"),
+     # a YAML file's `lr: 1e-3` is the string "1e-3" to PyYAML: it failed comparing str and int
+     (dict(model="attention", lr="1e-3"), "lr must be a number, got '1e-3'"),
+     (dict(sparse_embeddings="false"), "sparse_embeddings must be true or false")],
 )  # fmt: skip
 def test_bad_numbers_are_refused_before_training(toy_data, params, message):
     with pytest.raises(ValueError, match=message):
         params = {"max_length": 16, **params}
-        TextClassifier(model="transformer", verbose=False, **params).fit(toy_data)
+        TextClassifier(**{"model": "transformer", "verbose": False, **params}).fit(toy_data)
 
 
 def test_resume_refuses_other_tokenizer_options_and_precision(toy_data, tmp_path):
@@ -626,7 +629,7 @@ def test_bad_shapes_are_refused_before_the_tokenizer_is_learned(toy_data, monkey
 
     monkeypatch.setattr(slimtext.api, "train_tokenizer", learned)
     with pytest.raises(ValueError, match=message):
-        TextClassifier(model="transformer", verbose=False, **params).fit(toy_data)
+        TextClassifier(**{"model": "transformer", "verbose": False, **params}).fit(toy_data)
 
 
 def test_a_split_that_holds_out_far_more_than_asked_says_so(toy_data):

@@ -313,6 +313,73 @@ def test_yaml_config_errors_name_the_file_and_key(tmp_path, tiny_model_dir, data
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
 
 
+def test_yaml_no_keys_are_the_no_flags_as_typed(tmp_path, tiny_model_dir, data_files):
+    # `no-json: true` (the option `--no-json`, as typed) was refused as an unknown key
+    _, test = data_files
+    cfg = tmp_path / "c.yaml"
+
+    def run(body, *extra):
+        cfg.write_text(body)
+        args = ["eval", str(tiny_model_dir), "--data", str(test), "--config", str(cfg), *extra]
+        return runner.invoke(app, args)
+
+    r = run("no-json: true\nno_progress: true\n")
+    assert r.exit_code == 0 and "macro-F1" in r.stdout and not r.stdout.startswith("{"), r.output
+    r = run("no-json: false\n")  # the opposite of --no-json: --json
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
+    r = run("no-json: true\n", "--json")  # a flag still wins over the file
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
+    for body, why in (("json: true\nno-json: true\n", "keys 'json' and 'no-json' are one option"),
+                      ("no-json: maybe\n", "c.yaml: key 'no-json'"),
+                      # only yes/no flags have a no- form
+                      ("no-label-col: x\n", "unknown keys ['no-label-col']")):  # fmt: skip
+        r = run(body)
+        out = " ".join(r.output.replace("│", " ").split())  # rich boxes (and wraps) its lines
+        assert r.exit_code == 2 and why in out, (body, r.output)
+
+
+def test_a_yaml_file_that_is_not_a_mapping_or_a_null_list_value(tmp_path, tiny_model_dir,
+                                                                 data_files):  # fmt: skip
+    _, test = data_files
+    cfg = tmp_path / "c.yaml"
+
+    def run(body):
+        cfg.write_text(body)
+        args = ["eval", str(tiny_model_dir), "--data", str(test), "--config", str(cfg)]
+        return runner.invoke(app, args)
+
+    for body in ("false\n", "0\n", "''\n"):  # were read as an empty file, without a word
+        r = run(body)
+        out = " ".join(r.output.replace("│", " ").split())
+        assert r.exit_code == 2 and "c.yaml: expected a mapping" in out, (body, r.output)
+    r = run("# nothing set yet\n")  # an empty file (comments only) sets nothing
+    assert r.exit_code == 0, r.output
+    # null is the option's default, for a repeatable option as for the others ("None is not
+    # a valid string" before)
+    r = run("text_col: null\nlabel_col:\njson: true\n")
+    assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
+
+
+def test_strategy_in_any_case_and_a_number_as_out_from_yaml(tmp_path, data_files, monkeypatch):
+    # --strategy SINGLE was refused by the training options ("got 'SINGLE'") where every other
+    # fixed choice (--precision BF16, --model Attention) is read in any case; and `out: 2024`
+    # in a YAML file failed as "expected str, bytes or os.PathLike object, not int".
+    train, _ = data_files
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("out: 2024\nstrategy: Single\nmax_steps: 1\n")
+    r = runner.invoke(app, ["train", "--config", str(cfg), "--data", str(train), *SMALL])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "2024" / "config.json").read_text())["train"]["strategy"] == (
+        "single"
+    )
+    r = runner.invoke(app, ["pretrain", "--data", str(train), "--out", str(tmp_path / "p"),
+                            "--strategy", "SINGLE", "--max-steps", "1", "--vocab-size", "400",
+                            "--hidden-size", "32", "--num-layers", "1", "--num-heads", "2",
+                            "--ffn-size", "64", "--max-length", "32", "--no-progress"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+
 def test_a_bad_value_from_a_yaml_file_names_the_file_and_key_when_checked_late(
     tmp_path, data_files
 ):

@@ -130,12 +130,15 @@ def test_torchscript_fallback_when_dynamo_fails(tiny_model_dir, tmp_path, monkey
     assert not (tiny_model_dir / "model.onnx").exists()
 
 
-def test_failed_parity_check_publishes_nothing(tiny_model_dir, tmp_path):
+def test_failed_parity_check_publishes_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    import slimtext.export as E
+
     d = tmp_path / "tiny"
     shutil.copytree(tiny_model_dir, d)
     before = (d / "manifest.json").read_text()
-    with pytest.raises(ExportError, match="differs from PyTorch"):
-        export_onnx(d, exporter="torchscript", optimize=False, atol=-1.0)
+    monkeypatch.setattr(E, "onnx_parity", lambda *a, **k: 0.5)  # a graph that computes wrong
+    with pytest.raises(ExportError, match="differs from PyTorch by 5.00e-01"):
+        export_onnx(d, exporter="torchscript", optimize=False, atol=1e-4)
     assert not (d / "model.onnx").exists()
     assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
     assert (d / "manifest.json").read_text() == before
@@ -164,6 +167,11 @@ def test_bad_arguments_are_rejected_before_any_work(tiny_model_dir):
         export_onnx(tiny_model_dir, opset=13)
     with pytest.raises(ValueError, match="exporter"):
         export_onnx(tiny_model_dir, exporter="tf")
+    # a negative or NaN atol: refused only once the export was done, as a logit difference
+    # ("differs from PyTorch by 2.98e-08 > atol=-1.0")
+    for atol in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="atol must be a number >= 0"):
+            export_onnx(tiny_model_dir, atol=atol)
 
 
 def test_an_int8_model_directory_exports_its_exact_float_math(tiny_model_dir, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import numbers
 import sys
 import time
 import warnings
@@ -123,6 +124,19 @@ class TrainConfig:
             optional = name in ("max_steps", "patience", "threads", "tp_size")
             if (v is not None or not optional) and (not isinstance(v, int) or isinstance(v, bool)):
                 raise ValueError(f"{name} must be a whole number, got {v!r}")
+        # A number given as text (PyYAML reads `lr: 1e-3` as the string "1e-3") or None failed
+        # below as "'>' not supported between 'str' and 'int'", naming no option.
+        for name in ("lr", "weight_decay", "warmup", "grad_clip", "label_smoothing",
+                     "layer_lr_decay"):  # fmt: skip
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+        # "false" (a string) was taken as true: sparse_embeddings="false" turned them on
+        for name in ("keep_best", "cpu_offload", "sparse_embeddings"):
+            v = getattr(self, name)
+            if isinstance(v, str) or v not in (True, False):  # numpy's bools and 0/1 too
+                raise ValueError(f"{name} must be true or false, got {v!r}")
+            setattr(self, name, bool(v))
         for name in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
                      "log_every", "bucket_batches", "microbatches"):  # fmt: skip
             if getattr(self, name) < 1:

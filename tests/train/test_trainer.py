@@ -1,7 +1,9 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -497,6 +499,28 @@ def test_a_resumed_run_logs_the_loss_of_the_whole_window(encoded, tmp_path):
 def test_train_config_rejects_values_the_loop_would_misread(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         TrainConfig(**bad)
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [(dict(lr="1e-3"), "lr must be a number, got '1e-3'"),  # PyYAML's reading of `lr: 1e-3`
+     (dict(lr=None), "lr must be a number, got None"),
+     (dict(weight_decay="0.01"), "weight_decay must be a number"),
+     (dict(warmup=None), "warmup must be a number"),
+     (dict(grad_clip=True), "grad_clip must be a number"),
+     (dict(label_smoothing="0.1"), "label_smoothing must be a number"),
+     (dict(layer_lr_decay=None), "layer_lr_decay must be a number"),
+     (dict(sparse_embeddings="false"), "sparse_embeddings must be true or false"),
+     (dict(keep_best="no"), "keep_best must be true or false"),
+     (dict(cpu_offload="yes", strategy="fsdp"), "cpu_offload must be true or false")],
+)  # fmt: skip
+def test_train_config_names_an_option_of_the_wrong_type(bad, why):
+    # They failed as "'>' not supported between 'str' and 'int'", naming no option, or (a
+    # string for a yes/no option) were taken as true: sparse_embeddings="false" turned them on.
+    with pytest.raises(ValueError, match=re.escape(why)):
+        TrainConfig(**bad)
+    ok = TrainConfig(sparse_embeddings=np.bool_(False), keep_best=1, lr=np.float32(1e-3))
+    assert ok.sparse_embeddings is False and ok.keep_best is True
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
