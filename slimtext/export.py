@@ -470,6 +470,17 @@ def _export_dynamo(model, args, path: Path, opset: int, max_t: int) -> None:
             external_data=False,  # one self-contained file, so the atomic rename moves it all
             verbose=False,
         )
+    import onnx
+
+    # Below opset 18 the exporter converts its opset-18 graph down with onnx's C API, which
+    # keeps Split's `num_outputs` (an opset 18 attribute): ONNX Runtime then refused the file
+    # inside the parity check, a traceback. Checked here, it is a dynamo failure like any other.
+    try:
+        onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as e:
+        hint = " (try --opset 18, or --exporter torchscript)" if opset < 18 else ""
+        first = (str(e).strip().splitlines() or ["invalid graph"])[0]
+        raise ExportError(f"the graph it wrote is not valid ONNX: {first}{hint}") from None
 
 
 def _export_torchscript(model, args, path: Path, opset: int) -> None:

@@ -130,6 +130,26 @@ def test_torchscript_fallback_when_dynamo_fails(tiny_model_dir, tmp_path, monkey
     assert not (tiny_model_dir / "model.onnx").exists()
 
 
+def test_a_dynamo_graph_onnx_rejects_is_an_export_error_or_a_fallback(tiny_model_dir, tmp_path):
+    # torch's dynamo exporter writes opset 18's `Split(num_outputs=...)` into an opset 17 graph
+    # of a transformer: ORT refused to load it inside the parity check and `slimtext export
+    # --exporter dynamo --opset 17` ended in a traceback (InvalidGraph), exit status 1.
+    with pytest.raises(ExportError, match=r"dynamo export failed.*--opset 18"):
+        export_onnx(tiny_model_dir, out=tmp_path / "d.onnx", exporter="dynamo", opset=17)
+    assert not list(tmp_path.iterdir()), "files left behind"
+    # `auto` (here: no fused graph) falls back to TorchScript, as for any dynamo failure
+    import slimtext.onnx_fused as fused
+
+    def unsupported(*a, **k):
+        raise fused.FusedUnsupported("simulated: a layer the fused builder does not know")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused, "build_fused", unsupported)
+        out = export_onnx(tiny_model_dir, out=tmp_path / "a.onnx", opset=17)
+    assert json.loads((tmp_path / "a.onnx.json").read_text())["exporter"] == "torchscript"
+    assert out.is_file()
+
+
 def test_failed_parity_check_publishes_nothing(tiny_model_dir, tmp_path, monkeypatch):
     import slimtext.export as E
 

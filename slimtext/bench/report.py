@@ -96,7 +96,8 @@ def markdown(result: dict) -> str:
         "",
         f"Data: `{s['data']}` ({s['n_test']} texts, accuracy on {s['n_accuracy']}); "
         + (f"train: `{s['train']}`; " if s.get("train") else "no train data; ")
-        + f"torch threads {result['machine'].get('torch_threads')}; "
+        # the count each entry was measured with (--threads), not the bench process's own
+        + f"torch threads {s.get('threads') or result['machine'].get('torch_threads')}; "
         f"CPU: {result['machine'].get('cpu_model')}; time budget: "
         f"{_fmt(s['time_budget'], 0) + ' s' if s['time_budget'] else 'none'}, "
         f"took {result['elapsed_s']:.0f} s." + _rounds_line(entries, s.get("repeat", 1)),

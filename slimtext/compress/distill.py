@@ -19,6 +19,7 @@ and head), as DistilBERT does: a much better start than random weights.
 from __future__ import annotations
 
 import copy
+import json
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -125,25 +126,22 @@ def hf_teacher_logits(
     (matched by name through the checkpoint's `config.json` `id2label`). Cached like
     `teacher_logits`. `path` may be a Hub model id: fetched once into the Hugging Face cache
     (`hf_model_folder`); the loading itself reads only that folder (`local_files_only`)."""
-    from ..models.hf import _require_transformers, hf_model_folder
+    from ..models.hf import _quiet_transformers, _require_transformers
 
     _require_transformers()  # the extra to install, before any cache lookup
-    p = hf_model_folder(path)
-    if not (p / "config.json").is_file():
-        raise FileNotFoundError(f"{p}: not a Hugging Face model folder (no config.json)")
+    p = _hf_teacher_folder(path)
     texts = list(texts)
 
     def compute() -> np.ndarray:
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        cfg = AutoConfig.from_pretrained(p, local_files_only=True)
-        id2label = {int(k): v for k, v in (cfg.id2label or {}).items()}
-        if sorted(id2label) != list(range(cfg.num_labels)):
-            raise ValueError(f"{p / 'config.json'}: id2label does not cover 0..num_labels-1")
-        order = label_order([id2label[i] for i in range(cfg.num_labels)], label_names,
-                            f"{p / 'config.json'} id2label")  # fmt: skip
+        cfg, order = _hf_label_order(p, label_names)
         tok = AutoTokenizer.from_pretrained(p, local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(p, local_files_only=True)
+        with _quiet_transformers():  # its load report: what it says is checked below
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                p, local_files_only=True, output_loading_info=True
+            )
+        _check_trained(model, info, p)
         model.eval()
         limit = max_length or min(
             int(getattr(tok, "model_max_length", 512) or 512),
@@ -160,6 +158,76 @@ def hf_teacher_logits(
         return out[:, order]
 
     return _cached(cache, len(texts), compute)
+
+
+def _hf_teacher_folder(path: str | os.PathLike) -> Path:
+    """The local folder of an `hf:` teacher (a Hub id is fetched once), refused unless it holds
+    a Hugging Face config.json."""
+    from ..artifact import is_model_dir
+    from ..models.hf import hf_model_folder
+
+    p = hf_model_folder(path)
+    if is_model_dir(p):  # transformers said only "Unrecognized model ... no model_type key"
+        raise ValueError(f"{path}: a slimtext model directory, not a Hugging Face one: give it "
+                         "as the teacher without 'hf:'")  # fmt: skip
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"{p}: not a Hugging Face model folder (no config.json)")
+    return p
+
+
+def _hf_label_order(p: Path, label_names: Sequence[str]):
+    """(transformers config, indices into its logits in the order of `label_names`)."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(p, local_files_only=True)
+    id2label = {int(k): v for k, v in (cfg.id2label or {}).items()}
+    if sorted(id2label) != list(range(cfg.num_labels)):
+        raise ValueError(f"{p / 'config.json'}: id2label does not cover 0..num_labels-1")
+    order = label_order([id2label[i] for i in range(cfg.num_labels)], label_names,
+                        f"{p / 'config.json'} id2label")  # fmt: skip
+    return cfg, order
+
+
+def check_external_teacher(teacher: str | os.PathLike, label_names: Sequence[str]) -> None:
+    """What `external_teacher_logits` would refuse in the teacher itself (no such folder, not a
+    model of the kind its name says, other labels), refused cheaply before any data is read:
+    `compress` found out only after reading and encoding all of it."""
+    spec = str(teacher)
+    if spec.startswith("hf:"):
+        from ..models.hf import _require_transformers
+
+        _require_transformers()
+        _hf_label_order(_hf_teacher_folder(spec[3:]), label_names)
+        return
+    from ..artifact import is_model_dir, read_model_dir
+
+    p = Path(spec)
+    if not is_model_dir(p) and (p / "config.json").is_file():
+        try:
+            hf = "model_type" in json.loads((p / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError, TypeError):
+            hf = False
+        if hf:  # read_model_dir said only "no manifest.json; not a complete slimtext directory"
+            raise ValueError(
+                f"{spec}: a Hugging Face model folder, not a slimtext model directory: name it "
+                f"hf:{spec}"
+            )
+    label_order(read_model_dir(p).labels, label_names, f"{p / 'labels.json'}")
+
+
+def _check_trained(model, info: dict, folder: Path) -> None:
+    """A `ValueError` when loading left weights at random: a bare encoder or masked-LM folder
+    loads as a classifier whose head (and pooler) transformers initialises, and only logs it;
+    distilling from those random logits silently ruined the student."""
+    params = {n for n, _ in model.named_parameters()}
+    missing = [k for k in info.get("missing_keys", ()) if k in params]
+    if missing:
+        shown = ", ".join(sorted(missing)[:4]) + (", ..." if len(missing) > 4 else "")
+        raise ValueError(
+            f"{folder}: not a trained sequence classifier: its checkpoint has no {shown} "
+            f"(architectures {model.config.architectures}), which transformers would start at "
+            "random; fine-tune it into a classifier first, or distil from the model itself"
+        )
 
 
 def external_teacher_logits(
@@ -301,8 +369,14 @@ class IntermediateLoss(nn.Module):
         loss = torch.zeros((), device=device)
         for i, j in enumerate(self.layer_map):
             if self.config.hidden > 0:
-                diff = self.proj[i](s_seen["h"][i].float()) - t_seen["h"][j].float()
-                loss = loss + self.config.hidden * diff[real].pow(2).mean() / len(self.layer_map)
+                hs, ht = s_seen["h"][i].float(), t_seen["h"][j].float()
+                # A [CLS]-pooled model's last block computes position 0 only, (B, 1, C): compare
+                # the positions both sides computed (its shape crashed the mask, or one [CLS]
+                # state was broadcast against every token of a full-length teacher layer).
+                n = min(hs.shape[1], ht.shape[1])
+                diff = self.proj[i](hs[:, :n]) - ht[:, :n]
+                hidden = diff[real[:, :n]].pow(2).mean()
+                loss = loss + self.config.hidden * hidden / len(self.layer_map)
             if self.config.attention > 0:
                 ls = self._attention_logp(*s_seen["a"][i], real)
                 lt = self._attention_logp(*t_seen["a"][j], real)

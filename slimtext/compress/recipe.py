@@ -47,6 +47,7 @@ from ..train.trainer import Encoded, TrainConfig
 from ._util import calibration_batches, record
 from .distill import (
     Distillation,
+    check_external_teacher,
     distill,
     distillation_loss,
     external_teacher_logits,
@@ -419,6 +420,8 @@ def compress(
     source, tok, labels = md.model, md.tokenizer, md.labels
     done = list(md.meta.get("compression", []))
     check_recipe(steps, source.config, own_teacher=teacher is None, done=done)
+    if teacher is not None:  # a wrong folder or other labels: said before the data is read
+        check_external_teacher(teacher, labels)
     base_cfg = _train_config(train_config, md)
     from ..data.sources import load_kw_per_source
 

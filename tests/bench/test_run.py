@@ -178,6 +178,21 @@ def test_a_finished_run_leaves_no_partial_file(full_report):
     assert not (out / "report.partial.json").exists()
 
 
+def test_report_names_the_thread_count_the_entries_were_measured_with(full_report):
+    # `--threads 1` on a 2-core machine: every entry ran on 1 thread, and the report's header
+    # said "torch threads 2" (the bench process's own count, never used to measure).
+    import copy
+
+    from slimtext.bench.report import markdown
+
+    _, result = full_report
+    result = copy.deepcopy(result)
+    result["machine"]["torch_threads"] = 7
+    assert "torch threads 1;" in markdown(result)
+    result["settings"]["threads"] = None  # not given: each entry used torch's default
+    assert "torch threads 7;" in markdown(result)
+
+
 def test_repeat_measures_in_turns_and_reports_medians(cls_model_dir, bench_data, tmp_path,
                                                       monkeypatch):  # fmt: skip
     """--repeat 3: every contender once per round (not three times in a row), and each figure

@@ -140,3 +140,32 @@ def test_intermediate_losses_need_the_teacher_model_not_its_logits(teacher, h, m
 
         IntermediateLoss(teacher.model, make_student(teacher.model, num_layers=1),
                          Distillation(hidden=1.0, layer_map=(5,)))  # fmt: skip
+
+
+def test_intermediate_losses_of_a_cls_pooled_model_compare_the_states_it_computes(teacher, h):
+    """With pooling="cls" (every model initialised from a Hugging Face checkpoint) the last
+    block computes position 0 only, (B, 1, C): the hidden-state loss crashed on its shape, or,
+    mapped to a teacher layer of full length, broadcast one [CLS] state against every token."""
+    from dataclasses import replace
+
+    from slimtext.compress import DropLayers, drop_layers_
+    from slimtext.compress.distill import IntermediateLoss
+
+    torch.manual_seed(0)
+    t = build_model(replace(teacher.config, pooling="cls")).eval()
+    b = h.batches_of(teacher, h.toy(3, seed=64), n_batches=1)[0]
+    first = make_student(t, num_layers=2)
+    drop_layers_(first, DropLayers((0,)))  # a copy of block 0 alone
+    for s, layer_map in ((make_student(t, num_layers=2), None), (first, (0,))):
+        # each student layer is a copy of the teacher layer it maps to: nothing to pull
+        m = IntermediateLoss(t, s, Distillation(hidden=1.0, attention=1.0, layer_map=layer_map))
+        s.eval()
+        with torch.no_grad():
+            s(b.input_ids, b.attention_mask)
+            assert float(m(b)) == pytest.approx(0.0, abs=1e-6), layer_map
+        m.remove()
+    # and distillation with both losses trains such a student
+    data = h.encode(teacher, h.toy(4, seed=65))
+    distill(t, make_student(t, num_layers=1), data, None, TrainConfig(epochs=1, batch_size=8),
+            Distillation(hidden=1.0, attention=1.0), label_names=teacher.labels,
+            pad_id=teacher.tokenizer.pad_id)  # fmt: skip

@@ -200,3 +200,43 @@ def test_a_roberta_teacher_reads_long_texts_within_its_positions(make_toy, tmp_p
     long = [" ".join([t] * 10) for t in texts]  # ~60 tokens: far past 24 positions
     got = hf_teacher_logits(path, long, ["sport", "tech", "money"])
     assert got.shape == (len(long), 3) and np.isfinite(got).all()
+
+
+@pytest.mark.parametrize("saved", ["BertModel", "BertForMaskedLM"])
+def test_an_hf_teacher_without_a_trained_classifier_is_refused(hf_dir, tmp_path, saved):
+    # A bare encoder or masked-LM folder whose config.json names the labels loads as a
+    # classifier whose head transformers starts at random (a log table said so): the student
+    # was distilled from random logits, and the report called it a teacher.
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = tmp_path / saved
+    getattr(transformers, saved)(AutoConfig.from_pretrained(hf_dir)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(hf_dir).save_pretrained(path)
+    with pytest.raises(ValueError, match=r"not a trained sequence classifier.*classifier\.weight"):
+        hf_teacher_logits(path, ["a text"], ["sport", "tech", "money"])
+
+
+def test_a_wrong_teacher_is_refused_before_the_data_is_read(hf_dir, teacher_dir, tmp_path):
+    # A teacher folder of the wrong kind, or with other labels, was found out only after every
+    # text had been read, split and encoded (minutes on a large file). The data here does not
+    # exist: the teacher's error must come first, and name what to do.
+    import shutil
+
+    from slimtext.compress.recipe import compress
+
+    bad = tmp_path / "bad"
+    shutil.copytree(hf_dir, bad)
+    cfg = json.loads((bad / "config.json").read_text())
+    cfg["id2label"] = {"0": "a", "1": "b", "2": "c"}
+    (bad / "config.json").write_text(json.dumps(cfg))
+    cases = [
+        (f"hf:{bad}", r"id2label.*\['a', 'b', 'c'\]"),
+        (str(hf_dir), rf"a Hugging Face model folder.*hf:{hf_dir}"),  # hf: forgotten
+        (f"hf:{teacher_dir}", "a slimtext model directory.*without 'hf:'"),
+    ]
+    for teacher, message in cases:
+        with pytest.raises(ValueError, match=message):
+            compress(teacher_dir, str(tmp_path / "missing.csv"), tmp_path / "o",
+                     recipe="distill", teacher=teacher, log=lambda s: None)  # fmt: skip
+    assert not (tmp_path / "o").exists()
