@@ -484,7 +484,9 @@ def compress(
     if teacher is not None:
         ev = external_teacher_logits(teacher, eval_ds.texts, labels)  # one row per text
         acc = float(np.mean(np.asarray(ev).argmax(-1) == [index[y] for y in eval_ds.labels]))
-        external = {"teacher": str(teacher), "teacher_accuracy": acc}
+        from ..pretrain import init_source  # a folder recorded absolute, a Hub id as it is
+
+        external = {"teacher": init_source(teacher), "teacher_accuracy": acc}
         log(f"teacher {teacher}: accuracy {acc:.4f}")
     rows = [row("teacher" if teacher is None else "input", source)]
     model = copy.deepcopy(source)
