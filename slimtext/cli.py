@@ -328,7 +328,9 @@ def train(
     data: Annotated[
         str,
         typer.Option(
-            help="Training data: a file path, a class folder, `bbc`, or `hf:NAME[:CONFIG][@SPLIT]`."
+            # not `[@SPLIT]`: rich reads a bracket opening with `@` as a markup tag and drops it
+            help="Training data: a file path, a class folder, `bbc`, or `hf:NAME[:CONFIG]` "
+            "(`@SPLIT` after it picks a split)."
         ),
     ],
     out: Annotated[Path, typer.Option(help="Model directory to write.", parser=_out_path)],

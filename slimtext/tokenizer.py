@@ -150,9 +150,10 @@ class TextTokenizer:
                     owner.append(i)
                     continue
                 k = -(-len(body) // budget)
-                gap = (len(body) - budget) / (k - 1)
                 for j in range(k):
-                    start = round(j * gap)
+                    # j * spread / (k - 1), one division (README's formula): j times a rounded
+                    # quotient lands beside a .5 (61.4999... for 61.5) and rounds the other way
+                    start = round(j * (len(body) - budget) / (k - 1))
                     windows.append(prefix + body[start : start + budget] + suffix)
                     owner.append(i)
         return windows.result(), owner

@@ -1078,3 +1078,15 @@ def test_library_import_chatter_stays_off_the_terminal():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "Failed to load" not in r.stderr and "register_constant" not in r.stderr, r.stderr
+
+
+def test_help_texts_survive_rich_markup():
+    # typer renders help through rich, which takes `[@...]` or `[word]` for a markup tag and
+    # drops it: `train --help` showed `hf:NAME[:CONFIG]`, the `[@SPLIT]` gone
+    import typer.main
+
+    Text = pytest.importorskip("rich.text").Text  # (typer-slim draws help without rich)
+    for name, command in typer.main.get_command(app).commands.items():
+        helps = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in helps:
+            assert Text.from_markup(text).plain == text, (name, text)

@@ -47,6 +47,21 @@ def test_chunks_cover_every_token_in_contiguous_overlapping_windows(tok, n_words
     assert body.index(windows[0][1]) == 0 and prev_end == len(body)  # first to last token
 
 
+@pytest.mark.parametrize(("n_words", "max_length"), [(85, 5), (40, 8), (119, 16)])
+def test_chunk_starts_are_the_documented_formula_rounded_half_to_even(tok, n_words, max_length):
+    # README ("Running an export without slimtext"): window j starts at
+    # round(j * (len(body) - budget) / (k - 1)). The code multiplied j by the rounded quotient
+    # instead: 21 * (82 / 28) is 61.49999..., where 21 * 82 / 28 is 61.5, which rounds to 62;
+    # a service following the README read another window than slimtext did.
+    text = " ".join(WORDS[:n_words])
+    body = _body(tok, text)
+    budget = max_length - 2
+    k = -(-len(body) // budget)
+    windows, _ = tok.encode_windows([text], max_length, "chunks")
+    starts = [body.index(w[1]) for w in windows]
+    assert starts == [round(j * (len(body) - budget) / (k - 1)) for j in range(k)]
+
+
 def test_head_tail_keeps_a_quarter_from_the_start_and_the_rest_from_the_end(tok):
     text = " ".join(WORDS[:50])
     body = _body(tok, text)

@@ -898,10 +898,11 @@ def fit(
                 else ""
             )
             shown = f" (loss {loss})" if loss is not None else ""
+            # fp32 is advice for a bf16/fp16 run only: one already in fp32 was told it too
+            fp32 = ", or train in fp32" if precision != "fp32" else ""
             raise DivergedError(
                 f"training diverged by step {step}: the weights hold NaN or inf{shown}; "
-                f"lower the learning rate (lr {cfg.lr:g}), keep --grad-clip on, or train in "
-                f"fp32{kept}"
+                f"lower the learning rate (lr {cfg.lr:g}) or keep --grad-clip on{fp32}{kept}"
             )
         if loss is not None and not warned_skip:  # fp16 loss scaling skipped the step
             warned_skip = True

@@ -686,6 +686,20 @@ def test_nan_from_the_last_step_is_caught_before_evaluation(encoded, tmp_path):
     assert "NaN" not in (tmp_path / "run" / "metrics.jsonl").read_text()
 
 
+def test_a_diverged_fp32_run_is_not_told_to_train_in_fp32(encoded, monkeypatch):
+    # the advice for bf16/fp16 runs was given to a run already in fp32 (--precision fp32)
+    from slimtext.train import precision
+    from slimtext.train.trainer import DivergedError
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # bf16 on any CPU
+
+    with pytest.raises(DivergedError, match="lower the learning rate") as e:
+        run(encoded, {}, lr=1e39, warmup=0, max_steps=1, precision="fp32")
+    assert "fp32" not in str(e.value)
+    with pytest.raises(DivergedError, match="or train in fp32"):
+        run(encoded, {}, lr=1e39, warmup=0, max_steps=1, precision="bf16")
+
+
 def test_the_out_lock_refuses_a_second_run_and_goes_with_the_run(tmp_path, monkeypatch):
     # hundreds of slimtext-out-*.lock files piled up in /tmp, one per --out ever trained
     import tempfile
