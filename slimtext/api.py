@@ -59,7 +59,7 @@ from .train.distributed import (
     full_state_dict,
     init_distributed,
 )
-from .train.trainer import frozen_blocks, keeps_caller_rng
+from .train.trainer import check_unknown_weight_labels, frozen_blocks, keeps_caller_rng
 
 Data = Union[TextDataset, str, os.PathLike, tuple]  # noqa: UP007 (readable in help text)
 
@@ -270,6 +270,9 @@ class TextClassifier:
         train_ds = as_dataset(train)
         if train_ds.labels is None:
             raise DataError(f"{train_ds.source}: training data has no labels")
+        # a class_weight label the data lacks (a typo): said now, not after the tokenizer is
+        # learnt and every text encoded (minutes on large data)
+        check_unknown_weight_labels(cfg.class_weight, train_ds.label_set())
         if valid is None and self.valid_fraction == 0:  # train on everything, keep the last
             if cfg.patience is not None:  # it would never stop, without a word
                 raise ValueError("patience (early stopping) needs validation data: give "

@@ -154,7 +154,7 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
             v = [v]
         values = v if many and v is not None else [v]
         if p.name == "class_weight" and isinstance(v, dict):  # the one option a mapping sets
-            v = json.dumps(v)
+            v = _yaml_class_weight(v, f"{value}: key {k!r}")
         if not many and isinstance(v, (list, dict)):
             raise typer.BadParameter(f"{value}: key {k!r} takes one value, got {v!r}")
         # Checked here, so that a bad value names this file and key (click would check it later
@@ -163,6 +163,8 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
             raise typer.BadParameter(f"{value}: key {k!r}: {v!r} is a yes/no value")
         try:
             _coerce(p, ctx, v)
+            if p.name == "class_weight":  # its callback's checks, said with this file and key
+                _class_weight(v)
         except Exception as e:  # click's, or typer's own BadParameter (typer >= 0.29)
             raise typer.BadParameter(f"{value}: key {k!r}: {getattr(e, 'message', e)}") from None
         if keys[str(k)] in negated and v is not None:  # `no-json: true` is `json: false`
@@ -197,6 +199,20 @@ def _home(value):
 def _lower(value: str | None) -> str | None:
     """A fixed-choice option's value in lower case: `--precision BF16` as `bf16`."""
     return value.lower() if isinstance(value, str) else value
+
+
+def _yaml_class_weight(mapping: dict, where: str) -> str:
+    """A YAML `class_weight` mapping as the JSON text the option takes. YAML reads an unquoted
+    yes/no/on/off/true/false as a boolean and ~ or null as None: json.dumps made them the
+    labels "true" and "null", refused only after the tokenizer was learnt, under a name nobody
+    wrote. Which spelling it was is lost, so the label must be quoted."""
+    for key in mapping:
+        if key is None or isinstance(key, bool):
+            raise typer.BadParameter(
+                f"{where}: label {key!r} is YAML's reading of an unquoted yes/no/on/off/true/"
+                "false or ~/null: quote it ('yes': 3)"
+            )
+    return json.dumps(mapping)
 
 
 def _class_weight(value: str | dict | None) -> str | dict | None:

@@ -949,6 +949,23 @@ def test_bad_class_weights_fail_before_the_data_is_read(tmp_path, value, said):
     assert r.exit_code == 2 and said in r.output and "--class-weight" in r.output, r.output
 
 
+@pytest.mark.parametrize(
+    ("yaml", "said"),
+    [("class_weight:\n  money: high\n", "positive number"),
+     # YAML reads yes/no/on/off as true/false: the label "yes" became "true", and training
+     # failed after the tokenizer was learnt, naming a label 'true' nobody wrote
+     ("class_weight:\n  yes: 3\n  no: 1\n", "quote it"),
+     ("class_weight:\n  ~: 3\n", "quote it")],
+)  # fmt: skip
+def test_bad_class_weights_in_a_yaml_file_name_the_file_and_key(tmp_path, yaml, said):
+    (tmp_path / "c.yaml").write_text(yaml)
+    r = runner.invoke(app, ["train", "--data", str(tmp_path / "absent.csv"), "--out",
+                            str(tmp_path / "m"), "--config", str(tmp_path / "c.yaml")],
+                       env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})  # fmt: skip
+    assert r.exit_code == 2 and said in r.output, r.output
+    assert "c.yaml" in r.output and "'class_weight'" in r.output, r.output
+
+
 def test_a_class_weight_the_data_lacks_names_the_labels(tmp_path, data_files):
     train, _ = data_files
     r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
@@ -956,6 +973,8 @@ def test_a_class_weight_the_data_lacks_names_the_labels(tmp_path, data_files):
                             "--class-weight", "finance=2", "--no-progress"])  # fmt: skip
     assert r.exit_code != 0 and "'finance'" in r.output and "money" in r.output, r.output
     assert not (tmp_path / "m").exists()
+    # refused as soon as the labels are read: not after minutes of tokenizer learning
+    assert "tokenizer: learning" not in r.output, r.output
 
 
 def test_a_cased_tokenizer_from_the_command_line_keeps_case_in_the_model(tmp_path, data_files):

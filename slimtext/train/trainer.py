@@ -190,7 +190,7 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         check_class_weight(self.class_weight)
         if isinstance(self.class_weight, dict):  # as config.json keeps it: a resume compares
-            self.class_weight = {str(k): float(v) for k, v in self.class_weight.items()}
+            self.class_weight = {weight_label(k): float(v) for k, v in self.class_weight.items()}
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 (or None), got {self.patience}")
         if self.threads is not None and self.threads < 1:
@@ -216,35 +216,63 @@ def check_class_weight(value: object) -> None:
         raise ValueError(
             f"class_weight must be 'balanced' or a mapping of labels to weights, got {value!r}"
         )
+    seen: dict[str, object] = {}
     for label, w in value.items():
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w > 0 and w < math.inf):
+        # numbers.Real: numpy's scalars too, as the other number options take them
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not 0 < w < math.inf:
             raise ValueError(
                 f"class_weight: the weight of label {label!r} must be a positive number, got {w!r}"
             )
+        name = weight_label(label)
+        if name in seen:  # " spam" and "spam": one class, two weights
+            raise ValueError(f"class_weight: labels {seen[name]!r} and {label!r} are one label")
+        seen[name] = label
+
+
+def weight_label(key: object) -> str:
+    """A `class_weight` key spelled as the data loaders spell labels (labels.json): stripped,
+    NFC, 1.0 as "1". With str(key), the keys of np.unique(y) of a float label column (1.0) or
+    a padded " spam " named labels that no data has."""
+    from ..data.sources import label_to_str
+
+    if isinstance(key, np.generic):  # numpy / pandas scalars
+        key = key.item()
+    label, why = label_to_str(key)
+    if label is None:
+        raise ValueError(f"class_weight: label {key!r} {why or 'is missing or empty'}")
+    return label
 
 
 def class_weights(value: str | dict | None, labels: Sequence[int],
                   label_names: Sequence[str]) -> torch.Tensor | None:  # fmt: skip
     """One weight per label id for `value` (TrainConfig.class_weight), or None: "balanced"
     counts the training rows (windows of long texts under --long-text chunks, as the loss sees
-    them); a mapping's keys are labels as labels.json spells them."""
+    them); a mapping's keys are labels as labels.json spells them (`weight_label`)."""
     if value is None:
         return None
     k = len(label_names)
     if value == "balanced":
         counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k)
         return torch.tensor(len(labels) / (k * np.maximum(counts, 1)), dtype=torch.float32)
+    check_unknown_weight_labels(value, label_names)
     index = {str(name): i for i, name in enumerate(label_names)}
-    unknown = [key for key in value if str(key) not in index]
+    w = torch.ones(k)
+    for key, weight in value.items():
+        w[index[weight_label(key)]] = float(weight)
+    return w
+
+
+def check_unknown_weight_labels(value: str | dict | None, label_names: Sequence[str]) -> None:
+    """A ValueError naming the `class_weight` labels that are not in `label_names`."""
+    if not isinstance(value, dict):
+        return
+    index = {str(name) for name in label_names}
+    unknown = [key for key in value if weight_label(key) not in index]
     if unknown:
         raise ValueError(
             f"class_weight names labels the training data does not have: "
             f"{', '.join(map(repr, unknown))}; its labels: {', '.join(map(str, label_names))}"
         )
-    w = torch.ones(k)
-    for key, weight in value.items():
-        w[index[str(key)]] = float(weight)
-    return w
 
 
 @dataclass

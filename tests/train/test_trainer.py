@@ -813,6 +813,33 @@ def test_bad_class_weights_are_refused_with_the_option_named(value):
         TrainConfig(class_weight=value)
 
 
+def test_class_weight_labels_are_spelled_as_the_data_loaders_spell_labels():
+    # labels are stored stripped, in NFC, and 1.0 as "1" (a float label column): a mapping
+    # keyed by np.unique(y) of such a column, or by a typed " spam ", named labels "1.0" and
+    # " spam " that no data has, and fit failed with "names labels the training data does not
+    # have: '1.0'; its labels: 0, 1"
+    import numpy as np
+
+    from slimtext.train.trainer import class_weights
+
+    cw = {np.float64(1.0): 3.0, " spam ": 2, "A\u0308rger": 4, np.int64(7): 5}
+    cfg = TrainConfig(class_weight=cw)
+    assert cfg.class_weight == {"1": 3.0, "spam": 2.0, "\u00c4rger": 4.0, "7": 5.0}
+    w = class_weights(cw, [0, 1], ["0", "1", "spam", "\u00c4rger", "7"])
+    assert w.tolist() == [1.0, 3.0, 2.0, 4.0, 5.0]
+    with pytest.raises(ValueError, match=r"class_weight: label 1\.5 is a non-integral number"):
+        TrainConfig(class_weight={1.5: 2})
+
+
+def test_class_weights_may_be_numpy_numbers():
+    # the other number options take numpy's scalars; these were refused as not a number
+    import numpy as np
+
+    cfg = TrainConfig(class_weight={"a": np.float32(2.5), "b": np.int64(3)})
+    assert cfg.class_weight == {"a": 2.5, "b": 3.0}
+    assert all(type(v) is float for v in cfg.class_weight.values())
+
+
 def test_class_weights_move_the_loss_towards_the_weighted_class(encoded):
     # the same start, one step: a heavy weight on "money" lowers money rows' loss more
     from slimtext.data.batching import pad_batch
