@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
+
 ARCHS = ("transformer", "attention")
 EMBEDDINGS = ("bert", "bag")
 POOLINGS = ("cls", "mean")
@@ -59,8 +61,11 @@ class ModelConfig:
                           ("ffn_size", 1), ("attention_size", 0), ("ngram_buckets", 0),
                           ("pad_id", 0)):  # fmt: skip
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool):  # 32.0 would fail deep in torch
+            # 32.0 would fail deep in torch; numpy's ints (a scikit-learn grid) are kept as int
+            if not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_)):
                 raise ValueError(f"{name} must be a whole number, got {v!r}")
+            v = int(v)
+            setattr(self, name, v)
             if v < low:
                 raise ValueError(f"{name} must be >= {low}, got {v}")
         for name in ("share_layers", "gradient_checkpointing"):  # "yes" was taken as true
@@ -72,6 +77,7 @@ class ModelConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise ValueError(f"{name} must be a number, got {v!r}")
+            setattr(self, name, float(v))  # np.float32 is no JSON number
         if self.version != 1:  # the only shape of this record so far
             raise ValueError(f"version {self.version!r}: written by a newer slimtext; upgrade")
         if self.max_length > MAX_POSITIONS:  # 1e9 ended in a 128 GB allocation traceback

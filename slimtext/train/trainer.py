@@ -122,8 +122,12 @@ class TrainConfig:
         for name in whole:
             v = getattr(self, name)
             optional = name in ("max_steps", "patience", "threads", "tp_size")
-            if (v is not None or not optional) and (not isinstance(v, int) or isinstance(v, bool)):
+            if v is None and optional:
+                continue
+            # numbers.Integral: numpy's ints too (a scikit-learn grid over np.arange), kept as int
+            if not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_)):
                 raise ValueError(f"{name} must be a whole number, got {v!r}")
+            setattr(self, name, int(v))
         # A number given as text (PyYAML reads `lr: 1e-3` as the string "1e-3") or None failed
         # below as "'>' not supported between 'str' and 'int'", naming no option.
         for name in ("lr", "weight_decay", "warmup", "grad_clip", "label_smoothing",
@@ -131,6 +135,7 @@ class TrainConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise ValueError(f"{name} must be a number, got {v!r}")
+            setattr(self, name, float(v))  # np.float32 is no JSON number: config.json failed
         # "false" (a string) was taken as true: sparse_embeddings="false" turned them on
         for name in ("keep_best", "cpu_offload", "sparse_embeddings"):
             v = getattr(self, name)

@@ -862,3 +862,21 @@ def test_class_weights_move_the_loss_towards_the_weighted_class(encoded):
         fit(model, tr, None, cfg, label_names=LABELS, pad_id=0, progress=False)
         drops.append(before - money_loss())
     assert drops[1] > drops[0] + 0.05, drops
+
+
+def test_numpy_numbers_are_taken_and_kept_as_python_numbers():
+    # a scikit-learn grid over np.arange gave epochs=np.int64(2): "must be a whole number";
+    # np.float32 passed but config.json could not be written (no JSON number)
+    import numpy as np
+
+    from slimtext.models import ModelConfig
+
+    cfg = TrainConfig(epochs=np.int64(2), batch_size=np.int32(8), lr=np.float32(1e-3))
+    assert (type(cfg.epochs), type(cfg.batch_size), type(cfg.lr)) == (int, int, float)
+    json.dumps(cfg.to_dict())
+    mc = ModelConfig(vocab_size=np.int64(100), num_labels=2, hidden_size=np.int16(32),
+                     dropout=np.float32(0.25))  # fmt: skip
+    assert (type(mc.hidden_size), type(mc.dropout)) == (int, float)
+    json.dumps(mc.to_dict())
+    with pytest.raises(ValueError, match="epochs must be a whole number"):
+        TrainConfig(epochs=np.float64(2.0))
