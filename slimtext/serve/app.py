@@ -839,6 +839,7 @@ def create_app(
         return Response(text, media_type="application/json")
 
     @app.get("/v1/model", response_model=ModelInfo, dependencies=security, summary="Model info")
+    @app.head("/v1/model", dependencies=security, include_in_schema=False)
     async def model_info() -> ModelInfo:
         return ModelInfo(**info, limits=limits)
 
@@ -861,6 +862,7 @@ def create_app(
         return JSONResponse({"status": state["status"]}, status_code=503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.head("/metrics", include_in_schema=False)  # every GET resource answers HEAD (was 405)
     async def prometheus() -> Response:
         return Response(render_metrics(metrics), media_type=CONTENT_TYPE_LATEST)
 

@@ -119,9 +119,9 @@ def test_model_info_of_a_compressed_model_lists_its_compression_steps(
 def test_health_ready_docs_and_page(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready"}
-    for probe in ("/healthz", "/readyz"):  # as load balancers probe
+    for probe in ("/healthz", "/readyz", "/v1/model", "/metrics"):  # as load balancers probe
         r = client.head(probe)
-        assert r.status_code == 200 and r.content == b""
+        assert r.status_code == 200 and r.content == b"", probe
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     for name in ("ClassifyRequest", "ClassifyResponse", "ErrorResponse", "ModelInfo"):
@@ -451,6 +451,9 @@ def test_api_key_required_on_api_but_not_on_health(stub, client_for):
     good = {"Authorization": "Bearer s3cret"}
     assert c.post("/v1/classify", json=body, headers=good).status_code == 200
     assert c.get("/v1/model", headers=good).status_code == 200
+    for path in ("/v1/model", "/metrics"):  # HEAD is behind the key as GET is
+        assert c.head(path).status_code == 401
+        assert c.head(path, headers=good).status_code == 200
     for path in ("/healthz", "/readyz", "/"):
         assert c.get(path).status_code == 200
     # 401 comes before any parsing: a bad body without a key says nothing about the body
