@@ -591,7 +591,8 @@ def check_limits(
     if max_texts_per_request > max_queue:
         raise ValueError(
             f"max_texts_per_request ({max_texts_per_request}) must be <= max_queue ({max_queue}),"
-            " or a request of that size could never be admitted"
+            " or a request of that size could never be admitted (--max-texts-per-request, "
+            "--max-queue)"
         )
     if max_texts_per_request < 1 or max_text_chars < 1 or max_body_bytes < 1:
         raise ValueError("max_texts_per_request, max_text_chars and max_body_bytes must be >= 1")

@@ -129,7 +129,8 @@ def test_bad_settings_fail_before_uvicorn_starts_alike_for_any_worker_count(
     "flags, message",
     [
         (["--max-queue", "4", "--max-texts-per-request", "8"],
-         "error: max_texts_per_request (8) must be <= max_queue (4)"),
+         "error: max_texts_per_request (8) must be <= max_queue (4), or a request of that size "
+         "could never be admitted (--max-texts-per-request, --max-queue)"),
         (["--threads", "-1"], "error: threads must be >= 1, got -1"),
     ],
 )  # fmt: skip
