@@ -35,7 +35,14 @@ from ..data.batching import Batch
 from ..models import ModelConfig, build_model
 from ..tokenizer import pool_windows
 from ..train.evaluate import predict_logits
-from ..train.trainer import Encoded, TrainConfig, TrainResult, fit
+from ..train.trainer import (
+    Encoded,
+    TrainConfig,
+    TrainResult,
+    class_weights,
+    fit,
+    weighted_cross_entropy,
+)
 from ._util import record
 from .factorize import DropLayers, drop_layers_, every_other
 
@@ -261,9 +268,12 @@ def distillation_loss(
     soft: np.ndarray | torch.Tensor,
     config: Distillation,
     intermediate: IntermediateLoss | None = None,
+    weight: torch.Tensor | None = None,
 ):
     """`loss_fn(logits, batch)` for `fit`: rows of the cached teacher logits by `batch.index`,
-    plus the intermediate-layer terms when `intermediate` is given."""
+    plus the intermediate-layer terms when `intermediate` is given. `weight` (one per label id,
+    `class_weights`) weighs the label term as training does: a model trained with class
+    weights lost its rare classes when distilled or fine-tuned on the plain cross-entropy."""
     T, a = config.temperature, config.alpha
 
     def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -277,7 +287,7 @@ def distillation_loss(
         )  # fmt: skip
         loss = (1.0 - a) * T * T * kl
         if a > 0:
-            loss = loss + a * F.cross_entropy(logits, batch.labels)
+            loss = loss + a * weighted_cross_entropy(logits, batch.labels, weight)
         if intermediate is not None:
             loss = loss + intermediate(batch)
         return loss
@@ -454,6 +464,8 @@ def distill(
             config = replace(config, alpha=0.0)
         # fit wants labels; the teacher's argmax fills them, the loss ignores them (alpha=0).
         train = Encoded(train.ids, np.asarray(soft).argmax(-1).tolist())
+    # the label term as the teacher was trained (compress passes the model's TrainConfig)
+    weight = class_weights(train_config.class_weight, train.labels, label_names)
     inter = IntermediateLoss(teacher, student, config) if config.intermediate else None
     if inter is not None:
         # A submodule while training, so `fit`'s optimizer updates the projections.
@@ -461,7 +473,7 @@ def distill(
     try:
         result = fit(
             student, train, valid, train_config, label_names=label_names, pad_id=pad_id,
-            loss_fn=distillation_loss(soft, config, inter), progress=progress,
+            loss_fn=distillation_loss(soft, config, inter, weight), progress=progress,
         )  # fmt: skip
     finally:
         if inter is not None:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..models import ModelConfig
-from ..train.trainer import Encoded, TrainConfig
+from ..train.trainer import Encoded, TrainConfig, class_weights
 from ._util import calibration_batches, record
 from .distill import (
     Distillation,
@@ -470,10 +470,18 @@ def compress(
         )
         return r
 
+    def soft_loss():
+        """The loss of a step that trains after a distill step: the teacher's soft labels and
+        the labels, these weighted as the model was trained (`fit`'s own loss otherwise)."""
+        if soft is None:
+            return None
+        weight = class_weights(base_cfg.class_weight, train.labels, labels)
+        return distillation_loss(soft, Distillation(alpha=0.5), weight=weight)
+
     def finetune(model, epochs) -> None:
         if not epochs:
             return
-        loss = distillation_loss(soft, Distillation(alpha=0.5)) if soft is not None else None
+        loss = soft_loss()
         cfg = replace(base_cfg, epochs=int(epochs), max_steps=None)
         from ..train.trainer import fit
 
@@ -558,11 +566,7 @@ def compress(
                     cfg = MagnitudePruning(float(amount), int(o.get("steps", 3)))
                 epochs = int(o.get("finetune", 1))
                 if epochs:
-                    loss = (
-                        distillation_loss(soft, Distillation(alpha=0.5))
-                        if soft is not None
-                        else None
-                    )
+                    loss = soft_loss()
                     records.append(prune_finetune(
                         model, cfg, train, val, replace(base_cfg, epochs=epochs, max_steps=None),
                         label_names=labels, pad_id=pad, loss_fn=loss, progress=progress,
@@ -587,11 +591,7 @@ def compress(
                 if method == "int4-weight" and "group" in o:
                     kw["group_size"] = int(o["group"])
                 if int(o.get("qat", 0)):
-                    loss = (
-                        distillation_loss(soft, Distillation(alpha=0.5))
-                        if soft is not None
-                        else None
-                    )
+                    loss = soft_loss()
                     _, rec = qat_(
                         model, QAT(method, embeddings=kw["embeddings"]), train, val,
                         replace(base_cfg, epochs=int(o["qat"]), max_steps=None),

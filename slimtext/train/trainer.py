@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batching import Batch, bucketed_batches, global_batches, pad_batch
+from ..data.sources import label_to_str
 from ..fileio import IntegrityError, atomic_write_text
 from ..progress import progress_bar
 from ..tokenizer import check_long_text, row_lengths
@@ -238,8 +239,6 @@ def weight_label(key: object) -> str:
     """A `class_weight` key spelled as the data loaders spell labels (labels.json): stripped,
     NFC, 1.0 as "1". With str(key), the keys of np.unique(y) of a float label column (1.0) or
     a padded " spam " named labels that no data has."""
-    from ..data.sources import label_to_str
-
     if isinstance(key, np.generic):  # numpy / pandas scalars
         key = key.item()
     label, why = label_to_str(key)
@@ -278,6 +277,21 @@ def check_unknown_weight_labels(value: str | dict | None, label_names: Sequence[
             f"class_weight names labels the training data does not have: "
             f"{', '.join(map(repr, unknown))}; its labels: {', '.join(map(str, label_names))}"
         )
+
+
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                           weight: torch.Tensor | None = None,
+                           label_smoothing: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """The cross-entropy, each row's loss weighted by its label's `weight` (one per label id,
+    from `class_weights`; None: unweighted)."""
+    if weight is None:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    # The mean over rows of each row's weighted loss, not torch's weighted mean (which divides
+    # by the batch's weight sum): a row then counts the same whichever batch, micro-batch or
+    # rank it lands in, so accumulation and DDP still give one process's gradient; "balanced"
+    # weights average 1 over the data, so the lr means the same.
+    ce = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    return (ce * weight.to(ce.device)[labels]).mean()
 
 
 @dataclass
@@ -805,16 +819,7 @@ def fit(
             weight = weight.to(device)
 
         def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-            if weight is None:
-                return F.cross_entropy(logits, batch.labels, label_smoothing=cfg.label_smoothing)
-            # The mean over rows of each row's weighted loss, not torch's weighted mean (which
-            # divides by the batch's weight sum): a row then counts the same whichever batch,
-            # micro-batch or rank it lands in, so accumulation and DDP still give one process's
-            # gradient; "balanced" weights average 1 over the data, so the lr means the same.
-            ce = F.cross_entropy(
-                logits, batch.labels, reduction="none", label_smoothing=cfg.label_smoothing
-            )
-            return (ce * weight[batch.labels]).mean()
+            return weighted_cross_entropy(logits, batch.labels, weight, cfg.label_smoothing)
 
     result = TrainResult(precision=precision, device=str(device), threads=torch.get_num_threads())
     window: list | None = None  # [loss sum, rows] of a resumed run's unlogged steps

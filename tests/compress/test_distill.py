@@ -169,3 +169,17 @@ def test_intermediate_losses_of_a_cls_pooled_model_compare_the_states_it_compute
     distill(t, make_student(t, num_layers=1), data, None, TrainConfig(epochs=1, batch_size=8),
             Distillation(hidden=1.0, attention=1.0), label_names=teacher.labels,
             pad_id=teacher.tokenizer.pad_id)  # fmt: skip
+
+
+def test_the_label_term_weighs_each_row_by_its_class_as_training_does():
+    from slimtext.train.trainer import weighted_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(4, 3)
+    b = pad_batch([[1, 2]] * 4, [0, 1, 2, 3], 0, [0, 1, 2, 0])
+    soft = logits.numpy().copy()
+    weight = torch.tensor([1.0, 4.0, 0.5])
+    loss = distillation_loss(soft, Distillation(alpha=1.0), weight=weight)(logits, b)
+    rows = F.cross_entropy(logits, b.labels, reduction="none") * weight[b.labels]
+    torch.testing.assert_close(loss, rows.mean())
+    torch.testing.assert_close(loss, weighted_cross_entropy(logits, b.labels, weight))

@@ -408,3 +408,42 @@ def test_steps_after_a_distill_step_may_train_a_student_of_an_earlier_sparse_mod
     with pytest.raises(ValueError, match="cannot follow 'sparsity:amount=0.5'"):
         check_recipe(parse_recipe("distill:layers=1,sparsity:0.5,finetune"), cfg,
                      own_teacher=True, done=done)  # fmt: skip
+
+
+def test_a_class_weighted_model_is_distilled_and_fine_tuned_with_its_class_weights(
+    make_toy, tmp_path, monkeypatch
+):
+    # compress trains on with the model's recorded recipe, but the label term of distillation
+    # (and of the steps after it) was the plain cross-entropy: a student of a model trained
+    # with --class-weight balanced on 3,000 + 3 x ~120 AG News rows predicted the big class
+    # only (rare-class recall 0.26-0.40 -> 0, macro-F1 0.47 -> 0.20).
+    import importlib
+
+    import torch
+
+    from slimtext.api import TextClassifier
+
+    # (`slimtext.compress.distill` is also the package's function of that name)
+    distill_mod = importlib.import_module("slimtext.compress.distill")
+
+    clf = TextClassifier(
+        model="transformer", vocab_size=400, hidden_size=32, num_layers=2, num_heads=2,
+        ffn_size=64, max_length=32, epochs=1, batch_size=16, verbose=False, threads=1,
+        class_weight={"sport": 3.0},
+    ).fit(make_toy(10, seed=80))  # fmt: skip
+    clf.save(tmp_path / "weighted")
+    weights = []
+    real = distill_mod.distillation_loss
+
+    def spy(*args, **kwargs):
+        weights.append(kwargs.get("weight", args[3] if len(args) > 3 else None))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(distill_mod, "distillation_loss", spy)
+    monkeypatch.setattr(recipe_mod, "distillation_loss", spy)
+    compress(tmp_path / "weighted", make_toy(10, seed=81), tmp_path / "out",
+             recipe="distill:layers=1,prune:ffn=0.5", **FAST)  # fmt: skip
+    expected = torch.tensor([3.0 if lab == "sport" else 1.0 for lab in clf.classes_])
+    assert len(weights) == 2  # the distill step and the prune step's fine-tuning
+    for w in weights:
+        assert w is not None and torch.equal(w, expected)

@@ -805,9 +805,25 @@ def test_balanced_class_weights_give_every_class_the_same_total_and_average_one(
         class_weights({"zz": 2}, labels, ["a", "1", "c"])
 
 
+def test_class_weights_read_numpy_numbers_and_labels_as_the_data_spells_them():
+    # A mapping built with numpy (np.bincount, scikit-learn's compute_class_weight over the
+    # float labels of a pandas column with gaps) was refused: "the weight of label 1 must be a
+    # positive number, got np.int64(3)", and the key 1.0 was "a label the data does not have".
+    from slimtext.train.trainer import class_weights
+
+    cfg = TrainConfig(class_weight={np.float64(1.0): np.int64(3), " a ": np.float32(0.5)})
+    assert cfg.class_weight == {"1": 3.0, "a": 0.5}
+    w = class_weights({1.0: 2, np.int64(2): 4}, [0, 1, 2], ["0", "1", "2"])
+    assert w.tolist() == [1.0, 2.0, 4.0]
+    with pytest.raises(ValueError, match="are one label"):
+        TrainConfig(class_weight={1: 2.0, "1": 3.0})
+
+
 @pytest.mark.parametrize(
-    "value", ["heavy", {}, {"a": 0}, {"a": -1.0}, {"a": float("nan")}, {"a": True}, ["a"]]
-)
+    "value",
+    ["heavy", {}, {"a": 0}, {"a": -1.0}, {"a": float("nan")}, {"a": True}, {"a": np.True_},
+     ["a"]],
+)  # fmt: skip
 def test_bad_class_weights_are_refused_with_the_option_named(value):
     with pytest.raises(ValueError, match="class_weight"):
         TrainConfig(class_weight=value)
