@@ -30,7 +30,7 @@ from tokenizers import Tokenizer
 from .artifact import ModelDir, read_model_dir, save_model_dir, weights_state
 from .data import DataError, TextDataset, check_labels_seen, load_data, stratified_split
 from .data.dataset import check_texts
-from .data.sources import label_to_str
+from .data.sources import label_to_str, read_label
 from .fileio import atomic_write_text
 from .infer import Predictor
 from .metrics import classification_report
@@ -118,12 +118,7 @@ def as_dataset(data: Data, **load_kwargs) -> TextDataset:
 def _label(i: int, y) -> str:
     """Label `i` as the file loaders read labels: integers (3.0 too, as pandas gives integer
     columns with gaps) become their digits; None, NaN, "", booleans and others are refused."""
-    if isinstance(y, np.generic):  # numpy / pandas scalars
-        y = y.item()
-    label, why = label_to_str(y)
-    if label is None:
-        raise DataError(f"label {i} {why or 'is missing or empty'}")
-    return label
+    return read_label(y, f"label {i}")
 
 
 class NotFittedError(RuntimeError, AttributeError):

@@ -258,6 +258,17 @@ def label_to_str(value: Any) -> tuple[str | None, str | None]:
     return None, f"is {type(value).__name__} {_short(value)}, expected a string or integer"
 
 
+def read_label(value: Any, what: str) -> str:
+    """`value` spelled as the loaders spell labels (numpy and pandas scalars too), or a
+    DataError naming `what`: labels given in memory and class_weight keys are read alike."""
+    if hasattr(value, "item") and type(value).__module__ == "numpy":  # np.int64(1), np.str_
+        value = value.item()
+    label, why = label_to_str(value)
+    if label is None:
+        raise DataError(f"{what} {why or 'is missing or empty'}")
+    return label
+
+
 def _resolve_columns(
     columns: Sequence[str], where: str, opts: _Options, per_record: bool = False
 ) -> tuple[list[str], str | None]:

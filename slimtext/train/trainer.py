@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data.batching import Batch, bucketed_batches, global_batches, pad_batch
-from ..data.sources import label_to_str
+from ..data.sources import read_label
 from ..fileio import IntegrityError, atomic_write_text
 from ..progress import progress_bar
 from ..tokenizer import check_long_text, row_lengths
@@ -239,12 +239,7 @@ def weight_label(key: object) -> str:
     """A `class_weight` key spelled as the data loaders spell labels (labels.json): stripped,
     NFC, 1.0 as "1". With str(key), the keys of np.unique(y) of a float label column (1.0) or
     a padded " spam " named labels that no data has."""
-    if isinstance(key, np.generic):  # numpy / pandas scalars
-        key = key.item()
-    label, why = label_to_str(key)
-    if label is None:
-        raise ValueError(f"class_weight: label {key!r} {why or 'is missing or empty'}")
-    return label
+    return read_label(key, f"class_weight: label {key!r}")
 
 
 def class_weights(value: str | dict | None, labels: Sequence[int],
