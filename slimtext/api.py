@@ -13,6 +13,7 @@ head is loaded (DistilBERT's pooler is new too).
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 import warnings
@@ -147,10 +148,13 @@ class TextClassifier:
             )
         if model not in ("transformer", "attention"):
             raise ValueError(f"model must be 'transformer' or 'attention', got {model!r}")
-        if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 16:
+        # numbers.*: numpy's too (a scikit-learn grid over np.arange), as the training options
+        # take them; kept as given (clone checks that), made Python numbers where they are saved
+        if (not isinstance(vocab_size, numbers.Integral) or isinstance(vocab_size, bool)
+                or vocab_size < 16):  # fmt: skip
             raise ValueError(f"vocab_size must be a whole number >= 16, got {vocab_size!r}")
         if isinstance(valid_fraction, bool) or not (
-            isinstance(valid_fraction, (int, float)) and 0 <= valid_fraction < 1
+            isinstance(valid_fraction, numbers.Real) and 0 <= valid_fraction < 1
         ):
             raise ValueError(
                 f"valid_fraction must be in [0, 1) (0: no validation split, the last weights are "
@@ -202,7 +206,7 @@ class TextClassifier:
             if self.verbose:  # a minute or more on a million texts: say what the wait is
                 print(f"tokenizer: learning a {self.vocab_size:,}-token {self.tokenizer} "
                       f"vocabulary from {len(texts):,} texts", file=sys.stderr)  # fmt: skip
-            tok = train_tokenizer(texts, vocab_size=self.vocab_size, kind=self.tokenizer,
+            tok = train_tokenizer(texts, vocab_size=int(self.vocab_size), kind=self.tokenizer,
                                   progress=progress)  # fmt: skip
             if self.verbose and tok.vocab_size != self.vocab_size:  # config.json shows both
                 print(f"tokenizer: {tok.vocab_size:,} tokens learned (the texts hold fewer "
@@ -275,7 +279,9 @@ class TextClassifier:
                                  "(valid_fraction=)")  # fmt: skip
             valid_ds = TextDataset([], [], source="<no validation split>")
         elif valid is None:
-            train_ds, valid_ds = stratified_split(train_ds, self.valid_fraction, seed=cfg.seed)
+            train_ds, valid_ds = stratified_split(
+                train_ds, float(self.valid_fraction), seed=cfg.seed
+            )
         else:
             valid_ds = as_dataset(valid)
             if valid_ds.labels is None:  # else no keep-best, no early stopping, and no word
@@ -386,7 +392,7 @@ class TextClassifier:
             # ignored without a word
             resume_key={"init": str(self.init)}
             if self.init is not None
-            else {"tokenizer": str(self.tokenizer), "vocab_size": self.vocab_size},
+            else {"tokenizer": str(self.tokenizer), "vocab_size": int(self.vocab_size)},
         )
         if ctx.distributed:
             # Gather the (possibly sharded) weights into one plain model on rank 0.
@@ -412,7 +418,7 @@ class TextClassifier:
         metrics["training"]["data"] = {
             "train": {"source": str(train_ds.source), "rows": len(train_ds)},
             "valid": {"source": str(valid_ds.source), "rows": len(valid_ds),
-                      **({"held_out_fraction": self.valid_fraction} if held_out else {})},
+                      **({"held_out_fraction": float(self.valid_fraction)} if held_out else {})},
         }  # fmt: skip
         if result.best and not cfg.keep_best:
             # the last weights are the ones kept: their figures, not the best epoch's
@@ -582,8 +588,8 @@ class TextClassifier:
         init, tokenizer = fitted["init"], fitted["tokenizer"]
         learnt = init is None and is_learnt_kind(tokenizer)
         vocab = fitted["vocab_size"] if learnt else self._check_fitted().model_dir.config.vocab_size
-        d.update(tokenizer=str(tokenizer), vocab_size=vocab,
-                 valid_fraction=fitted["valid_fraction"])  # fmt: skip
+        d.update(tokenizer=str(tokenizer), vocab_size=int(vocab),
+                 valid_fraction=float(fitted["valid_fraction"]))  # fmt: skip
         if init is not None:
             from .pretrain import init_source
 

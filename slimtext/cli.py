@@ -162,9 +162,9 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
         if any(isinstance(x, bool) for x in values) and not getattr(p, "is_bool_flag", False):
             raise typer.BadParameter(f"{value}: key {k!r}: {v!r} is a yes/no value")
         try:
-            _coerce(p, ctx, v)
+            coerced = _coerce(p, ctx, v)
             if p.name == "class_weight":  # its callback's checks, said with this file and key
-                _class_weight(v)
+                _class_weight(coerced)  # (as text: `class_weight: 3` is "3", as --class-weight 3)
         except Exception as e:  # click's, or typer's own BadParameter (typer >= 0.29)
             raise typer.BadParameter(f"{value}: key {k!r}: {getattr(e, 'message', e)}") from None
         if keys[str(k)] in negated and v is not None:  # `no-json: true` is `json: false`
@@ -205,14 +205,27 @@ def _yaml_class_weight(mapping: dict, where: str) -> str:
     """A YAML `class_weight` mapping as the JSON text the option takes. YAML reads an unquoted
     yes/no/on/off/true/false as a boolean and ~ or null as None: json.dumps made them the
     labels "true" and "null", refused only after the tokenizer was learnt, under a name nobody
-    wrote. Which spelling it was is lost, so the label must be quoted."""
-    for key in mapping:
+    wrote. Which spelling it was is lost, so the label must be quoted. A number key is spelled
+    as the data loaders spell labels (`1.0:` is "1", not "1.0"), and two keys of one label
+    (`1:` and `'1':`) are refused: JSON kept the last one's weight without a word."""
+    from .train.trainer import weight_label
+
+    out: dict[str, object] = {}
+    seen: dict[str, object] = {}  # each label's key as written
+    for key, weight in mapping.items():
         if key is None or isinstance(key, bool):
             raise typer.BadParameter(
                 f"{where}: label {key!r} is YAML's reading of an unquoted yes/no/on/off/true/"
                 "false or ~/null: quote it ('yes': 3)"
             )
-    return json.dumps(mapping)
+        try:
+            name = key if isinstance(key, str) else weight_label(key)
+        except ValueError as e:  # 1.5: no data file has such a label
+            raise typer.BadParameter(f"{where}: {e}") from None
+        if name in out:
+            raise typer.BadParameter(f"{where}: labels {seen[name]!r} and {key!r} are one label")
+        out[name], seen[name] = weight, key
+    return json.dumps(out)
 
 
 def _class_weight(value: str | dict | None) -> str | dict | None:

@@ -206,6 +206,24 @@ def test_a_loaded_classifier_refits_the_saved_recipe(toy_data, tmp_path):
     assert again.valid_fraction == 0.2 and again.params["max_steps"] == 2
 
 
+def test_numpy_numbers_from_a_grid_fit_and_save(toy_data, tmp_path):
+    # A scikit-learn grid over np.arange / np.linspace gives numpy scalars: vocab_size=
+    # np.int64(300) and valid_fraction=np.float32(0.2) were refused by the constructor (the
+    # training options took them), and config.json could not have held them.
+    kw = dict(model="attention", vocab_size=np.int64(300), valid_fraction=np.float32(0.25),
+              seed=np.int64(1), max_length=16, max_steps=1, verbose=False)  # fmt: skip
+    clf = TextClassifier(**kw)
+    assert clf.get_params()["vocab_size"] is kw["vocab_size"]  # as given: scikit-learn's clone
+    clf.fit(toy_data).save(tmp_path / "m")
+    train = json.loads((tmp_path / "m" / "config.json").read_text())["train"]
+    assert (train["vocab_size"], train["valid_fraction"], train["seed"]) == (300, 0.25, 1)
+    again = TextClassifier.load(tmp_path / "m")
+    assert (again.vocab_size, again.valid_fraction) == (300, 0.25)
+    for bad in (dict(vocab_size=np.float64(300.0)), dict(valid_fraction=np.float64(1.0))):
+        with pytest.raises(ValueError, match="vocab_size|valid_fraction"):
+            TextClassifier(**bad)
+
+
 def test_dir_lists_the_lazy_names():
     assert {"TextClassifier", "Predictor", "load"} <= set(dir(slimtext))
 

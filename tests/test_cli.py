@@ -955,7 +955,12 @@ def test_bad_class_weights_fail_before_the_data_is_read(tmp_path, value, said):
      # YAML reads yes/no/on/off as true/false: the label "yes" became "true", and training
      # failed after the tokenizer was learnt, naming a label 'true' nobody wrote
      ("class_weight:\n  yes: 3\n  no: 1\n", "quote it"),
-     ("class_weight:\n  ~: 3\n", "quote it")],
+     ("class_weight:\n  ~: 3\n", "quote it"),
+     # a number: "'int' object has no attribute 'strip'"
+     ("class_weight: 3\n", "expected balanced"),
+     # two spellings of one label: JSON kept the last one's weight, without a word
+     ("class_weight:\n  1: 2\n  '1': 3\n", "are one label"),
+     ("class_weight:\n  1.5: 2\n", "non-integral")],
 )  # fmt: skip
 def test_bad_class_weights_in_a_yaml_file_name_the_file_and_key(tmp_path, yaml, said):
     (tmp_path / "c.yaml").write_text(yaml)
@@ -964,6 +969,15 @@ def test_bad_class_weights_in_a_yaml_file_name_the_file_and_key(tmp_path, yaml, 
                        env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})  # fmt: skip
     assert r.exit_code == 2 and said in r.output, r.output
     assert "c.yaml" in r.output and "'class_weight'" in r.output, r.output
+
+
+def test_a_yaml_class_weight_key_is_read_as_the_data_loaders_read_labels():
+    # `1.0:` in YAML is a float key: it became the label "1.0", which a data file's label 1.0
+    # (read as "1") is not; the Python API read it as "1"
+    from slimtext.cli import _yaml_class_weight
+
+    assert json.loads(_yaml_class_weight({1.0: 2, 2: 0.5, "spam": 3}, "c.yaml")) == {
+        "1": 2, "2": 0.5, "spam": 3}  # fmt: skip
 
 
 def test_a_class_weight_the_data_lacks_names_the_labels(tmp_path, data_files):

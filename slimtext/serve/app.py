@@ -882,7 +882,9 @@ def create_app(
     app.add_middleware(Guard, api_key=api_key, max_body_bytes=max_body_bytes, metrics=metrics)
     if cors_origins:  # off by default; added last so it is outermost and answers preflights
         app.add_middleware(
-            _CORS, allow_origins=list(cors_origins), allow_methods=["GET", "POST"],
+            # HEAD: the routes that answer it (/v1/model, /metrics behind the key) refused its
+            # preflight, so a page of another origin could not probe them with the key
+            _CORS, allow_origins=list(cors_origins), allow_methods=["GET", "HEAD", "POST"],
             allow_headers=["Authorization", "Content-Type"],
             # a page of another origin must read how long to wait after a 503 (browsers hide
             # every response header outside a short safe list unless it is exposed)

@@ -117,9 +117,10 @@ class TrainConfig:
             raise ValueError(f"metric must be accuracy, macro_f1 or loss, not {self.metric!r}")
         # Values the loop would misread instead of rejecting: a negative checkpoint_every still
         # checkpoints (Python's %), epochs=1.5 runs a partial epoch, log_every=0 divides by 0.
+        # seed too: np.int64 from a grid over np.arange(3) was refused, as a whole number
         whole = ("epochs", "batch_size", "eval_batch_size", "grad_accum", "max_length",
                  "log_every", "bucket_batches", "keep_checkpoints", "checkpoint_every",
-                 "microbatches", "max_steps", "patience", "threads", "tp_size")  # fmt: skip
+                 "microbatches", "max_steps", "patience", "threads", "tp_size", "seed")  # fmt: skip
         for name in whole:
             v = getattr(self, name)
             optional = name in ("max_steps", "patience", "threads", "tp_size")

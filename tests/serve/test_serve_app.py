@@ -485,6 +485,11 @@ def test_cors_is_off_by_default_and_can_be_enabled(stub, client_for):
     assert resp.headers["content-type"] == "application/json" and err
     ok = {**pre, "Origin": "http://example.com"}
     assert c.options("/v1/classify", headers=ok).status_code == 200
+    # HEAD with the API key from another origin (a status widget probing /v1/model): its
+    # preflight was refused ("Disallowed CORS method"), so the browser never sent it
+    head = {**ok, "Access-Control-Request-Method": "HEAD",
+            "Access-Control-Request-Headers": "authorization"}  # fmt: skip
+    assert c.options("/v1/model", headers=head).status_code == 200
 
 
 def test_api_key_read_with_a_trailing_newline_still_authenticates(stub, client_for, monkeypatch):

@@ -896,3 +896,15 @@ def test_numpy_numbers_are_taken_and_kept_as_python_numbers():
     json.dumps(mc.to_dict())
     with pytest.raises(ValueError, match="epochs must be a whole number"):
         TrainConfig(epochs=np.float64(2.0))
+
+
+def test_a_numpy_seed_is_taken_as_the_other_whole_numbers_are():
+    # a scikit-learn grid over seeds (np.arange(3)) gave seed=np.int64(0): "seed must be a
+    # whole number below 2**63", though epochs=np.int64(2) was taken
+    cfg = TrainConfig(seed=np.int64(3))
+    assert type(cfg.seed) is int and cfg.seed == 3
+    json.dumps(cfg.to_dict())
+    with pytest.raises(ValueError, match="seed must be a whole number"):
+        TrainConfig(seed=np.float64(3.0))
+    with pytest.raises(ValueError, match=r"seed must be a whole number below 2\*\*63"):
+        TrainConfig(seed=np.uint64(2**63))
