@@ -183,7 +183,8 @@ class TextClassifier:
         self, tok: TextTokenizer | None, num_labels: int, max_length: int
     ) -> ModelConfig:
         """The ModelConfig of these parameters (`tok` None: the vocabulary asked for)."""
-        kw = {k: v for k, v in self._params().items() if k in _MODEL_KEYS}
+        # None is "not given", as the family check reads it: pooling=None failed in ModelConfig
+        kw = {k: v for k, v in self._params().items() if k in _MODEL_KEYS and v is not None}
         _check_family(self.model, self.params, warn=False)  # set_params may have changed them
         kw["max_length"] = max_length
         vocab, pad = (tok.vocab_size, tok.pad_id) if tok is not None else (self.vocab_size, 0)

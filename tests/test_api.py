@@ -56,7 +56,16 @@ def test_an_option_of_the_other_model_family_is_refused_not_ignored():
     with pytest.raises(ValueError, match="pooling does not apply"):  # set_params, then fit
         clf.set_params(pooling="cls").fit((["a b", "c d"] * 4, ["x", "y"] * 4))
     TextClassifier(model="transformer", pooling="cls")  # each its own family's: accepted
-    TextClassifier(model="attention", pooling=None)  # None: not given
+    # None: not given, also when fitting (ModelConfig refused pooling=None)
+    kw = dict(vocab_size=300, max_steps=1, max_length=16, verbose=False)
+    fitted = TextClassifier(model="attention", pooling=None, **kw).fit(
+        (["a b", "c d"] * 4, ["x", "y"] * 4)
+    )
+    assert fitted.model_dir_.config.pooling == "mean"  # the default, as if not given
+    tiny = dict(hidden_size=16, num_layers=1, num_heads=2, ffn_size=32)
+    TextClassifier(model="transformer", attention_size=None, **tiny, **kw).fit(
+        (["a b", "c d"] * 4, ["x", "y"] * 4)
+    )
 
 
 def test_using_an_unfitted_classifier_says_so():
