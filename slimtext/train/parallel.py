@@ -254,6 +254,14 @@ class PipelineModel(nn.Module):
             raise DistributedError(f"--pp-schedule must be gpipe or 1f1b, not {schedule!r}")
         if microbatches < 1:
             raise DistributedError(f"--microbatches must be >= 1, got {microbatches}")
+        if schedule == "1f1b" and microbatches < n:
+            # torch's Schedule1F1B refuses it (when the first batch builds the schedule) in
+            # words that name neither option.
+            raise DistributedError(
+                f"--pp-schedule 1f1b needs at least one micro-batch per pipeline stage: "
+                f"--microbatches {microbatches} on {n} stages (ranks); give --microbatches {n} "
+                "or more, or --pp-schedule gpipe"
+            )
         self.module = model
         self.ctx = ctx
         self.microbatches = microbatches

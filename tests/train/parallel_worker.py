@@ -152,9 +152,17 @@ def case_misconfig(ctx) -> dict:
         wrap_model(tiny(), replace(ctx, strategy="tp"), "fp32", tp_size=1)
     except DistributedError as e:
         errors["tp1"] = str(e)
+    # 1F1B needs a micro-batch per stage: torch refused M < stages at the first batch, naming
+    # neither option; GPipe takes any M.
+    try:
+        wrap_model(tiny(), replace(ctx, strategy="pp"), "fp32", microbatches=1, pp_schedule="1f1b")
+    except DistributedError as e:
+        errors["pp_1f1b"] = str(e)
+    wrap_model(tiny(), replace(ctx, strategy="pp"), "fp32", microbatches=1, pp_schedule="gpipe")
     assert "num_heads=1" in errors.get("tp", "") and "tp size 2" in errors["tp"], errors
     assert "use --strategy fsdp" in errors.get("tp1", ""), errors
     assert "only 1 layers" in errors.get("pp", ""), errors
+    assert "--microbatches 2 or more" in errors.get("pp_1f1b", ""), errors
     return errors
 
 

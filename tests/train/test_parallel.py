@@ -46,6 +46,7 @@ def test_sharded_forward_backward_equal_the_whole_model_and_misconfig_is_clear(t
     for pooling in ("mean", "cls") if PP_OK else ():
         assert r["pp_parity"][pooling]["loss"] < 1e-5 and r["pp_parity"][pooling]["grads"] < 1e-5
     assert "num_heads=1" in r["misconfig"]["tp"] and "only 1 layers" in r["misconfig"]["pp"]
+    assert "--pp-schedule gpipe" in r["misconfig"]["pp_1f1b"]  # 1 micro-batch, 2 stages
 
 
 def test_short_tp_and_pp_runs_train_the_single_process_weights(tmp_path):
