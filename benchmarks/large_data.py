@@ -12,6 +12,8 @@ file. Peak memory is the child's own maximum resident set (`os.wait4`), wall tim
 `--kind long` (session 22): `--rows` IMDB training reviews, each pasted ten times (~13 kB a
 row), trained and evaluated with `--long-text chunks`: memory per character, not per row.
 `--kind parquet`: the `news` rows written as one Parquet file (pyarrow).
+`--kind onebig` (session 23): `--rows` IMDB reviews plus one row holding 5 MB of them joined
+(a book pasted into one cell), with `--long-text chunks`: the cost of a single huge text.
 """
 
 from __future__ import annotations
@@ -58,6 +60,20 @@ def make_long(path: Path, rows: int, data_root: str) -> None:
             f.write(json.dumps({"text": " ".join([r["text"]] * 10), "label": r["label"]}) + "\n")
 
 
+def make_onebig(path: Path, rows: int, data_root: str) -> None:
+    train, _ = dataset_paths(data_root, "imdb")
+    with gzip.open(train, "rt", encoding="utf-8") as f:
+        base = [json.loads(line) for line in f]
+    base = random.Random(0).sample(base, min(rows, len(base)))
+    big = " ".join(r["text"] for r in base)
+    while len(big) < 5_000_000:
+        big += " " + big
+    with open(path, "w", encoding="utf-8") as f:
+        for r in base:
+            f.write(json.dumps({"text": r["text"], "label": r["label"]}) + "\n")
+        f.write(json.dumps({"text": big[:5_000_000], "label": base[0]["label"]}) + "\n")
+
+
 def to_parquet(src: Path, dst: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -91,14 +107,14 @@ def main() -> None:
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "datasets"))
     ap.add_argument("--code", default=str(REPO), help="checkout whose slimtext is measured")
     ap.add_argument("--out", default=str(REPO / "bench-out" / "large_data.json"))
-    ap.add_argument("--kind", choices=("news", "long", "parquet"), default="news")
+    ap.add_argument("--kind", choices=("news", "long", "parquet", "onebig"), default="news")
     args = ap.parse_args()
     code = Path(args.code).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         data, model = Path(tmp) / "big.jsonl", Path(tmp) / "model"
         extra = []
-        if args.kind == "long":
-            make_long(data, args.rows, args.data_root)
+        if args.kind in ("long", "onebig"):
+            (make_long if args.kind == "long" else make_onebig)(data, args.rows, args.data_root)
             extra = ["--long-text", "chunks"]
         else:
             make_data(data, args.rows, args.data_root)

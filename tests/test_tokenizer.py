@@ -486,3 +486,27 @@ def test_full_width_and_compatibility_forms_read_as_the_plain_text(kind):
         ["error 404 file", "ｅｒｒｏｒ\u3000４０４ ﬁle", "error 404 \ufb01le"], 16
     )
     assert wide == plain and lig == plain
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece"])
+def test_a_huge_text_is_learnt_from_in_pieces_to_the_same_vocabulary(monkeypatch, kind):
+    # the trainer held one 5 MB text whole (~270 MiB): it gets pieces cut before a word's
+    # space, whose words are the same, so the vocabulary is the same
+    import slimtext.tokenizer as T
+
+    texts = ["short text about a goal", "the match ended in a draw " * 300, "tax rates rose"]
+    whole = train_tokenizer(texts, vocab_size=300, kind=kind).backend.get_vocab()
+    monkeypatch.setattr(T, "_PIECE_CHARS", 500)
+    seen: list[int] = []
+    real = T.Tokenizer.train_from_iterator
+
+    def spy(self, iterator, *a, **k):
+        return real(self, (seen.append(len(t)) or t for t in iterator), *a, **k)
+
+    monkeypatch.setattr(T.Tokenizer, "train_from_iterator", spy)
+    pieces = train_tokenizer(texts, vocab_size=300, kind=kind).backend.get_vocab()
+    assert max(seen) <= 500 and len(seen) > 3
+    if kind == "bpe":  # deterministic: the same ids too
+        assert pieces == whole
+    else:  # WordPiece numbers its vocabulary in hash-map order (tokenizers#1794)
+        assert set(pieces) == set(whole)
