@@ -34,15 +34,8 @@ from torch import nn
 from ..data.batching import Batch
 from ..models import ModelConfig, build_model
 from ..tokenizer import pool_windows
-from ..train.evaluate import predict_logits
-from ..train.trainer import (
-    Encoded,
-    TrainConfig,
-    TrainResult,
-    class_weights,
-    fit,
-    weighted_cross_entropy,
-)
+from ..train.evaluate import predict_logits, weighted_cross_entropy
+from ..train.trainer import Encoded, TrainConfig, TrainResult, class_weights, fit
 from ._util import record
 from .factorize import DropLayers, drop_layers_, every_other
 

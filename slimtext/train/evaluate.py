@@ -6,6 +6,7 @@ import itertools
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.batching import length_sorted_batches, pad_batch
@@ -54,6 +55,21 @@ def predict_logits(
     return out
 
 
+def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                           weight: torch.Tensor | None = None,
+                           label_smoothing: float = 0.0) -> torch.Tensor:  # fmt: skip
+    """The cross-entropy, each row's loss weighted by its label's `weight` (one per label id,
+    from `class_weights`; None: unweighted)."""
+    if weight is None:
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    # The mean over rows of each row's weighted loss, not torch's weighted mean (which divides
+    # by the batch's weight sum): a row then counts the same whichever batch, micro-batch or
+    # rank it lands in, so accumulation and DDP still give one process's gradient; "balanced"
+    # weights average 1 over the data, so the lr means the same.
+    ce = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
+    return (ce * weight.to(ce.device)[labels]).mean()
+
+
 def evaluate(
     model: nn.Module,
     ids: Sequence[Sequence[int]],
@@ -65,8 +81,10 @@ def evaluate(
     precision: str = "fp32",
     dist: DistContext | None = None,
     owner: Sequence[int] | None = None,
+    weight: torch.Tensor | None = None,
 ) -> dict:
-    """`classification_report` of the model on encoded data, plus the mean cross-entropy.
+    """`classification_report` of the model on encoded data, plus the mean cross-entropy
+    (each text's weighted by its label's `weight` as in training, when given).
 
     Under a distributed context each rank scores an equal share of the rows (fsdp needs every
     rank to run the same number of forwards) and the logits are gathered, so every rank returns
@@ -88,5 +106,6 @@ def evaluate(
         logits = pool_windows(logits, owner, n)
         y = torch.zeros(n, dtype=torch.long).index_copy_(0, torch.as_tensor(owner), y)
     report = classification_report(y.tolist(), logits.argmax(-1).tolist(), label_names)
-    report["loss"] = float(nn.functional.cross_entropy(logits, y))
+    # the training objective's own weighting: `--metric loss` then stops on what is trained
+    report["loss"] = float(weighted_cross_entropy(logits, y, weight))
     return report

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -52,7 +51,7 @@ from .distributed import (
     no_grad_sync,
     wrap_model,
 )
-from .evaluate import evaluate
+from .evaluate import evaluate, weighted_cross_entropy
 from .precision import (
     PRECISIONS,
     autocast,
@@ -273,21 +272,6 @@ def check_unknown_weight_labels(value: str | dict | None, label_names: Sequence[
             f"class_weight names labels the training data does not have: "
             f"{', '.join(map(repr, unknown))}; its labels: {', '.join(map(str, label_names))}"
         )
-
-
-def weighted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                           weight: torch.Tensor | None = None,
-                           label_smoothing: float = 0.0) -> torch.Tensor:  # fmt: skip
-    """The cross-entropy, each row's loss weighted by its label's `weight` (one per label id,
-    from `class_weights`; None: unweighted)."""
-    if weight is None:
-        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-    # The mean over rows of each row's weighted loss, not torch's weighted mean (which divides
-    # by the batch's weight sum): a row then counts the same whichever batch, micro-batch or
-    # rank it lands in, so accumulation and DDP still give one process's gradient; "balanced"
-    # weights average 1 over the data, so the lr means the same.
-    ce = F.cross_entropy(logits, labels, reduction="none", label_smoothing=label_smoothing)
-    return (ce * weight.to(ce.device)[labels]).mean()
 
 
 @dataclass
@@ -809,10 +793,10 @@ def fit(
     ]
     sched = scheds[0]
     scaler = grad_scaler(device, precision)
+    weight = class_weights(cfg.class_weight, train.labels, label_names)
+    if weight is not None:
+        weight = weight.to(device)
     if loss_fn is None:
-        weight = class_weights(cfg.class_weight, train.labels, label_names)
-        if weight is not None:
-            weight = weight.to(device)
 
         def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
             return weighted_cross_entropy(logits, batch.labels, weight, cfg.label_smoothing)
@@ -1093,7 +1077,7 @@ def fit(
                 report = evaluate(
                     model, valid.ids, valid.labels, label_names, pad_id,
                     cfg.eval_batch_size, device, precision, replace(ctx, replicas=1) if pp else ctx,
-                    owner=valid.owner,
+                    owner=valid.owner, weight=weight,
                 )  # fmt: skip
                 rec = {
                     "step": step,

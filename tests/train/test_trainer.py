@@ -908,3 +908,23 @@ def test_a_numpy_seed_is_taken_as_the_other_whole_numbers_are():
         TrainConfig(seed=np.float64(3.0))
     with pytest.raises(ValueError, match=r"seed must be a whole number below 2\*\*63"):
         TrainConfig(seed=np.uint64(2**63))
+
+
+def test_the_validation_loss_is_weighted_as_the_training_loss(encoded, tmp_path):
+    # --metric loss with --class-weight stopped on the unweighted loss: another objective than
+    # the one trained, so a run could keep the epoch that served the rare classes worst
+    from slimtext.train import predict_logits
+    from slimtext.train.trainer import class_weights
+
+    weights = {"money": 4, "tech": 0.5}
+    vocab, tr, va = encoded
+    model, res = run(encoded, {"run_dir": tmp_path}, epochs=1, class_weight=weights)
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["valid_loss"] for r in recs if "valid_loss" in r][-1]
+    logits = predict_logits(model, va.ids, 0)
+    y = torch.tensor(va.labels)
+    ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+    w = class_weights(weights, tr.labels, LABELS)
+    assert logged == pytest.approx(float((ce * w[y]).mean()), rel=1e-5)
+    assert logged != pytest.approx(float(ce.mean()), rel=1e-3)
+    assert res.best["loss"] == pytest.approx(logged, rel=1e-6)
