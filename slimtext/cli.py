@@ -1000,6 +1000,12 @@ def pretrain(
                            "whole_word", "encoding", "encoding_errors", "on_bad")
               and v is not None}  # fmt: skip
     _note_epochs_ignored(epochs, max_steps)
+    from .pretrain import check_strategy_for_pretrain
+
+    try:  # before any process starts: `--nproc 2 --strategy pp` read the corpus, then failed
+        check_strategy_for_pretrain(strategy)
+    except ValueError as e:
+        _fail(e)
     ctx = _dist_context(
         nproc, strategy, device, _launcher_checkpoints(out, checkpoint_every, resume)
     )

@@ -415,6 +415,7 @@ def _classifier(tokenizer: str, vocab_size: int, mask_prob: float, verbose: bool
         raise TypeError("pretrain() has no model=: masked-LM pretraining is for the transformer")
     if "verbose" in params:  # was "got multiple values for keyword argument 'verbose'"
         raise TypeError("pretrain() has no verbose=: progress= shows the bars, messages= the lines")
+    check_strategy_for_pretrain(params.get("strategy", "auto"))
     # Options of supervised training that pretraining has no use for: it holds out no
     # validation data (no early stopping, no keep-best, no metric) and its loss is the MLM
     # cross-entropy (no label smoothing). They were accepted and did nothing, without a word.
@@ -440,6 +441,13 @@ def _classifier(tokenizer: str, vocab_size: int, mask_prob: float, verbose: bool
     # and the shape (--num-heads 3 for hidden 32), as train does, before a tokenizer is learned
     clf._model_config(None, len(PRETRAIN_LABELS), cfg.max_length)
     return clf
+
+
+def check_strategy_for_pretrain(strategy: object) -> None:
+    """Masked-LM pretraining data-parallelises only: tp and pp (which `train` has) are refused
+    before any process group starts or any text is read."""
+    if str(strategy).lower() in ("tp", "pp"):
+        raise ValueError(f"pretrain runs single, ddp or fsdp, not --strategy {strategy}")
 
 
 def check_options(*, tokenizer: str = "bpe", vocab_size: int = 16000, mask_prob: float = 0.15,

@@ -527,6 +527,23 @@ def test_bad_pretrain_options_are_refused_before_the_corpus_is_read(tmp_path, fl
         pretrain(never, tmp_path / "e", **{flag[2:].replace("-", "_"): value})
 
 
+@pytest.mark.parametrize("extra", [[], ["--nproc", "2"]])
+@pytest.mark.parametrize("strategy", ["tp", "PP"])
+def test_a_model_parallel_strategy_is_refused_before_processes_start_or_data_is_read(
+    tmp_path, strategy, extra
+):
+    # --nproc 2 --strategy pp started two ranks, read the corpus, then refused; without
+    # --nproc the message told the user to launch `slimtext train` under torchrun
+    never = tmp_path / "never-read.txt"
+    r = CliRunner().invoke(app, ["pretrain", "--data", str(never), "--out", str(tmp_path / "e"),
+                                 "--strategy", strategy, *extra])  # fmt: skip
+    assert r.exit_code == 2, r.output
+    assert f"pretrain runs single, ddp or fsdp, not --strategy {strategy.lower()}" in r.output
+    assert "not found" not in r.output and "rank" not in r.output, r.output
+    with pytest.raises(ValueError, match="pretrain runs single, ddp or fsdp"):
+        pretrain(never, tmp_path / "e", strategy=strategy)
+
+
 @pytest.mark.parametrize(
     "option",
     [{"patience": 2}, {"label_smoothing": 0.1}, {"valid_fraction": 0.5}, {"keep_best": False},
