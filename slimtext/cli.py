@@ -132,13 +132,20 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
     keys = {str(k): str(k).replace("-", "_") for k in data}
     unknown = sorted(k for k, a in keys.items() if a not in alias)
     if unknown:
+        import difflib
+
         valid = sorted(
             o.lstrip("-") if o.startswith("--") else p.name
             for p in params.values()
-            for o in p.opts
+            for o in [*p.opts, *getattr(p, "secondary_opts", ())]  # no-progress too
             if o.startswith("--") or p.param_type_name == "argument"
         )
-        raise typer.BadParameter(f"{value}: unknown keys {unknown}; valid: {valid}")
+        # a typo's likely meaning first: the list of valid keys is long (~50 for train)
+        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
+                     k.replace("_", "-"), valid, n=1)) else repr(k) for k in unknown]  # fmt: skip
+        raise typer.BadParameter(
+            f"{value}: unknown keys {', '.join(hints)}; valid: {', '.join(valid)}"
+        )
     seen: dict[str, str] = {}
     for k, a in keys.items():
         if alias[a] in seen:  # `batch-size: 5` and `batch_size: 7`: which one was meant?

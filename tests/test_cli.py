@@ -298,7 +298,11 @@ def test_yaml_config_errors_name_the_file_and_key(tmp_path, tiny_model_dir, data
     r = run()
     out = " ".join(r.output.replace("│", " ").split())  # rich boxes (and wraps) its lines
     assert r.exit_code == 2 and "cannot read YAML" in out and "Traceback" not in r.output
-    for body, why in (("json: true\nconfig: other.yaml\n", "unknown keys ['config']"),
+    for body, why in (("json: true\nconfig: other.yaml\n", "unknown keys 'config'"),
+                      # a typo's meaning is suggested; the valid list has the no- forms
+                      ("batch-sise: 4\n", "'batch-sise' (did you mean 'batch-size'?)"),
+                      ("jsn: 1\n", "'jsn' (did you mean 'json'?); valid: backend,"),
+                      ("jsn: 1\n", " no-json, no-progress,"),
                       ("batch_size: abc\n", "key 'batch_size'"),
                       ("batch_size: true\n", "key 'batch_size': True is a yes/no value"),
                       ("data: [a, b]\n", "key 'data' takes one value"),
@@ -332,7 +336,7 @@ def test_yaml_no_keys_are_the_no_flags_as_typed(tmp_path, tiny_model_dir, data_f
     for body, why in (("json: true\nno-json: true\n", "keys 'json' and 'no-json' are one option"),
                       ("no-json: maybe\n", "c.yaml: key 'no-json'"),
                       # only yes/no flags have a no- form
-                      ("no-label-col: x\n", "unknown keys ['no-label-col']")):  # fmt: skip
+                      ("no-label-col: x\n", "unknown keys 'no-label-col'")):  # fmt: skip
         r = run(body)
         out = " ".join(r.output.replace("│", " ").split())  # rich boxes (and wraps) its lines
         assert r.exit_code == 2 and why in out, (body, r.output)
