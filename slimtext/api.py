@@ -28,7 +28,13 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from .artifact import ModelDir, read_model_dir, save_model_dir, weights_state
+from .artifact import (
+    ModelDir,
+    read_model_dir,
+    save_model_dir,
+    training_records,
+    weights_state,
+)
 from .data import DataError, TextDataset, check_labels_seen, load_data, stratified_split
 from .data.dataset import check_texts
 from .data.sources import label_to_str, read_label
@@ -547,7 +553,8 @@ class TextClassifier:
     def save(self, path: str | os.PathLike, metrics: dict | None = None) -> Path:
         """Write the model directory (atomically)."""
         md = self._check_fitted().model_dir
-        extra = {}
+        # a loaded classifier's training log and curve, from the directory it was read from
+        extra = training_records(md)
         if getattr(self, "run_dir_", None) is not None:
             extra = {
                 "metrics.jsonl": self.run_dir_ / "metrics.jsonl",
@@ -589,7 +596,7 @@ class TextClassifier:
         init, tokenizer = fitted["init"], fitted["tokenizer"]
         learnt = init is None and is_learnt_kind(tokenizer)
         vocab = fitted["vocab_size"] if learnt else self._check_fitted().model_dir.config.vocab_size
-        d.update(tokenizer=str(tokenizer), vocab_size=int(vocab),
+        d.update(tokenizer=_tokenizer_source(tokenizer), vocab_size=int(vocab),
                  valid_fraction=float(fitted["valid_fraction"]))  # fmt: skip
         if init is not None:
             from .pretrain import init_source
@@ -770,6 +777,16 @@ def _fingerprint(texts: Sequence[str]) -> str:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+def _tokenizer_source(tokenizer: str | os.PathLike) -> str:
+    """`tokenizer` as config.json records it: a kind to learn as it is, a file or folder as an
+    absolute path, as `init` is (a relative "tok.json" named no file, or another one, once
+    `TextClassifier.load(dir).fit(...)` ran from another folder)."""
+    if is_learnt_kind(tokenizer):
+        return str(tokenizer)
+    p = Path(tokenizer).expanduser()
+    return str(p.resolve()) if p.exists() else str(tokenizer)
 
 
 def _known(train_cfg: dict) -> dict:

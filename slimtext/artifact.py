@@ -36,6 +36,7 @@ from .fileio import (
     TargetExistsError,
     atomic_dir,
     check_replaceable,
+    entry_matches,
     readable_path,
     verify_manifest,
 )
@@ -53,6 +54,10 @@ DERIVED = tuple(f"{name}{end}" for name in (ONNX_FILE, INT8_FILE) for end in (""
 # For people, not for predicting: a model card the user edited, a training log or curve left
 # out of a copy is set aside too (it made the whole directory unloadable); "/" ends a folder.
 INFORMATIONAL = ("README.md", "training_curve.png", "metrics.jsonl", "tensorboard/")
+# What a loaded classifier's save carries over from the directory it was read from: the
+# training's own records (the model card is written anew). Saving it back into that directory
+# deleted its training log, curve and TensorBoard files.
+TRAINING_RECORDS = ("training_curve.png", "metrics.jsonl", "tensorboard/")
 
 
 class ModelDirError(ValueError):
@@ -162,6 +167,7 @@ def save_model_dir(
             (tmp / "README.md").write_text(card, encoding="utf-8", errors="surrogateescape")
             for name, src in (extra_files or {}).items():
                 if Path(src).is_file():
+                    (tmp / name).parent.mkdir(parents=True, exist_ok=True)  # "tensorboard/x"
                     shutil.copyfile(src, tmp / name)
                 elif Path(src).is_dir():  # e.g. the run's TensorBoard event files
                     shutil.copytree(src, tmp / name)
@@ -170,6 +176,27 @@ def save_model_dir(
     except (OSError, SafetensorError) as e:  # a full disk, a read-only one: one clear line
         raise ModelDirError(f"{path}: could not write the model directory ({e})") from None
     return path
+
+
+def training_records(md: ModelDir) -> dict[str, Path]:
+    """The TRAINING_RECORDS files of the directory `md` was read from, by name as
+    `save_model_dir(extra_files=...)` takes them: those still as its manifest listed them when
+    read (a directory retrained since holds another run's)."""
+    path, listed = md.meta.get("path"), md.meta.get("manifest")
+    if not path or not isinstance(listed, dict):
+        return {}
+    root = Path(path)
+
+    def is_record(rel: str) -> bool:
+        return rel in TRAINING_RECORDS or any(
+            rel.startswith(d) for d in TRAINING_RECORDS if d.endswith("/")
+        )
+
+    return {
+        rel: root / rel
+        for rel, entry in listed.items()
+        if is_record(rel) and entry_matches(root, rel, entry)
+    }
 
 
 def is_model_dir(path: str | os.PathLike) -> bool:

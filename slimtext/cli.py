@@ -140,12 +140,18 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
             for o in [*p.opts, *getattr(p, "secondary_opts", ())]  # no-progress too
             if o.startswith("--") or p.param_type_name == "argument"
         )
+        # A YAML made of a saved config.json holds training options no flag sets: said so, not
+        # "did you mean" another option (keep_checkpoints -> gradient-checkpointing)
+        recorded = [repr(k) for k in unknown if keys[k] in _recorded_only(ctx)]
         # a typo's likely meaning first: the list of valid keys is long (~50 for train)
         hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
-                     k.replace("_", "-"), valid, n=1)) else repr(k) for k in unknown]  # fmt: skip
-        raise typer.BadParameter(
-            f"{value}: unknown keys {', '.join(hints)}; valid: {', '.join(valid)}"
-        )
+                     k.replace("_", "-"), valid, n=1)) else repr(k)
+                 for k in unknown if repr(k) not in recorded]  # fmt: skip
+        said = [f"unknown keys {', '.join(hints)}"] if hints else []
+        if recorded:
+            said.append(f"{', '.join(recorded)}: config.json records them, but no option of "
+                        "this command sets them")  # fmt: skip
+        raise typer.BadParameter(f"{value}: {'; '.join(said)}; valid: {', '.join(valid)}")
     seen: dict[str, str] = {}
     for k, a in keys.items():
         if alias[a] in seen:  # `batch-size: 5` and `batch_size: 7`: which one was meant?
@@ -179,6 +185,20 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
         out[p.name] = v
         ctx.meta.setdefault(_SOURCES, {})[p.name] = f"{value}, key {k!r}"  # a later file wins
     return out
+
+
+def _recorded_only(ctx: typer.Context) -> set[str]:
+    """The fields of a model directory's config.json (its `model` and `train` parts) that
+    `train` has no option for (eval_batch_size, keep_best, ...); none for other commands."""
+    if ctx.command.name != "train":
+        return set()
+    from dataclasses import fields
+
+    from .models import ModelConfig
+    from .train import TrainConfig
+
+    names = {f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)}
+    return names | {"label_values"}
 
 
 def _coerce(p, ctx: typer.Context, value):

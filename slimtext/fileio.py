@@ -132,6 +132,15 @@ def verify_manifest(
     return files
 
 
+def entry_matches(folder: Path, rel: str, meta: dict) -> bool:
+    """Whether `folder / rel` is still the file its manifest entry `meta` describes."""
+    try:
+        _verify_entry(folder, rel, meta)
+    except IntegrityError:
+        return False
+    return True
+
+
 def _verify_entry(folder: Path, rel: str, meta: dict) -> None:
     """IntegrityError unless `folder / rel` is the file of `meta` (size and sha256)."""
     p = folder / rel

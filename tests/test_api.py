@@ -373,6 +373,44 @@ def test_the_saved_recipe_records_the_vocabulary_actually_used(fitted, toy_data,
     assert md.meta["train"]["vocab_size"] == md.config.vocab_size <= 400  # not the unused 16000
 
 
+def test_a_tokenizer_file_given_relative_is_recorded_where_it_is(
+    tiny_model_dir, toy_data, tmp_path, monkeypatch
+):
+    # config.json recorded "tok.json" as typed: `TextClassifier.load(dir).fit(...)` run from
+    # another folder found no such file, or silently trained on another folder's tok.json.
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "tok.json").write_bytes((tiny_model_dir / "tokenizer.json").read_bytes())
+    monkeypatch.chdir(tmp_path / "a")
+    clf = TextClassifier(model="attention", tokenizer="tok.json", max_length=16, max_steps=1,
+                         verbose=False)  # fmt: skip
+    clf.fit(toy_data).save(tmp_path / "m")
+    train = json.loads((tmp_path / "m" / "config.json").read_text())["train"]
+    assert train["tokenizer"] == str((tmp_path / "a" / "tok.json").resolve())
+    monkeypatch.chdir(tmp_path)
+    again = TextClassifier.load(tmp_path / "m").fit(toy_data)
+    assert again.model_dir_.tokenizer.to_str() == clf.model_dir_.tokenizer.to_str()
+
+
+def test_saving_a_loaded_classifier_keeps_its_training_log_and_curve(toy_data, tmp_path):
+    # Saved back into its own directory (after pruning it in memory, say), a loaded classifier
+    # deleted the training log and curve there: the files of the run that trained it
+    kw = dict(model="attention", vocab_size=400, max_length=16, max_steps=2, verbose=False)
+    TextClassifier(**kw).fit(toy_data, run_dir=tmp_path / "run").save(tmp_path / "m")
+    records = {n: (tmp_path / "m" / n).read_bytes() for n in ("metrics.jsonl",
+                                                               "training_curve.png")}  # fmt: skip
+    TextClassifier.load(tmp_path / "m").save(tmp_path / "m")
+    TextClassifier.load(tmp_path / "m").save(tmp_path / "copy")
+    for d in ("m", "copy"):
+        assert {n: (tmp_path / d / n).read_bytes() for n in records} == records
+        slimtext.load(tmp_path / d)  # and listed in its manifest
+    # one changed after loading (the directory retrained meanwhile) is not another run's to copy
+    clf = TextClassifier.load(tmp_path / "m")
+    (tmp_path / "m" / "metrics.jsonl").write_text("{}\n")
+    clf.save(tmp_path / "copy2")
+    assert not (tmp_path / "copy2" / "metrics.jsonl").exists()
+    assert (tmp_path / "copy2" / "training_curve.png").read_bytes() == records["training_curve.png"]
+
+
 def test_integer_labels_come_back_as_integers_in_numeric_order(toy_data, tmp_path):
     # They came back as strings ("10" sorted before "2"): comparing predictions with the
     # user's own labels gave 0% accuracy.

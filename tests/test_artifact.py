@@ -285,6 +285,10 @@ def _manifest_entries(fn):
         ),
         (_rewrite_config(lambda c: [c]), "expected a JSON object"),
         (_rewrite_config(lambda c: {**c, "format_version": "2"}), "format_version must be"),
+        (_rewrite_config(lambda c: {**c, "format_version": 2}), "newer slimtext"),
+        # a newer model record with a field this version lacks: "unknown model config fields:
+        # ['rope']" read as a damaged file, not as "upgrade"
+        (_rewrite_config(lambda c: _model(c, version=2, rope=True)), "newer slimtext"),
         (_rewrite_config(lambda c: {**c, "max_length": "abc"}), "max_length must be"),
         # doctored and re-signed: each a traceback, an allocation of terabytes or a hang before
         (_rewrite_config(lambda c: {**c, "train": [1]}), "train must be a JSON dict"),

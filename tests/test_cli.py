@@ -317,6 +317,22 @@ def test_yaml_config_errors_name_the_file_and_key(tmp_path, tiny_model_dir, data
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
 
 
+def test_a_yaml_of_a_saved_config_says_which_keys_no_flag_sets(tmp_path, data_files):
+    # config.json's train part as a YAML: keep_checkpoints was offered as "did you mean
+    # 'gradient-checkpointing'?", bucket_batches as 'microbatches'
+    train, _ = data_files
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\nkeep_checkpoints: 2\nbucket_batches: 50\nbatch-sise: 4\n")
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
+                            "--config", str(cfg)])  # fmt: skip
+    out = " ".join(r.output.replace("│", " ").split())  # rich boxes (and wraps) its lines
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    said = "'bucket_batches', 'keep_checkpoints': config.json records them, but no option"
+    assert said in out
+    assert "'batch-sise' (did you mean 'batch-size'?)" in out  # a typo is still a typo
+    assert "gradient-checkpointing'?" not in out and not (tmp_path / "m").exists()
+
+
 def test_yaml_no_keys_are_the_no_flags_as_typed(tmp_path, tiny_model_dir, data_files):
     # `no-json: true` (the option `--no-json`, as typed) was refused as an unknown key
     _, test = data_files

@@ -113,6 +113,10 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        # A newer record is said to be one before its new fields are found unknown (which read
+        # as a damaged file, not as "upgrade")
+        if isinstance(d, dict) and d.get("version", 1) != 1:
+            raise ValueError(f"version {d['version']!r}: written by a newer slimtext; upgrade")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
