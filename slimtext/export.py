@@ -595,7 +595,9 @@ def _how_to_feed(md: ModelDir, mask_dtype: str) -> dict:
     (README, "Running an export without slimtext"), kept with the graph."""
     return {
         "tokenizer": "the model directory's tokenizer.json, with encode_special_tokens = true "
-        "(a [SEP] in a text is text, as slimtext reads it; the file cannot carry that setting)",
+        "(a [SEP] in a text is text, as slimtext reads it; the file cannot carry that setting) "
+        "and its own padding and truncation off, no_padding() and no_truncation() (a "
+        "tokenizer.json given to train keeps those it came with; slimtext cuts and pads itself)",
         "input_ids": "int64 (batch, seq), as the tokenizer gives them, [CLS] ... [SEP] included",
         "attention_mask": f"{mask_dtype} (batch, seq): true (1) on real tokens",
         "padding": "right",

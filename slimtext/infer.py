@@ -495,8 +495,10 @@ PACK_BELOW_FILL = 0.9
 
 
 def _worth_packing(mask: np.ndarray) -> bool:
-    # One text has no padding of its own, only the rounding up to a multiple of 8.
-    return len(mask) > 1 and bool(mask.mean() < PACK_BELOW_FILL)
+    # One text has no padding of its own, only the rounding up to a multiple of 8. A row with no
+    # token at all (a user's tokenizer without [UNK] or a template) has no first token for
+    # packed [CLS] pooling to read: it took the next text's, an answer that followed its batch.
+    return len(mask) > 1 and bool(mask.mean() < PACK_BELOW_FILL) and bool(mask[:, 0].all())
 
 
 # forward_packed's attention groups: a batch of at least GROUP_MIN texts is sorted by length

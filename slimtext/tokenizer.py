@@ -64,6 +64,7 @@ class TextTokenizer:
         # Encoding switches the backend's own truncation and padding off (we cut and pad
         # ourselves); what is saved is the tokenizer with the settings it came with (to_str)
         self._as_given = (self.backend.truncation, self.backend.padding)
+        self._rows: tuple[int, int] | None = None  # (token count, vocab_size) last read
 
     @property
     def pad_id(self) -> int:
@@ -73,11 +74,23 @@ class TextTokenizer:
                 return i
         return 0  # a model directory written before `with_pad` existed says 0 too
 
-    def with_pad(self) -> TextTokenizer:
+    def with_pad(self, source: str | os.PathLike = "the tokenizer") -> TextTokenizer:
         """This tokenizer, given a [PAD] token of its own if it has none: the pad id fell back to
-        0, a real token (GPT-2's "!"), whose embedding row then stayed zero in training."""
+        0, a real token (GPT-2's "!"), whose embedding row then stayed zero in training.
+        `source` (the file it came from) names it in the error for one that cannot have one."""
         if all(self.backend.token_to_id(n) is None for n in (PAD, "<pad>")):
             self.backend.add_special_tokens([PAD])
+            # tokenizers numbers an added token by the count of tokens: in a vocabulary whose
+            # ids have gaps that id is already a word's, which would then read as padding
+            pad = self.backend.token_to_id(PAD)
+            same = [t for t, i in self.backend.get_vocab(with_added_tokens=True).items()
+                    if i == pad and t != PAD]  # fmt: skip
+            if same:
+                raise TokenizerError(
+                    f"{source}: no [PAD] or <pad> token, and the id a new [PAD] gets, {pad}, "
+                    f"is already the id of {same[0]!r} (the vocabulary's ids have gaps): add a "
+                    "[PAD] token to it"
+                )
         return self
 
     @property
@@ -90,7 +103,15 @@ class TextTokenizer:
 
     @property
     def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
+        """Rows the embedding table needs: the largest id + 1. tokenizers' get_vocab_size
+        counts tokens, fewer where the ids have gaps (a hand-made or pruned vocabulary), and an
+        id past the table failed training with an IndexError."""
+        n = self.backend.get_vocab_size(with_added_tokens=True)
+        rows = getattr(self, "_rows", None)  # (absent from one pickled before it existed)
+        if rows is None or rows[0] != n:  # read again after a token is added
+            ids = self.backend.get_vocab(with_added_tokens=True).values()
+            self._rows = (n, max(ids, default=-1) + 1)
+        return self._rows[1]
 
     def encode(
         self, texts: Sequence[str], max_length: int, progress: bool = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
+from slimtext import load  # noqa: E402
 from slimtext.artifact import read_model_dir  # noqa: E402
 from slimtext.export import (  # noqa: E402
     ExportError,
@@ -52,32 +54,65 @@ def test_exported_directory_still_verifies_and_lists_the_onnx(exported_dir):
     assert not list(exported_dir.glob(".*tmp")), "temporary files left behind"
 
 
-def test_the_export_alone_gives_slimtexts_answers_as_its_side_file_says(exported_dir):
-    # A service in another language has model.onnx, tokenizer.json and the side file, not
-    # slimtext: following the side file must give the same probabilities. A literal "[SEP]" in a
-    # text was read as the control token by tokenizer.json alone (encode_special_tokens).
+def _as_the_side_file_says(exported: Path, texts: list[str]) -> np.ndarray:
+    """The probabilities a program without slimtext gets from model.onnx and tokenizer.json
+    doing what model.onnx.json's "inputs" says (README, "Running an export without slimtext")."""
     from tokenizers import Tokenizer
 
-    from slimtext import load
-
-    info = json.loads((exported_dir / "model.onnx.json").read_text())["inputs"]
+    info = json.loads((exported / "model.onnx.json").read_text())["inputs"]
     assert info["padding"] == "right" and info["long_text"] == "truncate"
-    tok = Tokenizer.from_file(str(exported_dir / "tokenizer.json"))
+    tok = Tokenizer.from_file(str(exported / "tokenizer.json"))
     tok.encode_special_tokens = "encode_special_tokens = true" in info["tokenizer"]
+    if "no_padding()" in info["tokenizer"]:
+        tok.no_padding()
     tok.enable_truncation(info["max_length"])
-    texts = ["goal match team", "bank profit [SEP] shares [PAD] fell [CLS]",
-             " ".join(["goal bank weather"] * 30)]  # fmt: skip
     rows = [e.ids for e in tok.encode_batch(texts)]
     width = max(map(len, rows))
     ids = np.array([r + [info["pad_id"]] * (width - len(r)) for r in rows], dtype=np.int64)
     mask = np.array([[i < len(r) for i in range(width)] for r in rows])
-    sess = ort.InferenceSession(str(exported_dir / "model.onnx"))
+    sess = ort.InferenceSession(str(exported / "model.onnx"))
     (logits,) = sess.run(None, {"input_ids": ids, "attention_mask": mask})
     probs = np.exp(logits - logits.max(1, keepdims=True))
-    probs /= probs.sum(1, keepdims=True)
-    pred = load(exported_dir)
-    assert info["labels"] == pred.labels
-    np.testing.assert_allclose(probs, pred.predict_proba(texts), atol=1e-5)
+    assert info["labels"] == load(exported).labels
+    return probs / probs.sum(1, keepdims=True)
+
+
+def test_the_export_alone_gives_slimtexts_answers_as_its_side_file_says(exported_dir):
+    # A service in another language has model.onnx, tokenizer.json and the side file, not
+    # slimtext: following the side file must give the same probabilities. A literal "[SEP]" in a
+    # text was read as the control token by tokenizer.json alone (encode_special_tokens).
+    texts = ["goal match team", "bank profit [SEP] shares [PAD] fell [CLS]",
+             " ".join(["goal bank weather"] * 30)]  # fmt: skip
+    np.testing.assert_allclose(
+        _as_the_side_file_says(exported_dir, texts),
+        load(exported_dir).predict_proba(texts),
+        atol=1e-5,
+    )
+
+
+def test_the_side_file_is_right_for_a_given_tokenizer_json_that_pads(tmp_path, toy_data):
+    # A tokenizer.json brought with its own padding on is saved with it (as given), and read as
+    # it says, each text came back padded to the batch's longest: the side file's mask, true
+    # on every id "as the tokenizer gives them", then counted the padding as text.
+    from slimtext.api import TextClassifier
+    from slimtext.tokenizer import train_tokenizer
+
+    texts, labels = toy_data
+    given = train_tokenizer(texts, vocab_size=150).backend
+    given.enable_padding(pad_id=given.token_to_id("[PAD]"), pad_token="[PAD]")
+    given.save(str(tmp_path / "tokenizer.json"))
+    clf = TextClassifier(model="transformer", tokenizer=str(tmp_path / "tokenizer.json"),
+                         hidden_size=16, num_layers=1, num_heads=2, ffn_size=32, max_length=32,
+                         max_steps=3, verbose=False).fit((texts, labels))  # fmt: skip
+    clf.save(tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "tokenizer.json").read_text())["padding"]
+    export_onnx(tmp_path / "m")
+    some = ["goal match team", " ".join(texts[:3]), "bank"]
+    np.testing.assert_allclose(
+        _as_the_side_file_says(tmp_path / "m", some),
+        load(tmp_path / "m").predict_proba(some),
+        atol=1e-5,
+    )
 
 
 def test_onnx_has_dynamic_batch_and_sequence_axes(exported_dir):

@@ -3,6 +3,7 @@ import re
 import unicodedata
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -518,3 +519,62 @@ def test_a_huge_text_is_learnt_from_in_pieces_to_the_same_vocabulary(monkeypatch
     # WordPiece breaks ties between equally frequent pairs in hash-map order, so two runs on
     # the very same texts can learn different vocabularies (tokenizers#1794): the words it
     # counted being equal is the property
+
+
+@pytest.mark.parametrize(
+    "model",
+    [dict(model="attention"),
+     dict(pooling="cls", hidden_size=16, num_layers=1, num_heads=2, ffn_size=32)],
+)  # fmt: skip
+def test_a_text_a_given_tokenizer_reads_as_no_tokens_is_answered_alike_alone_or_in_a_batch(
+    tmp_path, toy_data, model
+):
+    # A BPE brought by the user with no [UNK] and no template reads "日本語" as no ids at all:
+    # attention pooling gave NaN ("its weights hold NaN/inf") in a batch with other texts, and
+    # training on such texts "diverged"; a [CLS]-pooling model alone failed with an IndexError.
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from slimtext.api import TextClassifier
+
+    texts, labels = toy_data
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>"]))
+    bpe.save(str(tmp_path / "bpe.json"))
+    assert bpe.encode("日本語").ids == []
+    texts = [("日本語" if i % 4 == 0 else t) for i, t in enumerate(texts)]
+    clf = TextClassifier(**model, tokenizer=str(tmp_path / "bpe.json"), max_length=16,
+                         epochs=2, verbose=False).fit((texts, labels))  # fmt: skip
+    alone = clf.predict_proba(["日本語"])
+    with_others = clf.predict_proba(["日本語", "goal match team", "bank shares fell"])
+    assert np.isfinite(with_others).all()
+    np.testing.assert_allclose(with_others[:1], alone, atol=1e-5)
+
+
+def test_a_given_tokenizer_whose_ids_have_gaps_trains_and_a_pad_never_takes_a_used_id(
+    tmp_path, toy_data
+):
+    # tokenizers counts the tokens (get_vocab_size), not the ids: a vocabulary with an unused id
+    # range made the embedding table too small (IndexError in training), and the [PAD] added to
+    # one without a pad token took an id already a word's (tokenizers gives it the count).
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from slimtext.api import TextClassifier
+    from slimtext.tokenizer import load_tokenizer
+
+    texts, labels = toy_data
+    words = sorted({w for t in texts for w in t.split()})
+    vocab = {"[UNK]": 0, **{w: i + 10 for i, w in enumerate(words)}}  # ids 1..9 unused
+    for name, pad in (("padded.json", {"[PAD]": 1}), ("no_pad.json", {})):
+        wl = Tokenizer(models.WordLevel({**vocab, **pad}, unk_token="[UNK]"))
+        wl.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        wl.save(str(tmp_path / name))
+    tok = load_tokenizer(tmp_path / "padded.json")
+    assert tok.vocab_size == len(words) + 10 and tok.pad_id == 1
+    clf = TextClassifier(model="attention", tokenizer=str(tmp_path / "padded.json"),
+                         max_length=16, max_steps=2, verbose=False)  # fmt: skip
+    clf.fit((texts, labels))
+    assert clf.predict_proba(texts[:3]).shape == (3, 3)
+    with pytest.raises(TokenizerError, match=r"no_pad\.json.*no \[PAD\].*id"):
+        TextClassifier(tokenizer=str(tmp_path / "no_pad.json"), max_steps=1,
+                       verbose=False).fit((texts, labels))  # fmt: skip

@@ -57,7 +57,9 @@ def pad_rows(
     """`pad_batch` without the tensors: (input_ids int64, mask bool) numpy arrays, (B, T). The
     predictor's hot path at batch 1 uses it directly (ONNX Runtime takes numpy)."""
     rows = [ids[i] for i in indices]
-    longest = max(len(r) for r in rows)
+    # at least one column: a batch of texts that a user's tokenizer (no [UNK], no template)
+    # read as no tokens at all was 0 wide, where [CLS] pooling has no position 0 to read
+    longest = max([1, *map(len, rows)])
     T = -(-longest // multiple_of) * multiple_of if multiple_of > 1 else longest
     input_ids = np.full((len(rows), T), pad_id, dtype=np.int64)
     mask = np.zeros((len(rows), T), dtype=bool)

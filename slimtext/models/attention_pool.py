@@ -26,7 +26,11 @@ class AdditiveAttentionPool(nn.Module):
     def weights(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         s = self.score(torch.tanh(self.proj(h))).squeeze(-1)  # (B, T)
         s = s.float().masked_fill(~attention_mask, float("-inf"))
-        return torch.softmax(s, dim=-1)  # (B, T), exactly 0 on padding
+        # A row without tokens (a user's tokenizer with no [UNK] and no template reads a text of
+        # unknown characters as nothing) is all -inf, whose softmax is NaN: its weights are 0
+        # instead, a zero vector as mean pooling gives (NaN made the whole batch fail, and the
+        # training loss "diverge")
+        return torch.softmax(s, dim=-1).masked_fill(~attention_mask, 0.0)  # (B, T), 0 on padding
 
     def forward(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         w = self.weights(h, attention_mask).to(h.dtype)

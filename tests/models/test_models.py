@@ -142,6 +142,26 @@ def test_attention_pooling_gives_padding_exactly_zero_weight(device):
     assert torch.all(w[mask] > 0)
 
 
+@pytest.mark.parametrize("name", list(ARCH_CONFIGS))
+def test_a_row_without_tokens_gives_finite_logits_and_gradients_at_any_padding(name):
+    # A tokenizer brought by the user (no [UNK], no [CLS] ... [SEP] template) turns a text of
+    # characters it does not know into no ids at all. Attention pooling's softmax over a row of
+    # only -inf gave NaN: a batch holding such a text failed ("weights hold NaN/inf") where the
+    # same text alone was answered, and training on it "diverged" (pad_rows makes a batch at
+    # least one column wide: [CLS] pooling has a position 0 to read).
+    model = make(**ARCH_CONFIGS[name])
+    ids = torch.tensor([[5, 6, 7, 0, 0, 0], [0, 0, 0, 0, 0, 0]])
+    mask = ids != 0
+    with torch.no_grad():
+        out = model(ids, mask)
+        alone = model(ids[1:, :1], mask[1:, :1])
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out[1:], alone, atol=1e-5, rtol=0)
+    model.train()
+    model(ids, mask).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_attention_pool_bias_has_the_attention_width():
     model = make(arch="attention", num_layers=0, attention_size=24)
     assert model.pool.proj.bias.shape == (24,)
