@@ -197,6 +197,13 @@ class TextClassifier:
         return ModelConfig(vocab_size=vocab, num_labels=num_labels, arch=self.model, pad_id=pad,
                            **kw)  # fmt: skip
 
+    def _check_tokenizer(self, resume: bool) -> None:
+        """A tokenizer file or folder that is missing or broken: said before the data is read
+        (minutes on large data), not after. A resumed run reuses its checkpoint's tokenizer and
+        an `init` brings its own, so neither reads the option."""
+        if self.init is None and not resume and not is_learnt_kind(self.tokenizer):
+            load_tokenizer(self.tokenizer)
+
     def _fit_tokenizer(
         self, texts: Sequence[str], checkpoint_dir, resume: bool, progress: bool = False
     ) -> TextTokenizer:
@@ -269,6 +276,7 @@ class TextClassifier:
             probe = self._model_config(None, 2, cfg.max_length)
             if (n := frozen_blocks(cfg.freeze)) is not None and n > probe.num_layers:
                 raise ValueError(f"freeze={cfg.freeze!r}: the model has {probe.num_layers} blocks")
+        self._check_tokenizer(resume)
         bars = self.verbose if progress is None else (progress and self.verbose)
         # Labels given in memory come back as given (`predict`, `classes_`: ints stay ints, as
         # in scikit-learn); the model directory stores their text, and these beside it.
@@ -457,7 +465,15 @@ class TextClassifier:
         self.metrics_: dict = metrics
         self.run_dir_ = Path(run_dir) if run_dir is not None else None
         self._train_config = cfg
-        self._fitted_params = self.get_params()  # the recipe saved, whatever set_params does next
+        # the recipe saved, whatever set_params does next; a relative tokenizer or init path is
+        # read now, against this working directory, not the one save() happens to run in
+        fitted = self.get_params()
+        fitted["tokenizer"] = _tokenizer_source(fitted["tokenizer"])
+        if fitted["init"] is not None:
+            from .pretrain import init_source
+
+            fitted["init"] = init_source(fitted["init"])
+        self._fitted_params = fitted
         self._predictor = predictor
         mark_finished(checkpoint_dir, "TextClassifier.fit")  # the next fit there starts afresh
         return self

@@ -845,6 +845,7 @@ def _train(
     params["checkpoint_every"] = checkpoint_every
     clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
                          valid_fraction=valid_fraction, verbose=True, **params)  # fmt: skip
+    clf._check_tokenizer(resume)
     from .train.precision import resolve_precision
 
     with warnings.catch_warnings():  # (fit says them) fp16 on a CPU: before the data is read

@@ -541,7 +541,7 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
 
     A folder may hold `tokenizer.json` (any fast tokenizer) or only a BERT `vocab.txt`.
     """
-    p = Path(path)
+    p = Path(path).expanduser()  # "~/tok.json" from the Python API as from a shell
     if p.is_dir():
         if (p / "tokenizer.json").is_file():
             p = p / "tokenizer.json"

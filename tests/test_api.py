@@ -391,6 +391,27 @@ def test_a_tokenizer_file_given_relative_is_recorded_where_it_is(
     assert again.model_dir_.tokenizer.to_str() == clf.model_dir_.tokenizer.to_str()
 
 
+def test_a_relative_tokenizer_path_is_read_at_fit_not_at_save(
+    tiny_model_dir, toy_data, tmp_path, monkeypatch
+):
+    # The path was resolved when save() ran: fitted in a/, saved from b/, config.json named
+    # b/tok.json (another file, or none). "~" is the user's home, from Python as from a shell.
+    for d in ("a", "b", "home"):
+        (tmp_path / d).mkdir()
+    (tmp_path / "a" / "tok.json").write_bytes((tiny_model_dir / "tokenizer.json").read_bytes())
+    (tmp_path / "home" / "tok.json").write_bytes((tmp_path / "a" / "tok.json").read_bytes())
+    monkeypatch.chdir(tmp_path / "a")
+    kw = dict(model="attention", max_length=16, max_steps=1, verbose=False)
+    clf = TextClassifier(tokenizer="tok.json", **kw).fit(toy_data)
+    monkeypatch.chdir(tmp_path / "b")
+    clf.save(tmp_path / "m")
+    train = json.loads((tmp_path / "m" / "config.json").read_text())["train"]
+    assert train["tokenizer"] == str((tmp_path / "a" / "tok.json").resolve())
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    home = TextClassifier(tokenizer="~/tok.json", **kw).fit(toy_data)
+    assert home.model_dir_.tokenizer.to_str() == clf.model_dir_.tokenizer.to_str()
+
+
 def test_saving_a_loaded_classifier_keeps_its_training_log_and_curve(toy_data, tmp_path):
     # Saved back into its own directory (after pruning it in memory, say), a loaded classifier
     # deleted the training log and curve there: the files of the run that trained it

@@ -14,6 +14,7 @@ from other_run import another_run
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+import slimtext
 from slimtext.cli import app
 
 runner = CliRunner()
@@ -1023,6 +1024,21 @@ def test_a_cased_tokenizer_from_the_command_line_keeps_case_in_the_model(tmp_pat
 
     tok = load_tokenizer(out / "tokenizer.json")
     assert tok.encode(["GOAL"], 8) != tok.encode(["goal"], 8)
+
+
+def test_a_missing_tokenizer_file_is_said_before_the_data_is_read(tmp_path, toy_data):
+    # The data was read (minutes on a large file) before "--tokenizer tok.jsn: not found"; a
+    # data file that stops at its bad line shows which came first. The API does the same.
+    bad = tmp_path / "train.csv"
+    bad.write_text("text,label\n" + "".join(f"a text {i},x\n" for i in range(50)) + ",y\n")
+    r = runner.invoke(app, ["train", "--data", str(bad), "--out", str(tmp_path / "m"),
+                            "--tokenizer", str(tmp_path / "tok.jsn"), "--no-progress"])  # fmt: skip
+    assert r.exit_code == 2 and "tok.jsn: tokenizer file not found" in r.output, r.output
+    assert "train.csv" not in r.output
+    from slimtext.tokenizer import TokenizerError
+
+    with pytest.raises(TokenizerError, match="tok.jsn"):
+        slimtext.TextClassifier(tokenizer=str(tmp_path / "tok.jsn"), verbose=False).fit(str(bad))
 
 
 @pytest.mark.parametrize(
