@@ -198,11 +198,11 @@ class TextClassifier:
                            **kw)  # fmt: skip
 
     def _check_tokenizer(self, resume: bool) -> None:
-        """A tokenizer file or folder that is missing or broken: said before the data is read
-        (minutes on large data), not after. A resumed run reuses its checkpoint's tokenizer and
-        an `init` brings its own, so neither reads the option."""
+        """A tokenizer file or folder that is missing, broken or unusable: said before the data
+        is read (minutes on large data), not after. A resumed run reuses its checkpoint's
+        tokenizer and an `init` brings its own, so neither reads the option."""
         if self.init is None and not resume and not is_learnt_kind(self.tokenizer):
-            load_tokenizer(self.tokenizer)
+            load_tokenizer(self.tokenizer).check_usable(self.tokenizer)
 
     def _fit_tokenizer(
         self, texts: Sequence[str], checkpoint_dir, resume: bool, progress: bool = False
@@ -227,7 +227,9 @@ class TextClassifier:
                       "subwords than asked for, or BPE's 256 byte tokens come on top)",
                       file=sys.stderr)  # fmt: skip
         else:
-            tok = load_tokenizer(self.tokenizer).with_pad(self.tokenizer)
+            tok = (
+                load_tokenizer(self.tokenizer).check_usable(self.tokenizer).with_pad(self.tokenizer)
+            )
             if self.verbose and self.vocab_size != 16000:  # asked for, and not used: said
                 print(f"tokenizer: {self.tokenizer} ({tok.vocab_size:,} tokens); vocab size "
                       f"{self.vocab_size:,} ignored", file=sys.stderr)  # fmt: skip

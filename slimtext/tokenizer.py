@@ -93,6 +93,16 @@ class TextTokenizer:
                 )
         return self
 
+    def check_usable(self, source: str | os.PathLike = "the tokenizer") -> TextTokenizer:
+        """This tokenizer, if a model can be trained on the ids it gives; else a TokenizerError
+        naming `source` (the file it came from) and why. Refused: a vocabulary model (BPE,
+        WordPiece, WordLevel, Unigram) with no usable unk token, which drops an unseen character
+        without a word or fails on it mid-training, and a post-processor whose special tokens'
+        ids are not those of the vocabulary (the model would read other tokens' rows for them)."""
+        _check_unseen_text(self.backend, source)
+        _check_template_ids(self.backend, source)
+        return self
+
     @property
     def mask_id(self) -> int | None:
         for name in (MASK, "<mask>"):
@@ -193,6 +203,92 @@ class TextTokenizer:
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(self.to_str(), encoding="utf-8")
+
+
+# Characters no vocabulary learnt from ordinary text holds (a snowman, "zqxj", "æ"): a tokenizer
+# must give each a token, its own or the unk one. A byte-level BPE holds every byte.
+_UNSEEN_PROBE = "\u2603 zqxj\u00e6"
+
+
+def _check_unseen_text(tok: Tokenizer, source) -> None:
+    """Refuse a tokenizer that fails on, or drops, characters it has never seen. Read through
+    its model piece by piece (after its normalizer and pre-tokenizer), so that what those remove
+    on purpose (BERT's control characters) is not counted as dropped."""
+    need = "a brought tokenizer needs an unk token in its vocabulary, or byte-level BPE"
+    try:
+        tok.encode(_UNSEEN_PROBE)  # (any error of the whole pipeline: a missing unk token)
+        text = tok.normalizer.normalize_str(_UNSEEN_PROBE) if tok.normalizer else _UNSEEN_PROBE
+        pieces = (tok.pre_tokenizer.pre_tokenize_str(text) if tok.pre_tokenizer
+                  else [(text, (0, len(text)))])  # fmt: skip
+        for piece, _ in pieces:
+            dropped = _uncovered(piece, tok.model.tokenize(piece))
+            if dropped:
+                raise TokenizerError(
+                    f"{source}: reads {dropped!r} of the text {_UNSEEN_PROBE!r} as no token at "
+                    f"all (its {type(tok.model).__name__} model has no unk token), so unseen "
+                    f"characters would be dropped without a word; {need}"
+                )
+    except TokenizerError:
+        raise
+    except Exception as e:  # the Rust error text ("Missing [UNK] token from the vocabulary")
+        raise TokenizerError(
+            f"{source}: cannot encode the text {_UNSEEN_PROBE!r}, characters it has never seen "
+            f"({e}); {need}"
+        ) from e
+
+
+def _uncovered(piece: str, tokens) -> str:
+    """The characters of `piece` that no token covers (a token's offsets are UTF-8 bytes)."""
+    covered = bytearray(len(piece.encode("utf-8")))
+    for t in tokens:
+        start, end = t.offsets
+        covered[start:end] = b"\x01" * (end - start)
+    out, at = [], 0
+    for ch in piece:
+        n = len(ch.encode("utf-8"))
+        if not all(covered[at : at + n]):
+            out.append(ch)
+        at += n
+    return "".join(out)
+
+
+def _template_tokens(processor: dict | None) -> Iterator[tuple[str, str, int]]:
+    """(processor type, token, id) of every special token a post-processor's JSON adds."""
+    if not processor:
+        return
+    kind = processor.get("type")
+    if kind == "Sequence":
+        for p in processor.get("processors") or []:
+            yield from _template_tokens(p)
+    elif kind == "TemplateProcessing":
+        for special in (processor.get("special_tokens") or {}).values():
+            for token, i in zip(special.get("tokens", []), special.get("ids", []), strict=True):
+                yield kind, token, i
+    elif kind in ("BertProcessing", "RobertaProcessing"):
+        for key in ("cls", "sep"):
+            token, i = processor[key]
+            yield kind, token, i
+
+
+def _check_template_ids(tok: Tokenizer, source) -> None:
+    """Refuse a post-processor that adds a special token under an id the vocabulary gives to
+    another token, or to none: tokenizers takes the template's ids as written."""
+    processor = json.loads(tok.to_str()).get("post_processor")
+    for kind, token, i in _template_tokens(processor):
+        have = tok.token_to_id(token)
+        if have == i:
+            continue
+        if have is None:
+            where = f"{token!r} is not in its vocabulary"
+        else:
+            other = tok.id_to_token(i)
+            where = f"the vocabulary has {token!r} at {have}" + (
+                f" and {other!r} at {i}" if other is not None else "")  # fmt: skip
+        raise TokenizerError(
+            f"{source}: its post_processor ({kind}) adds {token!r} to every text as id {i}, "
+            f"but {where}: the model would read wrong ids; make the post_processor's ids "
+            "those of the vocabulary"
+        )
 
 
 # Texts are encoded this many at a time: the tokenizer's Encoding objects (ids, type ids, token

@@ -529,17 +529,21 @@ def test_a_huge_text_is_learnt_from_in_pieces_to_the_same_vocabulary(monkeypatch
 def test_a_text_a_given_tokenizer_reads_as_no_tokens_is_answered_alike_alone_or_in_a_batch(
     tmp_path, toy_data, model
 ):
-    # A BPE brought by the user with no [UNK] and no template reads "日本語" as no ids at all:
-    # attention pooling gave NaN ("its weights hold NaN/inf") in a batch with other texts, and
-    # training on such texts "diverged"; a [CLS]-pooling model alone failed with an IndexError.
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    # A tokenizer brought by the user with no template whose normalizer deletes non-ASCII
+    # characters reads "日本語" as no ids at all: attention pooling gave NaN ("its weights hold
+    # NaN/inf") in a batch with other texts, and training on such texts "diverged"; a
+    # [CLS]-pooling model alone failed with an IndexError. (A BPE with no unk token did the
+    # same; `check_usable` refuses that one now.)
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
     from slimtext.api import TextClassifier
 
     texts, labels = toy_data
-    bpe = Tokenizer(models.BPE())
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.normalizer = normalizers.Replace(Regex(r"[^\x00-\x7f]"), "")
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>"]))
+    trainer = trainers.BpeTrainer(vocab_size=200, special_tokens=["<pad>", "<unk>"])
+    bpe.train_from_iterator(texts, trainer)
     bpe.save(str(tmp_path / "bpe.json"))
     assert bpe.encode("日本語").ids == []
     texts = [("日本語" if i % 4 == 0 else t) for i, t in enumerate(texts)]
@@ -578,3 +582,130 @@ def test_a_given_tokenizer_whose_ids_have_gaps_trains_and_a_pad_never_takes_a_us
     with pytest.raises(TokenizerError, match=r"no_pad\.json.*no \[PAD\].*id"):
         TextClassifier(tokenizer=str(tmp_path / "no_pad.json"), max_steps=1,
                        verbose=False).fit((texts, labels))  # fmt: skip
+
+
+def _brought(tmp_path, name: str, model, pre=None, post=None) -> str:
+    """A hand-made tokenizer.json (no download): `model` behind a whitespace split."""
+    from tokenizers import Tokenizer, pre_tokenizers
+
+    tok = Tokenizer(model)
+    tok.pre_tokenizer = pre or pre_tokenizers.WhitespaceSplit()
+    if post is not None:
+        tok.post_processor = post
+    path = tmp_path / name
+    tok.save(str(path))
+    return str(path)
+
+
+_WORDS = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "goal": 4, "bank": 5, "team": 6}
+
+
+def test_a_brought_tokenizer_that_cannot_encode_an_unseen_character_is_refused(tmp_path, toy_data):
+    # With no unk token a BPE read a character it had never seen as nothing (a text in another
+    # script trained as an empty one, silently), and WordLevel, WordPiece and Unigram models
+    # raised tokenizers' error at the first such text, mid-way through reading the data.
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    from slimtext.api import TextClassifier
+
+    no_unk = {k: v for k, v in _WORDS.items() if k != "[UNK]"}
+    learnt = Tokenizer(models.BPE())  # learnt from the texts: "☃" and "æ" are not among them
+    learnt.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["[PAD]"])
+    learnt.train_from_iterator(toy_data[0], trainer)
+    bpe = str(tmp_path / "bpe.json")
+    learnt.save(bpe)
+    refused = {
+        bpe: "reads '☃' of the text .* as no token at all .*BPE model has no unk token",
+        _brought(tmp_path, "wl.json", models.WordLevel(no_unk)): "cannot encode .*WordLevel",
+        _brought(tmp_path, "wp.json", models.WordPiece(no_unk)): "cannot encode .*WordPiece",
+        _brought(tmp_path, "uni.json", models.Unigram([("[PAD]", 0.0), ("goal", -1.0)])):
+            "cannot encode .*unk_id",
+    }  # fmt: skip
+    for path, why in refused.items():
+        with pytest.raises(TokenizerError, match=f"{re.escape(path)}: {why}.*needs an unk token"):
+            load_tokenizer(path).check_usable(path)
+    # refused by training, before any step, naming the file
+    with pytest.raises(TokenizerError, match=re.escape(bpe)):
+        TextClassifier(model="attention", tokenizer=bpe, max_steps=1, verbose=False).fit(toy_data)
+
+
+@pytest.mark.parametrize(
+    "post, why",
+    [("template", r"\(TemplateProcessing\) adds '\[CLS\]' to every text as id 101, but the "
+                  r"vocabulary has '\[CLS\]' at 2:"),
+     ("missing", r"\(TemplateProcessing\) adds '<s>' .* as id 2, but '<s>' is not in its vocab"),
+     ("bert", r"\(BertProcessing\) adds '\[SEP\]' .* as id 2, but the vocabulary has "
+              r"'\[SEP\]' at 3 and '\[CLS\]' at 2"),
+     ("roberta", r"\(RobertaProcessing\) adds '\[SEP\]' .* as id 102"),
+     ("sequence", r"\(TemplateProcessing\) adds '\[CLS\]' .* as id 101")],
+    ids=["template", "missing", "bert", "roberta", "sequence"],
+)  # fmt: skip
+def test_a_brought_tokenizer_whose_template_ids_are_not_its_vocabularys_is_refused(
+    tmp_path, toy_data, post, why
+):
+    # tokenizers adds a template's special tokens under the ids written in it, unchecked: a
+    # [CLS] of id 101 over a vocabulary holding it at 2 trained the model on another token's row
+    # (or, past the vocabulary, failed in the embedding lookup).
+    from tokenizers import models, processors
+
+    from slimtext.api import TextClassifier
+
+    template = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 101), ("[SEP]", 3)]
+    )
+    post_processor = {
+        "template": template,
+        "missing": processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 2)]),
+        "bert": processors.BertProcessing(("[SEP]", 2), ("[CLS]", 2)),
+        "roberta": processors.RobertaProcessing(("[SEP]", 102), ("[CLS]", 2)),
+        "sequence": processors.Sequence([processors.ByteLevel(), template]),
+    }[post]
+    path = _brought(tmp_path, "t.json", models.WordLevel(_WORDS, unk_token="[UNK]"),
+                    post=post_processor)  # fmt: skip
+    with pytest.raises(TokenizerError, match=f"{re.escape(path)}: its post_processor {why}"):
+        load_tokenizer(path).check_usable(path)
+    if post == "template":
+        with pytest.raises(TokenizerError, match=re.escape(path)):
+            TextClassifier(model="attention", tokenizer=path, max_steps=1,
+                           verbose=False).fit(toy_data)  # fmt: skip
+
+
+def test_a_usable_brought_tokenizer_is_accepted_as_it_is(tmp_path, toy_data):
+    # An unk token (or byte-level BPE, every byte its token) and template ids that are the
+    # vocabulary's: what trained before trains now, and check_usable changes nothing.
+    from tokenizers import ByteLevelBPETokenizer, models, processors
+
+    from slimtext.api import TextClassifier
+
+    texts, labels = toy_data
+    words = {
+        **_WORDS,
+        **{
+            w: len(_WORDS) + i
+            for i, w in enumerate(sorted({w for t in texts for w in t.split()} - set(_WORDS)))
+        },
+    }
+    post = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )  # fmt: skip
+    wordlevel = _brought(tmp_path, "wl.json", models.WordLevel(words, unk_token="[UNK]"),
+                         post=post)  # fmt: skip
+    bl = ByteLevelBPETokenizer()  # GPT-2's kind: no unk token, no [PAD]
+    bl.train_from_iterator(texts, vocab_size=300, special_tokens=["<s>", "</s>"])
+    bl._tokenizer.post_processor = processors.RobertaProcessing(("</s>", 1), ("<s>", 0))
+    bl.save(str(tmp_path / "bl.json"))
+    bytelevel = str(tmp_path / "bl.json")
+    for path in (wordlevel, bytelevel):
+        tok = load_tokenizer(path)
+        before = tok.to_str()
+        assert tok.check_usable(path) is tok and tok.to_str() == before
+    clf = TextClassifier(model="attention", tokenizer=wordlevel, max_length=16, max_steps=2,
+                         verbose=False).fit(toy_data)  # fmt: skip
+    assert clf.predict_proba(["goal \u2603 zqxj\u00e6"]).shape == (1, 3)
+    # the tokenizers slimtext learns or reads from a BERT vocab.txt pass as well
+    for kind in ("bpe", "wordpiece"):
+        train_tokenizer(texts, vocab_size=150, kind=kind).check_usable()
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "vocab.txt").write_text("\n".join(words) + "\n", encoding="utf-8")
+    load_tokenizer(tmp_path / "bert").check_usable(tmp_path / "bert")
