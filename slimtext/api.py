@@ -437,27 +437,8 @@ class TextClassifier:
             "valid": {"source": str(valid_ds.source), "rows": len(valid_ds),
                       **({"held_out_fraction": float(self.valid_fraction)} if held_out else {})},
         }  # fmt: skip
-        if result.best and not cfg.keep_best:
-            # the last weights are the ones kept: their figures, not the best epoch's
-            last = result.history[-1]
-            metrics["valid"] = {
-                **_evaluate(predictor, valid_ds, progress=bars),
-                "during_training": {"accuracy": last["valid_accuracy"], "epoch": last["epoch"],
-                                    "macro_f1": last["valid_macro_f1"],
-                                    "loss": last["valid_loss"], "precision": result.precision},
-            }  # fmt: skip
-        elif result.best:
-            metrics["valid"] = result.best
-            if result.precision != "fp32":
-                # Validation ran under the training autocast (bf16/fp16), which may flip a few
-                # predictions against what the saved model predicts (fp32, as the test report
-                # is made): the reported figures are the saved model's, beside the one that
-                # picked the epoch.
-                during = {k: result.best[k] for k in ("accuracy", "macro_f1", "loss")}
-                metrics["valid"] = {
-                    **_evaluate(predictor, valid_ds, progress=bars),
-                    "during_training": {**during, "precision": result.precision},
-                }
+        if result.best:
+            metrics["valid"] = self._valid_metrics(result, cfg, predictor, valid_ds, bars)
         # the weights the metrics describe (save drops them once the model is changed)
         model_dir.read_state = weights_state(model_dir.model)
         # Only now, all at once: a fit that fails or is interrupted (Ctrl-C in that last
@@ -479,6 +460,29 @@ class TextClassifier:
         self._predictor = predictor
         mark_finished(checkpoint_dir, "TextClassifier.fit")  # the next fit there starts afresh
         return self
+
+    @staticmethod
+    def _valid_metrics(result: TrainResult, cfg: TrainConfig, predictor: Predictor,
+                       valid_ds: TextDataset, progress: bool) -> dict:  # fmt: skip
+        """metrics.json's `valid`: the saved model's own report on the validation data, as
+        `slimtext eval` prints it, with the figures training saw (`during_training`) when they
+        may differ from it."""
+        if cfg.keep_best:
+            during = {k: result.best[k] for k in ("accuracy", "macro_f1", "loss")}
+            during["epoch"] = result.best_epoch
+        else:  # the last weights are the ones kept: their figures, not the best epoch's
+            last = result.history[-1]
+            during = {"accuracy": last["valid_accuracy"], "macro_f1": last["valid_macro_f1"],
+                      "loss": last["valid_loss"], "epoch": last["epoch"]}  # fmt: skip
+        # Those figures are the saved model's only when training validated it as eval does:
+        # the best epoch's, in fp32 (bf16/fp16 autocast may flip a few predictions) and with
+        # an unweighted loss (with class weights, training's is the weighted objective).
+        if cfg.keep_best and result.precision == "fp32" and cfg.class_weight is None:
+            return result.best
+        during["precision"] = result.precision
+        if cfg.class_weight is not None:  # its loss is weighted so: said beside it
+            during["class_weight"] = cfg.class_weight
+        return {**_evaluate(predictor, valid_ds, progress=progress), "during_training": during}
 
     @staticmethod
     def _encode(

@@ -143,8 +143,11 @@ def _read_config(ctx: typer.Context, value: Path) -> dict:
         # A YAML made of a saved config.json holds training options no flag sets: said so, not
         # "did you mean" another option (keep_checkpoints -> gradient-checkpointing)
         recorded = [repr(k) for k in unknown if keys[k] in _recorded_only(ctx)]
+        renamed = _recorded_as(ctx)
         # a typo's likely meaning first: the list of valid keys is long (~50 for train)
-        hints = [f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
+        hints = [f"{k!r} (config.json's name for --{o}: write '{o}: {data[k]}')"
+                 if (o := renamed.get(keys[k])) else
+                 f"{k!r} (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(
                      k.replace("_", "-"), valid, n=1)) else repr(k)
                  for k in unknown if repr(k) not in recorded]  # fmt: skip
         said = [f"unknown keys {', '.join(hints)}"] if hints else []
@@ -198,7 +201,13 @@ def _recorded_only(ctx: typer.Context) -> set[str]:
     from .train import TrainConfig
 
     names = {f.name for cls in (ModelConfig, TrainConfig) for f in fields(cls)}
-    return names | {"label_values"}
+    return (names | {"label_values"}) - set(_recorded_as(ctx))
+
+
+def _recorded_as(ctx: typer.Context) -> dict[str, str]:
+    """The config.json fields an option of another name sets, by field: config.json's
+    `arch: attention` is `--model attention` (it was said to be a field no option sets)."""
+    return {"arch": "model"} if ctx.command.name == "train" else {}
 
 
 def _coerce(p, ctx: typer.Context, value):

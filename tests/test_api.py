@@ -816,3 +816,42 @@ def test_fit_refuses_a_checkpoint_folder_another_run_is_using(toy_data, tmp_path
             with pytest.raises(ValueError, match=rf"in use by another run \(pid {pid}\)"):
                 TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck, resume=resume)
     TextClassifier(**kw).fit(toy_data, checkpoint_dir=ck, resume=True)  # once it is done
+
+
+@pytest.mark.parametrize("keep_best", [True, False])
+def test_valid_figures_with_class_weights_are_what_eval_reports(toy_data, tmp_path, keep_best):
+    # Training's validation loss is the weighted one (the objective trained); metrics.json's
+    # valid is the saved model's own report, as `slimtext eval MODEL --data VALID` prints it.
+    from typer.testing import CliRunner
+
+    from slimtext.cli import app
+
+    texts, labels = toy_data
+    valid = (texts[:30], labels[:30])
+    weights = {lab: w for lab, w in zip(sorted(set(labels)), (5.0, 0.5, 1.0), strict=True)}
+    clf = TextClassifier(model="attention", vocab_size=300, max_length=32, epochs=2,
+                         class_weight=weights, keep_best=keep_best, precision="fp32",
+                         verbose=False).fit((texts[30:], labels[30:]), valid)  # fmt: skip
+    clf.save(tmp_path / "m")
+    v = json.loads((tmp_path / "m" / "metrics.json").read_text())["valid"]
+    again = clf.evaluate(valid)
+    for k in ("accuracy", "macro_f1", "confusion_matrix"):
+        assert v[k] == again[k]
+    assert v["loss"] == pytest.approx(again["loss"], rel=1e-6)
+    # the weighted figures training saw are kept apart, named as such
+    during = v["during_training"]
+    last = clf.result_.history[-1]
+    if keep_best:
+        assert during["loss"] == clf.result_.best["loss"]
+    else:
+        assert during["loss"] == last["valid_loss"]
+    assert during["loss"] != pytest.approx(v["loss"], rel=1e-3)  # the weights do change it
+    assert during["class_weight"] == weights
+    data = tmp_path / "valid.jsonl"
+    rows = zip(*valid, strict=True)
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in rows))
+    out = CliRunner().invoke(app, ["eval", str(tmp_path / "m"), "--data", str(data), "--json"])
+    assert out.exit_code == 0, out.output
+    printed = json.loads(out.stdout)
+    assert printed["accuracy"] == v["accuracy"]
+    assert printed["loss"] == pytest.approx(v["loss"], rel=1e-6)

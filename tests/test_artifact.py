@@ -289,6 +289,14 @@ def _manifest_entries(fn):
         # a newer model record with a field this version lacks: "unknown model config fields:
         # ['rope']" read as a damaged file, not as "upgrade"
         (_rewrite_config(lambda c: _model(c, version=2, rope=True)), "newer slimtext"),
+        # not a version number: named as such (0 and "1" read as newer, true and 1.0 as 1)
+        *[
+            (
+                _rewrite_config(lambda c, v=v: _model(c, version=v)),
+                r"config\.json: .*version must be a positive integer",
+            )
+            for v in (0, -1, 1.0, "1", True, None)
+        ],
         (_rewrite_config(lambda c: {**c, "max_length": "abc"}), "max_length must be"),
         # doctored and re-signed: each a traceback, an allocation of terabytes or a hang before
         (_rewrite_config(lambda c: {**c, "train": [1]}), "train must be a JSON dict"),

@@ -334,6 +334,21 @@ def test_a_yaml_of_a_saved_config_says_which_keys_no_flag_sets(tmp_path, data_fi
     assert "gradient-checkpointing'?" not in out and not (tmp_path / "m").exists()
 
 
+def test_a_yaml_of_a_saved_config_names_the_option_that_sets_arch(tmp_path, data_files):
+    # config.json's model part says `arch: attention`; the option is --model: it was said to
+    # be a key "no option of this command sets"
+    train, _ = data_files
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\narch: attention\nkeep_best: true\n")
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
+                            "--config", str(cfg)])  # fmt: skip
+    out = " ".join(r.output.replace("│", " ").split())  # rich boxes (and wraps) its lines
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "'arch' (config.json's name for --model: write 'model: attention')" in out
+    assert "'keep_best': config.json records them, but no option" in out
+    assert "'arch', " not in out and not (tmp_path / "m").exists()
+
+
 def test_yaml_no_keys_are_the_no_flags_as_typed(tmp_path, tiny_model_dir, data_files):
     # `no-json: true` (the option `--no-json`, as typed) was refused as an unknown key
     _, test = data_files

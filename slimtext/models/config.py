@@ -78,8 +78,7 @@ class ModelConfig:
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise ValueError(f"{name} must be a number, got {v!r}")
             setattr(self, name, float(v))  # np.float32 is no JSON number
-        if self.version != 1:  # the only shape of this record so far
-            raise ValueError(f"version {self.version!r}: written by a newer slimtext; upgrade")
+        self.version = _check_version(self.version)
         if self.max_length > MAX_POSITIONS:  # 1e9 ended in a 128 GB allocation traceback
             raise ValueError(
                 f"max_length must be <= {MAX_POSITIONS:,} tokens, got {self.max_length:,}"
@@ -115,10 +114,21 @@ class ModelConfig:
     def from_dict(cls, d: dict) -> ModelConfig:
         # A newer record is said to be one before its new fields are found unknown (which read
         # as a damaged file, not as "upgrade")
-        if isinstance(d, dict) and d.get("version", 1) != 1:
-            raise ValueError(f"version {d['version']!r}: written by a newer slimtext; upgrade")
+        if isinstance(d, dict) and "version" in d:
+            _check_version(d["version"])
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config fields: {sorted(unknown)}")
         return cls(**d)
+
+
+def _check_version(v: object) -> int:
+    """The record's version `v` as an int, if this slimtext reads it: 1, the only shape of the
+    record so far. Anything but a positive integer is a damaged record, not a newer one (0 and
+    "1" were said to be newer; true and 1.0, equal to 1 in Python, were read as 1)."""
+    if not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_)) or v < 1:
+        raise ValueError(f"version must be a positive integer, got {v!r}")
+    if v != 1:
+        raise ValueError(f"version {int(v)}: written by a newer slimtext; upgrade")
+    return int(v)

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -251,7 +252,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(pooling):
      (dict(share_layers="yes"), "share_layers must be true or false"),
      (dict(dropout="0.1"), "dropout must be a number"),
      (dict(layer_norm_eps=None), "layer_norm_eps must be a number"),
-     (dict(version=2), "newer slimtext")],
+     (dict(version=2), "newer slimtext"),
+     # not a version number at all: said so, not "newer" (0, "1") nor taken as 1 (true, 1.0)
+     *[(dict(version=v), "version must be a positive integer")
+       for v in (0, -1, 1.0, "1", True, None, np.int64(0))]],
 )  # fmt: skip
 def test_invalid_config_is_rejected_with_a_clear_message(bad, message):
     base = dict(vocab_size=10, num_labels=2)
