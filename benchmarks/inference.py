@@ -1,7 +1,7 @@
 """Inference speed and accuracy of one model directory on each Predictor backend.
 
     python benchmarks/inference.py MODEL_DIR --data /path/ag_news/test.jsonl.gz --quick
-    python benchmarks/inference.py MODEL_DIR --data ag_news@test --backends torch,onnxruntime
+    python benchmarks/inference.py MODEL_DIR --data bbc@test --backends torch,onnxruntime
 
 Per backend: load time (warm-up of every length bucket, compilation or ONNX export included),
 latency p50/p99 of single texts (batch 1), throughput in docs/s at batch sizes 1, 8 and 64 over
