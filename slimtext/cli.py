@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import gzip
 import io
 import json
@@ -343,17 +344,51 @@ def _load_kw(text_col, label_col, encoding, encoding_errors, on_bad) -> dict:
 def _pipe_closed() -> typer.Exit:
     """`| head`: the reader has all it wants. Say nothing, as Unix tools, and exit 141 (click
     makes a closed pipe exit 1, which the README keeps for bugs)."""
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+    _stdout_to_devnull()
     return typer.Exit(128 + signal.SIGPIPE)
 
 
-def _emit(text: str) -> None:
-    """A result on stdout (a report, JSON)."""
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null once it has failed: the interpreter's last flush of what is
+    still buffered failed again otherwise ("Exception ignored ...", exit 120)."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # none, or not a file
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _stdout():
+    """sys.stdout, or OSError when the shell closed it (`>&-`): Python makes it None, which
+    click's echo writes nothing to without a word, and our own writes died on (a traceback)."""
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, "closed")
+    return sys.stdout
+
+
+def _stdout_failed(e: OSError) -> typer.Exit:
+    """The exit for a stdout that cannot take the results: the reader gone (EPIPE) quietly with
+    141, anything else (a full disk, /dev/full, a closed stdout) with one error line and 2."""
+    if isinstance(e, BrokenPipeError):
+        return _pipe_closed()
+    typer.echo(f"error: cannot write the output (stdout): {e.strerror or e}", err=True)
+    _stdout_to_devnull()
+    return typer.Exit(2)
+
+
+def _need_stdout() -> None:
+    """Refuse a closed stdout before the work of a command whose results all go there."""
     try:
-        typer.echo(text)
+        _stdout()
+    except OSError as e:
+        raise _stdout_failed(e) from None
+
+
+def _emit(text: str) -> None:
+    """A result on stdout (a report, JSON), flushed, so that a failure to write it is said here
+    and not left to the interpreter's exit (a traceback, or "Exception ignored" and exit 120)."""
+    try:
+        typer.echo(text, file=_stdout())
         sys.stdout.flush()
-    except BrokenPipeError:
-        raise _pipe_closed() from None
+    except OSError as e:
+        raise _stdout_failed(e) from None
 
 
 def _out_path(text: str) -> Path:
@@ -1132,6 +1167,7 @@ def eval_(
     config: ConfigOpt = None,
 ) -> None:
     """Evaluate a model directory on labelled data."""
+    _need_stdout()
     _set_threads(threads)
     try:
         from .api import TextClassifier, as_dataset
@@ -1155,7 +1191,10 @@ def eval_(
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="A slimtext model directory.")],
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to classify.")] = None,
-    file: Annotated[Path | None, typer.Option(help="One text per line ('-' = stdin).")] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(help="Plain text, one text per line ('-' = stdin; .gz read through gzip)."),
+    ] = None,
     encoding: Annotated[
         str, typer.Option(help="Text encoding of --file or stdin (e.g. cp1252, utf-16).")
     ] = "utf-8",
@@ -1182,6 +1221,12 @@ def predict(
         _fail(ValueError("give texts or --file, not both"))
     if top_k is not None and top_k < 1:
         _fail(ValueError(f"--top-k must be >= 1, got {top_k}"))
+    from_stdin = not texts and (file is None or str(file) == "-")
+    if from_stdin and sys.stdin is None:  # `<&-`: Python makes it None (a traceback)
+        _fail(ValueError("no texts: stdin is closed; give texts, --file FILE or pipe them in"))
+    if file is not None and not from_stdin:
+        _refuse_data_file(file)
+    _need_stdout()
     from .data.sources import text_codec
 
     try:
@@ -1202,29 +1247,47 @@ def predict(
     try:
         if texts:
             _predict_lines(pred, _argument_texts(texts), "argument", top_k=top_k)
-        elif file is not None and str(file) != "-":
+        elif not from_stdin:
             # a .gz file read through gzip, as the data loaders read one
-            opener = gzip.open if file.suffix.lower() == ".gz" else open
-            with opener(file, "rb") as f:
-                _predict_stream(pred, f, str(file), encoding, top_k)
+            with open(file, "rb") as f:
+                gz = file.suffix.lower() == ".gz"
+                _predict_stream(pred, f, str(file), encoding, top_k, gz=gz)
         else:
             _predict_stream(pred, sys.stdin.buffer, "<stdin>", encoding, top_k)
-    except BrokenPipeError:
-        raise _pipe_closed() from None
     except (OSError, EOFError, ValueError) as e:  # (EOFError, zlib.error: a truncated .gz)
         source = file if file is not None and str(file) != "-" else "<stdin>"
         _fail(e if isinstance(e, ValueError) else ValueError(f"{source}: {e}"))
 
 
-def _predict_stream(pred, f, name: str, encoding: str, top_k: int | None) -> None:
+def _predict_stream(pred, f, name: str, encoding: str, top_k: int | None, gz: bool = False) -> None:
+    """Answer the lines of binary stream `f`; `gz`: its bytes are gzip-compressed."""
     if not _is_live(f):
+        f = gzip.GzipFile(fileobj=f) if gz else f
         _predict_lines(pred, _text_lines(f, name, encoding), "line", top_k=top_k)
         return
     # A live input is read by a thread (see _arrivals), through its own descriptor: blocked in a
     # read of stdin's buffer at exit (SIGTERM, a closed output), it held a lock the interpreter's
     # shutdown needed, and Python aborted (exit 134). This one is never closed: exit does it.
-    own = open(os.dup(f.fileno()), "rb")  # noqa: SIM115
+    # (Decompressed from there too: a .gz named pipe was read as its raw gzip bytes. Unbuffered
+    # below gzip, whose reads of a buffered file wait for 8 KiB rather than the next line.)
+    own = open(os.dup(f.fileno()), "rb", buffering=0 if gz else -1)  # noqa: SIM115
+    own = gzip.GzipFile(fileobj=own) if gz else own
     _predict_lines(pred, _text_lines(own, name, encoding), "line", top_k=top_k, live=True)
+
+
+def _refuse_data_file(file: Path) -> None:
+    """--file reads plain text, a text a line: a data file's header, quoting, JSON and other
+    columns were each classified as text, without a word."""
+    from .data.sources import _CSV_EXTS, _JSONL_EXTS, _extension
+
+    ext = _extension(file)
+    if ext in _CSV_EXTS or ext in _JSONL_EXTS or ext == ".parquet":
+        _fail(ValueError(
+            f"{file}: --file reads plain text, one text a line, and this is a {ext} data file "
+            f"(its header, quoting or JSON would be classified as text): `slimtext eval "
+            f"MODEL --data {file}` scores labelled data; to classify its texts, write them one "
+            f"a line to a .txt file (or pipe the file in, `< {file}`, to classify each raw line)"
+        ))  # fmt: skip
 
 
 def _set_threads(threads: int | None) -> None:
@@ -1317,11 +1380,9 @@ def _write(line: str | None) -> None:
     """A line to stdout (None: flush). An error there is the output's, said so: it was blamed on
     the input file, or on "None" when the texts came from stdin."""
     try:
-        sys.stdout.write(line) if line is not None else sys.stdout.flush()
-    except BrokenPipeError:
-        raise
+        _stdout().write(line) if line is not None else _stdout().flush()
     except OSError as e:
-        raise ValueError(f"cannot write the output (stdout): {e.strerror or e}") from None
+        raise _stdout_failed(e) from None
 
 
 def _is_live(f) -> bool:
@@ -1444,7 +1505,7 @@ def demo(
     from .demo import run_demo
 
     try:
-        run_demo(out, model=model, progress=progress)
+        run_demo(out, model=model, progress=progress, emit=_emit)
     except BrokenPipeError:  # `slimtext demo | head`: 141, as every other command
         raise _pipe_closed() from None
     except _user_errors() as e:
@@ -1762,6 +1823,7 @@ def main() -> None:
         typer.echo("\nerror: stopped by SIGTERM", err=True)
         sys.exit(128 + signal.SIGTERM)
 
+    _hold_closed_descriptors()
     # JSON and reports are UTF-8 whatever the locale: under LANG=C `predict` died on the first
     # non-ASCII label, printing nothing.
     for stream in (sys.stdout, sys.stderr):
@@ -1795,6 +1857,24 @@ def main() -> None:
         else f"{category.__name__}: {message}\n"
     )  # fmt: skip
     sys.exit(_run(app))
+
+
+def _hold_closed_descriptors() -> None:
+    """Put /dev/null on a standard descriptor the shell closed (`<&-`, `>&-`), sys.stdin /
+    sys.stdout staying None (`_stdout`): left free, the next file opened took it (a model file,
+    a save's temporary file), and whatever wrote to descriptor 1 (C code) wrote into that."""
+    for fd, stream in ((0, sys.stdin), (1, sys.stdout), (2, sys.stderr)):
+        if stream is not None:
+            continue
+        try:
+            os.fstat(fd)
+            continue  # open again already (by what, we cannot tell): left alone
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)  # the lowest free descriptor: `fd` itself
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
 
 
 def _run(command) -> int:

@@ -2,6 +2,7 @@ import csv
 import json
 import re
 import select
+import shlex
 import shutil
 import signal
 import subprocess
@@ -1174,3 +1175,78 @@ def test_help_texts_survive_rich_markup():
         helps = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
         for text in helps:
             assert Text.from_markup(text).plain == text, (name, text)
+
+
+def test_a_closed_or_full_stdout_or_stdin_is_one_error_line(tiny_model_dir, data_files, tmp_path):
+    # The shell's `>&-` / `<&-` leave Python's sys.stdout / sys.stdin None: predict died with
+    # an AttributeError traceback (exit 1), eval's report into /dev/full with an OSError one
+    slim = f"{sys.executable} -m slimtext"
+    _, test = data_files
+    cases = {
+        f"{slim} predict {tiny_model_dir} goal >&-": "cannot write the output (stdout): closed",
+        f"{slim} predict {tiny_model_dir} <&-": "stdin is closed",
+        f"{slim} eval {tiny_model_dir} --data {test} --json --no-progress >/dev/full":
+            "cannot write the output (stdout): No space left on device",
+    }  # fmt: skip
+    for cmd, said in cases.items():
+        r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=300)
+        errors = [x for x in r.stderr.splitlines() if not x.startswith(("data:", "note:"))]
+        assert r.returncode == 2 and len(errors) == 1, (cmd, r.stderr)
+        assert errors[0].startswith("error: ") and said in errors[0], (cmd, r.stderr)
+
+
+def test_a_closed_descriptor_is_not_taken_by_the_next_file_opened():
+    # with fd 1 closed, the next file opened (a model file, a save's temporary file) became
+    # the process's stdout, where C code and child processes (torchrun's ranks) write
+    code = ("import os, sys, slimtext.cli as c; "
+            "c._run = lambda app: sys.stderr.write(f'fd {os.open(os.devnull, 0)}') and 0; "
+            "c.main()")  # fmt: skip
+    for closed in ("<&-", ">&-"):
+        cmd = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {closed}"
+        r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0 and r.stderr.startswith("fd ") and int(r.stderr[3:]) > 2, r
+
+
+def test_demo_report_into_a_full_or_closed_stdout_is_one_error_line(tmp_path):
+    # demo prints its report with print(): into /dev/full the interpreter's last flush failed
+    # ("Exception ignored ... OSError", exit 120); into a closed stdout it said nothing, exit 0
+    code = ("import slimtext.demo as d, slimtext.cli as c, sys; "
+            "d.run_demo = lambda *a, emit=print, **k: emit('report ' * 100); "
+            "sys.argv = ['slimtext', 'demo']; c.main()")  # fmt: skip
+    for where in (">/dev/full", ">&-", "| true"):
+        cmd = f"{shlex.quote(sys.executable)} -c {shlex.quote(code)} {where}; echo rc=$? >&2"
+        if where == "| true":
+            cmd = cmd.replace("echo rc=$?", "echo rc=${PIPESTATUS[0]}")
+        r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+        *said, rc = r.stderr.strip().splitlines()
+        if where == "| true":  # the reader gone: quiet, as every other command
+            assert rc == "rc=141" and not said, r.stderr
+        else:
+            assert rc == "rc=2" and len(said) == 1, r.stderr
+            assert said[0].startswith("error: cannot write the output (stdout)"), r.stderr
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.TSV", "d.jsonl.gz", "d.json", "d.parquet"])
+def test_predict_file_refuses_a_data_file(tiny_model_dir, tmp_path, name):
+    # each raw line was classified as a text: the CSV header, the JSON syntax, other columns
+    f = tmp_path / name
+    f.write_text("text,label\ngoal match,sport\n")
+    r = runner.invoke(app, ["predict", str(tiny_model_dir), "--file", str(f)])
+    assert r.exit_code == 2 and not r.stdout.strip(), r.output
+    assert f"{f}: --file reads plain text" in r.output and "eval" in r.output, r.output
+
+
+def test_predict_file_reads_a_gzipped_named_pipe_through_gzip(tiny_model_dir, tmp_path):
+    import gzip
+    import os
+    import threading
+
+    fifo = tmp_path / "texts.txt.gz"
+    os.mkfifo(fifo)
+    feed = threading.Thread(target=fifo.write_bytes, args=(gzip.compress(b"goal\nbank\n"),))
+    feed.start()
+    cmd = [sys.executable, "-m", "slimtext", "predict", str(tiny_model_dir), "--file", str(fifo)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    feed.join(timeout=10)
+    ref = runner.invoke(app, ["predict", str(tiny_model_dir), "goal", "bank"]).stdout
+    assert r.returncode == 0 and r.stdout == ref, r.stderr
