@@ -142,3 +142,27 @@ def test_hf_peer_trains_on_the_rows_of_the_models_classes(tiny_model_dir, toy_da
     with pytest.raises(ValueError, match="none of the --train labels"):
         hf_train_same_shape(tiny_model_dir, TextDataset(["x y"], ["weather"], source="t"),
                             tmp_path / "h2", max_steps=1, seconds=None)  # fmt: skip
+
+
+def test_a_model_fitted_on_integer_labels_is_scored_on_its_stored_labels(toy_data, tmp_path):
+    """`fit(texts, [0, 1, 2])` gives a model whose `predict` answers ints, while a test file's
+    labels are read as text ("0"): bench compared the two and scored every answer wrong."""
+    from slimtext.api import TextClassifier
+    from slimtext.bench.measure import accuracy_report
+    from slimtext.bench.peers import open_contender
+
+    texts, labels = toy_data
+    ints = sorted(set(labels))
+    y = [ints.index(lab) for lab in labels]
+    clf = TextClassifier(model="attention", hidden_size=16, vocab_size=300, max_length=16,
+                         epochs=4, lr=5e-3, valid_fraction=0, verbose=False)  # fmt: skip
+    clf.fit(texts, y)
+    clf.save(tmp_path / "m")
+    spec = Spec(kind="slimtext", path=str(tmp_path / "m"), eval_file="", labels=[], plan={},
+                backend="torch")  # fmt: skip
+    fn, _ = open_contender(spec)
+    got = list(fn(texts))
+    assert got == [str(v) for v in clf.predict(texts)]
+    stored = load(tmp_path / "m").labels
+    report = accuracy_report([str(v) for v in y], got, stored)
+    assert report["accuracy"] == pytest.approx(clf.score(texts, y))
