@@ -54,7 +54,9 @@ from .train.trainer import TrainConfig, keeps_caller_rng
 IGNORE = -100  # label of a position that is not predicted (F.cross_entropy's ignore_index)
 PRETRAIN_LABELS = ["pretrain-0", "pretrain-1"]  # the placeholder head of a pretrained model dir
 # Shape of the encoder: fixed by the init model when fine-tuning from one.
-SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "ffn_size", "pooling", "attention_size",
+# (Pooling is not one: a masked-LM encoder never trained its [CLS] pooler, so fine-tuning it
+# with masked-mean pooling over the tokens MLM did train is a choice the user may make.)
+SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "ffn_size", "attention_size",
               "share_layers", "layer_norm_eps", "pad_id", "embeddings",
               "ngram_buckets")  # fmt: skip
 
@@ -511,15 +513,22 @@ def init_config(base: ModelConfig, num_labels: int, overrides: dict) -> ModelCon
             f"fine-tuning a pretrained encoder keeps its shape; drop the options that differ: "
             f"{', '.join(clash)}"
         )
-    keep = {k: overrides[k] for k in ("dropout", "gradient_checkpointing") if k in overrides}
+    keep = {k: overrides[k] for k in ("dropout", "gradient_checkpointing", "pooling")
+            if overrides.get(k) is not None}  # fmt: skip
     return replace(base, num_labels=num_labels, **keep)
 
 
 def init_classifier(src: nn.Module, config: ModelConfig) -> TransformerClassifier:
-    """A new classifier of `config` with every weight of `src` but the head (sized anew)."""
+    """A new classifier of `config` with every weight of `src` but the head (sized anew). With
+    another pooling than `src`'s, its [CLS] pooler is dropped (mean) or starts fresh (cls)."""
     model = build_model(config)
-    state = {k: v for k, v in src.state_dict().items() if not k.startswith("head.")}
+    pooler = {"pooler.weight", "pooler.bias"}
+    new = {"head.weight", "head.bias"}
+    drop = ("head.",) if config.pooling == "cls" else ("head.", "pooler.")
+    state = {k: v for k, v in src.state_dict().items() if not k.startswith(drop)}
+    if config.pooling == "cls" and not pooler <= state.keys():
+        new |= pooler
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != {"head.weight", "head.bias"}:
+    if unexpected or set(missing) != new:
         raise ValueError(f"init weights do not fit: missing {missing}, unexpected {unexpected}")
     return model

@@ -132,6 +132,29 @@ def test_init_loads_every_encoder_weight_and_only_the_head_is_new(pretrained, to
             assert torch.equal(v, src_state[k]), k
 
 
+def test_init_takes_another_pooling_keeping_every_encoder_weight(pretrained, toy_data):
+    # `--init ENC --pooling mean` was refused as a shape change: but MLM never trains the [CLS]
+    # pooler, and mean pooling over the tokens it did train is a fair choice to fine-tune with.
+    enc, _, _ = pretrained
+    src = read_model_dir(enc).model
+    assert src.config.pooling == "cls"
+    rest = {k: v for k, v in TINY.items() if k not in ("hidden_size", "num_layers")}
+    clf = TextClassifier(init=enc, max_steps=2, pooling="mean", verbose=False, **rest)
+    model = clf.fit(toy_data).model_dir_.model
+    assert model.config.pooling == "mean" and model.pooler is None
+    mean = init_classifier(src, ModelConfig(**{**src.config.to_dict(), "pooling": "mean"}))
+    src_state = src.state_dict()
+    for k, v in mean.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(v, src_state[k]), k
+    # and back: a mean-pooled model as the start of a [CLS] one gets a fresh pooler, the rest kept
+    back = init_classifier(mean, ModelConfig(**{**src.config.to_dict(), "pooling": "cls"}))
+    assert back.pooler is not None
+    for k, v in mean.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(back.state_dict()[k], v), k
+
+
 def test_layer_lr_decay_gives_each_depth_its_lr():
     model = TransformerClassifier(ModelConfig(vocab_size=50, num_labels=2, hidden_size=32,
                                               num_layers=2, num_heads=2, ffn_size=64,
