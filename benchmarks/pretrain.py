@@ -69,6 +69,18 @@ SETUPS = {
         "encoder_from": "imdb-wwm",
         "finetune": ["--epochs", "2", "--batch-size", "32", "--long-text", "chunks"],
     },
+    # Session 25 (prepared, not run yet): the same encoder again, fine-tuned (and the from-scratch
+    # model trained) with masked-mean pooling. MLM never trains the [CLS] pooler, so the
+    # classifier must learn to use [CLS] from the labels alone; mean pooling reads the tokens
+    # pretraining did train (the package default from scratch, and `--init` accepts it since).
+    "imdb-wwm-chunks-mean": {
+        "data": "imdb",
+        "shape": TWO_BLOCKS,
+        "max_length": 256,
+        "encoder_from": "imdb-wwm",
+        "pooling": "mean",
+        "finetune": ["--epochs", "2", "--batch-size", "32", "--long-text", "chunks"],
+    },
     # Session 15, on the lent GPU (one H200, `--device cuda`): what more pretraining buys. BERT-mini
     # (not two blocks), 5,000 steps of 128 x 256 tokens with whole-word masking: ~17 passes over
     # the reviews, each document read whole (`chunks`) in pretraining and fine-tuning alike.
@@ -149,10 +161,11 @@ def bench_dataset(
     common += ["--device", device] if device else []
     data = ["--data", str(train_path), "--test", str(test_path)]
     res = {"setup": setup}
+    pooling = setup.get("pooling", "cls")  # from scratch and fine-tuned alike
     res["scratch"] = stage(
         out, "scratch",
         [*slim, "train", *data, "--out", str(out / "scratch"), "--model", "transformer",
-         "--pooling", "cls", *setup["shape"], *setup["finetune"], *common],  # default lr, 5e-4
+         "--pooling", pooling, *setup["shape"], *setup["finetune"], *common],  # default lr, 5e-4
     )  # fmt: skip
     if "encoder_from" in setup:  # another setup's encoder and peers: only fine-tuning differs
         source = out.parent / setup["encoder_from"]
@@ -174,7 +187,8 @@ def bench_dataset(
     res["finetuned"] = stage(
         out, "finetuned",
         [*slim, "train", *data, "--out", str(out / "finetuned"), "--init", str(encoder),
-         *setup["finetune"], "--lr", "2e-4", *common],  # a pretrained encoder wants a lower lr
+         "--pooling", pooling, *setup["finetune"], "--lr", "2e-4",
+         *common],  # a pretrained encoder wants a lower lr
     )  # fmt: skip
     if peer and not peers_file.exists():
         write_json(peers_file, peers(train_path, test_path, threads))
