@@ -51,6 +51,7 @@ from .tokenizer import (
 )
 from .train import Encoded, TrainConfig, TrainResult, fit
 from .train.checkpoint import (
+    FINISHED,
     check_fresh_start,
     clear_finished,
     holds_checkpoints,
@@ -197,11 +198,15 @@ class TextClassifier:
         return ModelConfig(vocab_size=vocab, num_labels=num_labels, arch=self.model, pad_id=pad,
                            **kw)  # fmt: skip
 
-    def _check_tokenizer(self, resume: bool) -> None:
+    def _check_tokenizer(
+        self, resume: bool, checkpoint_dir: str | os.PathLike | None = None
+    ) -> None:
         """A tokenizer file or folder that is missing, broken or unusable: said before the data
-        is read (minutes on large data), not after. A resumed run reuses its checkpoint's
-        tokenizer and an `init` brings its own, so neither reads the option."""
-        if self.init is None and not resume and not is_learnt_kind(self.tokenizer):
+        is read (minutes on large data), not after. A run resumed from a checkpoint reuses its
+        tokenizer and an `init` brings its own, so neither reads the option; `resume` with no
+        checkpoint to continue from starts afresh, and does (it went unchecked until then)."""
+        if (self.init is None and not _resumes(checkpoint_dir, resume)
+                and not is_learnt_kind(self.tokenizer)):  # fmt: skip
             load_tokenizer(self.tokenizer).check_usable(self.tokenizer)
 
     def _fit_tokenizer(
@@ -212,9 +217,7 @@ class TextClassifier:
         # processes: huggingface/tokenizers#1794).
         # (its callers have already refused a folder of an earlier run's checkpoints)
         saved = Path(checkpoint_dir) / "tokenizer.json" if checkpoint_dir is not None else None
-        # Only with a checkpoint to continue: a run killed before its first one left only the
-        # tokenizer, and reusing it ignored a changed --tokenizer/--vocab-size (or data)
-        if resume and saved is not None and saved.is_file() and list_checkpoints(checkpoint_dir):
+        if _resumes(checkpoint_dir, resume):
             return load_tokenizer(saved)
         if is_learnt_kind(self.tokenizer):
             if self.verbose:  # a minute or more on a million texts: say what the wait is
@@ -278,7 +281,7 @@ class TextClassifier:
             probe = self._model_config(None, 2, cfg.max_length)
             if (n := frozen_blocks(cfg.freeze)) is not None and n > probe.num_layers:
                 raise ValueError(f"freeze={cfg.freeze!r}: the model has {probe.num_layers} blocks")
-        self._check_tokenizer(resume)
+        self._check_tokenizer(resume, checkpoint_dir)
         bars = self.verbose if progress is None else (progress and self.verbose)
         # Labels given in memory come back as given (`predict`, `classes_`: ints stay ints, as
         # in scikit-learn); the model directory stores their text, and these beside it.
@@ -799,6 +802,18 @@ def _fingerprint(texts: Sequence[str]) -> str:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
     return h.hexdigest()
+
+
+def _resumes(checkpoint_dir: str | os.PathLike | None, resume: bool) -> bool:
+    """Whether a fit with `resume` continues from checkpoint_dir's checkpoints, reusing the
+    tokenizer beside them. Only with a checkpoint to continue: a run killed before its first one
+    left only the tokenizer, and reusing it ignored a changed --tokenizer/--vocab-size (or
+    data); and not a finished run's, which the next fit clears (`clear_finished`)."""
+    if not resume or checkpoint_dir is None:
+        return False
+    folder = Path(checkpoint_dir)
+    return ((folder / "tokenizer.json").is_file() and not (folder / FINISHED).is_file()
+            and bool(list_checkpoints(folder)))  # fmt: skip
 
 
 def _tokenizer_source(tokenizer: str | os.PathLike) -> str:

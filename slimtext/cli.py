@@ -889,13 +889,13 @@ def _train(
     params["checkpoint_every"] = checkpoint_every
     clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
                          valid_fraction=valid_fraction, verbose=True, **params)  # fmt: skip
-    clf._check_tokenizer(resume)
     from .train.precision import resolve_precision
 
     with warnings.catch_warnings():  # (fit says them) fp16 on a CPU: before the data is read
         warnings.simplefilter("ignore")
         resolve_precision(clf.train_config().precision, ctx.device)
     ckpt = _run_checkpoints(out, checkpoint_every, resume, say)
+    clf._check_tokenizer(resume, ckpt)  # (--resume with no checkpoint reads it: checked too)
     # All data is read (and its report shown) before training: a missing or broken test file
     # must not surface only after an hour of training.
     # Every rank reads and checks them, so that a bad file stops all ranks alike.
@@ -1090,10 +1090,12 @@ def pretrain(
         from .pretrain import pretrain as run_pretrain
 
         check_save_target(out)  # fail now rather than after pretraining
-        # and bad options (--threads 0, --batch-size 0) before the corpus is read
-        check_options(tokenizer=tokenizer, vocab_size=vocab_size, mask_prob=mask_prob, **params)
         say = (lambda msg: typer.echo(msg, err=True)) if ctx.is_main else (lambda msg: None)
         ckpt = _run_checkpoints(out, checkpoint_every, resume, say)
+        # and bad options (--threads 0, --batch-size 0, a missing --tokenizer file) before the
+        # corpus is read
+        check_options(tokenizer=tokenizer, vocab_size=vocab_size, mask_prob=mask_prob,
+                      resume=resume, checkpoint_dir=ckpt, **params)  # fmt: skip
         t0 = time.perf_counter()
         kw = _load_kw(text_col, None, encoding, encoding_errors, on_bad)
         ds = load_data(data, require_labels=False, **kw)

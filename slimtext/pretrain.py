@@ -306,6 +306,7 @@ def pretrain(
     # options first: a bad --threads or --batch-size must not wait for a corpus to be read
     clf = _classifier(tokenizer, vocab_size, mask_prob, progress if messages is None else messages,
                       params)  # fmt: skip
+    clf._check_tokenizer(resume, checkpoint_dir)  # a missing --tokenizer file too
     cfg = clf.train_config()
     if isinstance(data, TextDataset):  # e.g. load_data(path, encoding=..., on_bad="skip")
         texts = list(data.texts)
@@ -453,9 +454,14 @@ def check_strategy_for_pretrain(strategy: object) -> None:
 
 
 def check_options(*, tokenizer: str = "bpe", vocab_size: int = 16000, mask_prob: float = 0.15,
+                  resume: bool = False, checkpoint_dir: str | os.PathLike | None = None,
                   **params) -> None:  # fmt: skip
-    """What `pretrain` would refuse in its options, refused without reading any data."""
-    _classifier(tokenizer, vocab_size, mask_prob, False, params)
+    """What `pretrain` would refuse in its options, refused without reading any data: a
+    tokenizer file that is missing or unusable too, unless the run resumes from a checkpoint
+    in `checkpoint_dir` (which brings its own)."""
+    _classifier(tokenizer, vocab_size, mask_prob, False, params)._check_tokenizer(
+        resume, checkpoint_dir
+    )
 
 
 def check_init(spec: str | os.PathLike) -> None:

@@ -1057,6 +1057,23 @@ def test_a_missing_tokenizer_file_is_said_before_the_data_is_read(tmp_path, toy_
         slimtext.TextClassifier(tokenizer=str(tmp_path / "tok.jsn"), verbose=False).fit(str(bad))
 
 
+def test_a_missing_tokenizer_file_is_said_first_by_a_resume_with_no_checkpoint(tmp_path, toy_data):
+    # `--resume` always on (a job script's first run) starts afresh where there is no
+    # checkpoint, and reads --tokenizer then: it was checked only after the data was read
+    bad = tmp_path / "train.csv"
+    bad.write_text("text,label\n" + "".join(f"a text {i},x\n" for i in range(50)) + ",y\n")
+    r = runner.invoke(app, ["train", "--data", str(bad), "--out", str(tmp_path / "m"),
+                            "--tokenizer", str(tmp_path / "tok.jsn"), "--no-progress",
+                            "--resume"])  # fmt: skip
+    assert r.exit_code == 2 and "tok.jsn: tokenizer file not found" in r.output, r.output
+    assert "train.csv" not in r.output
+    from slimtext.tokenizer import TokenizerError
+
+    clf = slimtext.TextClassifier(tokenizer=str(tmp_path / "tok.jsn"), verbose=False)
+    with pytest.raises(TokenizerError, match="tok.jsn"):
+        clf.fit(str(bad), checkpoint_dir=tmp_path / "ck", resume=True)
+
+
 @pytest.mark.parametrize(
     ("args", "said"),
     [(["train", "--data", "x.csv", "--out", "m", "--epochs", "abc"], "Invalid value for"),

@@ -550,6 +550,24 @@ def test_bad_pretrain_options_are_refused_before_the_corpus_is_read(tmp_path, fl
         pretrain(never, tmp_path / "e", **{flag[2:].replace("-", "_"): value})
 
 
+@pytest.mark.parametrize("resume", [[], ["--resume"]])
+def test_a_missing_pretrain_tokenizer_file_is_said_before_the_corpus_is_read(tmp_path, resume):
+    # train said it first; pretrain read the whole corpus (a minute of a large one: its
+    # "data: corpus.csv" line came first), then "tok.jsn: not found". A --resume with no
+    # checkpoint to continue from reads the option too.
+    bad = tmp_path / "corpus.csv"
+    bad.write_text("text\n" + "".join(f"a text {i}\n" for i in range(50)))
+    tok = str(tmp_path / "tok.jsn")
+    r = CliRunner().invoke(app, ["pretrain", "--data", str(bad), "--out", str(tmp_path / "e"),
+                                 "--tokenizer", tok, "--no-progress", *resume])  # fmt: skip
+    assert r.exit_code == 2 and "tok.jsn: tokenizer file not found" in r.output, r.output
+    assert "corpus.csv" not in r.output
+    never = tmp_path / "never-read.txt"  # does not exist: the tokenizer must fail first
+    with pytest.raises(ValueError, match="tok.jsn: tokenizer file not found"):
+        pretrain(never, tmp_path / "e", tokenizer=tok, checkpoint_dir=tmp_path / "ck",
+                 resume=bool(resume), progress=False)  # fmt: skip
+
+
 @pytest.mark.parametrize("extra", [[], ["--nproc", "2"]])
 @pytest.mark.parametrize("strategy", ["tp", "PP"])
 def test_a_model_parallel_strategy_is_refused_before_processes_start_or_data_is_read(

@@ -630,6 +630,18 @@ def test_a_brought_tokenizer_that_cannot_encode_an_unseen_character_is_refused(t
         TextClassifier(model="attention", tokenizer=bpe, max_steps=1, verbose=False).fit(toy_data)
 
 
+def test_the_refusal_names_the_characters_a_brought_bpe_drops(tmp_path):
+    # With no pre-tokenizer the whole text is one piece, and tokenizers' BPE moves the offsets
+    # of the tokens after a dropped character back by its length: the error blamed 'qxjæ',
+    # characters the vocabulary holds, rather than '☃' and 'æ'.
+    from tokenizers import Tokenizer, models
+
+    path = str(tmp_path / "bpe.json")
+    Tokenizer(models.BPE({"[PAD]": 0, " ": 1, "z": 2, "q": 3, "x": 4, "j": 5}, [])).save(path)
+    with pytest.raises(TokenizerError, match=f"{re.escape(path)}: reads '\u2603\u00e6' of the"):
+        load_tokenizer(path).check_usable(path)
+
+
 @pytest.mark.parametrize(
     "post, why",
     [("template", r"\(TemplateProcessing\) adds '\[CLS\]' to every text as id 101, but the "
