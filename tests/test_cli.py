@@ -319,16 +319,25 @@ def test_yaml_config_errors_name_the_file_and_key(tmp_path, tiny_model_dir, data
     assert r.exit_code == 0 and json.loads(r.stdout)["n"] == 15, r.output
 
 
+def _refused_yaml(tmp_path, train, body: str) -> str:
+    """`train --config` of YAML `body`: refused (exit 2, no traceback, no model); its message."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(body)
+    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
+                            "--config", str(cfg)])  # fmt: skip
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "m").exists()
+    return " ".join(r.output.replace("│", " ").split())  # rich boxes (and wraps) its lines
+
+
 def test_a_yaml_of_a_saved_config_says_which_keys_no_flag_sets(tmp_path, data_files):
     # config.json's train part as a YAML: keep_checkpoints was offered as "did you mean
     # 'gradient-checkpointing'?", bucket_batches as 'microbatches'
-    train, _ = data_files
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("epochs: 1\nkeep_checkpoints: 2\nbucket_batches: 50\nbatch-sise: 4\n")
-    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
-                            "--config", str(cfg)])  # fmt: skip
-    out = " ".join(r.output.replace("│", " ").split())  # rich boxes (and wraps) its lines
-    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    out = _refused_yaml(
+        tmp_path,
+        data_files[0],
+        "epochs: 1\nkeep_checkpoints: 2\nbucket_batches: 50\nbatch-sise: 4\n",
+    )
     said = "'bucket_batches', 'keep_checkpoints': config.json records them, but no option"
     assert said in out
     assert "'batch-sise' (did you mean 'batch-size'?)" in out  # a typo is still a typo
@@ -338,13 +347,7 @@ def test_a_yaml_of_a_saved_config_says_which_keys_no_flag_sets(tmp_path, data_fi
 def test_a_yaml_of_a_saved_config_names_the_option_that_sets_arch(tmp_path, data_files):
     # config.json's model part says `arch: attention`; the option is --model: it was said to
     # be a key "no option of this command sets"
-    train, _ = data_files
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("epochs: 1\narch: attention\nkeep_best: true\n")
-    r = runner.invoke(app, ["train", "--data", str(train), "--out", str(tmp_path / "m"),
-                            "--config", str(cfg)])  # fmt: skip
-    out = " ".join(r.output.replace("│", " ").split())  # rich boxes (and wraps) its lines
-    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    out = _refused_yaml(tmp_path, data_files[0], "epochs: 1\narch: attention\nkeep_best: true\n")
     assert "'arch' (config.json's name for --model: write 'model: attention')" in out
     assert "'keep_best': config.json records them, but no option" in out
     assert "'arch', " not in out and not (tmp_path / "m").exists()
