@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
 import pytest
+
+# Help and error boxes (rich) are wrapped to the terminal's width: in a narrow one (COLUMNS=40)
+# the phrases tests look for were split across lines. Fixed here, so results do not depend on
+# the shell the tests run from (subprocesses inherit it too).
+os.environ["COLUMNS"] = os.environ["TERMINAL_WIDTH"] = "200"
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
