@@ -167,23 +167,24 @@ def bench_dataset(
         [*slim, "train", *data, "--out", str(out / "scratch"), "--model", "transformer",
          "--pooling", pooling, *setup["shape"], *setup["finetune"], *common],  # default lr, 5e-4
     )  # fmt: skip
-    if "encoder_from" in setup:  # another setup's encoder and peers: only fine-tuning differs
-        source = out.parent / setup["encoder_from"]
-        encoder, peers_file = source / "pretrained", source / "peers.json"
-        res["pretrain"] = json.loads((source / "pretrained.json").read_text())
-    else:
-        encoder, peers_file = out / "pretrained", out / "peers.json"
-        res["pretrain"] = stage(
-            out, "pretrained",
-            [*slim, "pretrain", "--data", str(train_path), "--out", str(encoder),
-             *setup["shape"], *setup["pretrain"], *common,
-             # The quoted CPU runs read each document's first max_length tokens (pretrain's only
-             # behaviour then; since session 14 it reads long ones whole unless told this).
-             "--long-text", setup.get("pretrain_long_text", "truncate"),
-             # An interrupted pretraining resumes exactly where it stopped when this is re-run
-             # (its recorded seconds are then the last attempt's; the log has every attempt).
-             "--checkpoint-every", "200", "--resume"],
-        )  # fmt: skip
+    # Another setup's encoder and peers (only fine-tuning differs): that setup's pretraining
+    # stage, run here when it has not run yet (its scratch and fine-tuning stages are not).
+    source = out.parent / setup["encoder_from"] if "encoder_from" in setup else out
+    pre_setup = SETUPS[setup["encoder_from"]] if "encoder_from" in setup else setup
+    encoder, peers_file = source / "pretrained", source / "peers.json"
+    source.mkdir(parents=True, exist_ok=True)
+    res["pretrain"] = stage(
+        source, "pretrained",
+        [*slim, "pretrain", "--data", str(train_path), "--out", str(encoder),
+         *pre_setup["shape"], *pre_setup["pretrain"],
+         "--max-length", str(pre_setup["max_length"]), *common[2:],
+         # The quoted CPU runs read each document's first max_length tokens (pretrain's only
+         # behaviour then; since session 14 it reads long ones whole unless told this).
+         "--long-text", pre_setup.get("pretrain_long_text", "truncate"),
+         # An interrupted pretraining resumes exactly where it stopped when this is re-run
+         # (its recorded seconds are then the last attempt's; the log has every attempt).
+         "--checkpoint-every", "200", "--resume"],
+    )  # fmt: skip
     res["finetuned"] = stage(
         out, "finetuned",
         [*slim, "train", *data, "--out", str(out / "finetuned"), "--init", str(encoder),
