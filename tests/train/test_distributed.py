@@ -389,16 +389,17 @@ def test_a_dead_rank_stops_the_run_instead_of_hanging(tmp_path, train_csv):
             proc.wait()
 
 
-def test_a_tokenizer_error_on_rank_0_stops_every_rank_cleanly(tmp_path, train_csv):
-    # Rank 0 makes the tokenizer while the others wait for it: they got a closed gloo socket
-    # and its traceback instead of the reason.
+def test_a_tokenizer_error_stops_every_rank_cleanly(tmp_path, train_csv):
+    # Rank 0 made the tokenizer while the others waited for it: they got a closed gloo socket
+    # and its traceback instead of the reason. A missing file is now refused by every rank
+    # before the process group forms (and before the data is read), each naming it.
     cmd = [*TORCHRUN, "--nproc-per-node=2", "-m", "slimtext", "train", "--data", str(train_csv),
            "--out", str(tmp_path / "m"), "--tokenizer", str(tmp_path / "nope.json"),
            *TINY]  # fmt: skip
     r = run_torchrun(cmd, timeout=120)
     ranks_own = r.stderr.split("failed (exitcode")[0]  # before torchrun's own report
     assert r.returncode != 0
-    assert "rank 0 could not make the tokenizer" in ranks_own and "nope.json" in ranks_own
+    assert ranks_own.count("nope.json: tokenizer file not found") == 2, r.stderr
     assert "Connection closed" not in r.stderr and "Traceback" not in ranks_own, r.stderr
 
 
