@@ -230,9 +230,9 @@ class TextClassifier:
                       "subwords than asked for, or BPE's 256 byte tokens come on top)",
                       file=sys.stderr)  # fmt: skip
         else:
-            tok = (
-                load_tokenizer(self.tokenizer).check_usable(self.tokenizer).with_pad(self.tokenizer)
-            )
+            # (refused if unusable by `_check_tokenizer`, which every caller runs first, on
+            # every rank, before the data is read)
+            tok = load_tokenizer(self.tokenizer).with_pad(self.tokenizer)
             if self.verbose and self.vocab_size != 16000:  # asked for, and not used: said
                 print(f"tokenizer: {self.tokenizer} ({tok.vocab_size:,} tokens); vocab size "
                       f"{self.vocab_size:,} ignored", file=sys.stderr)  # fmt: skip
