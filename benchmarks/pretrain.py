@@ -162,11 +162,6 @@ def bench_dataset(
     data = ["--data", str(train_path), "--test", str(test_path)]
     res = {"setup": setup}
     pooling = setup.get("pooling", "cls")  # from scratch and fine-tuned alike
-    res["scratch"] = stage(
-        out, "scratch",
-        [*slim, "train", *data, "--out", str(out / "scratch"), "--model", "transformer",
-         "--pooling", pooling, *setup["shape"], *setup["finetune"], *common],  # default lr, 5e-4
-    )  # fmt: skip
     # Another setup's encoder and peers (only fine-tuning differs): that setup's pretraining
     # stage, run here when it has not run yet (its scratch and fine-tuning stages are not).
     source = out.parent / setup["encoder_from"] if "encoder_from" in setup else out
@@ -190,6 +185,12 @@ def bench_dataset(
         [*slim, "train", *data, "--out", str(out / "finetuned"), "--init", str(encoder),
          "--pooling", pooling, *setup["finetune"], "--lr", "2e-4",
          *common],  # a pretrained encoder wants a lower lr
+    )  # fmt: skip
+    # From scratch last: the pretrained side, the slow one, reports first.
+    res["scratch"] = stage(
+        out, "scratch",
+        [*slim, "train", *data, "--out", str(out / "scratch"), "--model", "transformer",
+         "--pooling", pooling, *setup["shape"], *setup["finetune"], *common],  # default lr, 5e-4
     )  # fmt: skip
     if peer and not peers_file.exists():
         write_json(peers_file, peers(train_path, test_path, threads))

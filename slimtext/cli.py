@@ -1884,8 +1884,24 @@ def _run(command) -> int:
     bad YAML key) as one `error:` line, like every other refusal, where click drew a box of
     usage and help lines (`grep '^error:'` in a job's log found nothing)."""
     click = _click().exceptions
+    # The help is written by click and rich, not by `_emit`: its stdout failures are said here
+    # (a traceback into /dev/full; nothing and exit 0 into a closed stdout; exit 1, which the
+    # README keeps for bugs, from rich into a closed pipe).
+    helping = len(sys.argv) < 2 or "--help" in sys.argv[1:]
     try:
+        if helping:
+            _need_stdout()
         rv = command(standalone_mode=False)
+    except typer.Exit as e:  # `_need_stdout`'s; click turns the commands' own into return values
+        return e.exit_code
+    except OSError as e:
+        if not helping:
+            raise
+        return _stdout_failed(e).exit_code
+    except SystemExit as e:  # rich's exit when the reader of the help has gone
+        if helping and e.code == 1:
+            return _pipe_closed().exit_code
+        raise
     except click.UsageError as e:
         if message := e.format_message():  # none: no command given, the help shown instead
             where = e.ctx.command_path if e.ctx is not None else "slimtext"

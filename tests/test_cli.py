@@ -1215,6 +1215,26 @@ def test_a_closed_or_full_stdout_or_stdin_is_one_error_line(tiny_model_dir, data
         assert errors[0].startswith("error: ") and said in errors[0], (cmd, r.stderr)
 
 
+def test_help_into_a_full_closed_or_gone_stdout_is_said_as_every_output_is():
+    # the help is written by click and rich: into /dev/full a traceback, into a closed stdout
+    # nothing and exit 0, into a pipe whose reader left exit 1 (kept for bugs)
+    slim = f"{shlex.quote(sys.executable)} -m slimtext"
+    cases = {
+        f"{slim} --help >/dev/full": (2, "No space left on device"),
+        f"{slim} train --help >&-": (2, "closed"),
+        f"{slim} predict --help | true": (141, None),
+    }
+    for cmd, (code, said) in cases.items():
+        cmd += "; echo rc=${PIPESTATUS[0]} >&2"
+        r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+        *lines, rc = r.stderr.strip().splitlines()
+        assert rc == f"rc={code}", (cmd, r.stderr)
+        if said is None:
+            assert not lines, (cmd, r.stderr)
+        else:
+            assert lines == [f"error: cannot write the output (stdout): {said}"], (cmd, r.stderr)
+
+
 def test_a_closed_descriptor_is_not_taken_by_the_next_file_opened():
     # with fd 1 closed, the next file opened (a model file, a save's temporary file) became
     # the process's stdout, where C code and child processes (torchrun's ranks) write
