@@ -107,13 +107,13 @@ def _check_family(model: str, params: dict, warn: bool = True) -> None:
 def as_dataset(data: Data, **load_kwargs) -> TextDataset:
     """A TextDataset from a dataset, a source spec (path, `bbc`, `hf:...`) or (texts, labels)."""
     if isinstance(data, TextDataset):
-        return data
+        return _checked_types(data)
     if isinstance(data, (str, os.PathLike)):
         return load_data(data, **load_kwargs)
     if isinstance(data, tuple) and len(data) == 2:
         if isinstance(data[1], str):
             raise TypeError("(texts, labels) takes a list of labels, not a single string")
-        texts, labels = check_texts(data[0]), list(data[1])
+        texts, labels = check_texts(data[0]), _label_list(data[1])
         if len(texts) != len(labels):
             raise DataError(f"{len(texts)} texts but {len(labels)} labels")
         return TextDataset(texts, [_label(i, y) for i, y in enumerate(labels)], source="<memory>")
@@ -121,6 +121,36 @@ def as_dataset(data: Data, **load_kwargs) -> TextDataset:
         "data must be a TextDataset, a path or source name, or a (texts, labels) tuple "
         "(fit and score also take texts and labels as two arguments)"
     )
+
+
+def _checked_types(ds: TextDataset) -> TextDataset:
+    """`ds`, if its texts and labels are strings. One made by hand with integer labels failed
+    deep in `label_set` (a regex's TypeError), a None text in the tokenizer; only the types are
+    checked, in one cheap pass (the loaders' datasets pass through here too)."""
+    for i, t in enumerate(ds.texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{ds.where(i)}: text is {type(t).__name__}, expected str")
+    for i, y in enumerate(ds.labels or []):
+        if not isinstance(y, str):
+            raise DataError(
+                f"{ds.where(i)}: label {y!r} is {type(y).__name__}, not str (a TextDataset "
+                "holds its labels as text); give other labels as (texts, labels), which keeps "
+                "them as given"
+            )
+    return ds
+
+
+def _label_list(y) -> list:
+    """Labels given in memory as a list, one per text. A one-column table (an (n, 1) array,
+    `df[["label"]]`) is its column, as scikit-learn reads it (its integers came back as text, a
+    DataFrame was "1 labels"); a wider one is refused here, not by numpy on its first row."""
+    shape = getattr(y, "shape", None)
+    if shape is not None and len(shape) == 2 and shape[1] == 1:
+        return list(y.iloc[:, 0] if hasattr(y, "iloc") else np.asarray(y)[:, 0])
+    if shape is not None and len(shape) > 1:
+        raise DataError(f"labels: give one label per text (1-D), not a table of shape "
+                        f"{tuple(shape)}")  # fmt: skip
+    return list(y)
 
 
 def _label(i: int, y) -> str:
@@ -771,7 +801,7 @@ def _given_labels(data: Data) -> tuple[Data, dict | None]:
     of one stored class (1 and "1", "a" and "a ") are an error, not a silent merge."""
     if not (isinstance(data, tuple) and len(data) == 2) or isinstance(data[1], str):
         return data, None
-    ys = [y.item() if isinstance(y, np.generic) else y for y in data[1]]
+    ys = [y.item() if isinstance(y, np.generic) else y for y in _label_list(data[1])]
     given: dict = {}
     for y in ys:
         key, _ = label_to_str(y)

@@ -78,6 +78,11 @@ LOW_PRECISION_MARGIN = 0.05
 Runner = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def _made_again(model_dir: ModelDir, args: dict) -> Predictor:
+    """A pickled or copied Predictor (see `Predictor.__reduce__`)."""
+    return Predictor(model_dir, **args)
+
+
 class Predictor:
     """`predict(texts) -> labels`, `predict_proba(texts) -> (N, C) array`, over one backend."""
 
@@ -146,6 +151,13 @@ class Predictor:
             if warmup:
                 self._run_synthetic(min(batch_size, 8))
         self.backend = backend
+
+    def __reduce__(self):
+        # The runner is a closure over this predictor (or a compiled graph, an ONNX session):
+        # a copy is made again from its model directory, as this one was, on the backend `auto`
+        # chose. Pickling failed ("Can't pickle local object"), and a deep copy kept the
+        # original's runner, predicting with the original's model whatever was done to its own.
+        return _made_again, (self.model_dir, {**self.made_with, "backend": self.backend})
 
     def auto_notes(self) -> list[str]:
         """What `auto` picked, and each candidate it had to leave out and why (an ONNX cache it

@@ -167,6 +167,26 @@ def test_malformed_texts_in_memory_are_named():
         as_dataset((["ok", " \t"], ["a", "b"]))
 
 
+def test_a_text_dataset_made_by_hand_is_checked_as_texts_in_memory_are(fitted, toy_data):
+    # A TextDataset holds its labels as text: one built with integer labels failed in a regex
+    # ("expected string or bytes-like object, got 'int'"), and one with a None text in the
+    # tokenizer ("object of type 'NoneType' has no len()").
+    from slimtext.data import TextDataset
+
+    texts, names = toy_data
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=1, verbose=False)
+    ints = TextDataset(texts, [i % 3 for i in range(len(texts))], source="mine")
+    with pytest.raises(DataError, match=r"mine row 0: label 0 is int, not str.*\(texts, labels\)"):
+        TextClassifier(**kw).fit(ints)
+    with pytest.raises(DataError, match="mine row 0: label 0 is int"):
+        fitted.score(ints)
+    holed = TextDataset(texts[:2] + [None] + texts[3:], names, source="mine")
+    with pytest.raises(TypeError, match="mine row 2: text is NoneType, expected str"):
+        TextClassifier(**kw).fit(holed)
+    with pytest.raises(TypeError, match="mine row 2: text is NoneType"):
+        TextClassifier(**kw).fit((texts, names), holed)
+
+
 def test_prediction_refuses_a_blank_text_as_the_cli_and_server_do(fitted):
     # It used to answer for [CLS] [SEP] alone: a confident label for nothing.
     with pytest.raises(ValueError, match="text 2 is empty or only whitespace"):
@@ -483,6 +503,27 @@ def test_labels_come_back_as_given_floats_and_spaced_text_too(toy_data, tmp_path
         TextClassifier(**kw).fit((texts[:4], [1, "1", 2, 2]))
 
 
+def test_labels_as_one_column_are_read_as_scikit_learn_reads_them(toy_data):
+    # `df[["label"]].to_numpy()` is (n, 1): its integers came back as text ("0", "10", "2",
+    # in text order), a one-column DataFrame was "90 texts but 1 labels", and an (n, 2) array
+    # failed with numpy's "can only convert an array of size 1 to a Python scalar".
+    pd = pytest.importorskip("pandas")
+    texts, names = toy_data
+    ints = np.array([{"sport": 0, "tech": 2, "money": 10}[n] for n in names])
+    kw = dict(model="attention", vocab_size=400, max_length=32, max_steps=2, verbose=False)
+    clf = TextClassifier(**kw).fit(texts, ints.reshape(-1, 1))
+    assert list(clf.classes_) == [0, 2, 10]
+    assert all(type(p) is int for p in clf.predict(texts[:3]))
+    assert clf.score(texts, ints.reshape(-1, 1)) == clf.score(texts, ints)
+    clf = TextClassifier(**kw).fit(texts, pd.DataFrame({"label": ints}))
+    assert list(clf.classes_) == [0, 2, 10]
+    for y in (np.stack([ints, ints], axis=1), pd.DataFrame({"a": ints, "b": ints})):
+        with pytest.raises(DataError, match=r"one label per text.*\(90, 2\)"):
+            TextClassifier(**kw).fit(texts, y)
+        with pytest.raises(DataError, match=r"one label per text.*\(90, 2\)"):
+            clf.score(texts, y)
+
+
 def test_a_refit_that_fails_leaves_the_fitted_classifier_as_it_was(toy_data, tmp_path):
     # A refused refit on integer labels made a string-label classifier return int("sport").
     texts, names = toy_data
@@ -616,6 +657,29 @@ def test_a_pickled_classifier_predicts_as_the_original(tiny_model_dir, tmp_path)
     again = pickle.loads(pickle.dumps(clf))
     assert again._predictor.made_with["onnx_path"] == onnx
     np.testing.assert_allclose(again.predict_proba(long), clf.predict_proba(long), atol=1e-6)
+
+
+def test_a_loaded_predictor_pickles_and_copies_with_its_own_model(tiny_model_dir):
+    # slimtext.load's predictor could not be pickled ("Can't pickle local object
+    # 'Predictor._torch_runner.<locals>.run'"), and a deep copy kept the original's runner: it
+    # predicted with the original's model, whatever was done to its own.
+    import copy
+    import pickle
+
+    import torch
+
+    texts = ["goal match team", "bank market shares " * 30]
+    pred = slimtext.load(tiny_model_dir, long_text="chunks")
+    want = pred.predict_proba(texts)
+    for again in (pickle.loads(pickle.dumps(pred)), copy.deepcopy(pred)):
+        assert (again.backend, again.long_text) == ("torch", "chunks")
+        np.testing.assert_allclose(again.predict_proba(texts), want, atol=1e-6)
+        assert again.predict(texts) == pred.predict(texts)
+        with torch.no_grad():
+            for p in again.model.head.parameters():
+                p.zero_()
+        np.testing.assert_allclose(again.predict_proba(texts), 1 / 3, atol=1e-6)
+        np.testing.assert_array_equal(pred.predict_proba(texts), want)  # the original's own
 
 
 def test_a_copied_classifier_is_not_taken_for_an_edited_one(tiny_model_dir, tmp_path):

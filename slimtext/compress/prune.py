@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -425,6 +425,9 @@ def prune_(model: nn.Module, config: PruneConfig, calib: Sequence[Batch] | None 
     bl = blocks(model)
     if not bl:  # it would record pruning it had not done
         raise ValueError(f"{type(model).__name__} has no encoder blocks to prune (num_layers=0?)")
+    if config.importance == "taylor" and not calib:
+        # ranked by the magnitude fallback: config.json and the model card say so, not "taylor"
+        config = replace(config, importance="magnitude")
     heads, neurons = importance(model, calib, config.importance)
     if isinstance(config, HeadPruning):
         keep = _global_keep(heads, config.ratio)

@@ -275,6 +275,7 @@ def check_recipe(
         None,
     )
     layers = config.num_layers  # the model's layers as each step meets them
+    widths = config  # its shape as each step meets it: a distilled student's once distilled
     for i, (name, opts) in enumerate(steps):
         label = _label(name, opts)
         if name == "prune" and not {"heads", "ffn"} & set(opts):  # it pruned nothing
@@ -315,11 +316,10 @@ def check_recipe(
             factorized = False  # a new student
         if name == "quantize" and opts.get("method") == "int4-weight":
             group = int(opts.get("group", Int4WeightOnly.group_size))
-            widths = {config.hidden_size, config.ffn_size}
-            if not any(w % group == 0 for w in widths):
+            if not any(w % group == 0 for w in (widths.hidden_size, widths.ffn_size)):
                 raise ValueError(
                     f"step {label!r}: group={group} divides no layer's input width (hidden "
-                    f"{config.hidden_size}, ffn {config.ffn_size}), so every layer would fall "
+                    f"{widths.hidden_size}, ffn {widths.ffn_size}), so every layer would fall "
                     "back to int8"
                 )
         if i and name == "distill":
@@ -347,7 +347,7 @@ def check_recipe(
                 student = replace(config, **shape)
             except ValueError as e:
                 raise ValueError(f"step {label!r}: {e}") from None
-            layers = student.num_layers
+            layers, widths = student.num_layers, student
         elif name == "drop":
             if config.share_layers:
                 raise ValueError(f"step {label!r}: the model shares one block across its layers")
@@ -409,6 +409,12 @@ def compress(
     check_save_target(out_dir, reads=(teacher_dir, teacher))
     load_kw = load_kw or {}
     steps = parse_recipe(recipe)
+    if transfer is not None and not any(n == "distill" for n, _ in steps):
+        # only a distill step reads them: the run went on without them, and without a word
+        raise ValueError(
+            "transfer= (--transfer) is used by a 'distill' step, and the recipe has none: add "
+            "'distill' first, or drop the transfer texts"
+        )
     if any(n == "quantize" and o.get("qat") for n, o in steps):
         import importlib.util
 

@@ -114,6 +114,17 @@ def test_a_classifier_saved_after_in_memory_compression_loads_and_claims_no_old_
     assert "valid" in json.loads((tmp_path / "same" / "metrics.json").read_text())
 
 
+def test_pruning_without_calibration_data_records_the_importance_it_used(teacher, batches):
+    # README's `prune_(model, HeadPruning(0.5))` has no calibration batches, so heads were
+    # ranked by weight magnitude while config.json and the model card said "importance=taylor"
+    cfg = HeadPruning(0.5)
+    rec = prune_(teacher.model, cfg)
+    assert rec["config"]["importance"] == "magnitude"
+    assert cfg.importance == "taylor"  # the caller's config is left as it was
+    rec = prune_(teacher.model, FFNPruning(0.5), calib=batches)
+    assert rec["config"]["importance"] == "taylor"
+
+
 def test_pruning_what_is_not_there_is_refused_not_recorded(teacher, tmp_path, make_toy):
     # an attention model without encoder layers: prune_ recorded heads [] and "100% sparse";
     # an N:M pattern whose M divides no width pruned nothing and reported success

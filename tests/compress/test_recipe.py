@@ -215,6 +215,8 @@ def test_bad_last_step_fails_before_the_teacher_is_measured(
         # crashed after the earlier steps had run, or fell back without a word
         ("lowrank:0.5,prune:heads=0.5", "prune before 'lowrank'"),
         ("quantize:int4-weight,group=34", "group=34 divides no layer's input width"),
+        # checked against the teacher's widths (64 divides ffn 64), it failed after distilling
+        ("distill:hidden=16,ffn=32,quantize:int4-weight,group=64", r"\(hidden 16, ffn 32\)"),
         # recorded work the saved model did not have (a review helper's recipes)
         ("prune", "step 'prune' needs heads= and/or ffn="),
         ("sparsity:0.5,finetune", "'finetune' cannot follow 'sparsity:amount=0.5'.*grow back"),
@@ -239,6 +241,18 @@ def test_an_external_teacher_without_a_distill_step_is_refused(
     with pytest.raises(ValueError, match="used by a 'distill' step, and the recipe has none"):
         compress(teacher_dir, make_toy(5, seed=63), tmp_path / "x", teacher=teacher_dir,
                  recipe="prune:heads=0.5,finetune", log=lambda s: None)  # fmt: skip
+    assert not (tmp_path / "x").exists()
+
+
+def test_transfer_texts_without_a_distill_step_are_refused(
+    teacher_dir, make_toy, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(recipe_mod, "measure", _no_training)
+    # only a distill step reads them: the run went on without a word (a missing file too)
+    for transfer in (["stocks fell again", "a late winner"], str(tmp_path / "missing.txt")):
+        with pytest.raises(ValueError, match="transfer= .--transfer. is used by a 'distill' step"):
+            compress(teacher_dir, make_toy(5, seed=63), tmp_path / "x", transfer=transfer,
+                     recipe="quantize:int8-dynamic", log=lambda s: None)  # fmt: skip
     assert not (tmp_path / "x").exists()
 
 
