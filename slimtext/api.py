@@ -228,6 +228,14 @@ class TextClassifier:
         return ModelConfig(vocab_size=vocab, num_labels=num_labels, arch=self.model, pad_id=pad,
                            **kw)  # fmt: skip
 
+    def _check_init(self) -> None:
+        """An `init` that fine-tuning could not start from as asked (missing, not an encoder,
+        another shape or model, a deeper freeze): said before the data is read, not after."""
+        if self.init is not None:
+            from .pretrain import check_init
+
+            check_init(self.init, self.model, self._params(), self.train_config().freeze)
+
     def _check_tokenizer(
         self, resume: bool, checkpoint_dir: str | os.PathLike | None = None
     ) -> None:
@@ -303,10 +311,7 @@ class TextClassifier:
             if rest is not None:  # y was not the labels of texts: a second validation set
                 raise TypeError("fit(train, valid, valid=...): validation data given twice")
         cfg = self.train_config()
-        if self.init is not None:  # a missing folder or transformers: before the data is read
-            from .pretrain import check_init
-
-            check_init(self.init)
+        self._check_init()
         if self.init is None:  # the shape checked now, not after minutes of tokenizer learning
             probe = self._model_config(None, 2, cfg.max_length)
             if (n := frozen_blocks(cfg.freeze)) is not None and n > probe.num_layers:

@@ -881,14 +881,11 @@ def _train(
 
     # an --out that would be refused must fail now, not after training
     check_save_target(out, reads=(params.get("init"),))
-    if params.get("init"):
-        from .pretrain import check_init
-
-        check_init(params["init"])
     params = {k: v for k, v in params.items() if v is not None}
     params["checkpoint_every"] = checkpoint_every
     clf = TextClassifier(model=model, tokenizer=tokenizer, vocab_size=vocab_size,
                          valid_fraction=valid_fraction, verbose=True, **params)  # fmt: skip
+    clf._check_init()  # before the data: an --init that cannot start this training
     from .train.precision import resolve_precision
 
     with warnings.catch_warnings():  # (fit says them) fp16 on a CPU: before the data is read
@@ -1095,7 +1092,8 @@ def pretrain(
         # and bad options (--threads 0, --batch-size 0, a missing --tokenizer file) before the
         # corpus is read
         check_options(tokenizer=tokenizer, vocab_size=vocab_size, mask_prob=mask_prob,
-                      resume=resume, checkpoint_dir=ckpt, **params)  # fmt: skip
+                      pack=pack, whole_word=whole_word, resume=resume, checkpoint_dir=ckpt,
+                      **params)  # fmt: skip
         t0 = time.perf_counter()
         kw = _load_kw(text_col, None, encoding, encoding_errors, on_bad)
         ds = load_data(data, require_labels=False, **kw)

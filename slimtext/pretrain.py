@@ -144,6 +144,31 @@ def _pre_tokenizer_types(pt) -> list[str]:
     ]
 
 
+def document_start_id(tok: TextTokenizer) -> int | None:
+    """The id of the token a template opens each text with: BERT's [CLS], RoBERTa's <s>."""
+    return next((i for n in (CLS, "<s>") if (i := tok.backend.token_to_id(n)) is not None), None)
+
+
+def check_mlm_tokenizer(
+    tok: TextTokenizer, *, pack: bool = False, whole_word: bool = False
+) -> None:
+    """ValueError unless masked-LM pretraining can use `tok`: it needs a [MASK] (<mask>) token;
+    `pack` finds documents by the [CLS] (<s>) its template opens every text with; `whole_word`
+    needs a vocabulary that marks where words start (`word_start_table`)."""
+    if tok.mask_id is None:
+        raise ValueError("the tokenizer has no [MASK] token: it cannot be used for MLM")
+    if pack:
+        start = document_start_id(tok)
+        if start is None or tok.encode(["a"], 8)[0][:1] != [start]:
+            raise ValueError(
+                "--pack needs each document to start with [CLS] (or <s>), and this tokenizer's "
+                "template adds none: give a tokenizer that wraps texts in [CLS] ... [SEP], or "
+                "drop --pack"
+            )
+    if whole_word:
+        word_start_table(tok)
+
+
 class MLMHead(nn.Module):
     """BERT's prediction head: dense + GELU + LayerNorm, then a decoder whose weight is the
     token embedding matrix (tied: passed in, not stored, so the state dict has no shared
@@ -198,8 +223,7 @@ class MLMModel(nn.Module):
         whole_word: bool = False,
     ):
         super().__init__()
-        if tok.mask_id is None:
-            raise ValueError("the tokenizer has no [MASK] token: it cannot be used for MLM")
+        check_mlm_tokenizer(tok, pack=packed)
         self.embeddings = classifier.embeddings
         self.encoder = classifier.encoder
         self.head = MLMHead(classifier.config)
@@ -210,9 +234,7 @@ class MLMModel(nn.Module):
         self.packed = packed
         # Not a buffer: it is derived from the tokenizer and must stay out of the state dict.
         self.word_starts = word_start_table(tok) if whole_word else None
-        self.cls_id = tok.backend.token_to_id(CLS)
-        if packed and self.cls_id is None:
-            raise ValueError("packing needs a [CLS] token to find where documents start")
+        self.cls_id = document_start_id(tok)
         self.labels: torch.Tensor | None = None
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -307,6 +329,7 @@ def pretrain(
     clf = _classifier(tokenizer, vocab_size, mask_prob, progress if messages is None else messages,
                       params)  # fmt: skip
     clf._check_tokenizer(resume, checkpoint_dir)  # a missing --tokenizer file too
+    _check_brought_tokenizer(clf, resume, checkpoint_dir, pack, whole_word)
     cfg = clf.train_config()
     if isinstance(data, TextDataset):  # e.g. load_data(path, encoding=..., on_bad="skip")
         texts = list(data.texts)
@@ -352,8 +375,9 @@ def pretrain(
         # adds none were one document, attention crossing them all, without a word
         if any(len(row) and row[0] != mlm.cls_id for row in ids):
             raise ValueError(
-                "--pack needs each document to start with [CLS], and this tokenizer's template "
-                "adds none: give a tokenizer that wraps texts in [CLS] ... [SEP], or drop --pack"
+                "--pack needs each document to start with [CLS] (or <s>), and this tokenizer's "
+                "template adds none: give a tokenizer that wraps texts in [CLS] ... [SEP], or "
+                "drop --pack"
             )
         ids = pack_documents(ids, cfg.max_length)
     with tempfile.TemporaryDirectory() as tmp:
@@ -454,27 +478,62 @@ def check_strategy_for_pretrain(strategy: object) -> None:
 
 
 def check_options(*, tokenizer: str = "bpe", vocab_size: int = 16000, mask_prob: float = 0.15,
-                  resume: bool = False, checkpoint_dir: str | os.PathLike | None = None,
+                  pack: bool = False, whole_word: bool = False, resume: bool = False,
+                  checkpoint_dir: str | os.PathLike | None = None,
                   **params) -> None:  # fmt: skip
     """What `pretrain` would refuse in its options, refused without reading any data: a
-    tokenizer file that is missing or unusable too, unless the run resumes from a checkpoint
-    in `checkpoint_dir` (which brings its own)."""
-    _classifier(tokenizer, vocab_size, mask_prob, False, params)._check_tokenizer(
-        resume, checkpoint_dir
-    )
+    tokenizer file that is missing, unusable or of no use to masked-LM pretraining (with `pack`
+    and `whole_word`) too, unless the run resumes from a checkpoint in `checkpoint_dir` (which
+    brings its own)."""
+    clf = _classifier(tokenizer, vocab_size, mask_prob, False, params)
+    clf._check_tokenizer(resume, checkpoint_dir)
+    _check_brought_tokenizer(clf, resume, checkpoint_dir, pack, whole_word)
 
 
-def check_init(spec: str | os.PathLike) -> None:
-    """The cheap part of `load_init`, before any data is read: that the folder is there and,
-    for `hf:`, that transformers is installed (found only after the data had been read and
-    split, which can take minutes)."""
+def _check_brought_tokenizer(clf, resume: bool, checkpoint_dir, pack: bool, whole_word: bool):
+    """A tokenizer file that masked-LM pretraining cannot use (`check_mlm_tokenizer`), refused
+    naming it before the corpus is read: it was said after, without the file. A learnt kind
+    always can; a resumed run's checkpoint tokenizer passed when its run started."""
+    from .api import _resumes
+    from .tokenizer import TokenizerError, is_learnt_kind, load_tokenizer
+
+    if is_learnt_kind(clf.tokenizer) or _resumes(checkpoint_dir, resume):
+        return
+    try:
+        check_mlm_tokenizer(load_tokenizer(clf.tokenizer), pack=pack, whole_word=whole_word)
+    except ValueError as e:
+        raise TokenizerError(f"{clf.tokenizer}: {e}") from None
+
+
+def check_init(
+    spec: str | os.PathLike,
+    model: str = "transformer",
+    overrides: dict | None = None,
+    freeze: str | None = None,
+) -> None:
+    """What fine-tuning from `spec` would refuse, refused before any data is read (it was found
+    only after the data had been read and split, which can take minutes): a missing folder, for
+    `hf:` a missing transformers or an unsupported checkpoint, a model directory `load_init`
+    refuses (another arch, compressed, damaged), a `model` other than the transformer, a shape
+    option in `overrides` that differs from the encoder's (`init_config`) and a `freeze` deeper
+    than its blocks."""
+    from .train.trainer import frozen_blocks
+
     s = str(spec)
     if s.startswith("hf:"):
-        from .models.hf import check_hf_folder
+        from .models.hf import check_hf_folder, hf_encoder_config
 
-        check_hf_folder(s[3:])  # an unsupported model type is refused now, not after the data
+        # an unsupported model type is refused now, and the shape read from config.json alone
+        base = hf_encoder_config(check_hf_folder(s[3:])[1])
     elif not Path(s).is_dir():
         raise FileNotFoundError(f"{s}: --init needs a model directory (slimtext pretrain's)")
+    else:
+        base = load_init(s)[0].config  # read and verified as fine-tuning will read it
+    if model != "transformer":
+        raise ValueError(f"init= needs model='transformer', not {model!r}")
+    init_config(base, base.num_labels, overrides or {})
+    if (n := frozen_blocks(freeze)) is not None and n > base.num_layers:
+        raise ValueError(f"freeze={freeze!r}: {s} has {base.num_layers} block(s)")
 
 
 def init_source(spec: str | os.PathLike) -> str:

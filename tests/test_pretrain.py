@@ -598,3 +598,124 @@ def test_pretrain_refuses_supervised_options_it_would_ignore(tmp_path, option):
     with pytest.raises(TypeError, match=rf"pretrain\(\) (does not use|has no) {name}"):
         pretrain(never, tmp_path / "e", **option)
     assert not (tmp_path / "e").exists()
+
+
+def _roberta_tokenizer_file(folder, texts) -> str:
+    """A RoBERTa-spelled byte-level BPE (<s> ... </s>, <pad>, <mask>) as a tokenizer.json."""
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.processors import RobertaProcessing
+
+    bl = ByteLevelBPETokenizer()
+    bl.train_from_iterator(texts, vocab_size=300, min_frequency=1,
+                           special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])  # fmt: skip
+    bl._tokenizer.post_processor = RobertaProcessing(("</s>", 2), ("<s>", 0))
+    path = folder / "roberta.json"
+    bl.save(str(path))
+    return str(path)
+
+
+def test_packing_finds_the_documents_of_a_roberta_tokenizer_by_its_s_token(tmp_path):
+    # --pack refused a RoBERTa-spelled tokenizer ("packing needs a [CLS] token"), whose <s>
+    # opens every document as [CLS] does; its <pad> and <mask> were already read
+    from slimtext.pretrain import MLMModel, pack_documents
+    from slimtext.tokenizer import load_tokenizer
+
+    path = _roberta_tokenizer_file(tmp_path, corpus())
+    r = pretrain(corpus(40), tmp_path / "p", tokenizer=path, pack=True, max_steps=2,
+                 progress=False, **{**TINY, "num_layers": 1})  # fmt: skip
+    assert r.steps == 2
+    tok = load_tokenizer(path)
+    torch.manual_seed(0)
+    clf = TransformerClassifier(ModelConfig(vocab_size=tok.vocab_size, num_labels=2,
+                                            hidden_size=32, num_layers=1, num_heads=2,
+                                            ffn_size=64, max_length=32,
+                                            pad_id=tok.pad_id)).eval()  # fmt: skip
+    mlm = MLMModel(clf, tok, 0.15, packed=True).eval()
+    docs = tok.encode(["the cat sat on the mat", "rain falls"], 32)
+    (row,) = pack_documents(docs, 32)
+    with torch.no_grad():
+        packed = mlm.encode(torch.tensor([row]), torch.ones(1, len(row), dtype=torch.bool))[0]
+        start = 0
+        for d in docs:  # each document as it would be alone: attention stayed within it
+            alone = clf.encode(torch.tensor([d]), torch.ones(1, len(d), dtype=torch.bool))[0]
+            torch.testing.assert_close(packed[start : start + len(d)], alone)
+            start += len(d)
+
+
+def _tokenizer_without(what: str, folder) -> str:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    from slimtext.tokenizer import train_tokenizer
+
+    if what == "mask":  # a GPT-2-like byte-level BPE: no [MASK], nothing to corrupt with
+        from tokenizers import ByteLevelBPETokenizer
+
+        bl = ByteLevelBPETokenizer()
+        bl.train_from_iterator(corpus(), vocab_size=300, special_tokens=["<|endoftext|>"])
+        tok = bl._tokenizer
+    elif what == "word marks":  # WordLevel: nothing says where a word starts
+        words = sorted({w for t in corpus() for w in t.split()})
+        vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words])}
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+        )
+    else:  # [CLS] in the vocabulary, never added to a text
+        tok = Tokenizer.from_str(train_tokenizer(corpus(), 120, kind="wordpiece").backend.to_str())
+        tok.post_processor = None
+    path = folder / f"no-{what.replace(' ', '-')}.json"
+    tok.save(str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    ("what", "option", "why"),
+    [("mask", None, r"no \[MASK\]"), ("word marks", "whole-word", "whole-word masking needs"),
+     ("cls", "pack", "--pack needs each document to start with")],
+)  # fmt: skip
+def test_a_tokenizer_pretraining_cannot_use_is_refused_before_the_corpus_is_read(
+    tmp_path, what, option, why
+):
+    # refused only once the whole corpus had been read (minutes of a large one), in an error
+    # that did not name the tokenizer file
+    path = _tokenizer_without(what, tmp_path)
+    never = tmp_path / "never-read.txt"  # does not exist: the tokenizer must fail first
+    flags = [f"--{option}"] if option else []
+    r = CliRunner().invoke(app, ["pretrain", "--data", str(never), "--out", str(tmp_path / "e"),
+                                 "--tokenizer", path, "--no-progress", *flags])  # fmt: skip
+    assert r.exit_code == 2 and re.search(why, r.output), r.output
+    assert path in r.output and "never-read" not in r.output, r.output
+    kw = {option.replace("-", "_"): True} if option else {}
+    with pytest.raises(ValueError, match=f"{re.escape(path)}: .*{why}"):
+        pretrain(never, tmp_path / "e", tokenizer=path, progress=False, **kw)
+
+
+def test_an_init_that_cannot_be_fine_tuned_as_asked_is_refused_before_the_data_is_read(
+    tmp_path, pretrained, toy_data
+):
+    # an attention model, a folder that is no model directory, --model attention, another
+    # shape or a --freeze deeper than the encoder were refused only after the data had been
+    # read and split (minutes of a large file)
+    enc, _, _ = pretrained  # one block, hidden 32
+    attention = tmp_path / "attention"
+    TextClassifier(model="attention", vocab_size=120, max_steps=1, verbose=False).fit(
+        toy_data
+    ).save(attention)
+    (tmp_path / "empty").mkdir()
+    never = tmp_path / "never-read.jsonl"  # does not exist: the init is checked first
+    cases = [
+        ({"init": str(attention)}, "--init needs a transformer model, not arch='attention'"),
+        ({"init": str(tmp_path / "empty")}, "no manifest.json"),
+        ({"init": str(enc), "model": "attention"}, "init= needs model='transformer'"),
+        ({"init": str(enc), "hidden_size": 64}, r"keeps its shape.*hidden_size 64"),
+        ({"init": str(enc), "freeze": "embeddings+2"}, r"freeze='embeddings\+2'.*1 block"),
+    ]
+    for params, why in cases:
+        with pytest.raises(ValueError, match=why):
+            TextClassifier(verbose=False, **params).fit(never)
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in params.items()]
+        r = CliRunner().invoke(app, ["train", "--data", str(never), "--out",
+                                     str(tmp_path / "clf"), "--no-progress", *flags])  # fmt: skip
+        assert r.exit_code == 2 and re.search(why, r.output), (params, r.output)
+        assert "never-read" not in r.output, r.output

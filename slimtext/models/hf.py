@@ -381,6 +381,12 @@ def check_hf_folder(path: str | os.PathLike):
     return p, hf_cfg
 
 
+def hf_encoder_config(hf_cfg) -> ModelConfig:
+    """The slimtext shape (2 labels) of a checkpoint's encoder, from its transformers config
+    alone: what `--init hf:PATH` options are checked against before weights or data are read."""
+    return _model_config(hf_cfg, _check_importable(hf_cfg), 2)
+
+
 def load_hf(path: str | os.PathLike, num_labels: int | None = None):
     """(TransformerClassifier, TextTokenizer) from a Hugging Face BERT, RoBERTa, XLM-RoBERTa or
     DistilBERT checkpoint (a local folder or a Hub model id), with its own tokenizer."""

@@ -458,3 +458,21 @@ def test_an_mlm_checkpoint_loads_without_transformers_load_report(tmp_path, toy_
     assert hf_logging.get_verbosity() == level  # put back
     with pytest.raises(FileNotFoundError, match="names no folder"):  # "hf:" read "."
         check_init("hf:")
+
+
+def test_options_an_hf_encoder_cannot_take_are_refused_before_the_data_is_read(tmp_path):
+    # another shape or a --freeze deeper than the checkpoint's layers was refused only after
+    # the data had been read and split, and the weights loaded
+    from transformers import BertConfig
+
+    from slimtext.api import TextClassifier
+
+    BertConfig(vocab_size=40, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=64).save_pretrained(tmp_path / "bert")  # fmt: skip
+    never = tmp_path / "never-read.jsonl"  # does not exist: the init is checked first
+    cases = [({"hidden_size": 64}, r"keeps its shape.*hidden_size 64"),
+             ({"num_heads": 4}, r"num_heads 4 \(the encoder's: 2\)"),
+             ({"freeze": "embeddings+2"}, r"freeze='embeddings\+2'.*1 block")]  # fmt: skip
+    for params, why in cases:
+        with pytest.raises(ValueError, match=why):
+            TextClassifier(init=f"hf:{tmp_path / 'bert'}", verbose=False, **params).fit(never)
