@@ -1601,7 +1601,11 @@ def compress_(
         str | None, typer.Option(help="Data the report is measured on; default: validation.")
     ] = None,
     transfer: Annotated[
-        str | None, typer.Option(help="Extra unlabelled texts for distillation (labels ignored).")
+        str | None,
+        typer.Option(
+            help="Extra unlabelled texts for distillation (labels ignored): trained on the "
+            "teacher's soft labels alone; the --data rows keep their label term (alpha)."
+        ),
     ] = None,
     teacher: Annotated[
         str | None,

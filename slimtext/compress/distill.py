@@ -4,9 +4,10 @@
 
 The T^2 keeps the soft term's gradients on the scale of the hard term's as T grows. Teacher
 logits are computed once and cached in a memory-mapped `.npy` (row i = example i), and the loss
-looks rows up by `batch.index`, so distillation costs one teacher pass, not one per epoch. On
-unlabelled transfer texts use `alpha=0`: the labels the trainer wants are then the teacher's
-argmax and never enter the loss.
+looks rows up by `batch.index`, so distillation costs one teacher pass, not one per epoch.
+Unlabelled transfer texts (label `IGNORE_LABEL`) have no CE term: their loss is the soft term
+alone, (1 - alpha) * T^2 * KL, weighted as a labelled row's; the loss is the mean over all rows.
+A training set without labels at all is trained with `alpha=0` (soft term only, weight 1).
 
 The teacher may tokenize for itself (a Hugging Face checkpoint: `hf_teacher_logits`): its
 logits are computed from the texts, columns matched to the student's labels by name, and the
@@ -34,8 +35,8 @@ from torch import nn
 from ..data.batching import Batch
 from ..models import ModelConfig, build_model
 from ..tokenizer import pool_windows
-from ..train.evaluate import predict_logits, weighted_cross_entropy
-from ..train.trainer import Encoded, TrainConfig, TrainResult, class_weights, fit
+from ..train.evaluate import predict_logits
+from ..train.trainer import IGNORE_LABEL, Encoded, TrainConfig, TrainResult, class_weights, fit
 from ._util import record
 from .factorize import DropLayers, drop_layers_, every_other
 
@@ -266,7 +267,8 @@ def distillation_loss(
     """`loss_fn(logits, batch)` for `fit`: rows of the cached teacher logits by `batch.index`,
     plus the intermediate-layer terms when `intermediate` is given. `weight` (one per label id,
     `class_weights`) weighs the label term as training does: a model trained with class
-    weights lost its rare classes when distilled or fine-tuned on the plain cross-entropy."""
+    weights lost its rare classes when distilled or fine-tuned on the plain cross-entropy.
+    Rows labelled `IGNORE_LABEL` (transfer texts) take the soft term only."""
     T, a = config.temperature, config.alpha
 
     def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -275,12 +277,23 @@ def distillation_loss(
         # np.sort + inverse permutation: memmap fancy indexing wants sorted rows to stay cheap.
         t = t[torch.as_tensor(np.argsort(np.argsort(idx)), device=logits.device)]
         kl = F.kl_div(
-            F.log_softmax(logits / T, -1), F.log_softmax(t / T, -1), reduction="batchmean",
+            F.log_softmax(logits / T, -1), F.log_softmax(t / T, -1), reduction="none",
             log_target=True,
-        )  # fmt: skip
-        loss = (1.0 - a) * T * T * kl
+        ).sum(-1)  # fmt: skip
+        # A transfer row's soft term keeps a labelled row's weight (1 - alpha), not 1: the
+        # teacher's soft labels then weigh the same on every row (at alpha=0.9 a transfer row
+        # would otherwise outweigh a labelled row's soft term 10x, and alpha=1, "labels only",
+        # would still train on them); the row only lacks a label.
+        rows = (1.0 - a) * T * T * kl
         if a > 0:
-            loss = loss + a * weighted_cross_entropy(logits, batch.labels, weight)
+            # Per row, then the mean over all the batch's rows (as `weighted_cross_entropy`):
+            # a row counts the same whichever micro-batch it lands in, labelled or not.
+            y = batch.labels
+            ce = F.cross_entropy(logits, y, reduction="none", ignore_index=IGNORE_LABEL)
+            if weight is not None:  # ignored rows' CE is 0: any weight of theirs gives 0
+                ce = ce * weight.to(ce.device)[y.clamp_min(0)]
+            rows = rows + a * ce
+        loss = rows.mean()
         if intermediate is not None:
             loss = loss + intermediate(batch)
         return loss
@@ -431,8 +444,9 @@ def distill(
     progress: bool = False,
 ) -> tuple[TrainResult, dict]:
     """Train `student` in place on `train` against the teacher's cached logits; returns the
-    training result and the `compression` record. `train.labels` may be None (unlabelled
-    transfer texts): then only the soft term is used.
+    training result and the `compression` record. Rows labelled `IGNORE_LABEL` (unlabelled
+    transfer texts beside labelled ones) take the soft term only; `train.labels` may be None
+    (or all ignored): then only the soft term is used (alpha=0, recorded so).
 
     `teacher` is a model sharing the student's tokenizer (its logits on `train` are computed
     once, cached at `cache`), or the (N, C) teacher logits themselves, row i for `train[i]`
@@ -452,7 +466,7 @@ def distill(
         soft = teacher
     else:
         soft = teacher_logits(teacher, train, pad_id, cache)
-    if train.labels is None:
+    if train.labels is None or all(y == IGNORE_LABEL for y in train.labels):
         if config.alpha > 0:
             config = replace(config, alpha=0.0)
         # fit wants labels; the teacher's argmax fills them, the loss ignores them (alpha=0).

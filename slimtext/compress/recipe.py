@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..models import ModelConfig
-from ..train.trainer import Encoded, TrainConfig, class_weights
+from ..train.trainer import IGNORE_LABEL, Encoded, TrainConfig, class_weights
 from ._util import calibration_batches, record
 from .distill import (
     Distillation,
@@ -533,10 +533,11 @@ def compress(
                 tcfg = replace(base_cfg, epochs=int(o.get("epochs", base_cfg.epochs)))
                 dtrain, texts = train, list(train_ds.texts)
                 owner = train.owner or range(len(train))  # the text of each row of dtrain
-                if transfer is not None:  # unlabelled texts: the teacher labels them
+                if transfer is not None:  # unlabelled texts: the teacher's soft labels only
                     more = list(_texts(transfer, load_kw))
                     ids, more_owner = tok.encode_windows(more, md.max_length, md.long_text)
-                    dtrain = Encoded(train.ids + ids, None)
+                    # the labelled rows keep their labels (and their CE term: alpha as given)
+                    dtrain = Encoded(train.ids + ids, train.labels + [IGNORE_LABEL] * len(ids))
                     owner = [*owner, *(len(texts) + i for i in more_owner)]
                     texts += more
                 cache = Path(work.name) / "teacher.npy"

@@ -242,17 +242,25 @@ def weight_label(key: object) -> str:
     return read_label(key, f"class_weight: label {key!r}")
 
 
+# The label of a training row that has none (distillation's unlabelled transfer texts, trained
+# on the teacher's soft labels only): F.cross_entropy's default ignore_index.
+IGNORE_LABEL = -100
+
+
 def class_weights(value: str | dict | None, labels: Sequence[int],
                   label_names: Sequence[str]) -> torch.Tensor | None:  # fmt: skip
     """One weight per label id for `value` (TrainConfig.class_weight), or None: "balanced"
-    counts the training rows (windows of long texts under --long-text chunks, as the loss sees
-    them); a mapping's keys are labels as labels.json spells them (`weight_label`)."""
+    counts the labelled training rows (windows of long texts under --long-text chunks, as the
+    loss sees them; not those labelled `IGNORE_LABEL`); a mapping's keys are labels as
+    labels.json spells them (`weight_label`)."""
     if value is None:
         return None
     k = len(label_names)
     if value == "balanced":
-        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=k)
-        return torch.tensor(len(labels) / (k * np.maximum(counts, 1)), dtype=torch.float32)
+        y = np.asarray(labels, dtype=np.int64)
+        y = y[y != IGNORE_LABEL]  # rows without a label (distillation's transfer texts)
+        counts = np.bincount(y, minlength=k)
+        return torch.tensor(len(y) / (k * np.maximum(counts, 1)), dtype=torch.float32)
     check_unknown_weight_labels(value, label_names)
     index = {str(name): i for i, name in enumerate(label_names)}
     w = torch.ones(k)
@@ -280,6 +288,8 @@ class Encoded:
 
     One row per window of a text (`long_text="chunks"` gives long texts several, each with the
     text's label); `owner[i]` is the text of row i, so evaluation scores texts, not windows.
+    A label `IGNORE_LABEL` marks a row without one, for a `loss_fn` that trains it otherwise
+    (distillation's transfer texts).
     """
 
     ids: list[list[int]]

@@ -183,3 +183,49 @@ def test_the_label_term_weighs_each_row_by_its_class_as_training_does():
     rows = F.cross_entropy(logits, b.labels, reduction="none") * weight[b.labels]
     torch.testing.assert_close(loss, rows.mean())
     torch.testing.assert_close(loss, weighted_cross_entropy(logits, b.labels, weight))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_transfer_rows_take_the_soft_term_only_and_every_row_counts_the_same(weighted):
+    """A batch of labelled rows and unlabelled transfer rows (label IGNORE_LABEL): each row's
+    loss is alpha * w_y * CE + (1 - alpha) * T^2 * KL, a transfer row's only the soft term, and
+    the loss is the mean over all the batch's rows (the hard term was dropped for every row
+    when transfer texts were added, or, with ignored labels, averaged over labelled rows)."""
+    from slimtext.train.trainer import IGNORE_LABEL
+
+    torch.manual_seed(0)
+    logits, teacher = torch.randn(5, 3), torch.randn(5, 3)
+    y = [0, IGNORE_LABEL, 2, IGNORE_LABEL, 1]
+    b = pad_batch([[1, 2]] * 5, [4, 1, 0, 3, 2], 0, y)
+    weight = torch.tensor([1.0, 4.0, 0.5]) if weighted else None
+    a, T = 0.7, 2.0
+    loss = distillation_loss(teacher.numpy(), Distillation(alpha=a, temperature=T),
+                             weight=weight)(logits[b.index], b)  # fmt: skip
+    want = []
+    for i in range(5):
+        p_t = F.softmax(teacher[i] / T, -1)
+        kl = (p_t * (p_t.log() - F.log_softmax(logits[i] / T, -1))).sum()
+        row = (1 - a) * T * T * kl
+        if y[i] != IGNORE_LABEL:
+            ce = F.cross_entropy(logits[i : i + 1], torch.tensor([y[i]]))
+            row = row + a * (1.0 if weight is None else weight[y[i]]) * ce
+        want.append(row)
+    torch.testing.assert_close(loss, torch.stack(want).mean())
+
+
+def test_distill_keeps_the_labels_of_labelled_rows_beside_transfer_rows(teacher, h, make_toy):
+    """Ignored labels (transfer rows) break neither "balanced" class weights (counted over the
+    labelled rows) nor the record, which tells the alpha used."""
+    from slimtext.train.trainer import IGNORE_LABEL, class_weights
+
+    pad, names = teacher.tokenizer.pad_id, teacher.labels
+    few = h.encode(teacher, make_toy(4, seed=51))
+    more = h.encode(teacher, make_toy(3, seed=52)).ids
+    both = Encoded(few.ids + more, few.labels + [IGNORE_LABEL] * len(more))
+    torch.testing.assert_close(class_weights("balanced", both.labels, names),
+                               class_weights("balanced", few.labels, names))  # fmt: skip
+    student = make_student(teacher.model, num_layers=1)
+    tc = TrainConfig(max_steps=2, batch_size=8, class_weight="balanced", keep_best=False)
+    _, rec = distill(teacher.model, student, both, None, tc, Distillation(alpha=0.7),
+                     label_names=names, pad_id=pad)  # fmt: skip
+    assert rec["config"]["alpha"] == 0.7

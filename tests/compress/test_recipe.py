@@ -157,6 +157,19 @@ def test_external_teacher_and_transfer_texts_read_long_texts_as_the_teacher_does
     assert logs[0].startswith("data: <memory>: ")  # what was read is said first, as eval does
 
 
+def test_transfer_texts_keep_the_labelled_rows_hard_term(teacher_dir, make_toy, tmp_path):
+    """With --transfer the labelled and unlabelled rows were trained as one unlabelled set:
+    alpha silently became 0 (the labels were never used) and the record said so."""
+    out = tmp_path / "t"
+    compress(
+        teacher_dir, make_toy(6, seed=71), out, recipe="distill:layers=1,epochs=1,alpha=0.7",
+        transfer=make_toy(4, seed=72)[0], speed=False, log=lambda s: None,
+        train_config={"batch_size": 16, "threads": 1, "class_weight": "balanced"},
+    )  # fmt: skip
+    rec = json.loads((out / "config.json").read_text())["compression"][-1]
+    assert rec["step"] == "distill" and rec["config"]["alpha"] == 0.7
+
+
 # ---- recipe and data errors: clear, and before anything runs ------------------------------------
 @pytest.mark.parametrize(
     "recipe, message",
