@@ -144,6 +144,12 @@ def _pre_tokenizer_types(pt) -> list[str]:
     ]
 
 
+_PACK_NEEDS_STARTS = (
+    "--pack needs each document to start with [CLS] (or <s>), and this tokenizer's template "
+    "adds none: give a tokenizer that wraps texts in [CLS] ... [SEP], or drop --pack"
+)
+
+
 def document_start_id(tok: TextTokenizer) -> int | None:
     """The id of the token a template opens each text with: BERT's [CLS], RoBERTa's <s>."""
     return next((i for n in (CLS, "<s>") if (i := tok.backend.token_to_id(n)) is not None), None)
@@ -160,11 +166,7 @@ def check_mlm_tokenizer(
     if pack:
         start = document_start_id(tok)
         if start is None or tok.encode(["a"], 8)[0][:1] != [start]:
-            raise ValueError(
-                "--pack needs each document to start with [CLS] (or <s>), and this tokenizer's "
-                "template adds none: give a tokenizer that wraps texts in [CLS] ... [SEP], or "
-                "drop --pack"
-            )
+            raise ValueError(_PACK_NEEDS_STARTS)
     if whole_word:
         word_start_table(tok)
 
@@ -374,11 +376,7 @@ def pretrain(
         # Packing finds each document by its leading [CLS]: rows from a tokenizer whose template
         # adds none were one document, attention crossing them all, without a word
         if any(len(row) and row[0] != mlm.cls_id for row in ids):
-            raise ValueError(
-                "--pack needs each document to start with [CLS] (or <s>), and this tokenizer's "
-                "template adds none: give a tokenizer that wraps texts in [CLS] ... [SEP], or "
-                "drop --pack"
-            )
+            raise ValueError(_PACK_NEEDS_STARTS)
         ids = pack_documents(ids, cfg.max_length)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(run_dir) if run_dir is not None else Path(tmp) / "run"
